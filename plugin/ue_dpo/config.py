@@ -1,0 +1,100 @@
+"""The `ue_*` keys of `stage: ue_dpo`, with defaults, help text and validation."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+NOISE_SPACES = ("pixel_values", "image")
+NOISE_SCHEDULES = ("sigmoid", "linear")
+STAT_SCOPES = ("sequence", "batch")
+WEIGHT_TARGETS = ("policy", "logratio")
+BRANCHES = ("both", "chosen", "rejected")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}: {value}` is not supported; use one of: {', '.join(allowed)}.")
+
+
+@dataclass
+class UEDPOArguments:
+    """Mixed into LLaMA-Factory's FinetuningArguments; validated only when `stage: ue_dpo`."""
+
+    ue_alpha: float = field(
+        default=0.3,
+        metadata={"help": "UE-DPO weight strength α in [0, 1): λ_w ∈ [1, 1+α], λ_l ∈ [1-α, 1]. 0 gives plain DPO."},
+    )
+    ue_tau: float = field(
+        default=0.4,
+        metadata={
+            "help": "Quantile τ in (0, 0.5]: chosen tokens with Δ below the τ-quantile and rejected tokens with Δ "
+            "at or above the (1-τ)-quantile are selected for re-weighting."
+        },
+    )
+    ue_noise_step: int = field(
+        default=500,
+        metadata={"help": "Diffusion step k in [0, 999] of the counterfactual image v' (500: sqrt(abar) ≈ 0.863)."},
+    )
+    ue_noise_schedule: Literal["sigmoid", "linear"] = field(
+        default="sigmoid",
+        metadata={"help": "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3) or linear (DDPM, 1e-4..0.02)."},
+    )
+    ue_noise_space: Literal["pixel_values", "image"] = field(
+        default="pixel_values",
+        metadata={
+            "help": "Where the noise is added: pixel_values (the processor's normalised tensor, as VCD) or image "
+            "(the raw [0, 1] image before processing, clamped, as TPO)."
+        },
+    )
+    ue_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the image noise; with the sample's content and the noise step it fixes v'. "
+            "Default: the training `seed`."
+        },
+    )
+    ue_stat_scope: Literal["sequence", "batch"] = field(
+        default="sequence",
+        metadata={
+            "help": "Over which tokens the quantile q and the mean/std of u are taken: each response (sequence) "
+            "or all responses of the global batch across ranks (batch)."
+        },
+    )
+    ue_weight_target: Literal["policy", "logratio"] = field(
+        default="policy",
+        metadata={"help": "λ multiplies log πθ (policy, the paper) or the log-ratio log πθ - log π_ref (logratio)."},
+    )
+    ue_branches: Literal["both", "chosen", "rejected"] = field(
+        default="both",
+        metadata={
+            "help": "Which responses get λ: both, chosen only (the paper's 'w/o dispref.') or rejected only "
+            "('w/o pref.'); the other keeps λ = 1."
+        },
+    )
+    ue_dpo_stage: bool = field(
+        default=False,
+        init=False,
+        metadata={"help": "Set when `stage: ue_dpo` was requested (LLaMA-Factory then sees `stage: dpo`)."},
+    )
+
+    def validate_ue_dpo(self, *, pref_loss: str, ld_alpha: float | None) -> None:
+        if not 0.0 <= self.ue_alpha < 1.0:
+            raise ValueError(
+                f"`ue_alpha: {self.ue_alpha}` is out of range; UE-DPO needs 0 <= ue_alpha < 1 "
+                "(λ_l = 1 - α·σ(·) must stay positive). The paper uses 0.15-0.3."
+            )
+        if not 0.0 < self.ue_tau <= 0.5:
+            raise ValueError(f"`ue_tau: {self.ue_tau}` is out of range; use 0 < ue_tau <= 0.5 (default 0.4).")
+        if not 0 <= self.ue_noise_step <= 999:
+            raise ValueError(f"`ue_noise_step: {self.ue_noise_step}` is out of range; use an integer in [0, 999].")
+        _choice("ue_noise_schedule", self.ue_noise_schedule, NOISE_SCHEDULES)
+        _choice("ue_noise_space", self.ue_noise_space, NOISE_SPACES)
+        _choice("ue_stat_scope", self.ue_stat_scope, STAT_SCOPES)
+        _choice("ue_weight_target", self.ue_weight_target, WEIGHT_TARGETS)
+        _choice("ue_branches", self.ue_branches, BRANCHES)
+        if pref_loss != "sigmoid":
+            raise ValueError(
+                f"`pref_loss: {pref_loss}` is not supported with `stage: ue_dpo`, which weights DPO's sigmoid loss; "
+                "remove `pref_loss` or set `pref_loss: sigmoid`."
+            )
+        if ld_alpha is not None:
+            raise ValueError("`ld_alpha` (LD-DPO) is not supported with `stage: ue_dpo`; remove it.")

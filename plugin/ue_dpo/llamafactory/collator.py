@@ -1,0 +1,100 @@
+"""Pairwise collator that adds the counterfactual image v' and which rows have an image."""
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from llamafactory.data import PairwiseDataCollatorWithPadding
+from PIL import Image
+
+from ue_dpo.core.noise import add_diffusion_noise, sample_noise_seed
+
+NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
+HAS_IMAGE = "ue_has_image"
+SUPPORTED_MM_PLUGINS = {"LlavaPlugin": "llava", "Qwen2VLPlugin": "qwen2_vl (Qwen2-VL, Qwen2.5-VL)"}
+
+
+def check_template_supported(template) -> None:
+    plugin = type(template.mm_plugin).__name__
+    if plugin not in SUPPORTED_MM_PLUGINS or template.mm_plugin.image_token is None:
+        raise ValueError(
+            f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
+            f"{plugin}. Supported templates: {', '.join(SUPPORTED_MM_PLUGINS.values())}."
+        )
+
+
+def split_pixel_values_per_image(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """One tensor per image: LLaVA stacks images on dim 0, Qwen2-VL concatenates patches (sized by grid)."""
+    pixel_values = batch["pixel_values"]
+    if "image_grid_thw" in batch:
+        return list(pixel_values.split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
+    return list(pixel_values.unbind(0))
+
+
+def _digest(array: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).digest()
+
+
+@dataclass
+class UEDPODataCollator(PairwiseDataCollatorWithPadding):
+    noise_step: int = 500
+    noise_schedule: str = "sigmoid"
+    noise_space: str = "pixel_values"
+    noise_seed: int = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pair_images = [list(feature.get("images") or []) for feature in features]
+        batch = super().__call__(features)
+        has_image = [len(images) > 0 for images in pair_images]
+        batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
+        if not any(has_image):  # only LLaMA-Factory's blank stand-in image: its v' is never used
+            batch[NOISED_PIXEL_VALUES] = batch["pixel_values"].clone()
+        elif self.noise_space == "pixel_values":
+            batch[NOISED_PIXEL_VALUES] = self._noised_pixel_values(batch)
+        else:
+            batch[NOISED_PIXEL_VALUES] = self._noised_image_pixel_values(pair_images, batch)
+        return batch
+
+    def _seed(self, digest: bytes) -> int:
+        return sample_noise_seed(self.noise_seed, digest, self.noise_step)
+
+    def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        noised = [
+            add_diffusion_noise(
+                image, step=self.noise_step, schedule=self.noise_schedule, seed=self._seed(_digest(image.numpy()))
+            )
+            for image in split_pixel_values_per_image(batch)
+        ]
+        return torch.cat(noised) if "image_grid_thw" in batch else torch.stack(noised)
+
+    def _noised_image_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        plugin = self.template.mm_plugin
+        row_images = pair_images + pair_images
+        flat = [image for images in row_images for image in images]
+        regularized = plugin._regularize_images(
+            flat,
+            image_max_pixels=getattr(self.processor, "image_max_pixels", 768 * 768),
+            image_min_pixels=getattr(self.processor, "image_min_pixels", 32 * 32),
+        )["images"]
+        noised_images = []
+        for image in regularized:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            unit = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+            noised = add_diffusion_noise(
+                unit, step=self.noise_step, schedule=self.noise_schedule, seed=self._seed(_digest(pixels))
+            ).clamp(0.0, 1.0)
+            noised_images.append(Image.fromarray((noised.numpy() * 255.0).round().astype(np.uint8)))
+        imglens = [len(images) for images in row_images]
+        zeros = [0] * len(row_images)
+        mm_inputs = plugin.get_mm_inputs(
+            noised_images, [], [], imglens, zeros, zeros, batch["input_ids"].tolist(), self.processor
+        )
+        noised_pixel_values = mm_inputs["pixel_values"]
+        if noised_pixel_values.shape != batch["pixel_values"].shape:
+            raise RuntimeError(
+                f"noised images produced pixel_values of shape {tuple(noised_pixel_values.shape)} instead of "
+                f"{tuple(batch['pixel_values'].shape)}; use `ue_noise_space: pixel_values` for this model."
+            )
+        return noised_pixel_values
