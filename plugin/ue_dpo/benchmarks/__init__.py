@@ -1,0 +1,1 @@
+"""Hallucination benchmarks (MMHal-Bench, Object-HalBench, AMBER) and their scorers."""

@@ -1,0 +1,46 @@
+"""Running `llamafactory-cli train` in a subprocess, as users do, and reading what it logged."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+CLI = Path(sys.executable).with_name("llamafactory-cli")
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true",
+        DISABLE_VERSION_CHECK="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the launcher runs `torchrun`
+    env.update(extra)
+    return env
+
+
+def run_train(config: dict, workdir: Path, *, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [str(CLI), "train", str(config_path)], cwd=workdir, env=offline_env(**env), capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def train_or_fail(config: dict, workdir: Path, **kwargs) -> list[dict]:
+    result = run_train(config, workdir, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"llamafactory-cli train failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return training_log(Path(config["output_dir"]))
+
+
+def training_log(output_dir: Path) -> list[dict]:
+    """Per-step entries of trainer_state.json (those with a training loss)."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry]
