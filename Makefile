@@ -1,6 +1,7 @@
 # `make demo` and `make test` set up .venv/ on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
+DEMO_OUT ?= demo_output
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ue-dpo demo --out demo_output
+	$(VENV)/bin/ue-dpo demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -12,10 +12,12 @@ from ue_dpo.llamafactory.collator import UEDPODataCollator, check_template_suppo
 
 def check_preference_datasets(data_args) -> None:
     for names in (data_args.dataset, data_args.eval_dataset):
-        for attr in get_dataset_list(names, data_args.dataset_dir) if names else []:
+        if not names:
+            continue
+        for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)):
             if not attr.ranking:
                 raise ValueError(
-                    f"dataset `{attr.dataset_name}` is not a preference dataset: `stage: ue_dpo` needs chosen/"
+                    f"dataset `{name}` is not a preference dataset: `stage: ue_dpo` needs chosen/"
                     f"rejected pairs. Add `\"ranking\": true` (and the chosen/rejected columns) to its entry in "
                     f"{data_args.dataset_dir}/dataset_info.json."
                 )
