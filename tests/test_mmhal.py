@@ -4,7 +4,8 @@ import hashlib
 import json
 
 import pytest
-from judge_server import ScriptedJudgeServer, last_user_text
+from benchmark_fixtures import judge_by_type, write_mmhal_responses
+from judge_server import ScriptedJudgeServer
 from ue_dpo.benchmarks.judge import JudgeClient, JudgeConfig, JudgeResult
 from ue_dpo.benchmarks.mmhal import (
     MMHAL_JUDGE_TEMPLATE,
@@ -161,45 +162,9 @@ def test_metrics_report_missing_types_and_refuse_bad_records():
 
 # ---- score_mmhal_file end to end against the loopback judge --------------------------------
 
-# Reply per question type; 12 items each. "Rating:4" (no space) is unparsed and scores 0.
-REPLY_BY_TYPE = {
-    "attribute": "Detailed and correct.\nRating: 6, very informative with good analysis or reasoning, no hallucination",
-    "adversarial": "rating: 5",
-    "comparison": "RATING: 4",
-    "counting": "Rating: 3, not informative, no hallucination",
-    "relation": "Rating: 2",
-    "environment": "Rating: 1",
-    "holistic": "Rating: 0",
-    "other": "Rating:4",
-}
-
-
-def write_responses(path, count=96):
-    items = [
-        {
-            "question_type": MMHAL_QUESTION_TYPES[index % 8],
-            "question_topic": "outdoor",
-            "image_id": f"img{index}",
-            "image_src": f"https://example.invalid/{index}.jpg",
-            "image_content": ["Dog", "Umbrella"],
-            "question": f"Question {index} of type {MMHAL_QUESTION_TYPES[index % 8]}?",
-            "gt_answer": "A dog under an umbrella.",
-            "model_answer": f"Answer {index}.",
-        }
-        for index in range(count)
-    ]
-    path.write_text(json.dumps(items), encoding="utf-8")
-    return items
-
-
-def judge_by_type(payload):
-    question = last_user_text(payload).split("### Question\n")[-1].split("\n")[0]
-    return REPLY_BY_TYPE[question.split(" of type ")[1].rstrip("?")]
-
-
 def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
     responses = tmp_path / "responses.json"
-    items = write_responses(responses)
+    items = write_mmhal_responses(responses)
     with ScriptedJudgeServer(judge_by_type) as server:
         config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache", backoff_seconds=0.01)
         scored = score_mmhal_file(responses, JudgeClient(config))
@@ -225,7 +190,7 @@ def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
 
 def test_score_mmhal_file_counts_judge_failures_when_allowed(tmp_path):
     responses = tmp_path / "responses.json"
-    write_responses(responses, count=8)
+    write_mmhal_responses(responses, count=8)
     with ScriptedJudgeServer(judge_by_type, fail_first=2) as server:
         config = JudgeConfig(model="j", base_url=server.base_url, max_retries=0, allow_failures=True, concurrency=1)
         metrics = score_mmhal_file(responses, JudgeClient(config), expected_items=None)["metrics"]
@@ -246,16 +211,16 @@ def test_score_mmhal_file_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="broken.json is not valid UTF-8 JSON"):
         score_mmhal_file(broken, judge)
     short = tmp_path / "short.json"
-    write_responses(short, count=10)
+    write_mmhal_responses(short, count=10)
     with pytest.raises(ValueError, match="short.json has 10 items, expected 96.*expected_items=None"):
         score_mmhal_file(short, judge)
     unanswered = tmp_path / "unanswered.json"
-    items = write_responses(unanswered)
+    items = write_mmhal_responses(unanswered)
     del items[5]["model_answer"]
     unanswered.write_text(json.dumps(items), encoding="utf-8")
     with pytest.raises(ValueError, match=r"unanswered.json: MMHal-Bench item 5 \(image_id img5\) lacks model_answer"):
         score_mmhal_file(unanswered, judge)
     template = tmp_path / "template.json"
-    template.write_text(json.dumps([{**item, "model_answer": ""} for item in write_responses(tmp_path / "x.json")]), encoding="utf-8")
+    template.write_text(json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]), encoding="utf-8")
     with pytest.raises(ValueError, match="unfilled template"):
         score_mmhal_file(template, judge)

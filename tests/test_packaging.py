@@ -19,6 +19,8 @@ def test_wheel_installs_the_hook_that_registers_the_stage(tmp_path):
     assert "ue_dpo_autoload.pth" in names
     assert "ue_dpo/_autoload.py" in names and "ue_dpo/llamafactory/trainer.py" in names
     assert zipfile.ZipFile(wheel).read("ue_dpo_autoload.pth").decode().strip() == "import ue_dpo._autoload"
+    task_yamls = {f"ue_dpo/eval_tasks/{name}.yaml" for name in ("object_halbench", "mmhal_bench", "amber_generative", "amber_discriminative", "amber")}
+    assert task_yamls <= set(names)
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -34,10 +36,13 @@ def test_wheel_installs_the_hook_that_registers_the_stage(tmp_path):
         "from llamafactory.hparams import parser;"
         "print(ue_dpo.__file__);"
         "print(tuner.run_dpo.__module__);"
-        "print([cls.__name__ for cls in parser._TRAIN_ARGS])"
+        "print([cls.__name__ for cls in parser._TRAIN_ARGS]);"
+        "from ue_dpo.evaluation import discovery;"
+        "print(discovery.task_dir())"
     )
     result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True)
-    module_file, run_dpo_module, argument_classes = result.stdout.strip().splitlines()[-3:]
+    module_file, run_dpo_module, argument_classes, task_dir = result.stdout.strip().splitlines()[-4:]
+    assert task_dir == str(target / "ue_dpo" / "eval_tasks")  # lmms-eval discovery reads the wheel's YAMLs
     assert module_file.startswith(str(target))
     assert run_dpo_module == "ue_dpo.llamafactory.integration"
     assert "UEDPOFinetuningArguments" in argument_classes

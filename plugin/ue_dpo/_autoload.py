@@ -13,6 +13,7 @@ import threading
 
 POST_IMPORT_HOOKS = {
     "llamafactory.train.tuner": "ue_dpo.llamafactory.integration:apply",
+    "lmms_eval.tasks": "ue_dpo.evaluation.discovery:apply",
 }
 
 

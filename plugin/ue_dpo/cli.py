@@ -1,25 +1,17 @@
 """`ue-dpo` command line."""
 
 import argparse
-from pathlib import Path
+import importlib
 
-
-def _demo(args: argparse.Namespace) -> None:
-    from ue_dpo.demo import run_demo
-
-    run_demo(args.out, arch=args.arch, pairs=args.pairs, steps=args.steps, seed=args.seed)
+# One module per subcommand under ue_dpo/commands/.
+SUBCOMMANDS = ("demo", "run", "shapes_eval", "score", "data", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ue-dpo", description="UE-DPO for LLaMA-Factory and lmms-eval.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a tiny local model with stage: ue_dpo and print the ue/ stats")
-    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    demo.add_argument("--arch", choices=("qwen2_vl", "llava"), default="qwen2_vl")
-    demo.add_argument("--pairs", type=int, default=32, help="synthetic preference pairs (default: 32)")
-    demo.add_argument("--steps", type=int, default=8, help="training steps (default: 8)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(handler=_demo)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"ue_dpo.commands.{name}").register(commands)
     return parser
 
 

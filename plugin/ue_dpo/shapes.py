@@ -1,98 +1,252 @@
-"""A synthetic "shapes" world: images of coloured shapes whose true captions are known by construction."""
+"""A synthetic "shapes" world: images of coloured shapes whose true captions are known by construction.
+
+A scene holds one to three shapes, all different, each filling one quadrant of a plain white image.
+Captions list the shapes in reading order of their quadrants ("There is a red circle and a blue
+square."); a hallucinated caption adds one shape that is not in the image, placed in an empty quadrant.
+Everything is drawn from `random.Random` streams seeded by a string, so a seed gives the same
+images and captions on every machine.
+"""
 
 import json
+import math
 import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 30), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle", "star")
+BACKGROUND = (255, 255, 255)
+QUADRANTS = 4  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
+MAX_SHAPES_PER_IMAGE = 3
+MIN_IMAGE_SIZE = 28
+
 PREFERENCE_DATASET = "shapes_pref"
 SFT_DATASET = "shapes_sft"
-PROMPT = "<image>Describe this image."
+EVAL_MANIFEST = "shapes_eval.json"
+CAPTION_PROMPT = "Describe this image."
+IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's placeholder; each template's plugin expands it
+
+_SHAPE_MENTION = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b", re.IGNORECASE)
+_SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 
 
 @dataclass(frozen=True)
-class ShapeScene:
-    objects: tuple[tuple[str, str], ...]  # (colour, shape), distinct shapes
+class ShapeObject:
+    colour: str
+    shape: str
+    quadrant: int
 
-    def caption(self, objects: tuple[tuple[str, str], ...] | None = None) -> str:
-        phrases = [f"a {colour} {shape}" for colour, shape in (objects or self.objects)]
-        listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        return f"There is {listed}."
+    def __post_init__(self):
+        if self.colour not in COLOURS:
+            raise ValueError(f"unknown colour {self.colour!r}: use one of {', '.join(COLOURS)}")
+        if self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}: use one of {', '.join(SHAPES)}")
+        if self.quadrant not in range(QUADRANTS):
+            raise ValueError(f"quadrant must be 0-3 (top-left, top-right, bottom-left, bottom-right), "
+                             f"got {self.quadrant!r}")
 
 
-def random_scene(rng: random.Random) -> ShapeScene:
-    shapes = rng.sample(SHAPES, rng.randint(1, 3))
-    return ShapeScene(tuple((rng.choice(list(COLOURS)), shape) for shape in shapes))
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[ShapeObject, ...]  # distinct shapes, sorted by quadrant
+
+    def __post_init__(self):
+        quadrants = [item.quadrant for item in self.objects]
+        if not self.objects or len(set(self.shapes)) != len(self.objects) or quadrants != sorted(set(quadrants)):
+            raise ValueError(
+                f"a scene needs distinct shapes in distinct quadrants, sorted by quadrant; got {self.objects}"
+            )
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return tuple(item.shape for item in self.objects)
+
+    @property
+    def caption(self) -> str:
+        return caption(self.objects)
 
 
-def hallucinated_caption(scene: ShapeScene, rng: random.Random) -> str:
-    """The true caption plus one shape that is not in the image."""
-    absent = rng.choice([shape for shape in SHAPES if shape not in {s for _, s in scene.objects}])
-    return scene.caption(scene.objects + ((rng.choice(list(COLOURS)), absent),))
+@dataclass(frozen=True)
+class CaptionEvalImage:
+    image_path: Path
+    shapes: tuple[str, ...]  # ground truth, in reading order
+    caption: str  # the true caption
+
+
+def caption(objects: Sequence[ShapeObject]) -> str:
+    if not objects:
+        raise ValueError("a caption needs at least one shape object")
+    phrases = [f"a {item.colour} {item.shape}" for item in objects]
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return f"There is {listed}."
 
 
 def mentioned_shapes(text: str) -> list[str]:
-    """Every shape word in `text`, in order (the CHAIR vocabulary of this world)."""
-    words = [word.strip(".,;:!?").lower() for word in text.split()]
-    return [word.removesuffix("s") for word in words if word.removesuffix("s") in SHAPES]
+    """The shape words in `text`, singular and lower-case, in order of mention (plurals count once)."""
+    return [match.lower() for match in _SHAPE_MENTION.findall(text)]
 
 
-def draw_scene(scene: ShapeScene, size: int, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (size, size), (245, 245, 245))
+def random_scene(rng: random.Random) -> Scene:
+    count = rng.randint(1, MAX_SHAPES_PER_IMAGE)
+    shapes = rng.sample(SHAPES, count)
+    quadrants = sorted(rng.sample(range(QUADRANTS), count))
+    return Scene(tuple(ShapeObject(rng.choice(list(COLOURS)), shape, quadrant)
+                       for shape, quadrant in zip(shapes, quadrants)))
+
+
+def hallucinated_caption(scene: Scene, rng: random.Random) -> str:
+    """The scene's caption with one absent shape added, listed where an empty quadrant falls in reading order."""
+    absent = [shape for shape in SHAPES if shape not in scene.shapes]
+    empty = [quadrant for quadrant in range(QUADRANTS) if quadrant not in {item.quadrant for item in scene.objects}]
+    if not absent or not empty:
+        raise ValueError(f"a scene with {len(scene.objects)} shapes leaves no absent shape in an empty quadrant; "
+                         f"hallucinate on scenes of at most {MAX_SHAPES_PER_IMAGE} shapes")
+    ghost = ShapeObject(rng.choice(list(COLOURS)), rng.choice(absent), rng.choice(empty))
+    return caption(sorted((*scene.objects, ghost), key=lambda item: item.quadrant))
+
+
+def quadrant_box(quadrant: int, image_size: int) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) square, inclusive, that a shape in `quadrant` fills edge to edge."""
+    cell = image_size // 2
+    margin = max(1, cell // 8)
+    left, top = (quadrant % 2) * cell + margin, (quadrant // 2) * cell + margin
+    return left, top, left + cell - 2 * margin - 1, top + cell - 2 * margin - 1
+
+
+def draw_scene(scene: Scene, image_size: int) -> Image.Image:
+    _check_image_size(image_size)
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    cell = size // 2
-    for (colour, shape), slot in zip(scene.objects, rng.sample(range(4), len(scene.objects))):
-        left, top = (slot % 2) * cell + 2, (slot // 2) * cell + 2
-        box = (left, top, left + cell - 4, top + cell - 4)
-        fill = COLOURS[colour]
-        if shape == "circle":
+    for item in scene.objects:
+        box = quadrant_box(item.quadrant, image_size)
+        fill = COLOURS[item.colour]
+        left, top, right, bottom = box
+        if item.shape == "circle":
             draw.ellipse(box, fill=fill)
-        elif shape == "square":
+        elif item.shape == "square":
             draw.rectangle(box, fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill)
+        elif item.shape == "triangle":
+            draw.polygon([(left, bottom), (right, bottom), ((left + right) / 2, top)], fill=fill)
         else:
-            cx, cy, r = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (cell - 4) / 2
-            draw.polygon([(cx, cy - r), (cx + r * 0.3, cy - r * 0.3), (cx + r, cy), (cx + r * 0.3, cy + r * 0.3),
-                          (cx, cy + r), (cx - r * 0.3, cy + r * 0.3), (cx - r, cy), (cx - r * 0.3, cy - r * 0.3)],
-                         fill=fill)
+            centre = ((left + right) / 2, (top + bottom) / 2)
+            draw.polygon(_star_points(centre, (right - left) / 2), fill=fill)
     return image
 
 
-def _dataset_entry(file_name: str, ranking: bool) -> dict:
-    columns = {"messages": "messages", "images": "images"}
-    if ranking:
-        columns.update(chosen="chosen", rejected="rejected")
-    return {
-        "file_name": file_name, "formatting": "sharegpt", "ranking": ranking, "columns": columns,
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    }
+def _star_points(centre: tuple[float, float], radius: float) -> list[tuple[float, float]]:
+    """A five-pointed star, point up, inner radius 0.4 of the outer one."""
+    points = []
+    for corner in range(10):
+        reach = radius if corner % 2 == 0 else radius * 0.4
+        angle = math.pi / 2 + corner * math.pi / 5
+        points.append((centre[0] + reach * math.cos(angle), centre[1] - reach * math.sin(angle)))
+    return points
 
 
 def write_preference_dataset(out_dir: Path, *, n_pairs: int, seed: int = 0, image_size: int = 56) -> Path:
-    """A LLaMA-Factory dataset folder with `shapes_pref` (ranking) and `shapes_sft` entries."""
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    pairs, sft = [], []
+    """Add the `shapes_pref` preference dataset (true vs hallucinated caption) to a LLaMA-Factory dataset dir."""
+    _check_count("n_pairs", n_pairs)
+    _check_image_size(image_size)
+    rng = random.Random(f"shapes/{PREFERENCE_DATASET}/{seed}")
+    records = []
     for index in range(n_pairs):
         scene = random_scene(rng)
-        image_path = out_dir / "images" / f"{index:05d}.png"
-        draw_scene(scene, image_size, rng).save(image_path)
-        prompt = [{"role": "user", "content": PROMPT}]
-        pairs.append({
-            "messages": prompt, "images": [str(image_path)],
-            "chosen": {"role": "assistant", "content": scene.caption()},
+        image = _save_image(scene, Path(out_dir), PREFERENCE_DATASET, index, image_size)
+        records.append({
+            "messages": [_user_turn()],
+            "chosen": {"role": "assistant", "content": scene.caption},
             "rejected": {"role": "assistant", "content": hallucinated_caption(scene, rng)},
+            "images": [image],
         })
-        sft.append({"messages": prompt + [{"role": "assistant", "content": scene.caption()}],
-                    "images": [str(image_path)]})
-    (out_dir / "shapes_pref.json").write_text(json.dumps(pairs, indent=1))
-    (out_dir / "shapes_sft.json").write_text(json.dumps(sft, indent=1))
-    info = {PREFERENCE_DATASET: _dataset_entry("shapes_pref.json", True), SFT_DATASET: _dataset_entry("shapes_sft.json", False)}
-    (out_dir / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    return _write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
+
+
+def write_sft_dataset(
+    out_dir: Path, *, n_examples: int, seed: int = 0, image_size: int = 56, noisy_share: float = 0.0
+) -> Path:
+    """Add the `shapes_sft` dataset (image, caption) to a LLaMA-Factory dataset dir, for a warm-up stage.
+
+    A `noisy_share` of the captions, drawn from a stream of its own (the scenes do not change with it), name
+    one absent shape, like the noisy captions of web data that teach real models to hallucinate.
+    """
+    _check_count("n_examples", n_examples)
+    _check_image_size(image_size)
+    if not 0.0 <= noisy_share <= 1.0:
+        raise ValueError(f"noisy_share must be a share in [0, 1], got {noisy_share!r}")
+    rng = random.Random(f"shapes/{SFT_DATASET}/{seed}")
+    noise_rng = random.Random(f"shapes/{SFT_DATASET}/noise/{seed}")
+    records = []
+    for index in range(n_examples):
+        scene = random_scene(rng)
+        image = _save_image(scene, Path(out_dir), SFT_DATASET, index, image_size)
+        noisy = noise_rng.random() < noisy_share
+        text = hallucinated_caption(scene, noise_rng) if noisy else scene.caption
+        records.append({
+            "messages": [_user_turn(), {"role": "assistant", "content": text}],
+            "images": [image],
+        })
+    return _write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
+
+
+def write_caption_eval_set(
+    out_dir: Path, *, n_images: int, seed: int = 0, image_size: int = 56
+) -> list[CaptionEvalImage]:
+    """Held-out images (a random stream of their own) with ground truth, also listed in `shapes_eval.json`."""
+    _check_count("n_images", n_images)
+    _check_image_size(image_size)
+    out_dir = Path(out_dir)
+    rng = random.Random(f"shapes/eval/{seed}")
+    items, manifest = [], []
+    for index in range(n_images):
+        scene = random_scene(rng)
+        image = _save_image(scene, out_dir, "eval", index, image_size)
+        items.append(CaptionEvalImage((out_dir / image).resolve(), scene.shapes, scene.caption))
+        manifest.append({"image": image, "shapes": list(scene.shapes), "caption": scene.caption})
+    (out_dir / EVAL_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return items
+
+
+def _user_turn() -> dict[str, str]:
+    return {"role": "user", "content": IMAGE_PLACEHOLDER + CAPTION_PROMPT}
+
+
+def _save_image(scene: Scene, out_dir: Path, subset: str, index: int, image_size: int) -> str:
+    """Saves the PNG and returns its path relative to `out_dir` (LLaMA-Factory's default `media_dir`)."""
+    relative = Path("images") / subset / f"{index:05d}.png"
+    (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+    draw_scene(scene, image_size).save(out_dir / relative)
+    return relative.as_posix()
+
+
+def _write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: bool) -> Path:
+    """Writes `<name>.json` and adds its entry to `dataset_info.json`, keeping the entries already there."""
+    file_name = f"{name}.json"
+    (out_dir / file_name).write_text(json.dumps(records, indent=1))
+    columns = {"messages": "messages", "images": "images"}
+    if ranking:
+        columns.update(chosen="chosen", rejected="rejected")
+    info_path = out_dir / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info[name] = {
+        "file_name": file_name, "formatting": "sharegpt", "ranking": ranking, "columns": columns,
+        "tags": dict(_SHAREGPT_TAGS),
+    }
+    info_path.write_text(json.dumps(info, indent=1))
     return out_dir
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_image_size(image_size: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be an integer of at least {MIN_IMAGE_SIZE} pixels (the tiny models' patch grid), "
+            f"got {image_size!r}"
+        )

@@ -1,130 +1,260 @@
-"""Tiny random-weight LLaVA and Qwen2-VL checkpoints built locally: no downloads.
+"""Tiny random-weight LLaVA-1.5 and Qwen2-VL checkpoints, built locally without any download.
 
-Real config, model, tokenizer and processor classes, so LLaMA-Factory's `llava` and `qwen2_vl`
-templates and lmms-eval load them exactly as they load the released checkpoints.
+They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's `llava` and
+`qwen2_vl` templates, `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they
+load the released checkpoints. Both see an image as a 2x2 grid of visual tokens, one per quadrant
+of a shapes image (see `ue_dpo.shapes`).
 """
 
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
-from ue_dpo.shapes import COLOURS, SHAPES
+from ue_dpo.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
 ARCHITECTURES = ("llava", "qwen2_vl")
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-    "<|video_pad|>",
-]
-LLAVA_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-_PROMPT_WORDS = (
-    "system user assistant USER ASSISTANT You are a helpful assistant. A chat between a curious human and an "
-    "artificial intelligence assistant. Describe this image. What is in the picture? There is a and the one "
-    "two three no yes is are of in on with picture image shape shapes colour"
+
+TEXT_HIDDEN_SIZE = 64
+LLAVA_IMAGE_SIZE = 28
+QWEN2_VL_IMAGE_PIXELS = 56 * 56
+VISION_PATCH_SIZE = 14
+MAX_POSITIONS = 1024
+TOKENIZER_VOCAB_LIMIT = 1024
+
+LLAVA_IMAGE_TOKEN = "<image>"
+LLAVA_PAD_TOKEN = "<pad>"
+# The added tokens of the released Qwen2-VL tokenizer, in their id order.
+QWEN2_VL_ADDED_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)
+
+_PROMPT_TEXTS = (
+    (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    ),
+    "USER: Describe this image. ASSISTANT: There is a red circle.",
+    "system\nYou are a helpful assistant.\nuser\nDescribe this image.\nassistant\nThere is a blue square.\n",
+    CAPTION_PROMPT,
+    "Describe this image in detail. What is in the picture? How many shapes are there? Answer yes or no.",
+    "Is there a green triangle in the image? Yes, there is. No, there is not.",
+    "The image shows one, two or three coloured shapes on a white background: 1 2 3 4.",
+    "Please answer the question with a single word or phrase. What colour is the star?",
 )
 
 
 def _corpus() -> list[str]:
-    shape_phrases = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
-    return [_PROMPT_WORDS, " ".join(shape_phrases), *[f"There is {phrase}." for phrase in shape_phrases]] * 4
+    objects = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    captions = [f"There is {first} and {second}." for first, second in zip(objects, reversed(objects))]
+    plurals = " ".join(f"{shape}s" for shape in SHAPES)
+    return [*_PROMPT_TEXTS, *captions, plurals, ", ".join(objects)]
 
 
-def _byte_level_bpe(special_tokens: list[str], vocab_size: int) -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+def _trained_vocab_and_merges(bpe: Tokenizer, trainer: trainers.BpeTrainer) -> tuple[dict, list[tuple[str, str]]]:
+    bpe.train_from_iterator(_corpus(), trainer)
+    model = json.loads(bpe.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+
+
+def _llama_tokenizer():
+    """A SentencePiece-style BPE like Llama's: `▁` word prefix, `<0xNN>` byte fallback at ids 3-258."""
+    from transformers import LlamaTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=TOKENIZER_VOCAB_LIMIT, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False
     )
-    tokenizer.train_from_iterator(_corpus(), trainer)
-    return tokenizer
+    vocab, merges = _trained_vocab_and_merges(bpe, trainer)
+    return LlamaTokenizerFast(
+        vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token=LLAVA_PAD_TOKEN,
+        add_bos_token=True, add_eos_token=False, legacy=False, model_max_length=MAX_POSITIONS,
+        added_tokens_decoder={
+            len(vocab) + offset: AddedToken(token, special=True, normalized=False)
+            for offset, token in enumerate((LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN))  # the order llava-1.5-hf has
+        },
+    )
+
+
+def _qwen2_tokenizer():
+    """A byte-level BPE split by Qwen2's pre-tokenizer regex, with Qwen2-VL's added tokens after the vocab."""
+    from transformers import Qwen2TokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_LIMIT, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    vocab, merges = _trained_vocab_and_merges(bpe, trainer)
+    return Qwen2TokenizerFast(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder={
+            len(vocab) + offset: AddedToken(token, special=True, normalized=False)
+            for offset, token in enumerate(QWEN2_VL_ADDED_TOKENS)
+        },
+    )
+
+
+def _special_token_ids(tokenizer) -> dict[str, int | None]:
+    return {
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _save_random_model(model_class, config, tokenizer, out_dir: Path, seed: int) -> None:
+    # The generation config is derived from the top-level ids on save, and the trainer compares them with the
+    # tokenizer's. (Qwen2VLConfig drops top-level ids when loaded, so that trainer still warns; it is harmless.)
+    for name, token_id in _special_token_ids(tokenizer).items():
+        setattr(config, name, token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    model.save_pretrained(out_dir)
+
+
+def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
+    """A LLaVA-1.5-style checkpoint: CLIP vision tower (28 px, 14 px patches: 4 image tokens) + Llama."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _llama_tokenizer()
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN_SIZE, intermediate_size=2 * TEXT_HIDDEN_SIZE,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE,
+        patch_size=VISION_PATCH_SIZE, projection_dim=32,
+    )
+    config = LlavaConfig(
+        text_config=text_config, vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
+        image_seq_length=(LLAVA_IMAGE_SIZE // VISION_PATCH_SIZE) ** 2,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": LLAVA_IMAGE_SIZE}, crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE}
+    )
+    # num_additional_image_tokens=1 (CLIP's class token) with the "default" strategy, which drops it again:
+    # LLaMA-Factory's llava plugin and LlavaProcessor both expand <image> to exactly the patch count.
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=VISION_PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=LLAVA_IMAGE_TOKEN,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
 
 
 def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens."""
     from transformers import (
-        Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
 
     out_dir = Path(out_dir)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=_byte_level_bpe(QWEN_SPECIAL_TOKENS, 400),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None,
-    )
+    tokenizer = _qwen2_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids
+    num_attention_heads = 4
+    half_head_dim = TEXT_HIDDEN_SIZE // num_attention_heads // 2
+    # The released model splits each rotary half 2:3:3 between the temporal, height and width positions.
+    mrope_section = [half_head_dim // 4, 3 * half_head_dim // 8, 3 * half_head_dim // 8]
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}, "eos_token_id": token_id("<|im_end|>"),
+            "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE,
+            "num_hidden_layers": 2, "num_attention_heads": num_attention_heads, "num_key_value_heads": 2,
+            "max_position_embeddings": MAX_POSITIONS,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+            **_special_token_ids(tokenizer),
         },
         vision_config={
-            "depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3,
+            "depth": 2, "embed_dim": 32, "hidden_size": TEXT_HIDDEN_SIZE, "num_heads": 2, "mlp_ratio": 2,
+            "patch_size": VISION_PATCH_SIZE, "spatial_merge_size": 2, "temporal_patch_size": 2,
         },
         image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"),
     )
-    torch.manual_seed(seed)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(out_dir)
-    # 56x56 images: a 4x4 patch grid, merged 2x2 into 4 visual tokens
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56)
+    _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed)
+    # Passing `size` (not min_pixels/max_pixels) matters: those two kwargs write into the class-level default
+    # `size` dict in transformers 5.6, changing every Qwen2-VL processor created later in the process.
+    pixels = {"shortest_edge": QWEN2_VL_IMAGE_PIXELS, "longest_edge": QWEN2_VL_IMAGE_PIXELS}
     processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_CHAT_TEMPLATE,
+        image_processor=Qwen2VLImageProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
+        video_processor=Qwen2VLVideoProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
+        tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out_dir)
     return out_dir
-
-
-def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
-    from transformers import (
-        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlamaTokenizerFast, LlavaConfig,
-        LlavaForConditionalGeneration, LlavaProcessor,
-    )
-
-    out_dir = Path(out_dir)
-    tokenizer = LlamaTokenizerFast(
-        tokenizer_object=_byte_level_bpe(LLAVA_SPECIAL_TOKENS, 400),
-        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", add_bos_token=True,
-        add_eos_token=False, legacy=False,
-    )
-    token_id = tokenizer.convert_tokens_to_ids
-    config = LlavaConfig(
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-            bos_token_id=token_id("<s>"), eos_token_id=token_id("</s>"), pad_token_id=token_id("<pad>"),
-        ),
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
-            patch_size=14, projection_dim=32,
-        ),
-        image_token_index=token_id("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    LlavaForConditionalGeneration(config).save_pretrained(out_dir)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token="<image>", chat_template=_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out_dir)
-    return out_dir
-
-
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: "
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
-)
 
 
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0) -> Path:
     builders = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl}
     if arch not in builders:
-        raise ValueError(f"unknown tiny architecture {arch!r}; use one of: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown tiny model architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
     return builders[arch](out_dir, seed=seed)
+
+
+# Both chat templates render like the released ones and accept `content` as a string or as a list of parts.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}{% endif %}"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% endif %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'video' or 'video' in part %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)

@@ -1,0 +1,138 @@
+"""`ue-dpo score amber|object_halbench|mmhal_bench`: score saved responses in the official formats with the
+code the lmms-eval tasks use; `--json` prints one JSON object, otherwise a table."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ue_dpo.evaluation.judge_settings import JUDGE_MODEL_ENV
+
+
+def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--judge-model", help=f"judge model name (default: ${JUDGE_MODEL_ENV})")
+    parser.add_argument("--judge-base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
+                        "(default: $OPENAI_BASE_URL, else api.openai.com); the key is read from $OPENAI_API_KEY")
+    parser.add_argument("--judge-cache-dir", type=Path,
+                        help="on-disk cache of judge replies (default: $UE_DPO_JUDGE_CACHE_DIR, else ~/.cache/ue_dpo/judge)")
+    parser.add_argument("--allow-judge-failures", action="store_true",
+                        help="count items the judge never answered (judge_failures) instead of stopping")
+
+
+def _judge(args: argparse.Namespace):
+    from ue_dpo.benchmarks.judge import JudgeConfigError
+    from ue_dpo.evaluation.judge_settings import task_judge
+
+    if not (args.judge_model or os.environ.get(JUDGE_MODEL_ENV, "").strip()):
+        raise JudgeConfigError(f"name the judge model with --judge-model MODEL (or {JUDGE_MODEL_ENV}); for a local vLLM "
+                               "server also pass --judge-base-url http://HOST:PORT/v1")
+    metadata = {
+        "judge_model": args.judge_model,
+        "judge_base_url": args.judge_base_url,
+        "judge_cache_dir": None if args.judge_cache_dir is None else str(args.judge_cache_dir),
+        "allow_judge_failures": True if args.allow_judge_failures else None,
+    }
+    return task_judge(f"ue-dpo score {args.benchmark}", metadata)
+
+
+def _score_amber(args: argparse.Namespace) -> dict[str, Any]:
+    from ue_dpo.benchmarks.amber import score_amber_files
+
+    result = score_amber_files(args.data_dir, args.responses, nlp=args.spacy_model, parse=args.answer_parse)
+    return {**result, "spacy_model": args.spacy_model}
+
+
+def _score_object_halbench(args: argparse.Namespace) -> dict[str, Any]:
+    from ue_dpo.benchmarks.object_halbench import load_object_halbench_answers, score_object_halbench
+    from ue_dpo.evaluation.coco_ground_truth import cached_coco_ground_truth
+
+    answers = load_object_halbench_answers(args.responses)
+    image_ids = {answer["image_id"] for answer in answers if isinstance(answer, dict) and isinstance(answer.get("image_id"), (int, str))}
+    ground_truth = cached_coco_ground_truth(args.coco_dir, image_ids)
+    judge = _judge(args) if args.extractor == "gpt" else None
+    result = score_object_halbench(ground_truth, answers, extractor=args.extractor, judge=judge, nlp=args.spacy_model)
+    if judge is not None:
+        result.update(spacy_model=args.spacy_model, judge=judge.config.public_dict())
+    return result
+
+
+def _score_mmhal_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from ue_dpo.benchmarks.mmhal import MMHAL_NUM_ITEMS, score_mmhal_file
+
+    judge = _judge(args)
+    scored = score_mmhal_file(args.responses, judge, expected_items=None if args.allow_subset else MMHAL_NUM_ITEMS)
+    return {**scored["metrics"], "judge": scored["judge"]}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def _rows(result: dict[str, Any], benchmark: str) -> list[tuple[str, Any]]:
+    if benchmark == "amber":
+        rows = [(f"generative {key}", result["generative"][key]) for key in ("CHAIR", "Cover", "Hal", "Cog", "n")]
+        for group in ("overall", "existence", "attribute", "relation"):
+            rows += [(f"{group} {key}", result["discriminative"][group][key]) for key in ("Accuracy", "Precision", "Recall", "F1")]
+        rows += [("unparsed answers", result["discriminative"]["overall"]["unparsed"]), ("AMBER Score", result["amber_score"]),
+                 ("answer parse", result["parse"])]
+        return rows
+    if benchmark == "object_halbench":
+        keys = ("chair_s", "chair_s_all", "chair_i", "recall", "n", "missing", "extraction_failures", "extractor")
+        return [(key, result[key]) for key in keys] + ([("judge model", result["judge"]["model"])] if "judge" in result else [])
+    rows = [(key, result[key]) for key in ("score", "hallucination_rate", "informativeness")]
+    rows += [(f"score {kind}", value) for kind, value in result["per_type"].items()]
+    return rows + [(key, result[key]) for key in ("n", "judge_model", "judge_failures", "judge_unparsed")]
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ue_dpo.benchmarks.judge import JudgeError
+
+    score = {"amber": _score_amber, "object_halbench": _score_object_halbench, "mmhal_bench": _score_mmhal_bench}[args.benchmark]
+    try:
+        result = score(args)
+    except (OSError, ValueError, LookupError, JudgeError) as error:
+        sys.exit(f"ue-dpo score {args.benchmark}: {error}")
+    if args.json:
+        print(json.dumps(result))
+        return
+    rows = _rows(result, args.benchmark)
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {_format(value)}" for name, value in rows))
+
+
+def register(commands) -> None:
+    from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL
+
+    score = commands.add_parser("score", help="score saved responses of AMBER, Object-HalBench or MMHal-Bench")
+    benchmarks = score.add_subparsers(dest="benchmark", required=True)
+
+    amber = benchmarks.add_parser("amber", help="AMBER: CHAIR, Cover, Hal, Cog, yes/no metrics, AMBER Score")
+    amber.add_argument("--data-dir", type=Path, required=True, help="AMBER's data/ folder (annotations.json, relation.json, safe_words.txt)")
+    amber.add_argument("--responses", type=Path, required=True, help='JSON list of {"id", "response"} (AMBER\'s format)')
+    amber.add_argument("--spacy-model", default=AMBER_SPACY_MODEL, help=f"spaCy pipeline for word similarity (default: {AMBER_SPACY_MODEL})")
+    amber.add_argument("--answer-parse", choices=("exact", "lenient"), default="exact",
+                       help="exact: the official exact 'Yes'/'No' (default); lenient: first word, any case (not comparable)")
+
+    object_halbench = benchmarks.add_parser("object_halbench", help="Object-HalBench: CHAIR on COCO objects")
+    object_halbench.add_argument("--coco-dir", type=Path, required=True,
+                                 help="folder with instances_{train,val}2014.json and captions_{train,val}2014.json")
+    object_halbench.add_argument("--responses", type=Path, required=True,
+                                 help='JSON lines with "question_id", "image_id", "text" (and "prompt" for --extractor gpt)')
+    object_halbench.add_argument("--extractor", choices=("nltk", "gpt"), default="nltk",
+                                 help="nltk: CHAIR's rule path (default); gpt: the LLM extraction of the published numbers")
+    object_halbench.add_argument("--spacy-model", default=OBJECT_HALBENCH_SPACY_MODEL,
+                                 help=f"spaCy pipeline of the gpt extractor (default: {OBJECT_HALBENCH_SPACY_MODEL})")
+    _add_judge_arguments(object_halbench)
+
+    mmhal = benchmarks.add_parser("mmhal_bench", help="MMHal-Bench: judge ratings 0-6")
+    mmhal.add_argument("--responses", type=Path, required=True, help="the official response template with model_answer filled in")
+    mmhal.add_argument("--allow-subset", action="store_true", help="score fewer than the 96 items")
+    _add_judge_arguments(mmhal)
+
+    for parser in (amber, object_halbench, mmhal):
+        parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        parser.set_defaults(handler=_run)

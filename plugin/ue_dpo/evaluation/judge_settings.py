@@ -1,0 +1,41 @@
+"""The judge of a judged task, configured from the task YAML's `metadata` or the environment.
+
+metadata key        environment variable          default
+judge_model         UE_DPO_JUDGE_MODEL            (required)
+judge_base_url      OPENAI_BASE_URL               https://api.openai.com/v1
+judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge
+allow_judge_failures UE_DPO_ALLOW_JUDGE_FAILURES  false
+The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ue_dpo.benchmarks.judge import JudgeClient, JudgeConfigError
+from ue_dpo.evaluation.data import cache_dir, setting
+
+JUDGE_MODEL_ENV = "UE_DPO_JUDGE_MODEL"
+JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
+ALLOW_JUDGE_FAILURES_ENV = "UE_DPO_ALLOW_JUDGE_FAILURES"
+
+
+def default_judge_cache_dir() -> str:
+    return str(cache_dir() / "judge")
+
+
+def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
+    model = setting(metadata, "judge_model", JUDGE_MODEL_ENV)
+    if not model:
+        raise JudgeConfigError(
+            f"{task_name} is scored by an LLM judge: name its model with {JUDGE_MODEL_ENV}=MODEL (for a local vLLM "
+            f"server also OPENAI_BASE_URL=http://HOST:PORT/v1), or `metadata: {{judge_model: MODEL}}` in a task YAML."
+        )
+    options = {
+        "model": model,
+        "base_url": metadata.get("judge_base_url"),
+        "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV, default_judge_cache_dir()),
+        "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
+    }
+    return JudgeClient.from_options(options)

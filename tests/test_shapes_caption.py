@@ -1,0 +1,107 @@
+"""Exact CHAIR on the shapes world (`benchmarks.shapes_chair`) and the `shapes_caption` lmms-eval task adapter."""
+
+import json
+
+import pytest
+from ue_dpo.benchmarks.shapes_chair import (
+    score_shapes_captions,
+    shapes_caption_item_result,
+    shapes_chair_metrics,
+)
+from ue_dpo.cli import main
+from ue_dpo.evaluation import shapes_caption
+from ue_dpo.shapes import CAPTION_PROMPT, EVAL_MANIFEST, write_caption_eval_set
+
+# (response, true shapes) with mentions / hallucinated mentions worked out by hand in the comments
+HAND_CASES = [
+    ("There is a red circle and a blue star.", ["circle", "square"]),  # circle, star | star
+    ("Circles, circles everywhere; a SQUARE too.", ["circle", "square"]),  # circle x2, square | -
+    ("A blank white picture.", ["triangle"]),  # no mention
+    ("", ["star"]),  # empty response: no mention
+    ("There is a star and the start of a triangle.", ["star"]),  # star, triangle ("start" is no star) | triangle
+]
+
+
+def test_item_records_count_every_mention_and_each_hallucination():
+    records = [shapes_caption_item_result(response, truth) for response, truth in HAND_CASES]
+    assert records[0] == {"mentions": ["circle", "star"], "hallucinated": ["star"], "covered": ["circle"],
+                          "ground_truth": ["circle", "square"]}
+    assert records[1]["mentions"] == ["circle", "circle", "square"] and records[1]["hallucinated"] == []
+    assert records[1]["covered"] == ["circle", "square"]
+    assert records[3] == {"mentions": [], "hallucinated": [], "covered": [], "ground_truth": ["star"]}
+    assert records[4]["mentions"] == ["star", "triangle"] and records[4]["hallucinated"] == ["triangle"]
+
+
+def test_metrics_are_totals_over_responses():
+    metrics = score_shapes_captions([response for response, _ in HAND_CASES], [truth for _, truth in HAND_CASES])
+    # responses mentioning a shape: 1, 2, 5; with a hallucination: 1, 5
+    assert metrics["chair_s"] == pytest.approx(2 / 3 * 100)
+    assert metrics["chair_s_all"] == pytest.approx(2 / 5 * 100)
+    # mentions 2 + 3 + 0 + 0 + 2 = 7, hallucinated 1 + 1 = 2
+    assert metrics["chair_i"] == pytest.approx(2 / 7 * 100)
+    # true shapes 2 + 2 + 1 + 1 + 1 = 7, named 1 + 2 + 0 + 0 + 1 = 4
+    assert metrics["recall"] == pytest.approx(4 / 7 * 100)
+    # distinct shapes named: 2, 2, 0, 0, 2
+    assert metrics["mean_shapes_mentioned"] == pytest.approx(6 / 5)
+    assert (metrics["n"], metrics["responses_with_mentions"], metrics["hallucinated_responses"]) == (5, 3, 2)
+
+
+def test_ratios_without_a_denominator_are_undefined_not_zero():
+    silent = score_shapes_captions(["Nothing to see.", ""], [["star"], ["circle", "square"]])
+    assert silent["chair_s"] is None and silent["chair_i"] is None
+    assert silent["chair_s_all"] == 0.0 and silent["recall"] == 0.0 and silent["mean_shapes_mentioned"] == 0.0
+    empty = shapes_chair_metrics([])
+    assert all(empty[name] is None for name in ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned"))
+
+
+def test_bad_inputs_are_refused_clearly():
+    with pytest.raises(ValueError, match=r"\['hexagon'\] are not shapes"):
+        shapes_caption_item_result("a hexagon", ["hexagon"])
+    with pytest.raises(TypeError, match="must be a string"):
+        shapes_caption_item_result(None, ["star"])
+    with pytest.raises(ValueError, match="2 responses for 1 images"):
+        score_shapes_captions(["a", "b"], [["star"]])
+
+
+@pytest.fixture
+def eval_dir(tmp_path):
+    main(["shapes-eval", "--out", str(tmp_path / "shapes_eval"), "--images", "5", "--seed", "3"])
+    return tmp_path / "shapes_eval"
+
+
+def test_shapes_eval_command_writes_the_held_out_set(eval_dir, tmp_path):
+    manifest = json.loads((eval_dir / EVAL_MANIFEST).read_text())
+    expected = write_caption_eval_set(tmp_path / "again", n_images=5, seed=3)
+    assert [entry["shapes"] for entry in manifest] == [list(item.shapes) for item in expected]
+    assert all((eval_dir / entry["image"]).is_file() for entry in manifest)
+
+
+def test_task_docs_carry_the_ground_truth_of_the_manifest(eval_dir):
+    docs = shapes_caption.load_shapes_eval_docs(eval_dir)
+    manifest = json.loads((eval_dir / EVAL_MANIFEST).read_text())
+    assert [doc["shapes"] for doc in docs] == [entry["shapes"] for entry in manifest]
+    assert shapes_caption.shapes_doc_to_text(docs[0], {}) == CAPTION_PROMPT
+    (image,) = shapes_caption.shapes_doc_to_visual(docs[0])
+    assert image.mode == "RGB" and image.size == (56, 56)
+
+
+def test_task_data_dir_comes_from_dataset_kwargs_then_the_environment(eval_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv(shapes_caption.SHAPES_EVAL_DIR_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="UE_DPO_SHAPES_EVAL_DIR=DIR"):
+        shapes_caption.shapes_eval_dir(None)
+    monkeypatch.setenv(shapes_caption.SHAPES_EVAL_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere' / EVAL_MANIFEST} does not exist"):
+        shapes_caption.shapes_eval_dir({})
+    assert shapes_caption.shapes_eval_dir({"data_dir": str(eval_dir)}) == eval_dir
+    monkeypatch.setenv(shapes_caption.SHAPES_EVAL_DIR_ENV, str(eval_dir))
+    assert shapes_caption.shapes_eval_dir({}) == eval_dir
+
+
+def test_task_results_aggregate_to_the_metric_module(eval_dir):
+    docs = shapes_caption.load_shapes_eval_docs(eval_dir)[:2]
+    responses = [f"There is a {docs[0]['shapes'][0]} and a circle and a star.", "Just a white background."]
+    per_doc = [shapes_caption.shapes_process_results(doc, [response]) for doc, response in zip(docs, responses)]
+    expected = score_shapes_captions(responses, [doc["shapes"] for doc in docs])
+    for metric in ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned"):
+        aggregate = getattr(shapes_caption, f"shapes_{metric}")
+        assert aggregate([results[metric] for results in per_doc]) == expected[metric]

@@ -1,0 +1,228 @@
+"""The `ue_dpo_hf` lmms-eval model in process: checkpoint resolution, prompts, generation kwargs, failures."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from PIL import Image
+from ue_dpo.evaluation.model import CheckpointError, UeDpoHF, resolve_checkpoint
+from ue_dpo.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
+from ue_dpo.tiny_config import tiny_training_config
+
+ARCHITECTURES = ("llava", "qwen2_vl")
+QWEN2_VL_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+    + "<|image_pad|>" * 4 + "<|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
+)
+LLAVA_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: " + "<image>" * 4 + "Describe this image. ASSISTANT:"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_5_vl_dir(tiny_qwen2_vl_dir, tmp_path_factory):
+    """A random Qwen2.5-VL (windowed vision tower) sharing the tiny Qwen2-VL's text config and processor."""
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
+
+    out_dir = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
+    qwen2_vl = AutoConfig.from_pretrained(tiny_qwen2_vl_dir)
+    text_config = qwen2_vl.text_config.to_dict()
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+                       "out_hidden_size": text_config["hidden_size"], "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]},
+        **{name: getattr(qwen2_vl, name) for name in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                       "vision_end_token_id")},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out_dir)
+    AutoProcessor.from_pretrained(tiny_qwen2_vl_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir):
+    return {"llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
+            "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
+            "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu")}
+
+
+@pytest.fixture(scope="module")
+def images(shapes_dataset_dir):
+    records = json.loads((shapes_dataset_dir / f"{PREFERENCE_DATASET}.json").read_text())
+    return [Image.open(shapes_dataset_dir / record["images"][0]).convert("RGB") for record in records[:3]]
+
+
+def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list[int]:
+    """The prompt ids of the first `shapes_pref` pair, as LLaMA-Factory's DPO data pipeline tokenises it."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.extras.constants import IGNORE_INDEX
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    config = tiny_training_config(arch, model_dir, dataset_dir, tmp_path / "out", stage="dpo")
+    model_args, data_args, training_args, _, _ = get_train_args(config)
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    row = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"][0]
+    response_start = next(i for i, label in enumerate(row["chosen_labels"]) if label != IGNORE_INDEX)
+    return row["chosen_input_ids"][:response_start]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
+    model = models[arch]
+    prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
+    assert prompt == llamafactory_training_prompt(arch, request.getfixturevalue(f"tiny_{arch}_dir"),
+                                                  shapes_dataset_dir, tmp_path)
+    expected_text = {"llava": LLAVA_PROMPT, "qwen2_vl": QWEN2_VL_PROMPT}[arch]
+    assert model.tokenizer.decode(prompt) == expected_text
+
+
+def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
+    model = models["qwen2_5_vl"]
+    assert model.template_name == "qwen2_vl"
+    assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
+
+
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl"])
+def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
+    """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
+    model = models[arch]
+    inputs = model.model_inputs([(CAPTION_PROMPT, images[:1]), ("What is in the picture?", images[1:2])])
+    if arch != "llava":
+        assert inputs["mm_token_type_ids"].sum(dim=1).tolist() == [4, 4]
+    with torch.inference_mode():
+        forward_logits = model.model(**inputs).logits[:, -1]
+        generated = model.model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
+                                         return_dict_in_generate=True, pad_token_id=model.pad_token_id)
+    torch.testing.assert_close(generated.logits[0], forward_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_the_entry_point_registers_the_model():
+    from lmms_eval.models import get_model
+
+    assert get_model("ue_dpo_hf") is UeDpoHF
+
+
+def save_random_lora_adapter(base_dir, out_dir, *, with_processor: bool):
+    """A LoRA dir as LLaMA-Factory writes one (adapter + processor files), with non-zero B matrices."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)",
+                        init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    peft_model.save_pretrained(out_dir)
+    if with_processor:
+        AutoProcessor.from_pretrained(base_dir).save_pretrained(out_dir)
+    return peft_model.eval()
+
+
+def test_a_lora_dir_evaluates_as_base_plus_adapter(tiny_qwen2_vl_dir, models, images, tmp_path):
+    lora_dir = tmp_path / "lora"
+    reference = save_random_lora_adapter(tiny_qwen2_vl_dir, lora_dir, with_processor=True)
+    assert resolve_checkpoint(str(lora_dir)) == (str(tiny_qwen2_vl_dir), str(lora_dir), str(lora_dir))
+    model = UeDpoHF(pretrained=str(lora_dir), device="cpu")
+    inputs = model.model_inputs([(CAPTION_PROMPT, images[:1]), ("What is in the picture?", images[1:2])])
+    with torch.inference_mode():
+        merged_logits = model.model(**inputs).logits
+        adapter_logits = reference(**inputs).logits
+        base_logits = models["qwen2_vl"].model(**inputs).logits
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-4)
+    assert (merged_logits - base_logits).abs().max() > 1e-2
+
+
+def test_checkpoint_resolution_takes_the_processor_from_the_base_when_the_dir_has_none(tiny_llava_dir, tmp_path):
+    lora_dir = tmp_path / "lora"
+    save_random_lora_adapter(tiny_llava_dir, lora_dir, with_processor=False)
+    assert resolve_checkpoint(str(lora_dir)) == (str(tiny_llava_dir), str(lora_dir), str(tiny_llava_dir))
+    assert resolve_checkpoint(str(tiny_llava_dir)) == (str(tiny_llava_dir), None, str(tiny_llava_dir))
+
+    moved = tmp_path / "moved_base"
+    shutil.copytree(tiny_llava_dir, moved)
+    assert resolve_checkpoint(str(lora_dir), str(moved)) == (str(moved), str(lora_dir), str(moved))
+
+    config = json.loads((lora_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (lora_dir / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="pass base_model=PATH"):
+        resolve_checkpoint(str(lora_dir))
+    with pytest.raises(CheckpointError, match="is not a LoRA output dir"):
+        resolve_checkpoint(str(tiny_llava_dir), str(moved))
+
+
+def requests_for(images, gen_kwargs_per_request):
+    docs = [{"image": image} for image in images]
+    return [
+        Instance(request_type="generate_until", idx=0,
+                 arguments=(CAPTION_PROMPT, dict(gen_kwargs), lambda doc: [doc["image"]], doc_id, "shapes", "test"),
+                 metadata={"task": "shapes", "doc_id": doc_id, "repeats": 1})
+        for doc_id, gen_kwargs in enumerate(gen_kwargs_per_request)
+    ], {"shapes": {"test": docs}}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, models, images):
+    model = models[arch]
+    # two kwargs groups, interleaved, so batching regroups and must restore the order
+    kwargs = [{"max_new_tokens": 8, "until": []}, {"max_new_tokens": 5, "until": []}, {"max_new_tokens": 8, "until": []}]
+    requests, model.task_dict = requests_for(images, kwargs)
+    one_by_one = [model.generate([(CAPTION_PROMPT, [image])], gen) for image, gen in zip(images, kwargs)]
+    model.batch_size_per_gpu = 2
+    try:
+        batched = model.generate_until(requests)
+    finally:
+        model.batch_size_per_gpu = 1
+    assert batched == [answers[0] for answers in one_by_one]
+
+
+def test_generation_kwargs_are_honoured(models, images):
+    model = models["qwen2_vl"]
+    prompt = [(CAPTION_PROMPT, images[:1])]
+    long_answer = model.generate(prompt, {"max_new_tokens": 12})[0]
+    short_answer = model.generate(prompt, {"max_new_tokens": 3})[0]
+    assert len(model.tokenizer.encode(short_answer)) <= 3 and long_answer.startswith(short_answer)
+    stop = long_answer[len(long_answer) // 2:len(long_answer) // 2 + 2]
+    cut = model.generate(prompt, {"max_new_tokens": 12, "until": [stop]})[0]
+    assert cut == long_answer.split(stop, 1)[0]
+    assert model.generate(prompt, {"max_new_tokens": 12, "num_beams": 2, "until": []})[0]
+    with pytest.raises(ValueError, match="needs a temperature > 0"):
+        model.generate(prompt, {"do_sample": True, "temperature": 0})
+    with pytest.raises(ValueError, match=r"does not support the generation kwargs \['repetition_penalty'\]"):
+        model.generate(prompt, {"repetition_penalty": 1.2})
+
+
+def test_a_generation_error_raises_instead_of_answering_empty(models, images, monkeypatch):
+    model = models["llava"]
+    requests, model.task_dict = requests_for(images[:1], [{"max_new_tokens": 4}])
+
+    def broken_generate(**kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model.model, "generate", broken_generate)
+    with pytest.raises(RuntimeError, match="simulated"):
+        model.generate_until(requests)
+
+
+def test_unsupported_requests_and_args_are_refused(models, tiny_llava_dir):
+    with pytest.raises(NotImplementedError, match="generate_until only"):
+        models["llava"].loglikelihood([])
+    with pytest.raises(NotImplementedError, match="generate_until only"):
+        models["llava"].generate_until_multi_round([])
+    with pytest.raises(TypeError, match=r"unknown model args \['max_pixels'\]"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), max_pixels=100)
+    with pytest.raises(ValueError, match="positive integer batch size"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), batch_size="auto")
