@@ -8,6 +8,8 @@ NOISE_SCHEDULES = ("sigmoid", "linear")
 STAT_SCOPES = ("sequence", "batch")
 WEIGHT_TARGETS = ("policy", "logratio")
 BRANCHES = ("both", "chosen", "rejected")
+WEIGHTINGS = ("ue", "tpo", "ddpo", "uniform")
+DEFAULT_DDPO_GAMMA = 3.0  # RLAIF-V's `dpo_token_weight` default
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -19,6 +21,23 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 class UEDPOArguments:
     """Mixed into LLaMA-Factory's FinetuningArguments; validated only when `stage: ue_dpo`."""
 
+    ue_weighting: Literal["ue", "tpo", "ddpo", "uniform"] = field(
+        default="ue",
+        metadata={
+            "help": "Token weighting of the DPO log-probs: ue (UE-DPO, default), tpo (alibaba/TPO: w = σ(s)+0.5 on "
+            "chosen, 1-σ(s)+0.5 on rejected tokens, s = logit(a|v) - logit(a|v'), added as log w to policy and "
+            "reference), ddpo (RLHF-V's dense DPO: ddpo_gamma on the tokens that differ between chosen and "
+            "rejected, on policy and reference) or uniform (plain DPO). The ue_alpha, ue_tau, ue_stat_scope, "
+            "ue_weight_target and ue_branches keys apply to ue only; the ue_noise_* keys to ue and tpo."
+        },
+    )
+    ddpo_gamma: float = field(
+        default=DEFAULT_DDPO_GAMMA,
+        metadata={
+            "help": "γ > 0 of `ue_weighting: ddpo`: the weight of differing tokens (default 3.0 as in RLAIF-V; the "
+            "RLHF-V paper uses 5; 1 is plain DPO)."
+        },
+    )
     ue_alpha: float = field(
         default=0.3,
         metadata={"help": "UE-DPO weight strength α in [0, 1): λ_w ∈ [1, 1+α], λ_l ∈ [1-α, 1]. 0 gives plain DPO."},
@@ -70,6 +89,28 @@ class UEDPOArguments:
             "('w/o pref.'); the other keeps λ = 1."
         },
     )
+    ue_token_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Response tokens projected onto the vocabulary at a time (>= 1); with ue_vocab_chunk_size it "
+            "bounds the float32 logits held at once (default 1024 x 16384: 64 MiB)."
+        },
+    )
+    ue_vocab_chunk_size: int = field(
+        default=16384,
+        metadata={"help": "Vocabulary entries per projection block (>= 1), with a running max/log-sum-exp/argmax."},
+    )
+    ue_precompute_ref: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the reference log-probs of the whole training set once before the first step and "
+            "skip the reference pass in training; cached on disk, keyed by model, data and template."
+        },
+    )
+    ue_ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the ue_precompute_ref cache. Default: `<output_dir>/ue_ref_cache`."},
+    )
     ue_dpo_stage: bool = field(
         default=False,
         init=False,
@@ -91,6 +132,29 @@ class UEDPOArguments:
         _choice("ue_stat_scope", self.ue_stat_scope, STAT_SCOPES)
         _choice("ue_weight_target", self.ue_weight_target, WEIGHT_TARGETS)
         _choice("ue_branches", self.ue_branches, BRANCHES)
+        for name in ("ue_token_chunk_size", "ue_vocab_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}: {getattr(self, name)}` must be a positive integer.")
+        _choice("ue_weighting", self.ue_weighting, WEIGHTINGS)
+        if not self.ddpo_gamma > 0:
+            raise ValueError(f"`ddpo_gamma: {self.ddpo_gamma}` must be positive (default {DEFAULT_DDPO_GAMMA}).")
+        if self.ue_weighting != "ue":
+            for name, default in (("ue_branches", "both"), ("ue_weight_target", "policy")):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"`{name}: {getattr(self, name)}` applies to `ue_weighting: ue` only; remove it or use "
+                        "`ue_weighting: ue`."
+                    )
+        if self.ue_weighting != "ddpo" and self.ddpo_gamma != DEFAULT_DDPO_GAMMA:
+            raise ValueError(
+                f"`ddpo_gamma` applies to `ue_weighting: ddpo` only, but `ue_weighting: {self.ue_weighting}`; "
+                "remove `ddpo_gamma` or set `ue_weighting: ddpo`."
+            )
+        if self.ue_weighting == "tpo" and self.ue_precompute_ref:
+            raise ValueError(
+                "`ue_precompute_ref` cannot be used with `ue_weighting: tpo`: TPO weights the reference by the "
+                "reference's own clean/noised logits, which the cache does not hold. Remove `ue_precompute_ref`."
+            )
         if pref_loss != "sigmoid":
             raise ValueError(
                 f"`pref_loss: {pref_loss}` is not supported with `stage: ue_dpo`, which weights DPO's sigmoid loss; "

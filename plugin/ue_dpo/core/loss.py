@@ -3,7 +3,8 @@
     L = -log σ( β Σ_t [sg(λ_w) log πθ(a^w_t) - log π_ref(a^w_t)]
               - β Σ_t [sg(λ_l) log πθ(a^l_t) - log π_ref(a^l_t)] )
 
-With `target="logratio"` λ multiplies the whole log-ratio, log πθ - log π_ref.
+With `target="logratio"` λ multiplies the whole log-ratio, log πθ - log π_ref (RLHF-V's DDPO weights
+enter this way). TPO's weights enter as log w added to each token's log-probability instead.
 With λ ≡ 1 this is DPO's sigmoid loss; `label_smoothing` ε gives cDPO's
 (1 - ε)·L(z) + ε·L(-z) as LLaMA-Factory's DPO does.
 """
@@ -35,6 +36,12 @@ def weighted_sequence_logps(
     else:
         raise ValueError(f"unknown weight target {target!r}; use 'policy' or 'logratio'")
     return policy, reference
+
+
+def log_weighted_sequence_logps(token_logps: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence Σ_t [log π(a_t) + log w_t] (TPO's score; w is not detached, so gradients reach it too)."""
+    mask = mask.to(token_logps.dtype)
+    return ((token_logps + torch.log(weights.to(token_logps.dtype))) * mask).sum(-1)
 
 
 @dataclass

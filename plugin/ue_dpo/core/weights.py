@@ -8,6 +8,12 @@ q is the linear-interpolation quantile of Δ, μ_I and ς_I the mean and (Bessel
 standard deviation of u over the selected set I. Statistics are taken per sequence, or over
 every response token of the batch (`gather` concatenates a 1-D tensor across ranks).
 Fewer than two selected tokens leave λ = 1.
+
+Categories of response tokens (what `ue-dpo inspect` colours), from the selection sets and the sign of u:
+    Type-I blind spot          chosen, in I_w, u > 0: the noised-image guess â outranks a_t on the clean image
+    Type-II language prior     chosen, in I_w, u <= 0: a_t is ranked first, but the image barely supports it
+    sensitive rejected token   rejected, in I_l: a visually supported token of the rejected answer
+    unselected                 every other response token (λ = 1)
 """
 
 from collections.abc import Callable
@@ -18,6 +24,8 @@ import torch
 
 StatScope = Literal["sequence", "batch"]
 MIN_SELECTED_TOKENS = 2
+UNSELECTED, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR, SENSITIVE_REJECTED = range(4)
+CATEGORY_NAMES = ("unselected", "Type-I blind spot", "Type-II language prior", "sensitive rejected token")
 
 
 @dataclass
@@ -93,3 +101,11 @@ def blind_spot_weights(
     else:
         raise ValueError(f"unknown statistics scope {scope!r}; use 'sequence' or 'batch'")
     return TokenWeights(weights=weights, selected=selected)
+
+
+def blind_spot_categories(uncertainty: torch.Tensor, selected: torch.Tensor, *, preferred: bool) -> torch.Tensor:
+    """Category code per token (indices into CATEGORY_NAMES) for a block of chosen or of rejected rows."""
+    if not preferred:
+        return torch.where(selected, SENSITIVE_REJECTED, UNSELECTED)
+    type_of_selected = torch.where(uncertainty > 0, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR)
+    return torch.where(selected, type_of_selected, UNSELECTED)

@@ -13,6 +13,7 @@ from ue_dpo.core.noise import add_diffusion_noise, sample_noise_seed
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
+ROW_DIGEST = "ue_row_digest"
 SUPPORTED_MM_PLUGINS = {"LlavaPlugin": "llava", "Qwen2VLPlugin": "qwen2_vl (Qwen2-VL, Qwen2.5-VL)"}
 
 
@@ -55,7 +56,26 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             batch[NOISED_PIXEL_VALUES] = self._noised_pixel_values(batch)
         else:
             batch[NOISED_PIXEL_VALUES] = self._noised_image_pixel_values(pair_images, batch)
+        batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
         return batch
+
+    @staticmethod
+    def _row_digests(features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:
+        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and image pixels."""
+        images = split_pixel_values_per_image(batch) if any(pair_images) else []  # else only the blank stand-in
+        image_digests = iter([_digest(image.numpy()) for image in images])
+        row_images = [len(images) for images in pair_images] * 2
+        rows = [(feature[f"{side}_input_ids"], feature[f"{side}_labels"])
+                for side in ("chosen", "rejected") for feature in features]
+        digests = []
+        for (input_ids, labels), image_count in zip(rows, row_images):
+            row = hashlib.sha256()
+            for tokens in (input_ids, labels):
+                row.update(_digest(np.asarray(tokens, dtype=np.int64)))
+            for _ in range(image_count):
+                row.update(next(image_digests))
+            digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
+        return torch.tensor(digests, dtype=torch.long)
 
     def _seed(self, digest: bytes) -> int:
         return sample_noise_seed(self.noise_seed, digest, self.noise_step)

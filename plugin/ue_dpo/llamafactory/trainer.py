@@ -1,16 +1,29 @@
 """The UE-DPO trainer: gathers per-token logits from three passes and calls the pure core."""
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate.utils import gather_object
+from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
-from ue_dpo.core.loss import dpo_sigmoid_loss, weighted_sequence_logps
-from ue_dpo.core.token_stats import TargetLogitSummary, blind_spot_statistics, summarize_logits
-from ue_dpo.core.weights import blind_spot_weights
-from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES
+from ue_dpo.core.chunked import projected_token_statistics
+from ue_dpo.core.loss import (
+    dpo_sigmoid_loss,
+    log_weighted_sequence_logps,
+    weighted_sequence_logps,
+)
+from ue_dpo.core.peer_weights import ddpo_token_weights, tpo_token_weights
+from ue_dpo.core.token_stats import TargetLogitSummary, blind_spot_statistics
+from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_weights
+from ue_dpo.llamafactory import reference_cache
+from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST
+
+logger = logging.get_logger(__name__)
 
 
 def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -25,17 +38,132 @@ def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return positions, targets.masked_fill(~mask, 0), mask
 
 
-class UEDPOTrainer(CustomDPOTrainer):
-    def _logits_at(self, model, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        return model(**inputs, return_dict=True, use_cache=False, logits_to_keep=positions).logits
+def _mean_over(values: torch.Tensor, where: torch.Tensor) -> float:
+    count = where.sum()
+    return float((values * where).sum() / count) if count > 0 else 0.0
 
-    def _reference_token_logps(self, model, inputs, positions, targets) -> torch.Tensor:
+
+@dataclass
+class BatchTokens:
+    """Every per-token quantity of one batch that the loss reads; rows are B chosen, then B rejected, `[2B, K]`."""
+
+    model_inputs: dict  # the forward's inputs with the clean image
+    noised_inputs: dict  # the same with v'
+    positions: torch.Tensor  # [K] logit positions that predict a response token
+    targets: torch.Tensor  # token ids a_t
+    mask: torch.Tensor  # response tokens
+    has_image: torch.Tensor  # [2B]
+    row_digests: torch.Tensor  # [2B]
+    weighted_mask: torch.Tensor  # response tokens of rows with an image (those ue and tpo may weight)
+    policy_logps: torch.Tensor  # log πθ(a_t | v), differentiable
+    weights: torch.Tensor  # λ (ue), TPO's w, γ or 1 (ddpo), 1 (uniform); 1 outside `weighted_mask` for ue/tpo
+    uncertainty: torch.Tensor | None = None  # u (ue)
+    delta: torch.Tensor | None = None  # Δ (ue) or TPO's s: both logit(a|v) - logit(a|v')
+    selected: torch.Tensor | None = None  # I_w on chosen rows, I_l on rejected rows (ue)
+    category: torch.Tensor | None = None  # index into ue_dpo.core.weights.CATEGORY_NAMES (ue)
+
+    @property
+    def pairs(self) -> int:
+        return self.targets.shape[0] // 2
+
+
+class UEDPOTrainer(CustomDPOTrainer):
+    def __init__(self, *args, reference_identity: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reference_identity = reference_identity  # keys the `ue_precompute_ref` cache
+        self._precomputed_reference: dict[int, torch.Tensor] | None = None
+
+    def _token_statistics(self, model, inputs, positions, targets, mask, probe_ids=None) -> TargetLogitSummary:
+        """One forward whose output layer returns per-token statistics instead of `[N, K, V]` logits.
+
+        The model's own forward still selects the hidden states at `positions` and calls its output layer, so
+        peft, DDP and DeepSpeed work unchanged (ZeRO-3 gathers that layer's weight around the call and again
+        before its backward); only the layer's computation is replaced by the chunked projection.
+        """
+        output_layer = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if type(output_layer) is not torch.nn.Linear:
+            raise ValueError(
+                f"`stage: ue_dpo` projects hidden states onto the vocabulary itself and needs the output layer "
+                f"(lm_head) to be a plain torch.nn.Linear, but it is {type(output_layer).__name__}. Do not adapt, "
+                "wrap or quantize lm_head (leave it out of `lora_target` and `additional_target`)."
+            )
+        argmaxes = []
+
+        def statistics_instead_of_logits(hidden: torch.Tensor) -> torch.Tensor:
+            summary = projected_token_statistics(
+                hidden, output_layer.weight, output_layer.bias, targets, mask, probe_ids,
+                token_chunk_size=self.finetuning_args.ue_token_chunk_size,
+                vocab_chunk_size=self.finetuning_args.ue_vocab_chunk_size,
+            )
+            argmaxes.append(summary.argmax)
+            fields = [summary.target_logit, summary.target_logprob]
+            if probe_ids is not None:
+                fields.append(summary.probe_logit)
+            return torch.stack(fields, dim=-1)  # one tensor, so that module hooks (ZeRO-3, upcasting) see a tensor
+
+        output_layer.forward = statistics_instead_of_logits
+        try:
+            stacked = model(**inputs, return_dict=True, use_cache=False, logits_to_keep=positions).logits
+        finally:
+            del output_layer.forward
+        return TargetLogitSummary(
+            target_logit=stacked[..., 0],
+            target_logprob=stacked[..., 1],
+            argmax=argmaxes[0],
+            probe_logit=None if probe_ids is None else stacked[..., 2],
+        )
+
+    def _reference_statistics(self, model, inputs, positions, targets, mask) -> TargetLogitSummary:
         if self.ref_model is None:
             reference, context = model, self.accelerator.unwrap_model(model).disable_adapter()
         else:
             reference, context = self.ref_model, nullcontext()
         with torch.no_grad(), context:
-            return summarize_logits(self._logits_at(reference, inputs, positions), targets).target_logprob
+            return self._token_statistics(reference, inputs, positions, targets, mask)
+
+    def _reference_token_logps(self, model, inputs, positions, targets, mask) -> torch.Tensor:
+        return self._reference_statistics(model, inputs, positions, targets, mask).target_logprob
+
+    def _precomputed_reference_rows(self, model) -> dict[int, torch.Tensor]:
+        if self._precomputed_reference is None:
+            self._precomputed_reference = self._load_or_compute_reference_rows(model)
+        return self._precomputed_reference
+
+    def _load_or_compute_reference_rows(self, model) -> dict[int, torch.Tensor]:
+        """Reference log-probs of every training row, from the cache or computed now (split across ranks)."""
+        dataset, batch_size = self.train_dataset, self.args.per_device_train_batch_size
+        starts = list(range(0, len(dataset), batch_size))
+
+        def collated(start: int) -> dict[str, torch.Tensor]:
+            stop = min(start + batch_size, len(dataset))
+            return self.data_collator([dataset[index] for index in range(start, stop)])
+
+        row_digests = [digest for start in starts for digest in collated(start)[ROW_DIGEST].tolist()]
+        cache_dir = self.finetuning_args.ue_ref_cache_dir or Path(self.args.output_dir) / "ue_ref_cache"
+        path = reference_cache.cache_file(cache_dir, self.reference_identity, row_digests)
+        if path.exists():
+            logger.info_rank0(f"ue_precompute_ref: reference log-probs loaded from {path}")
+            return reference_cache.load(path)
+
+        ranks, rank = self.accelerator.num_processes, self.accelerator.process_index
+        my_starts = starts[rank::ranks] or starts[:1]
+        rows = {}
+        for slot in range(-(-len(starts) // ranks)):  # the same number of forwards on every rank (ZeRO-3)
+            inputs = dict(self._prepare_inputs(collated(my_starts[min(slot, len(my_starts) - 1)])))
+            digests = inputs.pop(ROW_DIGEST)
+            for unused_by_the_reference in (NOISED_PIXEL_VALUES, HAS_IMAGE):
+                del inputs[unused_by_the_reference]
+            positions, targets, mask = response_positions(inputs.pop("labels"))
+            logps = self._reference_token_logps(model, inputs, positions, targets, mask).cpu()
+            for row, digest in enumerate(digests.tolist()):
+                rows[digest] = logps[row][mask[row].cpu()]
+        if ranks > 1:
+            rows = {digest: logps for part in gather_object([rows]) for digest, logps in part.items()}
+        if self.accelerator.is_main_process:
+            reference_cache.save(path, self.reference_identity, rows)
+            logger.info_rank0(f"ue_precompute_ref: reference log-probs of {len(rows)} rows saved to {path}")
+        self.accelerator.wait_for_everyone()
+        return rows
 
     def _gather_across_ranks(self, values: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:
@@ -45,14 +173,14 @@ class UEDPOTrainer(CustomDPOTrainer):
         gathered = self.accelerator.gather(padded).reshape(self.accelerator.num_processes, -1)
         return torch.cat([row[:length] for row, length in zip(gathered, lengths.tolist())])
 
-    def _token_weights(self, clean: TargetLogitSummary, noised: TargetLogitSummary, mask, has_image):
+    def _blind_spot_weights(self, clean: TargetLogitSummary, noised: TargetLogitSummary, weighted_mask):
+        """UE-DPO's λ, selection, u, Δ and categories; the branch `ue_branches` leaves out keeps λ = 1, unselected."""
         args = self.finetuning_args
         uncertainty, delta = blind_spot_statistics(clean.target_logit, clean.probe_logit, noised.target_logit)
-        weighted_mask = mask & has_image.unsqueeze(-1)
-        pairs = mask.shape[0] // 2
-        per_branch = {}
-        for name, rows, preferred in (("chosen", slice(None, pairs), True), ("rejected", slice(pairs, None), False)):
-            per_branch[name] = blind_spot_weights(
+        pairs = weighted_mask.shape[0] // 2
+        weights, selected, categories = [], [], []
+        for rows, preferred, branch in ((slice(None, pairs), True, "chosen"), (slice(pairs, None), False, "rejected")):
+            branch_weights = blind_spot_weights(
                 uncertainty[rows],
                 delta[rows],
                 weighted_mask[rows],
@@ -62,55 +190,121 @@ class UEDPOTrainer(CustomDPOTrainer):
                 scope=args.ue_stat_scope,
                 gather=self._gather_across_ranks,
             )
-        weights = torch.cat([per_branch["chosen"].weights, per_branch["rejected"].weights])
-        if args.ue_branches == "chosen":
-            weights[pairs:] = 1.0
-        elif args.ue_branches == "rejected":
-            weights[:pairs] = 1.0
-        selected = torch.cat([per_branch["chosen"].selected, per_branch["rejected"].selected])
-        return weights, selected, uncertainty, delta, weighted_mask
+            category = blind_spot_categories(uncertainty[rows], branch_weights.selected, preferred=preferred)
+            if args.ue_branches not in ("both", branch):
+                branch_weights.weights.fill_(1.0)
+                category.fill_(UNSELECTED)
+            weights.append(branch_weights.weights)
+            selected.append(branch_weights.selected)
+            categories.append(category)
+        return torch.cat(weights), torch.cat(selected), uncertainty, delta, torch.cat(categories)
 
     @staticmethod
-    def _ue_metrics(weights, selected, uncertainty, delta, weighted_mask, pairs) -> dict[str, float]:
-        def mean_over(values: torch.Tensor, where: torch.Tensor) -> float:
-            count = where.sum()
-            return float((values * where).sum() / count) if count > 0 else 0.0
+    def _tpo_weights(clean_target_logit, noised_target_logit, weighted_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """TPO's w (1 outside `weighted_mask`) and s (0 outside) for chosen rows, then rejected rows."""
+        pairs = weighted_mask.shape[0] // 2
+        weights, scores = [], []
+        for rows, preferred in ((slice(None, pairs), True), (slice(pairs, None), False)):
+            branch_weights, score = tpo_token_weights(
+                clean_target_logit[rows], noised_target_logit[rows], preferred=preferred
+            )
+            weights.append(torch.where(weighted_mask[rows], branch_weights, 1.0))
+            scores.append(torch.where(weighted_mask[rows], score, 0.0))
+        return torch.cat(weights), torch.cat(scores)
 
-        chosen, rejected = slice(None, pairs), slice(pairs, None)
-        return {
-            "ue/selected_share_chosen": mean_over(selected[chosen].float(), weighted_mask[chosen]),
-            "ue/selected_share_rejected": mean_over(selected[rejected].float(), weighted_mask[rejected]),
-            "ue/lambda_chosen_mean": mean_over(weights[chosen], weighted_mask[chosen]),
-            "ue/lambda_rejected_mean": mean_over(weights[rejected], weighted_mask[rejected]),
-            "ue/u_mean": mean_over(uncertainty, weighted_mask),
-            "ue/delta_mean": mean_over(delta, weighted_mask),
-        }
+    def token_weighting(self, model, batch: dict[str, torch.Tensor]) -> BatchTokens:
+        """Per-token log πθ, weights and (for `ue`) u, Δ and categories of one collated batch.
 
-    def get_batch_loss_metrics(self, model, batch, train_eval: Literal["train", "eval"] = "train"):
+        The loss (`get_batch_loss_metrics`) and `ue-dpo inspect` both read this; `ue_weighting` picks the passes:
+        ue runs the policy on v' without gradient, then on v; tpo runs both with gradient (TPO's weights are
+        differentiable); ddpo, uniform and ue with α = 0 run only the clean pass.
+        """
         args = self.finetuning_args
         inputs = dict(batch)
         noised_pixel_values = inputs.pop(NOISED_PIXEL_VALUES)
         has_image = inputs.pop(HAS_IMAGE)
+        row_digests = inputs.pop(ROW_DIGEST)
         positions, targets, mask = response_positions(inputs.pop("labels"))
-        pairs = targets.shape[0] // 2
-        metrics = {"ue/imageless_pairs": float((~has_image[:pairs]).sum())}
-
-        if args.ue_alpha > 0:
+        weighted_mask = mask & has_image.unsqueeze(-1)
+        noised_inputs = {**inputs, "pixel_values": noised_pixel_values}
+        found = {
+            "model_inputs": inputs, "noised_inputs": noised_inputs, "positions": positions, "targets": targets,
+            "mask": mask, "has_image": has_image, "row_digests": row_digests, "weighted_mask": weighted_mask,
+        }
+        if args.ue_weighting == "ue" and args.ue_alpha > 0:
             with torch.no_grad():  # the current policy on v', adapters on
-                noised_logits = self._logits_at(model, {**inputs, "pixel_values": noised_pixel_values}, positions)
-                noised = summarize_logits(noised_logits, targets)
-                del noised_logits
-            clean = summarize_logits(self._logits_at(model, inputs, positions), targets, probe_ids=noised.argmax)
-            weights, selected, uncertainty, delta, weighted_mask = self._token_weights(clean, noised, mask, has_image)
-            metrics.update(self._ue_metrics(weights, selected, uncertainty, delta, weighted_mask, pairs))
-        else:  # λ ≡ 1: plain DPO, and v' would change nothing
-            clean = summarize_logits(self._logits_at(model, inputs, positions), targets)
+                noised = self._token_statistics(model, noised_inputs, positions, targets, mask)
+            clean = self._token_statistics(model, inputs, positions, targets, mask, probe_ids=noised.argmax)
+            weights, selected, uncertainty, delta, category = self._blind_spot_weights(clean, noised, weighted_mask)
+            return BatchTokens(policy_logps=clean.target_logprob, weights=weights, uncertainty=uncertainty,
+                               delta=delta, selected=selected, category=category, **found)
+        if args.ue_weighting == "tpo":
+            clean = self._token_statistics(model, inputs, positions, targets, mask)
+            noised = self._token_statistics(model, noised_inputs, positions, targets, mask)
+            weights, score = self._tpo_weights(clean.target_logit, noised.target_logit, weighted_mask)
+            return BatchTokens(policy_logps=clean.target_logprob, weights=weights, delta=score, **found)
+        clean = self._token_statistics(model, inputs, positions, targets, mask)
+        if args.ue_weighting == "ddpo":
+            weights = ddpo_token_weights(targets, mask, gamma=args.ddpo_gamma)
+        else:  # uniform, or ue with α = 0: λ ≡ 1, and v' would change nothing
             weights = torch.ones_like(clean.target_logprob)
-        reference_token_logps = self._reference_token_logps(model, inputs, positions, targets)
+        return BatchTokens(policy_logps=clean.target_logprob, weights=weights, **found)
 
-        policy, reference = weighted_sequence_logps(
-            clean.target_logprob, reference_token_logps, weights, mask, target=args.ue_weight_target
-        )
+    def _sequence_logps(self, model, tokens: BatchTokens, train_eval: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row weighted (policy, reference) sums, each weighting's way."""
+        args = self.finetuning_args
+        where = (tokens.positions, tokens.targets, tokens.mask)
+        if args.ue_weighting == "tpo":  # the reference is weighted by its own clean/noised logits
+            reference_clean = self._reference_statistics(model, tokens.model_inputs, *where)
+            reference_noised = self._reference_statistics(model, tokens.noised_inputs, *where)
+            reference_weights, _ = self._tpo_weights(
+                reference_clean.target_logit, reference_noised.target_logit, tokens.weighted_mask
+            )
+            return (
+                log_weighted_sequence_logps(tokens.policy_logps, tokens.weights, tokens.mask),
+                log_weighted_sequence_logps(reference_clean.target_logprob, reference_weights, tokens.mask),
+            )
+        if args.ue_precompute_ref and train_eval == "train":
+            reference_token_logps = reference_cache.place(
+                self._precomputed_reference_rows(model), tokens.row_digests, tokens.mask
+            )
+        else:
+            reference_token_logps = self._reference_token_logps(model, tokens.model_inputs, *where)
+        target = "logratio" if args.ue_weighting == "ddpo" else args.ue_weight_target
+        return weighted_sequence_logps(tokens.policy_logps, reference_token_logps, tokens.weights, tokens.mask, target)
+
+    def _weighting_metrics(self, tokens: BatchTokens) -> dict[str, float]:
+        chosen, rejected = slice(None, tokens.pairs), slice(tokens.pairs, None)
+        weighting, mask, weighted_mask = self.finetuning_args.ue_weighting, tokens.mask, tokens.weighted_mask
+        if tokens.category is not None:
+            return {
+                "ue/selected_share_chosen": _mean_over(tokens.selected[chosen].float(), weighted_mask[chosen]),
+                "ue/selected_share_rejected": _mean_over(tokens.selected[rejected].float(), weighted_mask[rejected]),
+                "ue/lambda_chosen_mean": _mean_over(tokens.weights[chosen], weighted_mask[chosen]),
+                "ue/lambda_rejected_mean": _mean_over(tokens.weights[rejected], weighted_mask[rejected]),
+                "ue/u_mean": _mean_over(tokens.uncertainty, weighted_mask),
+                "ue/delta_mean": _mean_over(tokens.delta, weighted_mask),
+            }
+        if weighting == "tpo":
+            return {
+                "tpo/weight_chosen_mean": _mean_over(tokens.weights[chosen].detach(), weighted_mask[chosen]),
+                "tpo/weight_rejected_mean": _mean_over(tokens.weights[rejected].detach(), weighted_mask[rejected]),
+                "tpo/score_mean": _mean_over(tokens.delta.detach(), weighted_mask),
+            }
+        if weighting == "ddpo":
+            differing = (tokens.weights != 1.0).float()
+            return {
+                "ddpo/differing_share_chosen": _mean_over(differing[chosen], mask[chosen]),
+                "ddpo/differing_share_rejected": _mean_over(differing[rejected], mask[rejected]),
+            }
+        return {}
+
+    def get_batch_loss_metrics(self, model, batch, train_eval: Literal["train", "eval"] = "train"):
+        tokens = self.token_weighting(model, batch)
+        pairs, mask = tokens.pairs, tokens.mask
+        metrics = {"ue/imageless_pairs": float((~tokens.has_image[:pairs]).sum())}
+        metrics.update(self._weighting_metrics(tokens))
+        policy, reference = self._sequence_logps(model, tokens, train_eval)
         result = dpo_sigmoid_loss(
             policy[:pairs],
             policy[pairs:],
@@ -120,7 +314,7 @@ class UEDPOTrainer(CustomDPOTrainer):
             label_smoothing=self.label_smoothing,
         )
         losses = result.losses
-        unweighted_logps = (clean.target_logprob * mask).sum(-1)
+        unweighted_logps = (tokens.policy_logps * mask).sum(-1)
         if self.ftx_gamma > 1e-6:  # LLaMA-Factory's SFT term: mean token NLL of the chosen response
             losses = losses - self.ftx_gamma * unweighted_logps[:pairs] / mask[:pairs].sum(-1).clamp(min=1)
 

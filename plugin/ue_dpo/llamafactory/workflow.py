@@ -8,6 +8,7 @@ from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.llamafactory.collator import UEDPODataCollator, check_template_supported
+from ue_dpo.llamafactory.reference_cache import reference_identity
 
 
 def check_preference_datasets(data_args) -> None:
@@ -23,7 +24,9 @@ def check_preference_datasets(data_args) -> None:
                 )
 
 
-def run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks=None) -> None:
+def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, callbacks=None):
+    """The trainer (tokenizer, template, data, model, collator) as `stage: ue_dpo` trains, and whether the
+    reference is the policy itself (evaluation without a separate reference)."""
     check_preference_datasets(data_args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
@@ -57,10 +60,15 @@ def run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks=
         finetuning_args=finetuning_args,
         data_collator=collator,
         callbacks=callbacks,
+        reference_identity=reference_identity(model_args, data_args, finetuning_args),
         **dataset_module,
         **tokenizer_module,
     )
+    return trainer, ref_model is model
 
+
+def run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks=None) -> None:
+    trainer, reference_is_policy = build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, callbacks)
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
@@ -72,7 +80,7 @@ def run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks=
 
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        if ref_model is model:  # rewards against itself are meaningless
+        if reference_is_policy:  # rewards against itself are meaningless
             metrics = {key: value for key, value in metrics.items() if "rewards" not in key}
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
