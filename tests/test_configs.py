@@ -1,0 +1,155 @@
+"""Config lint: the paper's training recipes in configs/train/ and the DeepSpeed JSONs in configs/deepspeed/."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from public_preference_files import write_rlaif_v, write_rlhf_v
+from ue_dpo import recipes
+from ue_dpo.datasets import convert
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_DIR = REPO / "configs" / "train"
+DEEPSPEED_DIR = REPO / "configs" / "deepspeed"
+TRAIN_CONFIGS = sorted(TRAIN_DIR.glob("*.yaml"))
+
+# The paper's recipes, written out independently of ue_dpo.recipes.
+PAPER_MODELS = {
+    "llava15_7b": {"model_name_or_path": "llava-hf/llava-1.5-7b-hf", "template": "llava", "ue_alpha": 0.3},
+    "llava15_13b": {"model_name_or_path": "llava-hf/llava-1.5-13b-hf", "template": "llava", "ue_alpha": 0.25},
+    "qwen25vl_3b": {"model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "template": "qwen2_vl", "ue_alpha": 0.15},
+}
+PAPER_DATASETS = {"rlhf_v": None, "rlaif_v": 16000}  # dataset name -> max_samples (RLHF-V: all 5.7k pairs)
+PAPER_SHARED = {"pref_beta": 0.1, "pref_loss": "sigmoid", "finetuning_type": "lora", "lora_rank": 128,
+                "lora_target": ["all"], "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "num_train_epochs": 2.0,
+                "bf16": True}
+METHOD_BRANCHES = {"ue_dpo": "both", "ue_dpo_chosen_only": "chosen", "ue_dpo_rejected_only": "rejected"}
+ZERO_STAGE = {"llava15_7b": 2, "llava15_13b": 3, "qwen25vl_3b": 2}
+
+
+def name_parts(file_name: str) -> tuple[str, str, str]:
+    stem = file_name.removesuffix(".yaml")
+    model = next(model for model in PAPER_MODELS if stem.startswith(model + "_"))
+    dataset = next(dataset for dataset in PAPER_DATASETS if stem.startswith(f"{model}_{dataset}_"))
+    return model, dataset, stem.removeprefix(f"{model}_{dataset}_")
+
+
+def test_every_model_and_dataset_has_ue_dpo_and_a_dpo_baseline_and_the_7b_has_both_ablations():
+    names = {path.name for path in TRAIN_CONFIGS}
+    for model in PAPER_MODELS:
+        for dataset in PAPER_DATASETS:
+            assert {f"{model}_{dataset}_ue_dpo.yaml", f"{model}_{dataset}_dpo.yaml"} <= names
+    for dataset in PAPER_DATASETS:
+        assert {f"llava15_7b_{dataset}_ue_dpo_chosen_only.yaml", f"llava15_7b_{dataset}_ue_dpo_rejected_only.yaml"} <= names
+
+
+def test_recipe_files_are_exactly_what_the_generator_writes(tmp_path):
+    recipes.main([str(tmp_path)])
+    generated = {path.name: path.read_text() for path in tmp_path.iterdir()}
+    on_disk = {path.name: path.read_text() for path in TRAIN_CONFIGS}
+    assert sorted(on_disk) == sorted(generated), "add new recipes to ue_dpo.recipes, then regenerate"
+    for name, text in generated.items():
+        assert on_disk[name] == text, f"{name} was edited by hand; change ue_dpo/recipes.py and regenerate"
+
+
+def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
+    model_keys = {"model_name_or_path", "template", "ue_alpha", "deepspeed"}
+    dataset_keys = {"dataset", "max_samples"}
+    configs = {path.name: yaml.safe_load(path.read_text()) for path in TRAIN_CONFIGS}
+
+    def method_keys(config):
+        return {"stage", "output_dir"} | {key for key in config if key.startswith("ue_")}
+
+    def shared(config):
+        return {key: value for key, value in config.items()
+                if key not in model_keys | dataset_keys | method_keys(config)}
+
+    reference = shared(configs["llava15_7b_rlhf_v_ue_dpo.yaml"])
+    for name, config in configs.items():
+        model, dataset, method = name_parts(name)
+        assert shared(config) == reference, name
+        same_model = configs[f"{model}_rlhf_v_ue_dpo.yaml"]
+        assert {key: config.get(key) for key in model_keys - {"ue_alpha"}} == {
+            key: same_model.get(key) for key in model_keys - {"ue_alpha"}}, name
+        same_dataset = configs[f"llava15_7b_{dataset}_ue_dpo.yaml"]
+        assert {key: config.get(key) for key in dataset_keys} == {key: same_dataset.get(key) for key in dataset_keys}
+        assert config["output_dir"] == f"saves/{model}/{dataset}/{method}"
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    """Every recipe through LLaMA-Factory's parser, run from a folder laid out like the repository root after
+    `ue-dpo data rlhf_v|rlaif_v --out data` (here on tiny files in the public schemas)."""
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "configs").symlink_to(REPO / "configs")
+    sources = root / "sources"
+    convert("rlhf_v", root / recipes.DATASET_DIR, source=str(write_rlhf_v(sources / "rlhf_v")))
+    convert("rlaif_v", root / recipes.DATASET_DIR, source=str(write_rlaif_v(sources / "rlaif_v")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
+    out = root / "parsed.json"
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("recipe_lint_worker.py")), str(out),
+         *(str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS)],
+        cwd=root, env=env, check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    return json.loads(out.read_text()), root
+
+
+def test_recipes_parse_with_llamafactory_and_name_files_that_exist(parsed):
+    results, root = parsed
+    assert sorted(results) == [path.name for path in TRAIN_CONFIGS]
+    for name, result in results.items():
+        model, dataset, _ = name_parts(name)
+        assert result["dataset_dir"] == "data"
+        assert result["datasets"] == [{"name": f"{dataset}.json", "load_from": "file", "ranking": True,
+                                       "exists": True}], name
+        assert (root / result["deepspeed"]).resolve().parent == DEEPSPEED_DIR
+        assert result["zero_stage"] == ZERO_STAGE[model], name
+
+
+def test_recipe_hyperparameters_are_the_papers(parsed):
+    results, _ = parsed
+    for name, result in results.items():
+        model, dataset, method = name_parts(name)
+        expected = {**PAPER_SHARED, **PAPER_MODELS[model], "dataset": [dataset],
+                    "max_samples": PAPER_DATASETS[dataset]}
+        if method == "dpo":
+            expected.update(stage="dpo", ue_dpo_stage=False)
+            expected.pop("ue_alpha")
+        else:
+            assert method in METHOD_BRANCHES, f"{name}: add the paper's values for method {method} to this test"
+            expected.update(stage="dpo", ue_dpo_stage=True, ue_tau=0.4, ue_noise_step=500,
+                            ue_branches=METHOD_BRANCHES[method])
+        assert {key: result[key] for key in expected} == expected, name
+
+
+def test_deepspeed_configs_are_valid_zero_configs_with_explicit_bucket_sizes():
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from transformers import LlavaConfig, Qwen2_5_VLConfig
+
+    # TRL sizes the reference model's ZeRO-3 buckets from these top-level attributes, which VLM configs lack
+    for config_class in (LlavaConfig, Qwen2_5_VLConfig):
+        assert not hasattr(config_class(), "hidden_size") and not hasattr(config_class(), "hidden_sizes")
+
+    for stage in (2, 3):
+        config = json.loads((DEEPSPEED_DIR / f"ds_z{stage}.json").read_text())
+        zero = DeepSpeedZeroConfig(**config["zero_optimization"])  # refuses unknown keys
+        assert zero.stage == stage
+        assert config["bf16"] == {"enabled": "auto"} and config["fp16"]["enabled"] == "auto"
+        assert config["train_micro_batch_size_per_gpu"] == config["gradient_accumulation_steps"] == "auto"
+        assert not [key for key, value in config["zero_optimization"].items() if value == "auto"]
+    z3 = json.loads((DEEPSPEED_DIR / "ds_z3.json").read_text())["zero_optimization"]
+    # what transformers' "auto" would give for LLaVA-1.5-13B's text hidden size (5120): h², 0.9 h², 10 h
+    assert (z3["reduce_bucket_size"], z3["stage3_prefetch_bucket_size"], z3["stage3_param_persistence_threshold"]) == (
+        26_214_400, 23_592_960, 51_200)
+    assert z3["stage3_gather_16bit_weights_on_model_save"] is True

@@ -1,0 +1,216 @@
+"""`ue-dpo data`: RLHF-V / RLAIF-V in their public schemas -> LLaMA-Factory ranking datasets."""
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from public_preference_files import (
+    BLUE_PNG,
+    GREEN_JPEG,
+    RED_JPEG,
+    RLAIF_V_BAD_ROWS,
+    RLHF_V_BAD_ROWS,
+    write_rlaif_v,
+    write_rlhf_v,
+)
+from ue_dpo.datasets import BadSampleError, SourceError, convert
+from ue_dpo.tiny_models import LLAVA_IMAGE_SIZE, VISION_PATCH_SIZE
+
+UE_DPO_CLI = Path(sys.executable).with_name("ue-dpo")
+ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}
+
+
+def image_path(dataset: str, data: bytes, extension: str) -> str:
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    return f"{dataset}_images/{digest[:2]}/{digest}{extension}"
+
+
+def pair(idx, question, chosen, rejected, image):
+    return {"messages": [{"role": "user", "content": f"<image>{question}"}],
+            "chosen": {"role": "assistant", "content": chosen},
+            "rejected": {"role": "assistant", "content": rejected}, "idx": idx, "images": [image]}
+
+
+RED_RLHF_V = image_path("rlhf_v", RED_JPEG, ".jpg")
+BLUE_RLHF_V = image_path("rlhf_v", BLUE_PNG, ".png")
+EXPECTED_RLHF_V = [
+    pair(100, "Describe the image.", "A red square.", "A red square next to a dog.", RED_RLHF_V),
+    pair(101, "What colour dominates?", "Red.", "Blue, with a cat.", RED_RLHF_V),
+    pair(105, "Is the picture blue?", "Yes, it is plain blue.", "No, it shows a car.", BLUE_RLHF_V),
+]
+EXPECTED_RLAIF_V = [
+    pair("rlaif_shard0_0", "How many objects are there?", "One green square.", "Three green squares and a ball.",
+         image_path("rlaif_v", GREEN_JPEG, ".jpg")),
+    pair("rlaif_shard1_0", "Which colour is the square?", "It is red.", "It is green.",
+         image_path("rlaif_v", RED_JPEG, ".jpg")),
+]
+SHAREGPT_RANKING_ENTRY = {
+    "formatting": "sharegpt", "ranking": True,
+    "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("public_sources")
+    return {"rlhf_v": write_rlhf_v(root / "RLHF-V-Dataset"), "rlaif_v": write_rlaif_v(root / "RLAIF-V-Dataset")}
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {file.relative_to(folder).as_posix(): file.read_bytes() for file in folder.rglob("*") if file.is_file()}
+
+
+def test_rlhf_v_rows_become_sharegpt_ranking_records_with_their_original_image_bytes(sources, tmp_path):
+    report = convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]))
+
+    assert json.loads((tmp_path / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V
+    assert (tmp_path / RED_RLHF_V).read_bytes() == RED_JPEG
+    assert (tmp_path / BLUE_RLHF_V).read_bytes() == BLUE_PNG
+    assert sorted(folder_contents(tmp_path / "rlhf_v_images")) == sorted(
+        path.removeprefix("rlhf_v_images/") for path in (RED_RLHF_V, BLUE_RLHF_V))
+    assert json.loads((tmp_path / "dataset_info.json").read_text()) == {
+        "rlhf_v": {"file_name": "rlhf_v.json", **SHAREGPT_RANKING_ENTRY}}
+    assert (report.pairs, report.images, report.skipped) == (3, 2, 3)
+
+
+@pytest.mark.parametrize("dataset, bad_rows", [("rlhf_v", RLHF_V_BAD_ROWS), ("rlaif_v", RLAIF_V_BAD_ROWS)])
+def test_bad_samples_are_skipped_by_default_named_in_the_log_and_listed(dataset, bad_rows, sources, tmp_path,
+                                                                       caplog):
+    with caplog.at_level(logging.WARNING, logger="ue_dpo.datasets"):
+        report = convert(dataset, tmp_path, source=str(sources[dataset]))
+
+    listed = [json.loads(line) for line in (tmp_path / f"{dataset}_skipped.jsonl").read_text().splitlines()]
+    assert [(entry["row"], entry["idx"]) for entry in listed] == [(row, idx) for row, idx, _ in bad_rows]
+    for entry, (_, _, reason) in zip(listed, bad_rows, strict=True):
+        assert entry["reason"].startswith(reason)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"skipping {dataset} sample at row {entry['row']} (idx {entry['idx']!r}): {entry['reason']}" for entry in listed]
+    assert report.skipped == len(bad_rows)
+    expected = {"rlhf_v": EXPECTED_RLHF_V, "rlaif_v": EXPECTED_RLAIF_V}[dataset]
+    assert json.loads((tmp_path / f"{dataset}.json").read_text()) == expected
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "arrow_files"])
+def test_local_arrow_folders_convert_like_the_parquet_files(layout, sources, tmp_path):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.load_dataset("parquet", data_files=str(sources["rlhf_v"] / "*.parquet"), split="train").save_to_disk(saved)
+    source = saved
+    if layout == "arrow_files":  # e.g. copied out of a `datasets` cache: no state.json
+        source = tmp_path / "arrow"
+        source.mkdir()
+        for file in saved.glob("*.arrow"):
+            (source / file.name).write_bytes(file.read_bytes())
+    convert("rlhf_v", tmp_path / "out", source=str(source))
+    assert json.loads((tmp_path / "out" / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V
+
+
+def test_on_bad_sample_error_stops_at_the_first_bad_sample_without_writing_records(sources, tmp_path):
+    with pytest.raises(BadSampleError, match=r"rlhf_v sample at row 2 \(idx 102\): its image bytes are in no "
+                                             r"format PIL can read\. .*--on-bad-sample skip"):
+        convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]), on_bad_sample="error")
+    assert not (tmp_path / "rlhf_v.json").exists()
+    assert not (tmp_path / "dataset_info.json").exists()
+
+
+def test_limit_counts_written_pairs_in_source_order(sources, tmp_path):
+    report = convert("rlaif_v", tmp_path, source=str(sources["rlaif_v"]), limit=2)
+    assert json.loads((tmp_path / "rlaif_v.json").read_text()) == EXPECTED_RLAIF_V  # rows 0 and 2 (row 1 is bad)
+    assert (report.pairs, report.skipped) == (2, 1)
+
+
+def test_reruns_rewrite_identical_files_and_keep_the_other_datasets_entries(sources, tmp_path):
+    convert("rlaif_v", tmp_path, source=str(sources["rlaif_v"]))
+    convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]))
+    first = folder_contents(tmp_path)
+    convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]))
+    assert folder_contents(tmp_path) == first
+
+    convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]), limit=1)
+    assert json.loads((tmp_path / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V[:1]
+    assert sorted(folder_contents(tmp_path / "rlhf_v_images")) == [RED_RLHF_V.removeprefix("rlhf_v_images/")]
+    assert sorted(json.loads((tmp_path / "dataset_info.json").read_text())) == ["rlaif_v", "rlhf_v"]
+    assert {name: data for name, data in folder_contents(tmp_path).items() if name.startswith("rlaif_v")} == {
+        name: data for name, data in first.items() if name.startswith("rlaif_v")}
+
+
+def test_sources_that_are_not_the_named_dataset_are_refused(sources, tmp_path):
+    with pytest.raises(SourceError, match=r"has no column\(s\) text .*openbmb/RLHF-V-Dataset"):
+        convert("rlhf_v", tmp_path / "out", source=str(sources["rlaif_v"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="holds no .parquet or .arrow files; download openbmb/RLAIF-V-Dataset"):
+        convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "empty"))
+    with pytest.raises(SourceError, match="neither an existing folder nor a hub dataset id"):
+        convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "missing"))
+
+
+def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sources, tmp_path):
+    command = [str(UE_DPO_CLI), "data", "rlaif_v", "--out", str(tmp_path / "data"), "--source",
+               str(sources["rlaif_v"]), "--limit", "2"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (  # the second good pair is row 2: rows 3 and 4 are never read
+        f"rlaif_v: wrote 2 pairs (2 distinct images) to {tmp_path / 'data' / 'rlaif_v.json'}; skipped 1 bad samples "
+        f"(listed in {tmp_path / 'data' / 'rlaif_v_skipped.jsonl'})")
+    assert json.loads((tmp_path / "data" / "rlaif_v.json").read_text()) == EXPECTED_RLAIF_V
+    assert "skipping rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image" in done.stderr
+
+    stopped = subprocess.run([*command[:4], str(tmp_path / "strict"), *command[5:], "--on-bad-sample", "error"],
+                             check=False, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 1
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "ue-dpo data: error: rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image. Fix or remove that "
+        "row, or pass --on-bad-sample skip.")
+    assert "Traceback" not in stopped.stderr
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_converted_datasets_tokenise_with_llamafactorys_own_loader(arch, sources, request, tmp_path):
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    data_dir = tmp_path / "data"
+    convert("rlhf_v", data_dir, source=str(sources["rlhf_v"]))
+    convert("rlaif_v", data_dir, source=str(sources["rlaif_v"]))
+    model_args, data_args, training_args, _, _ = get_train_args({
+        "model_name_or_path": str(request.getfixturevalue(f"tiny_{arch}_dir")), "stage": "dpo", "do_train": True,
+        "finetuning_type": "lora", "dataset": "rlhf_v,rlaif_v", "dataset_dir": str(data_dir), "template": arch,
+        "cutoff_len": 512, "output_dir": str(tmp_path / "out"), "report_to": "none",
+    })
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer = tokenizer_module["tokenizer"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    rows = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"]
+
+    records = EXPECTED_RLHF_V + EXPECTED_RLAIF_V
+    assert len(rows) == len(records)
+    image_token = {"llava": "<image>", "qwen2_vl": "<|image_pad|>"}[arch]
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    for row, record in zip(rows, records, strict=True):
+        assert row["images"] == [str(data_dir / record["images"][0])]
+        for side in ("chosen", "rejected"):
+            trained_on = [token for token in row[f"{side}_labels"] if token != -100]
+            assert tokenizer.decode(trained_on) == record[side]["content"] + ANSWER_END[arch]
+            prompt = row[f"{side}_input_ids"][: len(row[f"{side}_input_ids"]) - len(trained_on)]
+            assert record["messages"][0]["content"].removeprefix("<image>") in tokenizer.decode(prompt)
+            # the one <image> became the image's visual tokens, all inside the prompt
+            assert prompt.count(image_token_id) == visual_tokens(arch, tokenizer_module["processor"], row["images"][0])
+            assert image_token_id not in row[f"{side}_input_ids"][len(prompt):]
+
+
+def visual_tokens(arch, processor, path) -> int:
+    """What the model consumes for the image: LLaVA a fixed patch grid, Qwen2-VL its merged grid."""
+    if arch == "llava":
+        return (LLAVA_IMAGE_SIZE // VISION_PATCH_SIZE) ** 2
+    from PIL import Image
+
+    with Image.open(path) as image:  # 40 x 30 pixels: inside LLaMA-Factory's pixel bounds, so not resized first
+        grid = processor.image_processor(images=[image.convert("RGB")]).image_grid_thw
+    return int(grid.prod()) // processor.image_processor.merge_size ** 2
