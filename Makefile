@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 DEMO_OUT ?= demo_output
+DEMO_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ue-dpo demo --out $(DEMO_OUT)
+	$(VENV)/bin/ue-dpo demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

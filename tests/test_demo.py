@@ -1,25 +1,153 @@
-"""The README's main command, `make demo`, on the embedded default."""
+"""The README's main command, `make demo`, on the embedded default at small sizes: train, evaluate, report;
+killed during a training and run again, it resumes that training from its checkpoint and skips finished stages.
+"""
 
 import json
+import os
+import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from llamafactory_runs import offline_env
+from ue_dpo.shapes import EVAL_MANIFEST, SHAPES
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
+EVAL_IMAGES = 4
+DPO_STEPS = 24
+SMALL = [
+    "synthetic.sft_examples=16", "synthetic.preference_pairs=8", f"synthetic.eval_images={EVAL_IMAGES}",
+    "runs.warmup.overrides.max_steps=2", f"runs.dpo.overrides.max_steps={DPO_STEPS}",
+    "runs.dpo.overrides.save_steps=1", "runs.ue_dpo.overrides.max_steps=2", "evaluation.gen_kwargs.max_new_tokens=16",
+]
+RUN_LABELS = ("base (SFT warm-up)", "DPO", "UE-DPO")
 
 
-@pytest.mark.e2e
-def test_make_demo_trains_and_prints_the_ue_statistics(tmp_path):
-    result = subprocess.run(["make", "-s", "-C", str(REPO), "demo", f"DEMO_OUT={tmp_path}"], env=offline_env(),
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| step | loss | rewards/accuracies | ue/selected_share_chosen")
-    state = json.loads((tmp_path / "ue_dpo" / "trainer_state.json").read_text())
-    steps = [entry for entry in state["log_history"] if "loss" in entry]
-    assert len(table) == 2 + len(steps) == 2 + 8
-    assert all(1.0 < entry["ue/lambda_chosen_mean"] <= 1.3 for entry in steps)
-    assert (tmp_path / "ue_dpo" / "adapter_model.safetensors").exists()
+def make_demo(out: Path, **popen) -> subprocess.Popen:
+    arguments = " ".join(f"--set {setting}" for setting in SMALL)
+    # `-o .venv/.installed`: use the environment the tests run in, never reinstall it from here
+    return subprocess.Popen(["make", "-s", "-C", str(REPO), "-o", ".venv/.installed", "demo", f"DEMO_OUT={out}",
+                             f"DEMO_ARGS={arguments}"],
+                            env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: int = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Three `make demo` runs on one folder: killed during the DPO training, run to the end, run once more."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    first_checkpoint = out / "runs" / "dpo" / "checkpoint-1" / "trainer_state.json"
+    interrupted = make_demo(out, bufsize=1)
+    deadline = time.monotonic() + 600
+    while not first_checkpoint.is_file():
+        assert interrupted.poll() is None, interrupted.stdout.read()[-6000:]
+        assert time.monotonic() < deadline, "no DPO checkpoint within 600 s"
+        time.sleep(0.2)
+    os.killpg(interrupted.pid, signal.SIGKILL)
+    interrupted.wait()
+    killed_state = {path.name for path in (out / "state").iterdir()}
+    killed_checkpoints = sorted(path.name for path in (out / "runs" / "dpo").glob("checkpoint-*"))
+    resumed = finish(make_demo(out))
+    results = json.loads((out / "results.json").read_text())
+    again = finish(make_demo(out))
+    return {"out": out, "killed_state": killed_state, "killed_checkpoints": killed_checkpoints,
+            "resumed": resumed, "again": again, "results": results}
+
+
+def test_the_killed_run_had_finished_the_warm_up_but_not_the_dpo_training(demo):
+    assert {"synthetic.done.json", "train-warmup.done.json", "train-dpo.started.json"} <= demo["killed_state"]
+    assert "train-dpo.done.json" not in demo["killed_state"]
+    assert not any(name.startswith("eval-") for name in demo["killed_state"])
+    assert demo["killed_checkpoints"] and all(name != f"checkpoint-{DPO_STEPS}" for name in demo["killed_checkpoints"])
+
+
+def test_the_rerun_skips_finished_stages_and_resumes_training_from_the_checkpoint(demo):
+    resumed = demo["resumed"]
+    assert "synthetic shapes world: done, skipped" in resumed
+    assert "train warmup: done, skipped" in resumed
+    match = re.search(r"train dpo: resuming from (\S+/checkpoint-(\d+))", resumed)
+    assert match, resumed[-4000:]
+    step = int(match.group(2))
+    assert match.group(1).endswith(demo["killed_checkpoints"][-1])
+    assert re.search(rf"Resuming training from checkpoint with epoch \d+ and global step {step}\b", resumed)
+    assert "train ue_dpo: llamafactory-cli train" in resumed
+    dpo_state = json.loads((demo["out"] / "runs" / "dpo" / "trainer_state.json").read_text())
+    assert dpo_state["global_step"] == DPO_STEPS
+    marker = json.loads((demo["out"] / "state" / "train-dpo.done.json").read_text())
+    assert marker["resumed_from"] == match.group(1)
+
+
+def test_a_third_run_skips_every_stage_and_reports_the_same_numbers(demo):
+    again = demo["again"]
+    assert "llamafactory-cli train" not in again and "evaluate: every run done, skipped" in again
+    assert "Resuming training" not in again
+    assert json.loads((demo["out"] / "results.json").read_text())["runs"] == demo["results"]["runs"]
+
+
+def naive_chair(responses: list[str], truths: list[list[str]]) -> dict:
+    """Exact CHAIR counted word by word, apart from the package's code."""
+    mentioning = hallucinating = mentions = hallucinated = truth_total = covered = distinct = 0
+    for response, truth in zip(responses, truths):
+        named = [word[:-1] if word[:-1] in SHAPES else word for word in re.findall(r"[a-z]+", response.lower())]
+        named = [word for word in named if word in SHAPES]
+        wrong = [word for word in named if word not in truth]
+        mentioning += bool(named)
+        hallucinating += bool(wrong)
+        mentions += len(named)
+        hallucinated += len(wrong)
+        truth_total += len(truth)
+        covered += len(set(truth) & set(named))
+        distinct += len(set(named))
+    return {"chair_s": 100 * hallucinating / mentioning if mentioning else None,
+            "chair_s_all": 100 * hallucinating / len(responses),
+            "chair_i": 100 * hallucinated / mentions if mentions else None,
+            "recall": 100 * covered / truth_total, "mean_shapes_mentioned": distinct / len(responses)}
+
+
+def test_results_json_equals_chair_recomputed_from_the_logged_samples(demo):
+    results = demo["results"]
+    manifest = json.loads((demo["out"] / "synthetic" / "eval" / EVAL_MANIFEST).read_text())
+    assert [run["label"] for run in results["runs"]] == list(RUN_LABELS)
+    for run in results["runs"]:
+        lines = Path(run["evaluation"]["samples_files"]["shapes_caption"]).read_text().splitlines()
+        samples = sorted((json.loads(line) for line in lines), key=lambda sample: sample["doc_id"])
+        assert [sample["doc_id"] for sample in samples] == list(range(EVAL_IMAGES))
+        responses = [sample["filtered_resps"][0] if isinstance(sample["filtered_resps"], list)
+                     else sample["filtered_resps"] for sample in samples]
+        expected = naive_chair(responses, [manifest[sample["doc_id"]]["shapes"] for sample in samples])
+        measured = run["metrics"]["shapes_caption"]
+        for metric, value in expected.items():
+            assert measured[metric] == (None if value is None else pytest.approx(value)), (run["name"], metric)
+
+
+def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
+    results, out = demo["results"], demo["out"]
+    warmup, dpo, ue_dpo = results["runs"]
+    assert warmup["training"]["config"]["stage"] == "sft" and warmup["training"]["config"]["max_steps"] == 2
+    assert dpo["training"]["config"]["model_name_or_path"] == str(out.resolve() / "runs" / "warmup")
+    assert ue_dpo["training"]["config"]["stage"] == "ue_dpo"
+    assert (warmup["training"]["seeds"], ue_dpo["training"]["seeds"]) == ({"seed": 0}, {"seed": 0, "ue_seed": 0})
+    assert dpo["model"] == str(out.resolve() / "runs" / "dpo")
+    assert dpo["evaluation"]["lmms_eval_config"]["model"] == "ue_dpo_hf"
+    assert results["evaluation"]["seed"] == [0, 1234, 1234, 1234]
+    assert results["versions"]["llamafactory"] == "0.9.5" and results["versions"]["lmms-eval"] == "0.7.3"
+    assert results["synthetic_world"]["eval_images"] == EVAL_IMAGES
+    table = (out / "results.md").read_text().splitlines()
+    for run in results["runs"]:
+        metrics = run["metrics"]["shapes_caption"]
+        row = next(line for line in table if line.startswith(f"| {run['label']} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        expected = [metrics[name] for name in ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")]
+        assert cells == ["–" if value is None else f"{value:.2f}" for value in expected]
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

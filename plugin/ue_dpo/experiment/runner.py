@@ -1,0 +1,249 @@
+"""`ue-dpo run`: train every run with `llamafactory-cli train`, evaluate every run with lmms-eval, report.
+
+Stages, each skipped when its marker under `<output>/state/` holds the digest of its current config:
+the synthetic world (when the file has one), one training per `train:` run (resumed from its last
+`checkpoint-*` when an interrupted attempt of the same config left one), and one lmms-eval process for
+the runs whose evaluation is not finished. A digest covers the digests of the stages it reads from,
+so retraining the warm-up retrains and re-evaluates everything built on it.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Run, references, substitute
+from ue_dpo.experiment.report import package_versions, write_report
+from ue_dpo.experiment.stages import Markers, StageError, digest, stream
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINING_SEED_DEFAULT = 42  # transformers.TrainingArguments.seed, used when a training config sets none
+
+
+def executable(name: str) -> str:
+    """A console script of this environment (beside our Python), else from PATH, as given."""
+    beside_python = Path(sys.executable).with_name(name)
+    if os.sep not in name and beside_python.exists():
+        return str(beside_python)
+    found = shutil.which(name)
+    if found is None:
+        raise StageError(f"`{name}` was not found beside {sys.executable} or on PATH; install it "
+                         f"(pip install ue-dpo brings llamafactory-cli and lmms-eval)")
+    return found
+
+
+def training_seeds(config: dict[str, Any]) -> dict[str, int]:
+    seeds = {"seed": config.get("seed", TRAINING_SEED_DEFAULT)}
+    if config.get("stage") == "ue_dpo":
+        seeds["ue_seed"] = config.get("ue_seed", seeds["seed"])  # the noise seed defaults to the training seed
+    return seeds
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    steps = [(int(path.name.removeprefix(CHECKPOINT_PREFIX)), path) for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+             if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+             and (path / "trainer_state.json").is_file()]
+    return max(steps)[1] if steps else None
+
+
+class ExperimentRunner:
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+        self.output = experiment.output.resolve()
+        self.markers = Markers(self.output)
+        self.paths: dict[str, str] = {"output": str(self.output)}
+        self.digests: dict[str, str] = {}  # reference name ("synthetic.model", "runs.dpo") -> digest it stands for
+        trained = [run for run in experiment.runs if run.train is not None]
+        self.total_stages = (experiment.synthetic is not None) + len(trained) + 2
+        self.stage_number = 0
+
+    def announce(self, text: str) -> None:
+        self.stage_number += 1
+        print(f"==> [ue-dpo run {self.stage_number}/{self.total_stages}] {text}", flush=True)
+
+    def run(self) -> dict[str, Any]:
+        self.output.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        if self.experiment.synthetic is not None:
+            self.build_synthetic()
+        for run in self.experiment.runs:
+            if run.train is not None:
+                self.train(run)
+            else:
+                checkpoint = substitute(run.checkpoint, self.paths)
+                self.paths[f"runs.{run.name}"] = checkpoint
+                self.digests[f"runs.{run.name}"] = digest(checkpoint, self._upstream(run.checkpoint))
+        self.evaluate()
+        self.announce("report")
+        results = write_report(self.experiment, self.markers, self.output)
+        print(f"==> results: {self.output / 'results.md'}, {self.output / 'results.json'}, "
+              f"{self.output / 'results.png'} ({time.monotonic() - started:.0f} s)", flush=True)
+        return results
+
+    def _upstream(self, value: Any) -> dict[str, str]:
+        return {name: self.digests[name] for name in references(value) if name in self.digests}
+
+    def build_synthetic(self) -> None:
+        world = self.experiment.synthetic
+        root = self.output / "synthetic"
+        stage_digest = digest("synthetic", world)
+        for name in SYNTHETIC_PATHS:
+            self.paths[f"synthetic.{name}"] = str(root / name)
+            self.digests[f"synthetic.{name}"] = stage_digest
+        if self.markers.matches("synthetic", stage_digest):
+            self.announce(f"synthetic shapes world: done, skipped ({root})")
+            return
+        self.announce(f"synthetic shapes world: tiny {world.arch} model, {world.sft_examples} captions, "
+                      f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
+        from ue_dpo.experiment.synthetic import build_synthetic_world
+
+        shutil.rmtree(root, ignore_errors=True)
+        build_synthetic_world(world, root)
+        self.markers.write("synthetic", stage_digest, world=world.__dict__)
+
+    def training_config(self, run: Run) -> dict[str, Any]:
+        config = yaml.safe_load(run.train.read_text())
+        config.update(substitute(run.overrides, self.paths))
+        config["output_dir"] = str(self.output / "runs" / run.name)
+        return config
+
+    def train(self, run: Run) -> None:
+        config = self.training_config(run)
+        stage = f"train-{run.name}"
+        stage_digest = digest(config, self._upstream(run.overrides))
+        output_dir = Path(config["output_dir"])
+        self.paths[f"runs.{run.name}"] = str(output_dir)
+        self.digests[f"runs.{run.name}"] = stage_digest
+        if self.markers.matches(stage, stage_digest):
+            self.announce(f"train {run.name}: done, skipped ({output_dir})")
+            return
+        checkpoint = last_checkpoint(output_dir) if self.markers.matches(stage, stage_digest, "started") else None
+        if checkpoint is not None:
+            config["resume_from_checkpoint"] = str(checkpoint)
+            self.announce(f"train {run.name}: resuming from {checkpoint}")
+        else:
+            if output_dir.exists():
+                print(f"    {output_dir} holds no checkpoint of this config; training from the start", flush=True)
+                shutil.rmtree(output_dir)
+            self.announce(f"train {run.name}: llamafactory-cli train ({run.train})")
+        config_path = self.output / "configs" / f"{stage}.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.markers.write(stage, stage_digest, "started")
+        log_path = self.output / "logs" / f"{stage}.log"
+        returncode = stream([executable("llamafactory-cli"), "train", str(config_path)], env=os.environ,
+                            log_path=log_path)
+        if returncode != 0:
+            raise StageError(f"training run {run.name!r} failed (llamafactory-cli exit status {returncode}); "
+                             f"see {log_path}. Re-running `ue-dpo run` resumes from its last checkpoint.")
+        if not (output_dir / "trainer_state.json").is_file():
+            raise StageError(f"training run {run.name!r} exited 0 but wrote no {output_dir / 'trainer_state.json'}; "
+                             f"see {log_path}")
+        config.pop("resume_from_checkpoint", None)
+        self.markers.write(stage, stage_digest, run=run.name, config_file=str(run.train), config=config,
+                           resumed_from=None if checkpoint is None else str(checkpoint),
+                           seeds=training_seeds(config), versions=package_versions())
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        evaluation, judge = self.experiment.evaluation, self.experiment.judge
+        return {
+            "launcher": list(evaluation.launcher), "model": evaluation.model, "tasks": list(evaluation.tasks),
+            "model_args": substitute(evaluation.model_args, self.paths), "gen_kwargs": evaluation.gen_kwargs,
+            "batch_size": evaluation.batch_size, "limit": evaluation.limit, "seed": list(evaluation.seed),
+            "env": substitute(evaluation.env, self.paths), "judge": judge.__dict__,
+        }
+
+    def lmms_eval_entry(self, run: Run, settings: dict[str, Any]) -> dict[str, Any]:
+        model_args = {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
+        entry = {
+            "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
+            "tasks": ",".join(settings["tasks"]), "batch_size": settings["batch_size"], "log_samples": True,
+            "output_path": str(self.output / "evals" / run.name), "seed": settings["seed"],
+        }
+        if settings["limit"] is not None:
+            entry["limit"] = settings["limit"]
+        if settings["gen_kwargs"]:
+            entry["gen_kwargs"] = ",".join(f"{key}={value}" for key, value in settings["gen_kwargs"].items())
+        return entry
+
+    def judge_env(self) -> dict[str, str]:
+        from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
+
+        judge = self.experiment.judge
+        env = {JUDGE_MODEL_ENV: judge.model, "OPENAI_BASE_URL": judge.base_url, JUDGE_CACHE_DIR_ENV: judge.cache_dir,
+               ALLOW_JUDGE_FAILURES_ENV: "true" if judge.allow_failures else None}
+        return {key: value for key, value in env.items() if value is not None}
+
+    def evaluate(self) -> None:
+        settings = self.evaluation_settings()
+        stage_digests = {
+            run.name: digest(settings, self.digests[f"runs.{run.name}"], self.paths[f"runs.{run.name}"])
+            for run in self.experiment.runs
+        }
+        pending = [run for run in self.experiment.runs
+                   if not self.markers.matches(f"eval-{run.name}", stage_digests[run.name])]
+        if not pending:
+            self.announce("evaluate: every run done, skipped")
+            return
+        self.announce(f"evaluate {', '.join(run.name for run in pending)} with lmms-eval on "
+                      f"{', '.join(settings['tasks'])}")
+        entries = []
+        for run in pending:
+            shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
+            entries.append(self.lmms_eval_entry(run, settings))
+        config_path = self.output / "configs" / "lmms_eval.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
+        launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
+        log_path = self.output / "logs" / "evaluate.log"
+        env = {**os.environ, **settings["env"], **self.judge_env()}
+        returncode = stream([*launcher, "--config", str(config_path)], env=env, log_path=log_path)
+        failures = []
+        for run, entry in zip(pending, entries):
+            try:
+                summary = read_lmms_eval_output(Path(entry["output_path"]), settings["tasks"])
+            except StageError as error:
+                failures.append(f"{run.name}: {error}")
+                continue
+            self.markers.write(f"eval-{run.name}", stage_digests[run.name], run=run.name, lmms_eval_entry=entry,
+                               settings=settings, versions=package_versions(), **summary)
+        if failures:
+            raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
+                             f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
+
+
+def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]:
+    """Metrics, sample files and lmms-eval's own record of one run, after checking they are all there."""
+    found = sorted(output_path.rglob("*_results.json"))
+    if len(found) != 1:
+        raise StageError(f"expected one *_results.json under {output_path}, found {len(found)}")
+    results = json.loads(found[0].read_text())
+    missing = [task for task in tasks if task not in results.get("results", {}) and task not in results.get("groups", {})]
+    if missing:
+        raise StageError(f"{found[0]} has no results for {missing}")
+    samples = {}
+    for task, counts in results.get("n-samples", {}).items():
+        files = sorted(found[0].parent.glob(f"*_samples_{task}.jsonl"))
+        if counts.get("effective", 0) < 1 or len(files) != 1:
+            raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
+                             f"sample files under {found[0].parent}")
+        samples[task] = str(files[0])
+    metrics = {}
+    for task, values in results["results"].items():
+        metrics[task] = {}
+        for key, value in values.items():
+            name, _, filter_name = key.partition(",")
+            if key == "alias" or "_stderr" in name or not (value is None or isinstance(value, int | float)):
+                continue
+            metrics[task][name if filter_name in ("", "none") else key] = value
+    return {"metrics": metrics, "higher_is_better": results.get("higher_is_better", {}),
+            "results_file": str(found[0]), "samples_files": samples, "lmms_eval_config": results.get("config", {})}
+
+
+def run_experiment(experiment: Experiment) -> dict[str, Any]:
+    return ExperimentRunner(experiment).run()

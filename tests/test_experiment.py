@@ -1,0 +1,170 @@
+"""The experiment file of `ue-dpo run` (schema, `--set`, references), the check of lmms-eval's output files, and
+the report. The runner end to end, resumption included, is `make demo` in test_demo.py."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from ue_dpo.experiment import embedded_default_path
+from ue_dpo.experiment.config import ExperimentConfigError, apply_setting, load_experiment, parse_experiment
+from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
+from ue_dpo.experiment.runner import last_checkpoint, read_lmms_eval_output
+from ue_dpo.experiment.stages import StageError
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump({"stage": "dpo", "do_train": True, "seed": 3}))
+    (tmp_path / "no_train.yaml").write_text(yaml.safe_dump({"stage": "dpo"}))
+    return tmp_path
+
+
+VALID = {
+    "output": "results/x",
+    "synthetic": {"arch": "llava", "eval_images": 4},
+    "runs": [
+        {"name": "base", "checkpoint": "${synthetic.model}"},
+        {"name": "dpo", "train": "dpo.yaml", "overrides": {"model_name_or_path": "${runs.base}", "max_steps": 2}},
+    ],
+    "evaluation": {"tasks": ["shapes_caption"], "env": {"UE_DPO_SHAPES_EVAL_DIR": "${synthetic.eval}"}},
+    "reported": [{"label": "paper", "source": "Table 1", "metrics": {"shapes_caption": {"chair_s": 5}}}],
+}
+
+
+def changed(path: str, value) -> dict:
+    raw = copy.deepcopy(VALID)
+    apply_setting(raw, f"{path}={json.dumps(value)}")
+    return raw
+
+
+def test_a_valid_file_parses_with_its_defaults(base_dir):
+    experiment = parse_experiment(VALID, base_dir=base_dir)
+    assert [run.name for run in experiment.runs] == ["base", "dpo"]
+    assert experiment.run("dpo").train == base_dir / "dpo.yaml" and experiment.run("dpo").label == "dpo"
+    assert experiment.run("base").checkpoint == "${synthetic.model}"
+    assert experiment.evaluation.model == "ue_dpo_hf" and experiment.evaluation.seed == (0, 1234, 1234, 1234)
+    assert experiment.synthetic.arch == "llava" and experiment.synthetic.eval_images == 4
+    assert experiment.synthetic.sft_examples == 512
+    assert experiment.reported[0].metrics == {"shapes_caption": {"chair_s": 5.0}}
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({key: value for key, value in VALID.items() if key != "runs"}, "runs: list the runs"),
+    ({key: value for key, value in VALID.items() if key != "output"}, "`output` is missing"),
+    ({**VALID, "outputs": "x"}, r"unknown key\(s\) \['outputs'\]"),
+    (changed("runs.dpo.checkpoint", "m"), "runs.dpo: give exactly one of `train:"),
+    (changed("runs.dpo.name", "base"), "'base' is used twice"),
+    (changed("runs.dpo.name", "a b"), "must be letters, digits"),
+    (changed("runs.dpo.train", "missing.yaml"), "missing.yaml does not exist .*relative to the experiment file"),
+    (changed("runs.dpo.train", "no_train.yaml"), "does not set `do_train: true`"),
+    (changed("runs.dpo.overrides.output_dir", "x"), "overrides.output_dir: set by `ue-dpo run`"),
+    (changed("runs.base.checkpoint", "${runs.dpo}"), r"\$\{runs.dpo\} must name a run listed before it"),
+    (changed("runs.dpo.overrides.dataset_dir", "${synthetic.images}"), r"\$\{synthetic.images\} is unknown"),
+    (changed("runs.dpo.overrides.dataset_dir", "${home}"), r"\$\{home\} is unknown; use \$\{output\}"),
+    ({**VALID, "synthetic": None}, r"\$\{synthetic.model\} needs a `synthetic:` block"),
+    (changed("synthetic.arch", "gpt2"), "synthetic.arch: 'gpt2' is not a tiny model architecture"),
+    (changed("synthetic.eval_images", 0), r"synthetic.eval_images: must be an integer >= 1"),
+    (changed("evaluation.tasks", []), "evaluation.tasks: list the lmms-eval tasks"),
+    (changed("evaluation.model_args.pretrained", "m"), "model_args.pretrained: set by `ue-dpo run`"),
+    (changed("evaluation.gen_kwargs.until", "a,b"), "contains ',' or '='"),
+    (changed("evaluation.batch_size", 0), "evaluation.batch_size: must be a positive integer"),
+    (changed("evaluation.seed", [1, 2]), "evaluation.seed: one integer or four"),
+    (changed("evaluation.model_args.device", "${runs.base}"), r"\$\{runs.base\} cannot be used here"),
+    (changed("judge.api_key", "sk-1"), "judge.api_key: keys never go in experiment files"),
+    ({**VALID, "reported": [{"label": "p", "source": "s", "metrics": {"t": {"m": "5%"}}}]},
+     r"reported\[0\].metrics.t.m: must be a number"),
+])
+def test_bad_experiment_files_are_refused_naming_the_key_and_the_fix(base_dir, raw, message):
+    with pytest.raises(ExperimentConfigError, match=message):
+        parse_experiment(raw, base_dir=base_dir)
+
+
+def test_set_addresses_runs_by_name_and_parses_values_as_yaml(base_dir, tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    experiment = load_experiment(path, ["runs.dpo.overrides.max_steps=7", "evaluation.limit=3",
+                                        "evaluation.tasks=[a, b]"], output=tmp_path / "elsewhere")
+    assert experiment.run("dpo").overrides["max_steps"] == 7
+    assert (experiment.evaluation.limit, experiment.evaluation.tasks) == (3, ("a", "b"))
+    assert experiment.output == tmp_path / "elsewhere" and experiment.raw["output"] == str(tmp_path / "elsewhere")
+    with pytest.raises(ExperimentConfigError, match=r"runs has no entry named 'ppo'; names: \['base', 'dpo'\]"):
+        load_experiment(path, ["runs.ppo.overrides.max_steps=7"])
+    with pytest.raises(ExperimentConfigError, match="write KEY.PATH=VALUE"):
+        load_experiment(path, ["evaluation.limit"])
+
+
+def test_the_embedded_default_trains_dpo_and_ue_dpo_from_the_warm_up():
+    experiment = load_experiment(embedded_default_path())
+    assert [run.name for run in experiment.runs] == ["warmup", "dpo", "ue_dpo"]
+    assert [yaml.safe_load(run.train.read_text())["stage"] for run in experiment.runs] == ["sft", "dpo", "ue_dpo"]
+    assert experiment.run("dpo").overrides["model_name_or_path"] == "${runs.warmup}"
+    assert experiment.run("ue_dpo").overrides["model_name_or_path"] == "${runs.warmup}"
+    assert experiment.evaluation.tasks == ("shapes_caption",)
+    dpo, ue_dpo = (yaml.safe_load(experiment.run(name).train.read_text()) for name in ("dpo", "ue_dpo"))
+    assert {key: value for key, value in ue_dpo.items() if key not in ("stage", "ue_alpha")} == \
+        {key: value for key, value in dpo.items() if key != "stage"}
+
+
+def write_lmms_eval_output(path: Path, *, results: dict, tasks_with_samples: list[str]) -> None:
+    model_dir = path / "model__name"
+    model_dir.mkdir(parents=True)
+    (model_dir / "20260101_000000_results.json").write_text(json.dumps(results))
+    for task in tasks_with_samples:
+        (model_dir / f"20260101_000000_samples_{task}.jsonl").write_text("{}\n")
+
+
+LMMS_EVAL_RESULTS = {
+    "results": {"shapes_caption": {"alias": "shapes_caption", "chair_s,none": 25.0, "chair_s_stderr,none": "N/A",
+                                   "chair_i,none": None, "recall,exact": 50.0}},
+    "n-samples": {"shapes_caption": {"original": 4, "effective": 4}},
+    "higher_is_better": {"shapes_caption": {"chair_s": False}},
+    "config": {"model": "ue_dpo_hf"},
+}
+
+
+def test_lmms_eval_output_is_read_and_checked(tmp_path):
+    write_lmms_eval_output(tmp_path / "ok", results=LMMS_EVAL_RESULTS, tasks_with_samples=["shapes_caption"])
+    summary = read_lmms_eval_output(tmp_path / "ok", ["shapes_caption"])
+    assert summary["metrics"] == {"shapes_caption": {"chair_s": 25.0, "chair_i": None, "recall,exact": 50.0}}
+    assert summary["samples_files"]["shapes_caption"].endswith("_samples_shapes_caption.jsonl")
+    assert summary["lmms_eval_config"] == {"model": "ue_dpo_hf"}
+    with pytest.raises(StageError, match="expected one \\*_results.json under .*, found 0"):
+        read_lmms_eval_output(tmp_path / "nothing", ["shapes_caption"])
+    with pytest.raises(StageError, match=r"has no results for \['amber'\]"):
+        read_lmms_eval_output(tmp_path / "ok", ["shapes_caption", "amber"])
+    write_lmms_eval_output(tmp_path / "unlogged", results=LMMS_EVAL_RESULTS, tasks_with_samples=[])
+    with pytest.raises(StageError, match="task shapes_caption evaluated 4 samples and logged 0 sample files"):
+        read_lmms_eval_output(tmp_path / "unlogged", ["shapes_caption"])
+
+
+def test_the_last_checkpoint_is_the_highest_complete_one(tmp_path):
+    assert last_checkpoint(tmp_path / "absent") is None
+    for step, complete in ((5, True), (20, True), (30, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+
+
+def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, tmp_path):
+    experiment = parse_experiment(VALID, base_dir=base_dir)
+    results = {
+        "evaluation": {"tasks": ["shapes_caption"]},
+        "versions": {"ue-dpo": "0.1.0"},
+        "runs": [{"label": label, "model": label, "training": None, "metrics": {"shapes_caption": metrics},
+                  "higher_is_better": {"shapes_caption": {"chair_s": False}}}
+                 for label, metrics in (("base", {"chair_s": 40.0, "chair_i": None}), ("dpo", {"chair_s": 12.5}))],
+        "reported": [{"label": "paper", "source": "Table 1", "measured": False,
+                      "metrics": {"shapes_caption": {"chair_s": 5.0}}}],
+    }
+    columns = table_columns(experiment, results)
+    assert columns == [("shapes_caption", "chair_s"), ("shapes_caption", "chair_i")]
+    markdown = render_markdown(experiment, results, columns)
+    assert "| run | shapes_caption chair_s ↓ | shapes_caption chair_i |" in markdown
+    assert "| base | 40.00 | – |" in markdown and "| dpo | 12.50 | – |" in markdown
+    assert f"| paper ({REPORTED_MARK}) | 5.00 | – |" in markdown
+    assert f"- *paper*: {REPORTED_MARK}; copied from Table 1." in markdown
+    render_chart(results, columns, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
