@@ -66,6 +66,7 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
     ({**VALID, "synthetic": None}, r"\$\{synthetic.model\} needs a `synthetic:` block"),
     (changed("synthetic.arch", "gpt2"), "synthetic.arch: 'gpt2' is not a tiny model architecture"),
     (changed("synthetic.eval_images", 0), r"synthetic.eval_images: must be an integer >= 1"),
+    (changed("synthetic.sft_noisy_share", 1.5), r"synthetic.sft_noisy_share: must be a number in \[0, 1\]"),
     (changed("evaluation.tasks", []), "evaluation.tasks: list the lmms-eval tasks"),
     (changed("evaluation.model_args.pretrained", "m"), "model_args.pretrained: set by `ue-dpo run`"),
     (changed("evaluation.gen_kwargs.until", "a,b"), "contains ',' or '='"),

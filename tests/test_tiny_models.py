@@ -24,6 +24,7 @@ from ue_dpo.shapes import (
     random_scene,
     write_caption_eval_set,
     write_preference_dataset,
+    write_sft_dataset,
 )
 from ue_dpo.tiny_models import QWEN2_VL_ADDED_TOKENS, build_tiny_model
 
@@ -318,3 +319,23 @@ def test_random_scenes_hold_one_to_three_distinct_shapes_in_reading_order():
         assert len(set(scene.shapes)) == len(scene.shapes)
         assert [item.quadrant for item in scene.objects] == sorted({item.quadrant for item in scene.objects})
         assert len(mentioned_shapes(hallucinated_caption(scene, rng))) == len(scene.shapes) + 1
+
+
+def test_noisy_warm_up_captions_add_one_absent_shape_to_the_same_scenes(tmp_path):
+    def captions(noisy_share: float) -> list[str]:
+        out = tmp_path / str(noisy_share)
+        write_sft_dataset(out, n_examples=200, seed=3, noisy_share=noisy_share)
+        return [record["messages"][1]["content"] for record in json.loads((out / "shapes_sft.json").read_text())]
+
+    clean, noisy = captions(0.0), captions(0.5)
+    changed = 0
+    for true_caption, noisy_caption in zip(clean, noisy):
+        truth, named = mentioned_shapes(true_caption), mentioned_shapes(noisy_caption)
+        if noisy_caption != true_caption:
+            changed += 1
+            assert len(named) == len(truth) + 1 and set(truth) < set(named)
+    assert 80 <= changed <= 120  # Binomial(200, 0.5): outside this range with probability < 0.5%
+    same_images = filecmp.dircmp(tmp_path / "0.0" / "images" / SFT_DATASET, tmp_path / "0.5" / "images" / SFT_DATASET)
+    assert len(same_images.same_files) == 200 and not same_images.diff_files
+    with pytest.raises(ValueError, match="noisy_share must be a share in \\[0, 1\\]"):
+        write_sft_dataset(tmp_path, n_examples=1, noisy_share=1.5)

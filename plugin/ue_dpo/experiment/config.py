@@ -39,6 +39,7 @@ class SyntheticWorld:
     seed: int = 0
     image_size: int = 56
     sft_examples: int = 512
+    sft_noisy_share: float = 0.0  # share of warm-up captions that name one absent shape (noisy web captions)
     preference_pairs: int = 256
     eval_images: int = 64
 
@@ -168,7 +169,10 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     if world.arch not in SYNTHETIC_ARCHITECTURES:
         raise ExperimentConfigError(f"synthetic.arch: {world.arch!r} is not a tiny model architecture; use one of "
                                     f"{', '.join(SYNTHETIC_ARCHITECTURES)}")
-    for name in fields - {"arch"}:
+    noisy_share = world.sft_noisy_share
+    if isinstance(noisy_share, bool) or not isinstance(noisy_share, int | float) or not 0 <= noisy_share <= 1:
+        raise ExperimentConfigError(f"synthetic.sft_noisy_share: must be a number in [0, 1], got {noisy_share!r}")
+    for name in fields - {"arch", "sft_noisy_share"}:
         value = getattr(world, name)
         minimum = 0 if name == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
