@@ -44,3 +44,24 @@ def training_log(output_dir: Path) -> list[dict]:
     """Per-step entries of trainer_state.json (those with a training loss)."""
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return [entry for entry in state["log_history"] if "loss" in entry]
+
+
+
+def train_in_one_process(runs: dict[str, tuple[dict, Path]], *, timeout: int = 600) -> dict[str, list[dict]]:
+    """Several trainings, `{name: (config, workdir)}`, one after another through LLaMA-Factory's `run_exp` in one
+    Python subprocess (the import of llamafactory is most of a tiny run) -> `{name: training log}`.
+
+    `llamafactory.train.tuner` is imported plainly, so our auto-load hook installs the stage as under the CLI.
+    """
+    config_paths = []
+    for config, workdir in runs.values():
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_paths.append(workdir / "train.yaml")
+        config_paths[-1].write_text(yaml.safe_dump(config))
+    script = ("import sys, yaml\nfrom llamafactory.train.tuner import run_exp\n"
+              "for path in sys.argv[1:]:\n    run_exp(yaml.safe_load(open(path)))\n")
+    result = subprocess.run([sys.executable, "-c", script, *map(str, config_paths)], check=False, env=offline_env(),
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"run_exp failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return {name: training_log(Path(config["output_dir"])) for name, (config, _) in runs.items()}

@@ -29,6 +29,12 @@ PAPER_SHARED = {"pref_beta": 0.1, "pref_loss": "sigmoid", "finetuning_type": "lo
                 "lora_target": ["all"], "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "num_train_epochs": 2.0,
                 "bf16": True}
 METHOD_BRANCHES = {"ue_dpo": "both", "ue_dpo_chosen_only": "chosen", "ue_dpo_rejected_only": "rejected"}
+# The peers' own settings: TPO's noise (alibaba/TPO: step 500 of the sigmoid schedule on the raw image) and
+# RLAIF-V's default `dpo_token_weight` for DDPO.
+PEER_KEYS = {
+    "tpo": {"ue_weighting": "tpo", "ue_noise_step": 500, "ue_noise_schedule": "sigmoid", "ue_noise_space": "image"},
+    "ddpo": {"ue_weighting": "ddpo", "ddpo_gamma": 3.0},
+}
 ZERO_STAGE = {"llava15_7b": 2, "llava15_13b": 3, "qwen25vl_3b": 2}
 
 
@@ -39,11 +45,11 @@ def name_parts(file_name: str) -> tuple[str, str, str]:
     return model, dataset, stem.removeprefix(f"{model}_{dataset}_")
 
 
-def test_every_model_and_dataset_has_ue_dpo_and_a_dpo_baseline_and_the_7b_has_both_ablations():
+def test_every_model_and_dataset_has_ue_dpo_dpo_and_the_peers_and_the_7b_has_both_ablations():
     names = {path.name for path in TRAIN_CONFIGS}
     for model in PAPER_MODELS:
         for dataset in PAPER_DATASETS:
-            assert {f"{model}_{dataset}_ue_dpo.yaml", f"{model}_{dataset}_dpo.yaml"} <= names
+            assert {f"{model}_{dataset}_{method}.yaml" for method in ("ue_dpo", "dpo", "tpo", "ddpo")} <= names
     for dataset in PAPER_DATASETS:
         assert {f"llava15_7b_{dataset}_ue_dpo_chosen_only.yaml", f"llava15_7b_{dataset}_ue_dpo_rejected_only.yaml"} <= names
 
@@ -63,7 +69,7 @@ def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
     configs = {path.name: yaml.safe_load(path.read_text()) for path in TRAIN_CONFIGS}
 
     def method_keys(config):
-        return {"stage", "output_dir"} | {key for key in config if key.startswith("ue_")}
+        return {"stage", "output_dir", "ddpo_gamma"} | {key for key in config if key.startswith("ue_")}
 
     def shared(config):
         return {key: value for key, value in config.items()
@@ -126,9 +132,12 @@ def test_recipe_hyperparameters_are_the_papers(parsed):
         if method == "dpo":
             expected.update(stage="dpo", ue_dpo_stage=False)
             expected.pop("ue_alpha")
+        elif method in PEER_KEYS:
+            expected.update(stage="dpo", ue_dpo_stage=True, **PEER_KEYS[method])
+            expected.pop("ue_alpha")
         else:
             assert method in METHOD_BRANCHES, f"{name}: add the paper's values for method {method} to this test"
-            expected.update(stage="dpo", ue_dpo_stage=True, ue_tau=0.4, ue_noise_step=500,
+            expected.update(stage="dpo", ue_dpo_stage=True, ue_weighting="ue", ue_tau=0.4, ue_noise_step=500,
                             ue_branches=METHOD_BRANCHES[method])
         assert {key: result[key] for key in expected} == expected, name
 
@@ -153,3 +162,50 @@ def test_deepspeed_configs_are_valid_zero_configs_with_explicit_bucket_sizes():
     assert (z3["reduce_bucket_size"], z3["stage3_prefetch_bucket_size"], z3["stage3_param_persistence_threshold"]) == (
         26_214_400, 23_592_960, 51_200)
     assert z3["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+EXPERIMENTS_DIR = REPO / "configs" / "experiments"
+# peers experiment -> the experiment it extends with the DDPO and TPO runs
+PEER_EXPERIMENTS = {"embedded_peers.yaml": "embedded_default.yaml",
+                    "paper_llava15_7b_rlaif_v_peers.yaml": "paper_llava15_7b_rlaif_v.yaml"}
+
+
+def method_free(config: dict) -> dict:
+    return {key: value for key, value in config.items()
+            if key not in {"stage", "output_dir", "ddpo_gamma"} and not key.startswith("ue_")}
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_experiment_file_loads_and_names_training_configs_that_exist(path):
+    from ue_dpo.experiment.config import load_experiment
+
+    experiment = load_experiment(path)
+    assert experiment.runs
+    for run in experiment.runs:
+        assert run.train is None or run.train.is_file(), f"{path.name}: run {run.name} names {run.train}"
+
+
+@pytest.mark.parametrize("peers_name", sorted(PEER_EXPERIMENTS))
+def test_peer_experiments_add_ddpo_and_tpo_runs_that_differ_from_dpo_only_in_the_method_keys(peers_name):
+    from ue_dpo.experiment.config import load_experiment
+
+    peers = load_experiment(EXPERIMENTS_DIR / peers_name)
+    base = load_experiment(EXPERIMENTS_DIR / PEER_EXPERIMENTS[peers_name])
+    # the same world, evaluation and output folder (so the base experiment's finished stages are reused)
+    assert (peers.synthetic, peers.evaluation, peers.judge, peers.output) == (
+        base.synthetic, base.evaluation, base.judge, base.output)
+    runs = {run.name: run for run in peers.runs}
+    assert [run.name for run in peers.runs if run.name not in ("ddpo", "tpo")] == [run.name for run in base.runs]
+    for run in base.runs:
+        assert runs[run.name] == run
+    assert (runs["ddpo"].label, runs["tpo"].label) == ("DDPO", "TPO")
+
+    dpo = yaml.safe_load(runs["dpo"].train.read_text())
+    assert dpo["stage"] == "dpo"
+    for method, method_keys in PEER_KEYS.items():
+        assert runs[method].overrides == runs["dpo"].overrides
+        config = yaml.safe_load(runs[method].train.read_text())
+        assert method_free(config) == method_free(dpo), f"{runs[method].train} differs from dpo beyond the method"
+        method_part = {key: value for key, value in config.items() if key not in method_free(config)}
+        method_part.pop("output_dir", None)  # the paper recipes name their own (the runner replaces it)
+        assert method_part == {"stage": "ue_dpo", **method_keys}

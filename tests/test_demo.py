@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def demo(tmp_path_factory):
     results = json.loads((out / "results.json").read_text())
     again = finish(make_demo(out))
     return {"out": out, "killed_state": killed_state, "killed_checkpoints": killed_checkpoints,
-            "resumed": resumed, "again": again, "results": results}
+            "resumed": resumed, "again": again, "results": results,
+            "results_again": json.loads((out / "results.json").read_text())}
 
 
 def test_the_killed_run_had_finished_the_warm_up_but_not_the_dpo_training(demo):
@@ -92,7 +94,7 @@ def test_a_third_run_skips_every_stage_and_reports_the_same_numbers(demo):
     again = demo["again"]
     assert "llamafactory-cli train" not in again and "evaluate: every run done, skipped" in again
     assert "Resuming training" not in again
-    assert json.loads((demo["out"] / "results.json").read_text())["runs"] == demo["results"]["runs"]
+    assert demo["results_again"]["runs"] == demo["results"]["runs"]
 
 
 def naive_chair(responses: list[str], truths: list[list[str]]) -> dict:
@@ -151,3 +153,25 @@ def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
         expected = [metrics[name] for name in ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")]
         assert cells == ["–" if value is None else f"{value:.2f}" for value in expected]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
+    """`ue-dpo run configs/experiments/embedded_peers.yaml` on the demo's folder: only DDPO and TPO are new."""
+    peers = ["--set", "runs.ddpo.overrides.max_steps=2", "--set", "runs.tpo.overrides.max_steps=2"]
+    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / "configs" / "experiments" / "embedded_peers.yaml"),
+               "--out", str(demo["out"]), *(argument for setting in SMALL for argument in ("--set", setting)), *peers]
+    done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    for name in ("warmup", "dpo", "ue_dpo"):
+        assert f"train {name}: done, skipped" in done.stdout
+    assert "train ddpo: llamafactory-cli train" in done.stdout and "train tpo: llamafactory-cli train" in done.stdout
+    assert "evaluate ddpo, tpo with lmms-eval" in done.stdout
+    results = json.loads((demo["out"] / "results.json").read_text())
+    assert [run["label"] for run in results["runs"]] == ["base (SFT warm-up)", "DPO", "DDPO", "TPO", "UE-DPO"]
+    by_label = {run["label"]: run for run in results["runs"]}
+    assert by_label["DDPO"]["training"]["config"]["ue_weighting"] == "ddpo"
+    assert by_label["TPO"]["training"]["config"]["ue_weighting"] == "tpo"
+    for label in RUN_LABELS:  # the demo's runs were not redone
+        assert by_label[label]["metrics"] == next(run for run in demo["results"]["runs"] if run["label"] == label)["metrics"]
+    table = (demo["out"] / "results.md").read_text()
+    assert all(f"| {label} |" in table for label in by_label)

@@ -1,7 +1,7 @@
 """The paper's training recipes, `configs/train/<model>_<dataset>_<method>.yaml`, rendered from one table.
 
 LLaMA-Factory YAML has no includes, so the files are flat and generated here: they agree in every key
-but the method's (`stage`, `ue_*`, `output_dir`). After changing the table, regenerate them from the
+but the method's (`stage`, `ue_*`, `ddpo_gamma`, `output_dir`). After changing the table, regenerate them from the
 repository root with `python -m ue_dpo.recipes configs/train`.
 """
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ue_dpo.config import DEFAULT_DDPO_GAMMA
 
 DATASET_DIR = "data"  # where `ue-dpo data rlhf_v|rlaif_v --out data` writes
 
@@ -54,15 +56,23 @@ def _ue_dpo_keys(model: ModelRecipe, branches: str | None = None) -> dict[str, A
     return keys
 
 
+# TPO's own setting (alibaba/TPO): step 500 of the sigmoid schedule, added to the raw [0, 1] image
+TPO_KEYS = {"stage": "ue_dpo", "ue_weighting": "tpo", "ue_noise_step": 500, "ue_noise_schedule": "sigmoid",
+            "ue_noise_space": "image"}
+DDPO_KEYS = {"stage": "ue_dpo", "ue_weighting": "ddpo", "ddpo_gamma": DEFAULT_DDPO_GAMMA}
+
 # method name -> (title, keys of that method for a model)
 METHODS = {
     "ue_dpo": ("UE-DPO", _ue_dpo_keys),
     "dpo": ("DPO baseline", lambda model: {"stage": "dpo"}),
+    "tpo": ("TPO peer (alibaba/TPO visual-anchored token weights)", lambda model: dict(TPO_KEYS)),
+    "ddpo": ("DDPO peer (RLHF-V's dense DPO, γ on the differing tokens)", lambda model: dict(DDPO_KEYS)),
     "ue_dpo_chosen_only": ("UE-DPO ablation 'w/o dispref.' (λ on chosen only)",
                            lambda model: _ue_dpo_keys(model, "chosen")),
     "ue_dpo_rejected_only": ("UE-DPO ablation 'w/o pref.' (λ on rejected only)",
                              lambda model: _ue_dpo_keys(model, "rejected")),
 }
+MAIN_METHODS = ("ue_dpo", "dpo", "tpo", "ddpo")
 ABLATION_METHODS = ("ue_dpo_chosen_only", "ue_dpo_rejected_only")
 ABLATION_MODELS = ("llava15_7b",)
 
@@ -113,7 +123,7 @@ def recipe_sections(model_name: str, dataset_name: str, method_name: str) -> lis
 
 
 def recipe_names() -> list[tuple[str, str, str]]:
-    names = [(model, dataset, method) for model in MODELS for dataset in DATASETS for method in ("ue_dpo", "dpo")]
+    names = [(model, dataset, method) for model in MODELS for dataset in DATASETS for method in MAIN_METHODS]
     names += [(model, dataset, method) for model in ABLATION_MODELS for dataset in DATASETS
               for method in ABLATION_METHODS]
     return names

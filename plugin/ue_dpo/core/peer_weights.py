@@ -12,8 +12,10 @@ are weighted, and the weighted log-probs are summed (`dpo_use_average: False`, R
 "Differ" is RLHF-V's `get_diff_ids`: difflib matching blocks of at least 3 tokens anchor the alignment;
 between consecutive anchors (and before the first and after the last) lies one unmatched stretch on each side,
 and only stretches that are non-empty on BOTH sides (replacements) are marked; a pure insertion or deletion
-is not. We align the response tokens only (RLHF-V aligns whole sequences whose identical prompts always match)
-and turn off difflib's popularity heuristic (`autojunk`), which in RLHF-V depends on prompt and image length.
+is not. RLHF-V aligns whole sequences, whose identical prompts always match and so anchor the start of the
+responses (a common opening of the responses, however short, joins the prompt's block). We align the response
+tokens behind a 3-token sentinel that stands for that prompt, and turn off difflib's popularity heuristic
+(`autojunk`), which in RLHF-V depends on the prompt and image length.
 """
 
 import difflib
@@ -21,6 +23,7 @@ import difflib
 import torch
 
 DDPO_MIN_MATCH = 3  # RLHF-V's `min_match_size`
+PROMPT_SENTINEL = -1  # no token id
 
 
 def tpo_token_weights(clean_target_logit: torch.Tensor, noised_target_logit: torch.Tensor, *, preferred: bool):
@@ -33,22 +36,24 @@ def tpo_token_weights(clean_target_logit: torch.Tensor, noised_target_logit: tor
 
 def differing_token_spans(chosen: list[int], rejected: list[int], min_match: int = DDPO_MIN_MATCH):
     """(chosen indices, rejected indices) of the tokens replaced between the two responses (see module doc)."""
-    matcher = difflib.SequenceMatcher(None, rejected, chosen, autojunk=False)
+    prompt = [PROMPT_SENTINEL] * min_match
+    matcher = difflib.SequenceMatcher(None, prompt + rejected, prompt + chosen, autojunk=False)
     anchors = [block for block in matcher.get_matching_blocks() if block.size >= min_match]
     chosen_ids, rejected_ids = [], []
     rejected_start = chosen_start = 0
-    for block in anchors + [difflib.Match(len(rejected), len(chosen), 0)]:
+    for block in anchors + [difflib.Match(len(prompt) + len(rejected), len(prompt) + len(chosen), 0)]:
         if block.a > rejected_start and block.b > chosen_start:
-            rejected_ids.extend(range(rejected_start, block.a))
-            chosen_ids.extend(range(chosen_start, block.b))
+            rejected_ids.extend(range(rejected_start - min_match, block.a - min_match))
+            chosen_ids.extend(range(chosen_start - min_match, block.b - min_match))
         rejected_start, chosen_start = block.a + block.size, block.b + block.size
     return chosen_ids, rejected_ids
 
 
-def ddpo_token_weights(targets: torch.Tensor, mask: torch.Tensor, *, gamma: float) -> torch.Tensor:
-    """γ on the differing response tokens of each pair, 1 elsewhere, for `[2B, K]` rows (B chosen, then B rejected)."""
+def ddpo_token_weights(targets: torch.Tensor, mask: torch.Tensor, *, gamma: float):
+    """(weights, differing) for `[2B, K]` rows (B chosen, then B rejected): γ on the differing response tokens
+    of each pair, 1 elsewhere."""
     pairs = targets.shape[0] // 2
-    weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
+    differing = torch.zeros_like(mask, dtype=torch.bool)
     for pair in range(pairs):
         chosen_row, rejected_row = pair, pairs + pair
         chosen_positions = mask[chosen_row].nonzero().squeeze(-1)
@@ -56,6 +61,7 @@ def ddpo_token_weights(targets: torch.Tensor, mask: torch.Tensor, *, gamma: floa
         chosen_ids, rejected_ids = differing_token_spans(
             targets[chosen_row][chosen_positions].tolist(), targets[rejected_row][rejected_positions].tolist()
         )
-        weights[chosen_row, chosen_positions[chosen_ids]] = gamma
-        weights[rejected_row, rejected_positions[rejected_ids]] = gamma
-    return weights
+        differing[chosen_row, chosen_positions[chosen_ids]] = True
+        differing[rejected_row, rejected_positions[rejected_ids]] = True
+    weights = torch.where(differing, gamma, 1.0).to(torch.float32)
+    return weights, differing

@@ -59,7 +59,7 @@ class BatchTokens:
     weights: torch.Tensor  # λ (ue), TPO's w, γ or 1 (ddpo), 1 (uniform); 1 outside `weighted_mask` for ue/tpo
     uncertainty: torch.Tensor | None = None  # u (ue)
     delta: torch.Tensor | None = None  # Δ (ue) or TPO's s: both logit(a|v) - logit(a|v')
-    selected: torch.Tensor | None = None  # I_w on chosen rows, I_l on rejected rows (ue)
+    selected: torch.Tensor | None = None  # I_w on chosen rows, I_l on rejected rows (ue); differing tokens (ddpo)
     category: torch.Tensor | None = None  # index into ue_dpo.core.weights.CATEGORY_NAMES (ue)
 
     @property
@@ -245,10 +245,10 @@ class UEDPOTrainer(CustomDPOTrainer):
             return BatchTokens(policy_logps=clean.target_logprob, weights=weights, delta=score, **found)
         clean = self._token_statistics(model, inputs, positions, targets, mask)
         if args.ue_weighting == "ddpo":
-            weights = ddpo_token_weights(targets, mask, gamma=args.ddpo_gamma)
-        else:  # uniform, or ue with α = 0: λ ≡ 1, and v' would change nothing
-            weights = torch.ones_like(clean.target_logprob)
-        return BatchTokens(policy_logps=clean.target_logprob, weights=weights, **found)
+            weights, differing = ddpo_token_weights(targets, mask, gamma=args.ddpo_gamma)
+            return BatchTokens(policy_logps=clean.target_logprob, weights=weights, selected=differing, **found)
+        # uniform, or ue with α = 0: λ ≡ 1, and v' would change nothing
+        return BatchTokens(policy_logps=clean.target_logprob, weights=torch.ones_like(clean.target_logprob), **found)
 
     def _sequence_logps(self, model, tokens: BatchTokens, train_eval: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row weighted (policy, reference) sums, each weighting's way."""
@@ -292,7 +292,7 @@ class UEDPOTrainer(CustomDPOTrainer):
                 "tpo/score_mean": _mean_over(tokens.delta.detach(), weighted_mask),
             }
         if weighting == "ddpo":
-            differing = (tokens.weights != 1.0).float()
+            differing = tokens.selected.float()
             return {
                 "ddpo/differing_share_chosen": _mean_over(differing[chosen], mask[chosen]),
                 "ddpo/differing_share_rejected": _mean_over(differing[rejected], mask[rejected]),
