@@ -10,6 +10,8 @@ WEIGHT_TARGETS = ("policy", "logratio")
 BRANCHES = ("both", "chosen", "rejected")
 WEIGHTINGS = ("ue", "tpo", "ddpo", "uniform")
 DEFAULT_DDPO_GAMMA = 3.0  # RLAIF-V's `dpo_token_weight` default
+# config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
+TEMPLATE_BY_MODEL_TYPE = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl"}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

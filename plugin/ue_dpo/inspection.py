@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.core.weights import CATEGORY_NAMES
 
-TEMPLATES_BY_MODEL_TYPE = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl"}
 CATEGORY_COLOURS = ("#e8e8e8", "#f28b82", "#fbc16a", "#8ab4f8")  # indexed like CATEGORY_NAMES
 FILE_DATASET = "ue_dpo_inspect"
 _SHAREGPT_COLUMNS = {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"}
@@ -69,12 +69,12 @@ def model_keys(model: str, template: str | None) -> dict[str, Any]:
         model_type = None
         if (config_dir / "config.json").is_file():
             model_type = json.loads((config_dir / "config.json").read_text()).get("model_type")
-        if model_type not in TEMPLATES_BY_MODEL_TYPE:
+        if model_type not in TEMPLATE_BY_MODEL_TYPE:
             raise InspectError(
                 f"--model {model}: cannot tell the template from model_type {model_type!r}; pass --template "
-                f"({', '.join(sorted(set(TEMPLATES_BY_MODEL_TYPE.values())))})."
+                f"({', '.join(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))})."
             )
-        template = TEMPLATES_BY_MODEL_TYPE[model_type]
+        template = TEMPLATE_BY_MODEL_TYPE[model_type]
     return {**keys, "template": template}
 
 

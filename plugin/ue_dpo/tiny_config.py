@@ -1,9 +1,10 @@
-"""LLaMA-Factory training configs at tiny, CPU scale (the demo and the test suite use these)."""
+"""LLaMA-Factory training configs at tiny, CPU scale (the test suite uses these)."""
 
 from pathlib import Path
 from typing import Any
 
-TEMPLATES = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
+from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+
 
 
 def tiny_training_config(
@@ -20,7 +21,7 @@ def tiny_training_config(
         "lora_rank": 8,
         "dataset": "shapes_pref",
         "dataset_dir": str(dataset_dir),
-        "template": TEMPLATES[arch],
+        "template": TEMPLATE_BY_MODEL_TYPE[arch],
         "cutoff_len": 256,
         "preprocessing_num_workers": 1,
         "dataloader_num_workers": 0,

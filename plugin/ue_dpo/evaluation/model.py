@@ -27,9 +27,10 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+
 MODEL_NAME = "ue_dpo_hf"
 # config.model_type -> the LLaMA-Factory template the stage trains it with
-TEMPLATES = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # LLaMA-Factory's ModelArguments defaults
 DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
@@ -119,7 +120,7 @@ class UeDpoHF(lmms):
         pretrained = str(pretrained)
         base, adapter_dir, processor_source = resolve_checkpoint(pretrained, base_model)
         model_type = AutoConfig.from_pretrained(base).model_type
-        if model_type not in TEMPLATES:
+        if model_type not in TEMPLATE_BY_MODEL_TYPE:
             raise CheckpointError(f"{base} is a {model_type!r} model; {MODEL_NAME} evaluates LLaVA-1.5 (llava), "
                                   f"Qwen2-VL (qwen2_vl) and Qwen2.5-VL (qwen2_5_vl) checkpoints")
         self._device = _resolve_device(str(device))
@@ -139,7 +140,7 @@ class UeDpoHF(lmms):
         self.processor.image_max_pixels = int(image_max_pixels)
         self.processor.image_min_pixels = int(image_min_pixels)
         self._tokenizer = self.processor.tokenizer
-        self.template_name = TEMPLATES[model_type]
+        self.template_name = TEMPLATE_BY_MODEL_TYPE[model_type]
         self.template = get_template_and_fix_tokenizer(
             self._tokenizer, DataArguments(template=self.template_name, default_system=default_system)
         )
