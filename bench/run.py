@@ -2,9 +2,12 @@
 
     python bench/run.py            # builds the model and data, runs every configuration, writes bench/RESULTS.md
 
-The model is a Qwen2-VL-architecture checkpoint with the real 151,936-entry vocabulary and the tiny
-models' width, built locally with random weights. Each configuration trains in its own process;
-configurations alternate (A B C D A B C D ...) so that machine drift hits all of them alike.
+    python bench/run.py --model-size 7b   # the same at Qwen2-VL-7B's real size (needs a CUDA GPU, ~17 GB on disk)
+
+The model is a Qwen2-VL-architecture checkpoint with random weights, built locally: by default the tiny
+models' width with the real 151,936-entry vocabulary of Qwen2-VL-2B; with `--model-size 7b`, Qwen2-VL-7B's
+shapes (text and vision tower, 152,064-entry vocabulary), built on the GPU in bf16. Each configuration trains
+in its own process; configurations alternate (A B C D A B C D ...) so that machine drift hits all of them alike.
 """
 
 import argparse
@@ -28,6 +31,25 @@ CONFIGS = {
     "ue_dpo_precompute_ref": {"stage": "ue_dpo", "ue_precompute_ref": True},
 }
 BASELINE = "dpo"
+# The released Qwen2-VL-7B-Instruct's config.json, except the token ids (those of our small tokenizer).
+QWEN2_VL_7B_TEXT = {
+    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "max_window_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+QWEN2_VL_7B_VISION = {
+    "depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4, "hidden_act": "quick_gelu",
+    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+}
+MODEL_SIZES = {
+    "tiny": {"vocab_size": 151936, "shape": "text width 64, 2 layers; vision tower 2 layers x 32"},
+    "7b": {
+        "vocab_size": QWEN2_VL_7B_TEXT["vocab_size"],
+        "shape": ("Qwen2-VL-7B-Instruct's shapes (8.29B parameters): text width 3584, 28 layers, 28 heads / 4 KV "
+                  "heads, MLP 18944; vision tower 32 layers x 1280"),
+    },
+}
 # (configuration, step-time ratio bound, peak-memory ratio bound), ratios to stock DPO
 TARGETS = (("ue_dpo", 1.25, 0.8), ("ue_dpo_alpha0", 1.0, 0.8), ("ue_dpo_precompute_ref", 1.0, None))
 RESPONSE_WORDS = (
@@ -37,18 +59,36 @@ RESPONSE_WORDS = (
 )
 
 
-def build_model(out_dir: Path, *, vocab_size: int, image_size: int) -> None:
-    """The tiny Qwen2-VL with a `vocab_size` output layer and a processor that keeps `image_size`² images whole."""
+def build_model(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
+    """A Qwen2-VL of `model_size` with a `vocab_size` output layer and the tiny model's tokenizer, and a
+    processor that keeps `image_size`² images whole. Token ids past the tokenizer's are never targets, as in
+    the released models, whose output layer is also wider than their tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import (
+        AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLTextConfig,
+    )
+    from transformers.models.qwen2_vl import Qwen2VLVisionConfig
 
     from ue_dpo.tiny_models import VISION_PATCH_SIZE, build_tiny_qwen2_vl
 
     build_tiny_qwen2_vl(out_dir, seed=0)
     config = AutoConfig.from_pretrained(out_dir)
-    config.text_config.vocab_size = vocab_size  # ids past the tokenizer's are never targets, as in Qwen2-VL
     torch.manual_seed(0)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(out_dir)
+    if model_size == "tiny":
+        config.text_config.vocab_size = vocab_size
+        Qwen2VLForConditionalGeneration(config).save_pretrained(out_dir)
+    else:
+        tiny_text = config.text_config
+        config.text_config = Qwen2VLTextConfig(
+            **{**QWEN2_VL_7B_TEXT, "vocab_size": vocab_size}, bos_token_id=tiny_text.bos_token_id,
+            eos_token_id=tiny_text.eos_token_id, pad_token_id=tiny_text.pad_token_id,
+        )
+        config.vision_config = Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)
+        with torch.device("cuda"):  # random init of 8B parameters on the CPU would take many minutes
+            model = Qwen2VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(out_dir)
+        del model
+        torch.cuda.empty_cache()
     processor = AutoProcessor.from_pretrained(out_dir)
     pixels = image_size * image_size
     processor.image_processor = Qwen2VLImageProcessor(
@@ -121,11 +161,13 @@ def worker(name: str, workdir: Path, settings: dict, result_path: Path) -> None:
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.durations, self.cpu_durations, self.rss_at_train_begin = [], [], 0
+            self.durations, self.cpu_durations, self.rss_at_train_begin, self.gpu_at_train_begin = [], [], 0, 0
             self.started = self.cpu_started = 0.0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.rss_at_train_begin = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if torch.cuda.is_available():
+                self.gpu_at_train_begin = torch.cuda.memory_allocated()
 
         def on_step_begin(self, args, state, control, **kwargs):
             if torch.cuda.is_available():
@@ -149,6 +191,7 @@ def worker(name: str, workdir: Path, settings: dict, result_path: Path) -> None:
     }
     if use_gpu:
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu_at_train_begin_mib"] = timer.gpu_at_train_begin / 2**20
     result_path.write_text(json.dumps(result))
 
 
@@ -167,14 +210,21 @@ def machine_description() -> list[str]:
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores visible{memory}; {platform.system()} {platform.release()}",
              f"- Python {platform.python_version()}, torch {torch.__version__}"]
     if torch.cuda.is_available():
-        lines.append(f"- GPU: {torch.cuda.get_device_name(0)} (memory column: torch.cuda.max_memory_allocated)")
+        properties = torch.cuda.get_device_properties(0)
+        lines.append(
+            f"- GPU: {properties.name}, {properties.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda} "
+            "(memory columns: torch.cuda.max_memory_allocated, and memory_allocated when training begins)"
+        )
     else:
         lines.append("- No GPU: the memory column is the process's peak RSS (ru_maxrss), model and libraries included")
     return lines
 
 
 def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], wall_seconds: float) -> str:
-    memory_key = "peak_gpu_mib" if "peak_gpu_mib" in results[BASELINE][0] else "peak_rss_mib"
+    on_gpu = "peak_gpu_mib" in results[BASELINE][0]
+    memory_key, at_train_begin_key = (
+        ("peak_gpu_mib", "gpu_at_train_begin_mib") if on_gpu else ("peak_rss_mib", "rss_at_train_begin_mib")
+    )
     def measured(runs: list[dict], key: str) -> list[float]:
         return [seconds for run in runs for seconds in run[key][settings["warmup"]:]]
 
@@ -187,7 +237,7 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
             "cpu_median": statistics.median(measured(runs, "step_cpu_seconds")),
             "memory": max(run[memory_key] for run in runs),
             "first_step": statistics.median(run["step_seconds"][0] for run in runs),
-            "at_train_begin": max(run["rss_at_train_begin_mib"] for run in runs),
+            "at_train_begin": max(run[at_train_begin_key] for run in runs),
         }
     base = rows[BASELINE]
     lines = [
@@ -195,8 +245,9 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
         f"Generated by `python bench/run.py` ({' '.join(sys.argv[1:]) or 'defaults'}) in {wall_seconds / 60:.0f} min.",
         "", "## Machine", "", *machine_description(), "",
         "## Workload", "",
-        (f"- Qwen2-VL architecture, random weights, vocabulary {settings['vocab_size']:,}, text width 64, 2 layers, "
-         "LoRA rank 8 on all linear layers (LLaMA-Factory `lora_target: all`), fp32 on CPU / bf16 on GPU"),
+        (f"- Qwen2-VL architecture, random weights, vocabulary {settings['vocab_size']:,}, "
+         f"{MODEL_SIZES[settings['model_size']]['shape']}; LoRA rank 8 on all linear layers of the language model "
+         "(LLaMA-Factory `lora_target: all`), fp32 on CPU / bf16 on GPU"),
         (f"- images {settings['image_size']}x{settings['image_size']} px: "
          f"{(settings['image_size'] // 28) ** 2} visual tokens each; responses of {settings['response_tokens']} "
          "tokens; 2 pairs per step (`per_device_train_batch_size: 2`)"),
@@ -243,14 +294,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="measured steps per run, after the warm-up")
-    parser.add_argument("--vocab-size", type=int, default=151936)
+    parser.add_argument("--model-size", choices=tuple(MODEL_SIZES), default="tiny",
+                        help="tiny width (CPU or GPU), or Qwen2-VL-7B's real shapes (CUDA GPU only)")
+    parser.add_argument("--vocab-size", type=int,
+                        help="output-layer entries; default: 151,936 (Qwen2-VL-2B) for tiny, 152,064 for 7b")
     parser.add_argument("--image-size", type=int, default=448, help="pixels per side; 28 px per visual token")
     parser.add_argument("--response-tokens", type=int, default=128)
     parser.add_argument("--worker", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--result-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vocab_size is None:
+        args.vocab_size = MODEL_SIZES[args.model_size]["vocab_size"]
     settings = {key: getattr(args, key) for key in
-                ("rounds", "warmup", "steps", "vocab_size", "image_size", "response_tokens")}
+                ("rounds", "warmup", "steps", "model_size", "vocab_size", "image_size", "response_tokens")}
     if args.worker:
         worker(args.worker, args.workdir, settings, args.result_path)
         return
@@ -258,10 +314,17 @@ def main() -> None:
         parser.error(f"--configs must include the baseline `{BASELINE}`: ratios are taken to it")
     if args.image_size % 28 or args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--image-size must be a multiple of 28; --steps and --rounds >= 1, --warmup >= 0")
+    if args.model_size == "7b":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--model-size 7b needs a CUDA GPU (it builds and trains an 8B-parameter model in bf16); "
+                         "without one, use --model-size tiny")
 
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    build_model(args.workdir / "model", vocab_size=args.vocab_size, image_size=args.image_size)
+    build_model(args.workdir / "model", model_size=args.model_size, vocab_size=args.vocab_size,
+                image_size=args.image_size)
     write_dataset(args.workdir / "data", args.workdir / "model", pairs=2 * (args.warmup + args.steps),
                   image_size=args.image_size, response_tokens=args.response_tokens)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
