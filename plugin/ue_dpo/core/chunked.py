@@ -24,31 +24,39 @@ def _block_logits(hidden, weight, bias, start: int, stop: int) -> torch.Tensor:
 
 
 def _ids_in_block(ids: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(local index clamped into the block, whether the id falls in [start, stop)) as `[n, 1]` tensors."""
-    inside = (ids >= start) & (ids < stop)
-    return (ids - start).clamp(0, stop - start - 1).unsqueeze(-1), inside.unsqueeze(-1)
+    """(`ids - start` clamped into the block, whether clamping left it unchanged: the id falls in [start, stop))."""
+    local = ids - start
+    clamped = local.clamp(0, stop - start - 1)
+    return clamped, clamped == local
 
 
 class _ChunkedProjectionStatistics(torch.autograd.Function):
+    """`picked_ids` is `[n, P]`: column 0 the targets, column 1 (when P = 2) the probes. Returns the logits at
+    `picked_ids` `[n, P]`, log softmax at the targets `[n]` and the argmax `[n]`.
+
+    The ids of a block are handled as one `[n, P]` tensor, so a block costs the same few kernel launches with or
+    without probes: at 7B scale and a few pairs per step, a step's time is set by kernel launches on the host.
+    """
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, probe_ids, token_chunk_size, vocab_chunk_size):
+    def forward(ctx, hidden, weight, bias, picked_ids, token_chunk_size, vocab_chunk_size):
         tokens, vocab = hidden.shape[0], weight.shape[0]
         float_options = {"dtype": torch.float32, "device": hidden.device}
-        target_logit = torch.zeros(tokens, **float_options)
-        probe_logit = torch.zeros(tokens, **float_options)
+        picked = torch.zeros(picked_ids.shape, **float_options)
         log_normalizer = torch.zeros(tokens, **float_options)
         argmax = torch.zeros(tokens, dtype=torch.long, device=hidden.device)
         for first in range(0, tokens, token_chunk_size):
             rows = slice(first, first + token_chunk_size)
-            block_hidden = hidden[rows]
+            block_hidden, block_ids = hidden[rows], picked_ids[rows]
             running_max = torch.full((block_hidden.shape[0],), float("-inf"), **float_options)
             running_sum = torch.zeros_like(running_max)
             best = torch.zeros(block_hidden.shape[0], dtype=torch.long, device=hidden.device)
-            block_target = torch.zeros_like(running_max)
-            block_probe = torch.zeros_like(running_max)
+            block_picked = torch.zeros(block_ids.shape, **float_options)
             for start in range(0, vocab, vocab_chunk_size):
                 stop = min(start + vocab_chunk_size, vocab)
                 logits = _block_logits(block_hidden, weight, bias, start, stop)
+                local, inside = _ids_in_block(block_ids, start, stop)
+                block_picked = torch.where(inside, logits.gather(-1, local), block_picked)
                 block_max, block_argmax = logits.max(dim=-1)
                 # strictly greater: on ties the earliest id wins, as torch.argmax does over the full row
                 best = torch.where(block_max > running_max, block_argmax + start, best)
@@ -57,45 +65,43 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
                     logits - new_max.unsqueeze(-1)
                 ).sum(dim=-1)
                 running_max = new_max
-                for ids, values in ((targets[rows], block_target), (probe_ids[rows], block_probe)):
-                    local, inside = _ids_in_block(ids, start, stop)
-                    values.copy_(torch.where(inside, logits.gather(-1, local), values.unsqueeze(-1)).squeeze(-1))
                 del logits
-            target_logit[rows] = block_target
-            probe_logit[rows] = block_probe
+            picked[rows] = block_picked
             log_normalizer[rows] = running_max + torch.log(running_sum)
             argmax[rows] = best
-        ctx.save_for_backward(hidden, weight, bias, targets, probe_ids, log_normalizer)
+        ctx.save_for_backward(hidden, weight, bias, picked_ids, log_normalizer)
         ctx.chunk_sizes = (token_chunk_size, vocab_chunk_size)
         ctx.mark_non_differentiable(argmax)
-        return target_logit, target_logit - log_normalizer, probe_logit, argmax
+        return picked, picked[:, 0] - log_normalizer, argmax
 
     @staticmethod
-    def backward(ctx, grad_target_logit, grad_target_logprob, grad_probe_logit, _grad_argmax):
-        hidden, weight, bias, targets, probe_ids, log_normalizer = ctx.saved_tensors
+    def backward(ctx, grad_picked, grad_target_logprob, _grad_argmax):
+        hidden, weight, bias, picked_ids, log_normalizer = ctx.saved_tensors
         token_chunk_size, vocab_chunk_size = ctx.chunk_sizes
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
         # d/dlogit_y of [logit(a), logit(a) - lse, logit(p)] = [1{y=a}, 1{y=a} - softmax_y, 1{y=p}]
-        grad_on_target = (grad_target_logit + grad_target_logprob).float()
-        grad_on_softmax = grad_target_logprob.float()
-        grad_on_probe = grad_probe_logit.float()
+        grad_on_picked = grad_picked.float().clone()
+        grad_on_picked[:, 0] += grad_target_logprob.float()
+        negative_grad_on_softmax = -grad_target_logprob.float().unsqueeze(-1)
         vocab = weight.shape[0]
         for first in range(0, hidden.shape[0], token_chunk_size):
             rows = slice(first, first + token_chunk_size)
-            block_hidden = hidden[rows]
+            block_hidden, block_ids, block_grad_on_picked = hidden[rows], picked_ids[rows], grad_on_picked[rows]
+            block_log_normalizer = log_normalizer[rows].unsqueeze(-1)
+            block_softmax_factor = negative_grad_on_softmax[rows]
             for start in range(0, vocab, vocab_chunk_size):
                 stop = min(start + vocab_chunk_size, vocab)
                 logits = _block_logits(block_hidden, weight, bias, start, stop)
-                grad_logits = torch.exp(logits - log_normalizer[rows].unsqueeze(-1)).mul_(
-                    -grad_on_softmax[rows].unsqueeze(-1)
-                )
+                grad_logits = torch.exp(logits - block_log_normalizer).mul_(block_softmax_factor)
                 del logits
-                for ids, grad in ((targets[rows], grad_on_target[rows]), (probe_ids[rows], grad_on_probe[rows])):
-                    local, inside = _ids_in_block(ids, start, stop)
-                    grad_logits.scatter_add_(-1, local, grad.unsqueeze(-1) * inside)
+                local, inside = _ids_in_block(block_ids, start, stop)
+                grad_in_block = block_grad_on_picked * inside
+                # column by column: where a target equals its probe, its two additions keep a fixed order on a GPU
+                for column in range(local.shape[1]):
+                    grad_logits.scatter_add_(-1, local[:, column:column + 1], grad_in_block[:, column:column + 1])
                 if need_bias:
                     grad_bias[start:stop] += grad_logits.sum(dim=0)
                 grad_logits = grad_logits.to(hidden.dtype)
@@ -107,7 +113,7 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            None, None, None, None,
+            None, None, None,
         )
 
 
@@ -133,18 +139,21 @@ def projected_token_statistics(
     if hidden.shape[:-1] != targets.shape or targets.shape != mask.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)} and mask "
                          f"{tuple(mask.shape)} must agree on the leading [N, K] dimensions")
-    selected_targets = targets[mask]
-    selected_probes = selected_targets if probe_ids is None else probe_ids[mask]
-    target_logit, target_logprob, probe_logit, argmax = _ChunkedProjectionStatistics.apply(
-        hidden[mask], weight, bias, selected_targets, selected_probes, token_chunk_size, vocab_chunk_size
+    # flat indices of the selected positions, found once: boolean indexing would wait on the GPU at every use
+    selected = mask.flatten().nonzero().squeeze(-1)
+    ids = targets if probe_ids is None else torch.stack((targets, probe_ids), dim=-1)
+    picked, target_logprob, argmax = _ChunkedProjectionStatistics.apply(
+        hidden.flatten(0, -2).index_select(0, selected), weight, bias,
+        ids.flatten(0, 1).index_select(0, selected).view(-1, 1 if probe_ids is None else 2),
+        token_chunk_size, vocab_chunk_size,
     )
 
     def placed(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(mask.shape).masked_scatter(mask, values)
+        return values.new_zeros(mask.numel()).index_copy(0, selected, values).view(mask.shape)
 
     return TargetLogitSummary(
-        target_logit=placed(target_logit),
+        target_logit=placed(picked[:, 0]),
         target_logprob=placed(target_logprob),
         argmax=placed(argmax),
-        probe_logit=None if probe_ids is None else placed(probe_logit),
+        probe_logit=None if probe_ids is None else placed(picked[:, 1]),
     )
