@@ -119,6 +119,11 @@ class UEDPOArguments:
         metadata={"help": "Set when `stage: ue_dpo` was requested (LLaMA-Factory then sees `stage: dpo`)."},
     )
 
+    @property
+    def uses_noised_image(self) -> bool:
+        """Whether the weighting reads a pass on v' (UE-DPO with α > 0, TPO); otherwise the collator builds no v'."""
+        return self.ue_weighting == "tpo" or (self.ue_weighting == "ue" and self.ue_alpha > 0)
+
     def validate_ue_dpo(self, *, pref_loss: str, ld_alpha: float | None) -> None:
         if not 0.0 <= self.ue_alpha < 1.0:
             raise ValueError(

@@ -44,20 +44,26 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_schedule: str = "sigmoid"
     noise_space: str = "pixel_values"
     noise_seed: int = 0
+    with_noised_image: bool = True  # v' for the passes that read it (UEDPOArguments.uses_noised_image)
+    with_row_digests: bool = True  # content digests, the keys of the `ue_precompute_ref` cache
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pair_images = [list(feature.get("images") or []) for feature in features]
         batch = super().__call__(features)
         has_image = [len(images) > 0 for images in pair_images]
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
-        if not any(has_image):  # only LLaMA-Factory's blank stand-in image: its v' is never used
-            batch[NOISED_PIXEL_VALUES] = batch["pixel_values"].clone()
-        elif self.noise_space == "pixel_values":
-            batch[NOISED_PIXEL_VALUES] = self._noised_pixel_values(batch)
-        else:
-            batch[NOISED_PIXEL_VALUES] = self._noised_image_pixel_values(pair_images, batch)
-        batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
+        if self.with_noised_image:
+            batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_images, batch)
+        if self.with_row_digests:
+            batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
         return batch
+
+    def _noised_batch_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not any(pair_images):  # only LLaMA-Factory's blank stand-in image: its v' is never used
+            return batch["pixel_values"].clone()
+        if self.noise_space == "pixel_values":
+            return self._noised_pixel_values(batch)
+        return self._noised_image_pixel_values(pair_images, batch)
 
     @staticmethod
     def _row_digests(features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:

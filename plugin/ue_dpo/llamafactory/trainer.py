@@ -48,12 +48,12 @@ class BatchTokens:
     """Every per-token quantity of one batch that the loss reads; rows are B chosen, then B rejected, `[2B, K]`."""
 
     model_inputs: dict  # the forward's inputs with the clean image
-    noised_inputs: dict  # the same with v'
+    noised_inputs: dict | None  # the same with v' (when the weighting reads v')
     positions: torch.Tensor  # [K] logit positions that predict a response token
     targets: torch.Tensor  # token ids a_t
     mask: torch.Tensor  # response tokens
     has_image: torch.Tensor  # [2B]
-    row_digests: torch.Tensor  # [2B]
+    row_digests: torch.Tensor | None  # [2B] (with `ue_precompute_ref`)
     weighted_mask: torch.Tensor  # response tokens of rows with an image (those ue and tpo may weight)
     policy_logps: torch.Tensor  # log πθ(a_t | v), differentiable
     weights: torch.Tensor  # λ (ue), TPO's w, γ or 1 (ddpo), 1 (uniform); 1 outside `weighted_mask` for ue/tpo
@@ -152,7 +152,7 @@ class UEDPOTrainer(CustomDPOTrainer):
             inputs = dict(self._prepare_inputs(collated(my_starts[min(slot, len(my_starts) - 1)])))
             digests = inputs.pop(ROW_DIGEST)
             for unused_by_the_reference in (NOISED_PIXEL_VALUES, HAS_IMAGE):
-                del inputs[unused_by_the_reference]
+                inputs.pop(unused_by_the_reference, None)
             positions, targets, mask = response_positions(inputs.pop("labels"))
             logps = self._reference_token_logps(model, inputs, positions, targets, mask).cpu()
             for row, digest in enumerate(digests.tolist()):
@@ -221,12 +221,12 @@ class UEDPOTrainer(CustomDPOTrainer):
         """
         args = self.finetuning_args
         inputs = dict(batch)
-        noised_pixel_values = inputs.pop(NOISED_PIXEL_VALUES)
+        noised_pixel_values = inputs.pop(NOISED_PIXEL_VALUES, None)
         has_image = inputs.pop(HAS_IMAGE)
-        row_digests = inputs.pop(ROW_DIGEST)
+        row_digests = inputs.pop(ROW_DIGEST, None)
         positions, targets, mask = response_positions(inputs.pop("labels"))
         weighted_mask = mask & has_image.unsqueeze(-1)
-        noised_inputs = {**inputs, "pixel_values": noised_pixel_values}
+        noised_inputs = None if noised_pixel_values is None else {**inputs, "pixel_values": noised_pixel_values}
         found = {
             "model_inputs": inputs, "noised_inputs": noised_inputs, "positions": positions, "targets": targets,
             "mask": mask, "has_image": has_image, "row_digests": row_digests, "weighted_mask": weighted_mask,

@@ -44,6 +44,8 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         noise_schedule=finetuning_args.ue_noise_schedule,
         noise_space=finetuning_args.ue_noise_space,
         noise_seed=training_args.seed if finetuning_args.ue_seed is None else finetuning_args.ue_seed,
+        with_noised_image=finetuning_args.uses_noised_image,
+        with_row_digests=finetuning_args.ue_precompute_ref,
         **tokenizer_module,
     )
     if finetuning_args.ref_model is None and not training_args.do_train:
