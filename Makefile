@@ -1,16 +1,14 @@
-# `make demo` and `make test` set up .venv/ on first use and reuse it afterwards.
+# `make demo` and `make test` build .venv/ from requirements.lock on first use, and again when the lock changes.
 PYTHON ?= python3
 VENV := .venv
 DEMO_OUT ?= demo_output
 DEMO_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test
+.PHONY: demo test lock
 
-$(STAMP): pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+$(STAMP): requirements.lock pyproject.toml tools/locked_env.py
+	$(PYTHON) tools/locked_env.py sync --venv $(VENV)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,3 +16,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Re-resolve requirements.lock from pyproject.toml's ranges (newest releases within them).
+lock:
+	$(PYTHON) tools/locked_env.py lock --venv $(VENV)
