@@ -12,7 +12,7 @@ os.environ.update({
 
 import pytest
 from ue_dpo.shapes import write_preference_dataset, write_sft_dataset
-from ue_dpo.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+from ue_dpo.tiny_models import build_tiny_llava, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,11 @@ def tiny_llava_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tmp_path_factory):
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The real `lmms-eval` CLI with `--model ue_dpo_hf` on tiny local models, base and LoRA output dirs, on
-`shapes_caption` and on mini fixtures of object_halbench, mmhal_bench and amber (judge: a loopback server).
+`shapes_caption` and on mini fixtures of object_halbench, mmhal_bench and amber (judge: a loopback server), and
+lmms-eval's own `llava_hf` / `qwen2_5_vl` models on merged checkpoints.
 
 lmms-eval exits 0 even when an evaluation fails, so every run is checked through the files it writes. To keep
 its slow start-up to two processes, one run uses the plain flags of the README and one a `--config` list of runs.
@@ -201,6 +202,40 @@ def test_a_lora_output_dir_answers_with_its_adapter(arch, evaluations):
 def test_a_generation_error_fails_the_run_instead_of_scoring_empty_answers(evaluations):
     assert not list(evaluations["dirs"]["failing"].rglob("*.json*"))
     assert "`max_new_tokens` must be greater than 0, but is -1" in evaluations["log"]
+
+
+@pytest.fixture(scope="module")
+def own_model_runs(workdir, checkpoints, shapes_eval_dir, tiny_qwen2_5_vl_dir):
+    """lmms-eval's own `llava_hf` on a LoRA run merged by `llamafactory-cli export`, and its `qwen2_5_vl` on a
+    Qwen2.5-VL checkpoint, each with the README's `--force_simple` -> run name -> output dir."""
+    export_config = {"model_name_or_path": str(checkpoints["llava_base"]),
+                     "adapter_name_or_path": str(checkpoints["llava_lora"]), "template": "llava",
+                     "finetuning_type": "lora", "export_dir": str(workdir / "llava_merged")}
+    (workdir / "export.yaml").write_text(yaml.safe_dump(export_config))
+    export = run_cli([str(BIN / "llamafactory-cli"), "export", "export.yaml"], workdir)
+    assert export.returncode == 0, export.stderr[-3000:]
+    runs = {"llava_hf": f"pretrained={workdir / 'llava_merged'},device=cpu,device_map=cpu",
+            "qwen2_5_vl": f"pretrained={tiny_qwen2_5_vl_dir},device=cpu,device_map=cpu"}
+    for model, model_args in runs.items():
+        result = run_cli([str(BIN / "lmms-eval"), "--model", model, "--model_args", model_args, "--force_simple",
+                          "--tasks", "shapes_caption", "--gen_kwargs", f"max_new_tokens={MAX_NEW_TOKENS}",
+                          "--log_samples", "--output_path", f"out/{model}"],
+                         workdir, UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir))
+        assert result.returncode == 0, result.stderr[-3000:]
+    return {model: workdir / "out" / model for model in runs}
+
+
+@pytest.mark.parametrize("model", ["llava_hf", "qwen2_5_vl"])
+def test_lmms_evals_own_models_score_our_tasks_on_merged_checkpoints(model, own_model_runs, shapes_eval_dir):
+    samples = logged_samples(own_model_runs[model])
+    manifest = json.loads((shapes_eval_dir / EVAL_MANIFEST).read_text())
+    assert [sample["doc_id"] for sample in samples] == list(range(EVAL_IMAGES))
+    responses = [response_of(sample) for sample in samples]
+    assert all(response.strip() for response in responses)  # llava_hf answers "" on a generation error
+    expected = naive_shapes_chair(responses, [manifest[sample["doc_id"]]["shapes"] for sample in samples])
+    scored = results_of(own_model_runs[model])["shapes_caption"]
+    for metric in SHAPES_METRICS:
+        assert scored[f"{metric},none"] == (None if expected[metric] is None else pytest.approx(expected[metric]))
 
 
 def ue_dpo_score(argv: list[str], capsys) -> dict:

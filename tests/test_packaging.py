@@ -6,7 +6,6 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,11 +51,3 @@ def test_importing_the_package_does_not_import_torch():
     probe = "import sys, ue_dpo, ue_dpo.config, ue_dpo.versions; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
-
-
-def test_unsupported_llamafactory_version_fails_with_the_supported_range(monkeypatch):
-    from ue_dpo import versions
-
-    monkeypatch.setattr(versions, "version", lambda name: "0.9.4")
-    with pytest.raises(versions.UnsupportedVersionError, match=r"supports llamafactory>=0.9.5,<0.9.6 but 0.9.4"):
-        versions.check_supported("llamafactory")

@@ -23,34 +23,6 @@ LLAVA_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen2_5_vl_dir(tiny_qwen2_vl_dir, tmp_path_factory):
-    """A random Qwen2.5-VL (windowed vision tower) sharing the tiny Qwen2-VL's text config and processor."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-    )
-
-    out_dir = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
-    qwen2_vl = AutoConfig.from_pretrained(tiny_qwen2_vl_dir)
-    text_config = qwen2_vl.text_config.to_dict()
-    config = Qwen2_5_VLConfig(
-        text_config=text_config,
-        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
-                       "out_hidden_size": text_config["hidden_size"], "spatial_merge_size": 2,
-                       "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]},
-        **{name: getattr(qwen2_vl, name) for name in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                                       "vision_end_token_id")},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out_dir)
-    AutoProcessor.from_pretrained(tiny_qwen2_vl_dir).save_pretrained(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="module")
 def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir):
     return {"llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
             "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),

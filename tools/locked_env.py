@@ -49,7 +49,7 @@ def ensure_uv(venv: Path, uv_version: str | None) -> Path:
                          f"with PYTHON=python{PYTHON_VERSION} (make PYTHON=python{PYTHON_VERSION} test)")
     uv = venv / "bin" / "uv"
     current = _run([uv, "--version"], capture_output=True).stdout.split()[1:2] if uv.exists() else []
-    if uv_version is None or current != [uv_version]:
+    if not uv.exists() or (uv_version is not None and current != [uv_version]):
         requirement = f"uv=={uv_version}" if uv_version else "uv"
         _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement], check=True)
     return uv
@@ -74,8 +74,8 @@ def sync(venv: Path, lock: Path = LOCK, editable: Path | None = REPO) -> None:
     yanked = [line for line in result.stderr.splitlines() if "is yanked" in line]
     if result.returncode != 0 or yanked:
         named = _named_in("\n".join(yanked) if yanked else result.stderr, pins)
-        what = "is yanked" if yanked else "no longer installs"
-        raise SetupError(f"{lock.name} {what}: {', '.join(named) or 'see uv output above'}. "
+        what = "pins a yanked release" if yanked else "no longer installs"
+        raise SetupError(f"{lock.name} {what}: {', '.join(named) or 'see the uv output above'}. "
                          f"Refresh the lock: {REFRESH}.")
     if editable is not None:
         _run([uv, "pip", "install", "--quiet", "--python", python, "--no-deps", "--no-build-isolation", "-e", editable],

@@ -2,6 +2,9 @@
 
 import argparse
 import importlib
+import sys
+
+from ue_dpo.versions import UnsupportedVersionError, check_supported
 
 # One module per subcommand under ue_dpo/commands/.
 SUBCOMMANDS = ("demo", "run", "shapes_eval", "score", "data", "inspect")
@@ -17,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        check_supported()
+    except UnsupportedVersionError as error:
+        sys.exit(f"ue-dpo: {error}")
     args.handler(args)
 
 

@@ -175,39 +175,28 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
-def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0) -> Path:
-    """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    out_dir = Path(out_dir)
-    tokenizer = _qwen2_tokenizer()
+def _qwen_text_and_token_config(tokenizer) -> tuple[dict, dict]:
     token_id = tokenizer.convert_tokens_to_ids
     num_attention_heads = 4
     half_head_dim = TEXT_HIDDEN_SIZE // num_attention_heads // 2
-    # The released model splits each rotary half 2:3:3 between the temporal, height and width positions.
+    # The released models split each rotary half 2:3:3 between the temporal, height and width positions.
     mrope_section = [half_head_dim // 4, 3 * half_head_dim // 8, 3 * half_head_dim // 8]
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE,
-            "num_hidden_layers": 2, "num_attention_heads": num_attention_heads, "num_key_value_heads": 2,
-            "max_position_embeddings": MAX_POSITIONS,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
-            **_special_token_ids(tokenizer),
-        },
-        vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": TEXT_HIDDEN_SIZE, "num_heads": 2, "mlp_ratio": 2,
-            "patch_size": VISION_PATCH_SIZE, "spatial_merge_size": 2, "temporal_patch_size": 2,
-        },
-        image_token_id=token_id("<|image_pad|>"), video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"), vision_end_token_id=token_id("<|vision_end|>"),
-    )
-    _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed)
+    text_config = {
+        "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE,
+        "num_hidden_layers": 2, "num_attention_heads": num_attention_heads, "num_key_value_heads": 2,
+        "max_position_embeddings": MAX_POSITIONS,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
+        **_special_token_ids(tokenizer),
+    }
+    token_ids = {"image_token_id": token_id("<|image_pad|>"), "video_token_id": token_id("<|video_pad|>"),
+                 "vision_start_token_id": token_id("<|vision_start|>"),
+                 "vision_end_token_id": token_id("<|vision_end|>")}
+    return text_config, token_ids
+
+
+def _save_qwen2_vl_processor(tokenizer, out_dir: Path) -> None:
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
     # Passing `size` (not min_pixels/max_pixels) matters: those two kwargs write into the class-level default
     # `size` dict in transformers 5.6, changing every Qwen2-VL processor created later in the process.
     pixels = {"shortest_edge": QWEN2_VL_IMAGE_PIXELS, "longest_edge": QWEN2_VL_IMAGE_PIXELS}
@@ -217,6 +206,45 @@ def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0) -> Path:
         tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out_dir)
+
+
+def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer()
+    text_config, token_ids = _qwen_text_and_token_config(tokenizer)
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config={
+            "depth": 2, "embed_dim": 32, "hidden_size": TEXT_HIDDEN_SIZE, "num_heads": 2, "mlp_ratio": 2,
+            "patch_size": VISION_PATCH_SIZE, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+        **token_ids,
+    )
+    _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed)
+    _save_qwen2_vl_processor(tokenizer, out_dir)
+    return out_dir
+
+
+def build_tiny_qwen2_5_vl(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Qwen2.5-VL checkpoint (windowed vision tower, one full-attention block) with the tiny Qwen2-VL's text
+    model, tokenizer and processor, as the released Qwen2.5-VL reuses Qwen2-VL's processor."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer()
+    text_config, token_ids = _qwen_text_and_token_config(tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "patch_size": VISION_PATCH_SIZE, "out_hidden_size": TEXT_HIDDEN_SIZE, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]},
+        **token_ids,
+    )
+    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, out_dir, seed)
+    _save_qwen2_vl_processor(tokenizer, out_dir)
     return out_dir
 
 

@@ -1,39 +1,60 @@
-"""The versions of the harnesses whose internals we patch, checked before patching."""
+"""The releases of the libraries whose internals we, LLaMA-Factory or lmms-eval rely on, checked at start.
+
+`ue_dpo._autoload` runs `check_supported()` before `llamafactory` or `lmms_eval` executes, and `ue-dpo` before
+any command, so a mismatched environment stops with the package, its range and the fix instead of a
+traceback deep inside a harness. The ranges are pyproject.toml's (a test keeps the two equal); the
+tested environment itself is requirements.lock.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 SUPPORTED = {
-    "llamafactory": (">=0.9.5", "<0.9.6"),
-    "lmms_eval": (">=0.7.3", "<0.7.4"),
+    # we patch their argument parser, stage dispatch and task discovery
+    "llamafactory": ">=0.9.5,<0.9.6",
+    "lmms-eval": ">=0.7.3,<0.7.4",
+    # filelock 4.3 removed `filelock._api`, which lmms-eval 0.7.3 imports
+    "filelock": ">=3.16,<4.3",
+    # model, processor and trainer internals the stage and the tiny models use
+    "transformers": ">=5.6,<5.7",
+    "trl": ">=0.24,<0.25",
+    "peft": ">=0.18,<0.19",
+    "accelerate": ">=1.11,<1.12",
+    "datasets": ">=4.0,<4.1",
+    # the official benchmark code paths (tokenisation, lemmas, WordNet)
+    "nltk": ">=3.9,<3.11",
+    "spacy": ">=3.7,<3.9",
 }
-_DISTRIBUTION = {"llamafactory": "llamafactory", "lmms_eval": "lmms-eval"}
 
 
 class UnsupportedVersionError(RuntimeError):
     pass
 
 
-def supported_range(package: str) -> str:
-    return ",".join(SUPPORTED[package])
+def unsupported(distributions=()) -> dict[str, str]:
+    """Distribution -> what is wrong, for each one that is missing or outside its supported range."""
+    problems = {}
+    for distribution in distributions or SUPPORTED:
+        specifier = SUPPORTED[distribution]
+        try:
+            installed = version(distribution)
+        except PackageNotFoundError:
+            problems[distribution] = f"{distribution}{specifier} is not installed"
+            continue
+        if Version(installed) not in SpecifierSet(specifier):
+            problems[distribution] = f"{distribution} {installed} is installed, but ue-dpo supports {distribution}{specifier}"
+    return problems
 
 
-def check_supported(package: str) -> str:
-    """Return the installed version of `package`, or fail naming the supported range."""
-    distribution = _DISTRIBUTION[package]
-    try:
-        installed = version(distribution)
-    except PackageNotFoundError as error:
+def check_supported(*distributions: str) -> None:
+    """Fail naming every unsupported release among `distributions` (default: all of SUPPORTED) and the fix."""
+    problems = unsupported(distributions)
+    if problems:
+        requirements = " ".join(f"'{name}{SUPPORTED[name]}'" for name in problems)
         raise UnsupportedVersionError(
-            f"ue-dpo needs {distribution}{supported_range(package)}, which is not installed: "
-            f"pip install '{distribution}{supported_range(package)}'"
-        ) from error
-    parsed = Version(installed)
-    lower, upper = SUPPORTED[package]
-    if not (parsed >= Version(lower[2:]) and parsed < Version(upper[1:])):
-        raise UnsupportedVersionError(
-            f"ue-dpo supports {distribution}{supported_range(package)} but {installed} is installed; "
-            f"install a supported release: pip install '{distribution}{supported_range(package)}'"
+            "unsupported environment for ue-dpo:\n  " + "\n  ".join(problems.values())
+            + f"\nFix: pip install {requirements}; in a checkout, `make test` builds the tested environment from "
+            "requirements.lock."
         )
-    return installed

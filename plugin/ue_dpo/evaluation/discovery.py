@@ -31,7 +31,7 @@ def _same_dir(path: str, other: Path) -> bool:
 
 
 def apply() -> None:
-    check_supported("lmms_eval")
+    check_supported()
     from lmms_eval.tasks import TaskManager
 
     if getattr(TaskManager.initialize_tasks, "ue_dpo_tasks", False):

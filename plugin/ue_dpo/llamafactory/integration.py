@@ -53,7 +53,7 @@ def apply() -> None:
     global _applied
     if _applied:
         return
-    check_supported("llamafactory")
+    check_supported()
     from llamafactory.hparams import parser
     from llamafactory.hparams.finetuning_args import FinetuningArguments
     from llamafactory.train import tuner
