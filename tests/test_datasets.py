@@ -27,8 +27,8 @@ ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}
 # The prompt around the image's tokens, by template: LLaMA-Factory's system prompt and user turn around
 # "<image>\n" + question (LLaVA-1.5's own "USER: <image>\n... ASSISTANT:"; Qwen2-VL's image in vision markers)
 PROMPT_AROUND_IMAGE = {
-    "llava": ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-              "detailed, and polite answers to the user's questions. USER: ", "\n{question} ASSISTANT:"),
+    "llava": (("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+               "detailed, and polite answers to the user's questions. USER: "), "\n{question} ASSISTANT:"),
     "qwen2_vl": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>",
                  "<|vision_end|>\n{question}<|im_end|>\n<|im_start|>assistant\n"),
 }
@@ -209,6 +209,11 @@ def test_hub_downloads_record_the_revision_and_a_folder_of_several_snapshots_is_
     assert provenance["files"] == {
         "RLHF-V-Dataset.parquet": hashlib.sha256((sources["rlhf_v"] / "RLHF-V-Dataset.parquet").read_bytes()).hexdigest()}
     assert json.loads((tmp_path / "data" / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V
+    done = subprocess.run([str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "latest")],
+                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "latest" / "rlhf_v_source.json").read_text())["hub"] == {
+        "repo": "openbmb/RLHF-V-Dataset", "revision": "main", "commit": new}
 
     with pytest.raises(SourceError, match=r"holds 2 copies of RLHF-V-Dataset.parquet .*--revision"):
         convert("rlhf_v", tmp_path / "out", source=str(repo_dir))
@@ -266,6 +271,13 @@ def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sour
         "ue-dpo data: error: rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image. Fix or remove that "
         "row, or pass --on-bad-sample skip.")
     assert "Traceback" not in stopped.stderr
+
+    unseeded = subprocess.run([*command[:7], "--seed", "3"], check=False, capture_output=True, text=True, timeout=120)
+    assert unseeded.returncode == 1
+    assert unseeded.stderr.strip() == ("ue-dpo data: error: --seed applies to --random N; pass --random N --seed S, "
+                                       "or drop --seed")
+    both = subprocess.run([*command, "--random", "2"], check=False, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "argument --random: not allowed with argument --first" in both.stderr
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])

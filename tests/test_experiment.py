@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ue_dpo.experiment import embedded_default_path
+from ue_dpo.experiment import embedded_default_path, runner
 from ue_dpo.experiment.config import ExperimentConfigError, apply_setting, load_experiment, parse_experiment
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
-from ue_dpo.experiment import runner
 from ue_dpo.experiment.runner import last_checkpoint, read_lmms_eval_output
 from ue_dpo.experiment.stages import StageError
 

@@ -134,7 +134,7 @@ class Subset:
             raise ValueError("a `random` subset needs an integer seed; the others take none")
 
 
-def random_subset_rows(total: int, rows: int, seed: int) -> set[int]:
+def _random_subset_rows(total: int, rows: int, seed: int) -> set[int]:
     """The `rows` source indices that rank first by sha256 of "seed:index": the same on every machine and Python."""
     ranked = sorted(range(total), key=lambda index: hashlib.sha256(f"{seed}:{index}".encode()).digest())
     return set(ranked[:rows])
@@ -204,7 +204,7 @@ def convert(
         total = sum(1 for _ in _source_rows(spec, source, folder, files)[1])
         if subset.rows > total:
             raise SourceError(f"--random {subset.rows} asks for more rows than {source} holds ({total})")
-        selected = random_subset_rows(total, subset.rows, subset.seed)
+        selected = _random_subset_rows(total, subset.rows, subset.seed)
     schema, rows = _source_rows(spec, source, folder, files)
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -44,7 +44,7 @@ def register(commands) -> None:
         "data", help="convert RLHF-V or RLAIF-V into a LLaMA-Factory dataset folder (ranking, with images)",
         description=f"Convert a public preference dataset (any of its copies: {copies}) into DIR: <name>.json "
                     f"(sharegpt ranking records), <name>_images/, <name>_skipped.jsonl, <name>{PROVENANCE_SUFFIX} "
-                    "(the hub revision or the digests of the files read, the subset, the rows read) and its "
+                    "(the hub revision, the digests of the files read, the subset, the rows read) and its "
                     "dataset_info.json entry (other entries are kept). Re-running with the same arguments rewrites "
                     "the same files.",
     )
