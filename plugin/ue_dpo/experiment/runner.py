@@ -47,7 +47,7 @@ def training_seeds(config: dict[str, Any]) -> dict[str, int]:
 
 
 def training_data(config: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
-    """Each training dataset's record from `ue-dpo data` (source revision or file digests, subset, rows read);
+    """Each training dataset's record from `ue-dpo data` (hub revision, file digests, subset, rows read);
     None for a dataset it did not write."""
     from ue_dpo.datasets import read_provenance
 
