@@ -1,7 +1,8 @@
-"""Tiny local copies of openbmb/RLHF-V-Dataset and openbmb/RLAIF-V-Dataset in their published schemas: the same
-columns and types (from the dataset cards), the image as `datasets.Image` (a `{bytes, path}` struct in
-parquet), RLHF-V's pairs as a JSON string in `text`, RLAIF-V split over `RLAIF-V-Dataset_NNN.parquet` shards.
-Each holds good rows and the defects the converter must catch."""
+"""Tiny local copies of openbmb/RLHF-V-Dataset, llamafactory/RLHF-V and openbmb/RLAIF-V-Dataset in their published
+schemas: the same file names, columns and types (from the dataset cards), images as `datasets.Image` (a
+`{bytes, path}` struct in parquet), openbmb's RLHF-V pairs as a JSON string in `text`, LLaMA-Factory's as sharegpt
+turns with a list of images, RLAIF-V split over `RLAIF-V-Dataset_NNN.parquet` shards. Each holds good rows and the
+defects the converter must catch; both RLHF-V copies hold the same pairs in the same order."""
 
 import io
 import json
@@ -35,15 +36,26 @@ def _features(columns: dict[str, str]):
                               for name, kind in columns.items()})
 
 
-def _write_parquet(rows: list[dict], columns: dict[str, str], path: Path) -> None:
+def _write_parquet(rows: list[dict], features, path: Path) -> None:
     import datasets
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(rows, features=_features(columns)).to_parquet(str(path))
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
 
 
 def _image(data: bytes | None) -> dict | None:
     return None if data is None else {"bytes": data, "path": None}
+
+
+# (idx, image, question, chosen, rejected) of the RLHF-V fixture, in source order
+RLHF_V_PAIRS = [
+    (100, RED_JPEG, "Describe the image.", "A red square.", "A red square next to a dog."),
+    (101, RED_JPEG, "What colour dominates?", "Red.", "Blue, with a cat."),
+    (102, b"definitely not an image", "What is shown?", "Nothing.", "A horse."),
+    (103, None, "What is shown?", "A field.", "A horse in a field."),
+    (104, BLUE_PNG, "What is shown?", "   ", "A blue whale."),
+    (105, BLUE_PNG, "<image>\nIs the picture blue?", "Yes, it is plain blue.", "No, it shows a car."),
+]
 
 
 def _rlhf_v_row(idx: int, image: bytes | None, question: str, chosen: str, rejected: str) -> dict:
@@ -66,17 +78,29 @@ RLAIF_V_BAD_ROWS = [
 
 
 def write_rlhf_v(folder: Path) -> Path:
-    """Six rows: three good pairs (two share the red image; one question carries LLaVA's `<image>\\n` prefix)
-    and three bad ones."""
-    rows = [
-        _rlhf_v_row(100, RED_JPEG, "Describe the image.", "A red square.", "A red square next to a dog."),
-        _rlhf_v_row(101, RED_JPEG, "What colour dominates?", "Red.", "Blue, with a cat."),
-        _rlhf_v_row(102, b"definitely not an image", "What is shown?", "Nothing.", "A horse."),
-        _rlhf_v_row(103, None, "What is shown?", "A field.", "A horse in a field."),
-        _rlhf_v_row(104, BLUE_PNG, "What is shown?", "   ", "A blue whale."),
-        _rlhf_v_row(105, BLUE_PNG, "<image>\nIs the picture blue?", "Yes, it is plain blue.", "No, it shows a car."),
-    ]
-    _write_parquet(rows, RLHF_V_FEATURES, folder / "RLHF-V-Dataset.parquet")
+    """openbmb's copy, six rows: three good pairs (two share the red image; one question carries LLaVA's
+    `<image>\\n` prefix) and three bad ones."""
+    _write_parquet([_rlhf_v_row(*pair) for pair in RLHF_V_PAIRS], _features(RLHF_V_FEATURES),
+                   folder / "RLHF-V-Dataset.parquet")
+    return folder
+
+
+def _llamafactory_rlhf_v_features():
+    import datasets
+
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    return datasets.Features({"conversations": datasets.List(turn), "chosen": turn, "rejected": turn,
+                              "images": datasets.List(datasets.Image())})
+
+
+def write_llamafactory_rlhf_v(folder: Path) -> Path:
+    """LLaMA-Factory's copy of the same six rows: the question behind its `<image>` placeholder, no image as an
+    empty list."""
+    rows = [{"conversations": [{"from": "human", "value": "<image>" + question.removeprefix("<image>\n")}],
+             "chosen": {"from": "gpt", "value": chosen}, "rejected": {"from": "gpt", "value": rejected},
+             "images": [] if image is None else [_image(image)]}
+            for _, image, question, chosen, rejected in RLHF_V_PAIRS]
+    _write_parquet(rows, _llamafactory_rlhf_v_features(), folder / "rlhf-v.parquet")
     return folder
 
 
@@ -92,10 +116,10 @@ def write_rlaif_v(folder: Path) -> Path:
         _rlaif_v_row("rlaif_shard0_0", GREEN_JPEG, "How many objects are there?", "One green square.",
                      "Three green squares and a ball."),
         _rlaif_v_row("rlaif_shard0_1", None, "What is this?", "A square.", "A circle."),
-    ], RLAIF_V_FEATURES, folder / "RLAIF-V-Dataset_000.parquet")
+    ], _features(RLAIF_V_FEATURES), folder / "RLAIF-V-Dataset_000.parquet")
     _write_parquet([
         _rlaif_v_row("rlaif_shard1_0", RED_JPEG, "Which colour is the square?", "It is red.", "It is green."),
         _rlaif_v_row("rlaif_shard1_1", RED_JPEG, " <image> ", "It is red.", "It is green."),
         _rlaif_v_row("rlaif_shard1_2", TRUNCATED_JPEG, "What is shown?", "Yellow.", "Purple."),
-    ], RLAIF_V_FEATURES, folder / "RLAIF-V-Dataset_001.parquet")
+    ], _features(RLAIF_V_FEATURES), folder / "RLAIF-V-Dataset_001.parquet")
     return folder

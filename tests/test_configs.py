@@ -24,7 +24,9 @@ PAPER_MODELS = {
     "llava15_13b": {"model_name_or_path": "llava-hf/llava-1.5-13b-hf", "template": "llava", "ue_alpha": 0.25},
     "qwen25vl_3b": {"model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "template": "qwen2_vl", "ue_alpha": 0.15},
 }
-PAPER_DATASETS = {"rlhf_v": None, "rlaif_v": 16000}  # dataset name -> max_samples (RLHF-V: all 5.7k pairs)
+# dataset name -> the conversion that writes it: RLHF-V all 5.7k pairs; RLAIF-V 16k pairs, which the paper does not
+# name, so the first 16,000 source rows (our choice) are taken at conversion, not by LLaMA-Factory's `max_samples`
+PAPER_DATASETS = {"rlhf_v": "ue-dpo data rlhf_v --out data", "rlaif_v": "ue-dpo data rlaif_v --out data --first 16000"}
 PAPER_SHARED = {"pref_beta": 0.1, "pref_loss": "sigmoid", "finetuning_type": "lora", "lora_rank": 128,
                 "lora_target": ["all"], "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "num_train_epochs": 2.0,
                 "bf16": True}
@@ -87,6 +89,17 @@ def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
         assert config["output_dir"] == f"saves/{model}/{dataset}/{method}"
 
 
+def test_recipes_name_the_conversion_of_their_data_and_rlaif_v_names_its_subset_as_our_choice():
+    for path in TRAIN_CONFIGS:
+        _, dataset, _ = name_parts(path.name)
+        header = [line.removeprefix("# ") for line in path.read_text().splitlines() if line.startswith("#")]
+        assert f"Run from the repository root after `{PAPER_DATASETS[dataset]}`:" in header, path.name
+        choice = " ".join(header)
+        if dataset == "rlaif_v":
+            assert "without saying which 16k" in choice and "our choice, not the paper's" in choice, path.name
+            assert "`--random 16000 --seed S`" in choice, path.name
+
+
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory):
     """Every recipe through LLaMA-Factory's parser, run from a folder laid out like the repository root after
@@ -127,8 +140,7 @@ def test_recipe_hyperparameters_are_the_papers(parsed):
     results, _ = parsed
     for name, result in results.items():
         model, dataset, method = name_parts(name)
-        expected = {**PAPER_SHARED, **PAPER_MODELS[model], "dataset": [dataset],
-                    "max_samples": PAPER_DATASETS[dataset]}
+        expected = {**PAPER_SHARED, **PAPER_MODELS[model], "dataset": [dataset], "max_samples": None}
         if method == "dpo":
             expected.update(stage="dpo", ue_dpo_stage=False)
             expected.pop("ue_alpha")

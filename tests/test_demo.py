@@ -140,6 +140,8 @@ def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
     assert dpo["training"]["config"]["model_name_or_path"] == str(out.resolve() / "runs" / "warmup")
     assert ue_dpo["training"]["config"]["stage"] == "ue_dpo"
     assert (warmup["training"]["seeds"], ue_dpo["training"]["seeds"]) == ({"seed": 0}, {"seed": 0, "ue_seed": 0})
+    # the synthetic data was not converted by `ue-dpo data`, so there is no source record to copy
+    assert (warmup["training"]["data"], dpo["training"]["data"]) == ({"shapes_sft": None}, {"shapes_pref": None})
     assert dpo["model"] == str(out.resolve() / "runs" / "dpo")
     assert dpo["evaluation"]["lmms_eval_config"]["model"] == "ue_dpo_hf"
     assert results["evaluation"]["seed"] == [0, 1234, 1234, 1234]

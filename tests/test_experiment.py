@@ -2,12 +2,13 @@
 the report. The runner end to end, resumption included, is `make demo` in test_demo.py."""
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from ue_dpo.experiment import embedded_default_path
+from ue_dpo.experiment import embedded_default_path, runner
 from ue_dpo.experiment.config import ExperimentConfigError, apply_setting, load_experiment, parse_experiment
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
 from ue_dpo.experiment.runner import last_checkpoint, read_lmms_eval_output
@@ -169,3 +170,45 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
     assert f"- *paper*: {REPORTED_MARK}; copied from Table 1." in markdown
     render_chart(results, columns, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_json_names_the_source_files_of_the_converted_training_data(base_dir, tmp_path, monkeypatch):
+    from public_preference_files import write_rlhf_v
+    from ue_dpo.datasets import Subset, convert
+
+    source = write_rlhf_v(tmp_path / "source")
+    data = tmp_path / "data"
+    convert("rlhf_v", data, source=str(source))
+    commands = []
+
+    def finished_subprocess(command, *, env, log_path, cwd=None):  # llamafactory-cli train / lmms-eval, done
+        commands.append(Path(command[0]).name)
+        if command[1] == "train":
+            output_dir = Path(yaml.safe_load(Path(command[2]).read_text())["output_dir"])
+            output_dir.mkdir(parents=True)
+            (output_dir / "trainer_state.json").write_text("{}")
+        else:
+            for entry in yaml.safe_load(Path(command[-1]).read_text()):
+                write_lmms_eval_output(Path(entry["output_path"]), results=LMMS_EVAL_RESULTS,
+                                       tasks_with_samples=["shapes_caption"])
+        return 0
+
+    monkeypatch.setattr(runner, "stream", finished_subprocess)
+    experiment = parse_experiment({
+        "output": str(tmp_path / "out"), "evaluation": {"tasks": ["shapes_caption"]},
+        "runs": [{"name": "dpo", "train": "dpo.yaml", "overrides": {"dataset": "rlhf_v", "dataset_dir": str(data)}}],
+    }, base_dir=base_dir)
+    runner.run_experiment(experiment)
+
+    recorded = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["training"]["data"]
+    parquet = source / "RLHF-V-Dataset.parquet"
+    assert recorded["rlhf_v"]["files"] == {parquet.name: hashlib.sha256(parquet.read_bytes()).hexdigest()}
+    assert (recorded["rlhf_v"]["hub"], recorded["rlhf_v"]["rows_read"], recorded["rlhf_v"]["subset"]) == \
+        (None, 6, {"kind": "all"})
+    assert commands == ["llamafactory-cli", "lmms-eval"]
+
+    convert("rlhf_v", data, source=str(source), subset=Subset("first", 2))  # other rows: the training is redone
+    runner.run_experiment(experiment)
+    assert commands[2:] == ["llamafactory-cli", "lmms-eval"]
+    recorded = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["training"]["data"]
+    assert (recorded["rlhf_v"]["subset"], recorded["rlhf_v"]["rows_read"]) == ({"kind": "first", "rows": 2}, 2)

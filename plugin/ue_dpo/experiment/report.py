@@ -34,7 +34,7 @@ def collect_results(experiment: Experiment, markers: Markers) -> dict[str, Any]:
             "label": run.label,
             "model": evaluation["lmms_eval_entry"]["model_args"].split(",")[0].removeprefix("pretrained="),
             "training": None if training is None else {
-                key: training[key] for key in ("config_file", "config", "seeds", "resumed_from", "versions")
+                key: training[key] for key in ("config_file", "config", "seeds", "data", "resumed_from", "versions")
             },
             "evaluation": {
                 "lmms_eval_entry": evaluation["lmms_eval_entry"],

@@ -4,7 +4,8 @@ Stages, each skipped when its marker under `<output>/state/` holds the digest of
 the synthetic world (when the file has one), one training per `train:` run (resumed from its last
 `checkpoint-*` when an interrupted attempt of the same config left one), and one lmms-eval process for
 the runs whose evaluation is not finished. A digest covers the digests of the stages it reads from,
-so retraining the warm-up retrains and re-evaluates everything built on it.
+so retraining the warm-up retrains and re-evaluates everything built on it, and a training's digest covers
+what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
 """
 
 import json
@@ -23,6 +24,7 @@ from ue_dpo.experiment.stages import Markers, StageError, digest, stream
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_SEED_DEFAULT = 42  # transformers.TrainingArguments.seed, used when a training config sets none
+DATASET_DIR_DEFAULT = "data"  # llamafactory DataArguments.dataset_dir
 
 
 def executable(name: str) -> str:
@@ -42,6 +44,17 @@ def training_seeds(config: dict[str, Any]) -> dict[str, int]:
     if config.get("stage") == "ue_dpo":
         seeds["ue_seed"] = config.get("ue_seed", seeds["seed"])  # the noise seed defaults to the training seed
     return seeds
+
+
+def training_data(config: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Each training dataset's record from `ue-dpo data` (hub revision, file digests, subset, rows read);
+    None for a dataset it did not write."""
+    from ue_dpo.datasets import read_provenance
+
+    names = config.get("dataset") or []
+    names = names.split(",") if isinstance(names, str) else names
+    dataset_dir = config.get("dataset_dir", DATASET_DIR_DEFAULT)
+    return {name.strip(): read_provenance(dataset_dir, name.strip()) for name in names}
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
@@ -114,8 +127,9 @@ class ExperimentRunner:
 
     def train(self, run: Run) -> None:
         config = self.training_config(run)
+        data = training_data(config)
         stage = f"train-{run.name}"
-        stage_digest = digest(config, self._upstream(run.overrides))
+        stage_digest = digest(config, self._upstream(run.overrides), data)
         output_dir = Path(config["output_dir"])
         self.paths[f"runs.{run.name}"] = str(output_dir)
         self.digests[f"runs.{run.name}"] = stage_digest
@@ -147,7 +161,7 @@ class ExperimentRunner:
         config.pop("resume_from_checkpoint", None)
         self.markers.write(stage, stage_digest, run=run.name, config_file=str(run.train), config=config,
                            resumed_from=None if checkpoint is None else str(checkpoint),
-                           seeds=training_seeds(config), versions=package_versions())
+                           seeds=training_seeds(config), data=data, versions=package_versions())
 
     def evaluation_settings(self) -> dict[str, Any]:
         evaluation, judge = self.experiment.evaluation, self.experiment.judge
