@@ -270,7 +270,11 @@ def test_the_readme_commands_print_the_table_and_the_json(demo_output, capsys):
 
 
 def test_the_command_names_the_fix_for_bad_input(demo_output, capsys):
+    write_lmms_eval_output(Path("limited"), "runs__dpo", {"shapes_caption": shapes_samples(CAPTIONS_A[:4], TRUTHS)})
     cases = [
+        (["compare", "limited", "demo_output/evals/ue_dpo"], re.escape(
+            "shapes_caption: the runs do not cover the same items (A has 4, B has 10; doc_ids only in A: none; only in "
+            "B: 4, 5, 6, 7, 8 ...); evaluate both on the same data with the same --limit")),
         (["compare", "demo_output", "demo_output/evals/dpo"], re.escape(
             "demo_output is the output folder of `ue-dpo run`, which holds several runs (dpo, ue_dpo); name two of "
             "them: ue-dpo compare RUN_A RUN_B --experiment demo_output")),
