@@ -1,6 +1,7 @@
 """The peers' token weightings in `stage: ue_dpo` (`ue_weighting: tpo | ddpo | uniform`) and UE-DPO's categories."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -117,6 +118,47 @@ def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
     assert [CATEGORY_NAMES[code] for code in (UNSELECTED, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR,
                                               SENSITIVE_REJECTED)] == [
         "unselected", "Type-I blind spot", "Type-II language prior", "sensitive rejected token"]
+
+
+@pytest.mark.parametrize(
+    "branches, expected",
+    [
+        ("both", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.4,
+                  "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 0.94}),
+        ("chosen", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.0,
+                    "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 1.0}),
+        ("rejected", {"ue/selected_share_chosen": 0.0, "ue/selected_share_rejected": 0.4,
+                      "ue/lambda_chosen_mean": 1.0, "ue/lambda_rejected_mean": 0.94}),
+    ],
+)
+def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lambda(branches, expected):
+    from ue_dpo.core.token_stats import TargetLogitSummary
+    from ue_dpo.llamafactory.trainer import BatchTokens, UEDPOTrainer
+
+    # One pair, 5 response tokens each. logit(a|v) = 0, so Δ = -logit(a|v') = [0, 1, 2, 3, 4] and u = logit(â|v).
+    # Chosen: q_0.4(Δ) = 1.6 selects tokens 0, 1; rejected: q_0.6(Δ) = 2.4 selects tokens 3, 4 (share 2/5 each).
+    # u on either selection is [1, 3]: σ(±1/√2) sum to 1, so mean λ = (5 ± α) / 5 with α = 0.3.
+    zeros = torch.zeros(2, 5)
+    clean = TargetLogitSummary(target_logit=zeros, target_logprob=zeros, argmax=zeros.long(),
+                               probe_logit=torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 3.0]]))
+    noised = TargetLogitSummary(target_logit=-torch.arange(5.0).repeat(2, 1), target_logprob=zeros,
+                                argmax=zeros.long(), probe_logit=None)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    trainer = types.SimpleNamespace(
+        finetuning_args=types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence",
+                                              ue_branches=branches, ue_weighting="ue"),
+        _gather_across_ranks=lambda values: values,
+    )
+    weights, selected, uncertainty, delta, category = UEDPOTrainer._blind_spot_weights(trainer, clean, noised, mask)
+    tokens = BatchTokens(model_inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
+                         mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None, weighted_mask=mask,
+                         policy_logps=zeros, weights=weights, uncertainty=uncertainty, delta=delta, selected=selected,
+                         category=category)
+    metrics = UEDPOTrainer._weighting_metrics(trainer, tokens)
+    assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
+                       "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
+    off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]
+    assert not selected[off].any() and (category[off] == UNSELECTED).all() and (weights[off] == 1.0).all()
 
 
 @pytest.mark.parametrize(

@@ -191,8 +191,9 @@ class UEDPOTrainer(CustomDPOTrainer):
                 gather=self._gather_across_ranks,
             )
             category = blind_spot_categories(uncertainty[rows], branch_weights.selected, preferred=preferred)
-            if args.ue_branches not in ("both", branch):
+            if args.ue_branches not in ("both", branch):  # still computed: `batch` scope gathers on every rank
                 branch_weights.weights.fill_(1.0)
+                branch_weights.selected.fill_(False)
                 category.fill_(UNSELECTED)
             weights.append(branch_weights.weights)
             selected.append(branch_weights.selected)
