@@ -3,11 +3,19 @@
 import math
 import types
 
+import numpy as np
 import pytest
 import torch
 
 from ue_dpo.core.loss import dpo_sigmoid_loss, weighted_sequence_logps
-from ue_dpo.core.noise import add_diffusion_noise, diffusion_betas, noise_coefficients, sample_noise_seed
+from ue_dpo.core.noise import (
+    add_diffusion_noise,
+    diffusion_betas,
+    noise_coefficients,
+    sample_noise_seed,
+    tpo_noised_image,
+    wrapped_image_bytes,
+)
 from ue_dpo.core.token_stats import blind_spot_statistics
 from ue_dpo.core.weights import blind_spot_weights
 
@@ -21,17 +29,26 @@ def sigmoid(x: float) -> float:
 
 def test_sigmoid_schedule_matches_vcd_formula_by_hand():
     betas = diffusion_betas("sigmoid")
-    assert betas.shape == (1000,)
+    assert betas.shape == (1000,) and betas.dtype == torch.float32
     # beta_0 = sigmoid(-6) * (5e-3 - 1e-5) + 1e-5
-    assert betas[0].item() == pytest.approx(sigmoid(-6.0) * 4.99e-3 + 1e-5, rel=1e-12)
-    assert betas[-1].item() == pytest.approx(sigmoid(6.0) * 4.99e-3 + 1e-5, rel=1e-12)
+    assert betas[0].item() == pytest.approx(sigmoid(-6.0) * 4.99e-3 + 1e-5, rel=1e-6)
+    assert betas[-1].item() == pytest.approx(sigmoid(6.0) * 4.99e-3 + 1e-5, rel=1e-6)
     abar = 1.0
     for k in range(501):
         abar *= 1.0 - (sigmoid(-6.0 + 12.0 * k / 999) * 4.99e-3 + 1e-5)
     signal, noise = noise_coefficients(500, "sigmoid")
-    assert signal == pytest.approx(math.sqrt(abar), rel=1e-9)
-    assert noise == pytest.approx(math.sqrt(1 - abar), rel=1e-9)
+    assert signal == pytest.approx(math.sqrt(abar), rel=1e-6)
+    assert noise == pytest.approx(math.sqrt(1 - abar), rel=1e-6)
     assert signal == pytest.approx(0.863, abs=5e-4)
+
+
+def test_sigmoid_schedule_coefficients_are_vcds_and_tpos_float32_values():
+    # VCD's `add_diffusion_noise` (and TPO's copy of it), written out: default float32 tensors throughout
+    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
+    alphas_prod = torch.cumprod(1 - betas, dim=0)
+    for step in (0, 250, 500, 999):
+        assert noise_coefficients(step, "sigmoid") == (float(torch.sqrt(alphas_prod)[step]),
+                                                        float(torch.sqrt(1 - alphas_prod)[step]))
 
 
 def test_linear_schedule_endpoints_and_step_range():
@@ -63,6 +80,30 @@ def test_noise_seed_depends_on_run_seed_sample_and_step_only():
              sample_noise_seed(1, b"x", 400)}
     assert len(seeds) == 4
     assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_wrapped_image_bytes_truncate_and_wrap_as_topilimage():
+    from torchvision.transforms import ToPILImage
+
+    values = torch.tensor([-0.30, 1.3, 172.6 / 255, -0.001, 1.0, 2.5, -1.5])
+    # x * 255 = -76.5, 331.5, 172.6, -0.255, 255, 637.5, -382.5; truncated toward zero: -76, 331, 172, 0, 255, 637,
+    # -382; modulo 256: 180, 75, 172, 0, 255, 125, 130 (clamping would give 0, 255, ...; rounding 173 for 172.6)
+    expected = [180, 75, 172, 0, 255, 125, 130]
+    assert wrapped_image_bytes(values).tolist() == expected
+    as_topilimage = np.asarray(ToPILImage()(values.view(1, 1, -1).repeat(3, 1, 1)))  # [1, 7, 3]
+    assert as_topilimage[0, :, 0].tolist() == expected
+
+
+def test_tpo_noised_image_is_totensor_noise_topilimage_at_the_image_resolution():
+    signal, noise = noise_coefficients(500)
+    # grey pixels 0, 255, 200 of a 1 x 3 image; eps picked so that v' = -0.30, 1.3 and exactly signal * 200 / 255
+    pixels = torch.tensor([0, 255, 200], dtype=torch.uint8).view(1, 3, 1).repeat(1, 1, 3)
+    eps = torch.tensor([-0.30 / noise, (1.3 - signal) / noise, 0.0]).view(1, 1, 3).repeat(3, 1, 1)
+    noised = tpo_noised_image(pixels, eps, step=500)
+    assert noised.shape == (1, 3, 3) and noised.dtype == torch.uint8
+    # 200 / 255 * 0.8630 * 255 = 172.60: truncated to 172
+    assert noised[0, :, 0].tolist() == [180, 75, 172]
+    assert torch.equal(noised, noised[..., :1].expand(1, 3, 3))
 
 
 # ---- token statistics ----------------------------------------------------------------------

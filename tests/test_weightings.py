@@ -1,6 +1,7 @@
 """The peers' token weightings in `stage: ue_dpo` (`ue_weighting: tpo | ddpo | uniform`) and UE-DPO's categories."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -62,6 +63,9 @@ def test_tpo_gradient_flows_through_the_score_into_both_forwards(preferred):
     assert token_logps.grad[0].tolist() == [1.0, 1.0, 1.0, 0.0]  # unscaled, unlike UE-DPO's λ
 
 
+PROMPT = [90, 91, 92]  # stands for the identical prompt (and image tokens) both rows of a pair start with
+
+
 @pytest.mark.parametrize(
     "chosen, rejected, expected",
     [
@@ -73,7 +77,7 @@ def test_tpo_gradient_flows_through_the_score_into_both_forwards(preferred):
         pytest.param([10, 11, 12, 1, 2, 20, 30, 31, 32], [10, 11, 12, 3, 2, 4, 30, 31, 32], ([3, 4, 5], [3, 4, 5]),
                      id="short match inside"),
         pytest.param([1, 2, 3, 4, 9], [1, 2, 3, 5, 9], ([3, 4], [3, 4]), id="short match at the end"),
-        # RLHF-V aligns prompt + response: a common opening of any length joins the identical prompt's block
+        # a common opening of any length joins the identical prompt's block
         pytest.param([1, 4, 5, 6, 7], [1, 9, 5, 6, 7], ([1], [1]), id="short common opening"),
         pytest.param([1, 2, 3], [1, 2, 3], ([], []), id="identical"),
         pytest.param([1, 2], [3, 4, 5], ([0, 1], [0, 1, 2]), id="nothing in common"),
@@ -81,31 +85,45 @@ def test_tpo_gradient_flows_through_the_score_into_both_forwards(preferred):
     ],
 )
 def test_differing_token_spans_mark_replaced_stretches_between_anchors_of_three(chosen, rejected, expected):
-    assert differing_token_spans(chosen, rejected) == expected
+    shift = len(PROMPT)
+    chosen_ids, rejected_ids = differing_token_spans(PROMPT + chosen, PROMPT + rejected)
+    assert ([i - shift for i in chosen_ids], [i - shift for i in rejected_ids]) == expected
 
 
-def test_ddpo_weights_mark_differing_tokens_of_padded_pair_rows():
-    # rows: chosen of pair 0, chosen of pair 1, rejected of pair 0, rejected of pair 1; 0 = position without label
-    targets = torch.tensor([
-        [1, 2, 3, 4, 5, 6, 7, 0],
-        [0, 0, 0, 1, 2, 3, 4, 5],
-        [1, 2, 3, 9, 5, 6, 7, 0],
-        [0, 1, 2, 8, 8, 4, 5, 0],
-    ])
-    mask = targets != 0
-    weights, differing = ddpo_token_weights(targets, mask, gamma=2.5)
-    # pair 0: 4 <-> 9 at response index 3. Pair 1: [1, 2] anchored by the prompt, then [3, 4, 5] <-> [8, 8, 4, 5]
-    # (the common [4, 5] is shorter than 3), at response indices 2-4 and 2-5, i.e. positions 5-7 and 3-6.
+def test_differing_token_spans_keep_difflibs_autojunk_as_rlhf_v_does():
+    # Chosen: 192 distinct prompt tokens, then 1 7 7 7 7 2 50 51 52 (201 tokens). In a second sequence of 200 or
+    # more, a token occurring more than 201 // 100 + 1 = 3 times is "popular": the four 7s cannot start a match, so
+    # they anchor nothing and the whole stretch 1 7 7 7 7 2 <-> 3 7 7 7 7 4 (indices 192-197) is one replacement.
+    prompt = list(range(1000, 1192))
+    chosen, rejected = [1, 7, 7, 7, 7, 2, 50, 51, 52], [3, 7, 7, 7, 7, 4, 50, 51, 52]
+    assert differing_token_spans(prompt + chosen, prompt + rejected) == (list(range(192, 198)), list(range(192, 198)))
+    # With a 10-token prompt the rows are shorter than 200: nothing is popular, the 7s anchor, and only the two
+    # replaced tokens on either side of them are marked.
+    assert differing_token_spans(prompt[:10] + chosen, prompt[:10] + rejected) == ([10, 15], [10, 15])
+
+
+def test_ddpo_weights_diff_whole_unpadded_rows_and_weight_response_tokens():
+    # rows: chosen of pair 0, chosen of pair 1, rejected of pair 0, rejected of pair 1, each the prompt and a
+    # response, right-padded with 0; the response tokens sit at token positions 3..9, predicted by logits 2..8.
+    responses = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5], [1, 2, 3, 9, 5, 6, 7], [1, 2, 8, 8, 4, 5]]
+    rows = [PROMPT + response for response in responses]
+    input_ids = torch.tensor([row + [0] * (10 - len(row)) for row in rows])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (10 - len(row)) for row in rows])
+    positions = torch.arange(2, 9)
+    mask = torch.tensor([[column < len(response) for column in range(7)] for response in responses])
+    weights, differing = ddpo_token_weights(input_ids, attention_mask, positions, mask, gamma=2.5)
+    # pair 0: 4 <-> 9 at response index 3. Pair 1: [1, 2] joins the prompt's block, then [3, 4, 5] <-> [8, 8, 4, 5]
+    # (the common [4, 5] is shorter than 3), at response indices 2-4 and 2-5.
     expected = torch.tensor([
-        [0, 0, 0, 1, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 1, 1, 1],
-        [0, 0, 0, 1, 0, 0, 0, 0],
-        [0, 0, 0, 1, 1, 1, 1, 0],
+        [0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0],
     ]).bool()
     assert differing.tolist() == expected.tolist()
     assert weights.tolist() == torch.where(expected, 2.5, 1.0).tolist()
-    ones, same_differing = ddpo_token_weights(targets, mask, gamma=1.0)
-    assert ones.tolist() == torch.ones(4, 8).tolist() and same_differing.tolist() == expected.tolist()
+    ones, same_differing = ddpo_token_weights(input_ids, attention_mask, positions, mask, gamma=1.0)
+    assert ones.tolist() == torch.ones(4, 7).tolist() and same_differing.tolist() == expected.tolist()
 
 
 def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
@@ -117,6 +135,47 @@ def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
     assert [CATEGORY_NAMES[code] for code in (UNSELECTED, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR,
                                               SENSITIVE_REJECTED)] == [
         "unselected", "Type-I blind spot", "Type-II language prior", "sensitive rejected token"]
+
+
+@pytest.mark.parametrize(
+    "branches, expected",
+    [
+        ("both", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.4,
+                  "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 0.94}),
+        ("chosen", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.0,
+                    "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 1.0}),
+        ("rejected", {"ue/selected_share_chosen": 0.0, "ue/selected_share_rejected": 0.4,
+                      "ue/lambda_chosen_mean": 1.0, "ue/lambda_rejected_mean": 0.94}),
+    ],
+)
+def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lambda(branches, expected):
+    from ue_dpo.core.token_stats import TargetLogitSummary
+    from ue_dpo.llamafactory.trainer import BatchTokens, UEDPOTrainer
+
+    # One pair, 5 response tokens each. logit(a|v) = 0, so Δ = -logit(a|v') = [0, 1, 2, 3, 4] and u = logit(â|v).
+    # Chosen: q_0.4(Δ) = 1.6 selects tokens 0, 1; rejected: q_0.6(Δ) = 2.4 selects tokens 3, 4 (share 2/5 each).
+    # u on either selection is [1, 3]: σ(±1/√2) sum to 1, so mean λ = (5 ± α) / 5 with α = 0.3.
+    zeros = torch.zeros(2, 5)
+    clean = TargetLogitSummary(target_logit=zeros, target_logprob=zeros, argmax=zeros.long(),
+                               probe_logit=torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 3.0]]))
+    noised = TargetLogitSummary(target_logit=-torch.arange(5.0).repeat(2, 1), target_logprob=zeros,
+                                argmax=zeros.long(), probe_logit=None)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    trainer = types.SimpleNamespace(
+        finetuning_args=types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence",
+                                              ue_branches=branches, ue_weighting="ue"),
+        _gather_across_ranks=lambda values: values,
+    )
+    weights, selected, uncertainty, delta, category = UEDPOTrainer._blind_spot_weights(trainer, clean, noised, mask)
+    tokens = BatchTokens(model_inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
+                         mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None, weighted_mask=mask,
+                         policy_logps=zeros, weights=weights, uncertainty=uncertainty, delta=delta, selected=selected,
+                         category=category)
+    metrics = UEDPOTrainer._weighting_metrics(trainer, tokens)
+    assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
+                       "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
+    off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]
+    assert not selected[off].any() and (category[off] == UNSELECTED).all() and (weights[off] == 1.0).all()
 
 
 @pytest.mark.parametrize(

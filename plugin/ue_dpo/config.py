@@ -57,13 +57,16 @@ class UEDPOArguments:
     )
     ue_noise_schedule: Literal["sigmoid", "linear"] = field(
         default="sigmoid",
-        metadata={"help": "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3) or linear (DDPM, 1e-4..0.02)."},
+        metadata={"help": "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3, in float32 as they compute it) or linear "
+                  "(DDPM, 1e-4..0.02)."},
     )
     ue_noise_space: Literal["pixel_values", "image"] = field(
         default="pixel_values",
         metadata={
-            "help": "Where the noise is added: pixel_values (the processor's normalised tensor, as VCD) or image "
-            "(the raw [0, 1] image before processing, clamped, as TPO)."
+            "help": "Where the noise is added: pixel_values (VCD: the processor's normalised tensor, one ε per image "
+            "pixel, so Qwen2-VL's two temporal copies of a patch share it) or image (TPO: ToTensor, noise and "
+            "ToPILImage on the image at its own resolution, before any resizing; ToPILImage's byte conversion "
+            "truncates and wraps out-of-range values modulo 256, it does not clamp them)."
         },
     )
     ue_seed: int | None = field(

@@ -9,13 +9,16 @@ Both lie in (0.5, 1.5). TPO adds log w_t to each token's log-probability, so a r
 DDPO (RLHF-V's dense DPO, `dpo_token_weighted` in RLHF-V/RLAIF-V). Response tokens that differ between the
 chosen and the rejected answer get weight γ, the others 1; both the policy's and the reference's log-probs
 are weighted, and the weighted log-probs are summed (`dpo_use_average: False`, RLAIF-V's setting).
-"Differ" is RLHF-V's `get_diff_ids`: difflib matching blocks of at least 3 tokens anchor the alignment;
-between consecutive anchors (and before the first and after the last) lies one unmatched stretch on each side,
-and only stretches that are non-empty on BOTH sides (replacements) are marked; a pure insertion or deletion
-is not. RLHF-V aligns whole sequences, whose identical prompts always match and so anchor the start of the
-responses (a common opening of the responses, however short, joins the prompt's block). We align the response
-tokens behind a 3-token sentinel that stands for that prompt, and turn off difflib's popularity heuristic
-(`autojunk`), which in RLHF-V depends on the prompt and image length.
+"Differ" is RLHF-V's `get_diff_ids` (RLAIF-V `utils/diff_lib.py`), applied as its trainer applies it: to each
+row's whole token sequence, prompt and image tokens included, shifted by one (the targets of the logits), rejected
+as difflib's first sequence and chosen as its second, with difflib's defaults (so `autojunk` is on: in a second
+sequence of 200 tokens or more, a token that occurs more than 1 + n // 100 times cannot start a match, only
+extend one; that is how image tokens and, in long rows, common words are treated). Matching blocks of at least
+3 tokens anchor the alignment; between consecutive anchors (and before the first and after the last) lies one
+unmatched stretch on each side, and only stretches that are non-empty on BOTH sides (replacements) are marked;
+a pure insertion or deletion is not. Only response tokens carry the weight. RLHF-V's rows also carry their
+batch's padding (chosen and rejected rows padded separately), which moves the popularity threshold with the
+batch; we diff each row without padding.
 """
 
 import difflib
@@ -23,7 +26,6 @@ import difflib
 import torch
 
 DDPO_MIN_MATCH = 3  # RLHF-V's `min_match_size`
-PROMPT_SENTINEL = -1  # no token id
 
 
 def tpo_token_weights(clean_target_logit: torch.Tensor, noised_target_logit: torch.Tensor, *, preferred: bool):
@@ -35,33 +37,36 @@ def tpo_token_weights(clean_target_logit: torch.Tensor, noised_target_logit: tor
 
 
 def differing_token_spans(chosen: list[int], rejected: list[int], min_match: int = DDPO_MIN_MATCH):
-    """(chosen indices, rejected indices) of the tokens replaced between the two responses (see module doc)."""
-    prompt = [PROMPT_SENTINEL] * min_match
-    matcher = difflib.SequenceMatcher(None, prompt + rejected, prompt + chosen, autojunk=False)
+    """(chosen indices, rejected indices) of the tokens replaced between two sequences: RLHF-V's
+    `get_diff_ids(rejected, chosen)` (see module doc)."""
+    matcher = difflib.SequenceMatcher(None, rejected, chosen)
     anchors = [block for block in matcher.get_matching_blocks() if block.size >= min_match]
     chosen_ids, rejected_ids = [], []
     rejected_start = chosen_start = 0
-    for block in anchors + [difflib.Match(len(prompt) + len(rejected), len(prompt) + len(chosen), 0)]:
+    for block in anchors + [difflib.Match(len(rejected), len(chosen), 0)]:
         if block.a > rejected_start and block.b > chosen_start:
-            rejected_ids.extend(range(rejected_start - min_match, block.a - min_match))
-            chosen_ids.extend(range(chosen_start - min_match, block.b - min_match))
+            rejected_ids.extend(range(rejected_start, block.a))
+            chosen_ids.extend(range(chosen_start, block.b))
         rejected_start, chosen_start = block.a + block.size, block.b + block.size
     return chosen_ids, rejected_ids
 
 
-def ddpo_token_weights(targets: torch.Tensor, mask: torch.Tensor, *, gamma: float):
-    """(weights, differing) for `[2B, K]` rows (B chosen, then B rejected): γ on the differing response tokens
-    of each pair, 1 elsewhere."""
-    pairs = targets.shape[0] // 2
-    differing = torch.zeros_like(mask, dtype=torch.bool)
+def ddpo_token_weights(input_ids, attention_mask, positions, mask, *, gamma: float):
+    """(weights, differing) for `[2B, K]` response tokens (B chosen rows, then B rejected): γ on the tokens of
+    each pair that differ, 1 elsewhere. The `[2B, L]` rows are diffed whole; `positions` `[K]` are the logit
+    positions of the K columns (position p predicts token p + 1)."""
+    pairs = input_ids.shape[0] // 2
+    column_of_position = torch.full((input_ids.shape[1],), -1, dtype=torch.long)
+    column_of_position[positions.cpu()] = torch.arange(positions.numel())
+    input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu().bool()
+    differing = torch.zeros(mask.shape, dtype=torch.bool)
     for pair in range(pairs):
-        chosen_row, rejected_row = pair, pairs + pair
-        chosen_positions = mask[chosen_row].nonzero().squeeze(-1)
-        rejected_positions = mask[rejected_row].nonzero().squeeze(-1)
-        chosen_ids, rejected_ids = differing_token_spans(
-            targets[chosen_row][chosen_positions].tolist(), targets[rejected_row][rejected_positions].tolist()
-        )
-        differing[chosen_row, chosen_positions[chosen_ids]] = True
-        differing[rejected_row, rejected_positions[rejected_ids]] = True
+        rows = (pair, pairs + pair)
+        token_positions = [attention_mask[row].nonzero().squeeze(-1)[1:] for row in rows]
+        sequences = [input_ids[row, kept].tolist() for row, kept in zip(rows, token_positions)]
+        for row, kept, ids in zip(rows, token_positions, differing_token_spans(*sequences)):
+            columns = column_of_position[kept[ids] - 1]
+            differing[row, columns[columns >= 0]] = True
+    differing = differing.to(mask.device) & mask
     weights = torch.where(differing, gamma, 1.0).to(torch.float32)
     return weights, differing

@@ -1,7 +1,16 @@
-"""Pairwise collator that adds the counterfactual image v' and which rows have an image."""
+"""Pairwise collator that adds the counterfactual image v' and which rows have an image.
+
+v' by `ue_noise_space`:
+    pixel_values  VCD: the processor's normalised tensor of each image, noised once. Qwen2-VL's patches hold each
+                  still image twice (temporal_patch_size 2); eps is drawn in the image's layout and patchified as
+                  the processor patchifies, so both copies see the same eps and v' is the patchified VCD image.
+    image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
+                  wrapping byte conversion), then everything the processor does to the clean image.
+"""
 
 import hashlib
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -9,7 +18,7 @@ import torch
 from llamafactory.data import PairwiseDataCollatorWithPadding
 from PIL import Image
 
-from ue_dpo.core.noise import add_diffusion_noise, sample_noise_seed
+from ue_dpo.core.noise import add_diffusion_noise, diffuse, diffusion_noise, sample_noise_seed, tpo_noised_image
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
@@ -83,39 +92,49 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
         return torch.tensor(digests, dtype=torch.long)
 
-    def _seed(self, digest: bytes) -> int:
-        return sample_noise_seed(self.noise_seed, digest, self.noise_step)
+    def image_noise_seed(self, content: np.ndarray) -> int:
+        """The seed of an image's eps: the run's noise seed, the image's content (pixels or clean patches) and k."""
+        return sample_noise_seed(self.noise_seed, _digest(content), self.noise_step)
 
     def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        noised = [
-            add_diffusion_noise(
-                image, step=self.noise_step, schedule=self.noise_schedule, seed=self._seed(_digest(image.numpy()))
-            )
-            for image in split_pixel_values_per_image(batch)
-        ]
-        return torch.cat(noised) if "image_grid_thw" in batch else torch.stack(noised)
+        images = split_pixel_values_per_image(batch)
+        if "image_grid_thw" not in batch:
+            return torch.stack([
+                add_diffusion_noise(
+                    image, step=self.noise_step, schedule=self.noise_schedule, seed=self.image_noise_seed(image.numpy())
+                )
+                for image in images
+            ])
+        return torch.cat([
+            self._noised_qwen2_vl_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])
+        ])
+
+    def _noised_qwen2_vl_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
+        layout, patchified as Qwen2-VL's image processor patchifies (rows of merge x merge blocks, then C, T, P, P)."""
+        image_processor = self.processor.image_processor
+        patch, merge = image_processor.patch_size, image_processor.merge_size
+        frames = image_processor.temporal_patch_size
+        _, grid_h, grid_w = grid_thw.tolist()
+        channels = patches.shape[1] // (frames * patch * patch)
+        noise = diffusion_noise((channels, grid_h * patch, grid_w * patch), self.image_noise_seed(patches.numpy()))
+        noise_patches = (
+            noise.view(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+            .permute(1, 4, 2, 5, 0, 3, 6)
+            .reshape(grid_h * grid_w, channels, 1, patch * patch)
+        )
+        copies = patches.view(grid_h * grid_w, channels, frames, patch * patch)
+        noised = diffuse(copies, noise_patches, step=self.noise_step, schedule=self.noise_schedule)
+        return noised.reshape(patches.shape)
 
     def _noised_image_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        plugin = self.template.mm_plugin
-        row_images = pair_images + pair_images
-        flat = [image for images in row_images for image in images]
-        regularized = plugin._regularize_images(
-            flat,
-            image_max_pixels=getattr(self.processor, "image_max_pixels", 768 * 768),
-            image_min_pixels=getattr(self.processor, "image_min_pixels", 32 * 32),
-        )["images"]
-        noised_images = []
-        for image in regularized:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            unit = torch.from_numpy(pixels.astype(np.float32) / 255.0)
-            noised = add_diffusion_noise(
-                unit, step=self.noise_step, schedule=self.noise_schedule, seed=self._seed(_digest(pixels))
-            ).clamp(0.0, 1.0)
-            noised_images.append(Image.fromarray((noised.numpy() * 255.0).round().astype(np.uint8)))
+        noised_pair_images = [[self._tpo_noised_image(image) for image in images] for images in pair_images]
+        row_images = noised_pair_images + noised_pair_images  # chosen rows, then rejected rows: the same v'
         imglens = [len(images) for images in row_images]
         zeros = [0] * len(row_images)
-        mm_inputs = plugin.get_mm_inputs(
-            noised_images, [], [], imglens, zeros, zeros, batch["input_ids"].tolist(), self.processor
+        mm_inputs = self.template.mm_plugin.get_mm_inputs(
+            [image for images in row_images for image in images], [], [], imglens, zeros, zeros,
+            batch["input_ids"].tolist(), self.processor,
         )
         noised_pixel_values = mm_inputs["pixel_values"]
         if noised_pixel_values.shape != batch["pixel_values"].shape:
@@ -124,3 +143,21 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
                 f"{tuple(batch['pixel_values'].shape)}; use `ue_noise_space: pixel_values` for this model."
             )
         return noised_pixel_values
+
+    def _tpo_noised_image(self, image) -> Image.Image:
+        pixels = np.array(_open_image(image).convert("RGB"), dtype=np.uint8)
+        height, width, channels = pixels.shape
+        noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
+        noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)
+        return Image.fromarray(noised.numpy())
+
+
+def _open_image(image) -> Image.Image:
+    """A training image as LLaMA-Factory's `_regularize_images` reads it, before any resizing."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, bytes):
+        return Image.open(BytesIO(image))
+    if isinstance(image, dict):
+        return Image.open(BytesIO(image["bytes"])) if image["bytes"] is not None else Image.open(image["path"])
+    return Image.open(image)  # a path or a binary file

@@ -191,8 +191,9 @@ class UEDPOTrainer(CustomDPOTrainer):
                 gather=self._gather_across_ranks,
             )
             category = blind_spot_categories(uncertainty[rows], branch_weights.selected, preferred=preferred)
-            if args.ue_branches not in ("both", branch):
+            if args.ue_branches not in ("both", branch):  # still computed: `batch` scope gathers on every rank
                 branch_weights.weights.fill_(1.0)
+                branch_weights.selected.fill_(False)
                 category.fill_(UNSELECTED)
             weights.append(branch_weights.weights)
             selected.append(branch_weights.selected)
@@ -245,7 +246,9 @@ class UEDPOTrainer(CustomDPOTrainer):
             return BatchTokens(policy_logps=clean.target_logprob, weights=weights, delta=score, **found)
         clean = self._token_statistics(model, inputs, positions, targets, mask)
         if args.ue_weighting == "ddpo":
-            weights, differing = ddpo_token_weights(targets, mask, gamma=args.ddpo_gamma)
+            weights, differing = ddpo_token_weights(
+                inputs["input_ids"], inputs["attention_mask"], positions, mask, gamma=args.ddpo_gamma
+            )
             return BatchTokens(policy_logps=clean.target_logprob, weights=weights, selected=differing, **found)
         # uniform, or ue with α = 0: λ ≡ 1, and v' would change nothing
         return BatchTokens(policy_logps=clean.target_logprob, weights=torch.ones_like(clean.target_logprob), **found)

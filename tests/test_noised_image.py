@@ -1,0 +1,121 @@
+"""The collator's counterfactual image v', against VCD's formula and TPO's pipeline written out with the libraries."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ue_dpo.core.noise import diffusion_noise, noise_coefficients
+from ue_dpo.shapes import write_preference_dataset
+
+STEP = 500
+IMAGE_SIZE = 112  # larger than both tiny processors' input (LLaVA 28, Qwen2-VL 56 x 56): they resize
+
+
+@pytest.fixture(scope="module")
+def large_image_pairs(tmp_path_factory):
+    return write_preference_dataset(tmp_path_factory.mktemp("large_images"), n_pairs=2, seed=3,
+                                    image_size=IMAGE_SIZE)
+
+
+def collated_modules(arch, request, dataset_dir, tmp_path):
+    """(template, tokenizer module, the first two rows) as `stage: ue_dpo` tokenizes them."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    model_args, data_args, training_args, _, _ = get_train_args({
+        "model_name_or_path": str(model_dir), "stage": "rm", "do_train": True, "finetuning_type": "lora",
+        "dataset": "shapes_pref", "dataset_dir": str(dataset_dir), "template": arch, "cutoff_len": 256,
+        "output_dir": str(tmp_path / "out"), "report_to": "none", "overwrite_cache": True,
+    })
+    tokenizer_module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    rows = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"]
+    return template, tokenizer_module, [rows[0], rows[1]]
+
+
+def ue_collator(template, tokenizer_module, noise_space):
+    from ue_dpo.llamafactory.collator import UEDPODataCollator
+
+    return UEDPODataCollator(template=template, model=None, label_pad_token_id=-100, noise_step=STEP,
+                             noise_space=noise_space, noise_seed=11, with_row_digests=False, **tokenizer_module)
+
+
+def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(request, large_image_pairs, tmp_path):
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, split_pixel_values_per_image
+
+    template, tokenizer_module, features = collated_modules("qwen2_vl", request, large_image_pairs, tmp_path)
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    image_processor = tokenizer_module["processor"].image_processor
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    assert image_processor.temporal_patch_size == 2
+
+    def patchified(image: torch.Tensor) -> torch.Tensor:  # the processor's own patchification of a [3, H, W] image
+        return image_processor(images=[image], do_resize=False, do_rescale=False, do_normalize=False,
+                               return_tensors="pt")["pixel_values"]
+
+    clean_images = split_pixel_values_per_image(batch)
+    noised_images = list(batch[NOISED_PIXEL_VALUES].split([len(image) for image in clean_images]))
+    signal, noise = noise_coefficients(STEP)
+    for clean, noised, (_, grid_h, grid_w) in zip(clean_images, noised_images, batch["image_grid_thw"].tolist()):
+        frames = noised.view(grid_h * grid_w, 3, 2, patch * patch)
+        assert torch.equal(frames[:, :, 0], frames[:, :, 1])  # both temporal copies of every patch: the same ε
+        # x: the normalised image, read back from the clean patches (first temporal copy) and checked to patchify
+        # back into them exactly
+        image = (clean.view(grid_h // merge, grid_w // merge, merge, merge, 3, 2, patch, patch)[:, :, :, :, :, 0]
+                 .permute(4, 0, 2, 5, 1, 3, 6).reshape(3, grid_h * patch, grid_w * patch))
+        assert torch.equal(patchified(image), clean)
+        eps = diffusion_noise((3, grid_h * patch, grid_w * patch), collator.image_noise_seed(clean.numpy()))
+        assert torch.equal(noised, patchified(signal * image + noise * eps))
+    pairs = len(features)
+    for pair in range(pairs):  # the chosen and the rejected row of a pair see the same v'
+        assert torch.equal(noised_images[pair], noised_images[pairs + pair])
+    assert not torch.equal(noised_images[0], noised_images[1])
+
+
+def test_llava_noise_is_vcds_noise_of_the_normalised_image(request, large_image_pairs, tmp_path):
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES
+
+    template, tokenizer_module, features = collated_modules("llava", request, large_image_pairs, tmp_path)
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    signal, noise = noise_coefficients(STEP)
+    for clean, noised in zip(batch["pixel_values"], batch[NOISED_PIXEL_VALUES]):
+        eps = diffusion_noise(tuple(clean.shape), collator.image_noise_seed(clean.numpy()))
+        assert torch.equal(noised, signal * clean + noise * eps)
+    assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(arch, request, large_image_pairs,
+                                                                                 tmp_path):
+    from llamafactory.data import PairwiseDataCollatorWithPadding
+    from torchvision import transforms
+
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES
+
+    template, tokenizer_module, features = collated_modules(arch, request, large_image_pairs, tmp_path)
+    collator = ue_collator(template, tokenizer_module, "image")
+    noised_pixel_values = collator(features)[NOISED_PIXEL_VALUES]
+
+    # TPO (alibaba/TPO `scaling_train.py`): ToTensor, VCD's float32 schedule, ToPILImage, then the processing of
+    # the clean image. Here the clean image's processing is LLaMA-Factory's own collator, given TPO's v' as image.
+    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
+    alphas_prod = torch.cumprod(1 - betas, dim=0)
+    signal, noise = torch.sqrt(alphas_prod)[STEP], torch.sqrt(1 - alphas_prod)[STEP]
+
+    def tpo_noised(path: str) -> Image.Image:
+        image = Image.open(path).convert("RGB")
+        assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
+        tensor = transforms.ToTensor()(image)
+        eps = diffusion_noise(tuple(tensor.shape), collator.image_noise_seed(np.array(image)))
+        return transforms.ToPILImage()(signal * tensor + noise * eps)
+
+    tpo_features = [{**feature, "images": [tpo_noised(path) for path in feature["images"]]} for feature in features]
+    stock = PairwiseDataCollatorWithPadding(template=template, model=None, label_pad_token_id=-100,
+                                            **tokenizer_module)
+    expected = stock(tpo_features)["pixel_values"]
+    assert torch.equal(noised_pixel_values, expected)
