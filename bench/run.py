@@ -140,12 +140,14 @@ def training_config(name: str, workdir: Path, settings: dict, use_gpu: bool) -> 
     from ue_dpo.tiny_config import tiny_training_config
 
     output_dir = workdir / "runs" / name
+    method = dict(CONFIGS[name])
+    if method.get("ue_precompute_ref"):
+        method["ue_ref_cache_dir"] = str(output_dir / "ue_ref_cache")  # fresh each run: the first step pays for it
     return tiny_training_config(
         "qwen2_vl", workdir / "model", workdir / "data", output_dir,
         dataset="bench_pref", cutoff_len=4096, image_max_pixels=settings["image_size"] ** 2,
         per_device_train_batch_size=2, max_steps=settings["warmup"] + settings["steps"],
-        ue_ref_cache_dir=str(output_dir / "ue_ref_cache"),  # fresh each run: the first step pays for the precompute
-        use_cpu=not use_gpu, bf16=use_gpu, **CONFIGS[name],
+        use_cpu=not use_gpu, bf16=use_gpu, **method,
     )
 
 

@@ -189,6 +189,22 @@ def test_amber_missing_image_and_offline_without_data_are_named(amber_env, tmp_p
         load_task("amber_generative")
 
 
+def test_a_truncated_amber_image_stops_the_task_although_lmms_eval_turned_on_truncated_loading(amber_env, tmp_path):
+    from PIL import Image, ImageFile
+
+    task = load_task("amber_generative")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # importing lmms-eval did this
+    image = tmp_path / "amber" / "images" / "AMBER_3.jpg"
+    image.write_bytes(image.read_bytes()[:-8])  # the end of the scan data and the end-of-image marker
+    Image.open(image).load()  # what lmms-eval's setting lets through: the missing part filled in
+    with pytest.raises(BenchmarkDataError, match=rf"AMBER image of query 3 \({image}\) cannot be read: image file is "
+                                                 r"truncated.*Replace it with a complete copy.*UE_DPO_AMBER_IMAGE_DIR"):
+        task.doc_to_visual(task.test_docs()[2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    (intact,) = task.doc_to_visual(task.test_docs()[1])
+    assert shows_fixture_image(intact, 2)
+
+
 # ---- Object-HalBench -------------------------------------------------------------------------
 
 

@@ -22,8 +22,9 @@ def test_precomputed_reference_trains_identically_and_its_cache_is_reused_until_
     cache_dir = tmp_path / "cache"
 
     def run(name, dataset_dir=shapes_dataset_dir, **overrides):
+        cache = {"ue_ref_cache_dir": str(cache_dir)} if overrides.get("ue_precompute_ref") else {}
         config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, dataset_dir, tmp_path / name,
-                                      ue_ref_cache_dir=str(cache_dir), **{"max_steps": 2, **overrides})
+                                      **{"max_steps": 2, **cache, **overrides})
         return train_or_fail(config, tmp_path / f"{name}-work")
 
     live = run("live")

@@ -60,6 +60,22 @@ def test_command_line_accepts_the_new_stage():
         ({"pref_loss": "hinge"}, r"`pref_loss: hinge` is not supported with `stage: ue_dpo`"),
         ({"pref_loss": "ipo"}, r"`pref_loss: ipo` is not supported with `stage: ue_dpo`"),
         ({"ld_alpha": 0.5}, r"`ld_alpha` \(LD-DPO\) is not supported"),
+        ({"ue_noise_step": 500.5}, r"`ue_noise_step: 500.5` must be an integer in \[0, 999\], not a float"),
+        ({"ue_noise_step": 500.0}, r"`ue_noise_step: 500.0` must be an integer in \[0, 999\], not a float"),
+        ({"ue_token_chunk_size": 8.0}, r"`ue_token_chunk_size: 8.0` must be a positive integer, not a float"),
+        ({"ue_alpha": "0.3"}, r"`ue_alpha: '0.3'` must be a number"),
+        ({"pref_bco_weight": 0.5}, (r"`pref_bco_weight: 0.5` is not supported with `stage: ue_dpo`: "
+                                    r"LLaMA-Factory's `stage: dpo` mixes a BCO loss in")),
+        ({"simpo_gamma": 1.0}, r"`simpo_gamma: 1.0` is not supported with `stage: ue_dpo`"),
+        ({"kto_chosen_weight": 2.0}, r"`kto_chosen_weight: 2.0` is not supported with `stage: ue_dpo`"),
+        ({"ue_ref_cache_dir": "cache"}, (r"`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which "
+                                         r"is off; remove `ue_ref_cache_dir` or set `ue_precompute_ref: true`")),
+        ({"lora_target": "q_proj,lm_head"}, (r"`lora_target: q_proj,lm_head` would make peft wrap `lm_head` in its "
+                                             r"peft.tuners.lora.layer.Linear.*Remove `lm_head` from `lora_target`")),
+        ({"additional_target": "lm_head"}, (r"`additional_target: lm_head` would make peft wrap `lm_head` in its "
+                                            r"peft.utils.other.ModulesToSaveWrapper")),
+        ({"finetuning_type": "oft", "lora_target": "lm_head"}, (r"`lora_target: lm_head` would make peft wrap "
+                                                                r"`lm_head` in its peft.tuners.oft.layer.Linear")),
     ],
 )
 def test_bad_values_get_a_clear_error(overrides, message):
@@ -70,3 +86,49 @@ def test_bad_values_get_a_clear_error(overrides, message):
 def test_unknown_key_is_still_rejected():
     with pytest.raises(ValueError, match="ue_alfa"):
         parse(ue_alfa=0.3)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ue_weighting": "tpo", "ue_tau": 0.3}, ("`ue_tau: 0.3` applies to `ue_weighting: ue` only, but "
+                                                  "`ue_weighting: tpo` ignores it; remove `ue_tau`")),
+        ({"ue_weighting": "ddpo", "ue_alpha": 0.3}, "`ue_alpha: 0.3` applies to `ue_weighting: ue` only"),
+        # an explicit value equal to the default is refused too: the weighting would ignore it all the same
+        ({"ue_weighting": "tpo", "ue_stat_scope": "sequence"}, "`ue_stat_scope: sequence` applies to `ue_weighting: ue`"),
+        ({"ue_weighting": "uniform", "ue_branches": "both"}, "`ue_branches: both` applies to `ue_weighting: ue`"),
+        ({"ue_weighting": "ue", "ddpo_gamma": 3.0}, "`ddpo_gamma` applies to `ue_weighting: ddpo` only"),
+    ],
+)
+def test_keys_the_weighting_ignores_are_refused_even_at_their_default_value(overrides, message):
+    with pytest.raises(ValueError) as error:
+        parse(**overrides)
+    assert message in str(error.value)
+
+
+def test_keys_left_out_resolve_to_their_defaults_for_every_weighting():
+    for weighting in ("ue", "tpo", "ddpo", "uniform"):
+        finetuning_args = parse(ue_weighting=weighting)[3]
+        assert (finetuning_args.ue_alpha, finetuning_args.ue_tau, finetuning_args.ue_stat_scope,
+                finetuning_args.ue_weight_target, finetuning_args.ue_branches, finetuning_args.ddpo_gamma) == (
+            0.3, 0.4, "sequence", "policy", "both", 3.0)
+    assert parse(ue_weighting="ddpo", ddpo_gamma=5.0)[3].ddpo_gamma == 5.0
+
+
+def test_command_line_tells_an_explicit_key_from_its_default():
+    ue_dpo.apply_llamafactory_integration()
+    from llamafactory.hparams import get_train_args
+
+    def argv(**overrides):
+        return [f"--{key}={value}" for key, value in {**BASE, **overrides}.items()]
+
+    assert get_train_args(argv(ue_stat_scope="batch"))[3].ue_stat_scope == "batch"
+    assert get_train_args(argv(ue_weighting="tpo"))[3].ue_tau == 0.4
+    with pytest.raises(ValueError, match="`ue_tau: 0.3` applies to `ue_weighting: ue` only"):
+        get_train_args(argv(ue_weighting="tpo", ue_tau=0.3))
+
+
+def test_lora_target_all_and_lm_head_free_lists_are_accepted():
+    assert parse(lora_target="all")[3].lora_target == ["all"]
+    assert parse(lora_target="q_proj,v_proj")[3].lora_target == ["q_proj", "v_proj"]
+    assert parse(finetuning_type="full", additional_target="lm_head")[3].finetuning_type == "full"  # no peft

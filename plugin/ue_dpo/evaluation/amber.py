@@ -37,6 +37,7 @@ from ue_dpo.benchmarks.amber import (
 from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
+    benchmark_image,
     cache_dir,
     configured_dir,
     download_file,
@@ -97,7 +98,7 @@ class AmberTask(LocalFilesTask):
         data_dir = amber_data_dir(dataset_kwargs)
         self.data_dir = data_dir
         docs = load_amber_docs(self.KIND, data_dir, amber_image_dir(dataset_kwargs, data_dir))
-        return Dataset.from_list(docs).cast_column("image", Image())
+        return Dataset.from_list(docs).cast_column("image", Image(decode=False))
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         parse = setting(metadata, "answer_parse", AMBER_ANSWER_PARSE_ENV, "exact")
@@ -118,7 +119,7 @@ class AmberDiscriminativeTask(AmberTask):
 
 
 def amber_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
-    return [doc["image"].convert("RGB")]
+    return [benchmark_image(doc["image"], f"AMBER image of query {doc['id']}", _IMAGE_SOURCE)]
 
 
 def amber_doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:

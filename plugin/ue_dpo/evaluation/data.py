@@ -19,6 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from ue_dpo.images import describe_image_source, load_image_strictly
+
 CACHE_DIR_ENV = "UE_DPO_CACHE_DIR"
 OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,6 +63,17 @@ def require_file(path: Path, what: str, source: str) -> Path:
     if not path.is_file():
         raise BenchmarkDataError(f"{what}: {path} does not exist. {source}")
     return path
+
+
+def benchmark_image(source: Any, what: str, where_to_get_it: str) -> Image.Image:
+    """The benchmark image at `source` decoded completely, as RGB; a missing, damaged or truncated file stops the
+    run (lmms-eval's PIL setting would otherwise score a truncated image with its missing part grey)."""
+    try:
+        image = load_image_strictly(source)
+    except OSError as error:
+        raise BenchmarkDataError(f"{what} ({describe_image_source(source)}) cannot be read: {error}. Replace it with "
+                                 f"a complete copy. {where_to_get_it}") from error
+    return image.convert("RGB")
 
 
 def download_file(url: str, destination: Path, *, how_to_go_offline: str) -> Path:

@@ -23,6 +23,7 @@ from ue_dpo.benchmarks.judge import JudgeClient
 from ue_dpo.benchmarks.mmhal import MMHAL_QUESTION_TYPES, check_mmhal_item, mmhal_metrics, score_mmhal_item
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
+    benchmark_image,
     cache_dir,
     configured_dir,
     offline_variable,
@@ -84,7 +85,7 @@ def load_mmhal_docs(data_dir: Path) -> list[dict[str, Any]]:
 
 class MMHalBenchTask(LocalFilesTask):
     def load_docs(self, dataset_kwargs: Mapping[str, Any] | None) -> Dataset:
-        return Dataset.from_list(load_mmhal_docs(mmhal_data_dir(dataset_kwargs))).cast_column("image", Image())
+        return Dataset.from_list(load_mmhal_docs(mmhal_data_dir(dataset_kwargs))).cast_column("image", Image(decode=False))
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         judge = task_judge("mmhal_bench", metadata)
@@ -93,7 +94,7 @@ class MMHalBenchTask(LocalFilesTask):
 
 
 def mmhal_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
-    return [doc["image"].convert("RGB")]
+    return [benchmark_image(doc["image"], f"MMHal-Bench image of item {doc['question_id']}", _SOURCE)]
 
 
 def mmhal_doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:

@@ -42,6 +42,7 @@ from ue_dpo.evaluation.coco_ground_truth import (
 )
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
+    benchmark_image,
     cache_dir,
     configured_dir,
     download_file,
@@ -116,7 +117,7 @@ def load_object_halbench_docs(data_dir: Path, coco_dir: Path) -> list[dict[str, 
 class ObjectHalBenchTask(LocalFilesTask):
     def load_docs(self, dataset_kwargs: Mapping[str, Any] | None) -> Dataset:
         data_dir, coco_dir = object_halbench_dirs(dataset_kwargs)
-        return Dataset.from_list(load_object_halbench_docs(data_dir, coco_dir)).cast_column("image", Image())
+        return Dataset.from_list(load_object_halbench_docs(data_dir, coco_dir)).cast_column("image", Image(decode=False))
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         extractor = setting(metadata, "extractor", OBJECT_HALBENCH_EXTRACTOR_ENV, "nltk")
@@ -132,7 +133,8 @@ class ObjectHalBenchTask(LocalFilesTask):
 
 
 def object_halbench_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
-    return [doc["image"].convert("RGB")]
+    return [benchmark_image(doc["image"], f"Object-HalBench image of question {doc['question_id']} in {QUESTION_FILE}",
+                            _QUESTION_SOURCE)]
 
 
 def object_halbench_doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:

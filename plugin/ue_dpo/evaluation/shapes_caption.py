@@ -17,7 +17,7 @@ from ue_dpo.benchmarks.shapes_chair import (
     shapes_caption_item_result,
     shapes_chair_metrics,
 )
-from ue_dpo.evaluation.data import BenchmarkDataError, configured_dir
+from ue_dpo.evaluation.data import BenchmarkDataError, benchmark_image, configured_dir
 from ue_dpo.evaluation.local_task import LocalFilesTask
 from ue_dpo.shapes import CAPTION_PROMPT, EVAL_MANIFEST
 
@@ -59,8 +59,8 @@ class ShapesCaptionTask(LocalFilesTask):
 
 
 def shapes_doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:
-    with Image.open(doc["image"]) as image:
-        return [image.convert("RGB")]
+    return [benchmark_image(doc["image"], f"shapes_caption image {doc['question_id']}",
+                            "Rewrite the folder with `ue-dpo shapes-eval`.")]
 
 
 def shapes_doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> str:

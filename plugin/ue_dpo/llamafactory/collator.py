@@ -10,7 +10,6 @@ v' by `ue_noise_space`:
 
 import hashlib
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from llamafactory.data import PairwiseDataCollatorWithPadding
 from PIL import Image
 
 from ue_dpo.core.noise import add_diffusion_noise, diffuse, diffusion_noise, sample_noise_seed, tpo_noised_image
+from ue_dpo.images import describe_image_source, load_image_strictly, unreadable_image_reason
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
@@ -33,6 +33,21 @@ def check_template_supported(template) -> None:
             f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
             f"{plugin}. Supported templates: {', '.join(SUPPORTED_MM_PLUGINS.values())}."
         )
+
+
+def unreadable_batch_image_error(pair_images: list[list]) -> ValueError | None:
+    """The error naming the first image of a batch that does not decode, or None when all do."""
+    for images in pair_images:
+        for image in images:
+            reason = unreadable_image_reason(image)
+            if reason is not None:
+                return ValueError(
+                    f"training image {describe_image_source(image)} cannot be read: {reason}. LLaMA-Factory prepared "
+                    "its row earlier (preprocessing cache or `tokenized_path`), so the file changed since. Replace "
+                    "the file with a complete copy, or remove its row and prepare the data again "
+                    "(`overwrite_cache: true`)."
+                )
+    return None
 
 
 def split_pixel_values_per_image(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -58,7 +73,13 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pair_images = [list(feature.get("images") or []) for feature in features]
-        batch = super().__call__(features)
+        try:
+            batch = super().__call__(features)
+        except OSError as error:  # PIL's error names no row, often no file
+            named = unreadable_batch_image_error(pair_images)
+            if named is None:
+                raise
+            raise named from error
         has_image = [len(images) > 0 for images in pair_images]
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
         if self.with_noised_image:
@@ -145,19 +166,9 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         return noised_pixel_values
 
     def _tpo_noised_image(self, image) -> Image.Image:
-        pixels = np.array(_open_image(image).convert("RGB"), dtype=np.uint8)
+        pixels = np.array(load_image_strictly(image).convert("RGB"), dtype=np.uint8)
         height, width, channels = pixels.shape
         noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
         noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)
         return Image.fromarray(noised.numpy())
 
-
-def _open_image(image) -> Image.Image:
-    """A training image as LLaMA-Factory's `_regularize_images` reads it, before any resizing."""
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, bytes):
-        return Image.open(BytesIO(image))
-    if isinstance(image, dict):
-        return Image.open(BytesIO(image["bytes"])) if image["bytes"] is not None else Image.open(image["path"])
-    return Image.open(image)  # a path or a binary file

@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass, field, fields
 
-from ue_dpo.config import UEDPOArguments
+from ue_dpo.config import UEDPOArguments, check_llamafactory_keys
 from ue_dpo.versions import check_supported
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ _applied = False
 def _ue_finetuning_arguments(base: type) -> type:
     stages = typing.get_args(base.__dataclass_fields__["stage"].type) + ("ue_dpo",)
     defaults = {f.name: f.default for f in fields(UEDPOArguments) if f.init}
+    llamafactory_defaults = {f.name: f.default for f in fields(base)}
 
     @dataclass
     class UEDPOFinetuningArguments(base, UEDPOArguments):
@@ -42,7 +43,10 @@ def _ue_finetuning_arguments(base: type) -> type:
                 changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
                 if changed:
                     logger.warning("%s apply only to `stage: ue_dpo` and are ignored for `stage: %s`.", changed, self.stage)
+                self.resolve_ue_defaults()
             super().__post_init__()
+            if self.ue_dpo_stage:  # after LLaMA-Factory split the comma-separated target lists
+                check_llamafactory_keys(self, llamafactory_defaults)
 
     UEDPOFinetuningArguments.__qualname__ = UEDPOFinetuningArguments.__name__
     return UEDPOFinetuningArguments

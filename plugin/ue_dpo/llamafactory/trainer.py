@@ -38,11 +38,6 @@ def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return positions, targets.masked_fill(~mask, 0), mask
 
 
-def _mean_over(values: torch.Tensor, where: torch.Tensor) -> float:
-    count = where.sum()
-    return float((values * where).sum() / count) if count > 0 else 0.0
-
-
 @dataclass
 class BatchTokens:
     """Every per-token quantity of one batch that the loss reads; rows are B chosen, then B rejected, `[2B, K]`."""
@@ -84,8 +79,9 @@ class UEDPOTrainer(CustomDPOTrainer):
         if type(output_layer) is not torch.nn.Linear:
             raise ValueError(
                 f"`stage: ue_dpo` projects hidden states onto the vocabulary itself and needs the output layer "
-                f"(lm_head) to be a plain torch.nn.Linear, but it is {type(output_layer).__name__}. Do not adapt, "
-                "wrap or quantize lm_head (leave it out of `lora_target` and `additional_target`)."
+                f"(lm_head) to be a plain torch.nn.Linear, but it is "
+                f"{type(output_layer).__module__}.{type(output_layer).__qualname__}. Do not adapt, wrap, resize or "
+                "quantize lm_head (leave it out of `lora_target` and `additional_target`, no `resize_vocab`)."
             )
         argmaxes = []
 
@@ -276,37 +272,48 @@ class UEDPOTrainer(CustomDPOTrainer):
         target = "logratio" if args.ue_weighting == "ddpo" else args.ue_weight_target
         return weighted_sequence_logps(tokens.policy_logps, reference_token_logps, tokens.weights, tokens.mask, target)
 
-    def _weighting_metrics(self, tokens: BatchTokens) -> dict[str, float]:
+    @staticmethod
+    def _weighting_metric_terms(tokens: BatchTokens, weighting: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """`{key: (values, tokens to average them over)}` of the weighting's logged means."""
         chosen, rejected = slice(None, tokens.pairs), slice(tokens.pairs, None)
-        weighting, mask, weighted_mask = self.finetuning_args.ue_weighting, tokens.mask, tokens.weighted_mask
+        mask, weighted_mask = tokens.mask, tokens.weighted_mask
         if tokens.category is not None:
             return {
-                "ue/selected_share_chosen": _mean_over(tokens.selected[chosen].float(), weighted_mask[chosen]),
-                "ue/selected_share_rejected": _mean_over(tokens.selected[rejected].float(), weighted_mask[rejected]),
-                "ue/lambda_chosen_mean": _mean_over(tokens.weights[chosen], weighted_mask[chosen]),
-                "ue/lambda_rejected_mean": _mean_over(tokens.weights[rejected], weighted_mask[rejected]),
-                "ue/u_mean": _mean_over(tokens.uncertainty, weighted_mask),
-                "ue/delta_mean": _mean_over(tokens.delta, weighted_mask),
+                "ue/selected_share_chosen": (tokens.selected[chosen], weighted_mask[chosen]),
+                "ue/selected_share_rejected": (tokens.selected[rejected], weighted_mask[rejected]),
+                "ue/lambda_chosen_mean": (tokens.weights[chosen], weighted_mask[chosen]),
+                "ue/lambda_rejected_mean": (tokens.weights[rejected], weighted_mask[rejected]),
+                "ue/u_mean": (tokens.uncertainty, weighted_mask),
+                "ue/delta_mean": (tokens.delta, weighted_mask),
             }
         if weighting == "tpo":
             return {
-                "tpo/weight_chosen_mean": _mean_over(tokens.weights[chosen].detach(), weighted_mask[chosen]),
-                "tpo/weight_rejected_mean": _mean_over(tokens.weights[rejected].detach(), weighted_mask[rejected]),
-                "tpo/score_mean": _mean_over(tokens.delta.detach(), weighted_mask),
+                "tpo/weight_chosen_mean": (tokens.weights[chosen], weighted_mask[chosen]),
+                "tpo/weight_rejected_mean": (tokens.weights[rejected], weighted_mask[rejected]),
+                "tpo/score_mean": (tokens.delta, weighted_mask),
             }
         if weighting == "ddpo":
-            differing = tokens.selected.float()
             return {
-                "ddpo/differing_share_chosen": _mean_over(differing[chosen], mask[chosen]),
-                "ddpo/differing_share_rejected": _mean_over(differing[rejected], mask[rejected]),
+                "ddpo/differing_share_chosen": (tokens.selected[chosen], mask[chosen]),
+                "ddpo/differing_share_rejected": (tokens.selected[rejected], mask[rejected]),
             }
         return {}
+
+    def _means_across_ranks(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Each term's mean over its tokens on all ranks; a term with no token on any rank is left out on every
+        rank, as no mean exists (LLaMA-Factory all-reduces logged metrics by position, so ranks log the same keys)."""
+        if not terms:
+            return {}
+        sums = torch.stack([torch.where(where, values.detach().float(), 0.0).sum() for values, where in terms.values()])
+        counts = torch.stack([where.sum().float() for _, where in terms.values()])
+        total_sums, total_counts = self.accelerator.reduce(torch.stack([sums, counts]), "sum").tolist()
+        return {key: total / count for key, total, count in zip(terms, total_sums, total_counts) if count > 0}
 
     def get_batch_loss_metrics(self, model, batch, train_eval: Literal["train", "eval"] = "train"):
         tokens = self.token_weighting(model, batch)
         pairs, mask = tokens.pairs, tokens.mask
         metrics = {"ue/imageless_pairs": float((~tokens.has_image[:pairs]).sum())}
-        metrics.update(self._weighting_metrics(tokens))
+        metrics.update(self._means_across_ranks(self._weighting_metric_terms(tokens, self.finetuning_args.ue_weighting)))
         policy, reference = self._sequence_logps(model, tokens, train_eval)
         result = dpo_sigmoid_loss(
             policy[:pairs],

@@ -1,6 +1,6 @@
 """`stage: ue_dpo`: LLaMA-Factory's DPO wiring with the UE-DPO collator and trainer."""
 
-from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.ploting import plot_loss
@@ -8,6 +8,7 @@ from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.llamafactory.collator import UEDPODataCollator, check_template_supported
+from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
 
 
@@ -32,7 +33,8 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     check_template_supported(template)
-    dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+    dataset_module = load_preference_datasets(template, model_args, data_args, training_args, finetuning_args,
+                                              tokenizer_module)
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
     collator = UEDPODataCollator(
