@@ -98,6 +98,12 @@ def test_unknown_key_is_still_rejected():
         ({"ue_weighting": "tpo", "ue_stat_scope": "sequence"}, "`ue_stat_scope: sequence` applies to `ue_weighting: ue`"),
         ({"ue_weighting": "uniform", "ue_branches": "both"}, "`ue_branches: both` applies to `ue_weighting: ue`"),
         ({"ue_weighting": "ue", "ddpo_gamma": 3.0}, "`ddpo_gamma` applies to `ue_weighting: ddpo` only"),
+        # v' is built for ue and tpo only
+        ({"ue_weighting": "ddpo", "ue_noise_step": 500}, ("`ue_noise_step: 500` sets the noised image v', which "
+                                                          "`ue_weighting: ddpo` does not use; remove `ue_noise_step`")),
+        ({"ue_weighting": "uniform", "ue_noise_space": "image"}, "`ue_noise_space: image` sets the noised image v'"),
+        ({"ue_weighting": "uniform", "ue_noise_schedule": "sigmoid"}, "`ue_noise_schedule: sigmoid` sets the noised"),
+        ({"ue_weighting": "ddpo", "ue_seed": 7}, "`ue_seed: 7` sets the noised image v', which `ue_weighting: ddpo`"),
     ],
 )
 def test_keys_the_weighting_ignores_are_refused_even_at_their_default_value(overrides, message):
@@ -112,7 +118,19 @@ def test_keys_left_out_resolve_to_their_defaults_for_every_weighting():
         assert (finetuning_args.ue_alpha, finetuning_args.ue_tau, finetuning_args.ue_stat_scope,
                 finetuning_args.ue_weight_target, finetuning_args.ue_branches, finetuning_args.ddpo_gamma) == (
             0.3, 0.4, "sequence", "policy", "both", 3.0)
+        assert (finetuning_args.ue_noise_step, finetuning_args.ue_noise_schedule, finetuning_args.ue_noise_space,
+                finetuning_args.ue_seed) == (500, "sigmoid", "pixel_values", None)
     assert parse(ue_weighting="ddpo", ddpo_gamma=5.0)[3].ddpo_gamma == 5.0
+    tpo = parse(ue_weighting="tpo", ue_noise_space="image", ue_noise_step=300, ue_seed=7)[3]
+    assert (tpo.ue_noise_space, tpo.ue_noise_step, tpo.ue_seed) == ("image", 300, 7)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "sft"])
+def test_ue_keys_with_another_stage_are_refused(stage):
+    with pytest.raises(ValueError, match=(f"`ue_alpha`, `ue_noise_step` apply only to `stage: ue_dpo`, which "
+                                          f"`stage: {stage}` ignores; remove them or set `stage: ue_dpo`")):
+        parse(stage=stage, ue_alpha=0.2, ue_noise_step=500)
+    assert parse(stage=stage)[3].ue_alpha == 0.3  # left out, they resolve as for ue_dpo
 
 
 def test_command_line_tells_an_explicit_key_from_its_default():

@@ -18,6 +18,11 @@ TEMPLATE_BY_MODEL_TYPE = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl"
 UE_WEIGHTING_ONLY_DEFAULTS = {
     "ue_alpha": 0.3, "ue_tau": 0.4, "ue_stat_scope": "sequence", "ue_weight_target": "policy", "ue_branches": "both",
 }
+# the keys of v', read by the weightings that run a pass on it (ue, tpo), and their defaults (likewise None until
+# resolved); `ue_seed` stays None unless set, meaning the training `seed`
+NOISE_DEFAULTS = {"ue_noise_step": 500, "ue_noise_schedule": "sigmoid", "ue_noise_space": "pixel_values"}
+NOISE_KEYS = (*NOISE_DEFAULTS, "ue_seed")
+NOISED_IMAGE_WEIGHTINGS = ("ue", "tpo")
 # LLaMA-Factory keys its DPO trainer reads and `stage: ue_dpo` does not, with what they do there
 UNSUPPORTED_LLAMAFACTORY_KEYS = {
     "pref_bco_weight": "LLaMA-Factory's `stage: dpo` mixes a BCO loss in with this weight, UE-DPO weights DPO's "
@@ -82,19 +87,20 @@ class UEDPOArguments:
             "at or above the (1-τ)-quantile are selected for re-weighting. Default 0.4."
         },
     )
-    ue_noise_step: int = field(
-        default=500,
-        metadata={"help": "Diffusion step k in [0, 999] of the counterfactual image v' (500: sqrt(abar) ≈ 0.863)."},
+    ue_noise_step: int | None = field(
+        default=None,
+        metadata={"help": "Diffusion step k in [0, 999] of the counterfactual image v' (default 500: sqrt(abar) ≈ "
+                  "0.863)."},
     )
-    ue_noise_schedule: Literal["sigmoid", "linear"] = field(
-        default="sigmoid",
-        metadata={"help": "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3, in float32 as they compute it) or linear "
-                  "(DDPM, 1e-4..0.02)."},
+    ue_noise_schedule: Literal["sigmoid", "linear"] | None = field(
+        default=None,
+        metadata={"help": "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3, in float32 as they compute it; the default) "
+                  "or linear (DDPM, 1e-4..0.02)."},
     )
-    ue_noise_space: Literal["pixel_values", "image"] = field(
-        default="pixel_values",
+    ue_noise_space: Literal["pixel_values", "image"] | None = field(
+        default=None,
         metadata={
-            "help": "Where the noise is added: pixel_values (VCD: the processor's normalised tensor, one ε per image "
+            "help": "Where the noise is added: pixel_values (the default; VCD: the processor's normalised tensor, one ε per image "
             "pixel, so Qwen2-VL's two temporal copies of a patch share it) or image (TPO: ToTensor, noise and "
             "ToPILImage on the image at its own resolution, before any resizing; ToPILImage's byte conversion "
             "truncates and wraps out-of-range values modulo 256, it does not clamp them)."
@@ -165,7 +171,7 @@ class UEDPOArguments:
 
     def resolve_ue_defaults(self) -> None:
         """Fill the keys left unset (None, so that an explicit value can be told from the default)."""
-        for name, default in {**UE_WEIGHTING_ONLY_DEFAULTS, "ddpo_gamma": DEFAULT_DDPO_GAMMA}.items():
+        for name, default in {**UE_WEIGHTING_ONLY_DEFAULTS, **NOISE_DEFAULTS, "ddpo_gamma": DEFAULT_DDPO_GAMMA}.items():
             if getattr(self, name) is None:
                 setattr(self, name, default)
 
@@ -178,6 +184,13 @@ class UEDPOArguments:
                     raise ValueError(
                         f"`{name}: {getattr(self, name)}` applies to `ue_weighting: ue` only, but `ue_weighting: "
                         f"{self.ue_weighting}` ignores it; remove `{name}` or use `ue_weighting: ue`."
+                    )
+        if self.ue_weighting not in NOISED_IMAGE_WEIGHTINGS:
+            for name in NOISE_KEYS:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"`{name}: {getattr(self, name)}` sets the noised image v', which `ue_weighting: "
+                        f"{self.ue_weighting}` does not use; remove `{name}` or use `ue_weighting: ue` or `tpo`."
                     )
         if self.ue_weighting != "ddpo" and self.ddpo_gamma is not None:
             raise ValueError(

@@ -8,7 +8,6 @@ Two things are patched, both read at call time by LLaMA-Factory:
 `ue_dpo/_autoload.py` applies this when `llamafactory.train.tuner` is imported.
 """
 
-import logging
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field, fields
 from ue_dpo.config import UEDPOArguments, check_llamafactory_keys
 from ue_dpo.versions import check_supported
 
-logger = logging.getLogger(__name__)
 _PARSER_ARGUMENT_LISTS = ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "_TRAIN_MCA_ARGS")
 _applied = False
 
@@ -42,7 +40,8 @@ def _ue_finetuning_arguments(base: type) -> type:
             else:
                 changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
                 if changed:
-                    logger.warning("%s apply only to `stage: ue_dpo` and are ignored for `stage: %s`.", changed, self.stage)
+                    raise ValueError(f"{', '.join(f'`{name}`' for name in changed)} apply only to `stage: ue_dpo`, "
+                                     f"which `stage: {self.stage}` ignores; remove them or set `stage: ue_dpo`.")
                 self.resolve_ue_defaults()
             super().__post_init__()
             if self.ue_dpo_stage:  # after LLaMA-Factory split the comma-separated target lists
