@@ -27,7 +27,7 @@ def echo(payload):
 
 
 def make_client(server_url, **options):
-    settings = {"model": "judge-model", "base_url": server_url, "backoff_seconds": 0.01, "max_backoff_seconds": 0.05, "timeout": 5}
+    settings = {"model": "judge-model", "base_url": server_url, "timeout": 5}
     settings.update(options)
     return JudgeClient(JudgeConfig(**settings))
 

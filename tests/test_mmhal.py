@@ -166,7 +166,7 @@ def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
     responses = tmp_path / "responses.json"
     items = write_mmhal_responses(responses)
     with ScriptedJudgeServer(judge_by_type) as server:
-        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache", backoff_seconds=0.01)
+        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache")
         scored = score_mmhal_file(responses, JudgeClient(config))
         assert server.request_count == 96
         rescored = score_mmhal_file(responses, JudgeClient(config))

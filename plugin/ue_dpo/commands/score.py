@@ -22,7 +22,7 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _judge(args: argparse.Namespace):
-    from ue_dpo.benchmarks.judge import JudgeConfigError
+    from ue_dpo.benchmarks.judge_config import JudgeConfigError
     from ue_dpo.evaluation.judge_settings import task_judge
 
     if not (args.judge_model or os.environ.get(JUDGE_MODEL_ENV, "").strip()):
@@ -89,7 +89,7 @@ def _rows(result: dict[str, Any], benchmark: str) -> list[tuple[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.benchmarks.judge import JudgeError
+    from ue_dpo.benchmarks.judge_config import JudgeError
 
     score = {"amber": _score_amber, "object_halbench": _score_object_halbench, "mmhal_bench": _score_mmhal_bench}[args.benchmark]
     try:

@@ -11,10 +11,13 @@ The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ue_dpo.benchmarks.judge import JudgeClient, JudgeConfigError
+from ue_dpo.benchmarks.judge_config import JudgeConfig, JudgeConfigError
 from ue_dpo.evaluation.data import cache_dir, setting
+
+if TYPE_CHECKING:
+    from ue_dpo.benchmarks.judge import JudgeClient
 
 JUDGE_MODEL_ENV = "UE_DPO_JUDGE_MODEL"
 JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
@@ -38,4 +41,6 @@ def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
         "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV, default_judge_cache_dir()),
         "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
     }
-    return JudgeClient.from_options(options)
+    from ue_dpo.benchmarks.judge import JudgeClient  # imports `openai` (about a second), which only judged tasks need
+
+    return JudgeClient(JudgeConfig.from_options(options))
