@@ -1,6 +1,8 @@
 """`ue-dpo run EXPERIMENT.yaml`: train, evaluate and compare the runs of an experiment file (resumable)."""
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 
@@ -11,11 +13,30 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
                              "e.g. --set evaluation.limit=8 --set runs.dpo.overrides.max_steps=4; repeatable")
 
 
-def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
-    from ue_dpo.experiment.config import load_experiment
-    from ue_dpo.experiment.runner import run_experiment
+RESUME_HINT = ("run the same command again to resume: finished stages are skipped, an interrupted training resumes "
+               "from its last checkpoint")
 
-    run_experiment(load_experiment(path, args.settings, output=args.out))
+
+def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
+    """Load and run the experiment; a bad file exits 2, a failed stage 1, an interruption 128 + the signal number."""
+    from ue_dpo.commands import exit_with_user_error
+    from ue_dpo.experiment.config import ExperimentConfigError, load_experiment
+    from ue_dpo.experiment.runner import run_experiment
+    from ue_dpo.experiment.stages import RunInterrupted, StageError
+
+    try:
+        run_experiment(load_experiment(path, args.settings, output=args.out))
+    except ExperimentConfigError as error:
+        exit_with_user_error(args.command, error)
+    except StageError as error:
+        print(f"ue-dpo {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RunInterrupted as error:
+        print(f"ue-dpo {args.command}: {error}; {RESUME_HINT}", file=sys.stderr)
+        raise SystemExit(128 + error.signal_number) from None
+    except KeyboardInterrupt:
+        print(f"ue-dpo {args.command}: interrupted by SIGINT; {RESUME_HINT}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def _run(args: argparse.Namespace) -> None:
