@@ -171,11 +171,11 @@ def _open_source(spec: PreferenceSource, source: str):
     path = Path(source)
     if not path.exists():
         if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
-            raise SourceError(f"source {source!r} is neither an existing folder nor a hub dataset id like "
+            raise SourceError(f"--source {source!r} is neither an existing folder nor a hub dataset id like "
                               f"{spec.hub_id}")
         return datasets.load_dataset(source, split="train", streaming=True)
     if not path.is_dir():
-        raise SourceError(f"source {source} is a file; pass the folder holding the {spec.hub_id} parquet or arrow "
+        raise SourceError(f"--source {source} is a file; pass the folder holding the {spec.hub_id} parquet or arrow "
                           "files (or a `save_to_disk` folder)")
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         saved = datasets.load_from_disk(str(path))
@@ -184,7 +184,7 @@ def _open_source(spec: PreferenceSource, source: str):
         files = sorted(str(file) for file in path.rglob(f"*.{builder}"))
         if files:
             return datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=True)
-    raise SourceError(f"{path} holds no .parquet or .arrow files; download {spec.hub_id} there "
+    raise SourceError(f"--source {path} holds no .parquet or .arrow files; download {spec.hub_id} there "
                       f"(e.g. `hf download {spec.hub_id} --repo-type dataset --local-dir {path}`)")
 
 

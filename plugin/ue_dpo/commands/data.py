@@ -3,12 +3,14 @@
 import argparse
 from pathlib import Path
 
+from ue_dpo.commands import int_at_least
 from ue_dpo.datasets import BAD_SAMPLE_POLICIES, SOURCES
 
 
 def _run(args: argparse.Namespace) -> None:
     import logging
 
+    from ue_dpo.commands import exit_with_user_error
     from ue_dpo.datasets import BadSampleError, SourceError, convert
 
     conversion_logger = logging.getLogger("ue_dpo.datasets")
@@ -18,15 +20,8 @@ def _run(args: argparse.Namespace) -> None:
         report = convert(args.dataset, args.out, source=args.source, limit=args.limit,
                          on_bad_sample=args.on_bad_sample)
     except (BadSampleError, SourceError) as error:
-        raise SystemExit(f"ue-dpo data: error: {error}") from None
+        exit_with_user_error("data", error)
     print(report.summary())
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pairs, got {value}")
-    return value
 
 
 def register(commands) -> None:
@@ -43,7 +38,7 @@ def register(commands) -> None:
     parser.add_argument("--source", metavar="HUB_ID_OR_DIR",
                         help="hub dataset id, or a local folder of its parquet/arrow files (default: the public "
                              "hub dataset, streamed)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N pairs (in source order)")
+    parser.add_argument("--limit", type=int_at_least(1), metavar="N", help="stop after N pairs (in source order)")
     parser.add_argument("--on-bad-sample", choices=BAD_SAMPLE_POLICIES, default="skip",
                         help="a sample without an image, with an undecodable image or an empty question/response: "
                              "skip it (logged, counted, listed in <name>_skipped.jsonl; default) or stop")
