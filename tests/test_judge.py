@@ -274,3 +274,21 @@ def test_loopback_judge_bypasses_environment_proxies(monkeypatch):
     with ScriptedJudgeServer(echo) as server:
         assert make_client(server.base_url, max_retries=0).complete(user("direct")) == "echo: direct"
         assert server.request_count == 1
+
+
+def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_them_when_down(monkeypatch, tmp_path):
+    from ue_dpo.evaluation.judge_settings import task_judge
+
+    monkeypatch.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
+    monkeypatch.setenv("UE_DPO_JUDGE_TIMEOUT", "7.5")
+    judge = task_judge("mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(),
+                                       "judge_cache_dir": str(tmp_path)})
+    assert (judge.config.max_retries, judge.config.timeout) == (0, 7.5)
+    with pytest.raises(JudgeUnavailableError) as caught:
+        judge.complete(user("q"))
+    message = str(caught.value)
+    assert "after 1 attempt:" in message
+    assert message.endswith(
+        "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or set UE_DPO_ALLOW_JUDGE_FAILURES=1 to "
+        "count them instead (under `ue-dpo run`: `judge: {allow_failures: true}` in the experiment file, the other two "
+        "in `evaluation.env`); failed items are then left out of the scores and reported as judge_failures.")

@@ -58,10 +58,16 @@ class JudgeConfigError(JudgeError):
     """The judge is misconfigured (bad option, rejected key, unknown model); never counted as a failure."""
 
 
+# What a JudgeUnavailableError advises, in the names of JudgeConfig; callers that configure the judge from flags or
+# environment variables pass their own names (JudgeClient's `unavailable_remedy`).
+DEFAULT_UNAVAILABLE_REMEDY = ("raise `max_retries`/`timeout`, or set allow_failures to count them instead (failed items "
+                              "are then left out of the scores and reported as judge_failures)")
+
+
 class JudgeUnavailableError(JudgeError):
     """The judge gave no usable reply after all attempts."""
 
-    def __init__(self, *, url: str, model: str, attempts: int, reason: str):
+    def __init__(self, *, url: str, model: str, attempts: int, reason: str, remedy: str = DEFAULT_UNAVAILABLE_REMEDY):
         self.url = url
         self.model = model
         self.attempts = attempts
@@ -69,8 +75,7 @@ class JudgeUnavailableError(JudgeError):
         super().__init__(
             f"LLM judge at {url} (model {model!r}) gave no usable reply after {attempts} "
             f"attempt{'s' if attempts != 1 else ''}: {reason}. Check that the server is up and "
-            "serves this model, raise `max_retries`/`timeout`, or set allow_failures to count them "
-            "instead (failed items are then left out of the scores and reported as judge_failures)."
+            f"serves this model, {remedy}."
         )
 
 
@@ -327,10 +332,11 @@ class JudgeClient:
     At most `config.concurrency` requests are in flight per client, whichever threads issue them.
     """
 
-    def __init__(self, config: JudgeConfig):
+    def __init__(self, config: JudgeConfig, *, unavailable_remedy: str = DEFAULT_UNAVAILABLE_REMEDY):
         if not isinstance(config, JudgeConfig):
             raise TypeError(f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...).")
         self.config = config
+        self.unavailable_remedy = unavailable_remedy
         self.cache = JudgeCache(config.cache_dir) if config.cache_dir is not None else None
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._stats_lock = threading.Lock()
@@ -342,8 +348,9 @@ class JudgeClient:
         self._bypass_proxy = hostname in _LOOPBACK_HOSTS
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> JudgeClient:
-        return cls(JudgeConfig.from_options(options, environ))
+    def from_options(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, *,
+                     unavailable_remedy: str = DEFAULT_UNAVAILABLE_REMEDY) -> JudgeClient:
+        return cls(JudgeConfig.from_options(options, environ), unavailable_remedy=unavailable_remedy)
 
     def __repr__(self) -> str:
         return f"JudgeClient(model={self.config.model!r}, url={display_url(self.config.endpoint)!r})"
@@ -471,7 +478,8 @@ class JudgeClient:
                 with self._stats_lock:
                     self._failures += 1
                 error = JudgeUnavailableError(
-                    url=display_url(self.config.endpoint), model=model, attempts=attempts, reason=failure.reason
+                    url=display_url(self.config.endpoint), model=model, attempts=attempts, reason=failure.reason,
+                    remedy=self.unavailable_remedy,
                 )
                 if not allow_failures:
                     raise error from None

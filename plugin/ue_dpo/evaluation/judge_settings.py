@@ -4,6 +4,8 @@ metadata key        environment variable          default
 judge_model         UE_DPO_JUDGE_MODEL            (required)
 judge_base_url      OPENAI_BASE_URL               https://api.openai.com/v1
 judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge
+judge_max_retries   UE_DPO_JUDGE_MAX_RETRIES      5 (retries after the first attempt)
+judge_timeout       UE_DPO_JUDGE_TIMEOUT          120 (seconds per request)
 allow_judge_failures UE_DPO_ALLOW_JUDGE_FAILURES  false
 The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or a result.
 """
@@ -18,14 +20,22 @@ from ue_dpo.evaluation.data import cache_dir, setting
 
 JUDGE_MODEL_ENV = "UE_DPO_JUDGE_MODEL"
 JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
+JUDGE_MAX_RETRIES_ENV = "UE_DPO_JUDGE_MAX_RETRIES"
+JUDGE_TIMEOUT_ENV = "UE_DPO_JUDGE_TIMEOUT"
 ALLOW_JUDGE_FAILURES_ENV = "UE_DPO_ALLOW_JUDGE_FAILURES"
+TASK_UNAVAILABLE_REMEDY = (
+    f"raise {JUDGE_MAX_RETRIES_ENV} or {JUDGE_TIMEOUT_ENV} (seconds), or set {ALLOW_JUDGE_FAILURES_ENV}=1 to count them "
+    f"instead (under `ue-dpo run`: `judge: {{allow_failures: true}}` in the experiment file, the other two in "
+    f"`evaluation.env`); failed items are then left out of the scores and reported as judge_failures"
+)
 
 
 def default_judge_cache_dir() -> str:
     return str(cache_dir() / "judge")
 
 
-def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
+def task_judge(task_name: str, metadata: Mapping[str, Any], *,
+               unavailable_remedy: str = TASK_UNAVAILABLE_REMEDY) -> JudgeClient:
     model = setting(metadata, "judge_model", JUDGE_MODEL_ENV)
     if not model:
         raise JudgeConfigError(
@@ -36,6 +46,8 @@ def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
         "model": model,
         "base_url": metadata.get("judge_base_url"),
         "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV, default_judge_cache_dir()),
+        "max_retries": setting(metadata, "judge_max_retries", JUDGE_MAX_RETRIES_ENV),
+        "timeout": setting(metadata, "judge_timeout", JUDGE_TIMEOUT_ENV),
         "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
     }
-    return JudgeClient.from_options(options)
+    return JudgeClient.from_options(options, unavailable_remedy=unavailable_remedy)
