@@ -71,7 +71,7 @@ def test_down_server_raises_a_clear_error_after_retries():
     assert "'judge-model'" in message
     assert "after 3 attempts" in message
     assert "HTTP 500" in message
-    assert "set allow_failures to count them instead" in message
+    assert "raise `max_retries` or `timeout`, or use `allow_failures` to count them instead" in message
     assert caught.value.attempts == 3
     assert client.judge_failures == 1
 
@@ -289,6 +289,6 @@ def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_t
     message = str(caught.value)
     assert "after 1 attempt:" in message
     assert message.endswith(
-        "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or set UE_DPO_ALLOW_JUDGE_FAILURES=1 to "
-        "count them instead (under `ue-dpo run`: `judge: {allow_failures: true}` in the experiment file, the other two "
-        "in `evaluation.env`); failed items are then left out of the scores and reported as judge_failures.")
+        "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or use UE_DPO_ALLOW_JUDGE_FAILURES=1 "
+        "(`judge.allow_failures: true` under `ue-dpo run`) to count them instead (failed items are then left out of "
+        "the scores and reported as judge_failures).")

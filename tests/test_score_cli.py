@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from benchmark_fixtures import RESPONSES, RULE_ANSWERS, judge_by_type, write_amber_data_dir, write_coco_files, write_mmhal_responses
-from judge_server import ScriptedJudgeServer, unused_loopback_url
+from judge_server import ScriptedHTTPError, ScriptedJudgeServer, unused_loopback_url
 from nlp_resources import install_test_resources
 
 UE_DPO = Path(sys.executable).with_name("ue-dpo")
@@ -165,7 +165,7 @@ def test_score_mmhal_bench_scores_a_subset_with_allow_subset_and_counts_empty_an
     assert "ue-dpo score mmhal_bench: note: 1 response is empty; the official script sends empty answers to the judge" in result.stderr
 
 
-def test_a_judge_that_stays_down_names_the_flags_that_change_that(run, tmp_path):
+def test_judge_errors_name_the_flags_that_fix_them(run, tmp_path):
     responses = tmp_path / "responses.json"
     write_mmhal_responses(responses, count=1)
     result = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", unused_loopback_url(),
@@ -173,6 +173,13 @@ def test_a_judge_that_stays_down_names_the_flags_that_change_that(run, tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("ue-dpo score mmhal_bench: error: LLM judge at ") and "after 1 attempt:" in message
-    assert message.endswith("raise --judge-max-retries or --judge-timeout, or pass --allow-judge-failures to count them instead "
+    assert message.endswith("raise --judge-max-retries or --judge-timeout, or use --allow-judge-failures to count them instead "
                             "(failed items are then left out of the scores and reported as judge_failures).")
     assert "`max_retries`" not in result.stderr and "Traceback" not in result.stderr
+
+    with ScriptedJudgeServer(lambda payload: ScriptedHTTPError(404)) as server:
+        wrong_url = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", server.base_url,
+                        "--judge-cache-dir", str(tmp_path / "judge"), "--allow-subset")
+    assert wrong_url.returncode == 2
+    assert wrong_url.stderr.strip().splitlines()[-1].endswith(
+        "Fix: the endpoint or model was not found; check --judge-base-url (it should end in /v1) and --judge-model.")

@@ -40,10 +40,11 @@ CACHE_FILENAME = "judge_cache.sqlite3"
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+# Fixes of the HTTP answers that mean a misconfigured judge, formatted with SETTING_NAMES.
 _CONFIG_ERROR_STATUS = {
-    401: "the server rejected the API key; set OPENAI_API_KEY (or the judge `api_key` option)",
+    401: "the server rejected the API key; set {api_key}",
     403: "the API key is not allowed to use this model or endpoint",
-    404: "the endpoint or model was not found; check the judge `base_url` (it should end in /v1) and `model`",
+    404: "the endpoint or model was not found; check {base_url} (it should end in /v1) and {model}",
 }
 # OpenAI echoes a masked key ("sk-abc***...1234") in 401 bodies; drop anything shaped like a key.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}")
@@ -58,16 +59,18 @@ class JudgeConfigError(JudgeError):
     """The judge is misconfigured (bad option, rejected key, unknown model); never counted as a failure."""
 
 
-# What a JudgeUnavailableError advises, in the names of JudgeConfig; callers that configure the judge from flags or
-# environment variables pass their own names (JudgeClient's `unavailable_remedy`).
-DEFAULT_UNAVAILABLE_REMEDY = ("raise `max_retries`/`timeout`, or set allow_failures to count them instead (failed items "
-                              "are then left out of the scores and reported as judge_failures)")
+# How the user sets each judge option, as error messages name it: JudgeConfig's fields by default; callers that
+# configure the judge from flags or environment variables pass their own names (JudgeClient's `setting_names`).
+SETTING_NAMES = {
+    "model": "`model`", "base_url": "`base_url`", "api_key": "OPENAI_API_KEY (or the judge `api_key` option)",
+    "cache_dir": "`cache_dir`", "max_retries": "`max_retries`", "timeout": "`timeout`", "allow_failures": "`allow_failures`",
+}
 
 
 class JudgeUnavailableError(JudgeError):
     """The judge gave no usable reply after all attempts."""
 
-    def __init__(self, *, url: str, model: str, attempts: int, reason: str, remedy: str = DEFAULT_UNAVAILABLE_REMEDY):
+    def __init__(self, *, url: str, model: str, attempts: int, reason: str, setting_names: Mapping[str, str] = SETTING_NAMES):
         self.url = url
         self.model = model
         self.attempts = attempts
@@ -75,7 +78,9 @@ class JudgeUnavailableError(JudgeError):
         super().__init__(
             f"LLM judge at {url} (model {model!r}) gave no usable reply after {attempts} "
             f"attempt{'s' if attempts != 1 else ''}: {reason}. Check that the server is up and "
-            f"serves this model, {remedy}."
+            f"serves this model, raise {setting_names['max_retries']} or {setting_names['timeout']}, or use "
+            f"{setting_names['allow_failures']} to count them instead (failed items are then left out of the scores "
+            "and reported as judge_failures)."
         )
 
 
@@ -269,7 +274,7 @@ class JudgeCache:
     timeout) covers several processes sharing the directory.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, setting_name: str = SETTING_NAMES["cache_dir"]):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / CACHE_FILENAME
         self._lock = threading.Lock()
@@ -281,7 +286,7 @@ class JudgeCache:
                 " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)"
             )
         except sqlite3.Error as exc:
-            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another cache_dir.") from None
+            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another {setting_name}.") from None
 
     def get(self, key: str) -> tuple[str, str | None] | None:
         with self._lock:
@@ -332,12 +337,13 @@ class JudgeClient:
     At most `config.concurrency` requests are in flight per client, whichever threads issue them.
     """
 
-    def __init__(self, config: JudgeConfig, *, unavailable_remedy: str = DEFAULT_UNAVAILABLE_REMEDY):
+    def __init__(self, config: JudgeConfig, *, setting_names: Mapping[str, str] | None = None):
         if not isinstance(config, JudgeConfig):
             raise TypeError(f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...).")
         self.config = config
-        self.unavailable_remedy = unavailable_remedy
-        self.cache = JudgeCache(config.cache_dir) if config.cache_dir is not None else None
+        self.setting_names = {**SETTING_NAMES, **(setting_names or {})}
+        self.cache = (JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
+                      if config.cache_dir is not None else None)
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._stats_lock = threading.Lock()
         self._failures = 0
@@ -349,8 +355,8 @@ class JudgeClient:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, *,
-                     unavailable_remedy: str = DEFAULT_UNAVAILABLE_REMEDY) -> JudgeClient:
-        return cls(JudgeConfig.from_options(options, environ), unavailable_remedy=unavailable_remedy)
+                     setting_names: Mapping[str, str] | None = None) -> JudgeClient:
+        return cls(JudgeConfig.from_options(options, environ), setting_names=setting_names)
 
     def __repr__(self) -> str:
         return f"JudgeClient(model={self.config.model!r}, url={display_url(self.config.endpoint)!r})"
@@ -408,7 +414,7 @@ class JudgeClient:
             if exc.code in _CONFIG_ERROR_STATUS:
                 raise JudgeConfigError(
                     f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) answered {detail}. "
-                    f"Fix: {_CONFIG_ERROR_STATUS[exc.code]}."
+                    f"Fix: {_CONFIG_ERROR_STATUS[exc.code].format(**self.setting_names)}."
                 ) from None
             retryable = exc.code in _RETRYABLE_STATUS or exc.code >= 500
             raise _AttemptFailed(detail, retryable=retryable, retry_after=_retry_after_seconds(exc.headers)) from None
@@ -479,7 +485,7 @@ class JudgeClient:
                     self._failures += 1
                 error = JudgeUnavailableError(
                     url=display_url(self.config.endpoint), model=model, attempts=attempts, reason=failure.reason,
-                    remedy=self.unavailable_remedy,
+                    setting_names=self.setting_names,
                 )
                 if not allow_failures:
                     raise error from None

@@ -12,8 +12,10 @@ from ue_dpo.benchmarks.judge import JudgeConfig
 from ue_dpo.commands import int_at_least
 from ue_dpo.evaluation.judge_settings import JUDGE_MAX_RETRIES_ENV, JUDGE_MODEL_ENV, JUDGE_TIMEOUT_ENV
 
-JUDGE_UNAVAILABLE_REMEDY = ("raise --judge-max-retries or --judge-timeout, or pass --allow-judge-failures to count them "
-                            "instead (failed items are then left out of the scores and reported as judge_failures)")
+JUDGE_FLAGS = {
+    "model": "--judge-model", "base_url": "--judge-base-url", "api_key": "OPENAI_API_KEY", "cache_dir": "--judge-cache-dir",
+    "max_retries": "--judge-max-retries", "timeout": "--judge-timeout", "allow_failures": "--allow-judge-failures",
+}
 
 # How the official code scores an empty response, which we keep (so the numbers stay the official ones).
 EMPTY_RESPONSE_SCORING = {
@@ -65,7 +67,7 @@ def _judge(args: argparse.Namespace):
         "judge_timeout": args.judge_timeout,
         "allow_judge_failures": True if args.allow_judge_failures else None,
     }
-    return task_judge(f"ue-dpo score {args.benchmark}", metadata, unavailable_remedy=JUDGE_UNAVAILABLE_REMEDY)
+    return task_judge(f"ue-dpo score {args.benchmark}", metadata, setting_names=JUDGE_FLAGS)
 
 
 def _score_amber(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,11 +23,17 @@ JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
 JUDGE_MAX_RETRIES_ENV = "UE_DPO_JUDGE_MAX_RETRIES"
 JUDGE_TIMEOUT_ENV = "UE_DPO_JUDGE_TIMEOUT"
 ALLOW_JUDGE_FAILURES_ENV = "UE_DPO_ALLOW_JUDGE_FAILURES"
-TASK_UNAVAILABLE_REMEDY = (
-    f"raise {JUDGE_MAX_RETRIES_ENV} or {JUDGE_TIMEOUT_ENV} (seconds), or set {ALLOW_JUDGE_FAILURES_ENV}=1 to count them "
-    f"instead (under `ue-dpo run`: `judge: {{allow_failures: true}}` in the experiment file, the other two in "
-    f"`evaluation.env`); failed items are then left out of the scores and reported as judge_failures"
-)
+# The judge settings as error messages name them to a user of the tasks (`ue-dpo run` passes its `judge:` block on
+# in these variables, and `evaluation.env` sets any of them).
+TASK_SETTING_NAMES = {
+    "model": f"{JUDGE_MODEL_ENV} (`judge.model` under `ue-dpo run`)",
+    "base_url": "OPENAI_BASE_URL (`judge.base_url` under `ue-dpo run`)",
+    "api_key": "OPENAI_API_KEY",
+    "cache_dir": f"{JUDGE_CACHE_DIR_ENV} (`judge.cache_dir` under `ue-dpo run`)",
+    "max_retries": JUDGE_MAX_RETRIES_ENV,
+    "timeout": f"{JUDGE_TIMEOUT_ENV} (seconds)",
+    "allow_failures": f"{ALLOW_JUDGE_FAILURES_ENV}=1 (`judge.allow_failures: true` under `ue-dpo run`)",
+}
 
 
 def default_judge_cache_dir() -> str:
@@ -35,7 +41,7 @@ def default_judge_cache_dir() -> str:
 
 
 def task_judge(task_name: str, metadata: Mapping[str, Any], *,
-               unavailable_remedy: str = TASK_UNAVAILABLE_REMEDY) -> JudgeClient:
+               setting_names: Mapping[str, str] = TASK_SETTING_NAMES) -> JudgeClient:
     model = setting(metadata, "judge_model", JUDGE_MODEL_ENV)
     if not model:
         raise JudgeConfigError(
@@ -50,4 +56,4 @@ def task_judge(task_name: str, metadata: Mapping[str, Any], *,
         "timeout": setting(metadata, "judge_timeout", JUDGE_TIMEOUT_ENV),
         "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
     }
-    return JudgeClient.from_options(options, unavailable_remedy=unavailable_remedy)
+    return JudgeClient.from_options(options, setting_names=setting_names)
