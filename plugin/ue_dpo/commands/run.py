@@ -5,16 +5,15 @@ import signal
 import sys
 from pathlib import Path
 
+RESUME_HINT = ("run the same command again to resume: finished stages are skipped, an interrupted training resumes "
+               "from its last checkpoint")
+
 
 def add_experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: the file's `output`)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="change one value of the experiment file (YAML syntax; runs are addressed by name), "
                              "e.g. --set evaluation.limit=8 --set runs.dpo.overrides.max_steps=4; repeatable")
-
-
-RESUME_HINT = ("run the same command again to resume: finished stages are skipped, an interrupted training resumes "
-               "from its last checkpoint")
 
 
 def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
