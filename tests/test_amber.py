@@ -14,6 +14,7 @@ from the rounded P and R (percent / 100) with eps 0.001 for existence and 0.0001
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import nltk
@@ -109,7 +110,8 @@ def test_generative_item_counts(spacy_pipeline, vocabulary):
     assert records[5]["hallucinated_nouns"] == ["river"]
     assert (records[5]["covered_truth_objects"], records[5]["mentioned_hallu_objects"]) == (1, 1)
 
-    assert records[18] == {"id": 18, "task": "generative", "missing": True}
+    assert records[4]["empty"] is True and records[1]["empty"] is False
+    assert records[18] == {"id": 18, "task": "generative", "missing": True, "empty": False}
 
 
 def test_similarity_threshold_is_configurable(spacy_pipeline, vocabulary):
@@ -131,7 +133,9 @@ def test_score_exact_parse(spacy_pipeline):
     # Cover = round(6 / 7.001 * 100, 1) = round(85.702, 1) = 85.7
     # Hal   = round(100 - 2 / 5.001 * 100, 1) = round(60.008, 1) = 60.0
     # Cog   = round(3 / 7.001 * 100, 1) = round(42.851, 1) = 42.9
-    assert result["generative"] == {"CHAIR": 27.3, "Cover": 85.7, "Hal": 60.0, "Cog": 42.9, "n": 5, "missing": 1}
+    # Item 4 is empty and stays in every denominator, as in the official code, and is counted as empty.
+    # (Left out, Hal would be round(100 - 1 / 4.001 * 100, 1) = 75.0 and Cover round(6 / 6.001 * 100, 1) = 100.0.)
+    assert result["generative"] == {"CHAIR": 27.3, "Cover": 85.7, "Hal": 60.0, "Cog": 42.9, "n": 5, "missing": 1, "empty": 1}
 
     disc = result["discriminative"]
     # Existence, 6-10 (truth/answer): no/No, no/"no" (not exactly "No": wrong, unparsed), yes/No,
@@ -291,6 +295,14 @@ def test_missing_data_file_is_named(tmp_path, missing):
         score_amber_files(data_dir, responses_path)
     assert missing in str(error.value)
     assert "AMBER repository" in str(error.value) and "data/" in str(error.value)
+
+
+def test_a_responses_file_that_is_not_json_is_named(tmp_path):
+    data_dir = write_amber_data_dir(tmp_path / "data")
+    responses_path = tmp_path / "responses.json"
+    responses_path.write_text('[{"id": 1, "response": "A dog."}', encoding="utf-8")
+    with pytest.raises(AmberDataError, match=re.escape(f"AMBER responses file {str(responses_path)!r} is not UTF-8 JSON")):
+        score_amber_files(data_dir, responses_path)
 
 
 def test_response_id_not_in_annotations(spacy_pipeline):

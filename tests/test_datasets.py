@@ -246,9 +246,9 @@ def test_sources_that_are_not_the_named_dataset_are_refused(sources, tmp_path):
     with pytest.raises(SourceError, match=r"has columns conversations, chosen, rejected, images, which are none"):
         convert("rlaif_v", tmp_path / "out", source=str(sources["llamafactory_rlhf_v"]))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="holds no .parquet or .arrow files; download openbmb/RLAIF-V-Dataset"):
+    with pytest.raises(SourceError, match="--source .*empty holds no .parquet or .arrow files; download openbmb/RLAIF-V-Dataset"):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "empty"))
-    with pytest.raises(SourceError, match="neither an existing folder nor a hub dataset id"):
+    with pytest.raises(SourceError, match="--source '.*missing' is neither an existing folder nor a hub dataset id"):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "missing"))
 
 
@@ -266,7 +266,7 @@ def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sour
 
     stopped = subprocess.run([*command[:4], str(tmp_path / "strict"), *command[5:], "--on-bad-sample", "error"],
                              check=False, capture_output=True, text=True, timeout=120)
-    assert stopped.returncode == 1
+    assert stopped.returncode == 2
     assert stopped.stderr.strip().splitlines()[-1] == (
         "ue-dpo data: error: rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image. Fix or remove that "
         "row, or pass --on-bad-sample skip.")

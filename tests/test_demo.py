@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llamafactory_runs import offline_env
@@ -55,10 +56,15 @@ def demo(tmp_path_factory):
         assert interrupted.poll() is None, interrupted.stdout.read()[-6000:]
         assert time.monotonic() < deadline, "no DPO checkpoint within 600 s"
         time.sleep(0.2)
+    started = children_of(interrupted.pid)  # ue-dpo and its llamafactory-cli
     os.killpg(interrupted.pid, signal.SIGKILL)
     interrupted.wait()
+    _, left_running = psutil.wait_procs(started, timeout=60)
+    assert not left_running, "the killed `ue-dpo run` left its training running"
     killed_state = {path.name for path in (out / "state").iterdir()}
-    killed_checkpoints = sorted(path.name for path in (out / "runs" / "dpo").glob("checkpoint-*"))
+    # Complete checkpoints only: the kill may land while a checkpoint is being written.
+    killed_checkpoints = [path.parent.name for path in sorted(
+        (out / "runs" / "dpo").glob("checkpoint-*/trainer_state.json"), key=lambda path: int(path.parent.name.split("-")[1]))]
     resumed = finish(make_demo(out))
     results = json.loads((out / "results.json").read_text())
     again = finish(make_demo(out))
@@ -177,3 +183,72 @@ def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
         assert by_label[label]["metrics"] == next(run for run in demo["results"]["runs"] if run["label"] == label)["metrics"]
     table = (demo["out"] / "results.md").read_text()
     assert all(f"| {label} |" in table for label in by_label)
+
+
+def children_of(pid: int) -> list:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def start_run(out: Path, log: Path) -> subprocess.Popen:
+    """`ue-dpo run` on the embedded default at small sizes, with a warm-up too long to finish and a checkpoint per step."""
+    settings = [*SMALL, "runs.warmup.overrides.max_steps=1000", "runs.warmup.overrides.save_steps=1"]
+    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / "configs" / "experiments" /
+               "embedded_default.yaml"), "--out", str(out), *(argument for setting in settings for argument in ("--set", setting))]
+    return subprocess.Popen(command, env=offline_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_when(process: subprocess.Popen, log: Path, ready, signal_number: int, grace: float = 0) -> tuple[int, str, list]:
+    """Send `signal_number` to `ue-dpo run` alone once `ready(log text)` holds: its exit status, its log, and the
+    processes it had started that still ran `grace` seconds after it exited (killed then)."""
+    deadline = time.monotonic() + 600
+    while not ready(log.read_text()):
+        assert process.poll() is None, log.read_text()[-6000:]
+        assert time.monotonic() < deadline, "not ready within 600 s"
+        time.sleep(0.2)
+    started = children_of(process.pid)
+    assert started, "ue-dpo run had no training process"
+    left_running = started
+    try:
+        os.kill(process.pid, signal_number)
+        returncode = process.wait(timeout=120)
+        _, left_running = psutil.wait_procs(started, timeout=grace)
+    finally:
+        for child in left_running:
+            child.kill()
+    return returncode, log.read_text(), left_running
+
+
+def test_sigterm_and_ctrl_c_stop_the_training_and_leave_the_run_resumable(tmp_path):
+    out = tmp_path / "out"
+    logs = [tmp_path / f"run{attempt}.log" for attempt in range(3)]
+
+    def checkpointed(_):
+        return any((out / "runs" / "warmup").glob("checkpoint-*/trainer_state.json"))
+
+    returncode, text, left_running = stop_when(start_run(out, logs[0]), logs[0], checkpointed, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, text[-4000:]
+    assert not left_running  # the training was stopped and waited for
+    # The message alone ends the output (no traceback of ours); a progress bar of the child may precede it on its line.
+    assert re.search(r"ue-dpo run: interrupted by SIGTERM: `\S+llamafactory-cli train \S+train-warmup.yaml` was stopped "
+                     r"\(its log: \S+train-warmup.log\); run the same command again to resume: finished stages are "
+                     r"skipped, an interrupted training resumes from its last checkpoint\n\Z", text), text[-2000:]
+    state = {path.name for path in (out / "state").iterdir()}
+    assert "train-warmup.started.json" in state and "train-warmup.done.json" not in state
+
+    resumed = re.compile(r"Resuming training from checkpoint with epoch \d+ and global step (\d+)\b")
+    returncode, text, left_running = stop_when(start_run(out, logs[1]), logs[1], resumed.search, signal.SIGINT)
+    assert returncode == 128 + signal.SIGINT, text[-4000:]
+    assert re.search(r"train warmup: resuming from \S+/checkpoint-\d+", text)
+    assert int(resumed.search(text).group(1)) >= 1
+    assert not left_running
+    assert re.search(r"ue-dpo run: interrupted by SIGINT: `[^`]+` was stopped \(its log: \S+\); run the same command "
+                     r"again to resume[^\n]*\n\Z", text), text[-2000:]
+    assert "train-warmup.done.json" not in {path.name for path in (out / "state").iterdir()}
+
+    # SIGKILL cannot be passed on: the training dies with `ue-dpo run` all the same, and the run stays resumable.
+    returncode, text, left_running = stop_when(start_run(out, logs[2]), logs[2], resumed.search, signal.SIGKILL,
+                                               grace=30)
+    assert returncode == -signal.SIGKILL and not left_running
+    assert re.search(r"train warmup: resuming from \S+/checkpoint-\d+", text)
+    assert "train-warmup.done.json" not in {path.name for path in (out / "state").iterdir()}

@@ -4,10 +4,14 @@ the report. The runner end to end, resumption included, is `make demo` in test_d
 import copy
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ue_dpo.cli import main
 from ue_dpo.experiment import embedded_default_path, runner
 from ue_dpo.experiment.config import ExperimentConfigError, apply_setting, load_experiment, parse_experiment
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
@@ -212,3 +216,49 @@ def test_results_json_names_the_source_files_of_the_converted_training_data(base
     assert commands[2:] == ["llamafactory-cli", "lmms-eval"]
     recorded = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["training"]["data"]
     assert (recorded["rlhf_v"]["subset"], recorded["rlhf_v"]["rows_read"]) == ({"kind": "first", "rows": 2}, 2)
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_line_and_column(tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text("output: results/x\nruns:\n  - name: dpo\n    train: [dpo.yaml\nevaluation: {tasks: [shapes_caption]}\n")
+    done = subprocess.run([str(Path(sys.executable).with_name("ue-dpo")), "run", str(path)], check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    # PyYAML's marks are 0-based: the flow sequence opens at line 4, column 12 (1-based) and is never closed.
+    assert done.stderr == (f"ue-dpo run: error: experiment file {path} is not valid YAML: while parsing a flow sequence "
+                           f"(line 4, column 12): expected ',' or ']', but got ':' (line 5, column 11); fix its syntax\n")
+
+
+def test_a_training_yaml_with_a_syntax_error_is_named_with_its_run(base_dir):
+    (base_dir / "broken.yaml").write_text("stage: dpo\ndo_train: true\n\tseed: 3\n")
+    with pytest.raises(ExperimentConfigError, match=re.escape(
+            f"runs.dpo.train: {base_dir / 'broken.yaml'} is not valid YAML: while scanning for the next token: found "
+            "character '\\t' that cannot start any token (line 3, column 1); fix its syntax")):
+        parse_experiment(changed("runs.dpo.train", "broken.yaml"), base_dir=base_dir)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (["--set", "runs.dpo.overrides.max_steps=[2"], ("ue-dpo run: error: --set 'runs.dpo.overrides.max_steps=[2': the "
+                                                    "value is not valid YAML (while parsing a flow sequence")),
+    (["--set", "evaluation.batch_size=0"], ("ue-dpo run: error: evaluation.batch_size: must be a positive integer, "
+                                            "got 0\n")),
+])
+def test_experiment_errors_are_printed_alone_and_exit_2(base_dir, settings, message, capsys):
+    path = base_dir / "experiment.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(path), *settings])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_a_failed_stage_is_printed_alone_and_exits_1(tmp_path, capsys):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "runs": [{"name": "base", "checkpoint": "m"}],
+                                    "evaluation": {"tasks": ["shapes_caption"], "launcher": ["no-such-lmms-eval"]}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(path)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"ue-dpo run: error: `no-such-lmms-eval` was not found beside {sys.executable} or "
+                                       "on PATH; install it (pip install ue-dpo brings llamafactory-cli and lmms-eval)\n")
+    assert not (tmp_path / "out" / "state").exists()  # nothing was marked finished

@@ -190,6 +190,22 @@ def test_model_dirs_are_read_as_full_models_or_lora_adapters(tiny_qwen2_vl_dir, 
         "finetuning_type": "lora", "template": "qwen2_vl"}
 
 
+@pytest.fixture
+def moved_base_adapter_dir(tmp_path):
+    """A LoRA adapter folder whose adapter_config.json names a base model that is no longer there."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
+                                                             "base_model_name_or_path": str(tmp_path / "gone")}))
+    return adapter
+
+
+def test_a_moved_base_model_is_given_with_base_model(moved_base_adapter_dir, tiny_qwen2_vl_dir):
+    assert model_keys(str(moved_base_adapter_dir), None, base_model=str(tiny_qwen2_vl_dir)) == {
+        "model_name_or_path": str(tiny_qwen2_vl_dir), "adapter_name_or_path": str(moved_base_adapter_dir),
+        "finetuning_type": "lora", "template": "qwen2_vl"}
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -200,14 +216,22 @@ def test_model_dirs_are_read_as_full_models_or_lora_adapters(tiny_qwen2_vl_dir, 
                                       "shapes_pref, shapes_sft.")),
         (["--data", "shapes_pref", "--dataset-dir", "{empty}"], ("--data shapes_pref: not a file, and "
                                                                  "{empty}/dataset_info.json does not exist")),
-        (["--n", "0"], "--n and --batch-size must be positive integers."),
         (["--ue", "tau=0.3"], "--ue tau=0.3: use ue_KEY=VALUE with a UE-DPO key"),
+        (["--ue", "ue_alpha=[0.3"], ("--ue ue_alpha=[0.3: the value is not valid YAML (while parsing a flow sequence (line 1, column 1): "
+                                         "expected ',' or ']', but got '<stream end>' (line 1, column 5)).")),
+        (["--ue", "ue_alpha=high"], "--ue ue_alpha: must be a number in (0, 1), got 'high'."),
+        (["--model", "{adapter}"], ("--model {adapter}: the base model {tmp}/gone named in {adapter}/adapter_config.json "
+                                    "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now.")),
+        (["--model", "{adapter}", "--base-model", "{missing}"], "--base-model {missing}: no such directory"),
+        (["--base-model", "{tmp}"], "--base-model {tmp} was given, but --model {model} is not a LoRA adapter directory"),
     ],
-    ids=["missing model", "not a model", "unknown dataset", "no dataset_info.json", "n=0", "not a ue key"],
+    ids=["missing model", "not a model", "unknown dataset", "no dataset_info.json", "not a ue key",
+         "ue value not YAML", "ue_alpha not a number", "base model gone", "missing --base-model", "--base-model, no LoRA"],
 )
 def test_bad_model_or_data_are_refused_naming_the_argument(arguments, message, tiny_qwen2_vl_dir, shapes_dataset_dir,
-                                                           tmp_path, capsys):
-    places = {"missing": tmp_path / "missing", "empty": tmp_path, "data": shapes_dataset_dir}
+                                                           moved_base_adapter_dir, tmp_path, capsys):
+    places = {"missing": tmp_path / "missing", "empty": tmp_path, "data": shapes_dataset_dir, "tmp": tmp_path,
+              "adapter": moved_base_adapter_dir, "model": tiny_qwen2_vl_dir}
     given = {"--model": str(tiny_qwen2_vl_dir), "--data": "shapes_pref", "--dataset-dir": str(shapes_dataset_dir)}
     arguments = [argument.format(**places) for argument in arguments]
     for flag, value in given.items():
@@ -215,5 +239,17 @@ def test_bad_model_or_data_are_refused_naming_the_argument(arguments, message, t
             arguments += [flag, value]
     with pytest.raises(SystemExit) as exit_info:
         main(["inspect", *arguments, "--out", str(tmp_path / "out")])
-    assert str(exit_info.value.code).startswith("ue-dpo inspect: ")
-    assert message.format(**places) in str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("ue-dpo inspect: error: ") and error.count("\n") == 1
+    assert message.format(**places) in error
+
+
+def test_a_ue_key_out_of_range_is_refused_before_the_model_loads(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--model", str(tiny_qwen2_vl_dir), "--data", "shapes_pref", "--dataset-dir",
+              str(shapes_dataset_dir), "--ue", "ue_tau=0.9", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err  # the stage's own message for the key (tests/test_stage_arguments.py), alone
+    assert error.startswith("ue-dpo inspect: error: `ue_tau: 0.9`") and error.count("\n") == 1
+    assert error.endswith("(set by --ue, --template or --cutoff-len)\n")

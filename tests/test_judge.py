@@ -71,7 +71,7 @@ def test_down_server_raises_a_clear_error_after_retries():
     assert "'judge-model'" in message
     assert "after 3 attempts" in message
     assert "HTTP 500" in message
-    assert "set allow_failures to count them instead" in message
+    assert "raise `max_retries` or `timeout`, or use `allow_failures` to count them instead" in message
     assert caught.value.attempts == 3
     assert client.judge_failures == 1
 
@@ -274,3 +274,21 @@ def test_loopback_judge_bypasses_environment_proxies(monkeypatch):
     with ScriptedJudgeServer(echo) as server:
         assert make_client(server.base_url, max_retries=0).complete(user("direct")) == "echo: direct"
         assert server.request_count == 1
+
+
+def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_them_when_down(monkeypatch, tmp_path):
+    from ue_dpo.evaluation.judge_settings import task_judge
+
+    monkeypatch.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
+    monkeypatch.setenv("UE_DPO_JUDGE_TIMEOUT", "7.5")
+    judge = task_judge("mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(),
+                                       "judge_cache_dir": str(tmp_path)})
+    assert (judge.config.max_retries, judge.config.timeout) == (0, 7.5)
+    with pytest.raises(JudgeUnavailableError) as caught:
+        judge.complete(user("q"))
+    message = str(caught.value)
+    assert "after 1 attempt:" in message
+    assert message.endswith(
+        "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or use UE_DPO_ALLOW_JUDGE_FAILURES=1 "
+        "(`judge.allow_failures: true` under `ue-dpo run`) to count them instead (failed items are then left out of "
+        "the scores and reported as judge_failures).")

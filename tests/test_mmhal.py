@@ -147,6 +147,17 @@ def test_metrics_by_hand():
     assert (metrics["judge_model"], metrics["judge_failures"], metrics["judge_unparsed"]) == ("judge-x", 1, 1)
 
 
+def test_empty_answers_are_judged_averaged_and_counted():
+    records = fixture_records()
+    records[0] = {**records[0], "model_answer": ""}  # rated 6 by the judge, as the official script would ask it
+    records[2] = {**records[2], "model_answer": " \n"}
+    metrics = mmhal_metrics(records)
+    assert metrics["empty"] == 2
+    # The same ratings as test_metrics_by_hand: the empty answers stay in every mean.
+    assert (metrics["n"], metrics["score"]) == (9, pytest.approx(27 / 9))
+    assert mmhal_metrics(fixture_records())["empty"] == 0
+
+
 def test_metrics_report_missing_types_and_refuse_bad_records():
     only_attribute = mmhal_metrics(fixture_records()[:1])
     assert only_attribute["per_type"]["attribute"] == 6.0 and only_attribute["per_type"]["other"] is None

@@ -127,6 +127,8 @@ def test_rule_path_scores():
     # chair_i     = hallucinated mentions / mentions = 3 / (4 + 2 + 1 + 2) = 3 / 9 = 33.33...
     # recall      = covered / ground truth = (2 + 1 + 1 + 0 + 1 + 0) / (3 + 2 + 1 + 2 + 2 + 3) = 5 / 13
     # avg_word_len = (12 + 11 + 6 + 4 + 6 + 1) / 6 = 40 / 6 (the empty answer splits into one "")
+    # The empty answer 6 is scored as the official code scores it (in chair_s_all and recall) and counted as empty;
+    # left out, chair_s_all would be 3 / 5 = 60.0 and recall 5 / 10 = 50.0.
     assert result == {
         "chair_s": 75.0,
         "chair_s_all": 50.0,
@@ -141,6 +143,7 @@ def test_rule_path_scores():
         "covered_objects": 5,
         "avg_word_len": pytest.approx(40 / 6),
         "missing": 1,
+        "empty": 1,
         "extraction_failures": 0,
         "extractor": "nltk",
     }

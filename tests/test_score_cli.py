@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from benchmark_fixtures import RESPONSES, RULE_ANSWERS, judge_by_type, write_amber_data_dir, write_coco_files, write_mmhal_responses
-from judge_server import ScriptedJudgeServer
+from judge_server import ScriptedHTTPError, ScriptedJudgeServer, unused_loopback_url
 from nlp_resources import install_test_resources
 
 UE_DPO = Path(sys.executable).with_name("ue-dpo")
@@ -53,14 +53,22 @@ def test_score_amber_json(run, amber_files, nlp_resources):
     data_dir, responses = amber_files
     spacy_model = str(nlp_resources.spacy_pipeline)
     result = json_output(run("amber", "--data-dir", str(data_dir), "--responses", str(responses), "--spacy-model", spacy_model, "--json"))
-    # tests/test_amber.py::test_score_exact_parse
-    assert result["generative"] == {"CHAIR": 27.3, "Cover": 85.7, "Hal": 60.0, "Cog": 42.9, "n": 5, "missing": 1}
+    # tests/test_amber.py::test_score_exact_parse: the empty response of item 4 is scored as the official code does
+    assert result["generative"] == {"CHAIR": 27.3, "Cover": 85.7, "Hal": 60.0, "Cog": 42.9, "n": 5, "missing": 1, "empty": 1}
     overall = result["discriminative"]["overall"]
     assert (overall["Accuracy"], overall["Precision"], overall["Recall"], overall["F1"]) == (50.0, 50.0, 60.0, 54.5)
     existence = result["discriminative"]["existence"]
     assert (existence["Accuracy"], existence["Precision"], existence["Recall"], existence["F1"]) == (40.0, 33.3, 50.0, 39.9)
     assert (result["discriminative"]["attribute"]["F1"], result["discriminative"]["relation"]["F1"]) == (66.5, 66.6)
     assert (result["amber_score"], result["parse"]) == (63.6, "exact")
+
+
+def test_score_amber_says_that_empty_responses_were_scored(run, amber_files, nlp_resources):
+    data_dir, responses = amber_files
+    result = run("amber", "--data-dir", str(data_dir), "--responses", str(responses), "--spacy-model", str(nlp_resources.spacy_pipeline))
+    assert result.returncode == 0, result.stderr
+    assert "ue-dpo score amber: note: 1 response is empty; AMBER's code scores an empty caption as one with no objects" in result.stderr
+    assert dict(line.rsplit(None, 1) for line in result.stdout.strip().splitlines())["empty responses"] == "1"
 
 
 def test_score_amber_table_with_the_lenient_parse(run, amber_files, nlp_resources):
@@ -78,25 +86,38 @@ def test_score_amber_names_a_missing_data_file(run, tmp_path):
     data_dir = write_amber_data_dir(tmp_path / "data", skip=("relation.json",))
     (tmp_path / "responses.json").write_text("[]", encoding="utf-8")
     result = run("amber", "--data-dir", str(data_dir), "--responses", str(tmp_path / "responses.json"), "--json")
-    assert result.returncode == 1 and result.stdout == ""
-    assert "ue-dpo score amber: AMBER file 'relation.json' not found" in result.stderr and "AMBER repository" in result.stderr
+    assert result.returncode == 2 and result.stdout == ""
+    assert "ue-dpo score amber: error: AMBER file 'relation.json' not found" in result.stderr and "AMBER repository" in result.stderr
+
+
+def test_score_amber_names_a_responses_file_that_is_not_json(run, tmp_path):
+    data_dir = write_amber_data_dir(tmp_path / "data")
+    responses = tmp_path / "responses.json"
+    responses.write_text("id,response\n1,A dog.\n", encoding="utf-8")
+    result = run("amber", "--data-dir", str(data_dir), "--responses", str(responses))
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()  # the message alone, no traceback
+    assert line.startswith(f"ue-dpo score amber: error: AMBER responses file {str(responses)!r} is not UTF-8 JSON")
+    assert "a JSON list of {'id', 'response'} objects" in line
 
 
 def test_score_object_halbench_json_and_cached_ground_truth(run, tmp_path):
     coco_dir = write_coco_files(tmp_path / "annotations")
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps(answer) + "\n" for answer in RULE_ANSWERS), encoding="utf-8")
-    result = json_output(run("object_halbench", "--coco-dir", str(coco_dir), "--responses", str(answers), "--json"))
+    done = run("object_halbench", "--coco-dir", str(coco_dir), "--responses", str(answers), "--json")
+    result = json_output(done)
+    assert "ue-dpo score object_halbench: note: 1 response is empty; the official code scores an empty answer" in done.stderr
     # tests/test_object_halbench.py::test_rule_path_scores
     assert (result["chair_s"], result["chair_s_all"]) == (75.0, 50.0)
     assert result["chair_i"] == pytest.approx(100 / 3) and result["recall"] == pytest.approx(500 / 13)
-    assert (result["n"], result["missing"], result["extraction_failures"], result["extractor"]) == (6, 1, 0, "nltk")
+    assert (result["n"], result["missing"], result["empty"], result["extraction_failures"], result["extractor"]) == (6, 1, 1, 0, "nltk")
     (cached,) = (tmp_path / "cache" / "object_halbench" / "coco_ground_truth").glob("*.json")
     assert json.loads(cached.read_text())["ground_truth"]["4"] == ["dining table", "wine glass"]
 
     (coco_dir / "instances_val2014.json").unlink()
     missing = run("object_halbench", "--coco-dir", str(coco_dir), "--responses", str(answers))
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert "instances_val2014.json not found" in missing.stderr and "annotations_trainval2014.zip" in missing.stderr
 
 
@@ -122,6 +143,43 @@ def test_score_mmhal_bench_needs_a_judge_model_and_all_items(run, tmp_path):
     responses = tmp_path / "responses.json"
     write_mmhal_responses(responses, count=8)
     no_model = run("mmhal_bench", "--responses", str(responses))
-    assert no_model.returncode == 1 and "--judge-model" in no_model.stderr
+    assert no_model.returncode == 2 and "--judge-model" in no_model.stderr
     subset = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", "http://127.0.0.1:9/v1")
-    assert subset.returncode == 1 and "has 8 items, expected 96" in subset.stderr
+    assert subset.returncode == 2
+    assert f"error: MMHal-Bench responses file {responses} has 8 items, expected 96; answer every item, or pass --allow-subset" in subset.stderr
+    assert "expected_items" not in subset.stderr
+
+
+def test_score_mmhal_bench_scores_a_subset_with_allow_subset_and_counts_empty_answers(run, tmp_path):
+    responses = tmp_path / "responses.json"
+    items = write_mmhal_responses(responses, count=8)
+    items[0]["model_answer"] = ""  # judged like any other answer, as the official script does
+    responses.write_text(json.dumps(items), encoding="utf-8")
+    with ScriptedJudgeServer(judge_by_type) as server:
+        result = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", server.base_url,
+                     "--judge-cache-dir", str(tmp_path / "judge"), "--allow-subset", "--json")
+        assert server.request_count == 8
+    scored = json_output(result)
+    # One item per type, rated 6, 5, 4, 3, 2, 1, 0, 0 (benchmark_fixtures.REPLY_BY_TYPE): 21 / 8.
+    assert (scored["n"], scored["score"], scored["empty"]) == (8, pytest.approx(21 / 8), 1)
+    assert "ue-dpo score mmhal_bench: note: 1 response is empty; the official script sends empty answers to the judge" in result.stderr
+
+
+def test_judge_errors_name_the_flags_that_fix_them(run, tmp_path):
+    responses = tmp_path / "responses.json"
+    write_mmhal_responses(responses, count=1)
+    result = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", unused_loopback_url(),
+                 "--judge-cache-dir", str(tmp_path / "judge"), "--judge-max-retries", "0", "--judge-timeout", "5", "--allow-subset")
+    assert result.returncode == 2 and result.stdout == ""
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("ue-dpo score mmhal_bench: error: LLM judge at ") and "after 1 attempt:" in message
+    assert message.endswith("raise --judge-max-retries or --judge-timeout, or use --allow-judge-failures to count them instead "
+                            "(failed items are then left out of the scores and reported as judge_failures).")
+    assert "`max_retries`" not in result.stderr and "Traceback" not in result.stderr
+
+    with ScriptedJudgeServer(lambda payload: ScriptedHTTPError(404)) as server:
+        wrong_url = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", server.base_url,
+                        "--judge-cache-dir", str(tmp_path / "judge"), "--allow-subset")
+    assert wrong_url.returncode == 2
+    assert wrong_url.stderr.strip().splitlines()[-1].endswith(
+        "Fix: the endpoint or model was not found; check --judge-base-url (it should end in /v1) and --judge-model.")

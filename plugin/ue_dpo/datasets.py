@@ -266,11 +266,11 @@ def _local_copy(spec: PreferenceSource, source: str, revision: str | None) -> tu
             raise SourceError(f"--revision {revision} applies to a hub download; the --source folder {source} is "
                               "read as it is (its files' digests are recorded)")
         if not path.is_dir():
-            raise SourceError(f"source {source} is a file; pass the folder holding the {spec.hub_id} parquet or "
+            raise SourceError(f"--source {source} is a file; pass the folder holding the {spec.hub_id} parquet or "
                               "arrow files (or a `save_to_disk` folder)")
         return path, None
     if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
-        raise SourceError(f"source {source!r} is neither an existing folder nor a hub dataset id like {spec.hub_id}")
+        raise SourceError(f"--source {source!r} is neither an existing folder nor a hub dataset id like {spec.hub_id}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
@@ -305,7 +305,7 @@ def _data_files(spec: PreferenceSource, folder: Path) -> list[Path]:
                     "e.g. several snapshots of a Hugging Face cache; pass the one folder to read "
                     "(`.../snapshots/<commit>`) as --source, or download a revision with --revision")
             return files
-    raise SourceError(f"{folder} holds no .parquet or .arrow files; download {spec.hub_id} there "
+    raise SourceError(f"--source {folder} holds no .parquet or .arrow files; download {spec.hub_id} there "
                       f"(e.g. `hf download {spec.hub_id} --repo-type dataset --local-dir {folder}`)")
 
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.core.weights import CATEGORY_NAMES
+from ue_dpo.model_paths import is_local_path
 
 CATEGORY_COLOURS = ("#e8e8e8", "#f28b82", "#fbc16a", "#8ab4f8")  # indexed like CATEGORY_NAMES
 FILE_DATASET = "ue_dpo_inspect"
@@ -49,17 +50,28 @@ class InspectedPair:
     rejected: list[InspectedToken]
 
 
-def model_keys(model: str, template: str | None) -> dict[str, Any]:
-    """LLaMA-Factory keys that load `model` (a full model directory or a LoRA adapter directory)."""
+def model_keys(model: str, template: str | None, base_model: str | None = None) -> dict[str, Any]:
+    """LLaMA-Factory keys that load `model` (a full model directory or a LoRA adapter directory, whose base is
+    `base_model` when given, else the one its adapter_config.json names)."""
     path = Path(model)
     if not path.is_dir():
         raise InspectError(f"--model {model}: no such directory; give a model directory or a LoRA adapter directory.")
-    if (path / "adapter_config.json").is_file():
-        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        base = base_model or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base:
-            raise InspectError(f"--model {model}: adapter_config.json names no base_model_name_or_path.")
+            raise InspectError(f"--model {model}: {adapter_config} names no base_model_name_or_path; pass "
+                               "--base-model PATH.")
+        if is_local_path(base) and not Path(base).exists():
+            if base_model is not None:
+                raise InspectError(f"--base-model {base}: no such directory; give the adapter's base model.")
+            raise InspectError(f"--model {model}: the base model {base} named in {adapter_config} "
+                               "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now.")
         keys = {"model_name_or_path": base, "adapter_name_or_path": str(path), "finetuning_type": "lora"}
         config_dir = Path(base)
+    elif base_model is not None:
+        raise InspectError(f"--base-model {base_model} was given, but --model {model} is not a LoRA adapter directory "
+                           "(no adapter_config.json); drop --base-model.")
     elif (path / "config.json").is_file():
         keys = {"model_name_or_path": str(path), "finetuning_type": "full"}
         config_dir = path
@@ -103,15 +115,23 @@ def parse_ue_settings(settings: list[str]) -> dict[str, Any]:
     """`ue_KEY=VALUE` strings (values read as YAML scalars) to keys; the weighting is always UE-DPO's."""
     import yaml
 
+    from ue_dpo.experiment.config import describe_yaml_error
+
     keys = {}
     for setting in settings:
         name, separator, value = setting.partition("=")
         if not separator or not name.startswith("ue_"):
             raise InspectError(f"--ue {setting}: use ue_KEY=VALUE with a UE-DPO key, e.g. --ue ue_tau=0.3.")
-        keys[name] = yaml.safe_load(value)
+        try:
+            keys[name] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise InspectError(f"--ue {setting}: the value is not valid YAML ({describe_yaml_error(error)}).") from None
     if keys.get("ue_weighting", "ue") != "ue":
         raise InspectError("--ue ue_weighting: the inspector shows UE-DPO's categories; leave ue_weighting out.")
-    if keys.get("ue_alpha", 0.3) <= 0:
+    alpha = keys.get("ue_alpha", 0.3)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise InspectError(f"--ue ue_alpha: must be a number in (0, 1), got {alpha!r}.")
+    if alpha <= 0:
         raise InspectError("--ue ue_alpha: must be > 0 (α = 0 skips the noised pass, so u and Δ are not measured).")
     return keys
 
@@ -129,7 +149,10 @@ def build_trainer(model_settings: dict, data_settings: dict, ue_settings: dict, 
         "stage": "ue_dpo", "ue_weighting": "ue", "do_train": False, "max_samples": n, "cutoff_len": cutoff_len,
         "output_dir": str(out_dir), "overwrite_cache": True, "preprocessing_num_workers": 1, "report_to": "none",
     }
-    model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    try:
+        model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
+    except ValueError as error:  # a refused key or value, named in the message
+        raise InspectError(f"{error} (set by --ue, --template or --cutoff-len)") from None
     trainer, _ = build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args)
     return trainer
 

@@ -27,7 +27,10 @@ carry 3 x 0.001, as in the official code. AMBER Score = (100 - CHAIR + overall F
 On top of the official numbers, every group reports `n` (items scored), `missing` (annotation
 items with no response, or a response of None: not scored) and, for the discriminative groups,
 `unparsed` (answers that are neither "Yes" nor "No" under the parse mode; the official code scores
-them as wrong answers, and so do we, but they are counted).
+them as wrong answers, and so do we, but they are counted). The generative group also reports
+`empty`: responses that are empty or only whitespace. The official code scores them as captions
+without nouns (hallucination-free in Hal, nothing covered in Cover and Cog), and so do we: they stay
+in every denominator, and are counted. An empty yes/no answer is `unparsed`.
 """
 
 from __future__ import annotations
@@ -330,7 +333,7 @@ def amber_item_result(
 ) -> dict[str, Any]:
     """One annotation entry and its response (None: no response) as a record for `amber_metrics`.
 
-    Records: {"id", "task": "generative", "missing", + the counts of amber_generative_counts} or
+    Records: {"id", "task": "generative", "missing", "empty", + the counts of amber_generative_counts} or
     {"id", "task": "discriminative", "group", "truth", "answer", "unparsed", "missing"}.
     """
     if parse not in AMBER_ANSWER_PARSE_MODES:
@@ -340,7 +343,8 @@ def amber_item_result(
     if response is not None and not isinstance(response, str):
         raise AmberDataError(f"AMBER item {item_id}: the response must be a string, got {type(response).__name__}.")
     if entry["type"] == AMBER_GENERATIVE_TYPE:
-        record: dict[str, Any] = {"id": item_id, "task": "generative", "missing": response is None}
+        record: dict[str, Any] = {"id": item_id, "task": "generative", "missing": response is None,
+                                  "empty": response is not None and not response.strip()}
         if response is not None:
             record.update(
                 amber_generative_counts(
@@ -433,7 +437,7 @@ def amber_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     mentioned_hallu = 0
     responses = AMBER_COUNTER_START
     hallucination_free = 0
-    generative_n = generative_missing = 0
+    generative_n = generative_missing = generative_empty = 0
     overall = _QuestionCounters()
     groups = {name: _QuestionCounters() for name in AMBER_COUNTER_GROUPS}
 
@@ -443,6 +447,7 @@ def amber_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 generative_missing += 1
                 continue
             generative_n += 1
+            generative_empty += record["empty"]
             hallucinated_nouns += record["hallucinated_mentions"]
             counted_nouns += record["mentions"]
             covered_truth += record["covered_truth_objects"]
@@ -468,7 +473,7 @@ def amber_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "Hal": round(100 - hallucination_free / responses * 100, 1),
             "Cog": round(mentioned_hallu / hallu_objects * 100, 1),
         }
-    generative.update(n=generative_n, missing=generative_missing)
+    generative.update(n=generative_n, missing=generative_missing, empty=generative_empty)
 
     discriminative = {
         "overall": _qa_group([overall], AMBER_F1_EPSILON),
@@ -537,7 +542,7 @@ def score_amber(
 ) -> dict[str, Any]:
     """Score AMBER responses given the contents of annotations.json, relation.json and safe_words.txt.
 
-    Returns {"generative": {"CHAIR", "Cover", "Hal", "Cog", "n", "missing"},
+    Returns {"generative": {"CHAIR", "Cover", "Hal", "Cog", "n", "missing", "empty"},
     "discriminative": {group: {"Accuracy", "Precision", "Recall", "F1", "n", "unparsed", "missing"}}
     for groups overall, existence, attribute, relation (and state, number, action),
     "amber_score", "parse"}; metrics are percentages, None for a group with no scored item.
@@ -552,11 +557,15 @@ def load_amber_responses(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"AMBER responses file {str(path)!r} not found.")
-    with open(path, encoding="utf-8") as handle:
-        if path.suffix == ".jsonl":
-            items = [json.loads(line) for line in handle if line.strip()]
-        else:
-            items = json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if path.suffix == ".jsonl":
+                items = [json.loads(line) for line in handle if line.strip()]
+            else:
+                items = json.load(handle)
+    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError
+        raise AmberDataError(f"AMBER responses file {str(path)!r} is not UTF-8 JSON ({error}); it must hold AMBER's "
+                             f"format, a JSON list of {{'id', 'response'}} objects (or one object per line in a .jsonl file).") from None
     if not isinstance(items, list):
         raise AmberDataError(f"{str(path)!r}: expected a JSON list of {{'id', 'response'}} objects.")
     return items

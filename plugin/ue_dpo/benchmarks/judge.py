@@ -25,37 +25,28 @@ from typing import Any
 
 import openai
 
-from ue_dpo.benchmarks.judge_config import JudgeConfig, JudgeConfigError, JudgeError, display_url
+from ue_dpo.benchmarks.judge_config import (
+    SETTING_NAMES,
+    JudgeConfig,
+    JudgeConfigError,
+    JudgeUnavailableError,
+    display_url,
+)
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILENAME = "judge_cache.sqlite3"
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Fixes of the HTTP answers that mean a misconfigured judge, formatted with SETTING_NAMES.
 _CONFIG_ERROR_STATUS = {
-    401: "the server rejected the API key; set OPENAI_API_KEY (or the judge `api_key` option)",
+    401: "the server rejected the API key; set {api_key}",
     403: "the API key is not allowed to use this model or endpoint",
-    404: "the endpoint or model was not found; check the judge `base_url` (it should end in /v1) and `model`",
+    404: "the endpoint or model was not found; check {base_url} (it should end in /v1) and {model}",
 }
 # OpenAI echoes a masked key ("sk-abc***...1234") in 401 bodies; drop anything shaped like a key.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{3,}")
 _SERVER_TEXT_LIMIT = 300
-
-
-class JudgeUnavailableError(JudgeError):
-    """The judge gave no usable reply after all attempts."""
-
-    def __init__(self, *, url: str, model: str, attempts: int, reason: str):
-        self.url = url
-        self.model = model
-        self.attempts = attempts
-        self.reason = reason
-        super().__init__(
-            f"LLM judge at {url} (model {model!r}) gave no usable reply after {attempts} "
-            f"attempt{'s' if attempts != 1 else ''}: {reason}. Check that the server is up and "
-            "serves this model, raise `max_retries`/`timeout`, or set allow_failures to count them "
-            "instead (failed items are then left out of the scores and reported as judge_failures)."
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +87,7 @@ class JudgeCache:
     """Replies keyed by `judge_cache_key`, in `<cache_dir>/judge_cache.sqlite3`; first reply wins. One connection
     guarded by a lock serves all threads; sqlite's file locking (60 s busy timeout) covers processes sharing it."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, setting_name: str = SETTING_NAMES["cache_dir"]):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / CACHE_FILENAME
         self._lock = threading.Lock()
@@ -105,7 +96,7 @@ class JudgeCache:
             self._execute("CREATE TABLE IF NOT EXISTS judge_replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL,"
                           " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)")
         except sqlite3.Error as exc:
-            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another cache_dir.") from None
+            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another {setting_name}.") from None
 
     def _execute(self, statement: str, parameters: tuple = ()) -> tuple | None:
         with self._lock:
@@ -132,11 +123,13 @@ class JudgeClient:
     threads. At most `config.concurrency` calls (each with its retries) are in flight, whichever threads issue them.
     """
 
-    def __init__(self, config: JudgeConfig):
+    def __init__(self, config: JudgeConfig, *, setting_names: Mapping[str, str] | None = None):
         if not isinstance(config, JudgeConfig):
             raise TypeError(f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...).")
         self.config = config
-        self.cache = JudgeCache(config.cache_dir) if config.cache_dir is not None else None
+        self.setting_names = {**SETTING_NAMES, **(setting_names or {})}
+        self.cache = (JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
+                      if config.cache_dir is not None else None)
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._stats_lock = threading.Lock()
         self._stats = {"http_requests": 0, "cache_hits": 0, "judge_failures": 0}
@@ -196,7 +189,7 @@ class JudgeClient:
                 detail = f"HTTP {error.status_code}" + (f": {server_text}" if server_text else "")
                 if error.status_code in _CONFIG_ERROR_STATUS:
                     raise JudgeConfigError(f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) "
-                                           f"answered {detail}. Fix: {_CONFIG_ERROR_STATUS[error.status_code]}.") from None
+                                           f"answered {detail}. Fix: {_CONFIG_ERROR_STATUS[error.status_code].format(**self.setting_names)}.") from None
                 return None, None, detail
             except openai.APIConnectionError as error:  # timeouts included
                 cause = error.__cause__ or error
@@ -225,7 +218,8 @@ class JudgeClient:
         content, served_model, failure = self._chat_completion(payload)
         if failure is not None:
             self._count("judge_failures")
-            error = JudgeUnavailableError(url=display_url(self.config.endpoint), model=model, attempts=self._call.attempts, reason=failure)
+            error = JudgeUnavailableError(url=display_url(self.config.endpoint), model=model, attempts=self._call.attempts,
+                                          reason=failure, setting_names=self.setting_names)
             if not allow_failures:
                 raise error
             logger.warning("%s (counted as a judge failure because allow_failures is set)", error)

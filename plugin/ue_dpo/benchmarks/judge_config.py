@@ -23,6 +23,31 @@ class JudgeConfigError(JudgeError):
     """The judge is misconfigured (bad option, rejected key, unknown model); never counted as a failure."""
 
 
+# How the user sets each judge option, as error messages name it: JudgeConfig's fields by default; callers that
+# configure the judge from flags or environment variables pass their own names (JudgeClient's `setting_names`).
+SETTING_NAMES = {
+    "model": "`model`", "base_url": "`base_url`", "api_key": "OPENAI_API_KEY (or the judge `api_key` option)",
+    "cache_dir": "`cache_dir`", "max_retries": "`max_retries`", "timeout": "`timeout`", "allow_failures": "`allow_failures`",
+}
+
+
+class JudgeUnavailableError(JudgeError):
+    """The judge gave no usable reply after all attempts."""
+
+    def __init__(self, *, url: str, model: str, attempts: int, reason: str, setting_names: Mapping[str, str] = SETTING_NAMES):
+        self.url = url
+        self.model = model
+        self.attempts = attempts
+        self.reason = reason
+        super().__init__(
+            f"LLM judge at {url} (model {model!r}) gave no usable reply after {attempts} "
+            f"attempt{'s' if attempts != 1 else ''}: {reason}. Check that the server is up and "
+            f"serves this model, raise {setting_names['max_retries']} or {setting_names['timeout']}, or use "
+            f"{setting_names['allow_failures']} to count them instead (failed items are then left out of the scores "
+            "and reported as judge_failures)."
+        )
+
+
 def _parse_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value

@@ -2,9 +2,11 @@
 
 The judge prompt is the official template, byte for byte; the rating parse and the aggregates
 (average score, hallucination rate, per-type averages, RLAIF-V's informativeness) follow the
-official scripts. Two things are reported on top, never changing the official numbers:
-`judge_unparsed` (replies with zero or several ratings, which the official code scores 0) and,
-only with `allow_failures`, `judge_failures` (items the judge never answered, left out of the means).
+official scripts. Three things are reported on top, never changing the official numbers:
+`judge_unparsed` (replies with zero or several ratings, which the official code scores 0),
+`empty` (empty or whitespace-only `model_answer`s, judged and averaged like any other, as the
+official script does) and, only with `allow_failures`, `judge_failures` (items the judge never
+answered, left out of the means).
 
 One code path serves the lmms-eval task (`score_mmhal_item` per doc, `mmhal_metrics` to
 aggregate) and the CLI (`score_mmhal_file`).
@@ -191,7 +193,7 @@ def score_mmhal_items(items: Sequence[Mapping[str, Any]], judge: JudgeClient) ->
 def _checked_record(record: Any, index: int) -> tuple[str, int | None, bool, str]:
     if not isinstance(record, Mapping):
         raise ValueError(f"MMHal-Bench record {index} must be a dict from score_mmhal_item, got {type(record).__name__}.")
-    for key in ("question_type", "rating", "judge_model", "judge_unparsed", "judge_failed"):
+    for key in ("question_type", "model_answer", "rating", "judge_model", "judge_unparsed", "judge_failed"):
         if key not in record:
             raise ValueError(f"MMHal-Bench record {index} lacks `{key}`; build records with score_mmhal_item / mmhal_item_record.")
     rating, failed = record["rating"], record["judge_failed"]
@@ -215,8 +217,9 @@ def mmhal_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     printed). informativeness: RLAIF-V's mean(s - 3 if s >= 3 else s) / 3 * 100. per_type: mean
     rating per question_type (official 8 types first; None where a type has no rating).
     Unparsed replies count as rating 0 (official); failed items are left out and counted.
-    Means over no ratings are None.
+    Means over no ratings are None. empty: records whose model_answer is empty or whitespace.
     """
+    records = list(records)
     checked = [_checked_record(record, index) for index, record in enumerate(records)]
     if not checked:
         raise ValueError("No MMHal-Bench records to aggregate.")
@@ -238,6 +241,7 @@ def mmhal_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "informativeness": None if informativeness is None else informativeness / 3 * 100,
         "per_type": {question_type: _mean(values) for question_type, values in ratings_by_type.items()},
         "n": len(ratings),
+        "empty": sum(1 for record in records if not record["model_answer"].strip()),
         "judge_model": judge_models[0],
         "judge_failures": sum(1 for _, rating, _, _ in checked if rating is None),
         "judge_unparsed": sum(1 for _, _, unparsed, _ in checked if unparsed),

@@ -22,7 +22,8 @@ recall = distinct correctly mentioned classes / ground-truth classes, summed ove
 
 Not scored, but counted: responses that are None (`missing`) and, on the gpt path, LLM replies
 that are not a JSON list (`extraction_failures`; the official script retried those, which a
-cached judge cannot do).
+cached judge cannot do). Scored and counted: answers that are empty after the clean-up (`empty`);
+as in the official code they mention no object, so they count in chair_s_all and recall, not in chair_s.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def object_halbench_item_result(
     """One answer (raw text, None if missing) against its image's ground-truth classes, as a record
     for `object_halbench_metrics`: {"question_id", "image_id", "status" ("scored" | "missing" |
     "extraction_failed"), "mentions" [[word, class]], "hallucinated" [[word, class]],
-    "ground_truth" [classes], "covered" [classes], "word_count", "judge_reply"}."""
+    "ground_truth" [classes], "covered" [classes], "word_count", "judge_reply", "empty"}."""
     if extractor not in OBJECT_HALBENCH_EXTRACTORS:
         raise ValueError(f"Unknown Object-HalBench extractor {extractor!r}; use one of {OBJECT_HALBENCH_EXTRACTORS}.")
     gt = frozenset(ground_truth)
@@ -289,12 +290,14 @@ def object_halbench_item_result(
         "covered": [],
         "word_count": 0,
         "judge_reply": None,
+        "empty": False,
     }
     if text is None:
         return {**record, "status": "missing"}
     if not isinstance(text, str):
         raise ObjectHalBenchDataError(f"Object-HalBench answer {question_id}: the text must be a string, got {type(text).__name__}.")
     answer = clean_answer_text(text)
+    record["empty"] = not answer
     record["word_count"] = len(answer.strip().split(" "))
     if extractor == "nltk":
         mentions = caption_coco_mentions(answer)
@@ -318,9 +321,10 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
 
     Returns {"chair_s", "chair_s_all", "chair_i", "recall" (percent, None when undefined), "n",
     "coco_responses", "hallucinated_responses", "coco_mentions", "hallucinated_mentions",
-    "ground_truth_objects", "covered_objects", "avg_word_len", "missing", "extraction_failures"}.
+    "ground_truth_objects", "covered_objects", "avg_word_len", "missing", "empty", "extraction_failures"}.
     """
     n = coco_responses = hallucinated_responses = mentions = hallucinated_mentions = gt_objects = covered = words = 0
+    empty = 0
     missing = extraction_failures = 0
     for record in records:
         status = record["status"]
@@ -333,6 +337,7 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
         if status != "scored":
             raise ObjectHalBenchDataError(f"Not an Object-HalBench item record: {record!r:.200}.")
         n += 1
+        empty += record["empty"]
         coco_responses += bool(record["mentions"])
         hallucinated_responses += bool(record["hallucinated"])
         mentions += len(record["mentions"])
@@ -354,6 +359,7 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
         "covered_objects": covered,
         "avg_word_len": words / n if n else None,
         "missing": missing,
+        "empty": empty,
         "extraction_failures": extraction_failures,
     }
 

@@ -3,16 +3,18 @@
 import argparse
 from pathlib import Path
 
+from ue_dpo.commands import int_at_least
 from ue_dpo.datasets import BAD_SAMPLE_POLICIES, PROVENANCE_SUFFIX, SOURCES
 
 
 def _run(args: argparse.Namespace) -> None:
     import logging
 
+    from ue_dpo.commands import exit_with_user_error
     from ue_dpo.datasets import BadSampleError, SourceError, Subset, convert
 
     if args.seed is not None and args.random is None:
-        raise SystemExit("ue-dpo data: error: --seed applies to --random N; pass --random N --seed S, or drop --seed")
+        exit_with_user_error("data", "--seed applies to --random N; pass --random N --seed S, or drop --seed")
     if args.first is not None:
         subset = Subset("first", args.first)
     elif args.random is not None:
@@ -26,15 +28,8 @@ def _run(args: argparse.Namespace) -> None:
         report = convert(args.dataset, args.out, source=args.source, revision=args.revision, subset=subset,
                          on_bad_sample=args.on_bad_sample)
     except (BadSampleError, SourceError) as error:
-        raise SystemExit(f"ue-dpo data: error: {error}") from None
+        exit_with_user_error("data", error)
     print(report.summary())
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of rows, got {value}")
-    return value
 
 
 def register(commands) -> None:
@@ -58,10 +53,10 @@ def register(commands) -> None:
                         help="branch, tag or commit of the hub dataset to download (default: main); the commit it "
                              "resolves to is recorded")
     subset = parser.add_mutually_exclusive_group()
-    subset.add_argument("--first", type=_positive_int, metavar="N",
+    subset.add_argument("--first", type=int_at_least(1), metavar="N",
                         help="convert only the first N rows of the source, counted by their index in the source "
                              "(bad rows among them are skipped, not replaced)")
-    subset.add_argument("--random", type=_positive_int, metavar="N",
+    subset.add_argument("--random", type=int_at_least(1), metavar="N",
                         help="convert N rows of the source drawn at random with --seed (the same rows on every "
                              "machine); reads the source twice")
     parser.add_argument("--seed", type=int, metavar="S", help="seed of --random (default 0)")

@@ -1,11 +1,13 @@
 """`ue-dpo inspect`: every response token of N pairs coloured by its UE-DPO category, with u, Δ and λ."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from ue_dpo.commands import int_at_least
 
 
 def _run(args: argparse.Namespace) -> None:
+    from ue_dpo.commands import exit_with_user_error
     from ue_dpo.inspection import (
         InspectError,
         build_trainer,
@@ -18,13 +20,11 @@ def _run(args: argparse.Namespace) -> None:
     )
 
     try:
-        if args.n < 1 or args.batch_size < 1:
-            raise InspectError("--n and --batch-size must be positive integers.")
-        settings = (model_keys(args.model, args.template), data_keys(args.data, args.dataset_dir, args.out / "data"),
-                    parse_ue_settings(args.ue))
+        settings = (model_keys(args.model, args.template, args.base_model),
+                    data_keys(args.data, args.dataset_dir, args.out / "data"), parse_ue_settings(args.ue))
+        trainer = build_trainer(*settings, n=args.n, cutoff_len=args.cutoff_len, out_dir=args.out)
     except InspectError as error:
-        sys.exit(f"ue-dpo inspect: {error}")
-    trainer = build_trainer(*settings, n=args.n, cutoff_len=args.cutoff_len, out_dir=args.out)
+        exit_with_user_error("inspect", error)
     pairs = inspect_pairs(trainer, batch_size=args.batch_size)
     summary = write_report(pairs, args.out, title=f"UE-DPO tokens of {args.model} on {args.data}")
     print(summary_table(summary))
@@ -38,14 +38,16 @@ def register(commands) -> None:
     )
     parser.add_argument("--model", required=True, help="model directory, or LoRA adapter directory (its base "
                         "model is read from adapter_config.json)")
+    parser.add_argument("--base-model", help="base model of a LoRA adapter --model, when it is no longer where its "
+                        "adapter_config.json says (default: that path)")
     parser.add_argument("--data", required=True, help="dataset name in --dataset-dir (needs \"ranking\": true), or "
                         "a sharegpt preference file (messages, chosen, rejected, images columns)")
     parser.add_argument("--dataset-dir", default="data", help="folder holding dataset_info.json (default: data)")
-    parser.add_argument("--n", type=int, default=20, help="pairs to inspect, the first N (default: 20)")
+    parser.add_argument("--n", type=int_at_least(1), default=20, help="pairs to inspect, the first N (default: 20)")
     parser.add_argument("--out", type=Path, default=Path("inspect"), help="output folder (default: inspect/)")
     parser.add_argument("--template", help="LLaMA-Factory template (default: from the model's model_type)")
-    parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward (default: 4)")
-    parser.add_argument("--cutoff-len", type=int, default=2048, help="LLaMA-Factory cutoff_len (default: 2048)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=4, help="pairs per forward (default: 4)")
+    parser.add_argument("--cutoff-len", type=int_at_least(1), default=2048, help="LLaMA-Factory cutoff_len (default: 2048)")
     parser.add_argument("--ue", action="append", default=[], metavar="ue_KEY=VALUE",
                         help="a UE-DPO key as in training, e.g. --ue ue_tau=0.3 --ue ue_seed=42 (repeatable; "
                              "ue_seed defaults to 42, the training seed's default)")

@@ -1,7 +1,12 @@
 """`ue-dpo run EXPERIMENT.yaml`: train, evaluate and compare the runs of an experiment file (resumable)."""
 
 import argparse
+import signal
+import sys
 from pathlib import Path
+
+RESUME_HINT = ("run the same command again to resume: finished stages are skipped, an interrupted training resumes "
+               "from its last checkpoint")
 
 
 def add_experiment_options(parser: argparse.ArgumentParser) -> None:
@@ -12,10 +17,25 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
-    from ue_dpo.experiment.config import load_experiment
+    """Load and run the experiment; a bad file exits 2, a failed stage 1, an interruption 128 + the signal number."""
+    from ue_dpo.commands import exit_with_user_error
+    from ue_dpo.experiment.config import ExperimentConfigError, load_experiment
     from ue_dpo.experiment.runner import run_experiment
+    from ue_dpo.experiment.stages import RunInterrupted, StageError
 
-    run_experiment(load_experiment(path, args.settings, output=args.out))
+    try:
+        run_experiment(load_experiment(path, args.settings, output=args.out))
+    except ExperimentConfigError as error:
+        exit_with_user_error(args.command, error)
+    except StageError as error:
+        print(f"ue-dpo {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RunInterrupted as error:
+        print(f"ue-dpo {args.command}: {error}; {RESUME_HINT}", file=sys.stderr)
+        raise SystemExit(128 + error.signal_number) from None
+    except KeyboardInterrupt:
+        print(f"ue-dpo {args.command}: interrupted by SIGINT; {RESUME_HINT}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -8,7 +8,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ue_dpo.evaluation.judge_settings import JUDGE_MODEL_ENV
+from ue_dpo.benchmarks.judge_config import JudgeConfig
+from ue_dpo.commands import int_at_least
+from ue_dpo.evaluation.judge_settings import JUDGE_MAX_RETRIES_ENV, JUDGE_MODEL_ENV, JUDGE_TIMEOUT_ENV
+
+JUDGE_FLAGS = {
+    "model": "--judge-model", "base_url": "--judge-base-url", "api_key": "OPENAI_API_KEY", "cache_dir": "--judge-cache-dir",
+    "max_retries": "--judge-max-retries", "timeout": "--judge-timeout", "allow_failures": "--allow-judge-failures",
+}
+
+# How the official code scores an empty response, which we keep (so the numbers stay the official ones).
+EMPTY_RESPONSE_SCORING = {
+    "amber": "AMBER's code scores an empty caption as one with no objects (hallucination-free in Hal, nothing covered "
+             "in Cover and Cog), and so do these numbers; an empty yes/no answer is counted in `unparsed`",
+    "object_halbench": "the official code scores an empty answer as one that mentions no object (in chair_s_all and "
+                       "recall, not in chair_s), and so do these numbers",
+    "mmhal_bench": "the official script sends empty answers to the judge like any other, and so did this run",
+}
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +43,11 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: $OPENAI_BASE_URL, else api.openai.com); the key is read from $OPENAI_API_KEY")
     parser.add_argument("--judge-cache-dir", type=Path,
                         help="on-disk cache of judge replies (default: $UE_DPO_JUDGE_CACHE_DIR, else ~/.cache/ue_dpo/judge)")
+    parser.add_argument("--judge-max-retries", type=int_at_least(0), metavar="N",
+                        help=f"retries of a failed judge request after the first attempt (default: ${JUDGE_MAX_RETRIES_ENV}, else "
+                             f"{JudgeConfig.max_retries})")
+    parser.add_argument("--judge-timeout", type=_positive_float, metavar="SECONDS",
+                        help=f"seconds to wait for one judge reply (default: ${JUDGE_TIMEOUT_ENV}, else {JudgeConfig.timeout:g})")
     parser.add_argument("--allow-judge-failures", action="store_true",
                         help="count items the judge never answered (judge_failures) instead of stopping")
 
@@ -32,9 +63,11 @@ def _judge(args: argparse.Namespace):
         "judge_model": args.judge_model,
         "judge_base_url": args.judge_base_url,
         "judge_cache_dir": None if args.judge_cache_dir is None else str(args.judge_cache_dir),
+        "judge_max_retries": args.judge_max_retries,
+        "judge_timeout": args.judge_timeout,
         "allow_judge_failures": True if args.allow_judge_failures else None,
     }
-    return task_judge(f"ue-dpo score {args.benchmark}", metadata)
+    return task_judge(f"ue-dpo score {args.benchmark}", metadata, setting_names=JUDGE_FLAGS)
 
 
 def _score_amber(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,11 +92,14 @@ def _score_object_halbench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _score_mmhal_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from ue_dpo.benchmarks.mmhal import MMHAL_NUM_ITEMS, score_mmhal_file
+    from ue_dpo.benchmarks.mmhal import MMHAL_NUM_ITEMS, load_mmhal_responses, mmhal_metrics, score_mmhal_items
 
     judge = _judge(args)
-    scored = score_mmhal_file(args.responses, judge, expected_items=None if args.allow_subset else MMHAL_NUM_ITEMS)
-    return {**scored["metrics"], "judge": scored["judge"]}
+    items = load_mmhal_responses(args.responses, expected_items=None)
+    if len(items) != MMHAL_NUM_ITEMS and not args.allow_subset:
+        raise ValueError(f"MMHal-Bench responses file {args.responses} has {len(items)} items, expected "
+                         f"{MMHAL_NUM_ITEMS}; answer every item, or pass --allow-subset to score these {len(items)}.")
+    return {**mmhal_metrics(score_mmhal_items(items, judge)), "judge": judge.config.public_dict()}
 
 
 def _format(value: Any) -> str:
@@ -77,25 +113,36 @@ def _rows(result: dict[str, Any], benchmark: str) -> list[tuple[str, Any]]:
         rows = [(f"generative {key}", result["generative"][key]) for key in ("CHAIR", "Cover", "Hal", "Cog", "n")]
         for group in ("overall", "existence", "attribute", "relation"):
             rows += [(f"{group} {key}", result["discriminative"][group][key]) for key in ("Accuracy", "Precision", "Recall", "F1")]
-        rows += [("unparsed answers", result["discriminative"]["overall"]["unparsed"]), ("AMBER Score", result["amber_score"]),
+        rows += [("empty responses", result["generative"]["empty"]),
+                 ("unparsed answers", result["discriminative"]["overall"]["unparsed"]), ("AMBER Score", result["amber_score"]),
                  ("answer parse", result["parse"])]
         return rows
     if benchmark == "object_halbench":
-        keys = ("chair_s", "chair_s_all", "chair_i", "recall", "n", "missing", "extraction_failures", "extractor")
+        keys = ("chair_s", "chair_s_all", "chair_i", "recall", "n", "missing", "empty", "extraction_failures", "extractor")
         return [(key, result[key]) for key in keys] + ([("judge model", result["judge"]["model"])] if "judge" in result else [])
     rows = [(key, result[key]) for key in ("score", "hallucination_rate", "informativeness")]
     rows += [(f"score {kind}", value) for kind, value in result["per_type"].items()]
-    return rows + [(key, result[key]) for key in ("n", "judge_model", "judge_failures", "judge_unparsed")]
+    return rows + [(key, result[key]) for key in ("n", "empty", "judge_model", "judge_failures", "judge_unparsed")]
+
+
+def _empty_responses(result: dict[str, Any], benchmark: str) -> int:
+    return result["generative"]["empty"] if benchmark == "amber" else result["empty"]
 
 
 def _run(args: argparse.Namespace) -> None:
     from ue_dpo.benchmarks.judge_config import JudgeError
+    from ue_dpo.benchmarks.nlp import NLPResourceError
+    from ue_dpo.commands import exit_with_user_error
 
     score = {"amber": _score_amber, "object_halbench": _score_object_halbench, "mmhal_bench": _score_mmhal_bench}[args.benchmark]
     try:
         result = score(args)
-    except (OSError, ValueError, LookupError, JudgeError) as error:
-        sys.exit(f"ue-dpo score {args.benchmark}: {error}")
+    except (OSError, ValueError, NLPResourceError, JudgeError) as error:
+        exit_with_user_error(f"score {args.benchmark}", error)
+    empty = _empty_responses(result, args.benchmark)
+    if empty:
+        print(f"ue-dpo score {args.benchmark}: note: {empty} response{'s are' if empty != 1 else ' is'} empty; "
+              f"{EMPTY_RESPONSE_SCORING[args.benchmark]} (counted as `empty`)", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
         return

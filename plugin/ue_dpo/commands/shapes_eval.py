@@ -3,6 +3,9 @@
 import argparse
 from pathlib import Path
 
+from ue_dpo.commands import int_at_least
+from ue_dpo.shapes import MIN_IMAGE_SIZE
+
 
 def _run(args: argparse.Namespace) -> None:
     from ue_dpo.shapes import EVAL_MANIFEST, write_caption_eval_set
@@ -15,7 +18,7 @@ def _run(args: argparse.Namespace) -> None:
 def register(commands) -> None:
     parser = commands.add_parser("shapes-eval", help="write held-out shapes images for the shapes_caption task")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--images", type=int, default=100, help="number of images (default: 100)")
+    parser.add_argument("--images", type=int_at_least(1), default=100, help="number of images (default: 100)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=56, help="pixels per side (default: 56)")
+    parser.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=56, help="pixels per side (default: 56)")
     parser.set_defaults(handler=_run)

@@ -4,6 +4,8 @@ metadata key        environment variable          default
 judge_model         UE_DPO_JUDGE_MODEL            (required)
 judge_base_url      OPENAI_BASE_URL               https://api.openai.com/v1
 judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge
+judge_max_retries   UE_DPO_JUDGE_MAX_RETRIES      5 (retries after the first attempt)
+judge_timeout       UE_DPO_JUDGE_TIMEOUT          120 (seconds per request)
 allow_judge_failures UE_DPO_ALLOW_JUDGE_FAILURES  false
 The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or a result.
 """
@@ -21,14 +23,28 @@ if TYPE_CHECKING:
 
 JUDGE_MODEL_ENV = "UE_DPO_JUDGE_MODEL"
 JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
+JUDGE_MAX_RETRIES_ENV = "UE_DPO_JUDGE_MAX_RETRIES"
+JUDGE_TIMEOUT_ENV = "UE_DPO_JUDGE_TIMEOUT"
 ALLOW_JUDGE_FAILURES_ENV = "UE_DPO_ALLOW_JUDGE_FAILURES"
+# The judge settings as error messages name them to a user of the tasks (`ue-dpo run` passes its `judge:` block on
+# in these variables, and `evaluation.env` sets any of them).
+TASK_SETTING_NAMES = {
+    "model": f"{JUDGE_MODEL_ENV} (`judge.model` under `ue-dpo run`)",
+    "base_url": "OPENAI_BASE_URL (`judge.base_url` under `ue-dpo run`)",
+    "api_key": "OPENAI_API_KEY",
+    "cache_dir": f"{JUDGE_CACHE_DIR_ENV} (`judge.cache_dir` under `ue-dpo run`)",
+    "max_retries": JUDGE_MAX_RETRIES_ENV,
+    "timeout": f"{JUDGE_TIMEOUT_ENV} (seconds)",
+    "allow_failures": f"{ALLOW_JUDGE_FAILURES_ENV}=1 (`judge.allow_failures: true` under `ue-dpo run`)",
+}
 
 
 def default_judge_cache_dir() -> str:
     return str(cache_dir() / "judge")
 
 
-def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
+def task_judge(task_name: str, metadata: Mapping[str, Any], *,
+               setting_names: Mapping[str, str] = TASK_SETTING_NAMES) -> JudgeClient:
     model = setting(metadata, "judge_model", JUDGE_MODEL_ENV)
     if not model:
         raise JudgeConfigError(
@@ -39,8 +55,10 @@ def task_judge(task_name: str, metadata: Mapping[str, Any]) -> JudgeClient:
         "model": model,
         "base_url": metadata.get("judge_base_url"),
         "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV, default_judge_cache_dir()),
+        "max_retries": setting(metadata, "judge_max_retries", JUDGE_MAX_RETRIES_ENV),
+        "timeout": setting(metadata, "judge_timeout", JUDGE_TIMEOUT_ENV),
         "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
     }
     from ue_dpo.benchmarks.judge import JudgeClient  # imports `openai` (about a second), which only judged tasks need
 
-    return JudgeClient(JudgeConfig.from_options(options))
+    return JudgeClient(JudgeConfig.from_options(options), setting_names=setting_names)

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_paths import is_local_path
 
 MODEL_NAME = "ue_dpo_hf"
 # config.model_type -> the LLaMA-Factory template the stage trains it with
@@ -62,16 +63,12 @@ def resolve_checkpoint(pretrained: str, base_model: str | None = None) -> tuple[
     base = base_model or adapter_config.get("base_model_name_or_path")
     if not base:
         raise CheckpointError(f"{adapter_config_path} names no base_model_name_or_path; pass base_model=PATH")
-    if _looks_like_local_path(base) and not Path(base).exists():
+    if is_local_path(base) and not Path(base).exists():
         raise CheckpointError(f"the base model {base} of the adapter {pretrained} does not exist (the path comes from "
                               f"{'base_model=' if base_model else adapter_config_path}); pass base_model=PATH to "
                               f"where the base model is now")
     has_processor = any((Path(pretrained) / name).is_file() for name in _PROCESSOR_FILES)
     return base, pretrained, pretrained if has_processor else base
-
-
-def _looks_like_local_path(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") != 1
 
 
 def _resolve_device(device: str) -> torch.device:

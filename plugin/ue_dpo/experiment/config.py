@@ -104,7 +104,7 @@ def load_experiment(path: Path, settings: list[str] = (), output: Path | None = 
     if not path.is_file():
         raise ExperimentConfigError(f"experiment file {path} does not exist; pass the path of an experiment YAML "
                                     f"(see configs/experiments/)")
-    raw = yaml.safe_load(path.read_text())
+    raw = read_yaml(path, "experiment file")
     if not isinstance(raw, dict):
         raise ExperimentConfigError(f"{path}: an experiment file is a YAML mapping with `runs:` and `evaluation:`")
     for setting in settings:
@@ -112,6 +112,27 @@ def load_experiment(path: Path, settings: list[str] = (), output: Path | None = 
     if output is not None:
         raw["output"] = str(output)
     return parse_experiment(raw, base_dir=path.resolve().parent, source=path.resolve())
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in `path`; a syntax error is an ExperimentConfigError naming the file, line and column."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ExperimentConfigError(f"{what} {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax") from None
+    except UnicodeDecodeError as error:
+        raise ExperimentConfigError(f"{what} {path} is not UTF-8 text ({error}); save it as UTF-8") from None
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """PyYAML's explanation on one line, with 1-based line and column numbers."""
+    parts = []
+    for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
+                       (getattr(error, "problem", None), getattr(error, "problem_mark", None))):
+        if text:
+            parts.append(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""))
+    return ": ".join(parts) or str(error)
 
 
 def apply_setting(raw: dict[str, Any], setting: str) -> None:
@@ -135,7 +156,11 @@ def apply_setting(raw: dict[str, Any], setting: str) -> None:
             raise ExperimentConfigError(f"--set {setting!r}: {'.'.join(keys[:depth + 1])} is not a mapping")
     if not isinstance(node, dict):
         raise ExperimentConfigError(f"--set {setting!r}: {'.'.join(keys[:-1])} is a list; address an entry by name")
-    node[keys[-1]] = yaml.safe_load(value_text)
+    try:
+        node[keys[-1]] = yaml.safe_load(value_text)
+    except yaml.YAMLError as error:
+        raise ExperimentConfigError(f"--set {setting!r}: the value is not valid YAML ({describe_yaml_error(error)}); "
+                                    f"quote a text value, e.g. --set '{key_path}=\"...\"'") from None
 
 
 def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None) -> Experiment:
@@ -215,7 +240,7 @@ def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
             if not train.is_file():
                 raise ExperimentConfigError(f"{where}.train: {train} does not exist (paths of training configs are "
                                             f"relative to the experiment file)")
-            config = yaml.safe_load(train.read_text())
+            config = read_yaml(train, f"{where}.train:")
             if not isinstance(config, dict):
                 raise ExperimentConfigError(f"{where}.train: {train} is not a LLaMA-Factory YAML mapping")
             if not config.get("do_train", False) and not overrides.get("do_train", False):

@@ -1,8 +1,11 @@
 """Stage bookkeeping of `ue-dpo run`: config digests, marker files, and subprocesses streamed to a log."""
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,25 +46,65 @@ class Markers:
         self.path(stage, kind).write_text(json.dumps(record, indent=1, default=str))
 
 
+# Signals that stop `ue-dpo run`: each is passed on to the running stage's processes, which are then waited for.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+class RunInterrupted(Exception):
+    """`ue-dpo run` got SIGINT, SIGTERM or SIGHUP: the stage's processes were stopped and waited for."""
+
+    def __init__(self, signal_number: int, command: Sequence[str], log_path: Path):
+        self.signal_number = signal_number
+        super().__init__(f"interrupted by {signal.Signals(signal_number).name}: `{' '.join(command)}` was stopped "
+                         f"(its log: {log_path})")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when `ue-dpo run` dies. Only calls a function resolved before the fork,
+    so that it is safe with threads."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 def stream(command: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> int:
     """Run `command`, copying its stdout and stderr (progress bars included) to ours and to `log_path`.
 
-    The child is terminated when we are interrupted, so a killed `ue-dpo run` leaves no training behind.
+    The command runs in a process group of its own. SIGINT, SIGTERM and SIGHUP sent to us are passed on to that
+    group (a second one kills it), and once it has exited this raises RunInterrupted, so the caller never marks the
+    stage finished. SIGKILL cannot be passed on: the command's own process is then killed with us (Linux), but not
+    the processes it started in turn (torchrun's workers, under FORCE_TORCHRUN).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
-        child = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
+        child = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (see _die_with_parent)
+        received: list[int] = []
+
+        def forward(signal_number: int, frame: Any) -> None:
+            received.append(signal_number)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal_number if len(received) == 1 else signal.SIGKILL)
+
+        previous = {signal_number: signal.signal(signal_number, forward) for signal_number in FORWARDED_SIGNALS}
         try:
             while chunk := os.read(child.stdout.fileno(), 65536):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
                 log.write(chunk)
-            return child.wait()
+            returncode = child.wait()
         except BaseException:
-            child.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
             child.wait()
             raise
         finally:
+            for signal_number, handler in previous.items():
+                signal.signal(signal_number, handler)
             child.stdout.close()
+    if received:
+        raise RunInterrupted(received[0], command, log_path)
+    return returncode
