@@ -273,7 +273,7 @@ def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sour
     assert "Traceback" not in stopped.stderr
 
     unseeded = subprocess.run([*command[:7], "--seed", "3"], check=False, capture_output=True, text=True, timeout=120)
-    assert unseeded.returncode == 1
+    assert unseeded.returncode == 2  # a user error, as every subcommand exits
     assert unseeded.stderr.strip() == ("ue-dpo data: error: --seed applies to --random N; pass --random N --seed S, "
                                        "or drop --seed")
     both = subprocess.run([*command, "--random", "2"], check=False, capture_output=True, text=True, timeout=120)

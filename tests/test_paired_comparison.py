@@ -49,7 +49,7 @@ def amber_samples(records: list[dict]) -> list[dict]:
 
 
 def generative_record(item_id: int, mentions: int, hallucinated: int, truth: int, covered: int) -> dict:
-    return {"id": item_id, "task": "generative", "missing": False, "mentions": mentions,
+    return {"id": item_id, "task": "generative", "missing": False, "empty": False, "mentions": mentions,
             "hallucinated_mentions": hallucinated, "truth_objects": truth, "covered_truth_objects": covered,
             "hallu_objects": 2, "mentioned_hallu_objects": 0, "hallucination_free": hallucinated == 0,
             "counted_nouns": [], "hallucinated_nouns": []}
