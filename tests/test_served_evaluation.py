@@ -16,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from llamafactory_runs import offline_env
-from PIL import Image
-from ue_dpo.evaluation.chat import TEMPLATE_ENV, ChatTemplateError, write_training_chat_template
+from ue_dpo.evaluation.chat import (
+    TEMPLATE_ENV,
+    ChatTemplateError,
+    write_training_chat_template,
+)
 from ue_dpo.experiment import server as server_module
 from ue_dpo.experiment.config import ExperimentConfigError, Server, parse_experiment
 from ue_dpo.experiment.server import ServerError, served_model
@@ -116,9 +118,15 @@ def random_lora_adapter(base: Path, out: Path) -> Path:
 
 def ue_dpo_hf_greedy(lora_dir: Path, shapes_eval_dir: Path) -> tuple[dict[int, str], dict[str, float]]:
     """`ue_dpo_hf`'s greedy responses on the shapes items, and their exact CHAIR, computed here."""
-    from ue_dpo.benchmarks.shapes_chair import shapes_caption_item_result, shapes_chair_metrics
+    from ue_dpo.benchmarks.shapes_chair import (
+        shapes_caption_item_result,
+        shapes_chair_metrics,
+    )
     from ue_dpo.evaluation.model import UeDpoHF
-    from ue_dpo.evaluation.shapes_caption import load_shapes_eval_docs, shapes_doc_to_visual
+    from ue_dpo.evaluation.shapes_caption import (
+        load_shapes_eval_docs,
+        shapes_doc_to_visual,
+    )
 
     model = UeDpoHF(pretrained=str(lora_dir), device="cpu")
     docs = load_shapes_eval_docs(shapes_eval_dir)
@@ -150,6 +158,10 @@ def test_ue_dpo_run_through_transformers_serve_scores_as_ue_dpo_hf(tmp_path, tin
     assert merge_marker["adapter_digest"] == files_digest(lora_dir)
     served = output / "served" / "lora"
     assert "<|im_start|>system" in (served / "chat_template.jinja").read_text()
+    # the merge is a cached stage: with its marker current, no export runs (`false` would fail it)
+    assert prepare_served_model("lora", str(lora_dir), output=output, markers=Markers(output),
+                                server=Server(command="x {model} {port}", merge_dtype="float32"), env=offline_env(),
+                                llamafactory_cli=shutil.which("false"))[0] == served
     entry = json.loads((output / "state" / "eval-lora.done.json").read_text())["lmms_eval_entry"]
     assert entry["model"] == "openai" and "num_concurrent=2" in entry["model_args"]
     base_url = next(arg.split("=", 1)[1] for arg in entry["model_args"].split(",") if arg.startswith("base_url="))
@@ -183,9 +195,9 @@ def test_a_server_that_never_gets_healthy_is_stopped_and_its_log_tail_shown(tmp_
     command = f"{sys.executable} -c \"import sys, time; print('loading', sys.argv[1:], flush=True); time.sleep(600)\" " \
               "{model} {port}"
     started = time.monotonic()
-    with pytest.raises(ServerError, match=r"(?s)not healthy .* after 2 s, so it was stopped.*loading \['m', '\d+'\]"):
-        with served_model(command, "m", log_path=tmp_path / "server.log", env=offline_env(), health_timeout_s=2):
-            pytest.fail("the block ran without a healthy server")
+    with (pytest.raises(ServerError, match=r"(?s)not healthy .* after 2 s, so it was stopped.*loading \['m', '\d+'\]"),
+          served_model(command, "m", log_path=tmp_path / "server.log", env=offline_env(), health_timeout_s=2)):
+        pytest.fail("the block ran without a healthy server")
     assert time.monotonic() - started < 30
 
 
@@ -207,10 +219,10 @@ def test_a_port_taken_before_the_server_binds_it_is_retried_on_another(tmp_path,
 
 
 def test_the_server_is_stopped_when_the_evaluation_fails(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with served_model(HTTP_SERVER, str(health_dir(tmp_path)), log_path=tmp_path / "server.log",
-                          env=offline_env(), health_timeout_s=60) as base_url:
-            raise KeyboardInterrupt
+    with (pytest.raises(KeyboardInterrupt),
+          served_model(HTTP_SERVER, str(health_dir(tmp_path)), log_path=tmp_path / "server.log", env=offline_env(),
+                       health_timeout_s=60) as base_url):
+        raise KeyboardInterrupt
     assert not port_answers(base_url)
 
 

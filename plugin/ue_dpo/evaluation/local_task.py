@@ -24,9 +24,8 @@ class LocalFilesTask(ConfigurableTask):
     """
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        if LOADING_TASK_TYPE.get() == "chat" and not issubclass(cls, ConfigurableMessagesTask):
-            cls = _chat_variant(cls)
-        return super().__new__(cls)
+        chat = LOADING_TASK_TYPE.get() == "chat" and not issubclass(cls, ConfigurableMessagesTask)
+        return super().__new__(_chat_variant(cls) if chat else cls)
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         config = dict(config or {})

@@ -65,6 +65,7 @@ class Server:
 
 
 SERVER_MODEL = "openai"  # lmms-eval's OpenAI-compatible chat model, the client of every served run
+MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -327,9 +328,6 @@ def _parse_server(raw: Any) -> Server | None:
         raise ExperimentConfigError(f"evaluation.server.merge_dtype: {merge_dtype!r} is not one of "
                                     f"{', '.join(MERGE_DTYPES)} (llamafactory-cli export's infer_dtype)")
     return Server(**raw)
-
-
-MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 def _eval_seed(raw: Any) -> tuple[int, int, int, int]:

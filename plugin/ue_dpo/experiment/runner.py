@@ -235,8 +235,6 @@ class ExperimentRunner:
         if failures:
             raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
                              f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
-
-
     def evaluate_served(self, run: Run, settings: dict[str, Any], stage_digest: str) -> None:
         """One run through its own inference server: model prepared (merged), server up, lmms-eval, server down."""
         from ue_dpo.evaluation.chat import TEMPLATE_ENV

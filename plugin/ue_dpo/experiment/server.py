@@ -61,9 +61,12 @@ def _healthy(url: str) -> bool:
 
 
 def _stop(child: subprocess.Popen) -> None:
-    if child.poll() is not None:
+    """Stop the server's whole process group (engine workers included, even if the server itself has exited)."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        child.wait()
         return
-    os.killpg(child.pid, signal.SIGTERM)
     try:
         child.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
