@@ -170,7 +170,8 @@ class ExperimentRunner:
             "model_args": substitute(evaluation.model_args, self.paths), "gen_kwargs": evaluation.gen_kwargs,
             "batch_size": evaluation.batch_size, "limit": evaluation.limit, "seed": list(evaluation.seed),
             "env": substitute(evaluation.env, self.paths), "judge": judge.__dict__,
-            "server": None if evaluation.server is None else evaluation.server.__dict__,
+            # only when set, so that the digests of existing ue_dpo_hf evaluations stay what they were
+            **({} if evaluation.server is None else {"server": evaluation.server.__dict__}),
         }
 
     def lmms_eval_entry(self, run: Run, settings: dict[str, Any], model_args: dict[str, Any] | None = None
