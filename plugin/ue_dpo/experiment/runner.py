@@ -3,7 +3,8 @@
 Stages, each skipped when its marker under `<output>/state/` holds the digest of its current config:
 the synthetic world (when the file has one), one training per `train:` run (resumed from its last
 `checkpoint-*` when an interrupted attempt of the same config left one), and one lmms-eval process for
-the runs whose evaluation is not finished. A digest covers the digests of the stages it reads from,
+the runs whose evaluation is not finished (with `evaluation.server`, one per run, each through its own
+inference server: ue_dpo.experiment.serving). A digest covers the digests of the stages it reads from,
 so retraining the warm-up retrains and re-evaluates everything built on it, and a training's digest covers
 what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
 """
