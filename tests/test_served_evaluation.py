@@ -240,6 +240,19 @@ def test_a_failed_merge_names_the_run_and_keeps_the_adapter(tmp_path, tiny_qwen2
     assert not (tmp_path / "out" / "served" / "dpo").exists()
 
 
+def test_a_full_model_is_served_from_a_mirror_with_the_training_template_its_folder_untouched(tmp_path,
+                                                                                              tiny_qwen2_vl_dir):
+    before = {path.name: path.read_bytes() for path in Path(tiny_qwen2_vl_dir).iterdir()}
+    served, template, _ = prepare_served_model("full", str(tiny_qwen2_vl_dir), output=tmp_path,
+                                               markers=Markers(tmp_path), server=Server(command="x {model} {port}"),
+                                               env=offline_env(), llamafactory_cli=shutil.which("false"))
+    assert template == "qwen2_vl"
+    assert (served / "model.safetensors").resolve() == (Path(tiny_qwen2_vl_dir) / "model.safetensors").resolve()
+    assert (served / "chat_template.jinja").read_text() != before["chat_template.jinja"].decode()
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in (served / "chat_template.jinja").read_text()
+    assert {path.name: path.read_bytes() for path in Path(tiny_qwen2_vl_dir).iterdir()} == before
+
+
 @pytest.mark.parametrize(("server", "message"), [
     ("vllm serve --port {port}", r"must be a command template with \{model\}"),
     ("vllm serve {model}", r"has no \{port\}"),
