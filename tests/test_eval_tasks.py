@@ -265,6 +265,41 @@ def test_object_halbench_missing_files_are_named(object_halbench_env):
         load_task("object_halbench")
 
 
+# ---- chat models ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fixture", "tasks"), [("amber_env", ["amber_generative", "amber_discriminative"]),
+                                                 ("object_halbench_env", ["object_halbench"]),
+                                                 ("mmhal_env", ["mmhal_bench"])])
+def test_every_task_is_a_chat_task_whose_messages_carry_the_training_system_prompt_then_image_then_text(
+        request, fixture, tasks):
+    from lmms_eval.api.task import ConfigurableMessagesTask
+
+    request.getfixturevalue(fixture)
+    environment = request.getfixturevalue("env")  # the monkeypatch the task's fixture set its folders with
+    environment.setenv("UE_DPO_JUDGE_MODEL", "judge-x")
+    environment.setenv("UE_DPO_TEMPLATE", "llava")
+    environment.setenv("UE_DPO_DEFAULT_SYSTEM", "Answer briefly.")
+    chat = task_manager().load_task_or_group(tasks, task_type="chat")
+    simple = task_manager().load_task_or_group(tasks)
+    for name in tasks:
+        task = chat[name]
+        assert isinstance(task, ConfigurableMessagesTask) and not isinstance(simple[name], ConfigurableMessagesTask)
+        doc = task.test_docs()[0]
+        request_instance = task.construct_requests(0, "", metadata={"task": name, "doc_id": 0, "repeats": 1,
+                                                                   "split": task.config.test_split})
+        assert request_instance.args[1] == task.doc_to_messages  # what a chat model calls
+        system, user = task.doc_to_messages(doc)
+        assert system == {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]}
+        (image,) = simple[name].doc_to_visual(doc)
+        assert user["role"] == "user" and [part["type"] for part in user["content"]] == ["image", "text"]
+        assert user["content"][0]["url"].tobytes() == image.tobytes()
+        assert user["content"][1]["text"] == simple[name].doc_to_text(doc)
+    environment.delenv("UE_DPO_DEFAULT_SYSTEM")
+    llava_system = task_manager().load_task_or_group(tasks[:1], task_type="chat")[tasks[0]].system_prompt
+    assert llava_system.startswith("A chat between a curious user and an artificial intelligence assistant.")
+
+
 # ---- MMHal-Bench -----------------------------------------------------------------------------
 
 

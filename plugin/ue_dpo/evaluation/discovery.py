@@ -1,9 +1,13 @@
-"""Make lmms-eval's TaskManager index our task YAMLs, so `--tasks object_halbench` needs no `--include_path`.
+"""Make lmms-eval's TaskManager index our task YAMLs, so `--tasks object_halbench` needs no `--include_path`, and
+build them as chat tasks for chat models.
 
 Applied by the post-import hook (`ue_dpo._autoload`) when `lmms_eval.tasks` is imported. The patch
 wraps `TaskManager.initialize_tasks` to append our folder to `include_path`; every TaskManager
 (the CLI's, `simple_evaluate`'s, one built in Python) builds its index through that method.
 Built-in names win over included ones in lmms-eval, so our task names avoid the built-in ones.
+It also wraps `TaskManager.load_task_or_group`, which lmms-eval calls with `task_type="chat"` for a chat
+model, to tell our task classes which variant to build (lmms-eval builds a YAML with `class:` the same way
+for every model).
 """
 
 from __future__ import annotations
@@ -48,3 +52,16 @@ def apply() -> None:
 
     initialize_tasks.ue_dpo_tasks = True
     TaskManager.initialize_tasks = initialize_tasks
+    load_task_or_group = TaskManager.load_task_or_group
+
+    @functools.wraps(load_task_or_group)
+    def load_task_or_group_for_task_type(self, task_list=None, task_type="simple"):
+        from ue_dpo.evaluation.local_task import LOADING_TASK_TYPE
+
+        token = LOADING_TASK_TYPE.set(task_type)
+        try:
+            return load_task_or_group(self, task_list, task_type=task_type)
+        finally:
+            LOADING_TASK_TYPE.reset(token)
+
+    TaskManager.load_task_or_group = load_task_or_group_for_task_type

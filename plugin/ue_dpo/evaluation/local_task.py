@@ -1,20 +1,31 @@
-"""The lmms-eval task class our benchmark tasks share: docs built from local files, settings bound to process_results."""
+"""The lmms-eval task class our benchmark tasks share: docs built from local files, settings bound to process_results,
+and the chat messages lmms-eval's chat models ask for."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Mapping
 from typing import Any
 
-from lmms_eval.api.task import ConfigurableTask
+from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
+
+# "simple" or "chat": what lmms-eval is loading tasks for (set by ue_dpo.evaluation.discovery around
+# TaskManager.load_task_or_group), since lmms-eval builds a YAML with `class:` the same way for every model
+LOADING_TASK_TYPE: contextvars.ContextVar[str] = contextvars.ContextVar("ue_dpo_loading_task_type", default="simple")
 
 
 class LocalFilesTask(ConfigurableTask):
     """A task whose docs a subclass builds from files (`load_docs`) instead of `datasets.load_dataset`.
 
     The YAML names the subclass with `class:`; `bind_settings` gives `process_results` the
-    resources the task's settings select (judge client, spaCy model, reference data).
+    resources the task's settings select (judge client, spaCy model, reference data). Loaded for a chat
+    model, the task is its chat variant: a ConfigurableMessagesTask whose requests carry `doc_to_messages`.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        chat = LOADING_TASK_TYPE.get() == "chat" and not issubclass(cls, ConfigurableMessagesTask)
+        return super().__new__(_chat_variant(cls) if chat else cls)
 
     def __init__(self, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
         config = dict(config or {})
@@ -44,3 +55,28 @@ class LocalFilesTask(ConfigurableTask):
             return process_results(doc, results, **bound)
 
         self.config.process_results = process_results_with_settings
+
+
+class _ChatMessages:
+    """Mixed in before ConfigurableMessagesTask: the training template's messages (see ue_dpo.evaluation.chat)."""
+
+    def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
+        from ue_dpo.evaluation.chat import training_system_prompt
+
+        super().download(dataset_kwargs)
+        self.system_prompt = training_system_prompt(self.config.metadata, self.config.task)
+        self.config.metadata["chat_system_prompt"] = self.system_prompt  # recorded in the results' task config
+
+    def doc_to_messages(self, doc: dict, **round_kwargs: Any) -> list[dict[str, Any]]:
+        from ue_dpo.evaluation.chat import training_messages
+
+        if round_kwargs.get("round_idx") is not None:
+            raise NotImplementedError(f"{self.config.task} is single-round; lmms-eval asked for round "
+                                      f"{round_kwargs['round_idx']}")
+        return training_messages(self.doc_to_visual(doc) or [], self.doc_to_text(doc), self.system_prompt)
+
+
+@functools.cache
+def _chat_variant(task_class: type) -> type:
+    return type(f"{task_class.__name__}Chat", (_ChatMessages, task_class, ConfigurableMessagesTask),
+                {"__module__": task_class.__module__, "__doc__": task_class.__doc__})

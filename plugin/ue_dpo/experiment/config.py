@@ -54,6 +54,21 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Server:
+    """`evaluation.server`: evaluate each run through an inference server started from this command template."""
+
+    command: str  # e.g. "vllm serve {model} --tensor-parallel-size 8 --port {port}"
+    concurrency: int = 8  # requests in flight (lmms-eval openai's num_concurrent)
+    health_timeout_s: int = 900  # from start until /health answers
+    request_timeout_s: int = 600  # per request (lmms-eval openai's timeout)
+    merge_dtype: str = "auto"  # `llamafactory-cli export`'s infer_dtype when a LoRA run is merged first
+
+
+SERVER_MODEL = "openai"  # lmms-eval's OpenAI-compatible chat model, the client of every served run
+MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
 class Evaluation:
     tasks: tuple[str, ...]
     model: str = "ue_dpo_hf"
@@ -65,6 +80,7 @@ class Evaluation:
     env: dict[str, str] = field(default_factory=dict)
     launcher: tuple[str, ...] = ("lmms-eval",)
     metrics: dict[str, tuple[str, ...]] = field(default_factory=dict)  # columns per task; default: all
+    server: Server | None = None
 
 
 @dataclass(frozen=True)
@@ -293,13 +309,50 @@ def _parse_evaluation(raw: Any) -> Evaluation:
             raise ExperimentConfigError(f"evaluation.metrics.{task}: list the metric names to tabulate, e.g. "
                                         f"`[chair_s, chair_i]`")
         metrics[task] = tuple(names)
+    server = _parse_server(raw.get("server"))
+    set_by_runner = sorted({"model", "base_url", "api_key"} & set(raw.get("model_args", {})))
+    if server is not None and set_by_runner:
+        raise ExperimentConfigError(f"evaluation.model_args: {set_by_runner} are set by `ue-dpo run` for each served "
+                                    f"run (its model folder and server); remove them")
+    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+    if server is not None and model != SERVER_MODEL:
+        raise ExperimentConfigError(f"evaluation.model: {model!r} with evaluation.server; a served run is evaluated "
+                                    f"by lmms-eval's `{SERVER_MODEL}` model, so drop `model` or set it to "
+                                    f"{SERVER_MODEL}")
     return Evaluation(
-        tasks=tuple(tasks), model=_string("evaluation.model", raw.get("model", "ue_dpo_hf")),
+        tasks=tuple(tasks), model=_string("evaluation.model", model), server=server,
         model_args=dict(raw.get("model_args", {})), gen_kwargs=dict(raw.get("gen_kwargs", {})),
         batch_size=batch_size, limit=limit, seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
         env={str(key): str(value) for key, value in raw.get("env", {}).items()}, launcher=tuple(launcher),
         metrics=metrics,
     )
+
+
+def _parse_server(raw: Any) -> Server | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"command": raw}
+    _mapping("evaluation.server", raw)
+    _only_keys("evaluation.server", raw, {item.name for item in dataclasses.fields(Server)})
+    command = raw.get("command")
+    if not isinstance(command, str) or "{model}" not in command:
+        raise ExperimentConfigError(f"evaluation.server.command: {command!r} must be a command template with "
+                                    f"{{model}} (the model folder to serve) and {{port}}, e.g. "
+                                    f"`vllm serve {{model}} --port {{port}}`")
+    if "{port}" not in command:
+        raise ExperimentConfigError(f"evaluation.server.command: {command!r} has no {{port}}; `ue-dpo run` picks a "
+                                    f"free loopback port and the server must listen on it, e.g. "
+                                    f"`vllm serve {{model}} --port {{port}}`")
+    for key in ("concurrency", "health_timeout_s", "request_timeout_s"):
+        value = raw.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExperimentConfigError(f"evaluation.server.{key}: must be a positive integer, got {value!r}")
+    merge_dtype = raw.get("merge_dtype", "auto")
+    if merge_dtype not in MERGE_DTYPES:
+        raise ExperimentConfigError(f"evaluation.server.merge_dtype: {merge_dtype!r} is not one of "
+                                    f"{', '.join(MERGE_DTYPES)} (llamafactory-cli export's infer_dtype)")
+    return Server(**raw)
 
 
 def _eval_seed(raw: Any) -> tuple[int, int, int, int]:

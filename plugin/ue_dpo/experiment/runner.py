@@ -3,7 +3,8 @@
 Stages, each skipped when its marker under `<output>/state/` holds the digest of its current config:
 the synthetic world (when the file has one), one training per `train:` run (resumed from its last
 `checkpoint-*` when an interrupted attempt of the same config left one), and one lmms-eval process for
-the runs whose evaluation is not finished. A digest covers the digests of the stages it reads from,
+the runs whose evaluation is not finished (with `evaluation.server`, one per run, each through its own
+inference server: ue_dpo.experiment.serving). A digest covers the digests of the stages it reads from,
 so retraining the warm-up retrains and re-evaluates everything built on it, and a training's digest covers
 what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
 """
@@ -170,10 +171,13 @@ class ExperimentRunner:
             "model_args": substitute(evaluation.model_args, self.paths), "gen_kwargs": evaluation.gen_kwargs,
             "batch_size": evaluation.batch_size, "limit": evaluation.limit, "seed": list(evaluation.seed),
             "env": substitute(evaluation.env, self.paths), "judge": judge.__dict__,
+            # only when set, so that the digests of existing ue_dpo_hf evaluations stay what they were
+            **({} if evaluation.server is None else {"server": evaluation.server.__dict__}),
         }
 
-    def lmms_eval_entry(self, run: Run, settings: dict[str, Any]) -> dict[str, Any]:
-        model_args = {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
+    def lmms_eval_entry(self, run: Run, settings: dict[str, Any], model_args: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+        model_args = model_args or {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
         entry = {
             "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
             "tasks": ",".join(settings["tasks"]), "batch_size": settings["batch_size"], "log_samples": True,
@@ -206,6 +210,10 @@ class ExperimentRunner:
             return
         self.announce(f"evaluate {', '.join(run.name for run in pending)} with lmms-eval on "
                       f"{', '.join(settings['tasks'])}")
+        if self.experiment.evaluation.server is not None:
+            for run in pending:
+                self.evaluate_served(run, settings, stage_digests[run.name])
+            return
         entries = []
         for run in pending:
             shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
@@ -229,6 +237,44 @@ class ExperimentRunner:
         if failures:
             raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
                              f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
+    def evaluate_served(self, run: Run, settings: dict[str, Any], stage_digest: str) -> None:
+        """One run through its own inference server: model prepared (merged), server up, lmms-eval, server down."""
+        from ue_dpo.evaluation.chat import TEMPLATE_ENV
+        from ue_dpo.experiment.server import served_model
+        from ue_dpo.experiment.serving import (
+            check_no_failed_requests,
+            prepare_served_model,
+            served_model_args,
+        )
+
+        server = self.experiment.evaluation.server
+        env = {**os.environ, **settings["env"]}
+        served, template, served_digest = prepare_served_model(
+            run.name, self.paths[f"runs.{run.name}"], output=self.output, markers=self.markers, server=server,
+            env=env, llamafactory_cli=executable("llamafactory-cli"))
+        shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
+        log_path = self.output / "logs" / f"evaluate-{run.name}.log"
+        server_log = self.output / "logs" / f"server-{run.name}.log"
+        print(f"    {run.name}: serving {served} ({server.command}); log {server_log}", flush=True)
+        with served_model(server.command, str(served), log_path=server_log, env=env,
+                          health_timeout_s=server.health_timeout_s) as base_url:
+            entry = self.lmms_eval_entry(run, settings, served_model_args(served, base_url, server,
+                                                                          settings["model_args"]))
+            config_path = self.output / "configs" / f"lmms_eval-{run.name}.yaml"
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(yaml.safe_dump([entry], sort_keys=False))
+            launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
+            returncode = stream([*launcher, "--config", str(config_path)],
+                                env={**env, **self.judge_env(), TEMPLATE_ENV: template}, log_path=log_path)
+        try:
+            summary = read_lmms_eval_output(Path(entry["output_path"]), settings["tasks"])
+        except StageError as error:
+            raise StageError(f"evaluation of {run.name!r} through its server failed (lmms-eval exit status "
+                             f"{returncode}): {error}. See {log_path} and {server_log}") from None
+        check_no_failed_requests(summary["samples_files"], run.name, server_log)
+        self.markers.write(f"eval-{run.name}", stage_digest, run=run.name, lmms_eval_entry=entry, settings=settings,
+                           served_model=str(served), served_digest=served_digest, template=template,
+                           versions=package_versions(), **summary)
 
 
 def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]:

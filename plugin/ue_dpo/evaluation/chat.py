@@ -1,0 +1,149 @@
+"""Our tasks under lmms-eval's chat models (`openai`, `vllm`, `sglang`, chat `llava_hf` / `qwen2_5_vl`), with
+the prompt LLaMA-Factory's training template builds.
+
+Two halves, which together give a served model the prompt `ue_dpo_hf` encodes:
+
+- `training_messages`: the chat messages of one item, a system turn with the training template's system prompt
+  and a user turn with the images before the text (LLaMA-Factory puts `<image>` before the question).
+  The template is named by the task setting `template` (metadata) or `UE_DPO_TEMPLATE`: `llava` or `qwen2_vl`;
+  `default_system` / `UE_DPO_DEFAULT_SYSTEM` replaces its system prompt, as LLaMA-Factory's key does.
+- `training_chat_template`: a Jinja chat template that renders those messages as the training template does:
+  LLaMA-Factory's own Jinja rendering of the template, with each image part rendered as the one placeholder
+  the Hugging Face processor expands (`<image>` for LLaVA, `<|vision_start|><|image_pad|><|vision_end|>` for
+  Qwen2-VL). `write_training_chat_template` stores it in a model folder, so that a server (vLLM, SGLang,
+  `transformers serve`) started on that folder prompts with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.evaluation.data import setting
+
+TEMPLATE_ENV = "UE_DPO_TEMPLATE"
+DEFAULT_SYSTEM_ENV = "UE_DPO_DEFAULT_SYSTEM"
+TEMPLATES = tuple(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))
+# LLaMA-Factory's Jinja sets the message text with this statement; ours flattens content parts in its place
+_CONTENT_STATEMENT = "{% set content = message['content'] %}"
+_SYSTEM_STATEMENT = "{% set system_message = messages[0]['content'] %}"
+_SYSTEM_OUTPUT = "{% if system_message is defined %}{{ system_message }}{% endif %}"
+
+
+class ChatTemplateError(ValueError):
+    pass
+
+
+def _training_template(name: str):
+    from llamafactory.data.template import TEMPLATES as LLAMAFACTORY_TEMPLATES
+
+    if name not in TEMPLATES:
+        raise ChatTemplateError(f"template {name!r} is not one ue-dpo trains with; use one of {', '.join(TEMPLATES)}")
+    return LLAMAFACTORY_TEMPLATES[name]
+
+
+def template_for_model(model_dir: str | Path) -> str:
+    """The training template of a model folder, from its config's model_type."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
+    if model_type not in TEMPLATE_BY_MODEL_TYPE:
+        raise ChatTemplateError(f"{model_dir} is a {model_type!r} model; ue-dpo evaluates "
+                                f"{', '.join(sorted(TEMPLATE_BY_MODEL_TYPE))} models")
+    return TEMPLATE_BY_MODEL_TYPE[model_type]
+
+
+def training_system_prompt(metadata: Mapping[str, Any] | None, task: str) -> str:
+    """The system prompt the training template gives, from the task settings `template` and `default_system`."""
+    name = setting(metadata, "template", TEMPLATE_ENV)
+    if name is None:
+        raise ChatTemplateError(f"{task} under a chat model needs the training template of the model it talks to, "
+                                f"for the system prompt: set {TEMPLATE_ENV}={'|'.join(TEMPLATES)} (or the task's "
+                                f"metadata `template`); `ue-dpo run` sets it for each run")
+    system = setting(metadata, "default_system", DEFAULT_SYSTEM_ENV)
+    return system if system is not None else _training_template(str(name)).default_system
+
+
+def training_messages(visuals: Sequence[Any], text: str, system: str) -> list[dict[str, Any]]:
+    """lmms-eval chat messages (its ChatMessages protocol): the system turn, then the images before the text."""
+    content = [{"type": "image", "url": visual} for visual in visuals]
+    content.append({"type": "text", "text": text})
+    return [{"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": content}]
+
+
+def image_placeholder(template_name: str) -> str:
+    """What the Hugging Face processor expands into one image's tokens, as LLaMA-Factory's plugin expands it."""
+    plugin = _training_template(template_name).mm_plugin
+    return getattr(plugin, "vision_bos_token", "") + plugin.image_token + getattr(plugin, "vision_eos_token", "")
+
+
+def _flatten(variable: str, source: str, placeholder: str) -> str:
+    """Jinja that sets `variable` to `source`'s text, with its image parts as `placeholder` (a string stays)."""
+    escaped = placeholder.replace("'", r"\'")
+    return (f"{{% if {source} is string %}}{{% set {variable} = {source} %}}{{% else %}}"
+            f"{{% set parts = namespace(text='') %}}{{% for part in {source} %}}"
+            f"{{% if part['type'] in ('image', 'image_url') %}}{{% set parts.text = parts.text + '{escaped}' %}}"
+            f"{{% elif part['type'] == 'text' %}}{{% set parts.text = parts.text + part['text'] %}}"
+            f"{{% endif %}}{{% endfor %}}{{% set {variable} = parts.text %}}{{% endif %}}")
+
+
+def training_chat_template(template_name: str, tokenizer: Any) -> str:
+    """The Jinja chat template that renders OpenAI-style messages (text and image parts) as `template_name` does."""
+    template = _training_template(template_name)
+    jinja = template._get_jinja_template(tokenizer)
+    placeholder = image_placeholder(template_name)
+    replacements = [(_CONTENT_STATEMENT, _flatten("content", "message['content']", placeholder)),
+                    (_SYSTEM_STATEMENT, _flatten("system_message", "messages[0]['content']", placeholder))]
+    if _prefixes_a_space(tokenizer):
+        # LLaMA-Factory encodes the system prompt and the user turn separately; a SentencePiece tokenizer starts
+        # each with a word boundary, which in one rendered string is a space between them
+        replacements.append((_SYSTEM_OUTPUT, "{% if system_message is defined %}{{ system_message + ' ' }}{% endif %}"))
+    for statement, replacement in replacements:
+        if jinja.count(statement) != 1:
+            raise ChatTemplateError(f"LLaMA-Factory's Jinja rendering of {template_name!r} no longer contains "
+                                    f"{statement!r} once; this llamafactory release is not supported")
+        jinja = jinja.replace(statement, replacement)
+    return jinja
+
+
+def _prefixes_a_space(tokenizer: Any) -> bool:
+    """Whether the tokenizer marks the start of every separately encoded text as a word start (SentencePiece)."""
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer.encode("USER", add_special_tokens=False))
+    return bool(tokens) and tokens[0].startswith("\u2581")
+
+
+def training_stop_token_ids(model_dir: str, template_name: str) -> list[int]:
+    """The ids generation stops at under `template_name`, as LLaMA-Factory (and `ue_dpo_hf`) fix the tokenizer."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
+    return template.get_stop_token_ids(tokenizer)
+
+
+def write_training_chat_template(model_dir: str | Path, template_name: str) -> str:
+    """Make a model folder prompt and stop as `template_name` does when served: its chat template (tokenizer and
+    processor) and its generation config's end-of-sequence ids (the template's stop words, as `ue_dpo_hf` stops).
+    Returns the chat template."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    model_dir = str(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+    chat_template = training_chat_template(template_name, tokenizer)
+    processor.chat_template = chat_template
+    tokenizer.chat_template = chat_template
+    processor.save_pretrained(model_dir)
+    stop_ids = sorted(training_stop_token_ids(model_dir, template_name))
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_dir)
+    except OSError:
+        generation_config = GenerationConfig()
+    generation_config.eos_token_id = stop_ids
+    generation_config.save_pretrained(model_dir)
+    return chat_template
