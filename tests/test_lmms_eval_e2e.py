@@ -1,9 +1,9 @@
 """The real `lmms-eval` CLI with `--model ue_dpo_hf` on tiny local models, base and LoRA output dirs, on
 `shapes_caption` and on mini fixtures of object_halbench, mmhal_bench and amber (judge: a loopback server), and
-lmms-eval's own `llava_hf` / `qwen2_5_vl` models on merged checkpoints.
+lmms-eval's own `llava_hf` / `qwen2_5_vl` models on merged checkpoints, and one run again on 2 processes.
 
 lmms-eval exits 0 even when an evaluation fails, so every run is checked through the files it writes. To keep
-its slow start-up to two processes, one run uses the plain flags of the README and one a `--config` list of runs.
+its slow start-up to few processes, one run uses the plain flags of the README and one a `--config` list of runs.
 No run passes --include_path: the tasks are found by the installed discovery patch.
 """
 
@@ -197,6 +197,30 @@ def test_a_lora_output_dir_answers_with_its_adapter(arch, evaluations):
     lora = [response_of(sample) for sample in logged_samples(evaluations["dirs"][f"{arch}_lora"])]
     assert all(answer.strip() for answer in base + lora)
     assert base != lora
+
+
+@pytest.fixture(scope="module")
+def two_process_run(workdir, evaluations, checkpoints, shapes_eval_dir):
+    """The README run of `evaluations` again as a 2-process data-parallel run (torchrun, gloo on CPU), batch size 2."""
+    result = run_cli(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval", "--model", "ue_dpo_hf",
+         "--model_args", f"pretrained={checkpoints['qwen2_vl_lora']},device=cpu", "--tasks", "shapes_caption",
+         "--gen_kwargs", f"max_new_tokens={MAX_NEW_TOKENS}", "--batch_size", "2", "--log_samples",
+         "--output_path", "out/qwen2_vl_lora_2_processes"],
+        workdir, UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(set(re.findall(r"Running on rank (\d+)", result.stdout + result.stderr))) == ["0", "1"]
+    return workdir / "out" / "qwen2_vl_lora_2_processes"
+
+
+def test_a_two_process_run_logs_the_samples_and_scores_of_the_one_process_run(two_process_run, evaluations):
+    one_process = evaluations["dirs"]["qwen2_vl_lora"]
+    # 5 documents on 2 ranks: rank 1 also answers a padding request, which must not be logged
+    merged = logged_samples(two_process_run)
+    assert [sample["doc_id"] for sample in merged] == list(range(EVAL_IMAGES))
+    assert merged == logged_samples(one_process)
+    assert results_of(two_process_run)["shapes_caption"] == results_of(one_process)["shapes_caption"]
 
 
 def test_a_generation_error_fails_the_run_instead_of_scoring_empty_answers(evaluations):
