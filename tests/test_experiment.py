@@ -121,10 +121,33 @@ def test_tasks_with_the_same_settings_share_one_protocol_and_task_settings_overr
         == [("a+c", None), ("b+d", 3)]
 
 
+def test_the_readme_protocol_example_gives_the_protocols_it_describes(base_dir):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**The protocol, task by task.**"):]
+    example = yaml.safe_load(section[section.index("```yaml") + len("```yaml"):section.index("```\n", section.index("```yaml") + 7)])
+    evaluation = parse_experiment({**VALID, **example}, base_dir=base_dir).evaluation
+    assert evaluation.protocols == (
+        Protocol(("object_halbench",), {"max_new_tokens": 1024, "num_beams": 3}, None, 8),
+        Protocol(("amber",), {"max_new_tokens": 1024}, 500, 32),
+        Protocol(("mmhal_bench",), {"max_new_tokens": 1024}, None, 8),
+    )
+
+
 def test_a_reported_row_judged_by_the_experiments_judge_is_kept(base_dir):
     raw = {**VALID, "judge": {"model": "gpt-4o-2024-08-06"},
            "reported": [{"label": "p", "source": "s", "judge": "gpt-4o-2024-08-06", "metrics": {"mmhal_bench": {"score": 2}}}]}
     assert parse_experiment(raw, base_dir=base_dir).reported[0].judge == "gpt-4o-2024-08-06"
+
+
+def test_a_task_named_like_a_folder_here_is_refused_before_lmms_eval_misreads_it(base_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes_caption").mkdir()
+    experiment = parse_experiment({**VALID, "output": str(tmp_path / "out")}, base_dir=base_dir)
+    experiment_runner = runner.ExperimentRunner(experiment)
+    experiment_runner.paths.update({"runs.base": "model", "synthetic.eval": "eval"})
+    with pytest.raises(StageError, match=r"\./shapes_caption is a folder, so lmms-eval would read `--tasks "
+                                         r"shapes_caption` as a folder of task YAMLs"):
+        experiment_runner.lmms_eval_entries(experiment.run("base"), experiment_runner.evaluation_settings())
 
 
 def test_the_world_size_is_read_from_the_line_each_rank_logs():

@@ -179,10 +179,14 @@ class ExperimentRunner:
         evals/<run>/<its tasks joined by '+'>."""
         model_args = {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
         entries = []
-        for protocol in map(lambda fields: Protocol(**fields), settings["protocols"]):
+        for protocol in (Protocol(**fields) for fields in settings["protocols"]):
+            tasks = ",".join(protocol.tasks)
+            if Path(tasks).is_dir():
+                raise StageError(f"./{tasks} is a folder, so lmms-eval would read `--tasks {tasks}` as a folder of "
+                                 f"task YAMLs and find none; run `ue-dpo run` from another folder or rename ./{tasks}")
             entry = {
                 "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
-                "tasks": ",".join(protocol.tasks), "batch_size": protocol.batch_size, "log_samples": True,
+                "tasks": tasks, "batch_size": protocol.batch_size, "log_samples": True,
                 "output_path": str(self.output / "evals" / run.name / protocol.name), "seed": settings["seed"],
             }
             if protocol.limit is not None:
