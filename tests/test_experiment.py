@@ -163,7 +163,7 @@ def test_set_addresses_runs_by_name_and_parses_values_as_yaml(base_dir, tmp_path
     experiment = load_experiment(path, ["runs.dpo.overrides.max_steps=7", "evaluation.limit=3",
                                         "evaluation.tasks=[a, b]"], output=tmp_path / "elsewhere")
     assert experiment.run("dpo").overrides["max_steps"] == 7
-    assert (experiment.evaluation.limit, experiment.evaluation.tasks) == (3, ("a", "b"))
+    assert [(protocol.tasks, protocol.limit) for protocol in experiment.evaluation.protocols] == [(("a", "b"), 3)]
     assert experiment.output == tmp_path / "elsewhere" and experiment.raw["output"] == str(tmp_path / "elsewhere")
     with pytest.raises(ExperimentConfigError, match=r"runs has no entry named 'ppo'; names: \['base', 'dpo'\]"):
         load_experiment(path, ["runs.ppo.overrides.max_steps=7"])

@@ -242,14 +242,15 @@ def test_a_two_process_run_logs_the_samples_and_scores_of_the_one_process_run(tw
 def test_each_tasks_protocol_reaches_lmms_eval_and_results_json_records_it(two_process_experiment, workdir):
     evaluation = two_process_experiment["evaluation"]
     assert evaluation["world_size"] == 2
-    assert [(protocol["tasks"], protocol["backend"], protocol["batch_size"], protocol["gen_kwargs"], protocol["limit"])
-            for protocol in evaluation["protocols"]] == [
-        (["shapes_caption"], "ue_dpo_hf", 2, {"max_new_tokens": MAX_NEW_TOKENS}, None),
-        (["object_halbench"], "ue_dpo_hf", 1, {"max_new_tokens": 8, "num_beams": 2}, OBJECT_HALBENCH_LIMIT),
-    ]
+    protocols = {tuple(protocol["tasks"]): protocol for protocol in evaluation["protocols"]}
+    assert {tasks: (protocol["backend"], protocol["batch_size"], protocol["gen_kwargs"], protocol["limit"])
+            for tasks, protocol in protocols.items()} == {
+        ("shapes_caption",): ("ue_dpo_hf", 2, {"max_new_tokens": MAX_NEW_TOKENS}, None),
+        ("object_halbench",): ("ue_dpo_hf", 1, {"max_new_tokens": 8, "num_beams": 2}, OBJECT_HALBENCH_LIMIT),
+    }
     halbench_samples = Path(evaluation["samples_files"]["object_halbench"]).read_text().splitlines()
     assert len(halbench_samples) == OBJECT_HALBENCH_LIMIT  # of the fixture's 6 questions
-    results = json.loads(Path(evaluation["protocols"][1]["results_file"]).read_text())
+    results = json.loads(Path(protocols[("object_halbench",)]["results_file"]).read_text())
     generation = results["configs"]["object_halbench"]["generation_kwargs"]
     assert (generation["max_new_tokens"], generation["num_beams"]) == (8, 2)
     assert len(logged_samples(Path(evaluation["samples_files"]["shapes_caption"]).parent)) == EVAL_IMAGES

@@ -74,12 +74,10 @@ class Protocol:
 @dataclass(frozen=True)
 class Evaluation:
     tasks: tuple[str, ...]
+    # from `tasks`, `gen_kwargs`, `limit` and `batch_size`: each task's settings, tasks with the same ones together
     protocols: tuple[Protocol, ...]
     model: str = "ue_dpo_hf"
     model_args: dict[str, Any] = field(default_factory=dict)  # `pretrained` is each run's model
-    gen_kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 1
-    limit: int | None = None
     seed: tuple[int, int, int, int] = DEFAULT_EVAL_SEED
     env: dict[str, str] = field(default_factory=dict)
     launcher: tuple[str, ...] = ("lmms-eval",)
@@ -249,6 +247,8 @@ def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
 
 
 TASK_ENTRY_KEYS = {"name", "gen_kwargs", "limit", "batch_size"}
+EVALUATION_KEYS = {"tasks", "gen_kwargs", "limit", "batch_size", "model", "model_args", "seed", "env", "launcher",
+                   "metrics"}
 
 
 def _parse_evaluation(raw: Any) -> Evaluation:
@@ -256,7 +256,7 @@ def _parse_evaluation(raw: Any) -> Evaluation:
         raise ExperimentConfigError("the experiment: `evaluation` is missing; add `evaluation: {tasks: [...], "
                                     "model: ue_dpo_hf}`")
     _mapping("evaluation", raw)
-    _only_keys("evaluation", raw, {item.name for item in dataclasses.fields(Evaluation)} - {"protocols"})
+    _only_keys("evaluation", raw, EVALUATION_KEYS)
     for key in ("model_args", "gen_kwargs", "env", "metrics"):
         _mapping(f"evaluation.{key}", raw.get(key, {}))
     if "pretrained" in raw.get("model_args", {}):
@@ -292,8 +292,7 @@ def _parse_evaluation(raw: Any) -> Evaluation:
         tasks=tuple(name for tasks, *_ in protocols.values() for name in tasks),
         protocols=tuple(Protocol(tuple(tasks), *settings) for tasks, *settings in protocols.values()),
         model=_string("evaluation.model", raw.get("model", "ue_dpo_hf")),
-        model_args=dict(raw.get("model_args", {})), gen_kwargs=gen_kwargs,
-        batch_size=batch_size, limit=limit, seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
+        model_args=dict(raw.get("model_args", {})), seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
         env={str(key): str(value) for key, value in raw.get("env", {}).items()}, launcher=tuple(launcher),
         metrics=metrics,
     )
