@@ -202,6 +202,8 @@ def test_auto_and_cuda_devices_are_the_local_rank_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("LOCAL_RANK")
     assert model_module._resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device=cuda, but no GPU is visible"):
+        model_module._resolve_device("cuda")
 
 
 def test_generation_kwargs_are_honoured(models, images):

@@ -85,6 +85,8 @@ def _resolve_device(device: str) -> torch.device:
     if device != "cuda":
         return torch.device(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.cuda.is_available():
+        raise ValueError(f"{MODEL_NAME}: device=cuda, but no GPU is visible; use device=cpu or device=auto")
     if local_rank >= torch.cuda.device_count():
         raise ValueError(f"{MODEL_NAME}: this is local rank {local_rank}, but {torch.cuda.device_count()} GPU(s) are "
                          f"visible; start at most one process per GPU, or pin the device with device=cuda:N")
