@@ -197,6 +197,19 @@ def test_every_experiment_file_loads_and_names_training_configs_that_exist(path)
         assert run.train is None or run.train.is_file(), f"{path.name}: run {run.name} names {run.train}"
 
 
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("paper_*.yaml")), ids=lambda path: path.name)
+def test_paper_experiments_spell_out_the_protocol_task_by_task_and_name_a_live_judge(path):
+    from ue_dpo.experiment.config import load_experiment
+
+    experiment = load_experiment(path)
+    protocol_of = {task: protocol for protocol in experiment.evaluation.protocols for task in protocol.tasks}
+    assert sorted(protocol_of) == ["amber", "mmhal_bench", "object_halbench"]
+    beams = {task: protocol.gen_kwargs["num_beams"] for task, protocol in protocol_of.items()}
+    assert beams == {"object_halbench": 3, "mmhal_bench": 1, "amber": 1}  # RLAIF-V's beams on Object-HalBench
+    assert {protocol.gen_kwargs["max_new_tokens"] for protocol in protocol_of.values()} == {1024}
+    assert experiment.judge.model and experiment.judge.model != "gpt-4-1106-preview"  # retired by OpenAI
+
+
 @pytest.mark.parametrize("peers_name", sorted(PEER_EXPERIMENTS))
 def test_peer_experiments_add_ddpo_and_tpo_runs_that_differ_from_dpo_only_in_the_method_keys(peers_name):
     from ue_dpo.experiment.config import load_experiment

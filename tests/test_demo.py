@@ -149,7 +149,9 @@ def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
     # the synthetic data was not converted by `ue-dpo data`, so there is no source record to copy
     assert (warmup["training"]["data"], dpo["training"]["data"]) == ({"shapes_sft": None}, {"shapes_pref": None})
     assert dpo["model"] == str(out.resolve() / "runs" / "dpo")
-    assert dpo["evaluation"]["lmms_eval_config"]["model"] == "ue_dpo_hf"
+    [protocol] = dpo["evaluation"]["protocols"]
+    assert (protocol["tasks"], protocol["backend"], protocol["batch_size"]) == (["shapes_caption"], "ue_dpo_hf", 16)
+    assert dpo["evaluation"]["world_size"] == 1
     assert results["evaluation"]["seed"] == [0, 1234, 1234, 1234]
     assert results["versions"]["llamafactory"] == "0.9.5" and results["versions"]["lmms-eval"] == "0.7.3"
     assert results["synthetic_world"]["eval_images"] == EVAL_IMAGES

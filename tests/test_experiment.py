@@ -13,9 +13,9 @@ import pytest
 import yaml
 from ue_dpo.cli import main
 from ue_dpo.experiment import embedded_default_path, runner
-from ue_dpo.experiment.config import ExperimentConfigError, apply_setting, load_experiment, parse_experiment
+from ue_dpo.experiment.config import ExperimentConfigError, Protocol, apply_setting, load_experiment, parse_experiment
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
-from ue_dpo.experiment.runner import last_checkpoint, read_lmms_eval_output
+from ue_dpo.experiment.runner import last_checkpoint, logged_world_size, read_lmms_eval_output
 from ue_dpo.experiment.stages import StageError
 
 
@@ -81,10 +81,84 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
     (changed("judge.api_key", "sk-1"), "judge.api_key: keys never go in experiment files"),
     ({**VALID, "reported": [{"label": "p", "source": "s", "metrics": {"t": {"m": "5%"}}}]},
      r"reported\[0\].metrics.t.m: must be a number"),
+    (changed("evaluation.tasks", [{"name": "amber", "num_beams": 3}]),
+     r"evaluation.tasks\[0\]: unknown key\(s\) \['num_beams'\]; allowed: batch_size, gen_kwargs, limit, name"),
+    (changed("evaluation.tasks", [{"gen_kwargs": {}}]), r"evaluation.tasks\[0\]: `name` is missing"),
+    (changed("evaluation.tasks", ["amber", {"name": "amber", "limit": 2}]),
+     r"evaluation.tasks\[1\]: task 'amber' is listed twice"),
+    (changed("evaluation.tasks", [{"name": "amber", "limit": 0}]),
+     r"evaluation.tasks.amber.limit: must be a positive integer \(items per task\) or null"),
+    (changed("evaluation.tasks", [{"name": "amber", "batch_size": "8"}]),
+     "evaluation.tasks.amber.batch_size: must be a positive integer, got '8'"),
+    (changed("evaluation.tasks", [{"name": "amber", "gen_kwargs": {"until": "a,b"}}]),
+     "evaluation.tasks.amber.gen_kwargs.until: 'a,b' contains ',' or '='"),
+    (changed("evaluation.tasks", [{"name": "amber", "gen_kwargs": [3]}]),
+     "evaluation.tasks.amber.gen_kwargs: must be a mapping"),
+    ({**VALID, "reported": [{"label": "p", "source": "s", "metrics": {"mmhal_bench": {"score": 2.1}}}]},
+     r"reported\[0\].judge: the row reports \['mmhal_bench'\], which an LLM judge scores; name the judge model"),
+    ({**VALID, "judge": {"model": "gpt-4o-2024-08-06"},
+      "reported": [{"label": "p", "source": "s", "judge": "gpt-4-1106-preview", "metrics": {"mmhal_bench": {"score": 2}}}]},
+     r"reported\[0\].judge: 'p' was judged by gpt-4-1106-preview, but this experiment's judge.model is "
+     r"gpt-4o-2024-08-06; ratings of different judges are not comparable"),
+    ({**VALID, "reported": [{"label": "p", "source": "s", "judge": "gpt-4-1106-preview", "metrics": {"a": {"b": 1}}}]},
+     r"judged by gpt-4-1106-preview, but this experiment's judge.model is not set"),
 ])
 def test_bad_experiment_files_are_refused_naming_the_key_and_the_fix(base_dir, raw, message):
     with pytest.raises(ExperimentConfigError, match=message):
         parse_experiment(raw, base_dir=base_dir)
+
+
+def test_tasks_with_the_same_settings_share_one_protocol_and_task_settings_override_the_evaluations(base_dir):
+    raw = changed("evaluation", {"tasks": [{"name": "object_halbench", "gen_kwargs": {"num_beams": 3}}, "amber",
+                                           {"name": "mmhal_bench", "limit": None}, {"name": "pope", "batch_size": 1}],
+                                 "gen_kwargs": {"max_new_tokens": 512}, "limit": 8, "batch_size": 4})
+    evaluation = parse_experiment(raw, base_dir=base_dir).evaluation
+    assert evaluation.tasks == ("object_halbench", "amber", "mmhal_bench", "pope")
+    assert evaluation.protocols == (
+        Protocol(("object_halbench",), {"max_new_tokens": 512, "num_beams": 3}, 8, 4),
+        Protocol(("amber",), {"max_new_tokens": 512}, 8, 4),
+        Protocol(("mmhal_bench",), {"max_new_tokens": 512}, None, 4),
+        Protocol(("pope",), {"max_new_tokens": 512}, 8, 1),
+    )
+    raw = changed("evaluation", {"tasks": ["a", {"name": "b", "limit": 3}, "c", {"name": "d", "limit": 3}]})
+    assert [(protocol.name, protocol.limit) for protocol in parse_experiment(raw, base_dir=base_dir).evaluation.protocols] \
+        == [("a+c", None), ("b+d", 3)]
+
+
+def test_the_readme_protocol_example_gives_the_protocols_it_describes(base_dir):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**The protocol, task by task.**"):]
+    example = yaml.safe_load(section[section.index("```yaml") + len("```yaml"):section.index("```\n", section.index("```yaml") + 7)])
+    evaluation = parse_experiment({**VALID, **example}, base_dir=base_dir).evaluation
+    assert evaluation.protocols == (
+        Protocol(("object_halbench",), {"max_new_tokens": 1024, "num_beams": 3}, None, 8),
+        Protocol(("amber",), {"max_new_tokens": 1024}, 500, 32),
+        Protocol(("mmhal_bench",), {"max_new_tokens": 1024}, None, 8),
+    )
+
+
+def test_a_reported_row_judged_by_the_experiments_judge_is_kept(base_dir):
+    raw = {**VALID, "judge": {"model": "gpt-4o-2024-08-06"},
+           "reported": [{"label": "p", "source": "s", "judge": "gpt-4o-2024-08-06", "metrics": {"mmhal_bench": {"score": 2}}}]}
+    assert parse_experiment(raw, base_dir=base_dir).reported[0].judge == "gpt-4o-2024-08-06"
+
+
+def test_a_task_named_like_a_folder_here_is_refused_before_lmms_eval_misreads_it(base_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes_caption").mkdir()
+    experiment = parse_experiment({**VALID, "output": str(tmp_path / "out")}, base_dir=base_dir)
+    experiment_runner = runner.ExperimentRunner(experiment)
+    experiment_runner.paths.update({"runs.base": "model", "synthetic.eval": "eval"})
+    with pytest.raises(StageError, match=r"\./shapes_caption is a folder, so lmms-eval would read `--tasks "
+                                         r"shapes_caption` as a folder of task YAMLs"):
+        experiment_runner.lmms_eval_entries(experiment.run("base"), experiment_runner.evaluation_settings())
+
+
+def test_the_world_size_is_read_from_the_line_each_rank_logs():
+    line = "2026-12-01 09:39:16 | INFO | lmms_eval.evaluator:evaluate:1047 - Running on rank {} (local rank {})\n"
+    assert logged_world_size(line.format(1, 1) + line.format(0, 0) + line.format(0, 0)) == 2
+    assert logged_world_size(line.format(0, 0)) == 1
+    assert logged_world_size("no rank lines") is None
 
 
 def test_set_addresses_runs_by_name_and_parses_values_as_yaml(base_dir, tmp_path):
@@ -93,7 +167,7 @@ def test_set_addresses_runs_by_name_and_parses_values_as_yaml(base_dir, tmp_path
     experiment = load_experiment(path, ["runs.dpo.overrides.max_steps=7", "evaluation.limit=3",
                                         "evaluation.tasks=[a, b]"], output=tmp_path / "elsewhere")
     assert experiment.run("dpo").overrides["max_steps"] == 7
-    assert (experiment.evaluation.limit, experiment.evaluation.tasks) == (3, ("a", "b"))
+    assert [(protocol.tasks, protocol.limit) for protocol in experiment.evaluation.protocols] == [(("a", "b"), 3)]
     assert experiment.output == tmp_path / "elsewhere" and experiment.raw["output"] == str(tmp_path / "elsewhere")
     with pytest.raises(ExperimentConfigError, match=r"runs has no entry named 'ppo'; names: \['base', 'dpo'\]"):
         load_experiment(path, ["runs.ppo.overrides.max_steps=7"])
@@ -135,10 +209,10 @@ def test_lmms_eval_output_is_read_and_checked(tmp_path):
     summary = read_lmms_eval_output(tmp_path / "ok", ["shapes_caption"])
     assert summary["metrics"] == {"shapes_caption": {"chair_s": 25.0, "chair_i": None, "recall,exact": 50.0}}
     assert summary["samples_files"]["shapes_caption"].endswith("_samples_shapes_caption.jsonl")
-    assert summary["lmms_eval_config"] == {"model": "ue_dpo_hf"}
-    with pytest.raises(StageError, match="expected one \\*_results.json under .*, found 0"):
+    assert [record["lmms_eval_config"] for record in summary["evaluations"]] == [{"model": "ue_dpo_hf"}]
+    with pytest.raises(StageError, match="found no \\*_results.json under "):
         read_lmms_eval_output(tmp_path / "nothing", ["shapes_caption"])
-    with pytest.raises(StageError, match=r"has no results for \['amber'\]"):
+    with pytest.raises(StageError, match=r"no results for \['amber'\] under "):
         read_lmms_eval_output(tmp_path / "ok", ["shapes_caption", "amber"])
     write_lmms_eval_output(tmp_path / "unlogged", results=LMMS_EVAL_RESULTS, tasks_with_samples=[])
     with pytest.raises(StageError, match="task shapes_caption evaluated 4 samples and logged 0 sample files"):
@@ -160,9 +234,9 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
         "evaluation": {"tasks": ["shapes_caption"]},
         "versions": {"ue-dpo": "0.1.0"},
         "runs": [{"label": label, "model": label, "training": None, "metrics": {"shapes_caption": metrics},
-                  "higher_is_better": {"shapes_caption": {"chair_s": False}}}
+                  "higher_is_better": {"shapes_caption": {"chair_s": False}}, "evaluation": {"world_size": 2}}
                  for label, metrics in (("base", {"chair_s": 40.0, "chair_i": None}), ("dpo", {"chair_s": 12.5}))],
-        "reported": [{"label": "paper", "source": "Table 1", "measured": False,
+        "reported": [{"label": "paper", "source": "Table 1", "judge": "judge-x", "measured": False,
                       "metrics": {"shapes_caption": {"chair_s": 5.0}}}],
     }
     columns = table_columns(experiment, results)
@@ -171,7 +245,9 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
     assert "| run | shapes_caption chair_s ↓ | shapes_caption chair_i |" in markdown
     assert "| base | 40.00 | – |" in markdown and "| dpo | 12.50 | – |" in markdown
     assert f"| paper ({REPORTED_MARK}) | 5.00 | – |" in markdown
-    assert f"- *paper*: {REPORTED_MARK}; copied from Table 1." in markdown
+    assert f"- *paper*: {REPORTED_MARK}; copied from Table 1, judged by judge-x." in markdown
+    assert ("Measured rows: lmms-eval `--model ue_dpo_hf` on shapes_caption with gen_kwargs of the task, limit none, "
+            "batch size 1 (seed [0, 1234, 1234, 1234], world size 2)") in markdown
     render_chart(results, columns, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -195,6 +271,8 @@ def test_results_json_names_the_source_files_of_the_converted_training_data(base
             for entry in yaml.safe_load(Path(command[-1]).read_text()):
                 write_lmms_eval_output(Path(entry["output_path"]), results=LMMS_EVAL_RESULTS,
                                        tasks_with_samples=["shapes_caption"])
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text("INFO | lmms_eval.evaluator:evaluate:1047 - Running on rank 0 (local rank 0)\n")
         return 0
 
     monkeypatch.setattr(runner, "stream", finished_subprocess)
@@ -204,7 +282,11 @@ def test_results_json_names_the_source_files_of_the_converted_training_data(base
     }, base_dir=base_dir)
     runner.run_experiment(experiment)
 
-    recorded = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["training"]["data"]
+    run = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]
+    assert run["evaluation"]["world_size"] == 1
+    assert run["evaluation"]["lmms_eval_entries"][0]["output_path"] == str(tmp_path / "out" / "evals" / "dpo" /
+                                                                          "shapes_caption")
+    recorded = run["training"]["data"]
     parquet = source / "RLHF-V-Dataset.parquet"
     assert recorded["rlhf_v"]["files"] == {parquet.name: hashlib.sha256(parquet.read_bytes()).hexdigest()}
     assert (recorded["rlhf_v"]["hub"], recorded["rlhf_v"]["rows_read"], recorded["rlhf_v"]["subset"]) == \

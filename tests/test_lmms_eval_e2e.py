@@ -1,9 +1,10 @@
 """The real `lmms-eval` CLI with `--model ue_dpo_hf` on tiny local models, base and LoRA output dirs, on
 `shapes_caption` and on mini fixtures of object_halbench, mmhal_bench and amber (judge: a loopback server), and
-lmms-eval's own `llava_hf` / `qwen2_5_vl` models on merged checkpoints.
+lmms-eval's own `llava_hf` / `qwen2_5_vl` models on merged checkpoints, and `ue-dpo run` of one of them on 2
+processes with a protocol per task.
 
 lmms-eval exits 0 even when an evaluation fails, so every run is checked through the files it writes. To keep
-its slow start-up to two processes, one run uses the plain flags of the README and one a `--config` list of runs.
+its slow start-ups few, one run uses the plain flags of the README and one a `--config` list of runs.
 No run passes --include_path: the tasks are found by the installed discovery patch.
 """
 
@@ -197,6 +198,63 @@ def test_a_lora_output_dir_answers_with_its_adapter(arch, evaluations):
     lora = [response_of(sample) for sample in logged_samples(evaluations["dirs"][f"{arch}_lora"])]
     assert all(answer.strip() for answer in base + lora)
     assert base != lora
+
+
+OBJECT_HALBENCH_LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def two_process_experiment(workdir, evaluations, checkpoints, shapes_eval_dir, benchmark_env):
+    """`ue-dpo run` of the README's LoRA run on 2 processes (torchrun, gloo on CPU) with a protocol per task:
+    shapes_caption as the README run but in batches of 2, Object-HalBench on 4 items with beam search."""
+    experiment = {
+        "output": "experiment",
+        "runs": [{"name": "lora", "checkpoint": str(checkpoints["qwen2_vl_lora"])}],
+        "evaluation": {
+            "tasks": [{"name": "shapes_caption", "gen_kwargs": {"max_new_tokens": MAX_NEW_TOKENS}, "batch_size": 2},
+                      {"name": "object_halbench", "limit": OBJECT_HALBENCH_LIMIT,
+                       "gen_kwargs": {"max_new_tokens": 8, "num_beams": 2}}],
+            "model_args": {"device": "cpu"},
+            "launcher": ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval"],
+            "env": {**{key: value for key, value in benchmark_env.items() if key != "OPENAI_API_KEY"},
+                    "UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir)},
+        },
+    }
+    folder = workdir / "two_processes"  # not workdir: lmms-eval reads `--tasks object_halbench` as ./object_halbench/
+    folder.mkdir()
+    (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    result = run_cli([str(BIN / "ue-dpo"), "run", "experiment.yaml"], folder)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return json.loads((folder / "experiment" / "results.json").read_text())["runs"][0]
+
+
+def test_a_two_process_run_logs_the_samples_and_scores_of_the_one_process_run(two_process_experiment, evaluations):
+    one_process = evaluations["dirs"]["qwen2_vl_lora"]
+    # 5 documents on 2 ranks: rank 1 also answers a padding request, which must not be logged
+    merged = logged_samples(Path(two_process_experiment["evaluation"]["samples_files"]["shapes_caption"]).parent)
+    assert [sample["doc_id"] for sample in merged] == list(range(EVAL_IMAGES))
+    assert merged == logged_samples(one_process)
+    assert two_process_experiment["metrics"]["shapes_caption"] == {
+        key.removesuffix(",none"): value for key, value in results_of(one_process)["shapes_caption"].items()
+        if key != "alias" and "_stderr" not in key}
+
+
+def test_each_tasks_protocol_reaches_lmms_eval_and_results_json_records_it(two_process_experiment, workdir):
+    evaluation = two_process_experiment["evaluation"]
+    assert evaluation["world_size"] == 2
+    protocols = {tuple(protocol["tasks"]): protocol for protocol in evaluation["protocols"]}
+    assert {tasks: (protocol["backend"], protocol["batch_size"], protocol["gen_kwargs"], protocol["limit"])
+            for tasks, protocol in protocols.items()} == {
+        ("shapes_caption",): ("ue_dpo_hf", 2, {"max_new_tokens": MAX_NEW_TOKENS}, None),
+        ("object_halbench",): ("ue_dpo_hf", 1, {"max_new_tokens": 8, "num_beams": 2}, OBJECT_HALBENCH_LIMIT),
+    }
+    halbench_samples = Path(evaluation["samples_files"]["object_halbench"]).read_text().splitlines()
+    assert len(halbench_samples) == OBJECT_HALBENCH_LIMIT  # of the fixture's 6 questions
+    results = json.loads(Path(protocols[("object_halbench",)]["results_file"]).read_text())
+    generation = results["configs"]["object_halbench"]["generation_kwargs"]
+    assert (generation["max_new_tokens"], generation["num_beams"]) == (8, 2)
+    assert len(logged_samples(Path(evaluation["samples_files"]["shapes_caption"]).parent)) == EVAL_IMAGES
+    assert "world size 2" in (workdir / "two_processes" / "experiment" / "results.md").read_text()
 
 
 def test_a_generation_error_fails_the_run_instead_of_scoring_empty_answers(evaluations):

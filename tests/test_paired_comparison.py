@@ -17,11 +17,12 @@ from ue_dpo.benchmarks.paired_comparison import (
     paired_records,
 )
 from ue_dpo.cli import main
-from ue_dpo.commands.compare import run_folder
+from ue_dpo.commands.compare import CompareError, compare_folders, run_folder
 from ue_dpo.evaluation.shapes_caption import shapes_process_results
 from ue_dpo.experiment import embedded_default_path
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, load_experiment
 from ue_dpo.experiment.runner import ExperimentRunner
+from ue_dpo.experiment.stages import StageError
 from ue_dpo.statistics import percentile_interval, seed_level_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,12 +216,15 @@ def test_seed_level_interval_is_the_t_interval_of_the_mean_difference():
 LMMS_EVAL_DATE = "20260101_000000"
 
 
-def write_lmms_eval_output(folder: Path, model: str, samples: dict[str, list[dict]]) -> None:
-    """An lmms-eval --output_path folder: <model_name_sanitized>/<date>_results.json and _samples_<task>.jsonl."""
+def write_lmms_eval_output(folder: Path, model: str, samples: dict[str, list[dict]],
+                           judges: dict[str, str] | None = None) -> None:
+    """An lmms-eval --output_path folder: <model_name_sanitized>/<date>_results.json and _samples_<task>.jsonl;
+    `judges` are the judge models our judged tasks record in their config (metadata.judge)."""
     model_dir = folder / model
     model_dir.mkdir(parents=True)
     results = {"results": {task: {"alias": task} for task in samples},
                "n-samples": {task: {"original": len(lines), "effective": len(lines)} for task, lines in samples.items()},
+               "configs": {task: {"metadata": {"judge": {"model": judge}}} for task, judge in (judges or {}).items()},
                "higher_is_better": {}, "config": {"model": "ue_dpo_hf"}}
     (model_dir / f"{LMMS_EVAL_DATE}_results.json").write_text(json.dumps(results))
     for task, lines in samples.items():
@@ -295,6 +299,35 @@ def test_experiment_run_names_resolve_to_the_folders_ue_dpo_run_evaluates_into(t
     run = runner.experiment.run("dpo")
     runner.paths.update({f"synthetic.{name}": str(tmp_path / name) for name in SYNTHETIC_PATHS},
                         **{f"runs.{run.name}": str(tmp_path / "model")})
-    output_path = Path(runner.lmms_eval_entry(run, runner.evaluation_settings())["output_path"])
+    [entry] = runner.lmms_eval_entries(run, runner.evaluation_settings())
+    output_path = Path(entry["output_path"])
     output_path.mkdir(parents=True)
-    assert run_folder("dpo", tmp_path / "out") == output_path
+    assert run_folder("dpo", tmp_path / "out") == output_path.parent
+
+
+def test_a_run_evaluated_in_several_protocols_is_compared_over_all_of_them(tmp_path):
+    for run, captions, ratings in (("a", CAPTIONS_A, [1, 2, 3]), ("b", CAPTIONS_B, [2, 2, 5])):
+        write_lmms_eval_output(tmp_path / run / "shapes_caption", "m", {"shapes_caption": shapes_samples(captions, TRUTHS)})
+        write_lmms_eval_output(tmp_path / run / "mmhal_bench", "m", {"mmhal_bench": mmhal_samples(ratings)},
+                               judges={"mmhal_bench": "judge-x"})
+    comparison = compare_folders(tmp_path / "a", tmp_path / "b", resamples=50, seed=0)
+    assert sorted(comparison["tasks"]) == ["mmhal_bench", "shapes_caption"]
+    assert comparison["tasks"]["mmhal_bench"]["score"]["delta"] == pytest.approx(1.0)  # (2+2+5)/3 - (1+2+3)/3
+    write_lmms_eval_output(tmp_path / "a" / "again", "m", {"shapes_caption": shapes_samples(CAPTIONS_A, TRUTHS)})
+    with pytest.raises(StageError, match=r"both hold \['shapes_caption'\]; keep one lmms-eval run per task there"):
+        compare_folders(tmp_path / "a", tmp_path / "b", resamples=50, seed=0)
+
+
+def test_runs_scored_by_different_judges_are_refused(tmp_path):
+    for run, judge in (("a", "judge-x"), ("b", "judge-y")):
+        write_lmms_eval_output(tmp_path / run, "m", {"mmhal_bench": mmhal_samples([1, 2, 3], judge_model=judge),
+                                                     "shapes_caption": shapes_samples(CAPTIONS_A, TRUTHS)},
+                               judges={"mmhal_bench": judge})
+    with pytest.raises(CompareError, match="mmhal_bench: A was scored with judge judge-x, B with judge judge-y"):
+        compare_folders(tmp_path / "a", tmp_path / "b", resamples=50, seed=0)
+    # a task scored without a judge against the same task scored with one (Object-HalBench: nltk vs gpt extractor)
+    write_lmms_eval_output(tmp_path / "rules", "m", {"shapes_caption": shapes_samples(CAPTIONS_A, TRUTHS)})
+    write_lmms_eval_output(tmp_path / "gpt", "m", {"shapes_caption": shapes_samples(CAPTIONS_B, TRUTHS)},
+                           judges={"shapes_caption": "judge-x"})
+    with pytest.raises(CompareError, match="shapes_caption: A was scored with judge none, B with judge judge-x"):
+        compare_folders(tmp_path / "rules", tmp_path / "gpt", resamples=50, seed=0)

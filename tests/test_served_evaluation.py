@@ -162,7 +162,7 @@ def test_ue_dpo_run_through_transformers_serve_scores_as_ue_dpo_hf(tmp_path, tin
     assert prepare_served_model("lora", str(lora_dir), output=output, markers=Markers(output),
                                 server=Server(command="x {model} {port}", merge_dtype="float32"), env=offline_env(),
                                 llamafactory_cli=shutil.which("false"))[0] == served
-    entry = json.loads((output / "state" / "eval-lora.done.json").read_text())["lmms_eval_entry"]
+    (entry,) = json.loads((output / "state" / "eval-lora.done.json").read_text())["lmms_eval_entries"]
     assert entry["model"] == "openai" and "num_concurrent=2" in entry["model_args"]
     base_url = next(arg.split("=", 1)[1] for arg in entry["model_args"].split(",") if arg.startswith("base_url="))
     assert not port_answers(base_url), "the server is still running after `ue-dpo run`"

@@ -136,13 +136,14 @@ def test_checkpoint_resolution_takes_the_processor_from_the_base_when_the_dir_ha
         resolve_checkpoint(str(tiny_llava_dir), str(moved))
 
 
-def requests_for(images, gen_kwargs_per_request):
+def requests_for(images, gen_kwargs_per_request, contexts=None):
     docs = [{"image": image} for image in images]
+    contexts = contexts or [CAPTION_PROMPT] * len(images)
     return [
         Instance(request_type="generate_until", idx=0,
-                 arguments=(CAPTION_PROMPT, dict(gen_kwargs), lambda doc: [doc["image"]], doc_id, "shapes", "test"),
+                 arguments=(context, dict(gen_kwargs), lambda doc: [doc["image"]], doc_id, "shapes", "test"),
                  metadata={"task": "shapes", "doc_id": doc_id, "repeats": 1})
-        for doc_id, gen_kwargs in enumerate(gen_kwargs_per_request)
+        for doc_id, (context, gen_kwargs) in enumerate(zip(contexts, gen_kwargs_per_request))
     ], {"shapes": {"test": docs}}
 
 
@@ -159,6 +160,50 @@ def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, mode
     finally:
         model.batch_size_per_gpu = 1
     assert batched == [answers[0] for answers in one_by_one]
+
+
+def test_batches_hold_the_longest_prompts_first_and_answers_keep_request_order(models, images, monkeypatch):
+    model = models["qwen2_vl"]
+    contexts = ["Describe this image.", "Name every shape in this picture, its colour and where it is.",
+                "What shapes are in the picture?", "Describe this image in one short sentence, please."]
+    images = [*images, images[0]]
+    kwargs = [{"max_new_tokens": 4}, {"max_new_tokens": 4}, {"max_new_tokens": 2}, {"max_new_tokens": 4}]
+    requests, model.task_dict = requests_for(images, kwargs, contexts)
+    lengths = [len(model.encode_prompt(context, [image])) for context, image in zip(contexts, images)]
+    assert len(set(lengths)) == len(lengths)
+    batches = []
+
+    def answer_with_the_prompt_length(inputs, gen_kwargs):  # each row's unpadded prompt length stands for its answer
+        rows = inputs["attention_mask"].sum(dim=1).tolist()
+        batches.append((rows, gen_kwargs["max_new_tokens"]))
+        return [str(length) for length in rows]
+
+    monkeypatch.setattr(model, "_generate", answer_with_the_prompt_length)
+    monkeypatch.setattr(model, "batch_size_per_gpu", 2)
+    assert model.generate_until(requests) == [str(length) for length in lengths]
+    # one kwargs group at a time, each sorted longest first, in batches of 2
+    four = sorted((lengths[0], lengths[1], lengths[3]), reverse=True)
+    assert batches == [(four[:2], 4), (four[2:], 4), ([lengths[2]], 2)]
+
+
+def test_auto_and_cuda_devices_are_the_local_rank_gpu(monkeypatch):
+    from ue_dpo.evaluation import model as model_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert model_module._resolve_device("auto") == torch.device("cuda", 1)
+    assert model_module._resolve_device("cuda") == torch.device("cuda", 1)
+    assert model_module._resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert model_module._resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="local rank 2, but 2 GPU\\(s\\) are visible"):
+        model_module._resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert model_module._resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device=cuda, but no GPU is visible"):
+        model_module._resolve_device("cuda")
 
 
 def test_generation_kwargs_are_honoured(models, images):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT_EVALS_DIR = "evals"  # where `ue-dpo run` writes each run's lmms-eval output (ExperimentRunner.lmms_eval_entry)
+EXPERIMENT_EVALS_DIR = "evals"  # where `ue-dpo run` writes each run's lmms-eval output (ExperimentRunner.lmms_eval_entries)
 EXPERIMENT_RESULTS_FILE = "results.json"
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -75,6 +75,11 @@ def compare_folders(folder_a: Path, folder_b: Path, *, resamples: int, seed: int
         elif task not in PAIRED_TASKS:
             not_compared[task] = "no paired metrics for this task"
         else:
+            judges = {side: outputs[side]["judges"].get(task) for side in ("A", "B")}
+            if judges["A"] != judges["B"]:
+                raise CompareError(f"{task}: A was scored with judge {judges['A'] or 'none'}, B with judge "
+                                   f"{judges['B'] or 'none'} (lmms-eval's task config, metadata.judge); scores of "
+                                   f"different judges are not comparable: score both with the same judge")
             differences = paired_differences(read_logged_samples(Path(samples_a[task])),
                                              read_logged_samples(Path(samples_b[task])), task,
                                              resamples=resamples, seed=seed)

@@ -8,10 +8,13 @@ Qwen2-VL and Qwen2.5-VL), so evaluation sees byte for byte the prompt format of 
     lmms-eval --model ue_dpo_hf --model_args pretrained=saves/ue_dpo --tasks shapes_caption
 
 Model args: pretrained, base_model (overrides the adapter's base path), device (auto: cuda when
-available, else cpu), dtype (auto: float32 on cpu, bfloat16 on cuda), default_system (as
-LLaMA-Factory's key, if training set it), image_max_pixels / image_min_pixels (LLaMA-Factory's keys
-and defaults), attn_implementation. The batch size is lmms-eval's `--batch_size N`: requests with the
-same generation kwargs are generated together, left-padded.
+available, else cpu; `auto` and `cuda` are the process's local GPU, cuda:LOCAL_RANK, so every rank of a
+`torchrun`/`accelerate launch` run has its own; `cuda:N` pins every rank to GPU N), dtype (auto: float32 on
+cpu, bfloat16 on cuda), default_system (as LLaMA-Factory's key, if training set it), image_max_pixels /
+image_min_pixels (LLaMA-Factory's keys and defaults), attn_implementation. The batch size is lmms-eval's
+`--batch_size N`: requests with the same generation kwargs are generated together, longest prompt (image
+tokens included) first so that a batch holds prompts of similar length, left-padded, and the answers are
+returned in the requests' order (lmms-eval's Collator, as its own models do).
 """
 
 import inspect
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
+from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
@@ -72,11 +76,18 @@ def resolve_checkpoint(pretrained: str, base_model: str | None = None) -> tuple[
 
 
 def _resolve_device(device: str) -> torch.device:
+    """`auto` and `cuda` are this process's local GPU (LOCAL_RANK, set by torchrun and accelerate launch)."""
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda":
+        return torch.device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.cuda.is_available():
+        raise ValueError(f"{MODEL_NAME}: device=cuda, but no GPU is visible; use device=cpu or device=auto")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"{MODEL_NAME}: this is local rank {local_rank}, but {torch.cuda.device_count()} GPU(s) are "
+                         f"visible; start at most one process per GPU, or pin the device with device=cuda:N")
+    return torch.device("cuda", local_rank)
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -176,17 +187,22 @@ class UeDpoHF(lmms):
 
     def model_inputs(self, prompts: Sequence[tuple[str, Sequence[Image.Image]]]) -> dict[str, torch.Tensor]:
         """A left-padded batch of prompts with their images, ready for `generate`."""
-        prompt_ids = [self.encode_prompt(context, images) for context, images in prompts]
+        return self.encoded_inputs([self.encode_prompt(context, images) for context, images in prompts],
+                                   [images for _, images in prompts])
+
+    def encoded_inputs(self, prompt_ids: Sequence[list[int]],
+                       images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+        """`model_inputs` of prompts already encoded by `encode_prompt`."""
         longest = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), longest), dtype=torch.long)
         for row, ids in enumerate(prompt_ids):
             input_ids[row, longest - len(ids):] = torch.tensor(ids)
             attention_mask[row, longest - len(ids):] = 1
-        images = [image for _, row_images in prompts for image in row_images]
-        count = len(prompts)
+        images = [image for row_images in images_per_row for image in row_images]
+        count = len(prompt_ids)
         mm_inputs = self.template.mm_plugin.get_mm_inputs(
-            images=images, videos=[], audios=[], imglens=[len(row_images) for _, row_images in prompts],
+            images=images, videos=[], audios=[], imglens=[len(row_images) for row_images in images_per_row],
             vidlens=[0] * count, audlens=[0] * count, batch_ids=prompt_ids, processor=self.processor,
         )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mm_inputs}
@@ -228,28 +244,29 @@ class UeDpoHF(lmms):
         return settings, list(until)
 
     def generate(self, prompts: Sequence[tuple[str, Sequence[Image.Image]]], gen_kwargs: dict[str, Any]) -> list[str]:
+        return self._generate(self.model_inputs(prompts), gen_kwargs)
+
+    def _generate(self, inputs: dict[str, torch.Tensor], gen_kwargs: dict[str, Any]) -> list[str]:
         settings, until = self._generation_settings(gen_kwargs)
-        inputs = self.model_inputs(prompts)
         with torch.inference_mode():
             output_ids = self._model.generate(**inputs, **settings)
         texts = self._tokenizer.batch_decode(output_ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [_cut_at_stop_strings(text, until) for text in texts]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        groups: dict[str, list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
-        answers: list[str | None] = [None] * len(requests)
+        # Every prompt is encoded once, up front, for its length; the images are loaded again batch by batch.
+        prompt_ids = [self.encode_prompt(*self._request_prompt(request)) for request in requests]
+        batches = Collator(list(range(len(requests))), sort_fn=lambda index: -len(prompt_ids[index]),
+                           group_fn=lambda index: requests[index].args[1], grouping=True)
+        answers: list[str] = []
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ue_dpo_hf responding")
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size_per_gpu):
-                batch = indices[start:start + self.batch_size_per_gpu]
-                prompts = [self._request_prompt(requests[index]) for index in batch]
-                for index, text in zip(batch, self.generate(prompts, dict(requests[batch[0]].args[1]))):
-                    answers[index] = text
-                progress.update(len(batch))
+        for batch in batches.get_batched(n=self.batch_size_per_gpu):
+            inputs = self.encoded_inputs([prompt_ids[index] for index in batch],
+                                         [self._request_prompt(requests[index])[1] for index in batch])
+            answers.extend(self._generate(inputs, dict(requests[batch[0]].args[1])))
+            progress.update(len(batch))
         progress.close()
-        return answers
+        return batches.get_original(answers)
 
     def _request_prompt(self, request: Instance) -> tuple[str, list[Image.Image]]:
         context, _, doc_to_visual, doc_id, task, split = request.args

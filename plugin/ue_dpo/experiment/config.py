@@ -19,10 +19,13 @@ from typing import Any
 
 import yaml
 
+from ue_dpo.experiment.stages import digest
+
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 SYNTHETIC_PATHS = ("model", "data", "eval")
 SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
+JUDGED_TASKS = ("mmhal_bench",)  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
 
@@ -69,13 +72,27 @@ MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """Tasks evaluated with the same settings, by one lmms-eval run (one `--config` entry) per model."""
+
+    tasks: tuple[str, ...]
+    gen_kwargs: dict[str, Any]  # evaluation.gen_kwargs, then the task entry's: over the task YAML's
+    limit: int | None
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        """The folder of its lmms-eval output under evals/<run>/."""
+        return "+".join(self.tasks)
+
+
+@dataclass(frozen=True)
 class Evaluation:
     tasks: tuple[str, ...]
+    # from `tasks`, `gen_kwargs`, `limit` and `batch_size`: each task's settings, tasks with the same ones together
+    protocols: tuple[Protocol, ...]
     model: str = "ue_dpo_hf"
     model_args: dict[str, Any] = field(default_factory=dict)  # `pretrained` is each run's model
-    gen_kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 1
-    limit: int | None = None
     seed: tuple[int, int, int, int] = DEFAULT_EVAL_SEED
     env: dict[str, str] = field(default_factory=dict)
     launcher: tuple[str, ...] = ("lmms-eval",)
@@ -96,6 +113,7 @@ class ReportedRow:
     label: str
     source: str
     metrics: dict[str, dict[str, float]]
+    judge: str | None = None  # the judge model behind its judged metrics; must be the experiment's judge.model
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,7 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
         raw=dict(raw),
     )
     _check_references(experiment)
+    _check_reported_judges(experiment)
     return experiment
 
 
@@ -268,35 +287,36 @@ def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
     return tuple(runs)
 
 
+TASK_ENTRY_KEYS = {"name", "gen_kwargs", "limit", "batch_size"}
+EVALUATION_KEYS = {"tasks", "gen_kwargs", "limit", "batch_size", "model", "model_args", "seed", "env", "launcher",
+                   "metrics", "server"}
+
+
 def _parse_evaluation(raw: Any) -> Evaluation:
     if raw is None:
         raise ExperimentConfigError("the experiment: `evaluation` is missing; add `evaluation: {tasks: [...], "
                                     "model: ue_dpo_hf}`")
     _mapping("evaluation", raw)
-    _only_keys("evaluation", raw, {item.name for item in dataclasses.fields(Evaluation)})
-    tasks = raw.get("tasks")
-    if isinstance(tasks, str):
-        tasks = [task.strip() for task in tasks.split(",")]
-    if not isinstance(tasks, list) or not tasks or not all(isinstance(task, str) and task for task in tasks):
-        raise ExperimentConfigError("evaluation.tasks: list the lmms-eval tasks, e.g. `tasks: [object_halbench, "
-                                    "mmhal_bench, amber]`")
+    _only_keys("evaluation", raw, EVALUATION_KEYS)
     for key in ("model_args", "gen_kwargs", "env", "metrics"):
         _mapping(f"evaluation.{key}", raw.get(key, {}))
     if "pretrained" in raw.get("model_args", {}):
         raise ExperimentConfigError("evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
                                     "remove it (use `checkpoint:` in a run to evaluate a given model)")
-    for key in ("model_args", "gen_kwargs"):
-        for name, value in raw.get(key, {}).items():
-            if "," in str(value) or "=" in str(value):
-                raise ExperimentConfigError(f"evaluation.{key}.{name}: {value!r} contains ',' or '=', which "
-                                            f"lmms-eval's `k=v,k=v` syntax cannot carry")
-    batch_size = raw.get("batch_size", 1)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExperimentConfigError(f"evaluation.batch_size: must be a positive integer, got {batch_size!r}")
-    limit = raw.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ExperimentConfigError(f"evaluation.limit: must be a positive integer (items per task) or null for "
-                                    f"all, got {limit!r}")
+    _check_lmms_eval_values("evaluation.model_args", raw.get("model_args", {}))
+    gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}))
+    batch_size = _batch_size("evaluation.batch_size", raw.get("batch_size", 1))
+    limit = _limit("evaluation.limit", raw.get("limit"))
+    protocols: dict[str, tuple[list[str], dict[str, Any], int | None, int]] = {}
+    for name, entry in _task_entries(raw.get("tasks")):
+        where = f"evaluation.tasks.{name}"
+        settings = (
+            {**gen_kwargs, **_gen_kwargs(f"{where}.gen_kwargs", entry.get("gen_kwargs", {}))},
+            _limit(f"{where}.limit", entry["limit"]) if "limit" in entry else limit,
+            _batch_size(f"{where}.batch_size", entry.get("batch_size", batch_size)),
+        )
+        key = digest(settings)
+        protocols.setdefault(key, ([], *settings))[0].append(name)
     launcher = raw.get("launcher", ["lmms-eval"])
     if isinstance(launcher, str):
         launcher = launcher.split()
@@ -320,9 +340,10 @@ def _parse_evaluation(raw: Any) -> Evaluation:
                                     f"by lmms-eval's `{SERVER_MODEL}` model, so drop `model` or set it to "
                                     f"{SERVER_MODEL}")
     return Evaluation(
-        tasks=tuple(tasks), model=_string("evaluation.model", model), server=server,
-        model_args=dict(raw.get("model_args", {})), gen_kwargs=dict(raw.get("gen_kwargs", {})),
-        batch_size=batch_size, limit=limit, seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
+        tasks=tuple(name for tasks, *_ in protocols.values() for name in tasks),
+        protocols=tuple(Protocol(tuple(tasks), *settings) for tasks, *settings in protocols.values()),
+        model=_string("evaluation.model", model), server=server,
+        model_args=dict(raw.get("model_args", {})), seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
         env={str(key): str(value) for key, value in raw.get("env", {}).items()}, launcher=tuple(launcher),
         metrics=metrics,
     )
@@ -353,6 +374,54 @@ def _parse_server(raw: Any) -> Server | None:
         raise ExperimentConfigError(f"evaluation.server.merge_dtype: {merge_dtype!r} is not one of "
                                     f"{', '.join(MERGE_DTYPES)} (llamafactory-cli export's infer_dtype)")
     return Server(**raw)
+
+
+def _task_entries(raw: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, its own settings) of each `evaluation.tasks` entry: a name, or `{name, gen_kwargs, limit, batch_size}`."""
+    if isinstance(raw, str):
+        raw = [task.strip() for task in raw.split(",")]
+    if not isinstance(raw, list) or not raw:
+        raise ExperimentConfigError("evaluation.tasks: list the lmms-eval tasks, e.g. `tasks: [object_halbench, "
+                                    "mmhal_bench, amber]`")
+    entries = []
+    for index, entry in enumerate(raw):
+        where = f"evaluation.tasks[{index}]"
+        if isinstance(entry, dict):
+            _only_keys(where, entry, TASK_ENTRY_KEYS)
+            name = _string(f"{where}.name", _required(entry, "name", where, "the lmms-eval task, e.g. `name: amber`"))
+        else:
+            name, entry = _string(where, entry), {}
+        if name in (seen for seen, _ in entries):
+            raise ExperimentConfigError(f"{where}: task {name!r} is listed twice; list each task once, with its "
+                                        f"own gen_kwargs, limit and batch_size in one entry")
+        entries.append((name, entry))
+    return entries
+
+
+def _gen_kwargs(where: str, raw: Any) -> dict[str, Any]:
+    _mapping(where, raw)
+    _check_lmms_eval_values(where, raw)
+    return dict(raw)
+
+
+def _check_lmms_eval_values(where: str, raw: Mapping[str, Any]) -> None:
+    for name, value in raw.items():
+        if "," in str(value) or "=" in str(value):
+            raise ExperimentConfigError(f"{where}.{name}: {value!r} contains ',' or '=', which lmms-eval's "
+                                        f"`k=v,k=v` syntax cannot carry")
+
+
+def _batch_size(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExperimentConfigError(f"{where}: must be a positive integer, got {value!r}")
+    return value
+
+
+def _limit(where: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ExperimentConfigError(f"{where}: must be a positive integer (items per task) or null for all, "
+                                    f"got {value!r}")
+    return value
 
 
 def _eval_seed(raw: Any) -> tuple[int, int, int, int]:
@@ -387,7 +456,7 @@ def _parse_reported(raw: Any) -> tuple[ReportedRow, ...]:
     for index, item in enumerate(raw):
         where = f"reported[{index}]"
         _mapping(where, item)
-        _only_keys(where, item, {"label", "source", "metrics"})
+        _only_keys(where, item, {"label", "source", "metrics", "judge"})
         label = _string(f"{where}.label", _required(item, "label", where, "the row's name, e.g. `UE-DPO (paper)`"))
         source = _string(f"{where}.source", _required(item, "source", where,
                                                       "where the numbers come from, e.g. `paper, Table 1`"))
@@ -398,10 +467,25 @@ def _parse_reported(raw: Any) -> tuple[ReportedRow, ...]:
             for metric, value in values.items():
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise ExperimentConfigError(f"{where}.metrics.{task}.{metric}: must be a number, got {value!r}")
-        rows.append(ReportedRow(label=label, source=source,
+        judge = _string(f"{where}.judge", item["judge"]) if item.get("judge") is not None else None
+        judged = sorted(set(metrics) & set(JUDGED_TASKS))
+        if judged and judge is None:
+            raise ExperimentConfigError(f"{where}.judge: the row reports {judged}, which an LLM judge scores; name the "
+                                        f"judge model its numbers come from, e.g. `judge: gpt-4-1106-preview`")
+        rows.append(ReportedRow(label=label, source=source, judge=judge,
                                 metrics={task: {metric: float(value) for metric, value in values.items()}
                                          for task, values in metrics.items()}))
     return tuple(rows)
+
+
+def _check_reported_judges(experiment: Experiment) -> None:
+    """A reported row judged by another model than ours is not comparable with the measured rows."""
+    for index, row in enumerate(experiment.reported):
+        if row.judge is not None and row.judge != experiment.judge.model:
+            raise ExperimentConfigError(
+                f"reported[{index}].judge: {row.label!r} was judged by {row.judge}, but this experiment's judge.model is "
+                f"{experiment.judge.model or 'not set'}; ratings of different judges are not comparable: judge the runs "
+                f"with {row.judge} (judge.model) or drop the row")
 
 
 def references(value: Any) -> list[str]:

@@ -32,15 +32,22 @@ def collect_results(experiment: Experiment, markers: Markers) -> dict[str, Any]:
         runs.append({
             "name": run.name,
             "label": run.label,
-            "model": evaluation["lmms_eval_entry"]["model_args"].split(",")[0].removeprefix("pretrained="),
+            "model": evaluation["lmms_eval_entries"][0]["model_args"].split(",")[0].removeprefix("pretrained="),
             "training": None if training is None else {
                 key: training[key] for key in ("config_file", "config", "seeds", "data", "resumed_from", "versions")
             },
             "evaluation": {
-                "lmms_eval_entry": evaluation["lmms_eval_entry"],
-                "results_file": evaluation["results_file"],
+                "world_size": evaluation["world_size"],
+                # as lmms-eval recorded each of its runs (one per protocol)
+                "protocols": [{"tasks": record["tasks"], "backend": record["lmms_eval_config"].get("model"),
+                               "batch_size": record["lmms_eval_config"].get("batch_size"),
+                               "gen_kwargs": record["lmms_eval_config"].get("gen_kwargs"),
+                               "limit": record["lmms_eval_config"].get("limit"),
+                               "results_file": record["results_file"], "lmms_eval_config": record["lmms_eval_config"]}
+                              for record in evaluation["evaluations"]],
+                "lmms_eval_entries": evaluation["lmms_eval_entries"],
                 "samples_files": evaluation["samples_files"],
-                "lmms_eval_config": evaluation["lmms_eval_config"],
+                "judges": evaluation["judges"],
                 "versions": evaluation["versions"],
             },
             "metrics": evaluation["metrics"],
@@ -56,8 +63,8 @@ def collect_results(experiment: Experiment, markers: Markers) -> dict[str, Any]:
         "judge": {"model": experiment.judge.model, "base_url": experiment.judge.base_url},
         "versions": package_versions(),
         "runs": runs,
-        "reported": [{"label": row.label, "source": row.source, "measured": False, "metrics": row.metrics}
-                     for row in experiment.reported],
+        "reported": [{"label": row.label, "source": row.source, "judge": row.judge, "measured": False,
+                      "metrics": row.metrics} for row in experiment.reported],
     }
 
 
@@ -98,11 +105,16 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
     for label, values in table_rows(results, columns):
         lines.append(f"| {label} | " + " | ".join("–" if value is None else f"{value:.2f}" for value in values) + " |")
     evaluation = experiment.evaluation
-    lines += ["", f"Measured rows: lmms-eval `--model {evaluation.model}` on {', '.join(evaluation.tasks)} "
-              f"(limit {evaluation.limit or 'none'}, gen_kwargs {evaluation.gen_kwargs or 'task defaults'}, "
-              f"seed {list(evaluation.seed)}); ↓ lower is better, ↑ higher is better; – undefined or not reported."]
+    world_sizes = sorted({run["evaluation"]["world_size"] for run in results["runs"]}, key=str)
+    protocols = "; ".join(f"{', '.join(protocol.tasks)} with gen_kwargs {protocol.gen_kwargs or 'of the task'}, "
+                          f"limit {protocol.limit or 'none'}, batch size {protocol.batch_size}"
+                          for protocol in evaluation.protocols)
+    lines += ["", f"Measured rows: lmms-eval `--model {evaluation.model}` on {protocols} (seed {list(evaluation.seed)}, "
+              f"world size {', '.join('not logged' if size is None else str(size) for size in world_sizes)}); "
+              f"↓ lower is better, ↑ higher is better; – undefined or not reported."]
     for row in results["reported"]:
-        lines.append(f"- *{row['label']}*: {REPORTED_MARK}; copied from {row['source']}.")
+        judge = f", judged by {row['judge']}" if row["judge"] else ""
+        lines.append(f"- *{row['label']}*: {REPORTED_MARK}; copied from {row['source']}{judge}.")
     lines += ["", f"Judge model: {experiment.judge.model or 'none'}.", "", "| run | model | training seed | ue_seed |",
               "|---|---|---|---|"]
     for run in results["runs"]:

@@ -9,8 +9,10 @@ so retraining the warm-up retrains and re-evaluates everything built on it, and 
 what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
 """
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Run, references, substitute
+from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, references, substitute
 from ue_dpo.experiment.report import package_versions, write_report
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream
 
@@ -168,26 +170,35 @@ class ExperimentRunner:
         evaluation, judge = self.experiment.evaluation, self.experiment.judge
         return {
             "launcher": list(evaluation.launcher), "model": evaluation.model, "tasks": list(evaluation.tasks),
-            "model_args": substitute(evaluation.model_args, self.paths), "gen_kwargs": evaluation.gen_kwargs,
-            "batch_size": evaluation.batch_size, "limit": evaluation.limit, "seed": list(evaluation.seed),
+            "protocols": [dataclasses.asdict(protocol) for protocol in evaluation.protocols],
+            "model_args": substitute(evaluation.model_args, self.paths), "seed": list(evaluation.seed),
             "env": substitute(evaluation.env, self.paths), "judge": judge.__dict__,
             # only when set, so that the digests of existing ue_dpo_hf evaluations stay what they were
             **({} if evaluation.server is None else {"server": evaluation.server.__dict__}),
         }
 
-    def lmms_eval_entry(self, run: Run, settings: dict[str, Any], model_args: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
+    def lmms_eval_entries(self, run: Run, settings: dict[str, Any], model_args: dict[str, Any] | None = None
+                          ) -> list[dict[str, Any]]:
+        """One `--config` entry per protocol: its tasks, generation kwargs, limit and batch size, into
+        evals/<run>/<its tasks joined by '+'>; `model_args` default to the run's model with evaluation.model_args."""
         model_args = model_args or {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
-        entry = {
-            "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
-            "tasks": ",".join(settings["tasks"]), "batch_size": settings["batch_size"], "log_samples": True,
-            "output_path": str(self.output / "evals" / run.name), "seed": settings["seed"],
-        }
-        if settings["limit"] is not None:
-            entry["limit"] = settings["limit"]
-        if settings["gen_kwargs"]:
-            entry["gen_kwargs"] = ",".join(f"{key}={value}" for key, value in settings["gen_kwargs"].items())
-        return entry
+        entries = []
+        for protocol in (Protocol(**fields) for fields in settings["protocols"]):
+            tasks = ",".join(protocol.tasks)
+            if Path(tasks).is_dir():
+                raise StageError(f"./{tasks} is a folder, so lmms-eval would read `--tasks {tasks}` as a folder of "
+                                 f"task YAMLs and find none; run `ue-dpo run` from another folder or rename ./{tasks}")
+            entry = {
+                "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
+                "tasks": tasks, "batch_size": protocol.batch_size, "log_samples": True,
+                "output_path": str(self.output / "evals" / run.name / protocol.name), "seed": settings["seed"],
+            }
+            if protocol.limit is not None:
+                entry["limit"] = protocol.limit
+            if protocol.gen_kwargs:
+                entry["gen_kwargs"] = ",".join(f"{key}={value}" for key, value in protocol.gen_kwargs.items())
+            entries.append(entry)
+        return entries
 
     def judge_env(self) -> dict[str, str]:
         from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
@@ -214,26 +225,32 @@ class ExperimentRunner:
             for run in pending:
                 self.evaluate_served(run, settings, stage_digests[run.name])
             return
-        entries = []
+        entries = {}
         for run in pending:
             shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
-            entries.append(self.lmms_eval_entry(run, settings))
+            entries[run.name] = self.lmms_eval_entries(run, settings)
         config_path = self.output / "configs" / "lmms_eval.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
+        config_path.write_text(yaml.safe_dump([entry for run_entries in entries.values() for entry in run_entries],
+                                              sort_keys=False))
         launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
         log_path = self.output / "logs" / "evaluate.log"
         env = {**os.environ, **settings["env"], **self.judge_env()}
+        log_start = log_path.stat().st_size if log_path.is_file() else 0
         returncode = stream([*launcher, "--config", str(config_path)], env=env, log_path=log_path)
+        with open(log_path, "rb") as log:
+            log.seek(log_start)
+            world_size = logged_world_size(log.read().decode(errors="replace"))
         failures = []
-        for run, entry in zip(pending, entries):
+        for run in pending:
             try:
-                summary = read_lmms_eval_output(Path(entry["output_path"]), settings["tasks"])
+                summary = read_lmms_eval_output(self.output / "evals" / run.name, settings["tasks"])
             except StageError as error:
                 failures.append(f"{run.name}: {error}")
                 continue
-            self.markers.write(f"eval-{run.name}", stage_digests[run.name], run=run.name, lmms_eval_entry=entry,
-                               settings=settings, versions=package_versions(), **summary)
+            self.markers.write(f"eval-{run.name}", stage_digests[run.name], run=run.name,
+                               lmms_eval_entries=entries[run.name], world_size=world_size, settings=settings,
+                               versions=package_versions(), **summary)
         if failures:
             raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
                              f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
@@ -258,51 +275,71 @@ class ExperimentRunner:
         print(f"    {run.name}: serving {served} ({server.command}); log {server_log}", flush=True)
         with served_model(server.command, str(served), log_path=server_log, env=env,
                           health_timeout_s=server.health_timeout_s) as base_url:
-            entry = self.lmms_eval_entry(run, settings, served_model_args(served, base_url, server,
-                                                                          settings["model_args"]))
+            entries = self.lmms_eval_entries(run, settings, served_model_args(served, base_url, server,
+                                                                              settings["model_args"]))
             config_path = self.output / "configs" / f"lmms_eval-{run.name}.yaml"
             config_path.parent.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(yaml.safe_dump([entry], sort_keys=False))
+            config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
             launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
             returncode = stream([*launcher, "--config", str(config_path)],
                                 env={**env, **self.judge_env(), TEMPLATE_ENV: template}, log_path=log_path)
         try:
-            summary = read_lmms_eval_output(Path(entry["output_path"]), settings["tasks"])
+            summary = read_lmms_eval_output(self.output / "evals" / run.name, settings["tasks"])
         except StageError as error:
             raise StageError(f"evaluation of {run.name!r} through its server failed (lmms-eval exit status "
                              f"{returncode}): {error}. See {log_path} and {server_log}") from None
         check_no_failed_requests(summary["samples_files"], run.name, server_log)
-        self.markers.write(f"eval-{run.name}", stage_digest, run=run.name, lmms_eval_entry=entry, settings=settings,
+        self.markers.write(f"eval-{run.name}", stage_digest, run=run.name, lmms_eval_entries=entries, settings=settings,
                            served_model=str(served), served_digest=served_digest, template=template,
                            versions=package_versions(), **summary)
 
 
+def logged_world_size(output: str) -> int | None:
+    """The processes lmms-eval ran on, from the line each rank logs ("Running on rank R (local rank L)");
+    None when the output holds none (a launcher that lowers lmms-eval's verbosity below INFO)."""
+    ranks = {int(rank) for rank in re.findall(r"Running on rank (\d+) \(local rank \d+\)", output)}
+    return max(ranks) + 1 if ranks else None
+
+
 def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]:
-    """Metrics, sample files and lmms-eval's own record of one run, after checking they are all there."""
+    """Metrics, sample files, judges and lmms-eval's own records of the lmms-eval runs under `output_path` (one
+    `--output_path`, or the folders of a `ue-dpo run` run's protocols), after checking they are all there."""
     found = sorted(output_path.rglob("*_results.json"))
-    if len(found) != 1:
-        raise StageError(f"expected one *_results.json under {output_path}, found {len(found)}")
-    results = json.loads(found[0].read_text())
-    missing = [task for task in tasks if task not in results.get("results", {}) and task not in results.get("groups", {})]
+    if not found:
+        raise StageError(f"found no *_results.json under {output_path}")
+    summary: dict[str, Any] = {"metrics": {}, "higher_is_better": {}, "samples_files": {}, "judges": {},
+                               "evaluations": []}
+    groups: set[str] = set()
+    for results_file in found:
+        results = json.loads(results_file.read_text())
+        groups.update(results.get("groups", {}))
+        twice = sorted(set(results.get("results", {})) & set(summary["metrics"]))
+        if twice:
+            raise StageError(f"{results_file} and an earlier results file under {output_path} both hold {twice}; keep "
+                             f"one lmms-eval run per task there")
+        for task, counts in results.get("n-samples", {}).items():
+            files = sorted(results_file.parent.glob(f"*_samples_{task}.jsonl"))
+            if counts.get("effective", 0) < 1 or len(files) != 1:
+                raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
+                                 f"sample files under {results_file.parent}")
+            summary["samples_files"][task] = str(files[0])
+        for task, values in results.get("results", {}).items():
+            summary["metrics"][task] = {}
+            for key, value in values.items():
+                name, _, filter_name = key.partition(",")
+                if key == "alias" or "_stderr" in name or not (value is None or isinstance(value, int | float)):
+                    continue
+                summary["metrics"][task][name if filter_name in ("", "none") else key] = value
+        summary["higher_is_better"].update(results.get("higher_is_better", {}))
+        for task, config in results.get("configs", {}).items():
+            judge = (config.get("metadata") or {}).get("judge")
+            summary["judges"][task] = judge.get("model") if isinstance(judge, dict) else None
+        summary["evaluations"].append({"results_file": str(results_file), "tasks": list(results.get("results", {})),
+                                       "lmms_eval_config": results.get("config", {})})
+    missing = [task for task in tasks if task not in summary["metrics"] and task not in groups]
     if missing:
-        raise StageError(f"{found[0]} has no results for {missing}")
-    samples = {}
-    for task, counts in results.get("n-samples", {}).items():
-        files = sorted(found[0].parent.glob(f"*_samples_{task}.jsonl"))
-        if counts.get("effective", 0) < 1 or len(files) != 1:
-            raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
-                             f"sample files under {found[0].parent}")
-        samples[task] = str(files[0])
-    metrics = {}
-    for task, values in results["results"].items():
-        metrics[task] = {}
-        for key, value in values.items():
-            name, _, filter_name = key.partition(",")
-            if key == "alias" or "_stderr" in name or not (value is None or isinstance(value, int | float)):
-                continue
-            metrics[task][name if filter_name in ("", "none") else key] = value
-    return {"metrics": metrics, "higher_is_better": results.get("higher_is_better", {}),
-            "results_file": str(found[0]), "samples_files": samples, "lmms_eval_config": results.get("config", {})}
+        raise StageError(f"no results for {missing} under {output_path}")
+    return summary
 
 
 def run_experiment(experiment: Experiment) -> dict[str, Any]:
