@@ -53,12 +53,12 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
     }
 
 
-def mean_over_seeds(values: list[Any]) -> tuple[float | None, list[float] | None]:
+def mean_over_seeds(values: list[float | None]) -> tuple[float | None, list[float] | None]:
     """The mean of one metric over a run's seeds and its Student t interval (None with one seed); None, None
     when a seed left it undefined."""
     from ue_dpo.statistics import seed_level_interval
 
-    if any(value is None or isinstance(value, bool) or not isinstance(value, int | float) for value in values):
+    if None in values:
         return None, None
     if len(values) == 1:
         return values[0], None
