@@ -1,20 +1,25 @@
 """The README's main command, `make demo`, on the embedded default at small sizes: train, evaluate, report;
 killed during a training and run again, it resumes that training from its checkpoint and skips finished stages.
+Then, on the same folder, the peers experiment with its baseline, and the README's seeded run with a baseline.
 """
 
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from llamafactory_runs import offline_env
+from ue_dpo.cli import main
 from ue_dpo.shapes import EVAL_MANIFEST, SHAPES
 
 pytestmark = pytest.mark.e2e
@@ -123,17 +128,22 @@ def naive_chair(responses: list[str], truths: list[list[str]]) -> dict:
             "recall": 100 * covered / truth_total, "mean_shapes_mentioned": distinct / len(responses)}
 
 
+def logged_captions(out: Path, run: dict) -> tuple[list[str], list[list[str]]]:
+    """A run's captions of the held-out images in doc_id order, and each image's true shapes."""
+    manifest = json.loads((out / "synthetic" / "eval" / EVAL_MANIFEST).read_text())
+    lines = Path(run["evaluation"]["samples_files"]["shapes_caption"]).read_text().splitlines()
+    samples = sorted((json.loads(line) for line in lines), key=lambda sample: sample["doc_id"])
+    assert [sample["doc_id"] for sample in samples] == list(range(EVAL_IMAGES))
+    responses = [sample["filtered_resps"][0] if isinstance(sample["filtered_resps"], list)
+                 else sample["filtered_resps"] for sample in samples]
+    return responses, [manifest[sample["doc_id"]]["shapes"] for sample in samples]
+
+
 def test_results_json_equals_chair_recomputed_from_the_logged_samples(demo):
     results = demo["results"]
-    manifest = json.loads((demo["out"] / "synthetic" / "eval" / EVAL_MANIFEST).read_text())
     assert [run["label"] for run in results["runs"]] == list(RUN_LABELS)
     for run in results["runs"]:
-        lines = Path(run["evaluation"]["samples_files"]["shapes_caption"]).read_text().splitlines()
-        samples = sorted((json.loads(line) for line in lines), key=lambda sample: sample["doc_id"])
-        assert [sample["doc_id"] for sample in samples] == list(range(EVAL_IMAGES))
-        responses = [sample["filtered_resps"][0] if isinstance(sample["filtered_resps"], list)
-                     else sample["filtered_resps"] for sample in samples]
-        expected = naive_chair(responses, [manifest[sample["doc_id"]]["shapes"] for sample in samples])
+        expected = naive_chair(*logged_captions(demo["out"], run))
         measured = run["metrics"]["shapes_caption"]
         for metric, value in expected.items():
             assert measured[metric] == (None if value is None else pytest.approx(value)), (run["name"], metric)
@@ -165,8 +175,27 @@ def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def table_cells(table: str, label: str) -> list[str]:
+    row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
+    return [cell.strip() for cell in row.strip("|").split("|")][1:]
+
+
+def naive_bootstrap_interval(captions_a, captions_b, truths, metric: str, *, seed: int, resamples: int):
+    """The 95% percentile interval of naive_chair(B) - naive_chair(A) over items drawn with replacement, the same
+    draw for both, by numpy's default generator as ue_dpo.statistics documents it."""
+    n = len(truths)
+    deltas = []
+    for row in np.random.default_rng(seed).integers(0, n, size=(resamples, n)):
+        a = naive_chair([captions_a[i] for i in row], [truths[i] for i in row])[metric]
+        b = naive_chair([captions_b[i] for i in row], [truths[i] for i in row])[metric]
+        if a is not None and b is not None:
+            deltas.append(b - a)
+    return tuple(np.quantile(deltas, [0.025, 0.975])) if deltas else (None, None)
+
+
 def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
-    """`ue-dpo run configs/experiments/embedded_peers.yaml` on the demo's folder: only DDPO and TPO are new."""
+    """`ue-dpo run configs/experiments/embedded_peers.yaml` on the demo's folder: only DDPO and TPO are new, and
+    every run gets its difference from DPO with the paired bootstrap interval over the held-out images."""
     peers = ["--set", "runs.ddpo.overrides.max_steps=2", "--set", "runs.tpo.overrides.max_steps=2"]
     command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / "configs" / "experiments" / "embedded_peers.yaml"),
                "--out", str(demo["out"]), *(argument for setting in SMALL for argument in ("--set", setting)), *peers]
@@ -185,6 +214,127 @@ def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
         assert by_label[label]["metrics"] == next(run for run in demo["results"]["runs"] if run["label"] == label)["metrics"]
     table = (demo["out"] / "results.md").read_text()
     assert all(f"| {label} |" in table for label in by_label)
+
+    comparison = results["comparison"]
+    assert (comparison["baseline"], comparison["bootstrap"]) == ("dpo", {"resamples": 1000, "seed": 0})
+    dpo_captions, truths = logged_captions(demo["out"], by_label["DPO"])
+    metrics = ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")
+    assert table_cells(table, "DPO")[1::2] == ["(baseline)"] * len(metrics)
+    for run in results["runs"]:
+        if run["name"] == "dpo":
+            continue
+        assert comparison["runs"][run["name"]]["method"] == "paired bootstrap over items"
+        captions = logged_captions(demo["out"], run)[0]
+        full = naive_chair(captions, truths), naive_chair(dpo_captions, truths)
+        for metric, cell in zip(metrics, table_cells(table, run["label"])[1::2]):
+            delta = comparison["runs"][run["name"]]["tasks"]["shapes_caption"][metric]
+            if full[0][metric] is None or full[1][metric] is None:
+                assert delta["delta"] is None and cell == "–"
+                continue
+            assert delta["delta"] == pytest.approx(full[0][metric] - full[1][metric])
+            low, high = naive_bootstrap_interval(dpo_captions, captions, truths, metric, seed=0, resamples=1000)
+            assert (delta["low"], delta["high"]) == pytest.approx((low, high)), (run["name"], metric)
+            assert cell == f"{delta['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+T_975_ONE_DEGREE = 12.7062047  # Student t's 97.5% quantile with 1 degree of freedom (two seeds), from the table
+
+
+def two_seed_interval(first: float, second: float) -> tuple[float, float, float]:
+    """Mean of two values and its 95% t interval: s / sqrt(2) = |first - second| / 2."""
+    mean, half = (first + second) / 2, T_975_ONE_DEGREE * abs(first - second) / 2
+    return mean, mean - half, mean + half
+
+
+def readme_seeded_command() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Seeds and a baseline"):]
+    block = section[section.index("```bash") + len("```bash"):]
+    return shlex.split(block[:block.index("```")].strip())
+
+
+def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(demo, capsys):
+    """The README's seeded command with a baseline, on the demo's folder at small sizes with two seeds."""
+    command = readme_seeded_command()
+    assert command[:3] == ["ue-dpo", "run", "configs/experiments/embedded_default.yaml"]
+    settings = [*SMALL, "seeds=[0, 1]", "runs.dpo.overrides.max_steps=2", "runs.ue_dpo.overrides.save_steps=1",
+                "runs.ue_dpo.overrides.save_total_limit=2"]
+    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / command[2]), *command[3:],
+               *(argument for setting in settings for argument in ("--set", setting)), "--out", str(demo["out"])]
+    out = demo["out"]
+    done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "train warmup: done, skipped" in done.stdout
+    for name in ("dpo@seed0", "dpo@seed1", "ue_dpo@seed0", "ue_dpo@seed1"):
+        assert f"train {name}: llamafactory-cli train" in done.stdout
+    assert "evaluate dpo@seed0, dpo@seed1, ue_dpo@seed0, ue_dpo@seed1 with lmms-eval" in done.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    warmup, dpo, ue_dpo = results["runs"]
+    assert "per_seed" not in warmup and warmup["model"] == str(out.resolve() / "runs" / "warmup")
+    for run in (dpo, ue_dpo):
+        assert run["seeds"] == [model["seed"] for model in run["per_seed"]] == [0, 1]
+        for model in run["per_seed"]:
+            name = f"{run['name']}@seed{model['seed']}"
+            assert model["model"] == str(out.resolve() / "runs" / name)
+            assert model["training"]["config"]["seed"] == model["seed"]
+            assert model["training"]["config"]["model_name_or_path"] == warmup["model"]
+            assert model["evaluation"]["lmms_eval_entry"]["output_path"] == str(out.resolve() / "evals" / name)
+            expected = naive_chair(*logged_captions(out, model))
+            assert model["metrics"]["shapes_caption"]["chair_i"] == pytest.approx(expected["chair_i"])
+    assert [model["training"]["seeds"] for model in ue_dpo["per_seed"]] == \
+        [{"seed": 0, "ue_seed": 0}, {"seed": 1, "ue_seed": 1}]
+
+    table = (out / "results.md").read_text()
+    metrics = ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")
+    per_seed = {run["name"]: [model["metrics"]["shapes_caption"] for model in run["per_seed"]] for run in (dpo, ue_dpo)}
+    for run in (dpo, ue_dpo):
+        cells = table_cells(table, run["label"])
+        for metric, cell in zip(metrics, cells[0::2]):
+            first, second = (values[metric] for values in per_seed[run["name"]])
+            if first is None or second is None:
+                assert run["metrics"]["shapes_caption"][metric] is None and cell == "–"
+                continue
+            mean, low, high = two_seed_interval(first, second)
+            assert run["metrics"]["shapes_caption"][metric] == pytest.approx(mean)
+            assert run["intervals"]["shapes_caption"][metric] == pytest.approx([low, high])
+            assert cell == f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    assert table_cells(table, "DPO")[1::2] == ["(baseline)"] * len(metrics)
+
+    comparison = results["comparison"]["runs"]
+    assert comparison["ue_dpo"]["seed_pairs"] == [[0, 0], [1, 1]]
+    assert comparison["warmup"]["seed_pairs"] == [[None, 0], [None, 1]]  # the one warm-up against each DPO seed
+    for run, run_values in (("ue_dpo", per_seed["ue_dpo"]), ("warmup", [warmup["metrics"]["shapes_caption"]] * 2)):
+        assert comparison[run]["method"] == "Student t over the per-seed differences"
+        label = next(item["label"] for item in results["runs"] if item["name"] == run)
+        for metric, cell in zip(metrics, table_cells(table, label)[1::2]):
+            pairs = list(zip((values[metric] for values in run_values), (values[metric] for values in per_seed["dpo"])))
+            delta = comparison[run]["tasks"]["shapes_caption"][metric]
+            if any(value is None for pair in pairs for value in pair):
+                assert delta["delta"] is None and cell == "–"
+                continue
+            mean, low, high = two_seed_interval(*(mine - theirs for mine, theirs in pairs))
+            assert (delta["delta"], delta["low"], delta["high"]) == pytest.approx((mean, low, high))
+            assert cell == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    main(["compare", "dpo@seed0", "ue_dpo@seed0", "--experiment", str(out), "--json"])  # as the README names seeds
+    compared = json.loads(capsys.readouterr().out)["tasks"]["shapes_caption"]["recall"]
+    assert (compared["a"], compared["b"]) == pytest.approx((per_seed["dpo"][0]["recall"], per_seed["ue_dpo"][0]["recall"]))
+
+    # one seed interrupted after its first checkpoint: only that seed resumes and is evaluated again
+    for marker in ("train-ue_dpo@seed1.done.json", "eval-ue_dpo@seed1.done.json"):
+        (out / "state" / marker).unlink()
+    shutil.rmtree(out / "runs" / "ue_dpo@seed1" / "checkpoint-2")
+    again = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    for name in ("warmup", "dpo@seed0", "dpo@seed1", "ue_dpo@seed0"):
+        assert f"train {name}: done, skipped" in again.stdout
+    assert re.search(r"train ue_dpo@seed1: resuming from \S+/ue_dpo@seed1/checkpoint-1\b", again.stdout)
+    assert "evaluate ue_dpo@seed1 with lmms-eval" in again.stdout
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["runs"][2]["per_seed"][1]["training"]["resumed_from"].endswith("ue_dpo@seed1/checkpoint-1")
+    assert [run["per_seed"][0] for run in resumed["runs"][1:]] == [dpo["per_seed"][0], ue_dpo["per_seed"][0]]
 
 
 def children_of(pid: int) -> list:

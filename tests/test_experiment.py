@@ -38,10 +38,15 @@ VALID = {
 }
 
 
-def changed(path: str, value) -> dict:
+def changed(path: str, value, *more) -> dict:
+    """VALID with `path` set to `value`, then each further (path, value) pair."""
     raw = copy.deepcopy(VALID)
-    apply_setting(raw, f"{path}={json.dumps(value)}")
+    for key, item in ((path, value), *more):
+        apply_setting(raw, f"{key}={json.dumps(item)}")
     return raw
+
+
+UE_RUN = {"name": "ue", "train": "dpo.yaml", "overrides": {"model_name_or_path": "${runs.dpo}"}}
 
 
 def test_a_valid_file_parses_with_its_defaults(base_dir):
@@ -102,6 +107,21 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
      r"gpt-4o-2024-08-06; ratings of different judges are not comparable"),
     ({**VALID, "reported": [{"label": "p", "source": "s", "judge": "gpt-4-1106-preview", "metrics": {"a": {"b": 1}}}]},
      r"judged by gpt-4-1106-preview, but this experiment's judge.model is not set"),
+    (changed("seeds", "0-4"), r"seeds: list distinct non-negative integers, e.g. `seeds: \[0, 1, 2, 3, 4\]`, got '0-4'"),
+    (changed("seeds", [0, 0]), r"seeds: list distinct non-negative integers"),
+    (changed("runs.dpo.seeds", [1, -1]), r"runs.dpo.seeds: list distinct non-negative integers"),
+    (changed("runs.base.seeds", [0, 1]), r"runs.base.seeds: a `checkpoint:` run is not trained .* remove `seeds`"),
+    (changed("seeds", [0, 1], ("runs.dpo.overrides.seed", 7)),
+     r"runs.dpo.overrides.seed: set per seed by `seeds:` \(\[0, 1\]\); remove it, or give the run `seeds: null`"),
+    (changed("runs.dpo.seeds", [0], ("runs.dpo.overrides.ue_seed", 7)), r"runs.dpo.overrides.ue_seed: set per seed"),
+    (changed("baseline", "ppo"), r"baseline: 'ppo' names no run; .* one of \['base', 'dpo'\]"),
+    ({**changed("runs.dpo.seeds", [0, 1]), "runs": [*changed("runs.dpo.seeds", [0, 1])["runs"], UE_RUN]},
+     r"runs.ue: \$\{runs.dpo\} has one model per seed \(\[0, 1\]\) but ue is one model"),
+    ({**VALID, "seeds": [0, 1], "runs": [*VALID["runs"], {**UE_RUN, "seeds": [1, 2]}]},
+     r"runs.ue.seeds: \$\{runs.dpo\} has no model of seed\(s\) \[2\] \(dpo is trained with seeds \[0, 1\]\)"),
+    ({**VALID, "seeds": [0, 1], "baseline": "dpo",
+      "runs": [*VALID["runs"], {"name": "other", "train": "dpo.yaml", "seeds": [2, 3]}]},
+     r"runs.other.seeds: \[2, 3\] shares no seed with the baseline 'dpo' \(\[0, 1\]\)"),
 ])
 def test_bad_experiment_files_are_refused_naming_the_key_and_the_fix(base_dir, raw, message):
     with pytest.raises(ExperimentConfigError, match=message):
@@ -233,7 +253,7 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
     results = {
         "evaluation": {"tasks": ["shapes_caption"]},
         "versions": {"ue-dpo": "0.1.0"},
-        "runs": [{"label": label, "model": label, "training": None, "metrics": {"shapes_caption": metrics},
+        "runs": [{"name": label, "label": label, "model": label, "training": None, "metrics": {"shapes_caption": metrics},
                   "higher_is_better": {"shapes_caption": {"chair_s": False}}, "evaluation": {"world_size": 2}}
                  for label, metrics in (("base", {"chair_s": 40.0, "chair_i": None}), ("dpo", {"chair_s": 12.5}))],
         "reported": [{"label": "paper", "source": "Table 1", "judge": "judge-x", "measured": False,
@@ -344,3 +364,74 @@ def test_a_failed_stage_is_printed_alone_and_exits_1(tmp_path, capsys):
     assert capsys.readouterr().err == (f"ue-dpo run: error: `no-such-lmms-eval` was not found beside {sys.executable} or "
                                        "on PATH; install it (pip install ue-dpo brings llamafactory-cli and lmms-eval)\n")
     assert not (tmp_path / "out" / "state").exists()  # nothing was marked finished
+
+
+T_975_ONE_DEGREE = 12.7062047  # Student t's 97.5% quantile with 1 degree of freedom (two seeds), from the table
+
+
+def test_seeds_train_every_run_per_seed_from_the_same_seed_of_the_run_it_names(base_dir, tmp_path, monkeypatch):
+    """Stand-in tools: each seed of each run is its own training and evaluation; a finished seed is skipped."""
+    (base_dir / "ue.yaml").write_text(yaml.safe_dump({"stage": "ue_dpo", "do_train": True, "seed": 3, "ue_seed": 9}))
+    chair_s = {"base": 40.0, "warmup@seed0": 30.0, "warmup@seed1": 34.0, "ue@seed0": 10.0, "ue@seed1": 16.0}
+    trained, evaluated = [], []
+
+    def finished_subprocess(command, *, env, log_path, cwd=None):
+        if command[1] == "train":
+            config = yaml.safe_load(Path(command[2]).read_text())
+            trained.append(config)
+            Path(config["output_dir"]).mkdir(parents=True)
+            (Path(config["output_dir"]) / "trainer_state.json").write_text("{}")
+        else:
+            for entry in yaml.safe_load(Path(command[-1]).read_text()):
+                name = Path(entry["output_path"]).parent.name  # evals/<model>/<protocol>
+                evaluated.append(name)
+                results = copy.deepcopy(LMMS_EVAL_RESULTS)
+                results["results"]["shapes_caption"]["chair_s,none"] = chair_s[name]
+                write_lmms_eval_output(Path(entry["output_path"]), results=results, tasks_with_samples=["shapes_caption"])
+        return 0
+
+    monkeypatch.setattr(runner, "stream", finished_subprocess)
+    out = tmp_path / "out"
+    experiment = parse_experiment({
+        "output": str(out), "seeds": [0, 1], "baseline": "warmup", "evaluation": {"tasks": ["shapes_caption"]},
+        "runs": [{"name": "base", "checkpoint": "some/model"}, {"name": "warmup", "train": "dpo.yaml"},
+                 {"name": "ue", "train": "ue.yaml", "overrides": {"model_name_or_path": "${runs.warmup}"}}],
+    }, base_dir=base_dir)
+    runner.run_experiment(experiment)
+
+    runs = out.resolve() / "runs"
+    assert [(Path(config["output_dir"]).name, config["seed"], config.get("ue_seed"), config.get("model_name_or_path"))
+            for config in trained] == [("warmup@seed0", 0, None, None), ("warmup@seed1", 1, None, None),
+                                       ("ue@seed0", 0, 0, str(runs / "warmup@seed0")),
+                                       ("ue@seed1", 1, 1, str(runs / "warmup@seed1"))]
+    assert evaluated == ["base", "warmup@seed0", "warmup@seed1", "ue@seed0", "ue@seed1"]  # the checkpoint once
+    results = json.loads((out / "results.json").read_text())
+    base, warmup, ue = results["runs"]
+    assert "per_seed" not in base and base["model"] == "some/model"
+    assert [model["metrics"]["shapes_caption"]["chair_s"] for model in ue["per_seed"]] == [10.0, 16.0]
+    # 10 and 16: mean 13, s / sqrt(2) = 3; per-seed differences from the warm-up -20 and -18: mean -19, s / sqrt(2) = 1
+    assert ue["metrics"]["shapes_caption"]["chair_s"] == 13.0 and ue["metrics"]["shapes_caption"]["chair_i"] is None
+    assert ue["intervals"]["shapes_caption"]["chair_s"] == pytest.approx([13 - 3 * T_975_ONE_DEGREE,
+                                                                        13 + 3 * T_975_ONE_DEGREE])
+    comparison = results["comparison"]["runs"]
+    assert comparison["ue"]["tasks"]["shapes_caption"]["chair_s"] == pytest.approx(
+        {"delta": -19.0, "low": -19 - T_975_ONE_DEGREE, "high": -19 + T_975_ONE_DEGREE})
+    # the checkpoint against each warm-up seed: 40 - 30 and 40 - 34, mean 8, s / sqrt(2) = 2
+    assert comparison["base"]["seed_pairs"] == [[None, 0], [None, 1]]
+    assert comparison["base"]["tasks"]["shapes_caption"]["chair_s"] == pytest.approx(
+        {"delta": 8.0, "low": 8 - 2 * T_975_ONE_DEGREE, "high": 8 + 2 * T_975_ONE_DEGREE})
+    table = (out / "results.md").read_text()
+    assert "| run | shapes_caption chair_s ↓ | shapes_caption chair_s Δ vs baseline [95% CI] | shapes_caption " \
+           "chair_i | shapes_caption chair_i Δ vs baseline [95% CI] |" in table
+    low, high = 13 - 3 * T_975_ONE_DEGREE, 13 + 3 * T_975_ONE_DEGREE
+    assert f"| ue | 13.00 [{low:.2f}, {high:.2f}] | -19.00 [{-19 - T_975_ONE_DEGREE:+.2f}, " \
+           f"{-19 + T_975_ONE_DEGREE:+.2f}] | – | – |" in table
+    assert "| warmup | 32.00 [" in table and "| (baseline) | – | (baseline) |" in table
+    assert "| base | 40.00 | +8.00 [" in table
+    assert "| ue (seed 1) | `" + str(runs / "ue@seed1") + "` | 1 | 1 |" in table
+
+    for marker in ("train-ue@seed1", "eval-ue@seed1"):  # one seed lost: only it is trained and evaluated again
+        (out / "state" / f"{marker}.done.json").unlink()
+    trained.clear(), evaluated.clear()
+    runner.run_experiment(experiment)
+    assert [Path(config["output_dir"]).name for config in trained] == ["ue@seed1"] and evaluated == ["ue@seed1"]

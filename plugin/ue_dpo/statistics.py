@@ -54,7 +54,8 @@ def percentile_interval(values: Sequence[float], level: float = CONFIDENCE_LEVEL
 
 
 def seed_level_interval(differences: Sequence[float], level: float = CONFIDENCE_LEVEL) -> SeedLevelDifference:
-    """Mean of the per-seed differences metric(B, seed) - metric(A, seed) with its Student t interval."""
+    """Mean of the per-seed differences metric(B, seed) - metric(A, seed) with its Student t interval (given one
+    run's per-seed metrics instead, the mean of that metric over the seeds with its interval)."""
     from scipy.stats import t as student_t
 
     check_confidence_level(level)

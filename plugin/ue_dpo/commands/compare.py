@@ -2,7 +2,8 @@
 with its paired bootstrap interval over the benchmark's items (ue_dpo.benchmarks.paired_comparison).
 
 A run is an lmms-eval `--output_path` folder written with `--log_samples`; with `--experiment DIR`, RUN_A and
-RUN_B are run names of the `ue-dpo run` output folder DIR, whose lmms-eval folders are DIR/evals/<run>.
+RUN_B are run names of the `ue-dpo run` output folder DIR, whose lmms-eval folders are DIR/evals/<run> (one seed
+of a run trained per seed: <run>@seed<S>).
 """
 
 import argparse
@@ -136,7 +137,7 @@ def register(commands) -> None:
     parser.add_argument("run_a", metavar="RUN_A", help="lmms-eval --output_path folder of the baseline (or a run name "
                         "with --experiment)")
     parser.add_argument("run_b", metavar="RUN_B", help="the same for the run compared with it; Δ is B − A")
-    parser.add_argument("--experiment", type=Path, help="output folder of `ue-dpo run`: RUN_A and RUN_B are its run names")
+    parser.add_argument("--experiment", type=Path, help="output folder of `ue-dpo run`: RUN_A and RUN_B are its run names (RUN@seedS: one seed of a seeded run)")
     parser.add_argument("--tasks", help="comma-separated logged tasks to compare, e.g. amber_generative,amber_discriminative (default: every "
                         "task logged by either run)")
     parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,

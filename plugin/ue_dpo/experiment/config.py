@@ -7,7 +7,8 @@ directory, as `llamafactory-cli` and `lmms-eval` treat paths.
 String values in `overrides`, `checkpoint`, `evaluation.model_args` and `evaluation.env` may name
 `${output}` (the output folder), `${synthetic.model}`, `${synthetic.data}`, `${synthetic.eval}`
 (the embedded shapes world, when the file has a `synthetic:` block) and `${runs.NAME}` (the model of an
-earlier run: its training output dir or its checkpoint).
+earlier run: its training output dir or its checkpoint). In a run trained once per seed (`seeds:`),
+`${runs.NAME}` of a run that is also trained per seed is NAME's model of the same seed.
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
 JUDGED_TASKS = ("mmhal_bench",)  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
+SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a character of run names, so never ambiguous)
 
 
 class ExperimentConfigError(ValueError):
@@ -54,6 +56,17 @@ class Run:
     train: Path | None = None  # a LLaMA-Factory training YAML
     overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # evaluate this model as it is
+    seeds: tuple[int, ...] | None = None  # train and evaluate once per seed; None: once, with the config's seed
+
+    @property
+    def each_seed(self) -> tuple[int | None, ...]:
+        """The seeds this run is trained and evaluated with; (None,) for a run trained or evaluated once."""
+        return (None,) if self.seeds is None else self.seeds
+
+
+def instance_name(run: str, seed: int | None) -> str:
+    """What names one training and evaluation of a run (stage markers, `runs/` and `evals/` folders)."""
+    return run if seed is None else f"{run}{SEED_SEPARATOR}{seed}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class Experiment:
     judge: Judge = field(default_factory=Judge)
     synthetic: SyntheticWorld | None = None
     reported: tuple[ReportedRow, ...] = ()
+    baseline: str | None = None  # the run every other run is compared with, item-paired or seed-paired
     raw: dict[str, Any] = field(default_factory=dict)  # the mapping it was read from, after --set
 
     def run(self, name: str) -> Run:
@@ -198,9 +212,11 @@ def apply_setting(raw: dict[str, Any], setting: str) -> None:
 
 
 def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None) -> Experiment:
-    _only_keys("the experiment", raw, {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported"})
+    _only_keys("the experiment", raw, {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported",
+                                        "seeds", "baseline"})
     synthetic = _parse_synthetic(raw.get("synthetic"))
-    runs = _parse_runs(raw.get("runs"), base_dir)
+    seeds = None if raw.get("seeds") is None else _seeds("seeds", raw["seeds"])
+    runs = _parse_runs(raw.get("runs"), base_dir, seeds)
     evaluation = _parse_evaluation(raw.get("evaluation"))
     experiment = Experiment(
         name=_string("name", raw.get("name", source.stem if source else "experiment")),
@@ -212,11 +228,37 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
         judge=_parse_judge(raw.get("judge")),
         synthetic=synthetic,
         reported=_parse_reported(raw.get("reported")),
+        baseline=_parse_baseline(raw.get("baseline"), runs),
         raw=dict(raw),
     )
     _check_references(experiment)
     _check_reported_judges(experiment)
     return experiment
+
+
+def _seeds(where: str, raw: Any) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw or not all(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in raw) \
+            or len(set(raw)) != len(raw):
+        raise ExperimentConfigError(f"{where}: list distinct non-negative integers, e.g. `seeds: [0, 1, 2, 3, 4]`, "
+                                    f"got {raw!r}")
+    return tuple(raw)
+
+
+def _parse_baseline(raw: Any, runs: tuple[Run, ...]) -> str | None:
+    if raw is None:
+        return None
+    names = [run.name for run in runs]
+    if raw not in names:
+        raise ExperimentConfigError(f"baseline: {raw!r} names no run; name the run the others are compared with, "
+                                    f"one of {names}")
+    baseline = next(run for run in runs if run.name == raw)
+    for run in runs:
+        if run.seeds is not None and baseline.seeds is not None and not set(run.seeds) & set(baseline.seeds):
+            raise ExperimentConfigError(f"runs.{run.name}.seeds: {list(run.seeds)} shares no seed with the baseline "
+                                        f"{raw!r} ({list(baseline.seeds)}), so the two cannot be paired by seed; "
+                                        f"train both with some seeds in common")
+    return raw
 
 
 def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
@@ -240,7 +282,7 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     return world
 
 
-def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
+def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tuple[Run, ...]:
     if not isinstance(raw, list) or not raw:
         raise ExperimentConfigError("runs: list the runs to compare, each with `name` and either `train: "
                                     "<LLaMA-Factory YAML>` (plus optional `overrides`) or `checkpoint: <model>`")
@@ -248,7 +290,7 @@ def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
     for index, item in enumerate(raw):
         where = f"runs[{index}]"
         _mapping(where, item)
-        _only_keys(where, item, {"name", "label", "train", "overrides", "checkpoint"})
+        _only_keys(where, item, {"name", "label", "train", "overrides", "checkpoint", "seeds"})
         name = _string(f"{where}.name", _required(item, "name", where, "a short unique name, e.g. `name: ue_dpo`"))
         if not RUN_NAME.match(name):
             raise ExperimentConfigError(f"{where}.name: {name!r} must be letters, digits, '_', '-' or '.', starting "
@@ -282,8 +324,21 @@ def _parse_runs(raw: Any, base_dir: Path) -> tuple[Run, ...]:
                 raise ExperimentConfigError(f"{where}.train: {train} does not set `do_train: true`; a `train:` run "
                                             f"must train (use `checkpoint:` to evaluate a model as it is)")
         checkpoint = _string(f"{where}.checkpoint", item["checkpoint"]) if has_checkpoint else None
+        run_seeds = None
+        if has_checkpoint and "seeds" in item:
+            raise ExperimentConfigError(f"{where}.seeds: a `checkpoint:` run is not trained and its greedy evaluation "
+                                        f"does not depend on a seed, so it is evaluated once; remove `seeds`")
+        if has_train:
+            run_seeds = _seeds(f"{where}.seeds", item["seeds"]) if item.get("seeds") is not None else \
+                (None if "seeds" in item else seeds)
+        if run_seeds is not None:
+            for key in ("seed", "ue_seed"):
+                if key in overrides:
+                    raise ExperimentConfigError(f"{where}.overrides.{key}: set per seed by `seeds:` ({list(run_seeds)});"
+                                                f" remove it, or give the run `seeds: null` to train it once with "
+                                                f"its own seed")
         runs.append(Run(name=name, label=_string(f"{where}.label", item.get("label", name)), train=train,
-                        overrides=dict(overrides), checkpoint=checkpoint))
+                        overrides=dict(overrides), checkpoint=checkpoint, seeds=run_seeds))
     return tuple(runs)
 
 
@@ -504,6 +559,8 @@ def _check_references(experiment: Experiment) -> None:
     for run in experiment.runs:
         for name in references([run.overrides, run.checkpoint]):
             _check_reference(name, f"runs.{run.name}", experiment, earlier)
+            if name.startswith("runs."):
+                _check_seeds_of_reference(run, experiment.run(name.removeprefix("runs.")))
         earlier.append(run.name)
     for key in ("model_args", "env"):
         for name in references(getattr(experiment.evaluation, key)):
@@ -511,6 +568,21 @@ def _check_references(experiment: Experiment) -> None:
                 raise ExperimentConfigError(f"evaluation.{key}: ${{{name}}} cannot be used here; each run is "
                                             f"evaluated with its own model as `pretrained`")
             _check_reference(name, f"evaluation.{key}", experiment, earlier)
+
+
+def _check_seeds_of_reference(run: Run, target: Run) -> None:
+    """`${runs.TARGET}` in `run`: a target trained per seed gives each seed of `run` its model of that seed."""
+    if target.seeds is None:
+        return
+    if run.seeds is None:
+        raise ExperimentConfigError(f"runs.{run.name}: ${{runs.{target.name}}} has one model per seed "
+                                    f"({list(target.seeds)}) but {run.name} is one model; train {run.name} with "
+                                    f"`seeds:` among those, or give {target.name} `seeds: null`")
+    missing = [seed for seed in run.seeds if seed not in target.seeds]
+    if missing:
+        raise ExperimentConfigError(f"runs.{run.name}.seeds: ${{runs.{target.name}}} has no model of seed(s) "
+                                    f"{missing} ({target.name} is trained with seeds {list(target.seeds)}); use "
+                                    f"seeds that {target.name} has, or give {target.name} `seeds: null`")
 
 
 def _check_reference(name: str, where: str, experiment: Experiment, earlier: list[str]) -> None:

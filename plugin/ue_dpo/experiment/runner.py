@@ -7,6 +7,10 @@ the runs whose evaluation is not finished (with `evaluation.server`, one per run
 inference server: ue_dpo.experiment.serving). A digest covers the digests of the stages it reads from,
 so retraining the warm-up retrains and re-evaluates everything built on it, and a training's digest covers
 what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
+
+A run with `seeds:` is trained and evaluated once per seed, each as its own stages (`train-dpo@seed3`,
+`eval-dpo@seed3`) into its own folders (`runs/dpo@seed3`, `evals/dpo@seed3`), so each seed is skipped,
+resumed or redone on its own.
 """
 
 import dataclasses
@@ -21,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, references, substitute
+from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, instance_name, references, substitute
 from ue_dpo.experiment.report import package_versions, write_report
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream
 
@@ -72,10 +76,11 @@ class ExperimentRunner:
         self.experiment = experiment
         self.output = experiment.output.resolve()
         self.markers = Markers(self.output)
+        # reference name -> what it stands for; a run trained per seed has one "runs.NAME@seedS" per seed
         self.paths: dict[str, str] = {"output": str(self.output)}
         self.digests: dict[str, str] = {}  # reference name ("synthetic.model", "runs.dpo") -> digest it stands for
-        trained = [run for run in experiment.runs if run.train is not None]
-        self.total_stages = (experiment.synthetic is not None) + len(trained) + 2
+        trainings = sum(len(run.each_seed) for run in experiment.runs if run.train is not None)
+        self.total_stages = (experiment.synthetic is not None) + trainings + 2
         self.stage_number = 0
 
     def announce(self, text: str) -> None:
@@ -89,7 +94,8 @@ class ExperimentRunner:
             self.build_synthetic()
         for run in self.experiment.runs:
             if run.train is not None:
-                self.train(run)
+                for seed in run.each_seed:
+                    self.train(run, seed)
             else:
                 checkpoint = substitute(run.checkpoint, self.paths)
                 self.paths[f"runs.{run.name}"] = checkpoint
@@ -101,8 +107,19 @@ class ExperimentRunner:
               f"{self.output / 'results.png'} ({time.monotonic() - started:.0f} s)", flush=True)
         return results
 
-    def _upstream(self, value: Any) -> dict[str, str]:
-        return {name: self.digests[name] for name in references(value) if name in self.digests}
+    def scope(self, seed: int | None) -> tuple[dict[str, str], dict[str, str]]:
+        """The paths and digests `${...}` stands for in a training with `seed` (None: a run trained once), where
+        `${runs.NAME}` of a run trained per seed is its model of the same seed."""
+        paths, digests = dict(self.paths), dict(self.digests)
+        for run in self.experiment.runs:
+            name = f"runs.{instance_name(run.name, seed if run.seeds is not None else None)}"
+            if name in self.paths and name in self.digests:  # NAME is done
+                paths[f"runs.{run.name}"], digests[f"runs.{run.name}"] = self.paths[name], self.digests[name]
+        return paths, digests
+
+    def _upstream(self, value: Any, seed: int | None = None) -> dict[str, str]:
+        digests = self.scope(seed)[1]
+        return {name: digests[name] for name in references(value) if name in digests}
 
     def build_synthetic(self) -> None:
         world = self.experiment.synthetic
@@ -122,32 +139,37 @@ class ExperimentRunner:
         build_synthetic_world(world, root)
         self.markers.write("synthetic", stage_digest, world=world.__dict__)
 
-    def training_config(self, run: Run) -> dict[str, Any]:
+    def training_config(self, run: Run, seed: int | None = None) -> dict[str, Any]:
         config = yaml.safe_load(run.train.read_text())
-        config.update(substitute(run.overrides, self.paths))
-        config["output_dir"] = str(self.output / "runs" / run.name)
+        config.update(substitute(run.overrides, self.scope(seed)[0]))
+        if seed is not None:
+            config["seed"] = seed
+            if "ue_seed" in config:  # else it defaults to the training seed
+                config["ue_seed"] = seed
+        config["output_dir"] = str(self.output / "runs" / instance_name(run.name, seed))
         return config
 
-    def train(self, run: Run) -> None:
-        config = self.training_config(run)
+    def train(self, run: Run, seed: int | None = None) -> None:
+        config = self.training_config(run, seed)
         data = training_data(config)
-        stage = f"train-{run.name}"
-        stage_digest = digest(config, self._upstream(run.overrides), data)
+        name = instance_name(run.name, seed)
+        stage = f"train-{name}"
+        stage_digest = digest(config, self._upstream(run.overrides, seed), data)
         output_dir = Path(config["output_dir"])
-        self.paths[f"runs.{run.name}"] = str(output_dir)
-        self.digests[f"runs.{run.name}"] = stage_digest
+        self.paths[f"runs.{name}"] = str(output_dir)
+        self.digests[f"runs.{name}"] = stage_digest
         if self.markers.matches(stage, stage_digest):
-            self.announce(f"train {run.name}: done, skipped ({output_dir})")
+            self.announce(f"train {name}: done, skipped ({output_dir})")
             return
         checkpoint = last_checkpoint(output_dir) if self.markers.matches(stage, stage_digest, "started") else None
         if checkpoint is not None:
             config["resume_from_checkpoint"] = str(checkpoint)
-            self.announce(f"train {run.name}: resuming from {checkpoint}")
+            self.announce(f"train {name}: resuming from {checkpoint}")
         else:
             if output_dir.exists():
                 print(f"    {output_dir} holds no checkpoint of this config; training from the start", flush=True)
                 shutil.rmtree(output_dir)
-            self.announce(f"train {run.name}: llamafactory-cli train ({run.train})")
+            self.announce(f"train {name}: llamafactory-cli train ({run.train})")
         config_path = self.output / "configs" / f"{stage}.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -156,10 +178,10 @@ class ExperimentRunner:
         returncode = stream([executable("llamafactory-cli"), "train", str(config_path)], env=os.environ,
                             log_path=log_path)
         if returncode != 0:
-            raise StageError(f"training run {run.name!r} failed (llamafactory-cli exit status {returncode}); "
+            raise StageError(f"training run {name!r} failed (llamafactory-cli exit status {returncode}); "
                              f"see {log_path}. Re-running `ue-dpo run` resumes from its last checkpoint.")
         if not (output_dir / "trainer_state.json").is_file():
-            raise StageError(f"training run {run.name!r} exited 0 but wrote no {output_dir / 'trainer_state.json'}; "
+            raise StageError(f"training run {name!r} exited 0 but wrote no {output_dir / 'trainer_state.json'}; "
                              f"see {log_path}")
         config.pop("resume_from_checkpoint", None)
         self.markers.write(stage, stage_digest, run=run.name, config_file=str(run.train), config=config,
@@ -177,11 +199,12 @@ class ExperimentRunner:
             **({} if evaluation.server is None else {"server": evaluation.server.__dict__}),
         }
 
-    def lmms_eval_entries(self, run: Run, settings: dict[str, Any], model_args: dict[str, Any] | None = None
+    def lmms_eval_entries(self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None
                           ) -> list[dict[str, Any]]:
-        """One `--config` entry per protocol: its tasks, generation kwargs, limit and batch size, into
-        evals/<run>/<its tasks joined by '+'>; `model_args` default to the run's model with evaluation.model_args."""
-        model_args = model_args or {"pretrained": self.paths[f"runs.{run.name}"], **settings["model_args"]}
+        """One `--config` entry per protocol for the model `name` (a run, or `run@seedS`): its tasks, generation
+        kwargs, limit and batch size, into evals/<name>/<its tasks joined by '+'>; `model_args` default to the
+        model with evaluation.model_args."""
+        model_args = model_args or {"pretrained": self.paths[f"runs.{name}"], **settings["model_args"]}
         entries = []
         for protocol in (Protocol(**fields) for fields in settings["protocols"]):
             tasks = ",".join(protocol.tasks)
@@ -191,7 +214,7 @@ class ExperimentRunner:
             entry = {
                 "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
                 "tasks": tasks, "batch_size": protocol.batch_size, "log_samples": True,
-                "output_path": str(self.output / "evals" / run.name / protocol.name), "seed": settings["seed"],
+                "output_path": str(self.output / "evals" / name / protocol.name), "seed": settings["seed"],
             }
             if protocol.limit is not None:
                 entry["limit"] = protocol.limit
@@ -210,25 +233,23 @@ class ExperimentRunner:
 
     def evaluate(self) -> None:
         settings = self.evaluation_settings()
-        stage_digests = {
-            run.name: digest(settings, self.digests[f"runs.{run.name}"], self.paths[f"runs.{run.name}"])
-            for run in self.experiment.runs
-        }
-        pending = [run for run in self.experiment.runs
-                   if not self.markers.matches(f"eval-{run.name}", stage_digests[run.name])]
+        models = [(run, seed, instance_name(run.name, seed)) for run in self.experiment.runs for seed in run.each_seed]
+        stage_digests = {name: digest(settings, self.digests[f"runs.{name}"], self.paths[f"runs.{name}"])
+                         for _, _, name in models}
+        pending = [model for model in models if not self.markers.matches(f"eval-{model[2]}", stage_digests[model[2]])]
         if not pending:
             self.announce("evaluate: every run done, skipped")
             return
-        self.announce(f"evaluate {', '.join(run.name for run in pending)} with lmms-eval on "
+        self.announce(f"evaluate {', '.join(name for _, _, name in pending)} with lmms-eval on "
                       f"{', '.join(settings['tasks'])}")
         if self.experiment.evaluation.server is not None:
-            for run in pending:
-                self.evaluate_served(run, settings, stage_digests[run.name])
+            for _, _, name in pending:
+                self.evaluate_served(name, settings, stage_digests[name])
             return
         entries = {}
-        for run in pending:
-            shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
-            entries[run.name] = self.lmms_eval_entries(run, settings)
+        for _, _, name in pending:
+            shutil.rmtree(self.output / "evals" / name, ignore_errors=True)
+            entries[name] = self.lmms_eval_entries(name, settings)
         config_path = self.output / "configs" / "lmms_eval.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump([entry for run_entries in entries.values() for entry in run_entries],
@@ -236,26 +257,25 @@ class ExperimentRunner:
         launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
         log_path = self.output / "logs" / "evaluate.log"
         env = {**os.environ, **settings["env"], **self.judge_env()}
-        log_start = log_path.stat().st_size if log_path.is_file() else 0
+        log_start = log_size(log_path)
         returncode = stream([*launcher, "--config", str(config_path)], env=env, log_path=log_path)
-        with open(log_path, "rb") as log:
-            log.seek(log_start)
-            world_size = logged_world_size(log.read().decode(errors="replace"))
+        world_size = logged_world_size(log_since(log_path, log_start))
         failures = []
-        for run in pending:
+        for _, _, name in pending:
             try:
-                summary = read_lmms_eval_output(self.output / "evals" / run.name, settings["tasks"])
+                summary = read_lmms_eval_output(self.output / "evals" / name, settings["tasks"])
             except StageError as error:
-                failures.append(f"{run.name}: {error}")
+                failures.append(f"{name}: {error}")
                 continue
-            self.markers.write(f"eval-{run.name}", stage_digests[run.name], run=run.name,
-                               lmms_eval_entries=entries[run.name], world_size=world_size, settings=settings,
-                               versions=package_versions(), **summary)
+            self.markers.write(f"eval-{name}", stage_digests[name], run=name, lmms_eval_entries=entries[name],
+                               world_size=world_size, settings=settings, versions=package_versions(), **summary)
         if failures:
             raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
                              f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
-    def evaluate_served(self, run: Run, settings: dict[str, Any], stage_digest: str) -> None:
-        """One run through its own inference server: model prepared (merged), server up, lmms-eval, server down."""
+
+    def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str) -> None:
+        """One model (a run, or `run@seedS`) through its own inference server: model prepared (merged), server up,
+        lmms-eval, server down."""
         from ue_dpo.evaluation.chat import TEMPLATE_ENV
         from ue_dpo.experiment.server import served_model
         from ue_dpo.experiment.serving import (
@@ -267,31 +287,44 @@ class ExperimentRunner:
         server = self.experiment.evaluation.server
         env = {**os.environ, **settings["env"]}
         served, template, served_digest = prepare_served_model(
-            run.name, self.paths[f"runs.{run.name}"], output=self.output, markers=self.markers, server=server,
+            name, self.paths[f"runs.{name}"], output=self.output, markers=self.markers, server=server,
             env=env, llamafactory_cli=executable("llamafactory-cli"))
-        shutil.rmtree(self.output / "evals" / run.name, ignore_errors=True)
-        log_path = self.output / "logs" / f"evaluate-{run.name}.log"
-        server_log = self.output / "logs" / f"server-{run.name}.log"
-        print(f"    {run.name}: serving {served} ({server.command}); log {server_log}", flush=True)
+        shutil.rmtree(self.output / "evals" / name, ignore_errors=True)
+        log_path = self.output / "logs" / f"evaluate-{name}.log"
+        server_log = self.output / "logs" / f"server-{name}.log"
+        print(f"    {name}: serving {served} ({server.command}); log {server_log}", flush=True)
         with served_model(server.command, str(served), log_path=server_log, env=env,
                           health_timeout_s=server.health_timeout_s) as base_url:
-            entries = self.lmms_eval_entries(run, settings, served_model_args(served, base_url, server,
+            entries = self.lmms_eval_entries(name, settings, served_model_args(served, base_url, server,
                                                                               settings["model_args"]))
-            config_path = self.output / "configs" / f"lmms_eval-{run.name}.yaml"
+            config_path = self.output / "configs" / f"lmms_eval-{name}.yaml"
             config_path.parent.mkdir(parents=True, exist_ok=True)
             config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
             launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
+            log_start = log_size(log_path)
             returncode = stream([*launcher, "--config", str(config_path)],
                                 env={**env, **self.judge_env(), TEMPLATE_ENV: template}, log_path=log_path)
         try:
-            summary = read_lmms_eval_output(self.output / "evals" / run.name, settings["tasks"])
+            summary = read_lmms_eval_output(self.output / "evals" / name, settings["tasks"])
         except StageError as error:
-            raise StageError(f"evaluation of {run.name!r} through its server failed (lmms-eval exit status "
+            raise StageError(f"evaluation of {name!r} through its server failed (lmms-eval exit status "
                              f"{returncode}): {error}. See {log_path} and {server_log}") from None
-        check_no_failed_requests(summary["samples_files"], run.name, server_log)
-        self.markers.write(f"eval-{run.name}", stage_digest, run=run.name, lmms_eval_entries=entries, settings=settings,
+        check_no_failed_requests(summary["samples_files"], name, server_log)
+        self.markers.write(f"eval-{name}", stage_digest, run=name, lmms_eval_entries=entries,
+                           world_size=logged_world_size(log_since(log_path, log_start)), settings=settings,
                            served_model=str(served), served_digest=served_digest, template=template,
                            versions=package_versions(), **summary)
+
+
+def log_size(log_path: Path) -> int:
+    return log_path.stat().st_size if log_path.is_file() else 0
+
+
+def log_since(log_path: Path, start: int) -> str:
+    """What was written to `log_path` after byte `start`."""
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        return log.read().decode(errors="replace")
 
 
 def logged_world_size(output: str) -> int | None:
