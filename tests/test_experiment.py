@@ -171,7 +171,7 @@ def test_a_task_named_like_a_folder_here_is_refused_before_lmms_eval_misreads_it
     experiment_runner.paths.update({"runs.base": "model", "synthetic.eval": "eval"})
     with pytest.raises(StageError, match=r"\./shapes_caption is a folder, so lmms-eval would read `--tasks "
                                          r"shapes_caption` as a folder of task YAMLs"):
-        experiment_runner.lmms_eval_entries(experiment.run("base"), experiment_runner.evaluation_settings())
+        experiment_runner.lmms_eval_entries("base", experiment_runner.evaluation_settings())
 
 
 def test_the_world_size_is_read_from_the_line_each_rank_logs():

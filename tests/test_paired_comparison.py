@@ -299,7 +299,7 @@ def test_experiment_run_names_resolve_to_the_folders_ue_dpo_run_evaluates_into(t
     run = runner.experiment.run("dpo")
     runner.paths.update({f"synthetic.{name}": str(tmp_path / name) for name in SYNTHETIC_PATHS},
                         **{f"runs.{run.name}": str(tmp_path / "model")})
-    [entry] = runner.lmms_eval_entries(run, runner.evaluation_settings())
+    [entry] = runner.lmms_eval_entries(run.name, runner.evaluation_settings())
     output_path = Path(entry["output_path"])
     output_path.mkdir(parents=True)
     assert run_folder("dpo", tmp_path / "out") == output_path.parent

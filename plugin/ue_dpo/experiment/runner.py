@@ -321,7 +321,9 @@ def log_size(log_path: Path) -> int:
 
 
 def log_since(log_path: Path, start: int) -> str:
-    """What was written to `log_path` after byte `start`."""
+    """What was written to `log_path` after byte `start` ("" if nothing was ever written)."""
+    if not log_path.is_file():
+        return ""
     with open(log_path, "rb") as log:
         log.seek(start)
         return log.read().decode(errors="replace")
