@@ -165,13 +165,14 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
         finetuning_args=types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence",
                                               ue_branches=branches, ue_weighting="ue"),
         _gather_across_ranks=lambda values: values,
+        accelerator=types.SimpleNamespace(reduce=lambda tensor, reduction: tensor),  # one rank
     )
     weights, selected, uncertainty, delta, category = UEDPOTrainer._blind_spot_weights(trainer, clean, noised, mask)
     tokens = BatchTokens(model_inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
                          mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None, weighted_mask=mask,
                          policy_logps=zeros, weights=weights, uncertainty=uncertainty, delta=delta, selected=selected,
                          category=category)
-    metrics = UEDPOTrainer._weighting_metrics(trainer, tokens)
+    metrics = UEDPOTrainer._means_across_ranks(trainer, UEDPOTrainer._weighting_metric_terms(tokens, "ue"))
     assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
                        "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
     off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]
