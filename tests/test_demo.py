@@ -35,13 +35,13 @@ SMALL = [
 RUN_LABELS = ("base (SFT warm-up)", "DPO", "UE-DPO")
 
 
-def make_demo(out: Path, **popen) -> subprocess.Popen:
+def make_demo(out: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
     arguments = " ".join(f"--set {setting}" for setting in SMALL)
     # `-o .venv/.installed`: use the environment the tests run in, never reinstall it from here
     return subprocess.Popen(["make", "-s", "-C", str(REPO), "-o", ".venv/.installed", "demo", f"DEMO_OUT={out}",
                              f"DEMO_ARGS={arguments}"],
-                            env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
+                            env=offline_env(), stdout=stdout, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(process: subprocess.Popen, timeout: int = 600) -> str:
@@ -55,10 +55,13 @@ def demo(tmp_path_factory):
     """Three `make demo` runs on one folder: killed during the DPO training, run to the end, run once more."""
     out = tmp_path_factory.mktemp("demo") / "out"
     first_checkpoint = out / "runs" / "dpo" / "checkpoint-1" / "trainer_state.json"
-    interrupted = make_demo(out, bufsize=1)
+    # its output goes to a file: a pipe nobody reads while waiting would fill up and stop the run
+    interrupted_log = out.parent / "interrupted.log"
+    with interrupted_log.open("w") as log:
+        interrupted = make_demo(out, stdout=log)
     deadline = time.monotonic() + 600
     while not first_checkpoint.is_file():
-        assert interrupted.poll() is None, interrupted.stdout.read()[-6000:]
+        assert interrupted.poll() is None, interrupted_log.read_text()[-6000:]
         assert time.monotonic() < deadline, "no DPO checkpoint within 600 s"
         time.sleep(0.2)
     started = children_of(interrupted.pid)  # ue-dpo and its llamafactory-cli
