@@ -54,13 +54,13 @@ def finish(process: subprocess.Popen, timeout: int = 600) -> str:
 def demo(tmp_path_factory):
     """Three `make demo` runs on one folder: killed during the DPO training, run to the end, run once more."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    first_checkpoint = out / "runs" / "dpo" / "checkpoint-1" / "trainer_state.json"
     # its output goes to a file: a pipe nobody reads while waiting would fill up and stop the run
     interrupted_log = out.parent / "interrupted.log"
     with interrupted_log.open("w") as log:
         interrupted = make_demo(out, stdout=log)
     deadline = time.monotonic() + 600
-    while not first_checkpoint.is_file():
+    # any complete DPO checkpoint: with `save_total_limit: 1` each one is deleted when the next is saved
+    while not any((out / "runs" / "dpo").glob("checkpoint-*/trainer_state.json")):
         assert interrupted.poll() is None, interrupted_log.read_text()[-6000:]
         assert time.monotonic() < deadline, "no DPO checkpoint within 600 s"
         time.sleep(0.2)
@@ -282,7 +282,8 @@ def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(
             assert model["model"] == str(out.resolve() / "runs" / name)
             assert model["training"]["config"]["seed"] == model["seed"]
             assert model["training"]["config"]["model_name_or_path"] == warmup["model"]
-            assert model["evaluation"]["lmms_eval_entry"]["output_path"] == str(out.resolve() / "evals" / name)
+            (entry,) = model["evaluation"]["lmms_eval_entries"]  # one protocol: shapes_caption
+            assert entry["output_path"] == str(out.resolve() / "evals" / name / "shapes_caption")
             expected = naive_chair(*logged_captions(out, model))
             assert model["metrics"]["shapes_caption"]["chair_i"] == pytest.approx(expected["chair_i"])
     assert [model["training"]["seeds"] for model in ue_dpo["per_seed"]] == \

@@ -14,6 +14,15 @@ from ue_dpo.tiny_config import tiny_training_config
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+@pytest.fixture(autouse=True)
+def strict_image_decoding(monkeypatch):
+    """PIL's default. Importing lmms-eval (other tests do, in this process) turns truncated-image loading on for
+    the whole process, which no training process has."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
+
+
 @pytest.fixture(scope="module")
 def pristine_dataset_dir(tmp_path_factory):
     return write_preference_dataset(tmp_path_factory.mktemp("pristine"), n_pairs=8, seed=0)
