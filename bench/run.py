@@ -69,7 +69,7 @@ def build_model(out_dir: Path, *, model_size: str, vocab_size: int, image_size: 
     )
     from transformers.models.qwen2_vl import Qwen2VLVisionConfig
 
-    from ue_dpo.tiny_models import VISION_PATCH_SIZE, build_tiny_qwen2_vl
+    from ue_dpo.synthetic.tiny_models import VISION_PATCH_SIZE, build_tiny_qwen2_vl
 
     build_tiny_qwen2_vl(out_dir, seed=0)
     config = AutoConfig.from_pretrained(out_dir)
@@ -137,7 +137,7 @@ def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int
 
 
 def training_config(name: str, workdir: Path, settings: dict, use_gpu: bool) -> dict:
-    from ue_dpo.tiny_config import tiny_training_config
+    from tiny_training_config import tiny_training_config
 
     output_dir = workdir / "runs" / name
     method = dict(CONFIGS[name])

@@ -11,8 +11,8 @@ os.environ.update({
 })
 
 import pytest
-from ue_dpo.shapes import write_preference_dataset, write_sft_dataset
-from ue_dpo.tiny_models import build_tiny_llava, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
+from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
+from ue_dpo.synthetic.tiny_models import build_tiny_llava, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from public_preference_files import (
     write_rlhf_v,
 )
 from ue_dpo.datasets import BadSampleError, SourceError, Subset, convert
-from ue_dpo.tiny_models import LLAVA_IMAGE_SIZE, VISION_PATCH_SIZE
+from ue_dpo.synthetic.tiny_models import LLAVA_IMAGE_SIZE, VISION_PATCH_SIZE
 
 UE_DPO_CLI = Path(sys.executable).with_name("ue-dpo")
 ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}

@@ -20,7 +20,7 @@ import pytest
 
 from llamafactory_runs import offline_env
 from ue_dpo.cli import main
-from ue_dpo.shapes import EVAL_MANIFEST, SHAPES
+from ue_dpo.synthetic.shapes import EVAL_MANIFEST, SHAPES
 
 pytestmark = pytest.mark.e2e
 

@@ -28,8 +28,8 @@ from judge_server import ScriptedJudgeServer
 from llamafactory_runs import offline_env, train_or_fail
 from nlp_resources import install_test_resources
 from ue_dpo.cli import main as ue_dpo_main
-from ue_dpo.shapes import EVAL_MANIFEST, SHAPES
-from ue_dpo.tiny_config import tiny_training_config
+from ue_dpo.synthetic.shapes import EVAL_MANIFEST, SHAPES
+from tiny_training_config import tiny_training_config
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ue_dpo.core.noise import diffusion_noise, noise_coefficients
-from ue_dpo.shapes import write_preference_dataset
+from ue_dpo.synthetic.shapes import write_preference_dataset
 
 STEP = 500
 IMAGE_SIZE = 112  # larger than both tiny processors' input (LLaVA 28, Qwen2-VL 56 x 56): they resize

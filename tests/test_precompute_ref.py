@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llamafactory_runs import train_or_fail
-from ue_dpo.shapes import write_preference_dataset
-from ue_dpo.tiny_config import tiny_training_config
+from ue_dpo.synthetic.shapes import write_preference_dataset
+from tiny_training_config import tiny_training_config
 
 pytestmark = pytest.mark.e2e
 

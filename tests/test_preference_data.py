@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ue_dpo
-from ue_dpo.shapes import IMAGE_PLACEHOLDER, write_preference_dataset
-from ue_dpo.tiny_config import tiny_training_config
+from ue_dpo.synthetic.shapes import IMAGE_PLACEHOLDER, write_preference_dataset
+from tiny_training_config import tiny_training_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -29,7 +29,7 @@ from ue_dpo.experiment.config import ExperimentConfigError, Server, parse_experi
 from ue_dpo.experiment.server import ServerError, served_model
 from ue_dpo.experiment.serving import files_digest, prepare_served_model
 from ue_dpo.experiment.stages import Markers, StageError
-from ue_dpo.shapes import CAPTION_PROMPT
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT
 
 BIN = Path(sys.executable).parent
 EVAL_IMAGES = 4

@@ -10,7 +10,7 @@ from ue_dpo.benchmarks.shapes_chair import (
 )
 from ue_dpo.cli import main
 from ue_dpo.evaluation import shapes_caption
-from ue_dpo.shapes import CAPTION_PROMPT, EVAL_MANIFEST, write_caption_eval_set
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST, write_caption_eval_set
 
 # (response, true shapes) with mentions / hallucinated mentions worked out by hand in the comments
 HAND_CASES = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from ue_dpo.shapes import (
+from ue_dpo.synthetic.shapes import (
     BACKGROUND,
     COLOURS,
     PREFERENCE_DATASET,
@@ -26,7 +26,7 @@ from ue_dpo.shapes import (
     write_preference_dataset,
     write_sft_dataset,
 )
-from ue_dpo.tiny_models import QWEN2_VL_ADDED_TOKENS, build_tiny_model
+from ue_dpo.synthetic.tiny_models import QWEN2_VL_ADDED_TOKENS, build_tiny_model
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 EXPECTED_CLASSES = {

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from llamafactory_runs import run_train, train_or_fail
-from ue_dpo.tiny_config import tiny_training_config
+from tiny_training_config import tiny_training_config
 
 UE_KEYS = {
     "ue/selected_share_chosen", "ue/selected_share_rejected", "ue/lambda_chosen_mean", "ue/lambda_rejected_mean",

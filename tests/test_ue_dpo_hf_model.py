@@ -8,8 +8,8 @@ import torch
 from lmms_eval.api.instance import Instance
 from PIL import Image
 from ue_dpo.evaluation.model import CheckpointError, UeDpoHF, resolve_checkpoint
-from ue_dpo.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
-from ue_dpo.tiny_config import tiny_training_config
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
+from tiny_training_config import tiny_training_config
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 QWEN2_VL_PROMPT = (

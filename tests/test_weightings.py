@@ -18,7 +18,7 @@ from ue_dpo.core.weights import (
     UNSELECTED,
     blind_spot_categories,
 )
-from ue_dpo.tiny_config import tiny_training_config
+from tiny_training_config import tiny_training_config
 
 
 def sigmoid(x: float) -> float:

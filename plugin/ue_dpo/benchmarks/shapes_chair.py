@@ -1,6 +1,6 @@
 """Exact CHAIR on the synthetic shapes world, where each image's shapes are known by construction.
 
-A response's mentions are the shape words it contains (`ue_dpo.shapes.mentioned_shapes`: singular or
+A response's mentions are the shape words it contains (`ue_dpo.synthetic.shapes.mentioned_shapes`: singular or
 plural, any case, every occurrence). A mention is hallucinated when its shape is not in the image.
 Aggregates are totals over responses, in percent, with the Object-HalBench semantics:
 
@@ -16,7 +16,7 @@ A ratio whose denominator is zero is None (undefined), never 0.
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ue_dpo.shapes import SHAPES, mentioned_shapes
+from ue_dpo.synthetic.shapes import SHAPES, mentioned_shapes
 
 SHAPES_CHAIR_METRICS = ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned")
 

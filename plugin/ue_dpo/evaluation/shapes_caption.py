@@ -1,6 +1,6 @@
 """lmms-eval adapter of the `shapes_caption` task: exact CHAIR on held-out synthetic shapes images.
 
-The images and their ground truth are a folder written by `ue_dpo.shapes.write_caption_eval_set`
+The images and their ground truth are a folder written by `ue_dpo.synthetic.shapes.write_caption_eval_set`
 (`ue-dpo shapes-eval --out DIR`). The task reads it from `dataset_kwargs: {data_dir: DIR}` when the
 task YAML (or a YAML that includes it) sets one, else from the `UE_DPO_SHAPES_EVAL_DIR` variable.
 """
@@ -19,10 +19,10 @@ from ue_dpo.benchmarks.shapes_chair import (
 )
 from ue_dpo.evaluation.data import BenchmarkDataError, benchmark_image, configured_dir
 from ue_dpo.evaluation.local_task import LocalFilesTask
-from ue_dpo.shapes import CAPTION_PROMPT, EVAL_MANIFEST
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST
 
 SHAPES_EVAL_DIR_ENV = "UE_DPO_SHAPES_EVAL_DIR"
-_HOW_TO = (f"write one with `ue-dpo shapes-eval --out DIR` (or ue_dpo.shapes.write_caption_eval_set) and set "
+_HOW_TO = (f"write one with `ue-dpo shapes-eval --out DIR` (or ue_dpo.synthetic.shapes.write_caption_eval_set) and set "
            f"{SHAPES_EVAL_DIR_ENV}=DIR, or set dataset_kwargs: {{data_dir: DIR}} in a task YAML")
 
 

@@ -133,7 +133,7 @@ class ExperimentRunner:
             return
         self.announce(f"synthetic shapes world: tiny {world.arch} model, {world.sft_examples} captions, "
                       f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
-        from ue_dpo.experiment.synthetic import build_synthetic_world
+        from ue_dpo.synthetic.world import build_synthetic_world
 
         shutil.rmtree(root, ignore_errors=True)
         build_synthetic_world(world, root)

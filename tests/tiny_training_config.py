@@ -1,4 +1,4 @@
-"""LLaMA-Factory training configs at tiny, CPU scale (the test suite uses these)."""
+"""LLaMA-Factory training configs at tiny, CPU scale, for the tests."""
 
 from pathlib import Path
 from typing import Any

@@ -3,7 +3,7 @@
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's `llava` and
 `qwen2_vl` templates, `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they
 load the released checkpoints. Both see an image as a 2x2 grid of visual tokens, one per quadrant
-of a shapes image (see `ue_dpo.shapes`).
+of a shapes image (see `ue_dpo.synthetic.shapes`).
 """
 
 import json
@@ -20,7 +20,7 @@ from tokenizers import (
     trainers,
 )
 
-from ue_dpo.shapes import CAPTION_PROMPT, COLOURS, SHAPES
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 
