@@ -1,39 +1,61 @@
-"""Step time and peak memory of stock LLaMA-Factory DPO next to UE-DPO, on one synthetic workload.
+"""Step time, whole-run time and peak memory of stock LLaMA-Factory DPO next to UE-DPO, on one synthetic workload.
 
-    python bench/run.py            # builds the model and data, runs every configuration, writes bench/RESULTS.md
+    python bench/run.py    # LLaVA-1.5's token layout on a small model: builds it and the data, runs every
+                           # configuration, writes bench/RESULTS.md
 
-    python bench/run.py --model-size 7b   # the same at Qwen2-VL-7B's real size (needs a CUDA GPU, ~17 GB on disk)
+    python bench/run.py --model-size 7b                      # LLaVA-1.5-7B's real shapes (CUDA GPU only)
+    python bench/run.py --layout qwen2_vl                    # Qwen2-VL, small width, real 151,936 vocabulary
+    python bench/run.py --layout qwen2_vl --model-size 7b    # Qwen2-VL-7B's real shapes (CUDA GPU only)
 
-The model is a Qwen2-VL-architecture checkpoint with random weights, built locally: by default the tiny
-models' width with the real 151,936-entry vocabulary of Qwen2-VL-2B; with `--model-size 7b`, Qwen2-VL-7B's
-shapes (text and vision tower, 152,064-entry vocabulary), built on the GPU in bf16. Each configuration trains
-in its own process; configurations alternate (A B C D A B C D ...) so that machine drift hits all of them alike.
+Models have the real architecture classes and random weights, built locally with the tiny models' tokenizer and
+processor (`ue_dpo.synthetic.tiny_models`); the 7b ones are built on the GPU in bf16. Every configuration trains
+the same data for the same number of epochs, each in its own process; configurations alternate
+(A B C D A B C D ...) so that machine drift hits all of them alike.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 NOTES_MARKER = "<!-- notes: kept when the results above are regenerated -->"
 CONFIGS = {
     "dpo": {"stage": "dpo"},
-    "ue_dpo_alpha0": {"stage": "ue_dpo", "ue_alpha": 0.0},
     "ue_dpo": {"stage": "ue_dpo"},
+    "ue_dpo_unshared": {"stage": "ue_dpo", "ue_prefix_sharing": False},
     "ue_dpo_precompute_ref": {"stage": "ue_dpo", "ue_precompute_ref": True},
+    "ue_dpo_alpha0": {"stage": "ue_dpo", "ue_alpha": 0.0},
 }
+DEFAULT_CONFIGS = ("dpo", "ue_dpo", "ue_dpo_unshared", "ue_dpo_precompute_ref")
 BASELINE = "dpo"
+
+# Vicuna-7B-v1.5's config.json (the language model of llava-1.5-7b-hf), less its vocabulary and token ids.
+VICUNA_7B_TEXT = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
+# CLIP ViT-L/14-336's vision config, the tower of llava-1.5-7b-hf.
+CLIP_VIT_L_336_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                         "num_attention_heads": 16, "projection_dim": 768, "layer_norm_eps": 1e-5}
+# The CPU model: a decoder whose output layer is a few percent of its FLOPs, as at 7B, and a CLIP tower whose
+# share of a row's FLOPs is about LLaVA-1.5-7B's (both shares are printed in RESULTS.md).
+SMALL_LLAMA_TEXT = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
+                    "num_key_value_heads": 8, "max_position_embeddings": 4096}
+SMALL_CLIP_VISION = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 2, "num_attention_heads": 3,
+                     "projection_dim": 192}
+LLAVA_SHAPES = {"small": (SMALL_LLAMA_TEXT, SMALL_CLIP_VISION), "7b": (VICUNA_7B_TEXT, CLIP_VIT_L_336_VISION)}
 # The released Qwen2-VL-7B-Instruct's config.json, except the token ids (those of our small tokenizer).
 QWEN2_VL_7B_TEXT = {
-    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
     "max_window_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
     "max_position_embeddings": 32768,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
@@ -42,53 +64,106 @@ QWEN2_VL_7B_VISION = {
     "depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4, "hidden_act": "quick_gelu",
     "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
 }
-MODEL_SIZES = {
-    "tiny": {"vocab_size": 151936, "shape": "text width 64, 2 layers; vision tower 2 layers x 32"},
-    "7b": {
-        "vocab_size": QWEN2_VL_7B_TEXT["vocab_size"],
-        "shape": ("Qwen2-VL-7B-Instruct's shapes (8.29B parameters): text width 3584, 28 layers, 28 heads / 4 KV "
-                  "heads, MLP 18944; vision tower 32 layers x 1280"),
+LAYOUTS = {
+    "llava15": {
+        "name": "LLaVA-1.5", "template": "llava", "pixels_per_visual_token": 14, "image_size": 336,
+        "question_tokens": 28, "response_tokens": 150, "vocab_size": {"small": 2048, "7b": 32000},
+    },
+    "qwen2_vl": {
+        "name": "Qwen2-VL", "template": "qwen2_vl", "pixels_per_visual_token": 28, "image_size": 448,
+        "question_tokens": 0, "response_tokens": 128, "vocab_size": {"small": 151936, "7b": 152064},
     },
 }
-# (configuration, step-time ratio bound, peak-memory ratio bound), ratios to stock DPO
-TARGETS = (("ue_dpo", 1.25, 0.8), ("ue_dpo_alpha0", 1.0, 0.8), ("ue_dpo_precompute_ref", 1.0, None))
-RESPONSE_WORDS = (
+MODEL_SIZES = ("small", "7b")
+# issue 16's targets: (configuration, measure, ratio bound, configuration the ratio is taken to). The CPU peak
+# RSS is mostly libraries, so there the memory target is only no regression against the unshared computation.
+TARGETS = {
+    ("llava15", "small"): (("ue_dpo", "run", 0.80, BASELINE), ("ue_dpo_precompute_ref", "run", 0.72, BASELINE),
+                           ("ue_dpo", "memory", 1.0, "ue_dpo_unshared")),
+    ("llava15", "7b"): (("ue_dpo", "step", 0.80, BASELINE), ("ue_dpo", "memory", 0.80, BASELINE),
+                        ("ue_dpo_precompute_ref", "run", 0.72, BASELINE)),
+    ("qwen2_vl", "7b"): (("ue_dpo", "step", 1.0, BASELINE),),
+}
+QUESTION = "Describe this image in detail."
+WORDS = (
     "the", "a", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "shape", "image", "shows",
     "left", "right", "top", "bottom", "corner", "large", "small", "bright", "dark", "next", "to", "above", "below",
     "and", "with", "on", "white", "background", "there", "is", "one", "two", "three",
 )
+IGNORE_INDEX = -100
 
 
-def build_model(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
-    """A Qwen2-VL of `model_size` with a `vocab_size` output layer and the tiny model's tokenizer, and a
-    processor that keeps `image_size`² images whole. Token ids past the tokenizer's are never targets, as in
-    the released models, whose output layer is also wider than their tokenizer."""
+def save_random_model(model_class, config, out_dir: Path, *, on_gpu: bool) -> None:
     import torch
+
+    torch.manual_seed(0)
+    if on_gpu:  # random init of 7-8B parameters on the CPU would take many minutes
+        with torch.device("cuda"):
+            model = model_class._from_config(config, dtype=torch.bfloat16)
+    else:
+        model = model_class(config)
+    model.save_pretrained(out_dir)
+    del model
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+
+def build_llava(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
+    """A LLaVA-1.5 (Llama decoder, CLIP tower cut at its second-to-last layer, 2-layer GELU projector) with the
+    tiny LLaVA's tokenizer, and a processor for `image_size`² images, one visual token per 14-px patch."""
     from transformers import (
-        AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLTextConfig,
+        AutoConfig,
+        AutoProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaForConditionalGeneration,
+    )
+    from ue_dpo.synthetic.tiny_models import VISION_PATCH_SIZE, build_tiny_llava
+
+    build_tiny_llava(out_dir, seed=0)
+    config = AutoConfig.from_pretrained(out_dir)
+    text_shape, vision_shape = LLAVA_SHAPES[model_size]
+    tiny_text = config.text_config
+    config.text_config = LlamaConfig(
+        **text_shape, vocab_size=vocab_size, bos_token_id=tiny_text.bos_token_id,
+        eos_token_id=tiny_text.eos_token_id, pad_token_id=tiny_text.pad_token_id,
+    )
+    config.vision_config = CLIPVisionConfig(**vision_shape, image_size=image_size, patch_size=VISION_PATCH_SIZE)
+    config.image_seq_length = (image_size // VISION_PATCH_SIZE) ** 2
+    save_random_model(LlavaForConditionalGeneration, config, out_dir, on_gpu=model_size == "7b")
+    processor = AutoProcessor.from_pretrained(out_dir)
+    processor.image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor.save_pretrained(out_dir)
+
+
+def build_qwen2_vl(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
+    """A Qwen2-VL of `model_size` with a `vocab_size` output layer and the tiny model's tokenizer, and a
+    processor that keeps `image_size`² images whole."""
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLTextConfig,
     )
     from transformers.models.qwen2_vl import Qwen2VLVisionConfig
-
     from ue_dpo.synthetic.tiny_models import VISION_PATCH_SIZE, build_tiny_qwen2_vl
 
     build_tiny_qwen2_vl(out_dir, seed=0)
     config = AutoConfig.from_pretrained(out_dir)
-    torch.manual_seed(0)
-    if model_size == "tiny":
+    if model_size == "small":
         config.text_config.vocab_size = vocab_size
-        Qwen2VLForConditionalGeneration(config).save_pretrained(out_dir)
     else:
         tiny_text = config.text_config
         config.text_config = Qwen2VLTextConfig(
-            **{**QWEN2_VL_7B_TEXT, "vocab_size": vocab_size}, bos_token_id=tiny_text.bos_token_id,
+            **QWEN2_VL_7B_TEXT, vocab_size=vocab_size, bos_token_id=tiny_text.bos_token_id,
             eos_token_id=tiny_text.eos_token_id, pad_token_id=tiny_text.pad_token_id,
         )
         config.vision_config = Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)
-        with torch.device("cuda"):  # random init of 8B parameters on the CPU would take many minutes
-            model = Qwen2VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(out_dir)
-        del model
-        torch.cuda.empty_cache()
+    save_random_model(Qwen2VLForConditionalGeneration, config, out_dir, on_gpu=model_size == "7b")
     processor = AutoProcessor.from_pretrained(out_dir)
     pixels = image_size * image_size
     processor.image_processor = Qwen2VLImageProcessor(
@@ -97,20 +172,25 @@ def build_model(out_dir: Path, *, model_size: str, vocab_size: int, image_size: 
     processor.save_pretrained(out_dir)
 
 
-def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int, response_tokens: int) -> None:
-    """`bench_pref`: random rectangles, and chosen/rejected answers of exactly `response_tokens` tokens."""
+MODEL_BUILDERS = {"llava15": build_llava, "qwen2_vl": build_qwen2_vl}
+
+
+def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int, question_tokens: int,
+                  response_tokens: int) -> None:
+    """`bench_pref`: random rectangles, a question of `QUESTION` plus `question_tokens` tokens, and chosen and
+    rejected answers of exactly `response_tokens` tokens. Token ids past the tokenizer's are never targets, as
+    in the released models, whose output layer is also wider than their tokenizer."""
     from PIL import Image, ImageDraw
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rng = random.Random(0)
 
-    def response() -> str:
+    def words_of(tokens: int) -> str:
         words = []
-        while len(tokenizer(" ".join(words))["input_ids"]) < response_tokens:
-            words.append(rng.choice(RESPONSE_WORDS))
-        ids = tokenizer(" ".join(words))["input_ids"][:response_tokens]
-        return tokenizer.decode(ids)
+        while len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < tokens:
+            words.append(rng.choice(WORDS))
+        return tokenizer.decode(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:tokens])
 
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     records = []
@@ -122,10 +202,11 @@ def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int
             box = (x0, y0, rng.randrange(x0 + 8, image_size + 1), rng.randrange(y0 + 8, image_size + 1))
             draw.rectangle(box, fill=tuple(rng.randrange(256) for _ in range(3)))
         image.save(out_dir / "images" / f"{index:04d}.png")
+        question = f"{QUESTION} {words_of(question_tokens)}" if question_tokens else QUESTION
         records.append({
-            "messages": [{"role": "user", "content": "<image>Describe this image in detail."}],
-            "chosen": {"role": "assistant", "content": response()},
-            "rejected": {"role": "assistant", "content": response()},
+            "messages": [{"role": "user", "content": f"<image>{question}"}],
+            "chosen": {"role": "assistant", "content": words_of(response_tokens)},
+            "rejected": {"role": "assistant", "content": words_of(response_tokens)},
             "images": [f"images/{index:04d}.png"],
         })
     (out_dir / "bench_pref.json").write_text(json.dumps(records))
@@ -136,64 +217,126 @@ def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int
     }}))
 
 
-def training_config(name: str, workdir: Path, settings: dict, use_gpu: bool) -> dict:
-    from tiny_training_config import tiny_training_config
+def accepted_training_keys() -> set[str]:
+    """The keys `llamafactory-cli train` accepts with the installed LLaMA-Factory and ue-dpo plugin."""
+    import ue_dpo
 
-    output_dir = workdir / "runs" / name
+    ue_dpo.apply_llamafactory_integration()
+    from llamafactory.hparams import parser
+
+    return {field.name for argument_class in parser._TRAIN_ARGS for field in fields(argument_class)}
+
+
+def check_configs_accepted(names: list[str]) -> None:
+    """Stop with a clear message if a configuration sets a key that the installed plugin does not accept
+    (`ue_prefix_sharing` before issue 16's sharing is merged)."""
+    accepted = accepted_training_keys()
+    for name in names:
+        unknown = sorted(set(CONFIGS[name]) - accepted)
+        if unknown:
+            runnable = [other for other in names if not set(CONFIGS[other]) - accepted]
+            sys.exit(f"configuration `{name}` sets {', '.join(f'`{key}`' for key in unknown)}, which the installed "
+                     f"ue-dpo plugin does not accept (issue 16's prefix sharing adds `ue_prefix_sharing`); leave it "
+                     f"out: --configs {' '.join(runnable)}")
+
+
+def training_config(name: str, workdir: Path, settings: dict, run_dir: Path, use_gpu: bool) -> dict:
     method = dict(CONFIGS[name])
     if method.get("ue_precompute_ref"):
-        method["ue_ref_cache_dir"] = str(output_dir / "ue_ref_cache")  # fresh each run: the first step pays for it
-    return tiny_training_config(
-        "qwen2_vl", workdir / "model", workdir / "data", output_dir,
-        dataset="bench_pref", cutoff_len=4096, image_max_pixels=settings["image_size"] ** 2,
-        per_device_train_batch_size=2, max_steps=settings["warmup"] + settings["steps"],
-        use_cpu=not use_gpu, bf16=use_gpu, **method,
-    )
+        method["ue_ref_cache_dir"] = str(run_dir / "ue_ref_cache")
+    return {
+        "model_name_or_path": str(workdir / "model"), "trust_remote_code": False, "do_train": True,
+        "finetuning_type": "lora", "lora_target": "all", "lora_rank": 8,
+        "dataset": "bench_pref", "dataset_dir": str(workdir / "data"),
+        "template": LAYOUTS[settings["layout"]]["template"], "cutoff_len": 4096,
+        "image_max_pixels": settings["image_size"] ** 2, "preprocessing_num_workers": 1, "overwrite_cache": True,
+        "dataloader_num_workers": 0, "output_dir": str(run_dir), "overwrite_output_dir": True,
+        "per_device_train_batch_size": settings["pairs_per_step"], "gradient_accumulation_steps": 1,
+        "num_train_epochs": settings["epochs"], "learning_rate": 1e-5, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "seed": 0, "bf16": use_gpu, "fp16": False, "use_cpu": not use_gpu, **method,
+    }
 
 
-def worker(name: str, workdir: Path, settings: dict, result_path: Path) -> None:
-    """Trains one configuration in this process and writes its step times and peak memory."""
+def token_layout(row: dict, image_token_id: int) -> dict:
+    """Image, prompt (template, system and question) and response tokens of a chosen row as LLaMA-Factory
+    tokenized it."""
+    image = sum(token == image_token_id for token in row["chosen_input_ids"])
+    response = sum(label != IGNORE_INDEX for label in row["chosen_labels"])
+    return {"image": image, "prompt": len(row["chosen_input_ids"]) - response - image, "response": response}
+
+
+def worker(name: str, workdir: Path, settings: dict, run_index: int, result_path: Path) -> None:
+    """Trains one configuration in this process and writes its step and run times and peak memory. On a GPU it
+    also profiles the last warm-up step, whose kernel time it records."""
     import torch
-    from transformers import TrainerCallback
-
     import ue_dpo
+    from transformers import TrainerCallback
 
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.train.tuner import run_exp
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.durations, self.cpu_durations, self.rss_at_train_begin, self.gpu_at_train_begin = [], [], 0, 0
-            self.started = self.cpu_started = 0.0
+    use_gpu = torch.cuda.is_available()
 
-        def on_train_begin(self, args, state, control, **kwargs):
+    def synchronize() -> None:
+        if use_gpu:
+            torch.cuda.synchronize()
+
+    class RunTimer(TrainerCallback):
+        def __init__(self):
+            self.step_seconds, self.step_cpu_seconds, self.layout, self.parameters = [], [], {}, 0
+            self.rss_at_train_begin = self.gpu_at_train_begin = 0
+            self.run_started = self.run_cpu_started = self.run_seconds = self.run_cpu_seconds = 0.0
+            self.step_started = self.step_cpu_started = 0.0
+            self.profiler, self.kernel_ms = None, None
+
+        def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+            self.layout = token_layout(train_dataloader.dataset[0], model.config.image_token_id)
+            self.parameters = sum(parameter.numel() for parameter in model.parameters())
             self.rss_at_train_begin = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            if torch.cuda.is_available():
+            if use_gpu:
                 self.gpu_at_train_begin = torch.cuda.memory_allocated()
+            synchronize()
+            self.run_started, self.run_cpu_started = time.perf_counter(), time.process_time()
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+            synchronize()
+            if use_gpu and len(self.step_seconds) == settings["warmup"] - 1:
+                self.profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                )
+                self.profiler.start()
+            self.step_started, self.step_cpu_started = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.durations.append(time.perf_counter() - self.started)
-            self.cpu_durations.append(time.process_time() - self.cpu_started)
+            synchronize()
+            self.step_seconds.append(time.perf_counter() - self.step_started)
+            self.step_cpu_seconds.append(time.process_time() - self.step_cpu_started)
+            if self.profiler is not None:
+                self.profiler.stop()
+                self.kernel_ms = sum(event.device_time_total for event in self.profiler.events()
+                                     if event.device_type == torch.autograd.DeviceType.CUDA) / 1000
+                self.profiler = None
 
-    use_gpu = torch.cuda.is_available()
-    timer = StepTimer()
-    run_exp(training_config(name, workdir, settings, use_gpu), callbacks=[timer])
+        def on_train_end(self, args, state, control, **kwargs):
+            synchronize()
+            self.run_seconds = time.perf_counter() - self.run_started
+            self.run_cpu_seconds = time.process_time() - self.run_cpu_started
+
+    run_dir = workdir / "runs" / f"{name}-{run_index}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh reference cache: every run pays for its own
+    timer = RunTimer()
+    run_exp(training_config(name, workdir, settings, run_dir, use_gpu), callbacks=[timer])
     result = {
-        "step_seconds": timer.durations,
-        "step_cpu_seconds": timer.cpu_durations,
+        "step_seconds": timer.step_seconds, "step_cpu_seconds": timer.step_cpu_seconds,
+        "run_seconds": timer.run_seconds, "run_cpu_seconds": timer.run_cpu_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_at_train_begin_mib": timer.rss_at_train_begin / 1024,
+        "layout": timer.layout, "parameters": timer.parameters,
     }
     if use_gpu:
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["gpu_at_train_begin_mib"] = timer.gpu_at_train_begin / 2**20
+        result["kernel_ms"] = timer.kernel_ms
     result_path.write_text(json.dumps(result))
 
 
@@ -222,11 +365,57 @@ def machine_description() -> list[str]:
     return lines
 
 
-def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], wall_seconds: float) -> str:
+def forward_flops_per_token(width: int, kv_width: int, mlp_width: int, mlp_matrices: int, layers: int,
+                            attended: float) -> float:
+    """Matrix-multiply FLOPs of one token through `layers` transformer layers attending to `attended` keys."""
+    linear = width * (2 * width + 2 * kv_width) + mlp_matrices * width * mlp_width
+    return layers * 2 * (linear + 2 * attended * width)
+
+
+def model_description(model_dir: Path, layout: dict) -> list[str]:
+    """The model's shapes, and the shares of the output layer and the vision tower in its forward FLOPs."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    text = config.text_config
+    row_tokens = layout["image"] + layout["prompt"] + layout["response"]
+    head_dim = text.hidden_size // text.num_attention_heads
+    decoder_flops = forward_flops_per_token(
+        text.hidden_size, text.num_key_value_heads * head_dim, text.intermediate_size, 3, text.num_hidden_layers,
+        row_tokens / 2,
+    )
+    output_share = 2 * text.hidden_size * text.vocab_size / decoder_flops
+    shapes = (f"text width {text.hidden_size}, {text.num_hidden_layers} layers, {text.num_attention_heads} heads / "
+              f"{text.num_key_value_heads} KV heads, MLP {text.intermediate_size}, vocabulary {text.vocab_size:,}")
+    vision = config.vision_config
+    if config.model_type == "llava":
+        tower_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        tower_flops = tower_tokens * forward_flops_per_token(
+            vision.hidden_size, vision.hidden_size, vision.intermediate_size, 2, vision.num_hidden_layers, tower_tokens
+        )
+        tower = (f"CLIP vision tower width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
+                 f"{vision.image_size} px in {vision.patch_size}-px patches, features of its second-to-last layer; "
+                 f"2-layer GELU projector")
+        tower_percent = 100 * tower_flops / (decoder_flops * row_tokens)
+        tower_share = f"; the vision tower's forward on one image is {tower_percent:.1f}% of the decoder's on one row"
+    else:
+        tower = f"vision tower {vision.depth} layers x {vision.embed_dim}, 2x2 patch merger"
+        tower_share = ""
+    return [
+        f"- {config.model_type} architecture ({config.architectures[0]}), random weights: {shapes}; {tower}",
+        (f"- matrix-multiply FLOPs (causal attention over {row_tokens}-token rows): the output layer is "
+         f"{100 * output_share:.1f}% of the decoder's per token{tower_share}"),
+    ]
+
+
+def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], wall_seconds: float,
+              model_dir: Path) -> str:
     on_gpu = "peak_gpu_mib" in results[BASELINE][0]
     memory_key, at_train_begin_key = (
         ("peak_gpu_mib", "gpu_at_train_begin_mib") if on_gpu else ("peak_rss_mib", "rss_at_train_begin_mib")
     )
+    layout_settings = LAYOUTS[settings["layout"]]
+
     def measured(runs: list[dict], key: str) -> list[float]:
         return [seconds for run in runs for seconds in run[key][settings["warmup"]:]]
 
@@ -234,56 +423,79 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
     for name, runs in results.items():
         wall = measured(runs, "step_seconds")
         rows[name] = {
-            "median": statistics.median(wall),
+            "step": statistics.median(wall),
             "spread": (min(wall), max(wall)),
-            "cpu_median": statistics.median(measured(runs, "step_cpu_seconds")),
+            "step CPU": statistics.median(measured(runs, "step_cpu_seconds")),
+            "run": statistics.median(run["run_seconds"] for run in runs),
+            "run CPU": statistics.median(run["run_cpu_seconds"] for run in runs),
             "memory": max(run[memory_key] for run in runs),
             "first_step": statistics.median(run["step_seconds"][0] for run in runs),
             "at_train_begin": max(run[at_train_begin_key] for run in runs),
         }
+        if on_gpu:
+            rows[name]["kernel"] = statistics.median(run["kernel_ms"] for run in runs)
     base = rows[BASELINE]
+    first = results[BASELINE][0]
+    layout = first["layout"]
+    steps = len(first["step_seconds"])
+    sharing = ("yes: `ue_dpo` and `ue_dpo_precompute_ref` run with sharing (the default)"
+               if "ue_prefix_sharing" in accepted_training_keys() else
+               "no (issue 16's sharing not merged): every `ue_dpo` configuration runs the unshared computation")
+    kernel_header, kernel_rule = (" GPU kernel (ms) | kernel ratio |", "---|---|") if on_gpu else ("", "")
     lines = [
         "# Benchmark: stock LLaMA-Factory DPO vs UE-DPO", "",
         f"Generated by `python bench/run.py` ({' '.join(sys.argv[1:]) or 'defaults'}) in {wall_seconds / 60:.0f} min.",
         "", "## Machine", "", *machine_description(), "",
         "## Workload", "",
-        (f"- Qwen2-VL architecture, random weights, vocabulary {settings['vocab_size']:,}, "
-         f"{MODEL_SIZES[settings['model_size']]['shape']}; LoRA rank 8 on all linear layers of the language model "
-         "(LLaMA-Factory `lora_target: all`), fp32 on CPU / bf16 on GPU"),
-        (f"- images {settings['image_size']}x{settings['image_size']} px: "
-         f"{(settings['image_size'] // 28) ** 2} visual tokens each; responses of {settings['response_tokens']} "
-         "tokens; 2 pairs per step (`per_device_train_batch_size: 2`)"),
-        (f"- each configuration in its own process, {settings['rounds']} rounds in the order "
-         f"{' '.join(order)} ...; {settings['warmup']} warm-up steps dropped per run, medians over the "
-         f"{settings['steps']} x {settings['rounds']} remaining steps"),
+        *model_description(model_dir, layout),
+        (f"- {layout_settings['name']} token layout (LLaMA-Factory template `{layout_settings['template']}`): "
+         f"{settings['image_size']}x{settings['image_size']} px images, {layout['image']} image tokens, "
+         f"{layout['prompt']} prompt tokens (template, system prompt and question) and {layout['response']} "
+         f"response tokens per row (as LLaMA-Factory tokenized the first pair)"),
+        (f"- LoRA rank 8 on all linear layers of the language model (`lora_target: all`), {first['parameters']:,} "
+         f"parameters with the adapters; fp32 on CPU / bf16 on GPU; {settings['pairs']} pairs, "
+         f"{settings['pairs_per_step']} per step (`per_device_train_batch_size`), {settings['epochs']} epochs: "
+         f"{steps} steps per run in every configuration"),
+        f"- `ue_prefix_sharing` accepted by the installed plugin: {sharing}",
+        (f"- each configuration in its own process, in the order {' '.join(order)}, repeated "
+         f"{settings['rounds']} times; step medians over the last {steps - settings['warmup']} steps of every run "
+         f"(the first {settings['warmup']} are warm-up); run = the median over the repetitions"),
         ("- step = wall-clock time from LLaMA-Factory's step begin to step end (forward, backward, optimizer); "
-         "step CPU = the process's CPU time over the same span, less sensitive to other processes on shared cores"),
+         "run = train begin to train end, every step included (with `ue_precompute_ref`, the pass that fills the "
+         "reference cache, in the first step); CPU = the process's CPU time over the same span, less sensitive "
+         "to other processes on shared cores"),
+        *([("- GPU kernel = the summed duration of the GPU kernels of the last warm-up step, under torch.profiler "
+            "(CPU and CUDA activity); that step's time is in the run time, not in the step medians")]
+          if on_gpu else []),
         "", "## Results", "",
-        ("| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio "
-         "| peak memory (MiB) | memory ratio | memory at train start (MiB) | first step (s) |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio | run (s) "
+         "| run ratio | run CPU (s) | run CPU ratio | peak memory (MiB) | memory ratio | memory at train start (MiB) "
+         f"| first step (s) |{kernel_header}"),
+        f"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{kernel_rule}",
     ]
     for name in order:
         row = rows[name]
+        kernel = f" {row['kernel']:.0f} | {row['kernel'] / base['kernel']:.2f}x |" if on_gpu else ""
         lines.append(
-            f"| `{name}` | {row['median']:.2f} | {row['spread'][0]:.2f}-{row['spread'][1]:.2f} "
-            f"| {row['median'] / base['median']:.2f}x | {row['cpu_median']:.2f} "
-            f"| {row['cpu_median'] / base['cpu_median']:.2f}x | {row['memory']:.0f} "
-            f"| {row['memory'] / base['memory']:.2f}x | {row['at_train_begin']:.0f} | {row['first_step']:.2f} |"
+            f"| `{name}` | {row['step']:.2f} | {row['spread'][0]:.2f}-{row['spread'][1]:.2f} "
+            f"| {row['step'] / base['step']:.2f}x | {row['step CPU']:.2f} "
+            f"| {row['step CPU'] / base['step CPU']:.2f}x | {row['run']:.1f} | {row['run'] / base['run']:.2f}x "
+            f"| {row['run CPU']:.1f} | {row['run CPU'] / base['run CPU']:.2f}x | {row['memory']:.0f} "
+            f"| {row['memory'] / base['memory']:.2f}x | {row['at_train_begin']:.0f} | {row['first_step']:.2f} |{kernel}"
         )
-    lines += ["", "## Targets (ratios to `dpo`)", ""]
-    for name, time_bound, memory_bound in TARGETS:
+    lines += ["", "## Targets (issue 16)", ""]
+    targets = TARGETS.get((settings["layout"], settings["model_size"]), ())
+    if not targets:
+        lines.append(f"- none stated for the {layout_settings['name']} layout at model size `{settings['model_size']}`")
+    for name, measure, bound, reference in targets:
+        if name not in rows or reference not in rows:
+            lines.append(f"- `{name}` {measure} <= {bound}x of `{reference}`: not run")
+            continue
         verdict = []
-        for label, key in (("step", "median"), ("step CPU", "cpu_median")):
-            ratio = rows[name][key] / base[key]
-            met = "met" if ratio <= time_bound else "MISSED"
-            verdict.append(f"{label} {ratio:.2f}x (target <= {time_bound}x: {met})")
-        if memory_bound is not None:
-            memory_ratio = rows[name]["memory"] / base["memory"]
-            verdict.append(
-                f"memory {memory_ratio:.2f}x (target <= {memory_bound}x: "
-                f"{'met' if memory_ratio <= memory_bound else 'MISSED'})"
-            )
+        for label in (measure, f"{measure} CPU") if measure != "memory" else ("memory",):
+            ratio = round(rows[name][label] / rows[reference][label], 2)
+            verdict.append(f"{label} {ratio:.2f}x of `{reference}` (target <= {bound}x: "
+                           f"{'met' if ratio <= bound else 'MISSED'})")
         lines.append(f"- `{name}`: " + "; ".join(verdict))
     return "\n".join(lines) + "\n"
 
@@ -292,58 +504,73 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=BENCH_DIR / "_work", help="model, data and runs")
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    parser.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(DEFAULT_CONFIGS))
+    parser.add_argument("--layout", choices=tuple(LAYOUTS), default="llava15")
+    parser.add_argument("--model-size", choices=MODEL_SIZES, default="small",
+                        help="small (CPU or GPU), or the layout's real 7B shapes (CUDA GPU only)")
+    parser.add_argument("--vocab-size", type=int, help="output-layer entries; default: the layout's, per size")
+    parser.add_argument("--image-size", type=int, help="pixels per side; default: the layout's")
+    parser.add_argument("--question-tokens", type=int, help="tokens after the fixed question; default: the layout's")
+    parser.add_argument("--response-tokens", type=int, help="default: the layout's")
+    parser.add_argument("--pairs", type=int, default=4, help="preference pairs in the dataset")
+    parser.add_argument("--pairs-per-step", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5, help="measured steps per run, after the warm-up")
-    parser.add_argument("--model-size", choices=tuple(MODEL_SIZES), default="tiny",
-                        help="tiny width (CPU or GPU), or Qwen2-VL-7B's real shapes (CUDA GPU only)")
-    parser.add_argument("--vocab-size", type=int,
-                        help="output-layer entries; default: 151,936 (Qwen2-VL-2B) for tiny, 152,064 for 7b")
-    parser.add_argument("--image-size", type=int, default=448, help="pixels per side; 28 px per visual token")
-    parser.add_argument("--response-tokens", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=2, help="steps per run left out of the step medians")
     parser.add_argument("--worker", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--run-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.vocab_size is None:
-        args.vocab_size = MODEL_SIZES[args.model_size]["vocab_size"]
-    settings = {key: getattr(args, key) for key in
-                ("rounds", "warmup", "steps", "model_size", "vocab_size", "image_size", "response_tokens")}
+    layout = LAYOUTS[args.layout]
+    args.vocab_size = args.vocab_size or layout["vocab_size"][args.model_size]
+    for key in ("image_size", "question_tokens", "response_tokens"):
+        if getattr(args, key) is None:
+            setattr(args, key, layout[key])
+    settings = {key: getattr(args, key) for key in (
+        "layout", "model_size", "vocab_size", "image_size", "question_tokens", "response_tokens", "pairs",
+        "pairs_per_step", "epochs", "rounds", "warmup",
+    )}
     if args.worker:
-        worker(args.worker, args.workdir, settings, args.result_path)
+        worker(args.worker, args.workdir, settings, args.run_index, args.result_path)
         return
     if BASELINE not in args.configs:
         parser.error(f"--configs must include the baseline `{BASELINE}`: ratios are taken to it")
-    if args.image_size % 28 or args.steps < 1 or args.rounds < 1 or args.warmup < 0:
-        parser.error("--image-size must be a multiple of 28; --steps and --rounds >= 1, --warmup >= 0")
+    steps = args.epochs * math.ceil(args.pairs / args.pairs_per_step)
+    if args.image_size % layout["pixels_per_visual_token"] or min(args.pairs_per_step, args.rounds, args.warmup) < 1:
+        parser.error(f"--image-size must be a multiple of {layout['pixels_per_visual_token']} for this layout; "
+                     "--pairs-per-step, --rounds and --warmup >= 1")
+    if steps <= args.warmup:
+        parser.error(f"{steps} steps per run leave none after {args.warmup} warm-up steps: raise --pairs or --epochs")
     if args.model_size == "7b":
         import torch
 
         if not torch.cuda.is_available():
-            parser.error("--model-size 7b needs a CUDA GPU (it builds and trains an 8B-parameter model in bf16); "
-                         "without one, use --model-size tiny")
+            parser.error("--model-size 7b needs a CUDA GPU (it builds and trains a 7-8B-parameter model in bf16); "
+                         "without one, use --model-size small")
+    check_configs_accepted(args.configs)
 
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    build_model(args.workdir / "model", model_size=args.model_size, vocab_size=args.vocab_size,
-                image_size=args.image_size)
-    write_dataset(args.workdir / "data", args.workdir / "model", pairs=2 * (args.warmup + args.steps),
-                  image_size=args.image_size, response_tokens=args.response_tokens)
+    model_dir = args.workdir / "model"
+    MODEL_BUILDERS[args.layout](model_dir, model_size=args.model_size, vocab_size=args.vocab_size,
+                                image_size=args.image_size)
+    write_dataset(args.workdir / "data", model_dir, pairs=args.pairs, image_size=args.image_size,
+                  question_tokens=args.question_tokens, response_tokens=args.response_tokens)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {name: [] for name in args.configs}
     for round_index in range(args.rounds):
         for name in args.configs:
             result_path = args.workdir / f"result-{name}-{round_index}.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--result-path",
-                       str(result_path), "--workdir", str(args.workdir)]
+            command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--run-index",
+                       str(round_index), "--result-path", str(result_path), "--workdir", str(args.workdir)]
             command += [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
             print(f"round {round_index + 1}/{args.rounds}: {name}", flush=True)
             completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
             if completed.returncode != 0:
                 sys.exit(f"`{name}` failed ({completed.returncode}):\n{completed.stderr[-5000:]}")
             results[name].append(json.loads(result_path.read_text()))
-    report = summarize(results, settings, args.configs, time.perf_counter() - started)
+    report = summarize(results, settings, args.configs, time.perf_counter() - started, model_dir)
     if args.results.exists() and NOTES_MARKER in args.results.read_text():
         report += "\n" + NOTES_MARKER + args.results.read_text().split(NOTES_MARKER, 1)[1]
     args.results.write_text(report)

@@ -1,6 +1,8 @@
-"""The README's benchmark command, `python bench/run.py`, at tiny sizes: every configuration trains in its own
-process, and the table's medians and ratios are those of the raw per-step numbers it saved. No timing is asserted."""
+"""The README's benchmark command, `python bench/run.py`, at tiny sizes of its LLaVA-1.5 layout: every configuration
+trains in its own process over the same epochs, and the table's medians and ratios are those of the raw per-step
+and per-run numbers it saved. No timing is asserted."""
 
+import importlib.util
 import json
 import re
 import statistics
@@ -9,41 +11,66 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from llamafactory_runs import offline_env
 
 pytestmark = pytest.mark.e2e
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
-CONFIGS = ("dpo", "ue_dpo_alpha0", "ue_dpo", "ue_dpo_precompute_ref")
-WARMUP, STEPS = 1, 2
+# `ue_dpo_unshared` sets `ue_prefix_sharing`, which only issue 16's sharing adds; these two run on every branch
+# (each configuration costs its process's start-up, about 30 s here).
+CONFIGS = ("dpo", "ue_dpo")
+PAIRS, EPOCHS, WARMUP = 2, 2, 1
+IMAGE_SIZE = 56
 
 
-def test_bench_table_is_computed_from_the_measured_steps_and_keeps_the_notes(tmp_path):
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_table_is_computed_from_the_measured_runs_and_keeps_the_notes(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("old table\n<!-- notes: kept when the results above are regenerated -->\nour notes\n")
     command = [sys.executable, str(BENCH), "--workdir", str(tmp_path / "work"), "--results", str(results),
-               "--rounds", "1", "--warmup", str(WARMUP), "--steps", str(STEPS), "--vocab-size", "4096",
-               "--image-size", "56", "--response-tokens", "16"]
-    done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
+               "--configs", *CONFIGS, "--rounds", "1", "--warmup", str(WARMUP), "--pairs", str(PAIRS),
+               "--epochs", str(EPOCHS), "--image-size", str(IMAGE_SIZE), "--question-tokens", "4",
+               "--response-tokens", "16"]
+    done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     raw = json.loads((tmp_path / "work" / "results.json").read_text())["runs"]
     assert sorted(raw) == sorted(CONFIGS)
-    median_step = {}
+    median_step, run_seconds, peak = {}, {}, {}
     for name, (run,) in raw.items():
-        assert len(run["step_seconds"]) == WARMUP + STEPS
+        assert len(run["step_seconds"]) == EPOCHS * PAIRS  # one pair per step, the same steps in every configuration
+        assert 0 < sum(run["step_seconds"]) <= run["run_seconds"]
+        assert run["layout"]["image"] == (IMAGE_SIZE // 14) ** 2  # LLaVA-1.5: one token per 14-px patch
         median_step[name] = statistics.median(run["step_seconds"][WARMUP:])
-    peak = {name: run["peak_rss_mib"] for name, (run,) in raw.items()}
+        run_seconds[name], peak[name] = run["run_seconds"], run["peak_rss_mib"]
 
     report = results.read_text()
     assert "old table" not in report and report.rstrip().endswith("our notes")
     for name in CONFIGS:
-        row = re.search(rf"^\| `{name}` \| ([\d.]+) \| [\d.]+-[\d.]+ \| ([\d.]+)x \|.*?\| (\d+) \| ([\d.]+)x \|",
+        row = re.search(rf"^\| `{name}` \| ([\d.]+) \| [\d.]+-[\d.]+ \| ([\d.]+)x \| [\d.]+ \| [\d.]+x "
+                        r"\| ([\d.]+) \| ([\d.]+)x \| [\d.]+ \| [\d.]+x \| (\d+) \| ([\d.]+)x \|",
                         report, re.MULTILINE)
         assert row, (name, report)
         assert float(row.group(1)) == pytest.approx(median_step[name], abs=0.005)
         assert float(row.group(2)) == pytest.approx(median_step[name] / median_step["dpo"], abs=0.005)
-        assert int(row.group(3)) == round(peak[name])
-        assert float(row.group(4)) == pytest.approx(peak[name] / peak["dpo"], abs=0.005)
-    assert re.search(r"- `ue_dpo`: step [\d.]+x \(target <= 1.25x: (met|MISSED)\)", report)
+        assert float(row.group(3)) == pytest.approx(run_seconds[name], abs=0.051)
+        assert float(row.group(4)) == pytest.approx(run_seconds[name] / run_seconds["dpo"], abs=0.005)
+        assert int(row.group(5)) == round(peak[name])
+        assert float(row.group(6)) == pytest.approx(peak[name] / peak["dpo"], abs=0.005)
+    assert re.search(r"^- `ue_dpo`: run [\d.]+x of `dpo` \(target <= 0.8x: (met|MISSED)\)", report, re.MULTILINE)
+    assert "- `ue_dpo_precompute_ref` run <= 0.72x of `dpo`: not run" in report
+    assert "- `ue_dpo` memory <= 1.0x of `ue_dpo_unshared`: not run" in report
+
+
+def test_bench_refuses_a_configuration_key_the_plugin_does_not_accept(monkeypatch):
+    bench = load_bench()
+    monkeypatch.setitem(bench.CONFIGS, "ue_dpo_future", {"stage": "ue_dpo", "ue_not_a_key": True})
+    with pytest.raises(SystemExit, match=r"`ue_dpo_future` sets `ue_not_a_key`.*--configs dpo ue_dpo$"):
+        bench.check_configs_accepted(["dpo", "ue_dpo", "ue_dpo_future"])
+    bench.check_configs_accepted(["dpo", "ue_dpo", "ue_dpo_precompute_ref"])
