@@ -24,7 +24,8 @@ from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_we
 from ue_dpo.llamafactory import reference_cache
 from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST, split_pixel_values_per_image
 
-logger = logging.get_logger(__name__)
+# a child of LLaMA-Factory's logger, whose handler and level (LLAMAFACTORY_VERBOSITY) print info lines
+logger = logging.get_logger(f"llamafactory.{__name__}")
 
 # the vision tower and projector of each model type, on the model holding `get_image_features`
 VISION_MODULES = {"llava": ("vision_tower", "multi_modal_projector"), "qwen2_vl": ("visual",), "qwen2_5_vl": ("visual",)}
