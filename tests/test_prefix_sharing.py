@@ -209,7 +209,7 @@ def step_with_sharing(trainer, batch: dict, sharing: bool) -> dict:
         "loss": loss.detach(),
         "metrics": metrics,
         "grads": {name: parameter.grad.clone() for name, parameter in model.named_parameters()
-                  if parameter.requires_grad},
+                  if parameter.grad is not None},
     }
 
 
@@ -277,3 +277,63 @@ def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
         handle.remove()
     chosen_image_rows = batch["pixel_values"].shape[0] // 2
     assert encoded_rows == [chosen_image_rows, chosen_image_rows]  # v' (no gradient), then v for policy and reference
+
+
+def test_the_precomputed_reference_pass_shares_prefixes_exactly(trainer, monkeypatch, tmp_path):
+    monkeypatch.setattr(trainer.data_collator, "with_row_digests", True)
+    rows = {}
+    for sharing in (False, True):
+        monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", sharing)
+        monkeypatch.setattr(trainer.finetuning_args, "ue_ref_cache_dir", str(tmp_path / f"sharing-{sharing}"))
+        with torch.no_grad():
+            rows[sharing] = trainer._load_or_compute_reference_rows(trainer.model)
+    assert rows[True].keys() == rows[False].keys() and len(rows[False]) == 16
+    for digest, logps in rows[False].items():
+        close(rows[True][digest], logps, f"row {digest}")
+
+
+def test_a_pair_with_different_prompts_is_computed_unshared_and_logged_once(trainer, monkeypatch):
+    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+    monkeypatch.setattr(trainer, "_logged_notes", set())
+    batch = collated(trainer, [0, 1])
+    pairs = batch["input_ids"].shape[0] // 2
+    batch["input_ids"][pairs, 0] += 1  # the first rejected row's first prompt token
+    for _ in range(2):
+        with torch.no_grad():
+            trainer.get_batch_loss_metrics(trainer.model, batch)
+    unshared = [note for note in trainer._logged_notes if note.startswith("ue_prefix_sharing: computing unshared")]
+    assert unshared == ["ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a pair "
+                        "differ."]
+
+
+@pytest.fixture(scope="module")
+def eager_trainer_with_trained_vision(tiny_llava_dir, edited_dataset_dir, tmp_path_factory):
+    ue_dpo.apply_llamafactory_integration()
+    from llamafactory.hparams import get_train_args
+
+    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
+
+    config = tiny_training_config("llava", tiny_llava_dir, edited_dataset_dir, tmp_path_factory.mktemp("eager") / "out",
+                                  cutoff_len=CUTOFF_LEN, max_samples=8, flash_attn="disabled",
+                                  freeze_vision_tower=False, freeze_multi_modal_projector=False)
+    trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
+    trainer.model.train()
+    return trainer
+
+
+@pytest.mark.parametrize("weighting", ["ue", "tpo"])
+def test_eager_attention_and_a_training_vision_tower_share_exactly(eager_trainer_with_trained_vision, weighting,
+                                                                    monkeypatch):
+    trainer = eager_trainer_with_trained_vision
+    assert trainer.model.get_base_model().config.get_text_config()._attn_implementation == "eager"
+    monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
+    batch = collated(trainer, [0, 1])
+    unshared, shared = (step_with_sharing(trainer, batch, sharing) for sharing in (False, True))
+    mask = unshared["mask"]
+    close(shared["tokens"]["policy_logps"][mask], unshared["tokens"]["policy_logps"][mask], "policy_logps")
+    close(shared["loss"], unshared["loss"], "loss")
+    assert any("vision_tower" in name for name in unshared["grads"])  # the tower trains
+    for name, grad in unshared["grads"].items():
+        close(shared["grads"][name], grad, name)
+    assert ("image features are computed in every pass: these vision modules train or carry an adapter: "
+            "vision_tower (see freeze_vision_tower, freeze_multi_modal_projector).") in trainer._logged_notes

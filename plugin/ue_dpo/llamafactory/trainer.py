@@ -439,8 +439,8 @@ class UEDPOTrainer(CustomDPOTrainer):
         elif base.config.model_type not in VISION_MODULES:
             reason = f"model type `{base.config.model_type}` is not one of {', '.join(VISION_MODULES)}"
         elif unfrozen := self._unfrozen_vision_modules(base):
-            reason = (f"{', '.join(unfrozen)} train or carry an adapter (see freeze_vision_tower, "
-                      "freeze_multi_modal_projector)")
+            reason = (f"these vision modules train or carry an adapter: {', '.join(unfrozen)} (see "
+                      "freeze_vision_tower, freeze_multi_modal_projector)")
         if reason is not None:
             self._log_once(f"image features are computed in every pass: {reason}.")
             yield
