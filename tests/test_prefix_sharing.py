@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
-
 import ue_dpo
+from tiny_training_config import tiny_training_config
 from ue_dpo.core.shared_prefix import (
     ALONE,
     CHOSEN,
@@ -16,7 +16,6 @@ from ue_dpo.core.shared_prefix import (
     packed_hidden_gather,
     shared_prefix_layout,
 )
-from tiny_training_config import tiny_training_config
 
 PLACEHOLDER = 99
 # pair 0: prompt 11 12, chosen 21 22, rejected 31; pair 1: prompt 13, chosen 23-27, rejected 33-35 (0 = padding)
@@ -117,7 +116,8 @@ def test_placeholders_in_chosen_padding_stay_packed_and_attend_only_to_themselve
     [
         ([[11, 21], [12, 31]], [[0, 1], [0, 1]], "the chosen and rejected prompts of a pair differ"),
         ([[11, 21], [11, 31]], [[0, 1], [0, 0]], "a rejected row has no labelled token"),
-        ([[11, 21], [11, PLACEHOLDER]], [[0, 1], [0, 1]], "a rejected row has an image placeholder outside its prompt"),
+        ([[11, 21], [11, PLACEHOLDER]], [[0, 1], [0, 1]],
+         "a rejected row has an image placeholder outside its prompt"),
     ],
 )
 def test_pairs_that_cannot_share_are_refused_with_the_reason(input_ids, labelled, message):
@@ -164,7 +164,6 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
 def trainer(request, edited_dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
-
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
     arch = request.param
@@ -248,7 +247,7 @@ def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting,
     close(shared["loss"], unshared["loss"], "loss")
     assert shared["metrics"].keys() == unshared["metrics"].keys()
     # the rewards are β times differences of sequence log-probs, whose rounding they keep
-    rewards_scale = trainer.beta * max(abs(unshared["metrics"]["logps/chosen"]), abs(unshared["metrics"]["logps/rejected"]))
+    rewards_scale = trainer.beta * max(abs(unshared["metrics"][key]) for key in ("logps/chosen", "logps/rejected"))
     for key, value in unshared["metrics"].items():
         close(torch.tensor(shared["metrics"][key]), torch.tensor(value), key,
               smallest_scale=rewards_scale if key.startswith("rewards/") else ROUNDING_SCALE)
@@ -302,15 +301,14 @@ def test_a_pair_with_different_prompts_is_computed_unshared_and_logged_once(trai
         with torch.no_grad():
             trainer.get_batch_loss_metrics(trainer.model, batch)
     unshared = [note for note in trainer._logged_notes if note.startswith("ue_prefix_sharing: computing unshared")]
-    assert unshared == ["ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a pair "
-                        "differ."]
+    assert unshared == [("ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a "
+                         "pair differ.")]
 
 
 @pytest.fixture(scope="module")
 def eager_trainer_with_trained_vision(tiny_llava_dir, edited_dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
-
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
     config = tiny_training_config("llava", tiny_llava_dir, edited_dataset_dir, tmp_path_factory.mktemp("eager") / "out",

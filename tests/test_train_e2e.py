@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from llamafactory_runs import run_train, train_or_fail, training_log
+from safetensors.torch import load_file
 from tiny_training_config import tiny_training_config
 
 UE_KEYS = {

@@ -18,17 +18,28 @@ from ue_dpo.core.loss import (
     weighted_sequence_logps,
 )
 from ue_dpo.core.peer_weights import ddpo_token_weights, tpo_token_weights
-from ue_dpo.core.shared_prefix import PrefixNotShared, packed_hidden_gather, shared_prefix_layout
+from ue_dpo.core.shared_prefix import (
+    PrefixNotShared,
+    packed_hidden_gather,
+    shared_prefix_layout,
+)
 from ue_dpo.core.token_stats import TargetLogitSummary, blind_spot_statistics
 from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_weights
 from ue_dpo.llamafactory import reference_cache
-from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST, split_pixel_values_per_image
+from ue_dpo.llamafactory.collator import (
+    HAS_IMAGE,
+    NOISED_PIXEL_VALUES,
+    ROW_DIGEST,
+    chosen_row_images,
+)
 
 # a child of LLaMA-Factory's logger, whose handler and level (LLAMAFACTORY_VERBOSITY) print info lines
 logger = logging.get_logger(f"llamafactory.{__name__}")
 
 # the vision tower and projector of each model type, on the model holding `get_image_features`
-VISION_MODULES = {"llava": ("vision_tower", "multi_modal_projector"), "qwen2_vl": ("visual",), "qwen2_5_vl": ("visual",)}
+VISION_MODULES = {
+    "llava": ("vision_tower", "multi_modal_projector"), "qwen2_vl": ("visual",), "qwen2_5_vl": ("visual",),
+}
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a 4-D attention mask as given
 PACKED_BATCH_KEYS = {"input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values", "image_grid_thw"}
 
@@ -103,8 +114,8 @@ class UEDPOTrainer(CustomDPOTrainer):
         elif attention not in MASKED_ATTENTION:
             reason = (f"`attn_implementation: {attention}` does not apply a 4-D attention mask; use sdpa or eager "
                       "to share prompts")
-        elif set(inputs) - PACKED_BATCH_KEYS:
-            reason = f"the batch holds {', '.join(sorted(set(inputs) - PACKED_BATCH_KEYS))}, which packing does not lay out"
+        elif unknown := sorted(set(inputs) - PACKED_BATCH_KEYS):
+            reason = f"the batch holds {', '.join(unknown)}, which packing does not lay out"
         elif inputs["attention_mask"].dim() != 2:
             reason = "the batch already has a 4-D attention mask"
         else:
@@ -116,7 +127,7 @@ class UEDPOTrainer(CustomDPOTrainer):
         return None
 
     def _packed_batch_forward(self, base, inputs, positions, mask):
-        """Layout and packed inputs, built once per batch and image tensor (the clean one, v') and reused by every pass."""
+        """Layout and packed inputs, built once per batch and per image tensor (v, v') and reused by every pass."""
         input_ids = inputs["input_ids"]
         batch = self._packed_batch
         if batch is None or batch["input_ids"] is not input_ids:
@@ -140,7 +151,9 @@ class UEDPOTrainer(CustomDPOTrainer):
         pixel_values = inputs["pixel_values"]
         images = batch["images"].get(id(pixel_values))
         if images is None:  # the tensor is held, so its id stays its own
-            images = batch["images"][id(pixel_values)] = (pixel_values, self._chosen_row_images(base, inputs))
+            images = batch["images"][id(pixel_values)] = (
+                pixel_values, chosen_row_images(inputs, self._placeholder_ids(base))
+            )
         return {**batch["text"], **images[1]}, batch["kept"], batch["hidden_index"]
 
     @staticmethod
@@ -148,30 +161,8 @@ class UEDPOTrainer(CustomDPOTrainer):
         if base.config.get_text_config()._attn_implementation == "sdpa":
             return attends
         dtype = base.get_input_embeddings().weight.dtype  # eager adds the mask to its scores
-        return torch.zeros(attends.shape, dtype=dtype, device=attends.device).masked_fill(~attends, torch.finfo(dtype).min)
-
-    def _chosen_row_images(self, base, inputs) -> dict[str, torch.Tensor]:
-        """The images of the packed rows: the chosen rows'. The rejected rows repeat their pairs' images (LLaMA-Factory's
-        pairwise collator), unless only the chosen rows hold placeholders (the blank stand-in of a text-only batch)."""
-        pixel_values, grid_thw = inputs["pixel_values"], inputs.get("image_grid_thw")
-        everything = {"pixel_values": pixel_values} if grid_thw is None else {"pixel_values": pixel_values,
-                                                                              "image_grid_thw": grid_thw}
-        pairs = inputs["input_ids"].shape[0] // 2
-        is_placeholder = torch.isin(inputs["input_ids"], torch.tensor(self._placeholder_ids(base), device=pixel_values.device))
-        chosen_placeholders, rejected_placeholders = is_placeholder[:pairs].sum().item(), is_placeholder[pairs:].sum().item()
-        if rejected_placeholders == 0:
-            return everything
-        images = len(split_pixel_values_per_image(inputs))
-        half = images // 2
-        chosen_entries = half if grid_thw is None else int(grid_thw[:half].prod(-1).sum())
-        if (chosen_placeholders != rejected_placeholders or images % 2
-                or not torch.equal(pixel_values[:chosen_entries], pixel_values[chosen_entries:])
-                or (grid_thw is not None and not torch.equal(grid_thw[:half], grid_thw[half:]))):
-            raise PrefixNotShared("the rejected rows' images are not those of their pairs' chosen rows")
-        chosen = {"pixel_values": pixel_values[:chosen_entries]}
-        if grid_thw is not None:
-            chosen["image_grid_thw"] = grid_thw[:half]
-        return chosen
+        blocked = torch.finfo(dtype).min
+        return torch.zeros(attends.shape, dtype=dtype, device=attends.device).masked_fill(~attends, blocked)
 
     def _token_statistics(self, model, inputs, positions, targets, mask, probe_ids=None) -> TargetLogitSummary:
         """One forward whose output layer returns per-token statistics instead of `[N, K, V]` logits.
@@ -420,7 +411,7 @@ class UEDPOTrainer(CustomDPOTrainer):
 
     @staticmethod
     def _unfrozen_vision_modules(base) -> list[str]:
-        """The vision tower and projector modules that train or carry an adapter (peft disables it for the reference)."""
+        """The vision tower and projector modules that train or carry an adapter (disabled for the reference)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         def unfrozen(module: torch.nn.Module) -> bool:
