@@ -127,6 +127,21 @@ def test_pairs_that_cannot_share_are_refused_with_the_reason(input_ids, labelled
                              (PLACEHOLDER,))
 
 
+def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_other_images():
+    from ue_dpo.llamafactory.collator import chosen_row_images
+
+    input_ids = torch.tensor([[PLACEHOLDER, 21], [PLACEHOLDER, 22], [PLACEHOLDER, 31], [PLACEHOLDER, 32]])
+    patches = torch.arange(4 * 3).view(4, 3).float()  # two images of 2 patches each, grid [1, 1, 2]
+    qwen_batch = {"input_ids": input_ids, "pixel_values": torch.cat([patches, patches]),
+                  "image_grid_thw": torch.tensor([[1, 1, 2], [1, 2, 1]] * 2)}
+    chosen = chosen_row_images(qwen_batch, (PLACEHOLDER,))
+    assert torch.equal(chosen["pixel_values"], patches) and chosen["image_grid_thw"].tolist() == [[1, 1, 2], [1, 2, 1]]
+    other_rejected_image = torch.stack([patches[0], patches[1], patches[0], patches[2]])
+    llava_batch = {"input_ids": input_ids, "pixel_values": other_rejected_image}
+    with pytest.raises(PrefixNotShared, match="the rejected rows' images are not those of their pairs' chosen rows"):
+        chosen_row_images(llava_batch, (PLACEHOLDER,))
+
+
 # --- the packed forward on tiny models, float32 on CPU -----------------------------------------------------------
 
 LONG_REPEATS = 30  # a response this many captions long is cut by CUTOFF_LEN

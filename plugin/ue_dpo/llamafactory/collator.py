@@ -82,11 +82,11 @@ def chosen_row_images(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int
         return {key: batch[key] for key in keys}
     images = len(split_pixel_values_per_image(batch))
     grid_thw = batch.get("image_grid_thw")
-    per_key_entries = {"pixel_values": images // 2 if grid_thw is None else int(grid_thw[:images // 2].prod(-1).sum()),
+    chosen_entries = {"pixel_values": images // 2 if grid_thw is None else int(grid_thw[:images // 2].prod(-1).sum()),
                        "image_grid_thw": images // 2}
-    chosen = {key: batch[key][:per_key_entries[key]] for key in keys}
+    chosen = {key: batch[key][:chosen_entries[key]] for key in keys}
     if (chosen_placeholders != rejected_placeholders or images % 2
-            or not all(torch.equal(chosen[key], batch[key][per_key_entries[key]:]) for key in keys)):
+            or not all(torch.equal(chosen[key], batch[key][chosen_entries[key]:]) for key in keys)):
         raise PrefixNotShared("the rejected rows' images are not those of their pairs' chosen rows")
     return chosen
 
