@@ -63,6 +63,7 @@ def test_command_line_accepts_the_new_stage():
         ({"ue_noise_step": 500.5}, r"`ue_noise_step: 500.5` must be an integer in \[0, 999\], not a float"),
         ({"ue_noise_step": 500.0}, r"`ue_noise_step: 500.0` must be an integer in \[0, 999\], not a float"),
         ({"ue_token_chunk_size": 8.0}, r"`ue_token_chunk_size: 8.0` must be a positive integer, not a float"),
+        ({"ue_prefix_sharing": "yes"}, r"`ue_prefix_sharing: 'yes'` must be true or false"),
         ({"ue_alpha": "0.3"}, r"`ue_alpha: '0.3'` must be a number"),
         ({"pref_bco_weight": 0.5}, (r"`pref_bco_weight: 0.5` is not supported with `stage: ue_dpo`: "
                                     r"LLaMA-Factory's `stage: dpo` mixes a BCO loss in")),

@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from llamafactory_runs import run_train, train_or_fail
+import torch
+from llamafactory_runs import run_train, train_or_fail, training_log
+from safetensors.torch import load_file
 from tiny_training_config import tiny_training_config
 
 UE_KEYS = {
@@ -91,19 +92,44 @@ def test_image_noise_space_and_batch_scope_train(tiny_qwen2_vl_dir, shapes_datas
     assert all(entry["ue/lambda_chosen_mean"] > 1.0 for entry in log)
 
 
-def test_two_process_torchrun(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    log = train_or_fail(tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                             ue_stat_scope="batch", ddp_backend="gloo"),
-                        tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2", MASTER_PORT="29571")
+def train_with_and_without_prefix_sharing(config: dict, tmp_path: Path, master_port: int, **env: str) -> list[dict]:
+    """Trains `config` with `ue_prefix_sharing` on and off; checks both log the same steps and save the same
+    adapter, and returns the shared run's log."""
+    runs = {}
+    for offset, sharing in enumerate((True, False)):
+        out = tmp_path / f"sharing-{sharing}"
+        result = run_train({**config, "output_dir": str(out / "out"), "ue_prefix_sharing": sharing}, out,
+                           MASTER_PORT=str(master_port + offset), **env)
+        assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        shared_lines = "each pair's prompt and image are computed once per pass" in result.stdout + result.stderr
+        assert shared_lines == sharing and "computing unshared rows" not in result.stdout + result.stderr
+        runs[sharing] = (training_log(out / "out"), load_file(out / "out" / "adapter_model.safetensors"))
+    (shared_log, shared_adapter), (unshared_log, unshared_adapter) = runs[True], runs[False]
+    assert [entry["step"] for entry in shared_log] == [entry["step"] for entry in unshared_log]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
+                "ue/lambda_chosen_mean", "ue/lambda_rejected_mean", "ue/u_mean", "ue/delta_mean"):
+        assert [entry[key] for entry in shared_log] == pytest.approx([entry[key] for entry in unshared_log],
+                                                                     rel=1e-5, abs=1e-6), key
+    assert shared_adapter.keys() == unshared_adapter.keys()
+    for name, weight in unshared_adapter.items():
+        torch.testing.assert_close(shared_adapter[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+    return shared_log
+
+
+def test_two_process_torchrun_with_and_without_prefix_sharing(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
+    config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
+                                  ue_stat_scope="batch", ddp_backend="gloo")
+    log = train_with_and_without_prefix_sharing(config, tmp_path, 29571, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
     check_ue_metrics(log)
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_deepspeed_zero(zero_stage, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
+def test_deepspeed_zero_with_and_without_prefix_sharing(zero_stage, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
     config_dir = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
-    log = train_or_fail(tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                             deepspeed=str(config_dir / f"ds_z{zero_stage}.json")),
-                        tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="1", MASTER_PORT=str(29580 + zero_stage))
+    config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
+                                  deepspeed=str(config_dir / f"ds_z{zero_stage}.json"))
+    log = train_with_and_without_prefix_sharing(config, tmp_path, 29580 + 10 * zero_stage, FORCE_TORCHRUN="1",
+                                                NPROC_PER_NODE="1")
     check_ue_metrics(log)
 
 

@@ -154,6 +154,15 @@ class UEDPOArguments:
             "skip the reference pass in training; cached on disk, keyed by model, data and template."
         },
     )
+    ue_prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each pair as one packed row, [prompt | chosen | rejected], whose attention mask keeps the "
+            "rejected response from seeing the chosen one, so that the prompt and image are computed once per pass "
+            "(equal to the unshared computation). Turns itself off, with a log line, where it cannot apply: "
+            "another attn_implementation than sdpa or eager, or a batch whose pairs' prompts differ."
+        },
+    )
     ue_ref_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Folder of the ue_precompute_ref cache. Default: `<output_dir>/ue_ref_cache`."},
@@ -226,8 +235,9 @@ class UEDPOArguments:
             _integer(name, getattr(self, name), "a positive integer")
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}: {getattr(self, name)}` must be a positive integer.")
-        if not isinstance(self.ue_precompute_ref, bool):
-            raise ValueError(f"`ue_precompute_ref: {self.ue_precompute_ref!r}` must be true or false.")
+        for name in ("ue_precompute_ref", "ue_prefix_sharing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}: {getattr(self, name)!r}` must be true or false.")
         _number("ddpo_gamma", self.ddpo_gamma)
         if not self.ddpo_gamma > 0:
             raise ValueError(f"`ddpo_gamma: {self.ddpo_gamma}` must be positive (default {DEFAULT_DDPO_GAMMA}).")

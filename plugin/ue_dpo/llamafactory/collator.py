@@ -17,8 +17,19 @@ import torch
 from llamafactory.data import PairwiseDataCollatorWithPadding
 from PIL import Image
 
-from ue_dpo.core.noise import add_diffusion_noise, diffuse, diffusion_noise, sample_noise_seed, tpo_noised_image
-from ue_dpo.images import describe_image_source, load_image_strictly, unreadable_image_reason
+from ue_dpo.core.noise import (
+    add_diffusion_noise,
+    diffuse,
+    diffusion_noise,
+    sample_noise_seed,
+    tpo_noised_image,
+)
+from ue_dpo.core.shared_prefix import PrefixNotShared
+from ue_dpo.images import (
+    describe_image_source,
+    load_image_strictly,
+    unreadable_image_reason,
+)
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
@@ -56,6 +67,28 @@ def split_pixel_values_per_image(batch: dict[str, torch.Tensor]) -> list[torch.T
     if "image_grid_thw" in batch:
         return list(pixel_values.split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
     return list(pixel_values.unbind(0))
+
+
+def chosen_row_images(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The image inputs of a batch's chosen rows (B chosen rows, then B rejected). The pairwise collator repeats each
+    pair's images for its rejected row, unless only the chosen rows hold placeholders: the blank stand-in image of a
+    text-only batch lies in the first chosen row's padding."""
+    keys = [key for key in ("pixel_values", "image_grid_thw") if key in batch]
+    is_placeholder = torch.isin(batch["input_ids"], torch.tensor(placeholder_ids, device=batch["input_ids"].device))
+    pairs = batch["input_ids"].shape[0] // 2
+    chosen_placeholders, rejected_placeholders = (int(rows.sum()) for rows in (is_placeholder[:pairs],
+                                                                                is_placeholder[pairs:]))
+    if rejected_placeholders == 0:
+        return {key: batch[key] for key in keys}
+    images = len(split_pixel_values_per_image(batch))
+    grid_thw = batch.get("image_grid_thw")
+    chosen_entries = {"pixel_values": images // 2 if grid_thw is None else int(grid_thw[:images // 2].prod(-1).sum()),
+                       "image_grid_thw": images // 2}
+    chosen = {key: batch[key][:chosen_entries[key]] for key in keys}
+    if (chosen_placeholders != rejected_placeholders or images % 2
+            or not all(torch.equal(chosen[key], batch[key][chosen_entries[key]:]) for key in keys)):
+        raise PrefixNotShared("the rejected rows' images are not those of their pairs' chosen rows")
+    return chosen
 
 
 def _digest(array: np.ndarray) -> bytes:

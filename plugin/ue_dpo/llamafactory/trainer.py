@@ -1,6 +1,6 @@
 """The UE-DPO trainer: gathers per-token logits from three passes and calls the pure core."""
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,12 +18,30 @@ from ue_dpo.core.loss import (
     weighted_sequence_logps,
 )
 from ue_dpo.core.peer_weights import ddpo_token_weights, tpo_token_weights
+from ue_dpo.core.shared_prefix import (
+    PrefixNotShared,
+    packed_hidden_gather,
+    shared_prefix_layout,
+)
 from ue_dpo.core.token_stats import TargetLogitSummary, blind_spot_statistics
 from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_weights
 from ue_dpo.llamafactory import reference_cache
-from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST
+from ue_dpo.llamafactory.collator import (
+    HAS_IMAGE,
+    NOISED_PIXEL_VALUES,
+    ROW_DIGEST,
+    chosen_row_images,
+)
 
-logger = logging.get_logger(__name__)
+# a child of LLaMA-Factory's logger, whose handler and level (LLAMAFACTORY_VERBOSITY) print info lines
+logger = logging.get_logger(f"llamafactory.{__name__}")
+
+# the vision tower and projector of each model type, on the model holding `get_image_features`
+VISION_MODULES = {
+    "llava": ("vision_tower", "multi_modal_projector"), "qwen2_vl": ("visual",), "qwen2_5_vl": ("visual",),
+}
+MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a 4-D attention mask as given
+PACKED_BATCH_KEYS = {"input_ids", "attention_mask", "position_ids", "rope_deltas", "pixel_values", "image_grid_thw"}
 
 
 def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,6 +85,84 @@ class UEDPOTrainer(CustomDPOTrainer):
         super().__init__(*args, **kwargs)
         self.reference_identity = reference_identity  # keys the `ue_precompute_ref` cache
         self._precomputed_reference: dict[int, torch.Tensor] | None = None
+        self._packed_batch: dict | None = None  # the current batch's shared-prefix layout and packed inputs
+        self._logged_notes: set[str] = set()
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged_notes:
+            self._logged_notes.add(message)
+            logger.info_rank0(message)
+
+    def _base_model(self, model):
+        unwrapped = self.accelerator.unwrap_model(model)
+        return unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+
+    @staticmethod
+    def _placeholder_ids(base) -> tuple[int, ...]:
+        ids = (getattr(base.config, "image_token_id", None), getattr(base.config, "video_token_id", None))
+        return tuple(token_id for token_id in ids if token_id is not None)
+
+    def _shared_prefix_forward(self, model, inputs, positions, mask):
+        """(packed forward inputs, packed columns to keep, index of each `[2B, K]` statistic's hidden state among
+        them) when this batch's pairs can share their prompts; else None, and the reason is logged once."""
+        if not self.finetuning_args.ue_prefix_sharing:
+            return None
+        base = self._base_model(model)
+        model_type, attention = base.config.model_type, base.config.get_text_config()._attn_implementation
+        if model_type not in VISION_MODULES:
+            reason = f"model type `{model_type}` is not one of {', '.join(VISION_MODULES)}"
+        elif attention not in MASKED_ATTENTION:
+            reason = (f"`attn_implementation: {attention}` does not apply a 4-D attention mask; use sdpa or eager "
+                      "to share prompts")
+        elif unknown := sorted(set(inputs) - PACKED_BATCH_KEYS):
+            reason = f"the batch holds {', '.join(unknown)}, which packing does not lay out"
+        elif inputs["attention_mask"].dim() != 2:
+            reason = "the batch already has a 4-D attention mask"
+        else:
+            try:
+                return self._packed_batch_forward(base, inputs, positions, mask)
+            except PrefixNotShared as error:
+                reason = str(error)
+        self._log_once(f"ue_prefix_sharing: computing unshared rows, since {reason}.")
+        return None
+
+    def _packed_batch_forward(self, base, inputs, positions, mask):
+        """Layout and packed inputs, built once per batch and per image tensor (v, v') and reused by every pass."""
+        input_ids = inputs["input_ids"]
+        batch = self._packed_batch
+        if batch is None or batch["input_ids"] is not input_ids:
+            labelled = torch.zeros_like(input_ids, dtype=torch.bool)
+            labelled[:, positions + 1] = mask
+            layout = shared_prefix_layout(input_ids, inputs["attention_mask"], labelled, self._placeholder_ids(base))
+            kept, hidden_index = packed_hidden_gather(layout, positions, mask)
+            position_ids = inputs.get("position_ids")
+            if position_ids is None:  # the model's own default: the column
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            text = {
+                "input_ids": layout.pack(input_ids, self.data_collator.tokenizer.pad_token_id),
+                "attention_mask": self._packed_attention_mask(base, layout.attends()),
+                "position_ids": layout.pack(position_ids, 0),
+            }
+            batch = self._packed_batch = {"input_ids": input_ids, "text": text, "kept": kept,
+                                          "hidden_index": hidden_index, "images": {}}
+        self._log_once("ue_prefix_sharing: each pair's prompt and image are computed once per pass.")
+        if "pixel_values" not in inputs:
+            return batch["text"], batch["kept"], batch["hidden_index"]
+        pixel_values = inputs["pixel_values"]
+        images = batch["images"].get(id(pixel_values))
+        if images is None:  # the tensor is held, so its id stays its own
+            images = batch["images"][id(pixel_values)] = (
+                pixel_values, chosen_row_images(inputs, self._placeholder_ids(base))
+            )
+        return {**batch["text"], **images[1]}, batch["kept"], batch["hidden_index"]
+
+    @staticmethod
+    def _packed_attention_mask(base, attends: torch.Tensor) -> torch.Tensor:
+        if base.config.get_text_config()._attn_implementation == "sdpa":
+            return attends
+        dtype = base.get_input_embeddings().weight.dtype  # eager adds the mask to its scores
+        blocked = torch.finfo(dtype).min
+        return torch.zeros(attends.shape, dtype=dtype, device=attends.device).masked_fill(~attends, blocked)
 
     def _token_statistics(self, model, inputs, positions, targets, mask, probe_ids=None) -> TargetLogitSummary:
         """One forward whose output layer returns per-token statistics instead of `[N, K, V]` logits.
@@ -84,8 +180,12 @@ class UEDPOTrainer(CustomDPOTrainer):
                 "quantize lm_head (leave it out of `lora_target` and `additional_target`, no `resize_vocab`)."
             )
         argmaxes = []
+        shared = self._shared_prefix_forward(model, inputs, positions, mask)
+        forward_inputs, kept, hidden_index = (inputs, positions, None) if shared is None else shared
 
         def statistics_instead_of_logits(hidden: torch.Tensor) -> torch.Tensor:
+            if hidden_index is not None:  # packed [B, K', H] -> the unshared rows' [2B, K, H]
+                hidden = hidden.flatten(0, 1)[hidden_index]
             summary = projected_token_statistics(
                 hidden, output_layer.weight, output_layer.bias, targets, mask, probe_ids,
                 token_chunk_size=self.finetuning_args.ue_token_chunk_size,
@@ -99,7 +199,7 @@ class UEDPOTrainer(CustomDPOTrainer):
 
         output_layer.forward = statistics_instead_of_logits
         try:
-            stacked = model(**inputs, return_dict=True, use_cache=False, logits_to_keep=positions).logits
+            stacked = model(**forward_inputs, return_dict=True, use_cache=False, logits_to_keep=kept).logits
         finally:
             del output_layer.forward
         return TargetLogitSummary(
@@ -309,12 +409,57 @@ class UEDPOTrainer(CustomDPOTrainer):
         total_sums, total_counts = self.accelerator.reduce(torch.stack([sums, counts]), "sum").tolist()
         return {key: total / count for key, total, count in zip(terms, total_sums, total_counts) if count > 0}
 
+    @staticmethod
+    def _unfrozen_vision_modules(base) -> list[str]:
+        """The vision tower and projector modules that train or carry an adapter (disabled for the reference)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        def unfrozen(module: torch.nn.Module) -> bool:
+            return (any(parameter.requires_grad for parameter in module.parameters())
+                    or any(isinstance(inner, BaseTunerLayer) for inner in module.modules()))
+
+        return [name for name in VISION_MODULES[base.config.model_type] if unfrozen(getattr(base.model, name))]
+
+    @contextmanager
+    def _clean_image_encoded_once(self, model):
+        """Within one step, the policy and reference passes reuse the image features of each pixel tensor."""
+        base = self._base_model(model)
+        reason = None
+        if self.ref_model is not None:
+            reason = "the reference is a separate model, with its own vision tower"
+        elif base.config.model_type not in VISION_MODULES:
+            reason = f"model type `{base.config.model_type}` is not one of {', '.join(VISION_MODULES)}"
+        elif unfrozen := self._unfrozen_vision_modules(base):
+            reason = (f"these vision modules train or carry an adapter: {', '.join(unfrozen)} (see "
+                      "freeze_vision_tower, freeze_multi_modal_projector)")
+        if reason is not None:
+            self._log_once(f"image features are computed in every pass: {reason}.")
+            yield
+            return
+        self._log_once("image features: each image is encoded once per step for the policy and reference passes "
+                       "(vision tower and projector frozen); v' in its own pass.")
+        multimodal = base.model
+        own_encoder, encoded = multimodal.get_image_features, {}
+
+        def encoded_once(*args, **kwargs):
+            pixel_values = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
+            if id(pixel_values) not in encoded:  # the tensor is held, so its id stays its own
+                encoded[id(pixel_values)] = (pixel_values, own_encoder(*args, **kwargs))
+            return encoded[id(pixel_values)][1]
+
+        multimodal.get_image_features = encoded_once
+        try:
+            yield
+        finally:
+            del multimodal.get_image_features
+
     def get_batch_loss_metrics(self, model, batch, train_eval: Literal["train", "eval"] = "train"):
-        tokens = self.token_weighting(model, batch)
+        with self._clean_image_encoded_once(model):
+            tokens = self.token_weighting(model, batch)
+            policy, reference = self._sequence_logps(model, tokens, train_eval)
         pairs, mask = tokens.pairs, tokens.mask
         metrics = {"ue/imageless_pairs": float((~tokens.has_image[:pairs]).sum())}
         metrics.update(self._means_across_ranks(self._weighting_metric_terms(tokens, self.finetuning_args.ue_weighting)))
-        policy, reference = self._sequence_logps(model, tokens, train_eval)
         result = dpo_sigmoid_loss(
             policy[:pairs],
             policy[pairs:],
