@@ -3,7 +3,8 @@
 The model, template, data and collator come from `build_ue_dpo_trainer` (LLaMA-Factory's own loaders, so the
 tokens are those training sees) and every number from `UEDPOTrainer.token_weighting`, the function the loss reads.
 Writes `index.html` (self-contained: one span per response token, coloured by category, u/Δ/λ on hover),
-`pair_NNN.png` (the same tokens drawn with PIL), `tokens.json` and `summary.json`.
+`pair_NNN.png` (the same tokens drawn with PIL), `tokens.json` and `summary.json` (with word groups, the Type-I
+rates of the chosen tokens inside and outside each group's regex matches).
 """
 
 import base64

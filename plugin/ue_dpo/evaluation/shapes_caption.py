@@ -3,8 +3,8 @@
 
 The images and their ground truth are a folder written by `ue_dpo.synthetic.shapes.write_caption_eval_set`
 (`ue-dpo shapes-eval --out DIR`), or by `ue_dpo.synthetic.blind_spots.write_blind_spot_eval_set`, whose
-manifest also lists each image's faint shapes (`faint`). The task reads it from `dataset_kwargs: {data_dir: DIR}` when the
-task YAML (or a YAML that includes it) sets one, else from the `UE_DPO_SHAPES_EVAL_DIR` variable.
+manifest also lists each image's faint shapes (`faint`). The task reads it from `dataset_kwargs: {data_dir: DIR}`
+when the task YAML (or a YAML that includes it) sets one, else from the `UE_DPO_SHAPES_EVAL_DIR` variable.
 """
 
 import json
