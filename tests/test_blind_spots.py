@@ -1,7 +1,8 @@
 """The blind-spot world: its scenes and data, and the README's two commands at a small size.
 
 `ue-dpo run configs/experiments/embedded_blind_spots.yaml` runs here with its world, training configs and
-evaluation, shrunk (few captions, pairs, steps and held-out images), with two of its methods and two seeds; then
+evaluation, shrunk (few captions, pairs, steps and held-out images), with UE-DPO alone, two seeds, compared
+with the warm-up; then
 `ue-dpo inspect --word-group` on its warm-up. faint_recall and the word-group numbers are recomputed here from
 lmms-eval's logged samples, the manifest and tokens.json.
 """
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "configs" / "experiments" / "embedded_blind_spots.yaml"
 UE_DPO = Path(sys.executable).with_name("ue-dpo")
 SEEDS = [0, 1]
-METHODS = ("dpo", "ue_dpo")
+METHODS = ("ue_dpo",)
 SMALL = {"sft_examples": 32, "preference_pairs": 8, "eval_images": 8}
 
 
@@ -73,11 +74,12 @@ def test_the_warm_up_data_carries_the_prior_and_the_pairs_contrast_the_faint_sha
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    """The experiment file with two methods, two seeds and small sizes, run by `ue-dpo run`."""
+    """The experiment file with one method, two seeds and small sizes, run by `ue-dpo run`."""
     root = tmp_path_factory.mktemp("blind_spots")
     raw = yaml.safe_load(EXPERIMENT.read_text())
     raw["output"] = str(root / "out")
     raw["seeds"] = SEEDS
+    raw["baseline"] = "warmup"
     raw["synthetic"].update(SMALL)
     raw["runs"] = [run for run in raw["runs"] if run["name"] in ("warmup", *METHODS)]
     for run in raw["runs"]:
@@ -97,6 +99,7 @@ def _logged_samples(out: Path, instance: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_the_small_run_reports_faint_recall_as_the_manifest_and_responses_give_it(small_run):
     out, stdout = small_run
     assert "synthetic blind_spots world: tiny qwen2_vl model" in stdout
@@ -121,6 +124,7 @@ def test_the_small_run_reports_faint_recall_as_the_manifest_and_responses_give_i
     assert "faint_recall Δ vs baseline" in (out / "results.md").read_text()
 
 
+@pytest.mark.e2e
 def test_inspect_counts_type_i_tokens_on_faint_shape_words(small_run, tmp_path):
     out, _ = small_run
     inspected = tmp_path / "inspect"
