@@ -75,6 +75,7 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
     (changed("runs.dpo.overrides.dataset_dir", "${home}"), r"\$\{home\} is unknown; use \$\{output\}"),
     ({**VALID, "synthetic": None}, r"\$\{synthetic.model\} needs a `synthetic:` block"),
     (changed("synthetic.arch", "gpt2"), "synthetic.arch: 'gpt2' is not a tiny model architecture"),
+    (changed("synthetic.world", "ocean"), "synthetic.world: .ocean. is not a synthetic world; use one of shapes, blind_spots"),
     (changed("synthetic.eval_images", 0), r"synthetic.eval_images: must be an integer >= 1"),
     (changed("synthetic.sft_noisy_share", 1.5), r"synthetic.sft_noisy_share: must be a number in \[0, 1\]"),
     (changed("evaluation.tasks", []), "evaluation.tasks: list the lmms-eval tasks"),

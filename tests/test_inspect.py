@@ -12,7 +12,17 @@ from PIL import Image
 
 from llamafactory_runs import offline_env
 from ue_dpo.cli import main
-from ue_dpo.inspection import CATEGORY_COLOURS, model_keys
+from ue_dpo.core.weights import TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR, UNSELECTED
+from ue_dpo.inspection import (
+    CATEGORY_COLOURS,
+    InspectedPair,
+    InspectedToken,
+    InspectError,
+    model_keys,
+    parse_word_groups,
+    summary_table,
+    word_group_summary,
+)
 
 N_PAIRS, ALPHA, TAU = 3, 0.3, 0.4  # the inspector's defaults for α and τ
 UE_DPO = Path(sys.executable).with_name("ue-dpo")
@@ -224,9 +234,12 @@ def test_a_moved_base_model_is_given_with_base_model(moved_base_adapter_dir, tin
                                     "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now.")),
         (["--model", "{adapter}", "--base-model", "{missing}"], "--base-model {missing}: no such directory"),
         (["--base-model", "{tmp}"], "--base-model {tmp} was given, but --model {model} is not a LoRA adapter directory"),
+        (["--word-group", "faint"], "--word-group faint: use NAME=REGEX"),
+        (["--word-group", "faint=small (grey"], "--word-group faint=small (grey: 'small (grey' is not a Python regular"),
     ],
     ids=["missing model", "not a model", "unknown dataset", "no dataset_info.json", "not a ue key",
-         "ue value not YAML", "ue_alpha not a number", "base model gone", "missing --base-model", "--base-model, no LoRA"],
+         "ue value not YAML", "ue_alpha not a number", "base model gone", "missing --base-model", "--base-model, no LoRA",
+         "word group without =", "word group not a regex"],
 )
 def test_bad_model_or_data_are_refused_naming_the_argument(arguments, message, tiny_qwen2_vl_dir, shapes_dataset_dir,
                                                            moved_base_adapter_dir, tmp_path, capsys):
@@ -253,3 +266,43 @@ def test_a_ue_key_out_of_range_is_refused_before_the_model_loads(tiny_qwen2_vl_d
     error = capsys.readouterr().err  # the stage's own message for the key (tests/test_stage_arguments.py), alone
     assert error.startswith("ue-dpo inspect: error: `ue_tau: 0.9`") and error.count("\n") == 1
     assert error.endswith("(set by --ue, --template or --cutoff-len)\n")
+
+
+def _tokens(*spec):
+    """InspectedTokens from (text, category, λ) triples."""
+    return [InspectedToken(text, 0, 0.0, 0.0, weight, category) for text, category, weight in spec]
+
+
+def test_word_groups_count_chosen_tokens_inside_and_outside_the_matches():
+    type_i, type_ii = TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR
+    pairs = [
+        InspectedPair(0, "", None, chosen=_tokens(
+            ("There", UNSELECTED, 1.0), (" is", UNSELECTED, 1.0), (" a", type_ii, 1.1), (" red", UNSELECTED, 1.0),
+            (" circle", UNSELECTED, 1.0), (" and", type_i, 1.2), (" a", UNSELECTED, 1.0), (" small", type_i, 1.25),
+            (" gr", type_i, 1.1), ("ey", UNSELECTED, 1.0), (" star", type_i, 1.2), (".", UNSELECTED, 1.0),
+        ), rejected=_tokens((" small", type_i, 1.3))),  # rejected tokens never count
+        InspectedPair(1, "", None, chosen=_tokens(
+            ("There", type_ii, 1.05), (" is", UNSELECTED, 1.0), (" a", UNSELECTED, 1.0), (" small grey", type_ii, 1.1),
+            (" square", UNSELECTED, 1.0), (".", type_i, 1.2),
+        ), rejected=[]),
+    ]
+    summary = word_group_summary(pairs, parse_word_groups([r"faint=small grey \w+"]))["faint"]
+    # inside: " small", " gr", "ey", " star" (pair 0), " small grey", " square" (pair 1); " a" before them is outside
+    assert (summary["tokens_inside"], summary["type_i_inside"], summary["lambda_above_1_inside"]) == (6, 3, 4)
+    # outside: 8 + 4 tokens; Type-I " and" and "."; λ > 1: " a", " and", "There", "."
+    assert (summary["tokens_outside"], summary["type_i_outside"], summary["lambda_above_1_outside"]) == (12, 2, 4)
+    assert summary["type_i_rate_inside"] == pytest.approx(3 / 6)
+    assert summary["type_i_rate_outside"] == pytest.approx(2 / 12)
+    assert summary["type_i_rate_ratio"] == pytest.approx(3.0)
+    table = summary_table({"pairs": 2, "response_tokens": 19, "categories": {}, "word_groups": {"faint": summary}})
+    assert "Type-I rate ratio inside / outside: 3.0000" in table
+
+
+def test_a_word_group_without_type_i_outside_has_no_ratio():
+    pairs = [InspectedPair(0, "", None, chosen=_tokens(("a", TYPE_I_BLIND_SPOT, 1.2), ("b", UNSELECTED, 1.0)),
+                           rejected=[])]
+    summary = word_group_summary(pairs, parse_word_groups(["first=a", "none=z"]))
+    assert summary["first"]["type_i_rate_inside"] == 1.0 and summary["first"]["type_i_rate_ratio"] is None
+    assert summary["none"]["tokens_inside"] == 0 and summary["none"]["type_i_rate_inside"] is None
+    with pytest.raises(InspectError, match="the group 'first' is given twice"):
+        parse_word_groups(["first=a", "first=b"])

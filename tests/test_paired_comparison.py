@@ -18,7 +18,7 @@ from ue_dpo.benchmarks.paired_comparison import (
 )
 from ue_dpo.cli import main
 from ue_dpo.commands.compare import CompareError, compare_folders, run_folder
-from ue_dpo.evaluation.shapes_caption import shapes_process_results
+from ue_dpo.evaluation.shapes_caption import blind_spots_process_results, shapes_process_results
 from ue_dpo.experiment import embedded_default_path
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, load_experiment
 from ue_dpo.experiment.runner import ExperimentRunner
@@ -86,6 +86,21 @@ def test_two_item_resamples_give_the_interval_computed_by_hand():
     assert result["recall"] == (100.0, 100.0, 0.0, 0.0, 0.0)
     # mean_shapes_mentioned: 1.5 vs 1 shapes per caption; (0,0) -> 2 - 1, (1,1) -> 0.
     assert result["mean_shapes_mentioned"] == (1.0, 1.5, 0.5, 0.0, 1.0)
+
+
+def test_faint_recall_is_resampled_from_the_faint_shapes_of_the_drawn_items():
+    docs = [{"shapes": ["circle", "star"], "faint": ["star"]}, {"shapes": ["square", "triangle", "circle"],
+                                                              "faint": ["triangle"]}]
+    def samples(responses):
+        return [logged_sample(doc_id, f"caption {doc_id}", response, blind_spots_process_results(doc, [response]))
+                for doc_id, (doc, response) in enumerate(zip(docs, responses))]
+    a = samples(["There is a red circle.", "There is a red square and a blue circle."])
+    b = samples(["There is a red circle and a small grey star.", "There is a red square and a blue circle."])
+    result = paired_differences(a, b, "shapes_blind_spots", resamples=4000, seed=0)
+    # B names the faint star of item 0, no one the faint triangle of item 1: 1 of 2 against 0 of 2;
+    # resample (0,0) -> 100 - 0, (1,1) -> 0 - 0.
+    assert result["faint_recall"] == (0.0, 50.0, 50.0, 0.0, 100.0)
+    assert result["recall"] == pytest.approx((60.0, 80.0, 20.0, 0.0, 50.0))
 
 
 def test_amber_chair_is_resampled_from_counts_with_the_official_rounding():

@@ -10,7 +10,8 @@ from ue_dpo.benchmarks.shapes_chair import (
 )
 from ue_dpo.cli import main
 from ue_dpo.evaluation import shapes_caption
-from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST, write_caption_eval_set
+from ue_dpo.synthetic.blind_spots import write_blind_spot_eval_set
+from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST, mentioned_shapes, write_caption_eval_set
 
 # (response, true shapes) with mentions / hallucinated mentions worked out by hand in the comments
 HAND_CASES = [
@@ -105,3 +106,36 @@ def test_task_results_aggregate_to_the_metric_module(eval_dir):
     for metric in ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned"):
         aggregate = getattr(shapes_caption, f"shapes_{metric}")
         assert aggregate([results[metric] for results in per_doc]) == expected[metric]
+
+
+def test_faint_recall_counts_the_faint_shapes_named_and_leaves_the_other_metrics_as_they_are():
+    responses = ["There is a red circle and a small grey star.", "There is a blue square.", "A star? No: a square."]
+    truths, faint = [["circle", "star"], ["square", "triangle"], ["square"]], [["star"], ["triangle"], []]
+    metrics = score_shapes_captions(responses, truths, faint)
+    # faint shapes 1 + 1 + 0 = 2, named: the star of the first response
+    assert metrics["faint_recall"] == pytest.approx(50.0)
+    assert (metrics["faint_shapes"], metrics["covered_faint_shapes"]) == (2, 1)
+    without_faint = score_shapes_captions(responses, truths)
+    assert "faint_recall" not in without_faint
+    assert {name: metrics[name] for name in without_faint} == without_faint
+    assert shapes_caption_item_result(responses[0], truths[0], faint[0])["faint_covered"] == ["star"]
+    with pytest.raises(ValueError, match=r"faint shapes \['star'\] are not among the image's shapes"):
+        shapes_caption_item_result("a star", ["circle"], ["star"])
+
+
+def test_the_blind_spot_task_scores_faint_recall_from_the_manifest(tmp_path):
+    manifest = write_blind_spot_eval_set(tmp_path / "eval", n_images=12, seed=1)
+    docs = shapes_caption.load_shapes_eval_docs(tmp_path / "eval")
+    assert [doc["faint"] for doc in docs] == [entry["faint"] for entry in manifest]
+    assert any(doc["faint"] for doc in docs) and any(not doc["faint"] for doc in docs)
+    responses = [entry["caption"] if index % 2 else "There is a circle." for index, entry in enumerate(manifest)]
+    per_doc = [shapes_caption.blind_spots_process_results(doc, [response]) for doc, response in zip(docs, responses)]
+    faint_total = sum(len(entry["faint"]) for entry in manifest)
+    faint_named = sum(len(set(entry["faint"]) & set(mentioned_shapes(response)))
+                      for entry, response in zip(manifest, responses))
+    assert shapes_caption.shapes_faint_recall([results["faint_recall"] for results in per_doc]) == pytest.approx(
+        faint_named / faint_total * 100)
+    shapes_docs = shapes_caption.load_shapes_eval_docs(write_caption_eval_set(tmp_path / "shapes", n_images=1)[0]
+                                                       .image_path.parents[2])
+    with pytest.raises(FileNotFoundError, match="lists no faint shapes"):
+        shapes_caption.blind_spots_process_results(shapes_docs[0], ["There is a star."])

@@ -3,13 +3,15 @@
 The model, template, data and collator come from `build_ue_dpo_trainer` (LLaMA-Factory's own loaders, so the
 tokens are those training sees) and every number from `UEDPOTrainer.token_weighting`, the function the loss reads.
 Writes `index.html` (self-contained: one span per response token, coloured by category, u/Δ/λ on hover),
-`pair_NNN.png` (the same tokens drawn with PIL), `tokens.json` and `summary.json`.
+`pair_NNN.png` (the same tokens drawn with PIL), `tokens.json` and `summary.json` (with word groups, the Type-I
+rates of the chosen tokens inside and outside each group's regex matches).
 """
 
 import base64
 import html
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
-from ue_dpo.core.weights import CATEGORY_NAMES
+from ue_dpo.core.weights import CATEGORY_NAMES, TYPE_I_BLIND_SPOT
 from ue_dpo.model_paths import is_local_path
 
 CATEGORY_COLOURS = ("#e8e8e8", "#f28b82", "#fbc16a", "#8ab4f8")  # indexed like CATEGORY_NAMES
@@ -226,11 +228,73 @@ def category_summary(pairs: list[InspectedPair]) -> dict[str, Any]:
     }
 
 
+def parse_word_groups(specs: list[str]) -> dict[str, re.Pattern]:
+    """`NAME=REGEX` strings (`--word-group`) to compiled patterns, by name."""
+    groups = {}
+    for spec in specs:
+        name, separator, pattern = spec.partition("=")
+        if not separator or not name or not pattern:
+            raise InspectError(f"--word-group {spec}: use NAME=REGEX, e.g. --word-group 'faint=small grey \\w+'.")
+        if name in groups:
+            raise InspectError(f"--word-group {spec}: the group {name!r} is given twice; give each group one name.")
+        try:
+            groups[name] = re.compile(pattern)
+        except re.error as error:
+            raise InspectError(f"--word-group {spec}: {pattern!r} is not a Python regular expression "
+                               f"({error}).") from None
+    return groups
+
+
+def _in_matches(tokens: list[InspectedToken], pattern: re.Pattern) -> list[bool]:
+    """Per token: whether its characters overlap a match of `pattern` in the tokens' concatenated text."""
+    text = "".join(token.text for token in tokens)
+    matches = [match.span() for match in pattern.finditer(text) if match.end() > match.start()]
+    inside, start = [], 0
+    for token in tokens:
+        end = start + len(token.text)
+        inside.append(any(start < match_end and end > match_start for match_start, match_end in matches))
+        start = end
+    return inside
+
+
+def word_group_summary(pairs: list[InspectedPair], groups: dict[str, re.Pattern]) -> dict[str, Any]:
+    """Per group, over the chosen response tokens: tokens inside the group's matches and outside them, how many of
+    each are Type-I blind spots and how many have λ > 1, the Type-I rates and their ratio (inside / outside)."""
+    summary = {}
+    for name, pattern in groups.items():
+        counts = Counter()
+        for pair in pairs:
+            for token, inside in zip(pair.chosen, _in_matches(pair.chosen, pattern)):
+                where = "inside" if inside else "outside"
+                counts[f"tokens_{where}"] += 1
+                counts[f"type_i_{where}"] += token.category == TYPE_I_BLIND_SPOT
+                counts[f"lambda_above_1_{where}"] += token.weight > 1.0
+        rates = {where: counts[f"type_i_{where}"] / counts[f"tokens_{where}"] if counts[f"tokens_{where}"] else None
+                 for where in ("inside", "outside")}
+        summary[name] = {
+            "pattern": pattern.pattern,
+            **{key: counts[key] for where in ("inside", "outside")
+               for key in (f"tokens_{where}", f"type_i_{where}", f"lambda_above_1_{where}")},
+            "type_i_rate_inside": rates["inside"],
+            "type_i_rate_outside": rates["outside"],
+            "type_i_rate_ratio": rates["inside"] / rates["outside"] if rates["inside"] is not None and rates["outside"]
+            else None,
+        }
+    return summary
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     lines = [f"{summary['pairs']} pairs, {summary['response_tokens']} response tokens",
              f"{'category':<26}{'chosen':>8}{'rejected':>10}{'share':>9}"]
     for name, row in summary["categories"].items():
         lines.append(f"{name:<26}{row['chosen']:>8}{row['rejected']:>10}{row['share']:>9.1%}")
+    for name, row in summary.get("word_groups", {}).items():
+        lines.append(f"word group {name} ({row['pattern']}), chosen tokens:")
+        for where in ("inside", "outside"):
+            lines.append(f"  {where:<8} {row[f'tokens_{where}']:>6} tokens, {row[f'type_i_{where}']:>6} Type-I "
+                         f"(rate {_number(row[f'type_i_rate_{where}'])}), "
+                         f"{row[f'lambda_above_1_{where}']:>6} with λ > 1")
+        lines.append(f"  Type-I rate ratio inside / outside: {_number(row['type_i_rate_ratio'])}")
     return "\n".join(lines)
 
 
@@ -317,9 +381,12 @@ def render_png(pair: InspectedPair, width: int = 960) -> Image.Image:
     return image
 
 
-def write_report(pairs: list[InspectedPair], out_dir: Path, *, title: str) -> dict[str, Any]:
+def write_report(pairs: list[InspectedPair], out_dir: Path, *, title: str,
+                 word_groups: dict[str, re.Pattern] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = category_summary(pairs)
+    if word_groups:
+        summary["word_groups"] = word_group_summary(pairs, word_groups)
     (out_dir / "index.html").write_text(render_html(pairs, summary, title=title), encoding="utf-8")
     for pair in pairs:
         render_png(pair).save(out_dir / f"pair_{pair.index:03d}.png")

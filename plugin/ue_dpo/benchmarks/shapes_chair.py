@@ -9,6 +9,9 @@ Aggregates are totals over responses, in percent, with the Object-HalBench seman
 - chair_i = hallucinated mentions / all mentions
 - recall = distinct true shapes named / true shapes, summed over responses
 - mean_shapes_mentioned = distinct shapes named per response, averaged over responses
+- faint_recall (only when the records carry faint shapes, as in the blind-spot world) = distinct faint shapes
+  named / faint shapes, summed over responses; a faint shape is named when its shape word is (the shapes of an
+  image are distinct, so the word identifies it)
 
 A ratio whose denominator is zero is None (undefined), never 0.
 """
@@ -19,10 +22,14 @@ from typing import Any
 from ue_dpo.synthetic.shapes import SHAPES, mentioned_shapes
 
 SHAPES_CHAIR_METRICS = ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned")
+BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall")
 
 
-def shapes_caption_item_result(response: str, true_shapes: Sequence[str]) -> dict[str, Any]:
-    """The per-response record that `shapes_chair_metrics` sums."""
+def shapes_caption_item_result(
+    response: str, true_shapes: Sequence[str], faint_shapes: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The per-response record that `shapes_chair_metrics` sums; `faint_shapes`, a subset of `true_shapes`, adds
+    `faint_ground_truth` and `faint_covered`."""
     if not isinstance(response, str):
         raise TypeError(f"a shapes caption response must be a string, got {type(response).__name__}: {response!r:.80}")
     truth = set(true_shapes)
@@ -30,12 +37,20 @@ def shapes_caption_item_result(response: str, true_shapes: Sequence[str]) -> dic
     if unknown:
         raise ValueError(f"ground-truth shapes {sorted(unknown)} are not shapes of this world ({', '.join(SHAPES)})")
     mentions = mentioned_shapes(response)
-    return {
+    record = {
         "mentions": mentions,
         "hallucinated": [shape for shape in mentions if shape not in truth],
         "covered": sorted(truth.intersection(mentions)),
         "ground_truth": sorted(truth),
     }
+    if faint_shapes is not None:
+        faint = set(faint_shapes)
+        if not faint <= truth:
+            raise ValueError(f"faint shapes {sorted(faint - truth)} are not among the image's shapes {sorted(truth)}; "
+                             f"list every faint shape in the true shapes too")
+        record["faint_ground_truth"] = sorted(faint)
+        record["faint_covered"] = sorted(faint.intersection(mentions))
+    return record
 
 
 def _percent(numerator: int, denominator: int) -> float | None:
@@ -43,10 +58,15 @@ def _percent(numerator: int, denominator: int) -> float | None:
 
 
 def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals over `shapes_caption_item_result` records: the five metrics plus the counts behind them."""
+    """Totals over `shapes_caption_item_result` records: the five metrics plus the counts behind them, and
+    faint_recall with its counts when the records carry faint shapes."""
     n = responses_with_mentions = hallucinated_responses = mentions = hallucinated_mentions = 0
     ground_truth = covered = distinct_mentioned = 0
+    faint_ground_truth = faint_covered = None
     for record in records:
+        if "faint_ground_truth" in record:
+            faint_ground_truth = (faint_ground_truth or 0) + len(record["faint_ground_truth"])
+            faint_covered = (faint_covered or 0) + len(record["faint_covered"])
         n += 1
         responses_with_mentions += bool(record["mentions"])
         hallucinated_responses += bool(record["hallucinated"])
@@ -55,7 +75,7 @@ def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]
         ground_truth += len(record["ground_truth"])
         covered += len(record["covered"])
         distinct_mentioned += len(set(record["mentions"]))
-    return {
+    metrics = {
         "chair_s": _percent(hallucinated_responses, responses_with_mentions),
         "chair_s_all": _percent(hallucinated_responses, n),
         "chair_i": _percent(hallucinated_mentions, mentions),
@@ -69,11 +89,21 @@ def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]
         "ground_truth_shapes": ground_truth,
         "covered_shapes": covered,
     }
+    if faint_ground_truth is not None:
+        metrics.update(faint_recall=_percent(faint_covered, faint_ground_truth), faint_shapes=faint_ground_truth,
+                       covered_faint_shapes=faint_covered)
+    return metrics
 
 
-def score_shapes_captions(responses: Sequence[str], true_shapes: Sequence[Sequence[str]]) -> dict[str, Any]:
-    if len(responses) != len(true_shapes):
-        raise ValueError(f"got {len(responses)} responses for {len(true_shapes)} images; pass one response per image")
+def score_shapes_captions(
+    responses: Sequence[str], true_shapes: Sequence[Sequence[str]], faint_shapes: Sequence[Sequence[str]] | None = None
+) -> dict[str, Any]:
+    if len(responses) != len(true_shapes) or (faint_shapes is not None and len(faint_shapes) != len(responses)):
+        raise ValueError(f"got {len(responses)} responses for {len(true_shapes)} images"
+                         f"{'' if faint_shapes is None else f' and {len(faint_shapes)} lists of faint shapes'}; "
+                         f"pass one response per image")
+    faint = [None] * len(responses) if faint_shapes is None else faint_shapes
     return shapes_chair_metrics(
-        shapes_caption_item_result(response, truth) for response, truth in zip(responses, true_shapes)
+        shapes_caption_item_result(response, truth, faint_of_image)
+        for response, truth, faint_of_image in zip(responses, true_shapes, faint)
     )

@@ -15,18 +15,21 @@ def _run(args: argparse.Namespace) -> None:
         inspect_pairs,
         model_keys,
         parse_ue_settings,
+        parse_word_groups,
         summary_table,
         write_report,
     )
 
     try:
+        word_groups = parse_word_groups(args.word_group)
         settings = (model_keys(args.model, args.template, args.base_model),
                     data_keys(args.data, args.dataset_dir, args.out / "data"), parse_ue_settings(args.ue))
         trainer = build_trainer(*settings, n=args.n, cutoff_len=args.cutoff_len, out_dir=args.out)
     except InspectError as error:
         exit_with_user_error("inspect", error)
     pairs = inspect_pairs(trainer, batch_size=args.batch_size)
-    summary = write_report(pairs, args.out, title=f"UE-DPO tokens of {args.model} on {args.data}")
+    summary = write_report(pairs, args.out, title=f"UE-DPO tokens of {args.model} on {args.data}",
+                           word_groups=word_groups)
     print(summary_table(summary))
     print(f"wrote {args.out / 'index.html'} and {len(pairs)} PNG images")
 
@@ -51,4 +54,8 @@ def register(commands) -> None:
     parser.add_argument("--ue", action="append", default=[], metavar="ue_KEY=VALUE",
                         help="a UE-DPO key as in training, e.g. --ue ue_tau=0.3 --ue ue_seed=42 (repeatable; "
                              "ue_seed defaults to 42, the training seed's default)")
+    parser.add_argument("--word-group", action="append", default=[], metavar="NAME=REGEX",
+                        help="count the chosen response tokens inside matches of REGEX (in the decoded response) "
+                             "and outside them, their Type-I blind spots, λ > 1 and the ratio of the Type-I rates, "
+                             "into summary.json's word_groups (repeatable), e.g. --word-group 'faint=small grey \\w+'")
     parser.set_defaults(handler=_run)

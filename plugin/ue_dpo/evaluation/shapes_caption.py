@@ -1,8 +1,10 @@
-"""lmms-eval adapter of the `shapes_caption` task: exact CHAIR on held-out synthetic shapes images.
+"""lmms-eval adapters of the `shapes_caption` task (exact CHAIR on held-out synthetic shapes images) and of
+`shapes_blind_spots` (the same, plus the recall of the faint shapes of the blind-spot world).
 
 The images and their ground truth are a folder written by `ue_dpo.synthetic.shapes.write_caption_eval_set`
-(`ue-dpo shapes-eval --out DIR`). The task reads it from `dataset_kwargs: {data_dir: DIR}` when the
-task YAML (or a YAML that includes it) sets one, else from the `UE_DPO_SHAPES_EVAL_DIR` variable.
+(`ue-dpo shapes-eval --out DIR`), or by `ue_dpo.synthetic.blind_spots.write_blind_spot_eval_set`, whose
+manifest also lists each image's faint shapes (`faint`). The task reads it from `dataset_kwargs: {data_dir: DIR}`
+when the task YAML (or a YAML that includes it) sets one, else from the `UE_DPO_SHAPES_EVAL_DIR` variable.
 """
 
 import json
@@ -13,6 +15,7 @@ from datasets import Dataset
 from PIL import Image
 
 from ue_dpo.benchmarks.shapes_chair import (
+    BLIND_SPOT_METRICS,
     SHAPES_CHAIR_METRICS,
     shapes_caption_item_result,
     shapes_chair_metrics,
@@ -45,8 +48,10 @@ def load_shapes_eval_docs(data_dir: Path) -> list[dict[str, Any]]:
         if not image.is_file():
             raise BenchmarkDataError(f"shapes_caption: image {image} listed in {data_dir / EVAL_MANIFEST} "
                                      f"is missing; rewrite the folder with `ue-dpo shapes-eval`")
-        docs.append({"question_id": index, "image": str(image), "shapes": list(entry["shapes"]),
-                     "caption": entry["caption"]})
+        doc = {"question_id": index, "image": str(image), "shapes": list(entry["shapes"]), "caption": entry["caption"]}
+        if "faint" in entry:
+            doc["faint"] = list(entry["faint"])
+        docs.append(doc)
     return docs
 
 
@@ -72,6 +77,15 @@ def shapes_process_results(doc: dict[str, Any], results: list[str]) -> dict[str,
     return {metric: record for metric in SHAPES_CHAIR_METRICS}
 
 
+def blind_spots_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, dict[str, Any]]:
+    if "faint" not in doc:
+        raise BenchmarkDataError("shapes_blind_spots: the held-out manifest lists no faint shapes (`faint`), so it is "
+                                 "not a blind-spot world's; evaluate a `synthetic.world: blind_spots` folder, or score "
+                                 "a shapes folder with shapes_caption")
+    record = shapes_caption_item_result(results[0], doc["shapes"], doc["faint"])
+    return {metric: record for metric in BLIND_SPOT_METRICS}
+
+
 def _aggregation(metric: str):
     def aggregate(records: list[dict[str, Any]]) -> float | None:
         return shapes_chair_metrics(records)[metric]
@@ -85,3 +99,4 @@ shapes_chair_s_all = _aggregation("chair_s_all")
 shapes_chair_i = _aggregation("chair_i")
 shapes_recall = _aggregation("recall")
 shapes_mean_shapes_mentioned = _aggregation("mean_shapes_mentioned")
+shapes_faint_recall = _aggregation("faint_recall")

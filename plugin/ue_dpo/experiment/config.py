@@ -6,7 +6,7 @@ directory, as `llamafactory-cli` and `lmms-eval` treat paths.
 
 String values in `overrides`, `checkpoint`, `evaluation.model_args` and `evaluation.env` may name
 `${output}` (the output folder), `${synthetic.model}`, `${synthetic.data}`, `${synthetic.eval}`
-(the embedded shapes world, when the file has a `synthetic:` block) and `${runs.NAME}` (the model of an
+(the embedded world, when the file has a `synthetic:` block) and `${runs.NAME}` (the model of an
 earlier run: its training output dir or its checkpoint). In a run trained once per seed (`seeds:`),
 `${runs.NAME}` of a run that is also trained per seed is NAME's model of the same seed.
 """
@@ -26,6 +26,7 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 SYNTHETIC_PATHS = ("model", "data", "eval")
 SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
+SYNTHETIC_WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
 JUDGED_TASKS = ("mmhal_bench",)  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
@@ -38,13 +39,16 @@ class ExperimentConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SyntheticWorld:
-    """The embedded default's world, built under `<output>/synthetic`: a tiny model, shapes data, held-out images."""
+    """An embedded world, built under `<output>/synthetic`: a tiny model, training data, held-out images."""
 
+    world: str = "shapes"  # one of SYNTHETIC_WORLDS
     arch: str = "qwen2_vl"
     seed: int = 0
     image_size: int = 56
     sft_examples: int = 512
-    sft_noisy_share: float = 0.0  # share of warm-up captions that name one absent shape (noisy web captions)
+    # share of warm-up captions that name one absent shape (noisy web captions); in `blind_spots`, of the captions
+    # of a lone large shape, which then also name its absent partner
+    sft_noisy_share: float = 0.0
     preference_pairs: int = 256
     eval_images: int = 64
 
@@ -268,13 +272,16 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     fields = {item.name for item in dataclasses.fields(SyntheticWorld)}
     _only_keys("synthetic", raw, fields)
     world = SyntheticWorld(**raw)
+    if world.world not in SYNTHETIC_WORLDS:
+        raise ExperimentConfigError(f"synthetic.world: {world.world!r} is not a synthetic world; use one of "
+                                    f"{', '.join(SYNTHETIC_WORLDS)} (default shapes)")
     if world.arch not in SYNTHETIC_ARCHITECTURES:
         raise ExperimentConfigError(f"synthetic.arch: {world.arch!r} is not a tiny model architecture; use one of "
                                     f"{', '.join(SYNTHETIC_ARCHITECTURES)}")
     noisy_share = world.sft_noisy_share
     if isinstance(noisy_share, bool) or not isinstance(noisy_share, int | float) or not 0 <= noisy_share <= 1:
         raise ExperimentConfigError(f"synthetic.sft_noisy_share: must be a number in [0, 1], got {noisy_share!r}")
-    for name in fields - {"arch", "sft_noisy_share"}:
+    for name in fields - {"world", "arch", "sft_noisy_share"}:
         value = getattr(world, name)
         minimum = 0 if name == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

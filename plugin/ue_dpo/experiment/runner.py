@@ -129,9 +129,9 @@ class ExperimentRunner:
             self.paths[f"synthetic.{name}"] = str(root / name)
             self.digests[f"synthetic.{name}"] = stage_digest
         if self.markers.matches("synthetic", stage_digest):
-            self.announce(f"synthetic shapes world: done, skipped ({root})")
+            self.announce(f"synthetic {world.world} world: done, skipped ({root})")
             return
-        self.announce(f"synthetic shapes world: tiny {world.arch} model, {world.sft_examples} captions, "
+        self.announce(f"synthetic {world.world} world: tiny {world.arch} model, {world.sft_examples} captions, "
                       f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
         from ue_dpo.synthetic.world import build_synthetic_world
 

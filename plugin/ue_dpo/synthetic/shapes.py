@@ -80,7 +80,13 @@ class CaptionEvalImage:
 def caption(objects: Sequence[ShapeObject]) -> str:
     if not objects:
         raise ValueError("a caption needs at least one shape object")
-    phrases = [f"a {item.colour} {item.shape}" for item in objects]
+    return listing_caption([f"a {item.colour} {item.shape}" for item in objects])
+
+
+def listing_caption(phrases: Sequence[str]) -> str:
+    """"There is A, B and C." for the phrases A, B, C."""
+    if not phrases:
+        raise ValueError("a caption needs at least one phrase")
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return f"There is {listed}."
 
@@ -118,23 +124,29 @@ def quadrant_box(quadrant: int, image_size: int) -> tuple[int, int, int, int]:
 
 
 def draw_scene(scene: Scene, image_size: int) -> Image.Image:
-    _check_image_size(image_size)
+    check_image_size(image_size)
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for item in scene.objects:
-        box = quadrant_box(item.quadrant, image_size)
-        fill = COLOURS[item.colour]
-        left, top, right, bottom = box
-        if item.shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif item.shape == "square":
-            draw.rectangle(box, fill=fill)
-        elif item.shape == "triangle":
-            draw.polygon([(left, bottom), (right, bottom), ((left + right) / 2, top)], fill=fill)
-        else:
-            centre = ((left + right) / 2, (top + bottom) / 2)
-            draw.polygon(_star_points(centre, (right - left) / 2), fill=fill)
+        draw_shape(draw, item.shape, quadrant_box(item.quadrant, image_size), COLOURS[item.colour])
     return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
+               fill: tuple[int, int, int]) -> None:
+    """`shape` filling the (left, top, right, bottom) square `box`, inclusive."""
+    left, top, right, bottom = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(left, bottom), (right, bottom), ((left + right) / 2, top)], fill=fill)
+    elif shape == "star":
+        centre = ((left + right) / 2, (top + bottom) / 2)
+        draw.polygon(_star_points(centre, (right - left) / 2), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
 
 
 def _star_points(centre: tuple[float, float], radius: float) -> list[tuple[float, float]]:
@@ -149,20 +161,20 @@ def _star_points(centre: tuple[float, float], radius: float) -> list[tuple[float
 
 def write_preference_dataset(out_dir: Path, *, n_pairs: int, seed: int = 0, image_size: int = 56) -> Path:
     """Add the `shapes_pref` preference dataset (true vs hallucinated caption) to a LLaMA-Factory dataset dir."""
-    _check_count("n_pairs", n_pairs)
-    _check_image_size(image_size)
+    check_count("n_pairs", n_pairs)
+    check_image_size(image_size)
     rng = random.Random(f"shapes/{PREFERENCE_DATASET}/{seed}")
     records = []
     for index in range(n_pairs):
         scene = random_scene(rng)
-        image = _save_image(scene, Path(out_dir), PREFERENCE_DATASET, index, image_size)
+        image = save_image(draw_scene(scene, image_size), Path(out_dir), PREFERENCE_DATASET, index)
         records.append({
-            "messages": [_user_turn()],
+            "messages": [user_turn()],
             "chosen": {"role": "assistant", "content": scene.caption},
             "rejected": {"role": "assistant", "content": hallucinated_caption(scene, rng)},
             "images": [image],
         })
-    return _write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
+    return write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
 
 
 def write_sft_dataset(
@@ -173,8 +185,8 @@ def write_sft_dataset(
     A `noisy_share` of the captions, drawn from a stream of its own (the scenes do not change with it), name
     one absent shape, like the noisy captions of web data that teach real models to hallucinate.
     """
-    _check_count("n_examples", n_examples)
-    _check_image_size(image_size)
+    check_count("n_examples", n_examples)
+    check_image_size(image_size)
     if not 0.0 <= noisy_share <= 1.0:
         raise ValueError(f"noisy_share must be a share in [0, 1], got {noisy_share!r}")
     rng = random.Random(f"shapes/{SFT_DATASET}/{seed}")
@@ -182,47 +194,52 @@ def write_sft_dataset(
     records = []
     for index in range(n_examples):
         scene = random_scene(rng)
-        image = _save_image(scene, Path(out_dir), SFT_DATASET, index, image_size)
+        image = save_image(draw_scene(scene, image_size), Path(out_dir), SFT_DATASET, index)
         noisy = noise_rng.random() < noisy_share
         text = hallucinated_caption(scene, noise_rng) if noisy else scene.caption
         records.append({
-            "messages": [_user_turn(), {"role": "assistant", "content": text}],
+            "messages": [user_turn(), {"role": "assistant", "content": text}],
             "images": [image],
         })
-    return _write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
+    return write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
 
 
 def write_caption_eval_set(
     out_dir: Path, *, n_images: int, seed: int = 0, image_size: int = 56
 ) -> list[CaptionEvalImage]:
     """Held-out images (a random stream of their own) with ground truth, also listed in `shapes_eval.json`."""
-    _check_count("n_images", n_images)
-    _check_image_size(image_size)
+    check_count("n_images", n_images)
+    check_image_size(image_size)
     out_dir = Path(out_dir)
     rng = random.Random(f"shapes/eval/{seed}")
     items, manifest = [], []
     for index in range(n_images):
         scene = random_scene(rng)
-        image = _save_image(scene, out_dir, "eval", index, image_size)
+        image = save_image(draw_scene(scene, image_size), out_dir, "eval", index)
         items.append(CaptionEvalImage((out_dir / image).resolve(), scene.shapes, scene.caption))
         manifest.append({"image": image, "shapes": list(scene.shapes), "caption": scene.caption})
-    (out_dir / EVAL_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_eval_manifest(out_dir, manifest)
     return items
 
 
-def _user_turn() -> dict[str, str]:
+def user_turn() -> dict[str, str]:
     return {"role": "user", "content": IMAGE_PLACEHOLDER + CAPTION_PROMPT}
 
 
-def _save_image(scene: Scene, out_dir: Path, subset: str, index: int, image_size: int) -> str:
+def save_image(image: Image.Image, out_dir: Path, subset: str, index: int) -> str:
     """Saves the PNG and returns its path relative to `out_dir` (LLaMA-Factory's default `media_dir`)."""
     relative = Path("images") / subset / f"{index:05d}.png"
     (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-    draw_scene(scene, image_size).save(out_dir / relative)
+    image.save(out_dir / relative)
     return relative.as_posix()
 
 
-def _write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: bool) -> Path:
+def write_eval_manifest(out_dir: Path, entries: list[dict]) -> None:
+    """`shapes_eval.json`: one entry per held-out image (`image`, `shapes`, `caption`, more keys as a world has)."""
+    (Path(out_dir) / EVAL_MANIFEST).write_text(json.dumps(entries, indent=1))
+
+
+def write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: bool) -> Path:
     """Writes `<name>.json` and adds its entry to `dataset_info.json`, keeping the entries already there."""
     file_name = f"{name}.json"
     (out_dir / file_name).write_text(json.dumps(records, indent=1))
@@ -239,12 +256,12 @@ def _write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: bo
     return out_dir
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _check_image_size(image_size: int) -> None:
+def check_image_size(image_size: int) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(
             f"image_size must be an integer of at least {MIN_IMAGE_SIZE} pixels (the tiny models' patch grid), "
