@@ -29,6 +29,7 @@ from ue_dpo.synthetic.shapes import (
     ShapeObject,
     check_count,
     check_image_size,
+    check_share,
     draw_shape,
     listing_caption,
     quadrant_box,
@@ -144,8 +145,7 @@ def write_blind_spot_sft_dataset(
     """
     check_count("n_examples", n_examples)
     check_image_size(image_size)
-    if not 0.0 <= noisy_share <= 1.0:
-        raise ValueError(f"noisy_share must be a share in [0, 1], got {noisy_share!r}")
+    check_share("noisy_share", noisy_share)
     rng = random.Random(f"blind_spots/{SFT_DATASET}/{seed}")
     caption_rng = random.Random(f"blind_spots/{SFT_DATASET}/captions/{seed}")
     records = []

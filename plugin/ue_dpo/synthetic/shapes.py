@@ -187,8 +187,7 @@ def write_sft_dataset(
     """
     check_count("n_examples", n_examples)
     check_image_size(image_size)
-    if not 0.0 <= noisy_share <= 1.0:
-        raise ValueError(f"noisy_share must be a share in [0, 1], got {noisy_share!r}")
+    check_share("noisy_share", noisy_share)
     rng = random.Random(f"shapes/{SFT_DATASET}/{seed}")
     noise_rng = random.Random(f"shapes/{SFT_DATASET}/noise/{seed}")
     records = []
@@ -259,6 +258,11 @@ def write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: boo
 def check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_share(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
 
 
 def check_image_size(image_size: int) -> None:
