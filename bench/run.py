@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -215,29 +214,6 @@ def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int
         "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }}))
-
-
-def accepted_training_keys() -> set[str]:
-    """The keys `llamafactory-cli train` accepts with the installed LLaMA-Factory and ue-dpo plugin."""
-    import ue_dpo
-
-    ue_dpo.apply_llamafactory_integration()
-    from llamafactory.hparams import parser
-
-    return {field.name for argument_class in parser._TRAIN_ARGS for field in fields(argument_class)}
-
-
-def check_configs_accepted(names: list[str]) -> None:
-    """Stop with a clear message if a configuration sets a key that the installed plugin does not accept
-    (`ue_prefix_sharing` before issue 16's sharing is merged)."""
-    accepted = accepted_training_keys()
-    for name in names:
-        unknown = sorted(set(CONFIGS[name]) - accepted)
-        if unknown:
-            runnable = [other for other in names if not set(CONFIGS[other]) - accepted]
-            sys.exit(f"configuration `{name}` sets {', '.join(f'`{key}`' for key in unknown)}, which the installed "
-                     f"ue-dpo plugin does not accept (issue 16's prefix sharing adds `ue_prefix_sharing`); leave it "
-                     f"out: --configs {' '.join(runnable)}")
 
 
 def training_config(name: str, workdir: Path, settings: dict, run_dir: Path, use_gpu: bool) -> dict:
@@ -438,9 +414,6 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
     first = results[BASELINE][0]
     layout = first["layout"]
     steps = len(first["step_seconds"])
-    sharing = ("yes: `ue_dpo` and `ue_dpo_precompute_ref` run with sharing (the default)"
-               if "ue_prefix_sharing" in accepted_training_keys() else
-               "no (issue 16's sharing not merged): every `ue_dpo` configuration runs the unshared computation")
     kernel_header, kernel_rule = (" GPU kernel (ms) | kernel ratio |", "---|---|") if on_gpu else ("", "")
     lines = [
         "# Benchmark: stock LLaMA-Factory DPO vs UE-DPO", "",
@@ -456,7 +429,6 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
          f"parameters with the adapters; fp32 on CPU / bf16 on GPU; {settings['pairs']} pairs, "
          f"{settings['pairs_per_step']} per step (`per_device_train_batch_size`), {settings['epochs']} epochs: "
          f"{steps} steps per run in every configuration"),
-        f"- `ue_prefix_sharing` accepted by the installed plugin: {sharing}",
         (f"- each configuration in its own process, in the order {' '.join(order)}, repeated "
          f"{settings['rounds']} times; step medians over the last {steps - settings['warmup']} steps of every run "
          f"(the first {settings['warmup']} are warm-up); run = the median over the repetitions"),
@@ -547,7 +519,6 @@ def main() -> None:
         if not torch.cuda.is_available():
             parser.error("--model-size 7b needs a CUDA GPU (it builds and trains a 7-8B-parameter model in bf16); "
                          "without one, use --model-size small")
-    check_configs_accepted(args.configs)
 
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)

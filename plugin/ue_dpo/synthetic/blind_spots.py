@@ -27,14 +27,15 @@ from ue_dpo.synthetic.shapes import (
     QUADRANTS,
     SHAPES,
     ShapeObject,
+    caption_record,
     check_count,
     check_image_size,
     check_share,
     draw_shape,
     listing_caption,
+    preference_record,
     quadrant_box,
     save_image,
-    user_turn,
     write_dataset,
     write_eval_manifest,
 )
@@ -158,7 +159,7 @@ def write_blind_spot_sft_dataset(
             guessed = prior_driven_caption(scene, caption_rng)
             if guessed is not None:
                 text = guessed
-        records.append({"messages": [user_turn(), {"role": "assistant", "content": text}], "images": [image]})
+        records.append(caption_record(image, text))
     return write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
 
 
@@ -175,12 +176,7 @@ def write_blind_spot_preference_dataset(out_dir: Path, *, n_pairs: int, seed: in
             continue
         rejected = prior_driven_caption(scene, rng) if rng.random() < 0.5 else None
         image = save_image(draw_blind_spot_scene(scene, image_size), Path(out_dir), PREFERENCE_DATASET, len(records))
-        records.append({
-            "messages": [user_turn()],
-            "chosen": {"role": "assistant", "content": scene.caption()},
-            "rejected": {"role": "assistant", "content": rejected or scene.caption(name_faint=False)},
-            "images": [image],
-        })
+        records.append(preference_record(image, scene.caption(), rejected or scene.caption(name_faint=False)))
     return write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
 
 

@@ -168,12 +168,7 @@ def write_preference_dataset(out_dir: Path, *, n_pairs: int, seed: int = 0, imag
     for index in range(n_pairs):
         scene = random_scene(rng)
         image = save_image(draw_scene(scene, image_size), Path(out_dir), PREFERENCE_DATASET, index)
-        records.append({
-            "messages": [user_turn()],
-            "chosen": {"role": "assistant", "content": scene.caption},
-            "rejected": {"role": "assistant", "content": hallucinated_caption(scene, rng)},
-            "images": [image],
-        })
+        records.append(preference_record(image, scene.caption, hallucinated_caption(scene, rng)))
     return write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
 
 
@@ -196,10 +191,7 @@ def write_sft_dataset(
         image = save_image(draw_scene(scene, image_size), Path(out_dir), SFT_DATASET, index)
         noisy = noise_rng.random() < noisy_share
         text = hallucinated_caption(scene, noise_rng) if noisy else scene.caption
-        records.append({
-            "messages": [user_turn(), {"role": "assistant", "content": text}],
-            "images": [image],
-        })
+        records.append(caption_record(image, text))
     return write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
 
 
@@ -221,8 +213,23 @@ def write_caption_eval_set(
     return items
 
 
-def user_turn() -> dict[str, str]:
+def _user_turn() -> dict[str, str]:
     return {"role": "user", "content": IMAGE_PLACEHOLDER + CAPTION_PROMPT}
+
+
+def caption_record(image: str, caption_text: str) -> dict:
+    """A sharegpt row of a warm-up dataset: the caption prompt on `image`, answered by `caption_text`."""
+    return {"messages": [_user_turn(), {"role": "assistant", "content": caption_text}], "images": [image]}
+
+
+def preference_record(image: str, chosen: str, rejected: str) -> dict:
+    """A sharegpt ranking row: the caption prompt on `image`, a chosen and a rejected caption."""
+    return {
+        "messages": [_user_turn()],
+        "chosen": {"role": "assistant", "content": chosen},
+        "rejected": {"role": "assistant", "content": rejected},
+        "images": [image],
+    }
 
 
 def save_image(image: Image.Image, out_dir: Path, subset: str, index: int) -> str:
