@@ -44,7 +44,7 @@ def ue_collator(template, tokenizer_module, noise_space):
 
 
 def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(request, large_image_pairs, tmp_path):
-    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, split_pixel_values_per_image
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES
 
     template, tokenizer_module, features = collated_modules("qwen2_vl", request, large_image_pairs, tmp_path)
     collator = ue_collator(template, tokenizer_module, "pixel_values")
@@ -57,7 +57,7 @@ def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(re
         return image_processor(images=[image], do_resize=False, do_rescale=False, do_normalize=False,
                                return_tensors="pt")["pixel_values"]
 
-    clean_images = split_pixel_values_per_image(batch)
+    clean_images = collator.family.split_images(batch)
     noised_images = list(batch[NOISED_PIXEL_VALUES].split([len(image) for image in clean_images]))
     signal, noise = noise_coefficients(STEP)
     for clean, noised, (_, grid_h, grid_w) in zip(clean_images, noised_images, batch["image_grid_thw"].tolist()):

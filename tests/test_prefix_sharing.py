@@ -129,17 +129,18 @@ def test_pairs_that_cannot_share_are_refused_with_the_reason(input_ids, labelled
 
 def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_other_images():
     from ue_dpo.llamafactory.collator import chosen_row_images
+    from ue_dpo.model_families import FAMILY_BY_MODEL_TYPE
 
     input_ids = torch.tensor([[PLACEHOLDER, 21], [PLACEHOLDER, 22], [PLACEHOLDER, 31], [PLACEHOLDER, 32]])
     patches = torch.arange(4 * 3).view(4, 3).float()  # two images of 2 patches each, grid [1, 1, 2]
     qwen_batch = {"input_ids": input_ids, "pixel_values": torch.cat([patches, patches]),
                   "image_grid_thw": torch.tensor([[1, 1, 2], [1, 2, 1]] * 2)}
-    chosen = chosen_row_images(qwen_batch, (PLACEHOLDER,))
+    chosen = chosen_row_images(qwen_batch, (PLACEHOLDER,), FAMILY_BY_MODEL_TYPE["qwen2_vl"])
     assert torch.equal(chosen["pixel_values"], patches) and chosen["image_grid_thw"].tolist() == [[1, 1, 2], [1, 2, 1]]
     other_rejected_image = torch.stack([patches[0], patches[1], patches[0], patches[2]])
     llava_batch = {"input_ids": input_ids, "pixel_values": other_rejected_image}
     with pytest.raises(PrefixNotShared, match="the rejected rows' images are not those of their pairs' chosen rows"):
-        chosen_row_images(llava_batch, (PLACEHOLDER,))
+        chosen_row_images(llava_batch, (PLACEHOLDER,), FAMILY_BY_MODEL_TYPE["llava"])
 
 
 # --- the packed forward on tiny models, float32 on CPU -----------------------------------------------------------
@@ -216,10 +217,10 @@ def step_with_sharing(trainer, batch: dict, sharing: bool) -> dict:
     tokens = trainer.token_weighting(model, batch)
     loss, metrics = trainer.get_batch_loss_metrics(model, batch)
     loss.backward()
-    fields = ("policy_logps", "weights", "uncertainty", "delta", "selected", "category")
     return {
-        "tokens": {name: getattr(tokens, name).detach() for name in fields if getattr(tokens, name) is not None},
-        "mask": tokens.mask,
+        "tokens": {name: values.detach() for name, values in
+                   {"policy_logps": tokens.policy_logps, "weights": tokens.weights, **tokens.details}.items()},
+        "mask": tokens.response.mask,
         "loss": loss.detach(),
         "metrics": metrics,
         "grads": {name: parameter.grad.clone() for name, parameter in model.named_parameters()
@@ -228,17 +229,19 @@ def step_with_sharing(trainer, batch: dict, sharing: bool) -> dict:
 
 
 @pytest.fixture
-def packed_forwards(trainer, monkeypatch):
-    """How many forwards `_token_statistics` ran packed."""
+def packed_forwards(monkeypatch):
+    """How many forwards the step's forward ran packed."""
+    from ue_dpo.llamafactory.step_forward import StepForward
+
     counts = {"packed": 0, "unshared": 0}
-    original = trainer._shared_prefix_forward
+    original = StepForward._forward_inputs
 
-    def counted(*args, **kwargs):
-        shared = original(*args, **kwargs)
-        counts["unshared" if shared is None else "packed"] += 1
-        return shared
+    def counted(self, *args, **kwargs):
+        inputs, kept, hidden_index = original(self, *args, **kwargs)
+        counts["unshared" if hidden_index is None else "packed"] += 1
+        return inputs, kept, hidden_index
 
-    monkeypatch.setattr(trainer, "_shared_prefix_forward", counted)
+    monkeypatch.setattr(StepForward, "_forward_inputs", counted)
     return counts
 
 
@@ -308,14 +311,14 @@ def test_the_precomputed_reference_pass_shares_prefixes_exactly(trainer, monkeyp
 
 def test_a_pair_with_different_prompts_is_computed_unshared_and_logged_once(trainer, monkeypatch):
     monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
-    monkeypatch.setattr(trainer, "_logged_notes", set())
+    monkeypatch.setattr(trainer.step_notes, "logged", set())
     batch = collated(trainer, [0, 1])
     pairs = batch["input_ids"].shape[0] // 2
     batch["input_ids"][pairs, 0] += 1  # the first rejected row's first prompt token
     for _ in range(2):
         with torch.no_grad():
             trainer.get_batch_loss_metrics(trainer.model, batch)
-    unshared = [note for note in trainer._logged_notes if note.startswith("ue_prefix_sharing: computing unshared")]
+    unshared = [note for note in trainer.step_notes.logged if note.startswith("ue_prefix_sharing: computing unshared")]
     assert unshared == [("ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a "
                          "pair differ.")]
 
@@ -349,4 +352,4 @@ def test_eager_attention_and_a_training_vision_tower_share_exactly(eager_trainer
     for name, grad in unshared["grads"].items():
         close(shared["grads"][name], grad, name)
     assert ("image features are computed in every pass: these vision modules train or carry an adapter: "
-            "vision_tower (see freeze_vision_tower, freeze_multi_modal_projector).") in trainer._logged_notes
+            "vision_tower (see freeze_vision_tower, freeze_multi_modal_projector).") in trainer.step_notes.logged

@@ -150,7 +150,9 @@ def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
 )
 def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lambda(branches, expected):
     from ue_dpo.core.token_stats import TargetLogitSummary
-    from ue_dpo.llamafactory.trainer import BatchTokens, UEDPOTrainer
+    from ue_dpo.llamafactory.trainer import UEDPOTrainer
+    from ue_dpo.methods.base import ResponseTokens, WeightedTokens
+    from ue_dpo.methods.ue import UEDPO
 
     # One pair, 5 response tokens each. logit(a|v) = 0, so Δ = -logit(a|v') = [0, 1, 2, 3, 4] and u = logit(â|v).
     # Chosen: q_0.4(Δ) = 1.6 selects tokens 0, 1; rejected: q_0.6(Δ) = 2.4 selects tokens 3, 4 (share 2/5 each).
@@ -161,18 +163,14 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
     noised = TargetLogitSummary(target_logit=-torch.arange(5.0).repeat(2, 1), target_logprob=zeros,
                                 argmax=zeros.long(), probe_logit=None)
     mask = torch.ones(2, 5, dtype=torch.bool)
-    trainer = types.SimpleNamespace(
-        finetuning_args=types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence",
-                                              ue_branches=branches, ue_weighting="ue"),
-        _gather_across_ranks=lambda values: values,
-        accelerator=types.SimpleNamespace(reduce=lambda tensor, reduction: tensor),  # one rank
-    )
-    weights, selected, uncertainty, delta, category = UEDPOTrainer._blind_spot_weights(trainer, clean, noised, mask)
-    tokens = BatchTokens(model_inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
-                         mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None, weighted_mask=mask,
-                         policy_logps=zeros, weights=weights, uncertainty=uncertainty, delta=delta, selected=selected,
-                         category=category)
-    metrics = UEDPOTrainer._means_across_ranks(trainer, UEDPOTrainer._weighting_metric_terms(tokens, "ue"))
+    method = UEDPO(types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence", ue_branches=branches))
+    weights, details = method.blind_spot_weights(clean, noised, mask, gather=lambda values: values)
+    selected, category = details["selected"], details["category"]
+    response = ResponseTokens(inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
+                              mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None)
+    one_rank = types.SimpleNamespace(accelerator=types.SimpleNamespace(reduce=lambda tensor, reduction: tensor))
+    metrics = UEDPOTrainer._means_across_ranks(one_rank, method.metric_terms(WeightedTokens(response, zeros, weights,
+                                                                                            details)))
     assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
                        "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
     off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.core.weights import CATEGORY_NAMES, TYPE_I_BLIND_SPOT
 from ue_dpo.model_paths import is_local_path
 
@@ -194,18 +194,19 @@ def inspect_pairs(trainer, *, batch_size: int) -> list[InspectedPair]:
 
 
 def _row_tokens(tokens, row: int, tokenizer) -> list[InspectedToken]:
-    positions = tokens.mask[row].nonzero().squeeze(-1).tolist()
-    measured = bool(tokens.has_image[row])
+    response, details = tokens.response, tokens.details
+    positions = response.mask[row].nonzero().squeeze(-1).tolist()
+    measured = bool(response.has_image[row])
     found = []
     for position in positions:
-        token_id = int(tokens.targets[row, position])
+        token_id = int(response.targets[row, position])
         found.append(InspectedToken(
             text=tokenizer.decode([token_id]),
             token_id=token_id,
-            uncertainty=float(tokens.uncertainty[row, position]) if measured else None,
-            delta=float(tokens.delta[row, position]) if measured else None,
+            uncertainty=float(details["uncertainty"][row, position]) if measured else None,
+            delta=float(details["delta"][row, position]) if measured else None,
             weight=float(tokens.weights[row, position]),
-            category=int(tokens.category[row, position]),
+            category=int(details["category"][row, position]),
         ))
     return found
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ue_dpo.config import DEFAULT_DDPO_GAMMA
+from ue_dpo.methods.ddpo import DEFAULT_DDPO_GAMMA
 
 DATASET_DIR = "data"  # where `ue-dpo data rlhf_v|rlaif_v --out data` writes
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.evaluation.data import setting
 
 TEMPLATE_ENV = "UE_DPO_TEMPLATE"

@@ -31,7 +31,7 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
-from ue_dpo.config import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.model_paths import is_local_path
 
 MODEL_NAME = "ue_dpo_hf"

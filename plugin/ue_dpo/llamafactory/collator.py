@@ -30,20 +30,23 @@ from ue_dpo.images import (
     load_image_strictly,
     unreadable_image_reason,
 )
+from ue_dpo.model_families import FAMILY_BY_MM_PLUGIN, ModelFamily, supported_templates
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
 ROW_DIGEST = "ue_row_digest"
-SUPPORTED_MM_PLUGINS = {"LlavaPlugin": "llava", "Qwen2VLPlugin": "qwen2_vl (Qwen2-VL, Qwen2.5-VL)"}
 
 
-def check_template_supported(template) -> None:
+def template_family(template) -> ModelFamily:
+    """The model family a LLaMA-Factory template serves, or a ValueError naming the supported templates."""
     plugin = type(template.mm_plugin).__name__
-    if plugin not in SUPPORTED_MM_PLUGINS or template.mm_plugin.image_token is None:
+    family = FAMILY_BY_MM_PLUGIN.get(plugin)
+    if family is None or template.mm_plugin.image_token is None:
         raise ValueError(
             f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
-            f"{plugin}. Supported templates: {', '.join(SUPPORTED_MM_PLUGINS.values())}."
+            f"{plugin}. Supported templates: {supported_templates()}."
         )
+    return family
 
 
 def unreadable_batch_image_error(pair_images: list[list]) -> ValueError | None:
@@ -61,29 +64,20 @@ def unreadable_batch_image_error(pair_images: list[list]) -> ValueError | None:
     return None
 
 
-def split_pixel_values_per_image(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """One tensor per image: LLaVA stacks images on dim 0, Qwen2-VL concatenates patches (sized by grid)."""
-    pixel_values = batch["pixel_values"]
-    if "image_grid_thw" in batch:
-        return list(pixel_values.split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
-    return list(pixel_values.unbind(0))
-
-
-def chosen_row_images(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def chosen_row_images(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...],
+                      family: ModelFamily) -> dict[str, torch.Tensor]:
     """The image inputs of a batch's chosen rows (B chosen rows, then B rejected). The pairwise collator repeats each
     pair's images for its rejected row, unless only the chosen rows hold placeholders: the blank stand-in image of a
     text-only batch lies in the first chosen row's padding."""
-    keys = [key for key in ("pixel_values", "image_grid_thw") if key in batch]
+    keys = [key for key in family.image_keys if key in batch]
     is_placeholder = torch.isin(batch["input_ids"], torch.tensor(placeholder_ids, device=batch["input_ids"].device))
     pairs = batch["input_ids"].shape[0] // 2
     chosen_placeholders, rejected_placeholders = (int(rows.sum()) for rows in (is_placeholder[:pairs],
                                                                                 is_placeholder[pairs:]))
     if rejected_placeholders == 0:
         return {key: batch[key] for key in keys}
-    images = len(split_pixel_values_per_image(batch))
-    grid_thw = batch.get("image_grid_thw")
-    chosen_entries = {"pixel_values": images // 2 if grid_thw is None else int(grid_thw[:images // 2].prod(-1).sum()),
-                       "image_grid_thw": images // 2}
+    images = len(family.split_images(batch))
+    chosen_entries = family.images_per_row_entries(batch, images // 2)
     chosen = {key: batch[key][:chosen_entries[key]] for key in keys}
     if (chosen_placeholders != rejected_placeholders or images % 2
             or not all(torch.equal(chosen[key], batch[key][chosen_entries[key]:]) for key in keys)):
@@ -101,8 +95,12 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_schedule: str = "sigmoid"
     noise_space: str = "pixel_values"
     noise_seed: int = 0
-    with_noised_image: bool = True  # v' for the passes that read it (UEDPOArguments.uses_noised_image)
+    with_noised_image: bool = True  # v' for the methods that read it (PreferenceMethod.reads_noised_image)
     with_row_digests: bool = True  # content digests, the keys of the `ue_precompute_ref` cache
+
+    @property
+    def family(self) -> ModelFamily:
+        return template_family(self.template)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pair_images = [list(feature.get("images") or []) for feature in features]
@@ -128,10 +126,9 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             return self._noised_pixel_values(batch)
         return self._noised_image_pixel_values(pair_images, batch)
 
-    @staticmethod
-    def _row_digests(features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:
+    def _row_digests(self, features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:
         """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and image pixels."""
-        images = split_pixel_values_per_image(batch) if any(pair_images) else []  # else only the blank stand-in
+        images = self.family.split_images(batch) if any(pair_images) else []  # else only the blank stand-in
         image_digests = iter([_digest(image.numpy()) for image in images])
         row_images = [len(images) for images in pair_images] * 2
         rows = [(feature[f"{side}_input_ids"], feature[f"{side}_labels"])
@@ -151,7 +148,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         return sample_noise_seed(self.noise_seed, _digest(content), self.noise_step)
 
     def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = split_pixel_values_per_image(batch)
+        images = self.family.split_images(batch)
         if "image_grid_thw" not in batch:
             return torch.stack([
                 add_diffusion_noise(

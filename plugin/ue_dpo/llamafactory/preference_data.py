@@ -34,11 +34,11 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
         image_rows = check_responses_and_count_images(dataset, tokenizer_module["tokenizer"], split)
         if split == "training":
             training_image_rows = image_rows
-    if training_image_rows == 0 and finetuning_args.uses_noised_image:
+    method = finetuning_args.method
+    if training_image_rows == 0 and method.reads_noised_image:
         logger.warning_rank0(
-            f"No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: "
-            f"{finetuning_args.ue_weighting}` trains it as plain DPO (λ = 1 on text-only rows) and logs no "
-            f"`{finetuning_args.ue_weighting}/*` token means. Give the rows their images (an `images` column and "
+            f"No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: {method.name}` trains "
+            f"it as plain DPO (λ = 1 on text-only rows) and logs no `{method.name}/*` token means. Give the rows their images (an `images` column and "
             "an <image> placeholder in the prompt), or use `stage: dpo`."
         )
     return dataset_module

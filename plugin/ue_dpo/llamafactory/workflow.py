@@ -7,9 +7,10 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
-from ue_dpo.llamafactory.collator import UEDPODataCollator, check_template_supported
+from ue_dpo.llamafactory.collator import UEDPODataCollator, template_family
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
+from ue_dpo.llamafactory.trainer import UEDPOTrainer
 
 
 def check_preference_datasets(data_args) -> None:
@@ -32,7 +33,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    check_template_supported(template)
+    template_family(template)  # refuses a template of a family the stage does not serve
     dataset_module = load_preference_datasets(template, model_args, data_args, training_args, finetuning_args,
                                               tokenizer_module)
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
@@ -46,7 +47,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         noise_schedule=finetuning_args.ue_noise_schedule,
         noise_space=finetuning_args.ue_noise_space,
         noise_seed=training_args.seed if finetuning_args.ue_seed is None else finetuning_args.ue_seed,
-        with_noised_image=finetuning_args.uses_noised_image,
+        with_noised_image=finetuning_args.method.reads_noised_image,
         with_row_digests=finetuning_args.ue_precompute_ref,
         **tokenizer_module,
     )
@@ -54,8 +55,6 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         ref_model = model
     else:
         ref_model = create_ref_model(model_args, finetuning_args)
-
-    from ue_dpo.llamafactory.trainer import UEDPOTrainer
 
     trainer = UEDPOTrainer(
         model=model,

@@ -1,0 +1,28 @@
+"""The preference methods of `stage: ue_dpo`, by the name `ue_weighting` gives them. Adding one: its module, and a
+line here."""
+
+from ue_dpo.methods.base import KeyGroup, PreferenceMethod
+from ue_dpo.methods.ddpo import DDPO
+from ue_dpo.methods.tpo import TPO
+from ue_dpo.methods.ue import UEDPO
+from ue_dpo.methods.uniform import Uniform
+
+METHODS: dict[str, type[PreferenceMethod]] = {method.name: method for method in (UEDPO, TPO, DDPO, Uniform)}
+DEFAULT_METHOD = UEDPO.name
+
+
+def key_groups() -> list[KeyGroup]:
+    """Every method's key groups, each once, in registry order."""
+    groups = []
+    for method in METHODS.values():
+        groups.extend(group for group in method.key_groups if group not in groups)
+    return groups
+
+
+def readers(group: KeyGroup) -> list[str]:
+    return [name for name, method in METHODS.items() if group in method.key_groups]
+
+
+def preference_method(args) -> PreferenceMethod:
+    """The method `ue_weighting` names, over the stage's arguments (their defaults filled in)."""
+    return METHODS[args.ue_weighting](args)

@@ -1,0 +1,123 @@
+"""What a preference method is: its keys, the passes it asks for, its token weights, its sequence scores, its metrics.
+
+A method never sees the model, packing or the output layer: it asks the step's forward (`StepForward` in
+`ue_dpo.llamafactory.step_forward`, or anything with the same three calls) for the response-token statistics of a
+pass, and turns them into weights and per-sequence log-probs that DPO's sigmoid loss compares:
+
+    step.response                        the batch's response tokens (positions, targets, mask, image rows)
+    step.statistics(image, probe_ids)    the policy's TargetLogitSummary on the clean or the noised image
+    step.reference_statistics(image)     the reference's, without gradient
+    step.reference_token_logps()         log π_ref(a_t | v), from the cache of `ue_precompute_ref` when it is on
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ue_dpo.core.loss import weighted_sequence_logps
+
+
+@dataclass(frozen=True)
+class MethodKey:
+    """One key of the stage's arguments that only some methods read (a field of `UEDPOArguments`)."""
+
+    name: str
+    type: Any  # its annotation, as LLaMA-Factory's argument parser reads it (Literal[...] gives the choices)
+    default: Any  # filled in when the key is left out; None stays None
+    help: str
+
+
+@dataclass(frozen=True)
+class KeyGroup:
+    """Keys that only some methods read: their defaults, the refusal when a method that does not read them is given
+    one, and the checks of their values (run once the defaults are filled in)."""
+
+    keys: tuple[MethodKey, ...]
+    refusal: str  # str.format with key, value, method (the one given) and readers (the methods that read the keys)
+    check: Callable[[Any], None] = lambda args: None
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return {key.name: key.default for key in self.keys}
+
+
+@dataclass
+class ResponseTokens:
+    """Where a batch's responses are, `[2B, K]` (B chosen rows, then B rejected); logits at `positions[k]` predict
+    `targets[:, k]`."""
+
+    inputs: dict  # the forward's inputs with the clean image (unshared rows)
+    noised_inputs: dict | None  # the same with v', where the collator built it
+    positions: torch.Tensor  # [K] logit positions that predict a response token
+    targets: torch.Tensor  # token ids a_t
+    mask: torch.Tensor  # response tokens
+    has_image: torch.Tensor  # [2B]
+    row_digests: torch.Tensor | None  # [2B] (with `ue_precompute_ref`)
+
+    @property
+    def pairs(self) -> int:
+        return self.targets.shape[0] // 2
+
+    @property
+    def weighted_mask(self) -> torch.Tensor:
+        """Response tokens of rows with an image: those a weighting that reads the image may weight."""
+        return self.mask & self.has_image.unsqueeze(-1)
+
+
+@dataclass
+class WeightedTokens:
+    """What the loss, the logged metrics and `ue-dpo inspect` read of one batch."""
+
+    response: ResponseTokens
+    policy_logps: torch.Tensor  # log πθ(a_t | v), differentiable
+    weights: torch.Tensor  # the method's token weights
+    details: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own per-token quantities, by name
+
+
+class PreferenceMethod:
+    """One preference method. Subclasses set `name`, `key_groups` and `weigh`; the rest has defaults."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one sentence for the help text of `ue_weighting`
+    key_groups: ClassVar[tuple[KeyGroup, ...]] = ()
+    # why `ue_precompute_ref` cannot serve the method; empty when it can
+    precomputed_reference_refusal: ClassVar[str] = ""
+
+    def __init__(self, args):
+        self.args = args  # the stage's arguments, defaults filled in
+
+    @property
+    def reads_noised_image(self) -> bool:
+        """Whether a pass runs on v' (the collator builds v' only then)."""
+        return False
+
+    @property
+    def weight_target(self) -> str:
+        """What the weights multiply: log πθ (`policy`) or log πθ - log π_ref (`logratio`)."""
+        return "policy"
+
+    def weigh(self, step) -> WeightedTokens:
+        raise NotImplementedError
+
+    @staticmethod
+    def unweighted(step) -> WeightedTokens:
+        """The clean pass alone, every weight 1."""
+        clean = step.statistics("clean")
+        return WeightedTokens(step.response, clean.target_logprob, torch.ones_like(clean.target_logprob))
+
+    def sequence_logps(self, step, tokens: WeightedTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row weighted (policy, reference) sums."""
+        return weighted_sequence_logps(tokens.policy_logps, step.reference_token_logps(), tokens.weights,
+                                       tokens.response.mask, self.weight_target)
+
+    def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """`{key: (values, tokens to average them over)}` of the method's logged means."""
+        return {}
+
+
+def chosen_and_rejected(rows: int) -> tuple[tuple[slice, bool, str], tuple[slice, bool, str]]:
+    """(rows, preferred, branch name) of the chosen and of the rejected half of `[2B, ...]` rows."""
+    pairs = rows // 2
+    return (slice(None, pairs), True, "chosen"), (slice(pairs, None), False, "rejected")

@@ -1,0 +1,85 @@
+"""The vision-language model families `stage: ue_dpo` trains, each described once.
+
+A family says what the stage needs to know about a model beyond the language model every family shares: the
+LLaMA-Factory template and multimodal plugin it trains with, where its image encoder and vision modules are, which
+batch keys carry its images and its position ids, and how its `pixel_values` hold one image after another. The
+collator, the per-step forward (prefix sharing, the image-feature cache), evaluation and `ue-dpo inspect` read it
+here; adding a family is one entry in `FAMILIES`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+def stacked_images(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """LLaVA's `pixel_values` `[N, C, H, W]`: one image per entry of dim 0."""
+    return list(batch["pixel_values"].unbind(0))
+
+
+def grid_patched_images(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Qwen2-VL's `pixel_values` `[Σ patches, C·T·P·P]`: each image's patches in a row, sized by `image_grid_thw`."""
+    return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_types: tuple[str, ...]  # config.json `model_type`s of the family
+    template: str  # the LLaMA-Factory template the stage trains, evaluates and inspects it with
+    mm_plugin: str  # the class of that template's multimodal plugin in LLaMA-Factory's mm_plugin.py
+    vision_modules: tuple[str, ...]  # the vision tower and projector, on the image encoder's owner
+    image_keys: tuple[str, ...]  # batch keys of the image inputs, in chosen-rows-then-rejected-rows order
+    position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
+    split_images: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]  # `pixel_values` as one tensor per image
+    image_encoder_owner: str = "model"  # the attribute of the model that holds `get_image_features`
+
+    def encoder_owner(self, model: torch.nn.Module) -> torch.nn.Module:
+        return getattr(model, self.image_encoder_owner)
+
+    def images_per_row_entries(self, batch: dict[str, torch.Tensor], images: int) -> dict[str, int]:
+        """How many entries of each image key the first `images` images of the batch take."""
+        grid_thw = batch.get("image_grid_thw")
+        entries = {"pixel_values": images if grid_thw is None else int(grid_thw[:images].prod(-1).sum())}
+        if "image_grid_thw" in self.image_keys:
+            entries["image_grid_thw"] = images
+        return entries
+
+
+FAMILIES = (
+    ModelFamily(
+        name="LLaVA",
+        model_types=("llava",),
+        template="llava",
+        mm_plugin="LlavaPlugin",
+        vision_modules=("vision_tower", "multi_modal_projector"),
+        image_keys=("pixel_values",),
+        position_keys=("position_ids",),
+        split_images=stacked_images,
+    ),
+    ModelFamily(
+        name="Qwen2-VL, Qwen2.5-VL",
+        model_types=("qwen2_vl", "qwen2_5_vl"),
+        template="qwen2_vl",
+        mm_plugin="Qwen2VLPlugin",
+        vision_modules=("visual",),
+        image_keys=("pixel_values", "image_grid_thw"),
+        position_keys=("position_ids", "rope_deltas"),
+        split_images=grid_patched_images,
+    ),
+)
+FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+# config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
+TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
+FAMILY_BY_MM_PLUGIN = {family.mm_plugin: family for family in FAMILIES}
+
+
+def family_of(model_type: str) -> ModelFamily | None:
+    return FAMILY_BY_MODEL_TYPE.get(model_type)
+
+
+def supported_templates() -> str:
+    """The templates, with the families they serve where the name differs, as a message lists them."""
+    return ", ".join(family.template if family.name.lower() == family.template else f"{family.template} ({family.name})"
+                     for family in FAMILIES)
