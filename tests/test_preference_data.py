@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -136,16 +135,14 @@ def test_text_only_rows_warn_once_and_log_no_token_means(tiny_llava_dir, dataset
 
 
 def ranks_all_reducing(*rank_terms):
-    """What `_means_across_ranks` returns on each of several ranks, with the all-reduce done by hand."""
-    from ue_dpo.llamafactory.trainer import UEDPOTrainer
+    """What `token_means` returns on each of several ranks, with the all-reduce done by hand."""
+    from ue_dpo.llamafactory.trainer import token_means
 
     local = []
-    recorder = SimpleNamespace(accelerator=SimpleNamespace(reduce=lambda tensor, _: local.append(tensor) or tensor))
     for terms in rank_terms:
-        UEDPOTrainer._means_across_ranks(recorder, terms)
+        token_means(terms, lambda sums: local.append(sums) or sums)
     summed = torch.stack(local).sum(0)
-    reducer = SimpleNamespace(accelerator=SimpleNamespace(reduce=lambda tensor, reduction: summed))
-    return [UEDPOTrainer._means_across_ranks(reducer, terms) for terms in rank_terms]
+    return [token_means(terms, lambda sums: summed) for terms in rank_terms]
 
 
 def test_a_metric_is_the_mean_over_all_ranks_tokens_and_left_out_on_every_rank_when_there_are_none():

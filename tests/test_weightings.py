@@ -150,7 +150,7 @@ def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
 )
 def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lambda(branches, expected):
     from ue_dpo.core.token_stats import TargetLogitSummary
-    from ue_dpo.llamafactory.trainer import UEDPOTrainer
+    from ue_dpo.llamafactory.trainer import token_means
     from ue_dpo.methods.base import ResponseTokens, WeightedTokens
     from ue_dpo.methods.ue import UEDPO
 
@@ -168,9 +168,8 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
     selected, category = details["selected"], details["category"]
     response = ResponseTokens(inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
                               mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None)
-    one_rank = types.SimpleNamespace(accelerator=types.SimpleNamespace(reduce=lambda tensor, reduction: tensor))
-    metrics = UEDPOTrainer._means_across_ranks(one_rank, method.metric_terms(WeightedTokens(response, zeros, weights,
-                                                                                            details)))
+    metrics = token_means(method.metric_terms(WeightedTokens(response, zeros, weights, details)),
+                          lambda sums: sums)  # one rank
     assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
                        "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
     off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]

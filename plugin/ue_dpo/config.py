@@ -3,8 +3,8 @@
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Literal
 
-from ue_dpo.argument_checks import check_choice, check_integer
-from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, preference_method, readers
+from ue_dpo.argument_checks import check_integer
+from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, method_class, preference_method, readers
 
 # LLaMA-Factory keys its DPO trainer reads and `stage: ue_dpo` does not, with what they do there
 UNSUPPORTED_LLAMAFACTORY_KEYS = {
@@ -87,8 +87,7 @@ class _StageArguments:
 
     def validate_ue_dpo(self, *, pref_loss: str, ld_alpha: float | None) -> None:
         """Refuse keys the chosen method would ignore, resolve the defaults, then check the values."""
-        check_choice("ue_weighting", self.ue_weighting, tuple(METHODS))
-        method = METHODS[self.ue_weighting]
+        method = method_class(self.ue_weighting)
         for group in key_groups():
             if group in method.key_groups:
                 continue

@@ -23,6 +23,18 @@ from ue_dpo.methods.base import WeightedTokens
 logger = logging.get_logger(f"llamafactory.{__name__}")
 
 
+def token_means(terms: dict[str, tuple[torch.Tensor, torch.Tensor]], reduce_sum) -> dict[str, float]:
+    """Each term's mean of `values` over the tokens `where` marks, on all ranks (`reduce_sum` sums a tensor across
+    ranks). A term with no token on any rank is left out on every rank, as no mean exists (LLaMA-Factory all-reduces
+    logged metrics by position, so ranks must log the same keys)."""
+    if not terms:
+        return {}
+    sums = torch.stack([torch.where(where, values.detach().float(), 0.0).sum() for values, where in terms.values()])
+    counts = torch.stack([where.sum().float() for _, where in terms.values()])
+    total_sums, total_counts = reduce_sum(torch.stack([sums, counts])).tolist()
+    return {key: total / count for key, total, count in zip(terms, total_sums, total_counts) if count > 0}
+
+
 class UEDPOTrainer(CustomDPOTrainer):
     def __init__(self, *args, reference_identity: dict, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,7 +66,7 @@ class UEDPOTrainer(CustomDPOTrainer):
         response = tokens.response
         pairs, mask = response.pairs, response.mask
         metrics = {"ue/imageless_pairs": float((~response.has_image[:pairs]).sum())}
-        metrics.update(self._means_across_ranks(method.metric_terms(tokens)))
+        metrics.update(token_means(method.metric_terms(tokens), lambda sums: self.accelerator.reduce(sums, "sum")))
         result = dpo_sigmoid_loss(
             policy[:pairs],
             policy[pairs:],
@@ -80,16 +92,6 @@ class UEDPOTrainer(CustomDPOTrainer):
             }
         )
         return losses.mean(), {f"{prefix}{key}": value for key, value in metrics.items()}
-
-    def _means_across_ranks(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        """Each term's mean over its tokens on all ranks; a term with no token on any rank is left out on every
-        rank, as no mean exists (LLaMA-Factory all-reduces logged metrics by position, so ranks log the same keys)."""
-        if not terms:
-            return {}
-        sums = torch.stack([torch.where(where, values.detach().float(), 0.0).sum() for values, where in terms.values()])
-        counts = torch.stack([where.sum().float() for _, where in terms.values()])
-        total_sums, total_counts = self.accelerator.reduce(torch.stack([sums, counts]), "sum").tolist()
-        return {key: total / count for key, total, count in zip(terms, total_sums, total_counts) if count > 0}
 
     def _precomputed_reference_rows(self, model) -> dict[int, torch.Tensor]:
         if self._precomputed_reference is None:

@@ -1,6 +1,7 @@
 """The preference methods of `stage: ue_dpo`, by the name `ue_weighting` gives them. Adding one: its module, and a
 line here."""
 
+from ue_dpo.argument_checks import check_choice
 from ue_dpo.methods.base import KeyGroup, PreferenceMethod
 from ue_dpo.methods.ddpo import DDPO
 from ue_dpo.methods.tpo import TPO
@@ -23,6 +24,11 @@ def readers(group: KeyGroup) -> list[str]:
     return [name for name, method in METHODS.items() if group in method.key_groups]
 
 
+def method_class(name: str) -> type[PreferenceMethod]:
+    check_choice("ue_weighting", name, tuple(METHODS))
+    return METHODS[name]
+
+
 def preference_method(args) -> PreferenceMethod:
     """The method `ue_weighting` names, over the stage's arguments (their defaults filled in)."""
-    return METHODS[args.ue_weighting](args)
+    return method_class(args.ue_weighting)(args)
