@@ -7,20 +7,15 @@ collator, the per-step forward (prefix sharing, the image-feature cache), evalua
 here; adding a family is one entry in `FAMILIES`.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-
-def stacked_images(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """LLaVA's `pixel_values` `[N, C, H, W]`: one image per entry of dim 0."""
-    return list(batch["pixel_values"].unbind(0))
-
-
-def grid_patched_images(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Qwen2-VL's `pixel_values` `[Σ patches, C·T·P·P]`: each image's patches in a row, sized by `image_grid_thw`."""
-    return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
+# How `pixel_values` hold a batch's images:
+#   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
+#   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL)
+PixelLayout = Literal["stacked", "grid_patches"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +27,14 @@ class ModelFamily:
     vision_modules: tuple[str, ...]  # the vision tower and projector, on the image encoder's owner
     image_keys: tuple[str, ...]  # batch keys of the image inputs, in chosen-rows-then-rejected-rows order
     position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
-    split_images: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]]  # `pixel_values` as one tensor per image
+    pixel_layout: PixelLayout
     image_encoder_owner: str = "model"  # the attribute of the model that holds `get_image_features`
+
+    def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """`pixel_values` as one tensor per image."""
+        if self.pixel_layout == "stacked":
+            return list(batch["pixel_values"].unbind(0))
+        return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
 
     def encoder_owner(self, model: torch.nn.Module) -> torch.nn.Module:
         return getattr(model, self.image_encoder_owner)
@@ -56,7 +57,7 @@ FAMILIES = (
         vision_modules=("vision_tower", "multi_modal_projector"),
         image_keys=("pixel_values",),
         position_keys=("position_ids",),
-        split_images=stacked_images,
+        pixel_layout="stacked",
     ),
     ModelFamily(
         name="Qwen2-VL, Qwen2.5-VL",
@@ -66,7 +67,7 @@ FAMILIES = (
         vision_modules=("visual",),
         image_keys=("pixel_values", "image_grid_thw"),
         position_keys=("position_ids", "rope_deltas"),
-        split_images=grid_patched_images,
+        pixel_layout="grid_patches",
     ),
 )
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

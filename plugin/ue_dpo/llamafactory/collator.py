@@ -149,7 +149,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
 
     def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.family.split_images(batch)
-        if "image_grid_thw" not in batch:
+        if self.family.pixel_layout == "stacked":
             return torch.stack([
                 add_diffusion_noise(
                     image, step=self.noise_step, schedule=self.noise_schedule, seed=self.image_noise_seed(image.numpy())
