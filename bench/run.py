@@ -436,13 +436,14 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
          "run = train begin to train end, every step included (with `ue_precompute_ref`, the pass that fills the "
          "reference cache, in the first step); CPU = the process's CPU time over the same span, less sensitive "
          "to other processes on shared cores"),
-        *([("- GPU kernel = the summed duration of the GPU kernels of the last warm-up step, under torch.profiler "
-            "(CPU and CUDA activity); that step's time is in the run time, not in the step medians")]
+        *([("- GPU kernel = the summed duration of the GPU kernels of the last warm-up step, "
+            "under torch.profiler (CPU and CUDA activity); that step's time is in the run time, "
+            "not in the step medians")]
           if on_gpu else []),
         "", "## Results", "",
-        ("| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio | run (s) "
-         "| run ratio | run CPU (s) | run CPU ratio | peak memory (MiB) | memory ratio | memory at train start (MiB) "
-         f"| first step (s) |{kernel_header}"),
+        ("| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio "
+         "| run (s) | run ratio | run CPU (s) | run CPU ratio | peak memory (MiB) | memory ratio "
+         f"| memory at train start (MiB) | first step (s) |{kernel_header}"),
         f"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{kernel_rule}",
     ]
     for name in order:

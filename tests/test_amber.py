@@ -158,7 +158,8 @@ def test_score_exact_parse(spacy_pipeline):
     # F1 = round(2 * .997 * .499 / (.997 + .499 + .0001) * 100, 1) = round(66.507, 1) = 66.5
     assert disc["attribute"] == {"Accuracy": 50.0, "Precision": 99.7, "Recall": 49.9, "F1": 66.5, "n": 4, "unparsed": 1, "missing": 0}
     # State alone: Accuracy round(2 / 2.001 * 100, 1) = round(99.950, 1) = 100.0 (2/2.001*100 = 99.95002);
-    # P = R = round(1 / 1.001 * 100, 1) = 99.9; F1 = round(2 * .999 * .999 / (1.998 + .0001) * 100, 1) = round(99.895, 1) = 99.9
+    # P = R = round(1 / 1.001 * 100, 1) = 99.9;
+    # F1 = round(2 * .999 * .999 / (1.998 + .0001) * 100, 1) = round(99.895, 1) = 99.9
     assert disc["state"] == {"Accuracy": 100.0, "Precision": 99.9, "Recall": 99.9, "F1": 99.9, "n": 2, "unparsed": 0, "missing": 0}
     # Number: nothing right and no "No" answer: 0 / 1.001, 0 / 0.001, 0 / 1.001 -> all 0.0; F1 0 / 0.0001 = 0.0
     assert disc["number"] == {"Accuracy": 0.0, "Precision": 0.0, "Recall": 0.0, "F1": 0.0, "n": 1, "unparsed": 0, "missing": 0}

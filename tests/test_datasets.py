@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,82 @@ def test_sources_that_are_not_the_named_dataset_are_refused(sources, tmp_path):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "empty"))
     with pytest.raises(SourceError, match="--source '.*missing' is neither an existing folder nor a hub dataset id"):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "missing"))
+
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    import pyarrow
+    import pyarrow.parquet
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pyarrow.parquet.write_table(pyarrow.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("zero bytes", "is not a readable parquet file (Parquet file size is 0 bytes)"),
+    ("no rows", "is a parquet file with no rows (columns image, text, idx)"),
+    ("no columns", "is a parquet file with no columns"),
+])
+def test_an_empty_or_columnless_parquet_file_is_named_with_the_fix(kind, message, sources, tmp_path):
+    """Issue 24 item 6: these crashed with Arrow's and datasets' tracebacks."""
+    import pyarrow
+
+    folder = tmp_path / "source"
+    for good in sources["rlhf_v"].rglob("*.parquet"):  # the bad file among good ones, as a broken shard
+        (folder / good.relative_to(sources["rlhf_v"])).parent.mkdir(parents=True, exist_ok=True)
+        (folder / good.relative_to(sources["rlhf_v"])).write_bytes(good.read_bytes())
+    bad = folder / "zz-broken.parquet"
+    if kind == "zero bytes":
+        bad.write_bytes(b"")
+    elif kind == "no rows":
+        image = pyarrow.struct([("bytes", pyarrow.binary()), ("path", pyarrow.string())])
+        write_parquet(bad, {"image": pyarrow.array([], image), "text": pyarrow.array([], pyarrow.string()),
+                            "idx": pyarrow.array([], pyarrow.int64())})
+    else:
+        write_parquet(bad, {})
+    fix = "; download openbmb/RLHF-V-Dataset again, or remove the file from the folder"
+    with pytest.raises(SourceError) as refused:
+        convert("rlhf_v", tmp_path / "out", source=str(folder))
+    assert str(refused.value) == f"{bad} {message}{fix}"
+    assert not (tmp_path / "out").exists()
+
+    done = subprocess.run([str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "out"), "--source", str(folder)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip() == f"ue-dpo data: error: {bad} {message}{fix}"
+
+
+def test_a_mistyped_relative_source_folder_is_named_not_downloaded(sources, tmp_path, monkeypatch):
+    """Issue 24 item 6: `--source data/rlaif-v` for data/rlaif_v was taken for a hub id and failed as a download."""
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a local folder was taken for a hub id")
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "rlaif_v").mkdir(parents=True)
+    expected = (f"--source folder data/rlaif-v does not exist in {tmp_path} (did you mean data/rlaif_v?); pass the "
+                "folder holding the openbmb/RLAIF-V-Dataset parquet or arrow files. (data/ is a folder here, so "
+                "data/rlaif-v is not taken for a hub dataset id; to download one, run from another folder.)")
+    with pytest.raises(SourceError) as refused:
+        convert("rlaif_v", tmp_path / "out", source="data/rlaif-v")
+    assert str(refused.value) == expected
+
+    done = subprocess.run([str(UE_DPO_CLI), "data", "rlaif_v", "--out", "out", "--source", "data/rlaif-v"],
+                          cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == f"ue-dpo data: error: {expected}"
+
+    # Without a local data/ it may be a hub id: the download's failure now also names the folder that is not there.
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(SourceError, match=r"cannot download dta/rlaif-v at revision main \(OSError: offline\); .* "
+                                          rf"Nor is dta/rlaif-v a folder under {re.escape(str(tmp_path))}: if you "
+                                          "meant one, check its spelling"):
+        convert("rlaif_v", tmp_path / "out", source="dta/rlaif-v")
 
 
 def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sources, tmp_path):

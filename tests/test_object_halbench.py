@@ -198,8 +198,10 @@ GPT_ANSWERS = [
     {"question_id": 15, "image_id": 3, "prompt": "Describe the image.", "text": "Assistant: A dog sits on a toilet seat in the station."},
 ]
 GPT_REPLIES = {
-    "A playful puppy and a tennis ball are on the grass near a man.": '["puppy", "tennis ball", "grass", "man", "puppy"]',
-    "There are two wine glasses and a cell phone on the table.": 'Here are the objects:\n["wine glasses", "cell phones", "table"]',
+    "A playful puppy and a tennis ball are on the grass near a man.": (
+        '["puppy", "tennis ball", "grass", "man", "puppy"]'),
+    "There are two wine glasses and a cell phone on the table.": (
+        'Here are the objects:\n["wine glasses", "cell phones", "table"]'),
     "A long train is waiting at the station platform.": "The objects are a train and a platform.",
     "A dog sits on a toilet seat in the station.": '["toilet", "seat", "dog"]',
 }

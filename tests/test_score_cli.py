@@ -146,7 +146,8 @@ def test_score_mmhal_bench_needs_a_judge_model_and_all_items(run, tmp_path):
     assert no_model.returncode == 2 and "--judge-model" in no_model.stderr
     subset = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", "http://127.0.0.1:9/v1")
     assert subset.returncode == 2
-    assert f"error: MMHal-Bench responses file {responses} has 8 items, expected 96; answer every item, or pass --allow-subset" in subset.stderr
+    assert (f"error: MMHal-Bench responses file {responses} has 8 items, expected 96; answer every item, or pass "
+            "--allow-subset") in subset.stderr
     assert "expected_items" not in subset.stderr
 
 

@@ -16,6 +16,7 @@ the digests of the files read, the subset and the row counts) and the `<name>` e
 Re-running with the same arguments rewrites the same bytes.
 """
 
+import difflib
 import hashlib
 import io
 import json
@@ -271,6 +272,8 @@ def _local_copy(spec: PreferenceSource, source: str, revision: str | None) -> tu
         return path, None
     if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
         raise SourceError(f"--source {source!r} is neither an existing folder nor a hub dataset id like {spec.hub_id}")
+    if Path(path.parts[0]).is_dir():  # `data/rlhf-v` in a folder that has data/: a folder, mistyped
+        raise SourceError(_missing_folder(spec, path))
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
@@ -279,9 +282,20 @@ def _local_copy(spec: PreferenceSource, source: str, revision: str | None) -> tu
                                           allow_patterns=["*.parquet", "*.arrow"]))
     except (OSError, HfHubHTTPError, HFValidationError) as error:
         raise SourceError(f"cannot download {source} at revision {revision or 'main'} ({type(error).__name__}: "
-                          f"{error}); check --source and --revision, or download it and pass the folder") from None
+                          f"{error}); check --source and --revision, or download it and pass the folder. Nor is "
+                          f"{source} a folder under {Path.cwd()}: if you meant one, check its spelling") from None
     # huggingface_hub's cache keeps each download under snapshots/<commit>
     return snapshot, {"repo": source, "revision": revision or "main", "commit": snapshot.name}
+
+
+def _missing_folder(spec: PreferenceSource, path: Path) -> str:
+    """The message for `--source parent/name` where parent/ is a local folder and name is not in it."""
+    names = sorted(child.name for child in path.parent.iterdir() if child.is_dir())
+    near = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(str(path.parent / name) for name in near)}?)" if near else ""
+    return (f"--source folder {path} does not exist in {Path.cwd()}{hint}; pass the folder holding the "
+            f"{spec.hub_id} parquet or arrow files. ({path.parent}/ is a folder here, so {path} is not taken for a "
+            "hub dataset id; to download one, run from another folder.)")
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -304,9 +318,29 @@ def _data_files(spec: PreferenceSource, folder: Path) -> list[Path]:
                     f"{folder} holds {len(paths)} copies of {name} ({', '.join(str(path.parent) for path in paths)}), "
                     "e.g. several snapshots of a Hugging Face cache; pass the one folder to read "
                     "(`.../snapshots/<commit>`) as --source, or download a revision with --revision")
+            if extension == "parquet":
+                for file in files:
+                    _check_parquet(spec, file)
             return files
     raise SourceError(f"--source {folder} holds no .parquet or .arrow files; download {spec.hub_id} there "
                       f"(e.g. `hf download {spec.hub_id} --repo-type dataset --local-dir {folder}`)")
+
+
+def _check_parquet(spec: PreferenceSource, file: Path) -> None:
+    """Refuse a parquet file that is unreadable, has no columns or no rows (datasets and Arrow crash on them)."""
+    import pyarrow
+    import pyarrow.parquet
+
+    fix = f"download {spec.hub_id} again, or remove the file from the folder"
+    try:
+        metadata = pyarrow.parquet.read_metadata(file)
+    except (pyarrow.ArrowException, OSError) as error:
+        raise SourceError(f"{file} is not a readable parquet file ({error}); {fix}") from None
+    if metadata.num_columns == 0:
+        raise SourceError(f"{file} is a parquet file with no columns; {fix}")
+    if metadata.num_rows == 0:
+        raise SourceError(f"{file} is a parquet file with no rows (columns "
+                          f"{', '.join(metadata.schema.to_arrow_schema().names)}); {fix}")
 
 
 def _source_rows(spec: PreferenceSource, source: str, folder: Path,

@@ -5,7 +5,8 @@ free loopback port, starts the command (no shell; `{model}` and `{port}` filled 
 `http://127.0.0.1:{port}/health` answers 200 and yields the OpenAI base URL (`.../v1`). The server is stopped
 (its whole process group: SIGTERM, then SIGKILL) when the block ends, on an error and on Ctrl-C. A server that
 exits because its port was taken in the meantime is restarted on another port; one that exits otherwise, or is
-not healthy within the timeout, is stopped and its log tail shown.
+not healthy within the timeout, is stopped and its log tail shown. The server dies with us however we die
+(children.start_child).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from ue_dpo.experiment.children import start_child
 from ue_dpo.experiment.stages import StageError
 
 HOST = "127.0.0.1"
@@ -86,8 +88,8 @@ def served_model(template: str, model: str, *, log_path: Path, env: Mapping[str,
             log.write(f"\n$ {shlex.join(command)}\n".encode())
             log.flush()
             try:
-                child = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                child = start_child(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
             except OSError as error:
                 raise ServerError(f"the server command {shlex.join(command)!r} could not start: {error}") from None
         try:

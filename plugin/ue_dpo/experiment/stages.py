@@ -1,7 +1,6 @@
 """Stage bookkeeping of `ue-dpo run`: config digests, marker files, and subprocesses streamed to a log."""
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -12,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ue_dpo.experiment.children import start_child
 
 
 class StageError(RuntimeError):
@@ -48,8 +49,6 @@ class Markers:
 
 # Signals that stop `ue-dpo run`: each is passed on to the running stage's processes, which are then waited for.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 class RunInterrupted(Exception):
@@ -61,27 +60,19 @@ class RunInterrupted(Exception):
                          f"(its log: {log_path})")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: be killed when `ue-dpo run` dies. Only calls a function resolved before the fork,
-    so that it is safe with threads."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-
 def stream(command: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> int:
     """Run `command`, copying its stdout and stderr (progress bars included) to ours and to `log_path`.
 
     The command runs in a process group of its own. SIGINT, SIGTERM and SIGHUP sent to us are passed on to that
     group (a second one kills it), and once it has exited this raises RunInterrupted, so the caller never marks the
-    stage finished. SIGKILL cannot be passed on: the command's own process is then killed with us (Linux), but not
-    the processes it started in turn (torchrun's workers, under FORCE_TORCHRUN).
+    stage finished. SIGKILL cannot be passed on: the command's process group is then killed with us (see
+    children.start_child).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
-        child = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 (see _die_with_parent)
+        child = start_child(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
         received: list[int] = []
 
         def forward(signal_number: int, frame: Any) -> None:
