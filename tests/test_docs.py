@@ -5,7 +5,7 @@
   A row is checked against the code it names: the test function exists, and its code (with the fixtures and
   helpers it uses) reads the doc file the command is in, or holds the command's program, subcommand, flags and
   files. A row that matches no command any more fails too.
-- Relative links in README.md, docs/*.md and configs/README.md point at files, and at headings, that exist.
+- Relative links in README.md, docs/*.md, configs/README.md and bench/RESULTS.md point at files, and at headings, that exist.
 - configs/README.md lists every file under configs/.
 """
 
@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
-LINKED = (*DOCS, REPO / "configs" / "README.md")
+LINKED = (*DOCS, REPO / "configs" / "README.md", REPO / "bench" / "RESULTS.md")
 
 
 @dataclass(frozen=True)
