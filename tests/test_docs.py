@@ -5,7 +5,8 @@
   A row is checked against the code it names: the test function exists, and its code (with the fixtures and
   helpers it uses) reads the doc file the command is in, or holds the command's program, subcommand, flags and
   files. A row that matches no command any more fails too.
-- Relative links in README.md, docs/*.md, configs/README.md and bench/RESULTS.md point at files, and at headings, that exist.
+- Relative links in README.md, docs/*.md, configs/README.md and bench/RESULTS.md point at files, and at
+  headings, that exist.
 - configs/README.md lists every file under configs/.
 """
 
