@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -484,3 +489,91 @@ def test_the_configs_index_lists_every_config_file():
     listed = {(index.parent / target).resolve() for target in re.findall(r"\]\(([^)#\s]+)\)", index.read_text())}
     files = {path.resolve() for path in (REPO / "configs").rglob("*") if path.is_file() and path != index}
     assert not sorted(files - listed), f"configs/README.md does not list: {sorted(files - listed)}"
+
+
+def readme_training_yaml() -> dict:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Training: a YAML and its keys") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    return yaml.safe_load(section[start : section.index("```", start)])
+
+
+def key_defaults(path: Path, heading: str) -> dict[str, str]:
+    """key -> default, from the `| key | default | meaning |` tables of the section under the heading."""
+    text = path.read_text()
+    section = text[text.index(heading) :]
+    section = section[: section.index("\n## ", 1)]
+    return dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", section, re.MULTILINE))
+
+
+def parsed_by_llamafactory(configs: dict[str, dict], root: Path) -> dict[str, dict]:
+    """Each config through LLaMA-Factory's own parser (tests/recipe_lint_worker.py), from a folder whose data/
+    holds rlaif_v converted from a local copy of its public files."""
+    from public_preference_files import write_rlaif_v
+    from ue_dpo.datasets import convert
+
+    convert("rlaif_v", root / "data", source=str(write_rlaif_v(root / "sources" / "rlaif_v")))
+    for name, config in configs.items():
+        (root / name).write_text(yaml.safe_dump(config))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    out = root / "parsed.json"
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "recipe_lint_worker.py"), str(out), *configs],
+        cwd=root,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def test_the_readme_training_yaml_parses_and_its_key_table_gives_the_defaults(tmp_path):
+    """The README's training YAML as LLaMA-Factory's parser reads it, and, without the table's keys, the defaults
+    that the README's key table and docs/method.md's give."""
+    config = readme_training_yaml()
+    shown = key_defaults(REPO / "README.md", "## Training: a YAML and its keys")
+    reference = key_defaults(REPO / "docs" / "method.md", "## Keys\n")
+    assert {"ue_alpha", "ue_tau", "ue_noise_step", "ue_weighting", "pref_beta"} <= set(shown)
+    defaults_only = {key: value for key, value in config.items() if key not in shown}
+    parsed = parsed_by_llamafactory({"readme.yaml": config, "defaults.yaml": defaults_only}, tmp_path)
+    as_written = parsed["readme.yaml"]
+    assert (as_written["stage"], as_written["ue_dpo_stage"]) == ("dpo", True)  # how the parser records ue_dpo
+    for key in (
+        "model_name_or_path",
+        "template",
+        "finetuning_type",
+        "lora_rank",
+        "ue_alpha",
+        "pref_beta",
+        "output_dir",
+    ):
+        assert as_written[key] == config[key], key
+    assert as_written["datasets"][0]["ranking"] is True
+    defaults = parsed["defaults.yaml"]
+    for key in ("ue_alpha", "ue_tau", "ue_noise_step", "ue_weighting", "pref_beta"):
+        assert str(defaults[key]) == shown[key], (key, defaults[key], shown[key])
+    for key in (
+        "ue_alpha",
+        "ue_tau",
+        "ue_noise_step",
+        "ue_noise_schedule",
+        "ue_noise_space",
+        "ue_branches",
+        "ue_weighting",
+    ):
+        assert str(defaults[key]) == reference[key], (key, defaults[key], reference[key])
