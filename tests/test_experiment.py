@@ -147,8 +147,8 @@ def test_tasks_with_the_same_settings_share_one_protocol_and_task_settings_overr
 
 
 def test_the_readme_protocol_example_gives_the_protocols_it_describes(base_dir):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("**The protocol, task by task.**"):]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
+    section = page[page.index("## The protocol, task by task"):]
     example = yaml.safe_load(section[section.index("```yaml") + len("```yaml"):section.index("```\n", section.index("```yaml") + 7)])
     evaluation = parse_experiment({**VALID, **example}, base_dir=base_dir).evaluation
     assert evaluation.protocols == (

@@ -260,8 +260,8 @@ def demo_output(tmp_path, monkeypatch):
 
 
 def readme_compare_commands() -> list[list[str]]:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("(`ue-dpo compare`)"):]
+    page = (REPO / "docs" / "evaluation.md").read_text()
+    section = page[page.index("## Is the difference real? (`ue-dpo compare`)"):]
     block = section[section.index("```bash") + len("```bash"):section.index("```\n", section.index("```bash") + 7)]
     return [shlex.split(line.split("#")[0]) for line in block.strip().splitlines()]
 
