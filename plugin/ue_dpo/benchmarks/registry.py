@@ -57,7 +57,6 @@ class DataFolder:
 @dataclass(frozen=True)
 class Benchmark:
     task: str  # the lmms-eval task (eval_tasks/<task>.yaml); a key of its logged samples' file names
-    title: str
     # per-item records (what the task's process_results returns) -> the metrics, with the counts behind them
     aggregate: Callable[[Records], Mapping[str, Any]]
     record_key: str  # a metric name under which each logged sample holds the item's record
@@ -89,8 +88,7 @@ _AMBER_DATA = (
 _CHAIR_PAIRED = {name: key(name) for name in CHAIR_METRICS}
 
 OBJECT_HALBENCH = Benchmark(
-    task="object_halbench", title="Object-HalBench",
-    aggregate=object_halbench_metrics, record_key="chair_s", paired_metrics=_CHAIR_PAIRED,
+    task="object_halbench", aggregate=object_halbench_metrics, record_key="chair_s", paired_metrics=_CHAIR_PAIRED,
     empty_responses="the official code scores an empty answer as one that mentions no object (in chair_s_all and "
                     "recall, not in chair_s), and so do these numbers",
     data=(DataFolder("data_dir", "UE_DPO_OBJECT_HALBENCH_DIR",
@@ -101,16 +99,14 @@ OBJECT_HALBENCH = Benchmark(
     judged="optional", empty_count=key("empty"), score_command="object_halbench",
 )
 SHAPES_CAPTION = Benchmark(
-    task="shapes_caption", title="shapes_caption (exact CHAIR on the synthetic shapes world)",
-    aggregate=shapes_chair_metrics, record_key="chair_s",
+    task="shapes_caption", aggregate=shapes_chair_metrics, record_key="chair_s",
     paired_metrics={**_CHAIR_PAIRED, "mean_shapes_mentioned": key("mean_shapes_mentioned")},
     empty_responses="an empty caption mentions no shape, so it counts in chair_s_all, recall and "
                     "mean_shapes_mentioned, not in chair_s",
     data=(_SHAPES_DATA,),
 )
 SHAPES_BLIND_SPOTS = Benchmark(
-    task="shapes_blind_spots", title="shapes_blind_spots (shapes_caption plus the recall of faint shapes)",
-    aggregate=shapes_chair_metrics, record_key="chair_s",
+    task="shapes_blind_spots", aggregate=shapes_chair_metrics, record_key="chair_s",
     paired_metrics={**_CHAIR_PAIRED, "mean_shapes_mentioned": key("mean_shapes_mentioned"),
                     "faint_recall": key("faint_recall")},
     empty_responses="an empty caption mentions no shape, so it counts in chair_s_all, recall, mean_shapes_mentioned "
@@ -120,8 +116,7 @@ SHAPES_BLIND_SPOTS = Benchmark(
                      "written for an experiment's `synthetic: {world: blind_spots}`"),),
 )
 MMHAL_BENCH = Benchmark(
-    task="mmhal_bench", title="MMHal-Bench",
-    aggregate=mmhal_metrics, record_key="score",
+    task="mmhal_bench", aggregate=mmhal_metrics, record_key="score",
     paired_metrics={name: key(name) for name in ("score", "hallucination_rate", "informativeness")},
     empty_responses="the official script sends empty answers to the judge like any other, and so did this run",
     data=(DataFolder("data_dir", "UE_DPO_MMHAL_DIR",
@@ -130,16 +125,14 @@ MMHAL_BENCH = Benchmark(
     judged="always", same_in_both_runs=("judge_model",), empty_count=key("empty"), score_command="mmhal_bench",
 )
 AMBER_GENERATIVE = Benchmark(
-    task="amber_generative", title="AMBER generative",
-    aggregate=amber_metrics, record_key="chair",
+    task="amber_generative", aggregate=amber_metrics, record_key="chair",
     paired_metrics={name.lower(): path("generative", name) for name in ("CHAIR", "Cover", "Hal", "Cog")},
     empty_responses="AMBER's code scores an empty caption as one with no objects (hallucination-free in Hal, nothing "
                     "covered in Cover and Cog), and so do these numbers",
     data=_AMBER_DATA, empty_count=path("generative", "empty"), score_command="amber",
 )
 AMBER_DISCRIMINATIVE = Benchmark(
-    task="amber_discriminative", title="AMBER discriminative",
-    aggregate=amber_metrics, record_key="accuracy",
+    task="amber_discriminative", aggregate=amber_metrics, record_key="accuracy",
     paired_metrics={name.lower(): path("discriminative", "overall", name)
                     for name in ("Accuracy", "Precision", "Recall", "F1")},
     empty_responses="an empty yes/no answer is counted in `unparsed`",
