@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ue_dpo.benchmarks.judge import JudgeClient, JudgeResult
+if TYPE_CHECKING:  # annotations only: the metrics (and the benchmark registry) need no OpenAI client
+    from ue_dpo.benchmarks.judge import JudgeClient, JudgeResult
 
 MMHAL_QUESTION_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
 MMHAL_NUM_ITEMS = 96

@@ -15,7 +15,8 @@ Object mentions of a response come from one of two extractors:
   objects are de-duplicated per response and only exact vocabulary words are kept (so "tennis
   ball" is dropped, not mapped to "ball").
 
-Aggregates are totals over responses (percent): chair_s = hallucinated responses / responses with
+Aggregates are totals over responses (percent), counted by `ue_dpo.benchmarks.chair` (the CHAIR code
+of the shapes tasks too): chair_s = hallucinated responses / responses with
 at least one COCO mention (the official CHAIRs_refine, "Response Hall"), chair_s_all = the same
 over all responses (CHAIRs), chair_i = hallucinated mentions / all COCO mentions ("Object Hall"),
 recall = distinct correctly mentioned classes / ground-truth classes, summed over responses.
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ue_dpo.benchmarks.chair import ChairCounts, chair_record
 from ue_dpo.benchmarks.coco_vocabulary import COCO_DOUBLE_WORDS, COCO_WORD_TO_CLASS
 from ue_dpo.benchmarks.nlp import (
     OBJECT_HALBENCH_SPACY_MODEL,
@@ -306,14 +308,12 @@ def object_halbench_item_result(
         if objects is None:
             return {**record, "status": "extraction_failed"}
         mentions = coco_mentions(objects)
-    record["mentions"] = [[word, cls] for word, cls in mentions]
-    record["hallucinated"] = [[word, cls] for word, cls in mentions if cls not in gt]
-    record["covered"] = sorted({cls for _, cls in mentions if cls in gt})
+    record.update(chair_record([[word, cls] for word, cls in mentions], gt, object_of=_mention_class))
     return {**record, "status": "scored"}
 
 
-def _percent(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator * 100 if denominator else None
+def _mention_class(mention: Sequence[str]) -> str:
+    return mention[1]  # a mention is [word, COCO class]
 
 
 def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -323,8 +323,8 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
     "coco_responses", "hallucinated_responses", "coco_mentions", "hallucinated_mentions",
     "ground_truth_objects", "covered_objects", "avg_word_len", "missing", "empty", "extraction_failures"}.
     """
-    n = coco_responses = hallucinated_responses = mentions = hallucinated_mentions = gt_objects = covered = words = 0
-    empty = 0
+    counts = ChairCounts()
+    empty = words = 0
     missing = extraction_failures = 0
     for record in records:
         status = record["status"]
@@ -336,27 +336,19 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
             continue
         if status != "scored":
             raise ObjectHalBenchDataError(f"Not an Object-HalBench item record: {record!r:.200}.")
-        n += 1
+        counts.add(record)
         empty += record["empty"]
-        coco_responses += bool(record["mentions"])
-        hallucinated_responses += bool(record["hallucinated"])
-        mentions += len(record["mentions"])
-        hallucinated_mentions += len(record["hallucinated"])
-        gt_objects += len(record["ground_truth"])
-        covered += len(record["covered"])
         words += record["word_count"]
+    n = counts.responses
     return {
-        "chair_s": _percent(hallucinated_responses, coco_responses),
-        "chair_s_all": _percent(hallucinated_responses, n),
-        "chair_i": _percent(hallucinated_mentions, mentions),
-        "recall": _percent(covered, gt_objects),
+        **counts.metrics(),
         "n": n,
-        "coco_responses": coco_responses,
-        "hallucinated_responses": hallucinated_responses,
-        "coco_mentions": mentions,
-        "hallucinated_mentions": hallucinated_mentions,
-        "ground_truth_objects": gt_objects,
-        "covered_objects": covered,
+        "coco_responses": counts.responses_with_mentions,
+        "hallucinated_responses": counts.hallucinated_responses,
+        "coco_mentions": counts.mentions,
+        "hallucinated_mentions": counts.hallucinated_mentions,
+        "ground_truth_objects": counts.ground_truth,
+        "covered_objects": counts.covered,
         "avg_word_len": words / n if n else None,
         "missing": missing,
         "empty": empty,

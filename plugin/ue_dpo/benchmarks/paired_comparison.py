@@ -3,21 +3,17 @@
 The inputs are lmms-eval's logged samples of one task (the lines of `*_samples_<task>.jsonl`): each holds
 `doc_id`, `target` and, under every metric name, the record our task's `process_results` returned for the doc.
 The two runs' samples are paired by `doc_id`. Each bootstrap resample draws items with replacement (the same
-draw for both runs) and recomputes every metric with the benchmark's own aggregation (`object_halbench_metrics`,
-`shapes_chair_metrics`, `mmhal_metrics`, `amber_metrics`) on the drawn records. A ratio metric is therefore the
+draw for both runs) and recomputes every paired metric with the benchmark's own aggregation on the drawn records
+(both named by the task's descriptor in `ue_dpo.benchmarks.registry`). A ratio metric is therefore the
 ratio of the resampled totals, as the metric is defined (CHAIRi = hallucinated mentions / mentions over the
 drawn items), never a mean of per-item ratios; AMBER's metrics keep their official rounding to one decimal.
 The interval is the percentile interval of ue_dpo.statistics.
 """
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ue_dpo.benchmarks.amber import amber_metrics
-from ue_dpo.benchmarks.mmhal import mmhal_metrics
-from ue_dpo.benchmarks.object_halbench import object_halbench_metrics
-from ue_dpo.benchmarks.shapes_chair import shapes_chair_metrics
+from ue_dpo.benchmarks.registry import Benchmark, paired_tasks
 from ue_dpo.statistics import (
     CONFIDENCE_LEVEL,
     bootstrap_item_indices,
@@ -38,46 +34,8 @@ class MetricDifference(NamedTuple):
     high: float | None
 
 
-@dataclass(frozen=True)
-class TaskMetrics:
-    record_key: str  # a metric name under which each logged sample holds the task's per-doc record
-    aggregate: Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]]
-    metrics: Mapping[str, Callable[[Mapping[str, Any]], float | None]]  # lmms-eval metric name -> pick from aggregate
-    same_in_both_runs: tuple[str, ...] = ()  # record fields the two runs must agree on to be comparable
-
-
-def _key(name: str) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda metrics: metrics[name]
-
-
-def _path(*names: str) -> Callable[[Mapping[str, Any]], Any]:
-    def pick(metrics: Mapping[str, Any]) -> Any:
-        for name in names:
-            metrics = metrics[name]
-        return metrics
-
-    return pick
-
-
-_CHAIR_METRICS = {name: _key(name) for name in ("chair_s", "chair_s_all", "chair_i", "recall")}
-
 # The metric names are the tasks' lmms-eval metric names (eval_tasks/*.yaml), so A and B equal lmms-eval's results.
-PAIRED_TASKS: dict[str, TaskMetrics] = {
-    "object_halbench": TaskMetrics("chair_s", object_halbench_metrics, _CHAIR_METRICS),
-    "shapes_caption": TaskMetrics("chair_s", shapes_chair_metrics,
-                                  {**_CHAIR_METRICS, "mean_shapes_mentioned": _key("mean_shapes_mentioned")}),
-    "shapes_blind_spots": TaskMetrics("chair_s", shapes_chair_metrics,
-                                      {**_CHAIR_METRICS, "mean_shapes_mentioned": _key("mean_shapes_mentioned"),
-                                       "faint_recall": _key("faint_recall")}),
-    "mmhal_bench": TaskMetrics("score", mmhal_metrics,
-                               {name: _key(name) for name in ("score", "hallucination_rate", "informativeness")},
-                               same_in_both_runs=("judge_model",)),
-    "amber_generative": TaskMetrics("chair", amber_metrics,
-                                    {name.lower(): _path("generative", name) for name in ("CHAIR", "Cover", "Hal", "Cog")}),
-    "amber_discriminative": TaskMetrics("accuracy", amber_metrics,
-                                        {name.lower(): _path("discriminative", "overall", name)
-                                         for name in ("Accuracy", "Precision", "Recall", "F1")}),
-}
+PAIRED_TASKS: Mapping[str, Benchmark] = paired_tasks()
 
 
 def _records_by_doc(samples: Sequence[Mapping[str, Any]], task: str, run: str) -> dict[Any, tuple[str, Mapping[str, Any]]]:
@@ -154,14 +112,14 @@ def paired_differences(
     if not records_a:
         raise PairingError(f"{task}: no logged samples to compare")
     full_a, full_b = spec.aggregate(records_a), spec.aggregate(records_b)
-    deltas: dict[str, list[float | None]] = {name: [] for name in spec.metrics}
+    deltas: dict[str, list[float | None]] = {name: [] for name in spec.paired_metrics}
     for row in bootstrap_item_indices(len(records_a), resamples, seed):
         resampled_a = spec.aggregate([records_a[index] for index in row])
         resampled_b = spec.aggregate([records_b[index] for index in row])
-        for name, pick in spec.metrics.items():
+        for name, pick in spec.paired_metrics.items():
             deltas[name].append(_difference(pick(resampled_a), pick(resampled_b)))
     result = {}
-    for name, pick in spec.metrics.items():
+    for name, pick in spec.paired_metrics.items():
         a, b = pick(full_a), pick(full_b)
         delta = _difference(a, b)
         defined = [value for value in deltas[name] if value is not None]

@@ -2,7 +2,8 @@
 
 A response's mentions are the shape words it contains (`ue_dpo.synthetic.shapes.mentioned_shapes`: singular or
 plural, any case, every occurrence). A mention is hallucinated when its shape is not in the image.
-Aggregates are totals over responses, in percent, with the Object-HalBench semantics:
+Aggregates are totals over responses, in percent, counted by `ue_dpo.benchmarks.chair`, the CHAIR code of
+Object-HalBench too:
 
 - chair_s = responses with a hallucinated mention / responses mentioning at least one shape
 - chair_s_all = responses with a hallucinated mention / all responses
@@ -19,9 +20,10 @@ A ratio whose denominator is zero is None (undefined), never 0.
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ue_dpo.benchmarks.chair import CHAIR_METRICS, ChairCounts, chair_record, percent
 from ue_dpo.synthetic.shapes import SHAPES, mentioned_shapes
 
-SHAPES_CHAIR_METRICS = ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned")
+SHAPES_CHAIR_METRICS = (*CHAIR_METRICS, "mean_shapes_mentioned")
 BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall")
 
 
@@ -37,12 +39,7 @@ def shapes_caption_item_result(
     if unknown:
         raise ValueError(f"ground-truth shapes {sorted(unknown)} are not shapes of this world ({', '.join(SHAPES)})")
     mentions = mentioned_shapes(response)
-    record = {
-        "mentions": mentions,
-        "hallucinated": [shape for shape in mentions if shape not in truth],
-        "covered": sorted(truth.intersection(mentions)),
-        "ground_truth": sorted(truth),
-    }
+    record: dict[str, Any] = chair_record(mentions, truth)
     if faint_shapes is not None:
         faint = set(faint_shapes)
         if not faint <= truth:
@@ -53,44 +50,32 @@ def shapes_caption_item_result(
     return record
 
 
-def _percent(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator * 100 if denominator else None
-
-
 def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Totals over `shapes_caption_item_result` records: the five metrics plus the counts behind them, and
     faint_recall with its counts when the records carry faint shapes."""
-    n = responses_with_mentions = hallucinated_responses = mentions = hallucinated_mentions = 0
-    ground_truth = covered = distinct_mentioned = 0
+    counts = ChairCounts()
+    distinct_mentioned = 0
     faint_ground_truth = faint_covered = None
     for record in records:
         if "faint_ground_truth" in record:
             faint_ground_truth = (faint_ground_truth or 0) + len(record["faint_ground_truth"])
             faint_covered = (faint_covered or 0) + len(record["faint_covered"])
-        n += 1
-        responses_with_mentions += bool(record["mentions"])
-        hallucinated_responses += bool(record["hallucinated"])
-        mentions += len(record["mentions"])
-        hallucinated_mentions += len(record["hallucinated"])
-        ground_truth += len(record["ground_truth"])
-        covered += len(record["covered"])
+        counts.add(record)
         distinct_mentioned += len(set(record["mentions"]))
+    n = counts.responses
     metrics = {
-        "chair_s": _percent(hallucinated_responses, responses_with_mentions),
-        "chair_s_all": _percent(hallucinated_responses, n),
-        "chair_i": _percent(hallucinated_mentions, mentions),
-        "recall": _percent(covered, ground_truth),
+        **counts.metrics(),
         "mean_shapes_mentioned": distinct_mentioned / n if n else None,
         "n": n,
-        "responses_with_mentions": responses_with_mentions,
-        "hallucinated_responses": hallucinated_responses,
-        "mentions": mentions,
-        "hallucinated_mentions": hallucinated_mentions,
-        "ground_truth_shapes": ground_truth,
-        "covered_shapes": covered,
+        "responses_with_mentions": counts.responses_with_mentions,
+        "hallucinated_responses": counts.hallucinated_responses,
+        "mentions": counts.mentions,
+        "hallucinated_mentions": counts.hallucinated_mentions,
+        "ground_truth_shapes": counts.ground_truth,
+        "covered_shapes": counts.covered,
     }
     if faint_ground_truth is not None:
-        metrics.update(faint_recall=_percent(faint_covered, faint_ground_truth), faint_shapes=faint_ground_truth,
+        metrics.update(faint_recall=percent(faint_covered, faint_ground_truth), faint_shapes=faint_ground_truth,
                        covered_faint_shapes=faint_covered)
     return metrics
 

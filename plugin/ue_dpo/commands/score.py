@@ -1,14 +1,23 @@
 """`ue-dpo score amber|object_halbench|mmhal_bench`: score saved responses in the official formats with the
-code the lmms-eval tasks use; `--json` prints one JSON object, otherwise a table."""
+code the lmms-eval tasks use; `--json` prints one JSON object, otherwise a table.
+
+The subcommands are the `score_command`s of the benchmark registry (`ue_dpo.benchmarks.registry`), which also says
+which of them take the judge's flags and how they count empty responses; this module holds each one's flags,
+file reading and table rows.
+"""
 
 import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ue_dpo.benchmarks.judge_config import JudgeConfig
+from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL
+from ue_dpo.benchmarks.registry import Benchmark, score_commands
 from ue_dpo.commands import int_at_least
 from ue_dpo.evaluation.judge_settings import JUDGE_MAX_RETRIES_ENV, JUDGE_MODEL_ENV, JUDGE_TIMEOUT_ENV
 
@@ -17,14 +26,10 @@ JUDGE_FLAGS = {
     "max_retries": "--judge-max-retries", "timeout": "--judge-timeout", "allow_failures": "--allow-judge-failures",
 }
 
+SCORED: dict[str, tuple[Benchmark, ...]] = score_commands()  # subcommand -> the benchmarks it scores
 # How the official code scores an empty response, which we keep (so the numbers stay the official ones).
-EMPTY_RESPONSE_SCORING = {
-    "amber": "AMBER's code scores an empty caption as one with no objects (hallucination-free in Hal, nothing covered "
-             "in Cover and Cog), and so do these numbers; an empty yes/no answer is counted in `unparsed`",
-    "object_halbench": "the official code scores an empty answer as one that mentions no object (in chair_s_all and "
-                       "recall, not in chair_s), and so do these numbers",
-    "mmhal_bench": "the official script sends empty answers to the judge like any other, and so did this run",
-}
+EMPTY_RESPONSE_SCORING = {command: "; ".join(benchmark.empty_responses for benchmark in benchmarks)
+                          for command, benchmarks in SCORED.items()}
 
 
 def _positive_float(text: str) -> float:
@@ -108,25 +113,29 @@ def _format(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _rows(result: dict[str, Any], benchmark: str) -> list[tuple[str, Any]]:
-    if benchmark == "amber":
-        rows = [(f"generative {key}", result["generative"][key]) for key in ("CHAIR", "Cover", "Hal", "Cog", "n")]
-        for group in ("overall", "existence", "attribute", "relation"):
-            rows += [(f"{group} {key}", result["discriminative"][group][key]) for key in ("Accuracy", "Precision", "Recall", "F1")]
-        rows += [("empty responses", result["generative"]["empty"]),
-                 ("unparsed answers", result["discriminative"]["overall"]["unparsed"]), ("AMBER Score", result["amber_score"]),
-                 ("answer parse", result["parse"])]
-        return rows
-    if benchmark == "object_halbench":
-        keys = ("chair_s", "chair_s_all", "chair_i", "recall", "n", "missing", "empty", "extraction_failures", "extractor")
-        return [(key, result[key]) for key in keys] + ([("judge model", result["judge"]["model"])] if "judge" in result else [])
+def _amber_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows = [(f"generative {key}", result["generative"][key]) for key in ("CHAIR", "Cover", "Hal", "Cog", "n")]
+    for group in ("overall", "existence", "attribute", "relation"):
+        rows += [(f"{group} {key}", result["discriminative"][group][key]) for key in ("Accuracy", "Precision", "Recall", "F1")]
+    rows += [("empty responses", result["generative"]["empty"]),
+             ("unparsed answers", result["discriminative"]["overall"]["unparsed"]), ("AMBER Score", result["amber_score"]),
+             ("answer parse", result["parse"])]
+    return rows
+
+
+def _object_halbench_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    keys = ("chair_s", "chair_s_all", "chair_i", "recall", "n", "missing", "empty", "extraction_failures", "extractor")
+    return [(key, result[key]) for key in keys] + ([("judge model", result["judge"]["model"])] if "judge" in result else [])
+
+
+def _mmhal_bench_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     rows = [(key, result[key]) for key in ("score", "hallucination_rate", "informativeness")]
     rows += [(f"score {kind}", value) for kind, value in result["per_type"].items()]
     return rows + [(key, result[key]) for key in ("n", "empty", "judge_model", "judge_failures", "judge_unparsed")]
 
 
 def _empty_responses(result: dict[str, Any], benchmark: str) -> int:
-    return result["generative"]["empty"] if benchmark == "amber" else result["empty"]
+    return sum(scored.empty_count(result) for scored in SCORED[benchmark] if scored.empty_count is not None)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -134,9 +143,8 @@ def _run(args: argparse.Namespace) -> None:
     from ue_dpo.benchmarks.nlp import NLPResourceError
     from ue_dpo.commands import exit_with_user_error
 
-    score = {"amber": _score_amber, "object_halbench": _score_object_halbench, "mmhal_bench": _score_mmhal_bench}[args.benchmark]
     try:
-        result = score(args)
+        result = _COMMANDS[args.benchmark].score(args)
     except (OSError, ValueError, NLPResourceError, JudgeError) as error:
         exit_with_user_error(f"score {args.benchmark}", error)
     empty = _empty_responses(result, args.benchmark)
@@ -146,25 +154,20 @@ def _run(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    rows = _rows(result, args.benchmark)
+    rows = _COMMANDS[args.benchmark].rows(result)
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {_format(value)}" for name, value in rows))
 
 
-def register(commands) -> None:
-    from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL
-
-    score = commands.add_parser("score", help="score saved responses of AMBER, Object-HalBench or MMHal-Bench")
-    benchmarks = score.add_subparsers(dest="benchmark", required=True)
-
-    amber = benchmarks.add_parser("amber", help="AMBER: CHAIR, Cover, Hal, Cog, yes/no metrics, AMBER Score")
+def _amber_arguments(amber: argparse.ArgumentParser) -> None:
     amber.add_argument("--data-dir", type=Path, required=True, help="AMBER's data/ folder (annotations.json, relation.json, safe_words.txt)")
     amber.add_argument("--responses", type=Path, required=True, help='JSON list of {"id", "response"} (AMBER\'s format)')
     amber.add_argument("--spacy-model", default=AMBER_SPACY_MODEL, help=f"spaCy pipeline for word similarity (default: {AMBER_SPACY_MODEL})")
     amber.add_argument("--answer-parse", choices=("exact", "lenient"), default="exact",
                        help="exact: the official exact 'Yes'/'No' (default); lenient: first word, any case (not comparable)")
 
-    object_halbench = benchmarks.add_parser("object_halbench", help="Object-HalBench: CHAIR on COCO objects")
+
+def _object_halbench_arguments(object_halbench: argparse.ArgumentParser) -> None:
     object_halbench.add_argument("--coco-dir", type=Path, required=True,
                                  help="folder with instances_{train,val}2014.json and captions_{train,val}2014.json")
     object_halbench.add_argument("--responses", type=Path, required=True,
@@ -173,13 +176,44 @@ def register(commands) -> None:
                                  help="nltk: CHAIR's rule path (default); gpt: the LLM extraction of the published numbers")
     object_halbench.add_argument("--spacy-model", default=OBJECT_HALBENCH_SPACY_MODEL,
                                  help=f"spaCy pipeline of the gpt extractor (default: {OBJECT_HALBENCH_SPACY_MODEL})")
-    _add_judge_arguments(object_halbench)
 
-    mmhal = benchmarks.add_parser("mmhal_bench", help="MMHal-Bench: judge ratings 0-6")
+
+def _mmhal_bench_arguments(mmhal: argparse.ArgumentParser) -> None:
     mmhal.add_argument("--responses", type=Path, required=True, help="the official response template with model_answer filled in")
     mmhal.add_argument("--allow-subset", action="store_true", help="score fewer than the 96 items")
-    _add_judge_arguments(mmhal)
 
-    for parser in (amber, object_halbench, mmhal):
+
+@dataclass(frozen=True)
+class _Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]  # its own flags (the judge's are added for judged benchmarks)
+    score: Callable[[argparse.Namespace], dict[str, Any]]
+    rows: Callable[[dict[str, Any]], list[tuple[str, Any]]]
+
+
+# The command-line side of each registry `score_command`: its flags, how it reads the files, its table.
+_COMMANDS = {
+    "amber": _Command("AMBER: CHAIR, Cover, Hal, Cog, yes/no metrics, AMBER Score", _amber_arguments, _score_amber,
+                      _amber_rows),
+    "object_halbench": _Command("Object-HalBench: CHAIR on COCO objects", _object_halbench_arguments,
+                                _score_object_halbench, _object_halbench_rows),
+    "mmhal_bench": _Command("MMHal-Bench: judge ratings 0-6", _mmhal_bench_arguments, _score_mmhal_bench,
+                            _mmhal_bench_rows),
+}
+
+
+def register(commands) -> None:
+    score = commands.add_parser("score", help="score saved responses of AMBER, Object-HalBench or MMHal-Bench")
+    benchmarks = score.add_subparsers(dest="benchmark", required=True)
+    if set(_COMMANDS) != set(SCORED):
+        raise RuntimeError(f"the registry's score commands ({', '.join(SCORED)}) and the command-line ones "
+                           f"({', '.join(_COMMANDS)}) differ; give each `score_command` of ue_dpo.benchmarks.registry "
+                           f"an entry in ue_dpo.commands.score._COMMANDS")
+    for name, command in _COMMANDS.items():  # in this order on the command line
+        scored = SCORED[name]
+        parser = benchmarks.add_parser(name, help=command.help)
+        command.arguments(parser)
+        if any(benchmark.judged != "never" for benchmark in scored):
+            _add_judge_arguments(parser)
         parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         parser.set_defaults(handler=_run)

@@ -35,6 +35,7 @@ from ue_dpo.benchmarks.amber import (
     load_amber_reference,
 )
 from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL
+from ue_dpo.benchmarks.registry import AMBER_GENERATIVE
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
     benchmark_image,
@@ -46,8 +47,8 @@ from ue_dpo.evaluation.data import (
 )
 from ue_dpo.evaluation.local_task import LocalFilesTask
 
-AMBER_DIR_ENV = "UE_DPO_AMBER_DIR"
-AMBER_IMAGE_DIR_ENV = "UE_DPO_AMBER_IMAGE_DIR"
+AMBER_DIR_ENV = AMBER_GENERATIVE.data_env("data_dir")  # UE_DPO_AMBER_DIR, shared by both tasks
+AMBER_IMAGE_DIR_ENV = AMBER_GENERATIVE.data_env("image_dir")  # UE_DPO_AMBER_IMAGE_DIR
 AMBER_SPACY_MODEL_ENV = "UE_DPO_AMBER_SPACY_MODEL"
 AMBER_ANSWER_PARSE_ENV = "UE_DPO_AMBER_ANSWER_PARSE"
 AMBER_QUERY_FILES = {"generative": "query/query_generative.json", "discriminative": "query/query_discriminative.json"}

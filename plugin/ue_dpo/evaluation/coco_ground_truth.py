@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ue_dpo.benchmarks.object_halbench import COCO_CAPTION_FILES, COCO_INSTANCE_FILES, load_coco_ground_truth
+from ue_dpo.benchmarks.registry import OBJECT_HALBENCH
 from ue_dpo.evaluation.data import BenchmarkDataError, cache_dir
 
-COCO_ANNOTATIONS_DIR_ENV = "UE_DPO_COCO_ANNOTATIONS_DIR"
+COCO_ANNOTATIONS_DIR_ENV = OBJECT_HALBENCH.data_env("coco_dir")  # UE_DPO_COCO_ANNOTATIONS_DIR
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
 COCO_ANNOTATION_FILES = (*COCO_INSTANCE_FILES, *COCO_CAPTION_FILES)
 COCO_SOURCE = (f"They are in {COCO_ANNOTATIONS_URL}; unpack it and point {COCO_ANNOTATIONS_DIR_ENV} (or dataset_kwargs "

@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 
 from ue_dpo.benchmarks.judge import JudgeClient
 from ue_dpo.benchmarks.mmhal import MMHAL_QUESTION_TYPES, check_mmhal_item, mmhal_metrics, score_mmhal_item
+from ue_dpo.benchmarks.registry import MMHAL_BENCH
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
     benchmark_image,
@@ -32,7 +33,7 @@ from ue_dpo.evaluation.data import (
 from ue_dpo.evaluation.judge_settings import task_judge
 from ue_dpo.evaluation.local_task import LocalFilesTask
 
-MMHAL_DIR_ENV = "UE_DPO_MMHAL_DIR"
+MMHAL_DIR_ENV = MMHAL_BENCH.data_env("data_dir")  # UE_DPO_MMHAL_DIR
 MMHAL_REPO_ID = "Shengcao1006/MMHal-Bench"
 MMHAL_TEMPLATE_FILE = "response_template.json"
 _SOURCE = (f"It comes from the Hugging Face dataset {MMHAL_REPO_ID} (response_template.json and images/); put a copy "

@@ -33,6 +33,7 @@ from ue_dpo.benchmarks.object_halbench import (
     object_halbench_item_result,
     object_halbench_metrics,
 )
+from ue_dpo.benchmarks.registry import OBJECT_HALBENCH
 from ue_dpo.evaluation.coco_ground_truth import (
     COCO_ANNOTATION_FILES,
     COCO_ANNOTATIONS_DIR_ENV,
@@ -52,7 +53,7 @@ from ue_dpo.evaluation.data import (
 from ue_dpo.evaluation.judge_settings import task_judge
 from ue_dpo.evaluation.local_task import LocalFilesTask
 
-OBJECT_HALBENCH_DIR_ENV = "UE_DPO_OBJECT_HALBENCH_DIR"
+OBJECT_HALBENCH_DIR_ENV = OBJECT_HALBENCH.data_env("data_dir")  # UE_DPO_OBJECT_HALBENCH_DIR
 OBJECT_HALBENCH_EXTRACTOR_ENV = "UE_DPO_OBJECT_HALBENCH_EXTRACTOR"
 OBJECT_HALBENCH_SPACY_MODEL_ENV = "UE_DPO_OBJECT_HALBENCH_SPACY_MODEL"
 QUESTION_FILE = "obj_halbench_300_with_image.jsonl"

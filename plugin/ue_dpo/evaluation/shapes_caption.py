@@ -14,6 +14,7 @@ from typing import Any
 from datasets import Dataset
 from PIL import Image
 
+from ue_dpo.benchmarks.registry import SHAPES_CAPTION
 from ue_dpo.benchmarks.shapes_chair import (
     BLIND_SPOT_METRICS,
     SHAPES_CHAIR_METRICS,
@@ -24,7 +25,7 @@ from ue_dpo.evaluation.data import BenchmarkDataError, benchmark_image, configur
 from ue_dpo.evaluation.local_task import LocalFilesTask
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST
 
-SHAPES_EVAL_DIR_ENV = "UE_DPO_SHAPES_EVAL_DIR"
+SHAPES_EVAL_DIR_ENV = SHAPES_CAPTION.data_env("data_dir")  # UE_DPO_SHAPES_EVAL_DIR, shared with shapes_blind_spots
 _HOW_TO = (f"write one with `ue-dpo shapes-eval --out DIR` (or ue_dpo.synthetic.shapes.write_caption_eval_set) and set "
            f"{SHAPES_EVAL_DIR_ENV}=DIR, or set dataset_kwargs: {{data_dir: DIR}} in a task YAML")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ue_dpo.benchmarks.registry import judged_tasks
 from ue_dpo.experiment.stages import digest
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -27,7 +28,7 @@ REFERENCE = re.compile(r"\$\{([^}]*)\}")
 SYNTHETIC_PATHS = ("model", "data", "eval")
 SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
 SYNTHETIC_WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
-JUDGED_TASKS = ("mmhal_bench",)  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
+JUDGED_TASKS = judged_tasks()  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
 SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a character of run names, so never ambiguous)
