@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from ue_dpo.experiment.config import Experiment, Run, instance_name
 from ue_dpo.experiment.stages import Markers
+from ue_dpo.machine import summarize_machine, this_machine
 
 RECORDED_PACKAGES = ("ue-dpo", "llamafactory", "lmms-eval", "transformers", "torch", "peft", "trl", "accelerate",
                      "datasets", "deepspeed")
@@ -40,7 +41,8 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
     return {
         "model": model_args.get("pretrained", model_args.get("model")),  # `model`: a served run's folder
         "training": None if training is None else {
-            key: training[key] for key in ("config_file", "config", "seeds", "data", "resumed_from", "versions")
+            **{key: training[key] for key in ("config_file", "config", "seeds", "data", "resumed_from", "versions")},
+            "machine": training.get("machine"),  # None: trained before ue-dpo recorded machines
         },
         "evaluation": {
             "world_size": evaluation["world_size"],
@@ -55,6 +57,7 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
             "samples_files": evaluation["samples_files"],
             "judges": evaluation["judges"],
             "versions": evaluation["versions"],
+            "machine": evaluation.get("machine"),
         },
         "metrics": evaluation["metrics"],
         "higher_is_better": evaluation["higher_is_better"],
@@ -99,6 +102,7 @@ def collect_results(experiment: Experiment, markers: Markers) -> dict[str, Any]:
                        "seed": list(experiment.evaluation.seed)},
         "judge": {"model": experiment.judge.model, "base_url": experiment.judge.base_url},
         "versions": package_versions(),
+        "machine": this_machine(),  # where this report was written; every stage records its own
         "runs": runs,
         "reported": [{"label": row.label, "source": row.source, "judge": row.judge, "measured": False,
                       "metrics": row.metrics} for row in experiment.reported],
@@ -273,9 +277,30 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
             lines.append(f"| {label} | `{model['model']}` | {seeds.get('seed', '–')} | "
                          f"{seeds.get('ue_seed') if seeds.get('ue_seed') is not None else '–'} |")
     versions = ", ".join(f"{name} {value}" for name, value in results["versions"].items() if value)
-    lines += ["", f"Versions: {versions}.", "", "Configs, samples and logs: results.json, configs/, evals/, logs/.",
+    lines += ["", f"Versions: {versions}.", "", *machine_lines(results),
+              "", "Configs, samples and logs: results.json, configs/, evals/, logs/.",
               "", "![results](results.png)", ""]
     return "\n".join(lines)
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    """The machine that measured the rows: one line when every stage ran on the report's machine, else one per
+    machine with the stages it ran."""
+    stages: dict[str, list[str]] = {}
+    for run in results["runs"]:
+        for seed, model in _models_by_seed(run).items():
+            name = run["name"] if seed is None else f"{run['name']}@seed{seed}"
+            for kind, record in (("train", model["training"]), ("eval", model["evaluation"])):
+                if record is not None:
+                    summary = "not recorded" if record.get("machine") is None else summarize_machine(record["machine"])
+                    stages.setdefault(summary, []).append(f"{kind} {name}")
+    here = summarize_machine(results["machine"])
+    if set(stages) <= {here}:
+        return [f"Machine: {here}."]
+    lines = ["Machines (the stages ran on more than one, or on another than this report's; digits can differ "
+             "between machines):"]
+    lines += [f"- {summary}: {', '.join(names)}" for summary, names in stages.items()]
+    return [*lines, f"- this report written on: {here}"]
 
 
 def render_chart(results: dict[str, Any], columns: list[tuple[str, str]], path: Path) -> None:

@@ -28,6 +28,7 @@ import yaml
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, instance_name, references, substitute
 from ue_dpo.experiment.report import package_versions, write_report
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream
+from ue_dpo.machine import this_machine
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_SEED_DEFAULT = 42  # transformers.TrainingArguments.seed, used when a training config sets none
@@ -186,7 +187,8 @@ class ExperimentRunner:
         config.pop("resume_from_checkpoint", None)
         self.markers.write(stage, stage_digest, run=run.name, config_file=str(run.train), config=config,
                            resumed_from=None if checkpoint is None else str(checkpoint),
-                           seeds=training_seeds(config), data=data, versions=package_versions())
+                           seeds=training_seeds(config), data=data, versions=package_versions(),
+                           machine=this_machine())
 
     def evaluation_settings(self) -> dict[str, Any]:
         evaluation, judge = self.experiment.evaluation, self.experiment.judge
@@ -268,7 +270,8 @@ class ExperimentRunner:
                 failures.append(f"{name}: {error}")
                 continue
             self.markers.write(f"eval-{name}", stage_digests[name], run=name, lmms_eval_entries=entries[name],
-                               world_size=world_size, settings=settings, versions=package_versions(), **summary)
+                               world_size=world_size, settings=settings, versions=package_versions(),
+                               machine=this_machine(), **summary)
         if failures:
             raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
                              f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
@@ -313,7 +316,7 @@ class ExperimentRunner:
         self.markers.write(f"eval-{name}", stage_digest, run=name, lmms_eval_entries=entries,
                            world_size=logged_world_size(log_since(log_path, log_start)), settings=settings,
                            served_model=str(served), served_digest=served_digest, template=template,
-                           versions=package_versions(), **summary)
+                           versions=package_versions(), machine=this_machine(), **summary)
 
 
 def log_size(log_path: Path) -> int:
