@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from llamafactory_runs import offline_env
 from ue_dpo.cli import main
+from ue_dpo.machine import summarize_machine
 from ue_dpo.synthetic.shapes import EVAL_MANIFEST, SHAPES
 
 pytestmark = pytest.mark.e2e
@@ -176,6 +178,26 @@ def test_results_record_configs_seeds_versions_and_the_table_and_chart(demo):
         expected = [metrics[name] for name in ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")]
         assert cells == ["–" if value is None else f"{value:.2f}" for value in expected]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_record_the_machine_of_every_stage_as_read_independently(demo):
+    """The machine in results.json and results.md: the CPU of /proc/cpuinfo, torch's dispatch ISA, the one thread
+    the demo ran with (OMP_NUM_THREADS=1, as offline_env sets) and no GPU (CUDA_VISIBLE_DEVICES empty)."""
+    results, out = demo["results"], demo["out"]
+    machine = results["machine"]
+    block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    cpuinfo = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
+    assert (machine["cpu"]["model"], machine["cpu"]["vendor"]) == (cpuinfo["model name"], cpuinfo["vendor_id"])
+    flags = set(cpuinfo["flags"].split())
+    assert {flag: machine["cpu"]["isa_flags"][flag] for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")} == \
+        {flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    assert machine["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["torch"]["version"] == torch.__version__
+    assert (machine["torch"]["intra_op_threads"], machine["thread_env"]["OMP_NUM_THREADS"]) == (1, "1")
+    assert machine["gpus"] == []
+    for run in results["runs"]:
+        assert run["training"]["machine"] == machine and run["evaluation"]["machine"] == machine, run["name"]
+    assert f"Machine: {summarize_machine(machine)}." in (out / "results.md").read_text()
 
 
 def table_cells(table: str, label: str) -> list[str]:

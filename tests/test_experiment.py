@@ -17,6 +17,7 @@ from ue_dpo.experiment.config import ExperimentConfigError, Protocol, apply_sett
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
 from ue_dpo.experiment.runner import last_checkpoint, logged_world_size, read_lmms_eval_output
 from ue_dpo.experiment.stages import StageError
+from ue_dpo.machine import describe_machine, summarize_machine
 
 
 @pytest.fixture
@@ -254,8 +255,10 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
     results = {
         "evaluation": {"tasks": ["shapes_caption"]},
         "versions": {"ue-dpo": "0.1.0"},
+        "machine": HERE,
         "runs": [{"name": label, "label": label, "model": label, "training": None, "metrics": {"shapes_caption": metrics},
-                  "higher_is_better": {"shapes_caption": {"chair_s": False}}, "evaluation": {"world_size": 2}}
+                  "higher_is_better": {"shapes_caption": {"chair_s": False}},
+                  "evaluation": {"world_size": 2, "machine": HERE}}
                  for label, metrics in (("base", {"chair_s": 40.0, "chair_i": None}), ("dpo", {"chair_s": 12.5}))],
         "reported": [{"label": "paper", "source": "Table 1", "judge": "judge-x", "measured": False,
                       "metrics": {"shapes_caption": {"chair_s": 5.0}}}],
@@ -269,8 +272,35 @@ def test_reported_rows_are_marked_and_undefined_values_shown_as_such(base_dir, t
     assert f"- *paper*: {REPORTED_MARK}; copied from Table 1, judged by judge-x." in markdown
     assert ("Measured rows: lmms-eval `--model ue_dpo_hf` on shapes_caption with gen_kwargs of the task, limit none, "
             "batch size 1 (seed [0, 1234, 1234, 1234], world size 2)") in markdown
+    assert f"Machine: {summarize_machine(HERE)}." in markdown
     render_chart(results, columns, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+HERE = {"cpu": {"model": "Intel(R) Xeon(R) Processor", "vendor": "GenuineIntel", "usable_cores": 2,
+                "isa_flags": {"avx2": True, "avx512f": True}},
+        "torch": {"version": "2.14.1", "blas": "mkl", "onednn": "v3.12.0", "cpu_capability": "AVX512",
+                  "intra_op_threads": 1, "inter_op_threads": 2},
+        "thread_env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": None}, "pins": {}, "gpus": []}
+
+
+def test_a_report_whose_stages_ran_on_other_machines_names_each_machine_and_its_stages(base_dir):
+    experiment = parse_experiment(VALID, base_dir=base_dir)
+    amd = copy.deepcopy(HERE)
+    amd["cpu"].update(model="AMD EPYC 9B14 96-Core Processor", vendor="AuthenticAMD")
+    results = {
+        "evaluation": {"tasks": ["shapes_caption"]}, "versions": {}, "machine": HERE, "reported": [],
+        "runs": [{"name": name, "label": name, "model": name, "training": {"machine": training},
+                  "metrics": {"shapes_caption": {"chair_s": 1.0}}, "higher_is_better": {},
+                  "evaluation": {"world_size": 1, "machine": evaluation}}
+                 for name, training, evaluation in (("base", HERE, HERE), ("dpo", amd, HERE), ("old", None, None))],
+    }
+    lines = render_markdown(experiment, results, table_columns(experiment, results)).splitlines()
+    assert f"- {summarize_machine(HERE)}: train base, eval base, eval dpo" in lines
+    assert f"- {summarize_machine(amd)}: train dpo" in lines
+    assert "- not recorded: train old, eval old" in lines
+    assert f"- this report written on: {summarize_machine(HERE)}" in lines
+    assert not any(line.startswith("Machine: ") for line in lines)
 
 
 def test_results_json_names_the_source_files_of_the_converted_training_data(base_dir, tmp_path, monkeypatch):
@@ -313,6 +343,7 @@ def test_results_json_names_the_source_files_of_the_converted_training_data(base
     assert (recorded["rlhf_v"]["hub"], recorded["rlhf_v"]["rows_read"], recorded["rlhf_v"]["subset"]) == \
         (None, 6, {"kind": "all"})
     assert commands == ["llamafactory-cli", "lmms-eval"]
+    assert run["training"]["machine"] == run["evaluation"]["machine"] == describe_machine()
 
     convert("rlhf_v", data, source=str(source), subset=Subset("first", 2))  # other rows: the training is redone
     runner.run_experiment(experiment)
