@@ -338,6 +338,11 @@ def machine_description() -> list[str]:
         )
     else:
         lines.append("- No GPU: the memory column is the process's peak RSS (ru_maxrss), model and libraries included")
+    from ue_dpo.machine import summarize_machine, this_machine
+
+    # the kernel path and threads, as `ue-dpo run` records them (the configurations' processes inherit this
+    # environment)
+    lines.append(f"- Kernels and threads: {summarize_machine(this_machine())}")
     return lines
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from llamafactory_runs import offline_env
 
 pytestmark = pytest.mark.e2e
@@ -57,3 +58,8 @@ def test_bench_table_is_computed_from_the_measured_runs_and_keeps_the_notes(tmp_
     assert re.search(r"^- `ue_dpo`: run [\d.]+x of `dpo` \(target <= 0.8x: (met|MISSED)\)", report, re.MULTILINE)
     assert "- `ue_dpo_precompute_ref` run <= 0.72x of `dpo`: not run" in report
     assert "- `ue_dpo` memory <= 1.0x of `ue_dpo_unshared`: not run" in report
+    # the machine section names the kernel path torch dispatched to and the one thread offline_env sets
+    machine = re.search(r"^- Kernels and threads: (.*)$", report, re.MULTILINE)
+    assert machine, report
+    assert f"dispatching {torch.backends.cpu.get_cpu_capability()} kernels, 1 intra-op" in machine.group(1)
+    assert "(OMP_NUM_THREADS=1)" in machine.group(1)
