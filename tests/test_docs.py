@@ -484,6 +484,42 @@ def test_relative_links_point_at_files_and_headings_that_exist(path):
     assert not broken, broken
 
 
+# A cell of measured numbers: 1.56, −23.12 [−30.81, −15.44], 0.78x, 26.2%, 2.39-2.52, 11,836, or – (undefined).
+NUMBER_CELL = re.compile(r"^[−+-]?[\d,]*\.?\d+(x|%)?( \[[−+\-\d., ]+\])?$|^[\d.]+-[\d.]+$|^–$")
+# The names a machine goes by in these pages: the CPU, or the GPU.
+MACHINE_NAME = re.compile(r"Intel Xeon|Intel\(R\) Xeon|AMD EPYC|NVIDIA H\d00|H100|H200")
+
+
+def tables_of_numbers(text: str) -> list[tuple[int, int]]:
+    """(first line, line after the last) of each Markdown table most of whose body cells, past the row label, are
+    numbers: measurements, as opposed to tables of keys, pages or tasks."""
+    lines, tables, index = text.splitlines(), [], 0
+    while index < len(lines) - 1:
+        if lines[index].startswith("|") and lines[index + 1].startswith("|---"):
+            end = index + 2
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            cells = [cell.strip() for row in lines[index + 2 : end] for cell in row.strip("|").split("|")[1:]]
+            if cells and sum(bool(NUMBER_CELL.match(cell)) for cell in cells) > len(cells) / 2:
+                tables.append((index, end))
+            index = end
+        else:
+            index += 1
+    return tables
+
+
+@pytest.mark.parametrize("path", LINKED, ids=lambda path: path.relative_to(REPO).as_posix())
+def test_every_table_of_measured_numbers_names_the_machine_that_produced_it(path):
+    """Digits can change with the machine (docs/blind_spots.md, "Which machine"): the text between a table of
+    numbers and the table before it (or the top of the page) names the CPU or GPU that measured it."""
+    lines = path.read_text().splitlines()
+    unnamed, previous_end = [], 0
+    for start, end in tables_of_numbers(path.read_text()):
+        if not MACHINE_NAME.search("\n".join(lines[previous_end:start])):
+            unnamed.append(f"line {start + 1}: {lines[start][:60]}")
+        previous_end = end
+    assert not unnamed, f"tables that name no machine since the table before: {unnamed}"
+
 def test_the_configs_index_lists_every_config_file():
     index = REPO / "configs" / "README.md"
     listed = {(index.parent / target).resolve() for target in re.findall(r"\]\(([^)#\s]+)\)", index.read_text())}
