@@ -13,6 +13,7 @@ from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 
+from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.images import describe_image_source, unreadable_image_reason
 
 logger = logging.get_logger(__name__)
@@ -28,7 +29,7 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
         message = unreadable_image_message(data_args, model_args, training_args)
         if message is None:
             raise
-        raise ValueError(message) from error
+        raise UEDPOUserError(message) from error
     training_image_rows = None
     for split, dataset in _datasets(dataset_module):
         image_rows = check_responses_and_count_images(dataset, tokenizer_module["tokenizer"], split)
@@ -72,7 +73,7 @@ def check_responses_and_count_images(dataset, tokenizer, split: str) -> int:
             for row, side, images in sorted(empty)[:_ROWS_NAMED]
         )
         more = f"; and {len(empty) - _ROWS_NAMED} more" if len(empty) > _ROWS_NAMED else ""
-        raise ValueError(
+        raise UEDPOUserError(
             f"{len(empty)} response(s) of the {split} set are empty, which `stage: ue_dpo` would train as an "
             f"end-of-sequence-only answer: {named}{more} (rows of LLaMA-Factory's prepared set, counted from 0). "
             "Fill in or remove these responses (`ue-dpo data` skips such samples), or raise `cutoff_len` if a long "
