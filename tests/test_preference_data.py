@@ -154,3 +154,34 @@ def test_a_metric_is_the_mean_over_all_ranks_tokens_and_left_out_on_every_rank_w
     # rank 0 has no image token: it reports rank 1's mean (1.2 + 1.0) / 2, not 0; u has no token on any rank
     assert ranks_all_reducing(text_only_rank, image_rank) == [{"ue/lambda_chosen_mean": pytest.approx(1.1)}] * 2
     assert ranks_all_reducing(text_only_rank, text_only_rank) == [{}, {}]
+
+
+def chosen_and_rejected_as_conversations(records):
+    """Row 2 as TRL's implicit-prompt format has it: whole conversations, here with different prompts."""
+    user = records[2]["messages"][0]
+    records[2]["chosen"] = [user, records[2]["chosen"]]
+    records[2]["rejected"] = [{**user, "content": user["content"] + " Be brief."}, records[2]["rejected"]]
+
+
+def every_row_as_conversations(records):
+    for record in records:
+        user = record["messages"][0]
+        record["chosen"] = [user, record["chosen"]]
+        record["rejected"] = [{**user, "content": "Name one shape."}, record["rejected"]]
+
+
+@pytest.mark.parametrize("edit", [chosen_and_rejected_as_conversations, every_row_as_conversations],
+                         ids=["one_row_DatasetGenerationError", "every_row_cannot_find_valid_samples"])
+def test_a_pair_whose_chosen_and_rejected_have_different_prompts_is_named_with_its_row_and_the_rule(
+        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, edit):
+    edit_records(dataset_dir, edit)
+    with pytest.raises(ValueError) as error:
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
+    message = str(error.value)
+    first = 2 if edit is chosen_and_rejected_as_conversations else 0
+    assert message.startswith(f"row {first} (counted from 0) of dataset `shapes_pref` "
+                              f"({dataset_dir / 'shapes_pref.json'}): its `chosen` and `rejected` are conversations "
+                              "whose prompts differ (at message 0): a preference pair is two answers to one prompt."), \
+        message
+    assert ("LLaMA-Factory's sharegpt ranking format gives the prompt once, in `messages`, and `chosen` and "
+            '`rejected` one assistant message each ({"role": "assistant", "content": "..."})') in message
