@@ -2,18 +2,23 @@
 
 Before the model loads: a pair whose `chosen` and `rejected` are not two answers to one prompt (whole conversations,
 say, with different prompts) is named with its dataset, row and the rule; an image that does not exist or does not
-decode is named with its dataset, row and the fix (LLaMA-Factory's own errors name neither); a row with an empty chosen
-or rejected response is refused (it would train on an end-of-sequence-only answer); a training set without any image
-is warned about once.
+decode is named with its dataset, row and the fix (LLaMA-Factory's own errors name neither); a pair whose image tokens
+`cutoff_len` would cut is refused, and responses it cuts are counted in one warning, both with the rows and the
+`cutoff_len` that keeps them whole; a row with an empty chosen or rejected response is refused (it would train on an
+end-of-sequence-only answer); a training set without any image is warned about once.
 """
 
+import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from llamafactory.data import get_dataset
 from llamafactory.data.loader import _load_single_dataset
 from llamafactory.data.parser import get_dataset_list
+from llamafactory.data.processor.pairwise import PairwiseDatasetProcessor
+from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.extras import logging
 from llamafactory.extras.constants import IGNORE_INDEX
 
@@ -35,6 +40,7 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
         if message is None:
             raise
         raise UEDPOUserError(message) from error
+    check_truncation(dataset_module, template, tokenizer_module, model_args, data_args, training_args)
     training_image_rows = None
     for split, dataset in _datasets(dataset_module):
         image_rows = check_responses_and_count_images(dataset, tokenizer_module["tokenizer"], split)
@@ -177,3 +183,129 @@ def pair_format_problem(record, attr) -> str | None:
     value = sides[side]
     found = "missing" if value is None else f"a {type(value).__name__} ({json.dumps(value)[:80]})"
     return f"its `{side}` is {found}. {rule}."
+
+
+@dataclass(frozen=True)
+class _SourceRow:
+    """A dataset row as LLaMA-Factory encodes it before `cutoff_len` truncates it."""
+
+    where: str  # "row 3 (counted from 0) of dataset `name`"
+    prompt_len: int
+    chosen_len: int
+    rejected_len: int
+    last_image_token: int | None  # index in the prompt, None without image tokens
+
+
+def check_truncation(dataset_module, template, tokenizer_module, model_args, data_args, training_args) -> None:
+    """Refuse pairs whose image tokens `cutoff_len` would cut (training would fail on them with `Image features and
+    image tokens do not match`, naming no row), and warn once about responses it cuts (they train without their
+    end-of-sequence token), each with the dataset row and the `cutoff_len` that keeps them whole.
+
+    LLaMA-Factory 0.9.5 (`PairwiseDatasetProcessor`, `infer_seqlen`) truncates a pair only when its longer row would
+    exceed `cutoff_len`, so only prepared rows of that length are encoded again, untruncated, to compare."""
+    cutoff = data_args.cutoff_len
+    suspects = []  # (split, chosen_input_ids, rejected_input_ids, images)
+    for split, dataset in _datasets(dataset_module):
+        columns = dataset.select_columns(["chosen_input_ids", "rejected_input_ids", "images"])
+        for start in range(0, len(columns), _SCAN_BATCH_ROWS):
+            rows = columns[start:start + _SCAN_BATCH_ROWS]
+            suspects += [(split, chosen, rejected, images) for chosen, rejected, images
+                         in zip(rows["chosen_input_ids"], rows["rejected_input_ids"], rows["images"])
+                         if max(len(chosen), len(rejected)) >= cutoff]
+    if not suspects:
+        return
+    sources = _untruncated_rows({_images_key(images) for *_, images in suspects}, template, tokenizer_module,
+                                model_args, data_args, training_args)
+    cut_images, cut_responses, keeps_responses = [], [], []
+    for split, chosen, rejected, _ in suspects:
+        source = sources.get((tuple(chosen), tuple(rejected)))
+        if source is None:  # not found among the configured datasets' rows (a `tokenized_path` set, say)
+            continue
+        target_len = max(source.chosen_len, source.rejected_len)
+        kept_prompt, kept_response = infer_seqlen(source.prompt_len, target_len, cutoff)
+        if source.last_image_token is not None and kept_prompt <= source.last_image_token:
+            needed = _smallest_cutoff(source.prompt_len, target_len,
+                                      lambda prompt, _: prompt > source.last_image_token)
+            cut_images.append((split, source, kept_prompt, needed))
+        cut = [side for side, length in (("chosen", source.chosen_len), ("rejected", source.rejected_len))
+               if kept_response < length]
+        if cut:
+            cut_responses += [(split, source.where, side) for side in cut]
+            keeps_responses.append(_smallest_cutoff(source.prompt_len, target_len,
+                                                    lambda _, response: response >= target_len))
+    if cut_images:
+        splits = sorted({split for split, *_ in cut_images})
+        named = "; ".join(
+            f"{source.where} keeps {kept} of its {source.prompt_len} prompt tokens, and its image tokens end at "
+            f"token {source.last_image_token + 1} (it needs `cutoff_len` >= {needed})"
+            for _, source, kept, needed in cut_images[:_ROWS_NAMED]
+        )
+        more = f"; and {len(cut_images) - _ROWS_NAMED} more" if len(cut_images) > _ROWS_NAMED else ""
+        raise UEDPOUserError(
+            f"{len(cut_images)} pair(s) of the {' and '.join(splits)} set would lose image tokens to `cutoff_len: "
+            f"{cutoff}` (LLaMA-Factory truncates a long prompt from its end to leave room for the response), and "
+            f"training would fail on them with `Image features and image tokens do not match`: {named}{more}. "
+            f"Raise `cutoff_len` to at least {max(needed for *_, needed in cut_images)}, or shorten these prompts."
+        )
+    if cut_responses:
+        splits = sorted({split for split, *_ in cut_responses})
+        named = "; ".join(f"{where}, {side}" for _, where, side in cut_responses[:_ROWS_NAMED])
+        more = f"; and {len(cut_responses) - _ROWS_NAMED} more" if len(cut_responses) > _ROWS_NAMED else ""
+        logger.warning_rank0(
+            f"{len(cut_responses)} response(s) of the {' and '.join(splits)} set are longer than `cutoff_len: "
+            f"{cutoff}` leaves room for: LLaMA-Factory cuts them, and they train without their end-of-sequence "
+            f"token: {named}{more}. Raise `cutoff_len` to at least {max(keeps_responses)} to train every response "
+            "whole (stock DPO cuts them too)."
+        )
+
+
+def _images_key(images) -> tuple:
+    return tuple(str(image) for image in images or [])
+
+
+def _smallest_cutoff(prompt_len: int, target_len: int, keeps) -> int:
+    """The smallest `cutoff_len` from which on every larger one, truncated as LLaMA-Factory does, `keeps(kept prompt
+    tokens, kept response tokens)`; prompt + response tokens keep everything."""
+    cutoff = prompt_len + target_len
+    while cutoff > 1 and keeps(*infer_seqlen(prompt_len, target_len, cutoff - 1)):
+        cutoff -= 1
+    return cutoff
+
+
+def _untruncated_rows(image_keys: set[tuple], template, tokenizer_module, model_args, data_args, training_args
+                      ) -> dict[tuple, _SourceRow]:
+    """The configured datasets' rows whose images are among `image_keys`, encoded as LLaMA-Factory encodes a pair
+    but without truncation, keyed by the (chosen, rejected) input ids that `cutoff_len` truncates them to."""
+    tokenizer = tokenizer_module["tokenizer"]
+    untruncated_args = copy.copy(data_args)
+    untruncated_args.cutoff_len = 1 << 40
+    encoder = PairwiseDatasetProcessor(template=template, tokenizer=tokenizer,
+                                       processor=tokenizer_module.get("processor"), data_args=untruncated_args)
+    image_token = template.mm_plugin.image_token
+    image_token_id = None if image_token is None else tokenizer.convert_tokens_to_ids(image_token)
+    rows = {}
+    for names in (data_args.dataset, data_args.eval_dataset):
+        for name, attr in zip(names or [], get_dataset_list(names or [], data_args.dataset_dir)):
+            dataset = _load_single_dataset(attr, model_args, data_args, training_args)
+            for row, images in enumerate(dataset["_images"]):
+                if _images_key(images) not in image_keys:
+                    continue
+                example = dataset[row]
+                if len(example["_prompt"]) % 2 != 1 or len(example["_response"]) < 2:
+                    continue  # LLaMA-Factory drops it
+                chosen_ids, chosen_labels, rejected_ids, rejected_labels = encoder._encode_data_example(
+                    prompt=example["_prompt"], response=example["_response"], system=example["_system"],
+                    tools=example["_tools"], images=example["_images"] or [], videos=example["_videos"] or [],
+                    audios=example["_audios"] or [])
+                prompt_len = sum(1 for label in chosen_labels if label == IGNORE_INDEX)
+                prompt = chosen_ids[:prompt_len]
+                image_positions = [index for index, token in enumerate(prompt) if token == image_token_id]
+                source = _SourceRow(f"row {row} (counted from 0) of dataset `{name}`", prompt_len,
+                                    len(chosen_ids) - prompt_len, len(rejected_ids) - prompt_len,
+                                    image_positions[-1] if image_positions else None)
+                kept_prompt, kept_response = infer_seqlen(
+                    prompt_len, max(source.chosen_len, source.rejected_len), data_args.cutoff_len)
+                key = (tuple(prompt[:kept_prompt] + chosen_ids[prompt_len:][:kept_response]),
+                       tuple(prompt[:kept_prompt] + rejected_ids[prompt_len:][:kept_response]))
+                rows.setdefault(key, source)
+    return rows
