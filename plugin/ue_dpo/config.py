@@ -1,6 +1,6 @@
 """The `ue_*` keys of `stage: ue_dpo`, with defaults, help text and validation."""
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
 from ue_dpo.argument_checks import UEDPOUserError, check_integer
