@@ -164,7 +164,8 @@ def pair_format_problem(record, attr) -> str | None:
     else:
         role, content, assistant = attr.role_tag, attr.content_tag, attr.assistant_tag
         expected = f'one assistant message each ({{"{role}": "{assistant}", "{content}": "..."}})'
-        fits = lambda value: isinstance(value, dict) and value.get(role) == assistant  # noqa: E731
+        answer_roles = (assistant, attr.function_tag)  # the roles LLaMA-Factory's converter takes for an answer
+        fits = lambda value: isinstance(value, dict) and value.get(role) in answer_roles  # noqa: E731
         rule = (f"LLaMA-Factory's {attr.formatting} ranking format gives the prompt once, in `{attr.messages}`, and "
                 f"`chosen` and `rejected` {expected}")
     if all(fits(value) for value in sides.values()):
