@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ue_dpo.experiment.stages import digest
+from ue_dpo.yaml_errors import describe_yaml_error
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -175,16 +176,6 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ExperimentConfigError(f"{what} {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax") from None
     except UnicodeDecodeError as error:
         raise ExperimentConfigError(f"{what} {path} is not UTF-8 text ({error}); save it as UTF-8") from None
-
-
-def describe_yaml_error(error: yaml.YAMLError) -> str:
-    """PyYAML's explanation on one line, with 1-based line and column numbers."""
-    parts = []
-    for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
-                       (getattr(error, "problem", None), getattr(error, "problem_mark", None))):
-        if text:
-            parts.append(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""))
-    return ": ".join(parts) or str(error)
 
 
 def apply_setting(raw: dict[str, Any], setting: str) -> None:
