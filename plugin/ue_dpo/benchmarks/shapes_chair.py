@@ -19,7 +19,7 @@ A ratio whose denominator is zero is None (undefined), never 0.
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ue_dpo.synthetic.shapes import SHAPES, mentioned_shapes
+from ue_dpo.synthetic.vocabulary import SHAPES, mentioned_shapes
 
 SHAPES_CHAIR_METRICS = ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_mentioned")
 BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall")

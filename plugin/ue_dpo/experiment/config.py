@@ -21,13 +21,12 @@ from typing import Any
 import yaml
 
 from ue_dpo.experiment.stages import digest
+from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES, WORLDS as SYNTHETIC_WORLDS, SyntheticWorld
 from ue_dpo.yaml_errors import describe_yaml_error
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 SYNTHETIC_PATHS = ("model", "data", "eval")
-SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
-SYNTHETIC_WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
 JUDGED_TASKS = ("mmhal_bench",)  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
@@ -36,22 +35,6 @@ SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a char
 
 class ExperimentConfigError(ValueError):
     """A bad experiment file; the message names the key and the fix."""
-
-
-@dataclass(frozen=True)
-class SyntheticWorld:
-    """An embedded world, built under `<output>/synthetic`: a tiny model, training data, held-out images."""
-
-    world: str = "shapes"  # one of SYNTHETIC_WORLDS
-    arch: str = "qwen2_vl"
-    seed: int = 0
-    image_size: int = 56
-    sft_examples: int = 512
-    # share of warm-up captions that name one absent shape (noisy web captions); in `blind_spots`, of the captions
-    # of a lone large shape, which then also name its absent partner
-    sft_noisy_share: float = 0.0
-    preference_pairs: int = 256
-    eval_images: int = 64
 
 
 @dataclass(frozen=True)

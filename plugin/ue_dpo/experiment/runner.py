@@ -133,8 +133,6 @@ class ExperimentRunner:
             return
         self.announce(f"synthetic {world.world} world: tiny {world.arch} model, {world.sft_examples} captions, "
                       f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
-        from ue_dpo.synthetic.world import build_synthetic_world
-
         shutil.rmtree(root, ignore_errors=True)
         build_synthetic_world(world, root)
         self.markers.write("synthetic", stage_digest, world=world.__dict__)
