@@ -72,7 +72,7 @@ def imports_of(path: Path) -> list[tuple[str, int, bool]]:
                     target = ".".join(base + ([child.module] if child.module else []))
                 else:
                     target = child.module or ""
-                # `from ue_dpo.llamafactory import reference_cache` imports the module ue_dpo.llamafactory.reference_cache
+                # `from ue_dpo.llamafactory import reference_cache` imports ue_dpo.llamafactory.reference_cache
                 found.extend((f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target,
                               child.lineno, not in_function) for alias in child.names)
             visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
@@ -162,6 +162,11 @@ def describe(path: list[str], graph: dict[str, dict[str, str]]) -> str:
 def test_every_module_has_a_layer():
     unplaced = sorted(module for module in MODULES if entry_of(module) is None)
     assert not unplaced, f"modules in no layer (add them to LAYERS in {Path(__file__).name}): {unplaced}"
+
+
+def test_every_entry_of_the_layers_is_a_module():
+    stale = [entry for layer in LAYERS for entry in layer if entry and f"{PACKAGE}.{entry}" not in MODULES]
+    assert not stale, f"LAYERS names modules that do not exist: {stale}"
 
 
 def test_there_is_no_import_cycle():

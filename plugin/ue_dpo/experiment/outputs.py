@@ -91,7 +91,8 @@ def read_logged_samples(path: Path) -> list[dict[str, Any]]:
             try:
                 samples.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise CompareError(f"{path} line {number} is not JSON ({error}); is it lmms-eval's samples file?") from None
+                raise CompareError(f"{path} line {number} is not JSON ({error}); is it lmms-eval's samples "
+                                   f"file?") from None
     return samples
 
 
