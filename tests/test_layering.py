@@ -26,6 +26,10 @@ each other (`benchmarks` never imports `llamafactory`, and the reverse).
 A package's `__init__` runs whenever any module inside it is imported, so one whose modules lie in several layers
 (`ue_dpo`, `synthetic`) imports none of our modules at its top.
 
+A new module inherits the layer of its package; a new top-level module or package fails the test until LAYERS
+places it. An import of our own modules inside a function is kept only where the imported module loads something
+heavy (LLaMA-Factory, lmms-eval, torch, openai) that the importing module's other users need not, and says so.
+
 Imports by name (`importlib.import_module`: `cli`'s subcommands, `_autoload`'s hooks) are not edges; both live in
 the top layer, so they can only point down.
 """
