@@ -17,10 +17,10 @@ from ue_dpo.benchmarks.paired_comparison import (
     paired_records,
 )
 from ue_dpo.cli import main
-from ue_dpo.commands.compare import CompareError, compare_folders, run_folder
 from ue_dpo.evaluation.shapes_caption import blind_spots_process_results, shapes_process_results
 from ue_dpo.experiment import embedded_default_path
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, load_experiment
+from ue_dpo.experiment.outputs import CompareError, compare_folders, run_folder
 from ue_dpo.experiment.runner import ExperimentRunner
 from ue_dpo.experiment.stages import StageError
 from ue_dpo.statistics import percentile_interval, seed_level_interval
@@ -306,7 +306,10 @@ def test_the_command_names_the_fix_for_bad_input(demo_output, capsys):
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
-        assert re.search(message, str(exit_info.value)), exit_info.value
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2, error  # a user error, as for every other command
+        assert error.startswith("ue-dpo compare: error: "), error
+        assert re.search(message, error), error
 
 
 def test_experiment_run_names_resolve_to_the_folders_ue_dpo_run_evaluates_into(tmp_path):
