@@ -3,7 +3,7 @@
 metadata key        environment variable          default
 judge_model         UE_DPO_JUDGE_MODEL            (required)
 judge_base_url      OPENAI_BASE_URL               https://api.openai.com/v1
-judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge
+judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge/<endpoint> (one folder per server)
 judge_max_retries   UE_DPO_JUDGE_MAX_RETRIES      5 (retries after the first attempt)
 judge_timeout       UE_DPO_JUDGE_TIMEOUT          120 (seconds per request)
 allow_judge_failures UE_DPO_ALLOW_JUDGE_FAILURES  false
@@ -12,10 +12,14 @@ The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ue_dpo.benchmarks.judge_config import JudgeConfig, JudgeConfigError
+from ue_dpo.benchmarks.judge_config import JudgeConfig, JudgeConfigError, display_url, normalize_base_url
 from ue_dpo.evaluation.data import cache_dir, setting
 
 if TYPE_CHECKING:
@@ -39,8 +43,12 @@ TASK_SETTING_NAMES = {
 }
 
 
-def default_judge_cache_dir() -> str:
-    return str(cache_dir() / "judge")
+def default_judge_cache_dir(base_url: str) -> str:
+    """<cache dir>/judge/<host>_<port>-<hash of the endpoint>: servers never share the default cache."""
+    endpoint = display_url(normalize_base_url(base_url))
+    parsed = urllib.parse.urlsplit(endpoint)
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{parsed.hostname}_{parsed.port or parsed.scheme}").strip("_")
+    return str(cache_dir() / "judge" / f"{readable}-{hashlib.sha256(endpoint.encode()).hexdigest()[:12]}")
 
 
 def task_judge(task_name: str, metadata: Mapping[str, Any], *,
@@ -54,11 +62,14 @@ def task_judge(task_name: str, metadata: Mapping[str, Any], *,
     options = {
         "model": model,
         "base_url": metadata.get("judge_base_url"),
-        "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV, default_judge_cache_dir()),
+        "cache_dir": setting(metadata, "judge_cache_dir", JUDGE_CACHE_DIR_ENV),
         "max_retries": setting(metadata, "judge_max_retries", JUDGE_MAX_RETRIES_ENV),
         "timeout": setting(metadata, "judge_timeout", JUDGE_TIMEOUT_ENV),
         "allow_failures": setting(metadata, "allow_judge_failures", ALLOW_JUDGE_FAILURES_ENV, False),
     }
     from ue_dpo.benchmarks.judge import JudgeClient  # imports `openai` (about a second), which only judged tasks need
 
-    return JudgeClient(JudgeConfig.from_options(options), setting_names=setting_names)
+    config = JudgeConfig.from_options(options)
+    if config.cache_dir is None:
+        config = dataclasses.replace(config, cache_dir=default_judge_cache_dir(config.base_url))
+    return JudgeClient(config, setting_names=setting_names)
