@@ -315,6 +315,8 @@ def test_mmhal_task_judges_with_the_official_prompt_and_records_the_judge(mmhal_
         mmhal_env.setenv("UE_DPO_JUDGE_MODEL", "judge-x")
         mmhal_env.setenv("OPENAI_BASE_URL", server.base_url)
         mmhal_env.setenv("OPENAI_API_KEY", "sk-test-secret-key")
+        mmhal_env.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
+        mmhal_env.setenv("UE_DPO_JUDGE_UNPARSED_AS_ZERO", "1")
         task = load_task("mmhal_bench")
         docs = task.test_docs()
         assert [doc["question_type"] for doc in docs] == list(MMHAL_QUESTION_TYPES)
@@ -334,7 +336,23 @@ def test_mmhal_task_judges_with_the_official_prompt_and_records_the_judge(mmhal_
     assert mmhal_judge_messages({**item, "model_answer": "Answer 0."}) in [payload["messages"] for payload in server.payloads]
     judge = task.config.metadata["judge"]
     assert judge["model"] == "judge-x" and judge["api_key_set"] is True
+    assert task.config.metadata["judge_unparsed_as_zero"] is True
     assert "sk-test-secret-key" not in repr(task.dump_config())
+
+
+def test_mmhal_task_fails_on_unparsed_replies_and_names_the_setting_that_scores_them_zero(mmhal_env):
+    with ScriptedJudgeServer(judge_by_type) as server:
+        mmhal_env.setenv("UE_DPO_JUDGE_MODEL", "judge-x")
+        mmhal_env.setenv("OPENAI_BASE_URL", server.base_url)
+        mmhal_env.setenv("UE_DPO_JUDGE_MAX_RETRIES", "1")
+        task = load_task("mmhal_bench")
+        with pytest.raises(ValueError) as caught:
+            run_process_results(task, {position: f"Answer {position}." for position in range(8)})
+        assert server.request_count == 7 + 2  # the unparsed reply was asked again
+    message = str(caught.value)
+    assert "1 judge reply names zero or several ratings (item 7 (image_id img7))" in message
+    assert "set UE_DPO_JUDGE_UNPARSED_AS_ZERO=1 to score them 0 as the official script does" in message
+    assert task.config.metadata["judge_unparsed_as_zero"] is False
 
 
 def test_mmhal_task_without_judge_model_or_template_says_what_to_set(mmhal_env, tmp_path):

@@ -93,6 +93,9 @@ def benchmark_env(workdir):
         "UE_DPO_MMHAL_DIR": str(write_mmhal_dir(workdir / "mmhal", count=MMHAL_ITEMS)),
         "UE_DPO_JUDGE_MODEL": JUDGE_MODEL,
         "UE_DPO_JUDGE_CACHE_DIR": str(workdir / "judge_cache"),
+        # the fixture judge's "Rating:4" is unparsed: asked once and scored 0, as the official script does
+        "UE_DPO_JUDGE_MAX_RETRIES": "0",
+        "UE_DPO_JUDGE_UNPARSED_AS_ZERO": "1",
         "UE_DPO_CACHE_DIR": str(workdir / "cache"),
         "UE_DPO_NLTK_DOWNLOAD": "0",
         "NLTK_DATA": str(resources.nltk_dir),
@@ -341,12 +344,14 @@ def test_mmhal_metrics_equal_ue_dpo_score_on_the_logged_answers(evaluations, ben
     for sample in logged_samples(evaluations["dirs"]["qwen2_vl_base"], "mmhal_bench"):
         template[sample["doc_id"]]["model_answer"] = response_of(sample)
     (workdir / "mmhal_answers.json").write_text(json.dumps(template))
-    for name in ("UE_DPO_JUDGE_CACHE_DIR", "OPENAI_API_KEY"):
+    for name in ("UE_DPO_JUDGE_CACHE_DIR", "OPENAI_API_KEY", "UE_DPO_JUDGE_MAX_RETRIES"):
         monkeypatch.setenv(name, benchmark_env[name])
     expected = ue_dpo_score(["mmhal_bench", "--responses", str(workdir / "mmhal_answers.json"), "--allow-subset",
-                             "--judge-model", JUDGE_MODEL, "--judge-base-url", judge_server.base_url], capsys)
-    # the same prompts: every rating comes from the judge cache the lmms-eval run filled
-    assert judge_server.request_count == MMHAL_ITEMS
+                             "--judge-model", JUDGE_MODEL, "--judge-base-url", judge_server.base_url,
+                             "--judge-unparsed-as-zero"], capsys)
+    # the same prompts: every rating comes from the judge cache the lmms-eval run filled, but for the unparsed
+    # reply (item 7, type `other`), which is never cached and so asked again
+    assert judge_server.request_count == MMHAL_ITEMS + 1
     scored = results_of(evaluations["dirs"]["qwen2_vl_base"])["mmhal_bench"]
     for metric in ("score", "hallucination_rate", "informativeness"):
         assert scored[f"{metric},none"] == pytest.approx(expected[metric]), metric

@@ -124,11 +124,13 @@ def test_score_object_halbench_json_and_cached_ground_truth(run, tmp_path):
 def test_score_mmhal_bench_json_with_a_local_judge_and_its_cache(run, tmp_path):
     responses = tmp_path / "responses.json"
     write_mmhal_responses(responses)
-    arguments = ["mmhal_bench", "--responses", str(responses), "--judge-model", "judge-x", "--judge-cache-dir", str(tmp_path / "judge"), "--json"]
+    arguments = ["mmhal_bench", "--responses", str(responses), "--judge-model", "judge-x",
+                 "--judge-cache-dir", str(tmp_path / "judge"), "--judge-max-retries", "0", "--judge-unparsed-as-zero", "--json"]
     with ScriptedJudgeServer(judge_by_type) as server:
         first = json_output(run(*arguments, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-test-secret-key"))
         again = run(*arguments, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-test-secret-key")
-        assert server.request_count == 96  # the second run is answered from the cache
+        # the second run is answered from the cache, but for the 12 unparsed replies, which are never cached
+        assert server.request_count == 96 + 12
         assert server.authorization_headers[0] == "Bearer sk-test-secret-key"
     # tests/test_mmhal.py::test_score_mmhal_file_end_to_end_and_rescoring_from_cache
     assert first["score"] == pytest.approx(2.625) and first["hallucination_rate"] == pytest.approx(0.5)
@@ -137,6 +139,28 @@ def test_score_mmhal_bench_json_with_a_local_judge_and_its_cache(run, tmp_path):
     assert (first["n"], first["judge_model"], first["judge_failures"], first["judge_unparsed"]) == (96, "judge-x", 0, 12)
     assert first["judge"]["base_url"] == server.base_url
     assert json_output(again) == first and "sk-test-secret-key" not in again.stdout
+
+
+def test_score_mmhal_bench_fails_on_unparsed_replies_unless_asked_to_score_them_as_the_official_script(run, tmp_path):
+    responses = tmp_path / "responses.json"
+    write_mmhal_responses(responses, count=16)
+    arguments = ["mmhal_bench", "--responses", str(responses), "--judge-model", "j",
+                 "--judge-cache-dir", str(tmp_path / "judge"), "--judge-max-retries", "1", "--allow-subset", "--json"]
+    with ScriptedJudgeServer(judge_by_type) as server:
+        refused = run(*arguments, OPENAI_BASE_URL=server.base_url)
+        assert server.request_count == 14 + 2 * 2  # items 7 and 15 ("Rating:4") were asked twice
+        scored = run(*arguments, "--judge-unparsed-as-zero", OPENAI_BASE_URL=server.base_url)
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    # a warning per item, as the official script prints one, then the error
+    assert refused.stderr.count("multiple or zero scores found") == 2 and "item 15 (image_id img15)" in refused.stderr
+    message = refused.stderr.strip().splitlines()[-1]
+    assert message.startswith("ue-dpo score mmhal_bench: error: MMHal-Bench: 2 judge replies name zero or several "
+                              "ratings (item 7 (image_id img7), item 15 (image_id img15))")
+    assert message.endswith("or pass --judge-unparsed-as-zero to score them 0 as the official script does (counted as "
+                            "judge_unparsed).")
+    result = json_output(scored)
+    assert (result["n"], result["judge_unparsed"], result["per_type"]["other"]) == (16, 2, 0.0)
+    assert scored.stderr.count("scored 0, as the official script does") == 2
 
 
 def test_score_mmhal_bench_needs_a_judge_model_and_all_items(run, tmp_path):
@@ -158,7 +182,8 @@ def test_score_mmhal_bench_scores_a_subset_with_allow_subset_and_counts_empty_an
     responses.write_text(json.dumps(items), encoding="utf-8")
     with ScriptedJudgeServer(judge_by_type) as server:
         result = run("mmhal_bench", "--responses", str(responses), "--judge-model", "j", "--judge-base-url", server.base_url,
-                     "--judge-cache-dir", str(tmp_path / "judge"), "--allow-subset", "--json")
+                     "--judge-cache-dir", str(tmp_path / "judge"), "--allow-subset", "--json",
+                     "--judge-max-retries", "0", "--judge-unparsed-as-zero")
         assert server.request_count == 8
     scored = json_output(result)
     # One item per type, rated 6, 5, 4, 3, 2, 1, 0, 0 (benchmark_fixtures.REPLY_BY_TYPE): 21 / 8.

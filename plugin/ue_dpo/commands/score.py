@@ -19,12 +19,19 @@ from ue_dpo.benchmarks.judge_config import JudgeConfig
 from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL
 from ue_dpo.benchmarks.registry import Benchmark, score_commands
 from ue_dpo.commands import int_at_least
-from ue_dpo.evaluation.judge_settings import JUDGE_MAX_RETRIES_ENV, JUDGE_MODEL_ENV, JUDGE_TIMEOUT_ENV
+from ue_dpo.evaluation.judge_settings import (
+    JUDGE_MAX_RETRIES_ENV,
+    JUDGE_MODEL_ENV,
+    JUDGE_TIMEOUT_ENV,
+    JUDGE_UNPARSED_AS_ZERO_ENV,
+)
 
 JUDGE_FLAGS = {
     "model": "--judge-model", "base_url": "--judge-base-url", "api_key": "OPENAI_API_KEY", "cache_dir": "--judge-cache-dir",
     "max_retries": "--judge-max-retries", "timeout": "--judge-timeout", "allow_failures": "--allow-judge-failures",
 }
+
+UNPARSED_AS_ZERO_FLAG = "--judge-unparsed-as-zero"
 
 SCORED: dict[str, tuple[Benchmark, ...]] = score_commands()  # subcommand -> the benchmarks it scores
 # How the official code scores an empty response, which we keep (so the numbers stay the official ones).
@@ -98,13 +105,17 @@ def _score_object_halbench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _score_mmhal_bench(args: argparse.Namespace) -> dict[str, Any]:
     from ue_dpo.benchmarks.mmhal import MMHAL_NUM_ITEMS, load_mmhal_responses, mmhal_metrics, score_mmhal_items
+    from ue_dpo.evaluation.judge_settings import unparsed_as_zero
 
     judge = _judge(args)
+    zero = unparsed_as_zero({"judge_unparsed_as_zero": True if args.judge_unparsed_as_zero else None})
     items = load_mmhal_responses(args.responses, expected_items=None)
     if len(items) != MMHAL_NUM_ITEMS and not args.allow_subset:
         raise ValueError(f"MMHal-Bench responses file {args.responses} has {len(items)} items, expected "
                          f"{MMHAL_NUM_ITEMS}; answer every item, or pass --allow-subset to score these {len(items)}.")
-    return {**mmhal_metrics(score_mmhal_items(items, judge)), "judge": judge.config.public_dict()}
+    records = score_mmhal_items(items, judge, unparsed_as_zero=zero)
+    metrics = mmhal_metrics(records, unparsed_fix=f"pass {UNPARSED_AS_ZERO_FLAG}")
+    return {**metrics, "judge": judge.config.public_dict(), "judge_unparsed_as_zero": zero}
 
 
 def _format(value: Any) -> str:
@@ -181,6 +192,10 @@ def _object_halbench_arguments(object_halbench: argparse.ArgumentParser) -> None
 def _mmhal_bench_arguments(mmhal: argparse.ArgumentParser) -> None:
     mmhal.add_argument("--responses", type=Path, required=True, help="the official response template with model_answer filled in")
     mmhal.add_argument("--allow-subset", action="store_true", help="score fewer than the 96 items")
+    mmhal.add_argument(UNPARSED_AS_ZERO_FLAG, action="store_true",
+                       help="score a judge reply that still names zero or several ratings after the retries 0, as the "
+                            f"official script does, instead of stopping (counted as judge_unparsed; default: "
+                            f"${JUDGE_UNPARSED_AS_ZERO_ENV})")
 
 
 @dataclass(frozen=True)

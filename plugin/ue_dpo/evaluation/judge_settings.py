@@ -7,6 +7,8 @@ judge_cache_dir     UE_DPO_JUDGE_CACHE_DIR        <cache dir>/judge/<endpoint> (
 judge_max_retries   UE_DPO_JUDGE_MAX_RETRIES      5 (retries after the first attempt)
 judge_timeout       UE_DPO_JUDGE_TIMEOUT          120 (seconds per request)
 allow_judge_failures UE_DPO_ALLOW_JUDGE_FAILURES  false
+judge_unparsed_as_zero UE_DPO_JUDGE_UNPARSED_AS_ZERO false (MMHal-Bench: score a reply with zero or several
+                                                  ratings 0, as the official script does, instead of failing)
 The API key is read from OPENAI_API_KEY only, so it never sits in a YAML file or a result.
 """
 
@@ -30,6 +32,7 @@ JUDGE_CACHE_DIR_ENV = "UE_DPO_JUDGE_CACHE_DIR"
 JUDGE_MAX_RETRIES_ENV = "UE_DPO_JUDGE_MAX_RETRIES"
 JUDGE_TIMEOUT_ENV = "UE_DPO_JUDGE_TIMEOUT"
 ALLOW_JUDGE_FAILURES_ENV = "UE_DPO_ALLOW_JUDGE_FAILURES"
+JUDGE_UNPARSED_AS_ZERO_ENV = "UE_DPO_JUDGE_UNPARSED_AS_ZERO"
 # The judge settings as error messages name them to a user of the tasks (`ue-dpo run` passes its `judge:` block on
 # in these variables, and `evaluation.env` sets any of them).
 TASK_SETTING_NAMES = {
@@ -49,6 +52,18 @@ def default_judge_cache_dir(base_url: str) -> str:
     parsed = urllib.parse.urlsplit(endpoint)
     readable = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{parsed.hostname}_{parsed.port or parsed.scheme}").strip("_")
     return str(cache_dir() / "judge" / f"{readable}-{hashlib.sha256(endpoint.encode()).hexdigest()[:12]}")
+
+
+def unparsed_as_zero(metadata: Mapping[str, Any], *, setting_name: str = JUDGE_UNPARSED_AS_ZERO_ENV) -> bool:
+    """Whether a judge reply with zero or several ratings is scored 0 (the official MMHal-Bench script) rather than
+    failing the scoring."""
+    value = setting(metadata, "judge_unparsed_as_zero", JUDGE_UNPARSED_AS_ZERO_ENV, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise JudgeConfigError(f"{setting_name} must be 1 or 0 (true or false), got {value!r}.")
+    return text in {"1", "true", "yes", "on"}
 
 
 def task_judge(task_name: str, metadata: Mapping[str, Any], *,

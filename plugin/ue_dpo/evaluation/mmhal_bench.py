@@ -6,7 +6,8 @@ Shengcao1006/MMHal-Bench), named by `dataset_kwargs: {data_dir: DIR}` or `UE_DPO
 neither, those files are fetched from that dataset into the cache directory.
 
 The judge is configured as ue_dpo.evaluation.judge_settings describes; its settings (never the API
-key) are recorded under `metadata.judge` of the task's config in the results.
+key) are recorded under `metadata.judge` of the task's config in the results, and whether unparsed
+replies were scored 0 (UE_DPO_JUDGE_UNPARSED_AS_ZERO) under `metadata.judge_unparsed_as_zero`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ue_dpo.evaluation.data import (
     offline_variable,
     require_file,
 )
-from ue_dpo.evaluation.judge_settings import task_judge
+from ue_dpo.evaluation.judge_settings import JUDGE_UNPARSED_AS_ZERO_ENV, task_judge, unparsed_as_zero
 from ue_dpo.evaluation.local_task import LocalFilesTask
 
 MMHAL_DIR_ENV = MMHAL_BENCH.data_env("data_dir")  # UE_DPO_MMHAL_DIR
@@ -90,8 +91,9 @@ class MMHalBenchTask(LocalFilesTask):
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         judge = task_judge("mmhal_bench", metadata)
-        metadata.update(judge=judge.config.public_dict())
-        return {"judge": judge}
+        zero = unparsed_as_zero(metadata)
+        metadata.update(judge=judge.config.public_dict(), judge_unparsed_as_zero=zero)
+        return {"judge": judge, "unparsed_as_zero": zero}
 
 
 def mmhal_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
@@ -109,15 +111,17 @@ MMHAL_METRICS = (
 _ITEM_KEYS = ("question_type", "question_topic", "image_id", "image_content", "question", "gt_answer")
 
 
-def mmhal_process_results(doc: Mapping[str, Any], results: Sequence[str], *, judge: JudgeClient) -> dict[str, dict[str, Any]]:
+def mmhal_process_results(doc: Mapping[str, Any], results: Sequence[str], *, judge: JudgeClient,
+                          unparsed_as_zero: bool = False) -> dict[str, dict[str, Any]]:
     item = {key: doc[key] for key in _ITEM_KEYS}
-    record = score_mmhal_item({**item, "model_answer": results[0]}, judge)
+    record = score_mmhal_item({**item, "model_answer": results[0]}, judge, unparsed_as_zero=unparsed_as_zero,
+                              index=doc["question_id"])
     return {metric: record for metric in MMHAL_METRICS}
 
 
 def _aggregation(name: str, pick: Callable[[dict[str, Any]], Any]) -> Callable[[Sequence[Mapping[str, Any]]], Any]:
     def aggregate(records: Sequence[Mapping[str, Any]]) -> Any:
-        return pick(mmhal_metrics(records))
+        return pick(mmhal_metrics(records, unparsed_fix=f"set {JUDGE_UNPARSED_AS_ZERO_ENV}=1"))
 
     aggregate.__name__ = name
     return aggregate
