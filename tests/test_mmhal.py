@@ -199,7 +199,8 @@ def test_score_mmhal_file_fails_on_unparsed_replies_after_asking_again(tmp_path,
         config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache",
                              max_retries=2)
         with pytest.raises(ValueError, match=r"12 judge replies name zero or several ratings "
-                                             r"\(item 7 \(image_id img7\), item 15 \(image_id img15\), .*unparsed_as_zero=True to score them 0"):
+                                             r"\(item 7 \(image_id img7\), item 15 \(image_id img15\), "
+                                             r".*unparsed_as_zero=True to score them 0"):
             score_mmhal_file(responses, JudgeClient(config))
         # The 12 "Rating:4" replies of type `other` were asked 3 times each.
         assert server.request_count == 84 + 12 * 3
