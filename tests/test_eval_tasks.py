@@ -4,6 +4,7 @@ aggregation giving the numbers worked out by hand in tests/test_{amber,object_ha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -353,6 +354,25 @@ def test_mmhal_task_fails_on_unparsed_replies_and_names_the_setting_that_scores_
     assert "1 judge reply names zero or several ratings (item 7 (image_id img7))" in message
     assert "set UE_DPO_JUDGE_UNPARSED_AS_ZERO=1 to score them 0 as the official script does" in message
     assert task.config.metadata["judge_unparsed_as_zero"] is False
+
+
+def test_benchmark_files_that_repeat_a_question_are_refused(tmp_path):
+    from ue_dpo.evaluation.mmhal_bench import load_mmhal_docs
+    from ue_dpo.evaluation.object_halbench import load_object_halbench_docs
+
+    mmhal = write_mmhal_dir(tmp_path / "mmhal", count=6)
+    template = json.loads((mmhal / "response_template.json").read_text())
+    (mmhal / "response_template.json").write_text(json.dumps([*template, template[1]]))
+    with pytest.raises(BenchmarkDataError,
+                       match=r"response_template.json: MMHal-Bench item 6 \(image_id img1\) repeats item 1"):
+        load_mmhal_docs(mmhal)
+    questions = write_object_halbench_questions(tmp_path / "object_halbench") / "obj_halbench_300_with_image.jsonl"
+    lines = [json.loads(line) for line in questions.read_text().splitlines()]
+    numbered = [{**line, "question_id": index % 5} for index, line in enumerate(lines)]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in numbered))
+    with pytest.raises(BenchmarkDataError, match=r"obj_halbench_300_with_image.jsonl: question_id 0 appears twice "
+                                                 r"\(lines 1 and 6\)"):
+        load_object_halbench_docs(questions.parent, tmp_path / "no_coco_needed")
 
 
 def test_mmhal_task_without_judge_model_or_template_says_what_to_set(mmhal_env, tmp_path):

@@ -271,3 +271,9 @@ def test_score_mmhal_file_names_the_file_and_the_fix(tmp_path):
     template.write_text(json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]), encoding="utf-8")
     with pytest.raises(ValueError, match="unfilled template"):
         score_mmhal_file(template, judge)
+    repeated = tmp_path / "repeated.json"
+    items = write_mmhal_responses(repeated, count=6)
+    repeated.write_text(json.dumps([*items, {**items[2], "model_answer": "Another answer."}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"repeated.json: MMHal-Bench item 6 \(image_id img2\) repeats item 2 "
+                                         r"\(the same image_id and question\); score each question once"):
+        score_mmhal_file(repeated, judge, expected_items=None)

@@ -290,6 +290,17 @@ def test_answers_for_unknown_images_are_refused():
         score_object_halbench(GROUND_TRUTH, [{"question_id": 1, "image_id": 77, "text": "A dog."}])
 
 
+def test_a_repeated_question_id_is_refused_instead_of_counted_twice():
+    # 6 questions, one of them answered twice: the official script would count n 7.
+    answers = [*RULE_ANSWERS[:6], {**RULE_ANSWERS[2], "text": "A train."}]
+    with pytest.raises(ValueError, match=r"^Object-HalBench answers: question_id 3 appears twice \(answers 2 and 6\); "
+                                         r"score each question once"):
+        score_object_halbench(GROUND_TRUTH, answers)
+    # Without question_id an answer is named by its position, so nothing repeats.
+    unnamed = [{key: value for key, value in answer.items() if key != "question_id"} for answer in RULE_ANSWERS]
+    assert score_object_halbench(GROUND_TRUTH, unnamed) == score_object_halbench(GROUND_TRUTH, RULE_ANSWERS)
+
+
 def test_no_mentions_leaves_ratios_undefined():
     result = score_object_halbench(GROUND_TRUTH, [{"question_id": 1, "image_id": 1, "text": "Nothing here."}])
     assert (result["chair_s"], result["chair_i"], result["chair_s_all"], result["recall"]) == (None, None, 0.0, 0.0)

@@ -133,6 +133,18 @@ def check_mmhal_item(item: Any, index: int | None = None) -> None:
             raise ValueError(f"{label}: `{key}` must be a string, got {type(item[key]).__name__}.")
 
 
+def check_mmhal_unique(items: Sequence[Mapping[str, Any]]) -> None:
+    """Raise a ValueError naming the first item that repeats an earlier one (the same image_id and question), which
+    would be scored, and counted in `n`, twice."""
+    first: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(items):
+        identity = (str(item.get("image_id")), item["question"])
+        if identity in first:
+            raise ValueError(f"{_item_label(item, index)} repeats item {first[identity]} (the same image_id and "
+                             "question); score each question once: remove the repeat.")
+        first[identity] = index
+
+
 def mmhal_judge_prompt(item: Mapping[str, Any]) -> str:
     """The official judge prompt for one item (image contents joined with ', ')."""
     check_mmhal_item(item)
@@ -212,6 +224,7 @@ def score_mmhal_items(items: Sequence[Mapping[str, Any]], judge: JudgeClient, *,
     """Judge all items, `judge.config.concurrency` at a time; records in input order."""
     for index, item in enumerate(items):
         check_mmhal_item(item, index)
+    check_mmhal_unique(items)
     results = judge.complete_many([mmhal_judge_messages(item) for item in items], accept=mmhal_rating_given)
     return [mmhal_item_record(item, result, unparsed_as_zero=unparsed_as_zero, index=index)
             for index, (item, result) in enumerate(zip(items, results))]
@@ -309,11 +322,12 @@ def load_mmhal_responses(responses_path: str | Path, *, expected_items: int | No
             f"MMHal-Bench responses file {path} has {len(items)} items, expected {expected_items}; "
             "answer every item, or pass expected_items=None to score a subset."
         )
-    for index, item in enumerate(items):
-        try:
+    try:
+        for index, item in enumerate(items):
             check_mmhal_item(item, index)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        check_mmhal_unique(items)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if items and not any(item["model_answer"].strip() for item in items):
         raise ValueError(f"Every `model_answer` in {path} is empty: this looks like the unfilled template; fill in the model's responses.")
     return items

@@ -396,6 +396,14 @@ def score_object_halbench(
         raise ValueError("The gpt extractor needs a judge (an object with `complete(messages, *, temperature)`).")
     ground_truth = {_image_id(image_id): frozenset(classes) for image_id, classes in coco_ground_truth.items()}
     fields = [_answer_fields(answer, position) for position, answer in enumerate(answers)]
+    first_answer: dict[Any, int] = {}
+    for position, (question_id, _, _, _) in enumerate(fields):
+        key = question_id if isinstance(question_id, (int, str)) else repr(question_id)
+        if key in first_answer:
+            raise ObjectHalBenchDataError(f"Object-HalBench answers: question_id {question_id} appears twice (answers "
+                                          f"{first_answer[key]} and {position}); score each question once: remove the "
+                                          "repeat.")
+        first_answer[key] = position
     unknown = sorted({image_id for _, image_id, _, _ in fields if image_id not in ground_truth})
     if unknown:
         raise ObjectHalBenchDataError(f"No COCO ground truth for image id(s) {unknown[:10]}{' ...' if len(unknown) > 10 else ''}.")

@@ -21,7 +21,13 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 
 from ue_dpo.benchmarks.judge import JudgeClient
-from ue_dpo.benchmarks.mmhal import MMHAL_QUESTION_TYPES, check_mmhal_item, mmhal_metrics, score_mmhal_item
+from ue_dpo.benchmarks.mmhal import (
+    MMHAL_QUESTION_TYPES,
+    check_mmhal_item,
+    check_mmhal_unique,
+    mmhal_metrics,
+    score_mmhal_item,
+)
 from ue_dpo.benchmarks.registry import MMHAL_BENCH
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
@@ -65,6 +71,10 @@ def load_mmhal_docs(data_dir: Path) -> list[dict[str, Any]]:
     items = json.loads(template.read_text(encoding="utf-8"))
     if not isinstance(items, list):
         raise BenchmarkDataError(f"{template} must hold the official list of items. {_SOURCE}")
+    try:
+        check_mmhal_unique([item for item in items if isinstance(item, Mapping) and "question" in item])
+    except ValueError as error:
+        raise BenchmarkDataError(f"{template}: {error}") from None
     docs = []
     for index, item in enumerate(items):
         check_mmhal_item({**item, "model_answer": ""}, index)

@@ -92,8 +92,16 @@ def load_object_halbench_docs(data_dir: Path, coco_dir: Path) -> list[dict[str, 
     path = require_file(data_dir / QUESTION_FILE, "Object-HalBench question file", _QUESTION_SOURCE)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     questions = []
+    first_line: dict[Any, int] = {}
     for number, line in enumerate(lines, start=1):
         question = json.loads(line)
+        question_id = question.get("question_id")
+        if isinstance(question_id, (int, str)):
+            if question_id in first_line:
+                raise BenchmarkDataError(f"{path}: question_id {question_id} appears twice (lines "
+                                         f"{first_line[question_id]} and {number}); each question is scored once: "
+                                         f"remove the repeat. {_QUESTION_SOURCE}")
+            first_line[question_id] = number
         missing = [key for key in ("image_id", "question", "image") if key not in question]
         if missing:
             raise BenchmarkDataError(f"{path} line {number} lacks {', '.join(missing)}. {_QUESTION_SOURCE}")
