@@ -100,6 +100,22 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
      "evaluation.tasks.amber.gen_kwargs.until: 'a,b' contains ',' or '='"),
     (changed("evaluation.tasks", [{"name": "amber", "gen_kwargs": [3]}]),
      "evaluation.tasks.amber.gen_kwargs: must be a mapping"),
+    # generation kwargs the model would refuse at its first request, or drop without a word, are refused here
+    (changed("evaluation.tasks", [{"name": "amber", "gen_kwargs": {"max_new_token": 8}}]),
+     r"evaluation.tasks.amber.gen_kwargs.max_new_token: lmms-eval model ue_dpo_hf does not read this generation "
+     r"kwarg; it reads max_new_tokens, num_beams, do_sample, temperature, top_p, top_k, until"),
+    (changed("evaluation.gen_kwargs.beams", 3),
+     r"evaluation.gen_kwargs.beams: lmms-eval model ue_dpo_hf does not read"),
+    (changed("evaluation.server", {"command": "vllm serve {model} --port {port}"},
+             ("evaluation.tasks", [{"name": "amber", "gen_kwargs": {"num_beams": 3}}])),
+     r"evaluation.tasks.amber.gen_kwargs.num_beams: lmms-eval model openai \(a served run\) does not read this "
+     r"generation kwarg; it reads max_new_tokens, temperature, top_p, seed, presence_penalty, frequency_penalty"),
+    # in-process model args kept in a served experiment would be ignored by lmms-eval's openai model
+    (changed("evaluation.server", {"command": "vllm serve {model} --port {port}"},
+             ("evaluation.model_args", {"device": "cuda:0", "dtype": "bfloat16"})),
+     r"evaluation.model_args: \['device', 'dtype'\] would be ignored: a served run is evaluated by lmms-eval's "
+     r"`openai` model, which takes none of them \(the server loads the model: set the device and dtype in "
+     r"evaluation.server.command, e.g. `vllm serve \{model\} --dtype bfloat16 --port \{port\}`\); remove them"),
     ({**VALID, "reported": [{"label": "p", "source": "s", "metrics": {"mmhal_bench": {"score": 2.1}}}]},
      r"reported\[0\].judge: the row reports \['mmhal_bench'\], which an LLM judge scores; name the judge model"),
     ({**VALID, "judge": {"model": "gpt-4o-2024-08-06"},
@@ -436,3 +452,24 @@ def test_seeds_train_every_run_per_seed_from_the_same_seed_of_the_run_it_names(b
     trained.clear(), evaluated.clear()
     runner.run_experiment(experiment)
     assert [Path(config["output_dir"]).name for config in trained] == ["ue@seed1"] and evaluated == ["ue@seed1"]
+
+
+def test_the_settings_the_experiment_file_is_checked_against_are_lmms_evals():
+    import inspect
+
+    from lmms_eval.models.chat.openai import OpenAICompatible
+    from lmms_eval.models.simple.openai import OpenAICompatible as SimpleOpenAICompatible
+
+    from ue_dpo.evaluation import model_settings
+    from ue_dpo.evaluation.model import GENERATION_KWARGS
+
+    assert model_settings.GENERATION_KWARGS["ue_dpo_hf"] == GENERATION_KWARGS
+    taken = [name for model in (SimpleOpenAICompatible, OpenAICompatible)
+             for name, parameter in inspect.signature(model.__init__).parameters.items()
+             if name != "self" and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)]
+    assert sorted(set(taken)) == sorted(model_settings.SERVED_MODEL_ARGS)
+    # what the chat model's payload carries (besides `n`, which must be 1)
+    source = inspect.getsource(OpenAICompatible.generate_until) + inspect.getsource(sys.modules[
+        SimpleOpenAICompatible.__module__])
+    for name in model_settings.SERVED_GENERATION_KWARGS:
+        assert f'"{name}"' in source, name

@@ -31,6 +31,7 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
+from ue_dpo.evaluation.model_settings import UE_DPO_HF_GENERATION_KWARGS
 from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.model_paths import is_local_path
 
@@ -41,7 +42,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
 DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
 DEFAULT_MAX_NEW_TOKENS = 1024
-GENERATION_KWARGS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "until")
+GENERATION_KWARGS = UE_DPO_HF_GENERATION_KWARGS
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ue_dpo.benchmarks.registry import judged_tasks
+from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS
 from ue_dpo.experiment.stages import digest
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -85,7 +86,7 @@ class Server:
     merge_dtype: str = "auto"  # `llamafactory-cli export`'s infer_dtype when a LoRA run is merged first
 
 
-SERVER_MODEL = "openai"  # lmms-eval's OpenAI-compatible chat model, the client of every served run
+SERVER_MODEL = SERVED_MODEL  # lmms-eval's OpenAI-compatible chat model, the client of every served run
 MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
@@ -367,14 +368,16 @@ def _parse_evaluation(raw: Any) -> Evaluation:
         raise ExperimentConfigError("evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
                                     "remove it (use `checkpoint:` in a run to evaluate a given model)")
     _check_lmms_eval_values("evaluation.model_args", raw.get("model_args", {}))
-    gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}))
+    server = _parse_server(raw.get("server"))
+    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+    gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}), model)
     batch_size = _batch_size("evaluation.batch_size", raw.get("batch_size", 1))
     limit = _limit("evaluation.limit", raw.get("limit"))
     protocols: dict[str, tuple[list[str], dict[str, Any], int | None, int]] = {}
     for name, entry in _task_entries(raw.get("tasks")):
         where = f"evaluation.tasks.{name}"
         settings = (
-            {**gen_kwargs, **_gen_kwargs(f"{where}.gen_kwargs", entry.get("gen_kwargs", {}))},
+            {**gen_kwargs, **_gen_kwargs(f"{where}.gen_kwargs", entry.get("gen_kwargs", {}), model)},
             _limit(f"{where}.limit", entry["limit"]) if "limit" in entry else limit,
             _batch_size(f"{where}.batch_size", entry.get("batch_size", batch_size)),
         )
@@ -392,12 +395,17 @@ def _parse_evaluation(raw: Any) -> Evaluation:
             raise ExperimentConfigError(f"evaluation.metrics.{task}: list the metric names to tabulate, e.g. "
                                         f"`[chair_s, chair_i]`")
         metrics[task] = tuple(names)
-    server = _parse_server(raw.get("server"))
     set_by_runner = sorted({"model", "base_url", "api_key"} & set(raw.get("model_args", {})))
     if server is not None and set_by_runner:
         raise ExperimentConfigError(f"evaluation.model_args: {set_by_runner} are set by `ue-dpo run` for each served "
                                     f"run (its model folder and server); remove them")
-    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+    not_served = sorted(set(raw.get("model_args", {})) - set(SERVED_MODEL_ARGS))
+    if server is not None and not_served:
+        raise ExperimentConfigError(
+            f"evaluation.model_args: {not_served} would be ignored: a served run is evaluated by lmms-eval's "
+            f"`{SERVER_MODEL}` model, which takes none of them (the server loads the model: set the device and dtype "
+            f"in evaluation.server.command, e.g. `vllm serve {{model}} --dtype bfloat16 --port {{port}}`); remove "
+            f"them, or drop evaluation.server to evaluate in-process")
     if server is not None and model != SERVER_MODEL:
         raise ExperimentConfigError(f"evaluation.model: {model!r} with evaluation.server; a served run is evaluated "
                                     f"by lmms-eval's `{SERVER_MODEL}` model, so drop `model` or set it to "
@@ -461,9 +469,15 @@ def _task_entries(raw: Any) -> list[tuple[str, dict[str, Any]]]:
     return entries
 
 
-def _gen_kwargs(where: str, raw: Any) -> dict[str, Any]:
+def _gen_kwargs(where: str, raw: Any, model: Any) -> dict[str, Any]:
     _mapping(where, raw)
     _check_lmms_eval_values(where, raw)
+    read = GENERATION_KWARGS.get(model) if isinstance(model, str) else None
+    for name in raw:
+        if read is not None and name not in read:
+            served = " (a served run)" if model == SERVED_MODEL else ""
+            raise ExperimentConfigError(f"{where}.{name}: lmms-eval model {model}{served} does not read this "
+                                        f"generation kwarg; it reads {', '.join(read)}. Remove it or fix its name")
     return dict(raw)
 
 
