@@ -252,7 +252,7 @@ def test_lmms_eval_output_is_read_and_checked(tmp_path):
     with pytest.raises(StageError, match=r"no results for \['amber'\] under "):
         read_lmms_eval_output(tmp_path / "ok", ["shapes_caption", "amber"])
     write_lmms_eval_output(tmp_path / "unlogged", results=LMMS_EVAL_RESULTS, tasks_with_samples=[])
-    with pytest.raises(StageError, match="task shapes_caption evaluated 4 samples and logged 0 sample files"):
+    with pytest.raises(StageError, match="task shapes_caption under .* was evaluated without --log_samples"):
         read_lmms_eval_output(tmp_path / "unlogged", ["shapes_caption"])
 
 

@@ -302,11 +302,33 @@ def test_the_command_names_the_fix_for_bad_input(demo_output, capsys):
          "--resamples must be at least 1, got 0"),
         (["compare", "dpo", "ue_dpo", "--experiment", "demo_output", "--tasks", "mmhal_bench"],
          "no task to compare .* \\(mmhal_bench: logged only in B\\)"),
+        # evaluated without --log_samples: lmms-eval wrote the results, not the items they come from
+        (["compare", "unlogged", "demo_output/evals/ue_dpo"], re.escape(
+            "task shapes_caption under unlogged/runs__dpo was evaluated without --log_samples (its results file has "
+            "no samples file beside it), so its items cannot be compared: evaluate it again with lmms-eval "
+            "--log_samples")),
     ]
+    write_lmms_eval_output(Path("unlogged"), "runs__dpo", {"shapes_caption": shapes_samples(CAPTIONS_A, TRUTHS)})
+    for samples in Path("unlogged").rglob("*_samples_*.jsonl"):
+        samples.unlink()
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
-        assert re.search(message, str(exit_info.value)), exit_info.value
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2, error  # a user error, as for every other command
+        assert error.startswith("ue-dpo compare: error: "), error
+        assert re.search(message, error), error
+
+
+def test_comparing_a_run_with_itself_gets_a_note(demo_output, capsys):
+    main(["compare", "dpo", "dpo", "--experiment", "demo_output"])
+    table = capsys.readouterr().out
+    assert "note: A and B are the same folder (demo_output/evals/dpo), so every Δ is 0" in table
+    main(["compare", "demo_output/evals/dpo", "demo_output/evals/dpo/", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["note"].startswith("A and B are the same folder")
+    main(["compare", "dpo", "ue_dpo", "--experiment", "demo_output", "--json"])
+    assert "note" not in json.loads(capsys.readouterr().out)
 
 
 def test_experiment_run_names_resolve_to_the_folders_ue_dpo_run_evaluates_into(tmp_path):

@@ -8,9 +8,10 @@ of a run trained per seed: <run>@seed<S>).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from ue_dpo.commands import exit_with_user_error
 
 EXPERIMENT_EVALS_DIR = "evals"  # where `ue-dpo run` writes each run's lmms-eval output (ExperimentRunner.lmms_eval_entries)
 EXPERIMENT_RESULTS_FILE = "results.json"
@@ -89,11 +90,15 @@ def compare_folders(folder_a: Path, folder_b: Path, *, resamples: int, seed: int
         raise CompareError(f"no task to compare between {folder_a} and {folder_b} ("
                            + "; ".join(f"{task}: {why}" for task, why in not_compared.items())
                            + f"); paired metrics exist for {', '.join(PAIRED_TASKS)}")
-    return {
+    comparison = {
         "a": str(folder_a), "b": str(folder_b),
         "method": "paired percentile bootstrap over items", "level": CONFIDENCE_LEVEL,
         "resamples": resamples, "seed": seed, "tasks": compared, "not_compared": not_compared,
     }
+    if folder_a.resolve() == folder_b.resolve():
+        comparison["note"] = (f"A and B are the same folder ({folder_a}), so every Δ is 0 and every interval [0, 0]; "
+                              f"name two different runs to compare them")
+    return comparison
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -115,6 +120,8 @@ def format_table(comparison: dict[str, Any]) -> str:
     lines.append(f"A = {comparison['a']}, B = {comparison['b']}; {comparison['method']}, "
                  f"{comparison['resamples']} resamples, seed {comparison['seed']}")
     lines += [f"not compared: {task} ({why})" for task, why in comparison["not_compared"].items()]
+    if "note" in comparison:
+        lines.append(f"note: {comparison['note']}")
     return "\n".join(lines)
 
 
@@ -122,13 +129,13 @@ def _run(args: argparse.Namespace) -> None:
     from ue_dpo.experiment.stages import StageError
 
     if args.resamples < 1:
-        sys.exit(f"ue-dpo compare: --resamples must be at least 1, got {args.resamples}")
+        exit_with_user_error(args.command, f"--resamples must be at least 1, got {args.resamples}")
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()] if args.tasks else None
     try:
         folders = [run_folder(run, args.experiment) for run in (args.run_a, args.run_b)]
         comparison = compare_folders(*folders, resamples=args.resamples, seed=args.seed, tasks=tasks)
     except (OSError, ValueError, StageError) as error:
-        sys.exit(f"ue-dpo compare: {error}")
+        exit_with_user_error(args.command, error)
     print(json.dumps(comparison) if args.json else format_table(comparison))
 
 

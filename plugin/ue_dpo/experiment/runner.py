@@ -354,6 +354,10 @@ def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]
                              f"one lmms-eval run per task there")
         for task, counts in results.get("n-samples", {}).items():
             files = sorted(results_file.parent.glob(f"*_samples_{task}.jsonl"))
+            if counts.get("effective", 0) >= 1 and not files:
+                raise StageError(f"task {task} under {results_file.parent} was evaluated without --log_samples (its "
+                                 f"results file has no samples file beside it), so its items cannot be compared: "
+                                 f"evaluate it again with lmms-eval --log_samples")
             if counts.get("effective", 0) < 1 or len(files) != 1:
                 raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
                                  f"sample files under {results_file.parent}")
