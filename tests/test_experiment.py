@@ -4,6 +4,7 @@ the report. The runner end to end, resumption included, is `make demo` in test_d
 import copy
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -452,6 +453,36 @@ def test_seeds_train_every_run_per_seed_from_the_same_seed_of_the_run_it_names(b
     trained.clear(), evaluated.clear()
     runner.run_experiment(experiment)
     assert [Path(config["output_dir"]).name for config in trained] == ["ue@seed1"] and evaluated == ["ue@seed1"]
+
+
+def test_a_checkpoint_whose_weights_were_replaced_in_place_is_evaluated_again(tmp_path, monkeypatch):
+    """The evaluation of a `checkpoint:` run is current while its weight files are; replaced in place, it is redone."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\0" * 64)
+    evaluated = []
+
+    def finished_evaluation(command, *, env, log_path, cwd=None):
+        for entry in yaml.safe_load(Path(command[-1]).read_text()):
+            evaluated.append(Path(entry["output_path"]).parent.name)
+            write_lmms_eval_output(Path(entry["output_path"]), results=LMMS_EVAL_RESULTS,
+                                   tasks_with_samples=["shapes_caption"])
+        return 0
+
+    monkeypatch.setattr(runner, "stream", finished_evaluation)
+    experiment = parse_experiment({"output": str(tmp_path / "out"), "evaluation": {"tasks": ["shapes_caption"]},
+                                   "runs": [{"name": "base", "checkpoint": str(model)}]}, base_dir=tmp_path)
+    runner.run_experiment(experiment)
+    runner.run_experiment(experiment)
+    assert evaluated == ["base"]  # nothing changed: skipped
+
+    stat = weights.stat()
+    weights.write_bytes(b"\1" * 64)  # same name, same size, other weights
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    runner.run_experiment(experiment)
+    assert evaluated == ["base", "base"]
 
 
 def test_the_settings_the_experiment_file_is_checked_against_are_lmms_evals():

@@ -1,6 +1,7 @@
 """Rows `stage: ue_dpo` cannot train on are named before the model loads; metrics are never means over nothing."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -154,3 +155,85 @@ def test_a_metric_is_the_mean_over_all_ranks_tokens_and_left_out_on_every_rank_w
     # rank 0 has no image token: it reports rank 1's mean (1.2 + 1.0) / 2, not 0; u has no token on any rank
     assert ranks_all_reducing(text_only_rank, image_rank) == [{"ue/lambda_chosen_mean": pytest.approx(1.1)}] * 2
     assert ranks_all_reducing(text_only_rank, text_only_rank) == [{}, {}]
+
+
+def chosen_and_rejected_as_conversations(records):
+    """Row 2 as TRL's implicit-prompt format has it: whole conversations, here with different prompts."""
+    user = records[2]["messages"][0]
+    records[2]["chosen"] = [user, records[2]["chosen"]]
+    records[2]["rejected"] = [{**user, "content": user["content"] + " Be brief."}, records[2]["rejected"]]
+
+
+def every_row_as_conversations(records):
+    for record in records:
+        user = record["messages"][0]
+        record["chosen"] = [user, record["chosen"]]
+        record["rejected"] = [{**user, "content": "Name one shape."}, record["rejected"]]
+
+
+@pytest.mark.parametrize("edit", [chosen_and_rejected_as_conversations, every_row_as_conversations],
+                         ids=["one_row_DatasetGenerationError", "every_row_cannot_find_valid_samples"])
+def test_a_pair_whose_chosen_and_rejected_have_different_prompts_is_named_with_its_row_and_the_rule(
+        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, edit):
+    edit_records(dataset_dir, edit)
+    with pytest.raises(ValueError) as error:
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
+    message = str(error.value)
+    first = 2 if edit is chosen_and_rejected_as_conversations else 0
+    assert message.startswith(f"row {first} (counted from 0) of dataset `shapes_pref` "
+                              f"({dataset_dir / 'shapes_pref.json'}): its `chosen` and `rejected` are conversations "
+                              "whose prompts differ (at message 0): a preference pair is two answers to one prompt."), \
+        message
+    assert ("LLaMA-Factory's sharegpt ranking format gives the prompt once, in `messages`, and `chosen` and "
+            '`rejected` one assistant message each ({"role": "assistant", "content": "..."})') in message
+
+
+NEEDED_CUTOFF = re.compile(r"Raise `cutoff_len` to at least (\d+)")
+
+
+def test_an_image_that_cutoff_len_would_cut_is_refused_with_its_row_and_the_cutoff_len_it_needs(
+        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load):
+    def long_text_before_the_image(records):
+        user = records[3]["messages"][0]
+        user["content"] = "Look at the shapes and their colours closely. " * 40 + user["content"]
+
+    edit_records(dataset_dir, long_text_before_the_image)
+    with pytest.raises(ValueError) as error:
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=256)
+    message = str(error.value)
+    assert message.startswith("1 pair(s) of the training set would lose image tokens to `cutoff_len: 256`"), message
+    assert "row 3 (counted from 0) of dataset `shapes_pref`" in message
+    assert "`Image features and image tokens do not match`" in message
+    needed = int(NEEDED_CUTOFF.search(message).group(1))
+    with pytest.raises(ValueError, match="would lose image tokens .*: row 3 "):
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=needed - 1)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # the data passed its checks
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=needed)
+
+
+def test_responses_cut_by_cutoff_len_are_counted_in_one_warning_with_the_cutoff_len_that_keeps_them(
+        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, caplog):
+    def long_answers(records):
+        records[5]["chosen"]["content"] = "A red square above a blue circle. " * 30
+        records[6]["rejected"]["content"] = "A green triangle. " * 80
+
+    edit_records(dataset_dir, long_answers)
+
+    def truncation_warnings():
+        return [record.getMessage() for record in caplog.records if "end-of-sequence" in record.getMessage()]
+
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=256)
+    [warning] = truncation_warnings()
+    assert warning.startswith("2 response(s) of the training set are longer than `cutoff_len: 256` leaves room for: "
+                              "LLaMA-Factory cuts them, and they train without their end-of-sequence token: "
+                              "row 5 (counted from 0) of dataset `shapes_pref`, chosen; row 6 (counted from 0) of "
+                              "dataset `shapes_pref`, rejected."), warning
+    needed = int(NEEDED_CUTOFF.search(warning).group(1))
+    caplog.clear()
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=needed)
+    assert truncation_warnings() == []
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=needed - 1)
+    assert len(truncation_warnings()) == 1

@@ -146,3 +146,20 @@ def test_dataset_without_ranking_is_refused_clearly(tiny_qwen2_vl_dir, shapes_da
     assert result.returncode != 0
     assert "dataset `shapes_sft` is not a preference dataset" in result.stderr
     assert '"ranking": true' in result.stderr
+
+
+def test_a_bad_key_prints_its_message_alone_and_the_switch_brings_the_traceback_back(
+        tiny_llava_dir, shapes_dataset_dir, tmp_path):
+    config = tiny_training_config("llava", tiny_llava_dir, shapes_dataset_dir, tmp_path / "out", ue_alpha=1.5)
+    message = "`ue_alpha: 1.5` is out of range"
+    short = run_train(config, tmp_path / "short")
+    assert short.returncode != 0
+    assert "Traceback" not in short.stderr, short.stderr[-3000:]
+    lines = short.stderr.strip().splitlines()
+    assert message in lines[-2] and len(lines) <= 12, short.stderr[-3000:]
+    assert lines[-1] == "(UE_DPO_TRACEBACK=1 shows the traceback)"
+
+    verbose = run_train(config, tmp_path / "verbose", UE_DPO_TRACEBACK="1")
+    assert verbose.returncode != 0
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert f"ue_dpo.argument_checks.UEDPOUserError: {message}" in verbose.stderr

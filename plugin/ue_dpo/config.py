@@ -1,9 +1,9 @@
 """The `ue_*` keys of `stage: ue_dpo`, with defaults, help text and validation."""
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
-from ue_dpo.argument_checks import check_integer
+from ue_dpo.argument_checks import UEDPOUserError, check_integer
 from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, method_class, preference_method, readers
 
 # LLaMA-Factory keys its DPO trainer reads and `stage: ue_dpo` does not, with what they do there
@@ -93,35 +93,40 @@ class _StageArguments:
                 continue
             for name in group.defaults:
                 if getattr(self, name) is not None:
-                    raise ValueError(group.refusal.format(key=name, value=getattr(self, name), method=method.name,
-                                                          readers=_readers_text(readers(group))))
+                    raise UEDPOUserError(group.refusal.format(key=name, value=getattr(self, name), method=method.name,
+                                                              readers=_readers_text(readers(group))))
         if self.ue_ref_cache_dir is not None and self.ue_precompute_ref is not True:
-            raise ValueError(
+            raise UEDPOUserError(
                 "`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which is off; remove "
                 "`ue_ref_cache_dir` or set `ue_precompute_ref: true`."
             )
         self.resolve_ue_defaults()
         for group in method.key_groups:
-            group.check(self)
+            try:
+                group.check(self)
+            except UEDPOUserError:
+                raise
+            except ValueError as error:  # a method's check of its keys' values: a user error too
+                raise UEDPOUserError(str(error)) from error
         for name in ("ue_token_chunk_size", "ue_vocab_chunk_size"):
             check_integer(name, getattr(self, name), "a positive integer")
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}: {getattr(self, name)}` must be a positive integer.")
+                raise UEDPOUserError(f"`{name}: {getattr(self, name)}` must be a positive integer.")
         for name in ("ue_precompute_ref", "ue_prefix_sharing"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}: {getattr(self, name)!r}` must be true or false.")
+                raise UEDPOUserError(f"`{name}: {getattr(self, name)!r}` must be true or false.")
         if self.ue_precompute_ref and method.precomputed_reference_refusal:
-            raise ValueError(
+            raise UEDPOUserError(
                 f"`ue_precompute_ref` cannot be used with `ue_weighting: {method.name}`: "
                 f"{method.precomputed_reference_refusal} Remove `ue_precompute_ref`."
             )
         if pref_loss != "sigmoid":
-            raise ValueError(
+            raise UEDPOUserError(
                 f"`pref_loss: {pref_loss}` is not supported with `stage: ue_dpo`, which weights DPO's sigmoid loss; "
                 "remove `pref_loss` or set `pref_loss: sigmoid`."
             )
         if ld_alpha is not None:
-            raise ValueError("`ld_alpha` (LD-DPO) is not supported with `stage: ue_dpo`; remove it.")
+            raise UEDPOUserError("`ld_alpha` (LD-DPO) is not supported with `stage: ue_dpo`; remove it.")
 
 
 # Mixed into LLaMA-Factory's FinetuningArguments; validated only when `stage: ue_dpo`. A method key is None until
@@ -142,7 +147,8 @@ def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, An
     for name, meaning in UNSUPPORTED_LLAMAFACTORY_KEYS.items():
         value = getattr(finetuning_args, name)
         if value != llamafactory_defaults[name]:
-            raise ValueError(f"`{name}: {value}` is not supported with `stage: ue_dpo`: {meaning}. Remove `{name}`.")
+            raise UEDPOUserError(f"`{name}: {value}` is not supported with `stage: ue_dpo`: {meaning}. "
+                                 f"Remove `{name}`.")
     adapter_layer = PEFT_LAYER_BY_FINETUNING_TYPE.get(finetuning_args.finetuning_type)
     if adapter_layer is None:  # full and freeze tuning leave the output layer a torch.nn.Linear
         return
@@ -150,7 +156,7 @@ def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, An
                              ("additional_target", "peft.utils.other.ModulesToSaveWrapper (modules_to_save)")):
         targets = getattr(finetuning_args, name) or []
         if any(target == OUTPUT_LAYER or target.endswith(f".{OUTPUT_LAYER}") for target in targets):
-            raise ValueError(
+            raise UEDPOUserError(
                 f"`{name}: {','.join(targets)}` would make peft wrap `{OUTPUT_LAYER}` in its {peft_layer}, but "
                 f"`stage: ue_dpo` projects hidden states onto the vocabulary with the output layer's weight and "
                 f"needs `{OUTPUT_LAYER}` to stay a plain torch.nn.Linear. Remove `{OUTPUT_LAYER}` from `{name}`"

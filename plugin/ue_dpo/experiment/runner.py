@@ -27,7 +27,7 @@ import yaml
 
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, instance_name, references, substitute
 from ue_dpo.experiment.report import package_versions, write_report
-from ue_dpo.experiment.stages import Markers, StageError, digest, stream
+from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weights_identity
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_SEED_DEFAULT = 42  # transformers.TrainingArguments.seed, used when a training config sets none
@@ -99,7 +99,9 @@ class ExperimentRunner:
             else:
                 checkpoint = substitute(run.checkpoint, self.paths)
                 self.paths[f"runs.{run.name}"] = checkpoint
-                self.digests[f"runs.{run.name}"] = digest(checkpoint, self._upstream(run.checkpoint))
+                identity = weights_identity(checkpoint)  # None for a hub id: its digest stays the name's
+                self.digests[f"runs.{run.name}"] = digest(checkpoint, self._upstream(run.checkpoint),
+                                                          *([] if identity is None else [identity]))
         self.evaluate()
         self.announce("report")
         results = write_report(self.experiment, self.markers, self.output)

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ue_dpo.experiment.config import Server
-from ue_dpo.experiment.stages import Markers, StageError, digest, stream
+from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weights_identity
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 REQUEST_FAILED = "[LMMS_EVAL_REQUEST_FAILED"  # what lmms-eval's openai model scores when a request failed
@@ -61,8 +61,11 @@ def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Ma
     template = template_for_model(base)
     served = output / "served" / run_name
     stage = f"serve-{run_name}"
-    source = {"adapter": adapter_dir, "adapter_digest": files_digest(Path(adapter_dir)), "base": base,
-              "merge_dtype": server.merge_dtype} if adapter_dir else {"model": str(Path(model).resolve())}
+    if adapter_dir:
+        source = {"adapter": adapter_dir, "adapter_digest": files_digest(Path(adapter_dir)), "base": base,
+                  "base_files": weights_identity(base), "merge_dtype": server.merge_dtype}
+    else:  # the files' sizes and times: weights replaced in place are mirrored again
+        source = {"model": str(Path(model).resolve()), "files": weights_identity(model)}
     stage_digest = digest(source, template)
     if markers.matches(stage, stage_digest) and served.is_dir():
         print(f"    {run_name}: served model folder {served} is current, reused", flush=True)

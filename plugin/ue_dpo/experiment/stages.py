@@ -24,6 +24,27 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def weights_identity(model: str, *, with_base: bool = True) -> dict[str, Any] | None:
+    """What tells the weights at the local path `model` apart: the name, size and modification time of each file at
+    a folder's top level (what `from_pretrained` reads), and of its base model's when it is a LoRA adapter, so that
+    weights replaced in place are evaluated again. None for a path that does not exist (a hub id)."""
+    path = Path(model)
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(item for item in path.iterdir() if item.is_file())
+    stats = {item.name: item.stat() for item in files}
+    identity: dict[str, Any] = {"files": {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}}
+    adapter_config = path / "adapter_config.json"
+    if with_base and adapter_config.is_file():
+        try:
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        except (ValueError, AttributeError):  # not ours to refuse here: evaluation names a broken adapter
+            base = None
+        if isinstance(base, str) and base:
+            identity["base"] = {"model": base, **(weights_identity(base, with_base=False) or {})}
+    return identity
+
+
 class Markers:
     """`<output>/state/<stage>.json`: a stage is finished when its marker holds the digest of its current config."""
 

@@ -17,6 +17,7 @@ import torch
 from llamafactory.data import PairwiseDataCollatorWithPadding
 from PIL import Image
 
+from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.core.noise import (
     add_diffusion_noise,
     diffuse,
@@ -38,24 +39,24 @@ ROW_DIGEST = "ue_row_digest"
 
 
 def template_family(template) -> ModelFamily:
-    """The model family a LLaMA-Factory template serves, or a ValueError naming the supported templates."""
+    """The model family a LLaMA-Factory template serves, or a UEDPOUserError naming the supported templates."""
     plugin = type(template.mm_plugin).__name__
     family = FAMILY_BY_MM_PLUGIN.get(plugin)
     if family is None or template.mm_plugin.image_token is None:
-        raise ValueError(
+        raise UEDPOUserError(
             f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
             f"{plugin}. Supported templates: {supported_templates()}."
         )
     return family
 
 
-def unreadable_batch_image_error(pair_images: list[list]) -> ValueError | None:
+def unreadable_batch_image_error(pair_images: list[list]) -> UEDPOUserError | None:
     """The error naming the first image of a batch that does not decode, or None when all do."""
     for images in pair_images:
         for image in images:
             reason = unreadable_image_reason(image)
             if reason is not None:
-                return ValueError(
+                return UEDPOUserError(
                     f"training image {describe_image_source(image)} cannot be read: {reason}. LLaMA-Factory prepared "
                     "its row earlier (preprocessing cache or `tokenized_path`), so the file changed since. Replace "
                     "the file with a complete copy, or remove its row and prepare the data again "

@@ -7,6 +7,7 @@ from llamafactory.extras.ploting import plot_loss
 from llamafactory.model import load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
+from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.llamafactory.collator import UEDPODataCollator, template_family
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
@@ -19,7 +20,7 @@ def check_preference_datasets(data_args) -> None:
             continue
         for name, attr in zip(names, get_dataset_list(names, data_args.dataset_dir)):
             if not attr.ranking:
-                raise ValueError(
+                raise UEDPOUserError(
                     f"dataset `{name}` is not a preference dataset: `stage: ue_dpo` needs chosen/"
                     f"rejected pairs. Add `\"ranking\": true` (and the chosen/rejected columns) to its entry in "
                     f"{data_args.dataset_dir}/dataset_info.json."
