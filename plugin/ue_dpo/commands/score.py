@@ -54,7 +54,8 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
                         "(default: $OPENAI_BASE_URL, else api.openai.com); the key is read from $OPENAI_API_KEY")
     parser.add_argument("--judge-cache-dir", type=Path,
-                        help="on-disk cache of judge replies (default: $UE_DPO_JUDGE_CACHE_DIR, else ~/.cache/ue_dpo/judge)")
+                        help="on-disk cache of judge replies (default: $UE_DPO_JUDGE_CACHE_DIR, else a folder per "
+                             "server under ~/.cache/ue_dpo/judge)")
     parser.add_argument("--judge-max-retries", type=int_at_least(0), metavar="N",
                         help=f"retries of a failed judge request after the first attempt (default: ${JUDGE_MAX_RETRIES_ENV}, else "
                              f"{JudgeConfig.max_retries})")
@@ -193,8 +194,8 @@ def _mmhal_bench_arguments(mmhal: argparse.ArgumentParser) -> None:
     mmhal.add_argument("--responses", type=Path, required=True, help="the official response template with model_answer filled in")
     mmhal.add_argument("--allow-subset", action="store_true", help="score fewer than the 96 items")
     mmhal.add_argument(UNPARSED_AS_ZERO_FLAG, action="store_true",
-                       help="score a judge reply that still names zero or several ratings after the retries 0, as the "
-                            f"official script does, instead of stopping (counted as judge_unparsed; default: "
+                       help="score 0, as the official script does, a judge reply that still names zero or several "
+                            "ratings after the retries, instead of stopping (counted as judge_unparsed; default: "
                             f"${JUDGE_UNPARSED_AS_ZERO_ENV})")
 
 
