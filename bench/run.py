@@ -92,86 +92,30 @@ WORDS = (
 IGNORE_INDEX = -100
 
 
-def save_random_model(model_class, config, out_dir: Path, *, on_gpu: bool) -> None:
-    import torch
+def model_shapes(layout: str, model_size: str) -> dict:
+    """The keyword arguments of the layout's tiny-model builder (ue_dpo.synthetic.tiny_models) for `model_size`:
+    its text and vision shapes, and the GPU and bf16 for the 7b ones (random init of 7-8B parameters on the CPU
+    would take many minutes)."""
+    shapes = {}
+    if layout == "llava15":
+        shapes["text"], shapes["vision"] = LLAVA_SHAPES[model_size]
+    elif model_size == "7b":
+        shapes["text"], shapes["vision"] = QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION
+    if model_size == "7b":
+        import torch
 
-    torch.manual_seed(0)
-    if on_gpu:  # random init of 7-8B parameters on the CPU would take many minutes
-        with torch.device("cuda"):
-            model = model_class._from_config(config, dtype=torch.bfloat16)
-    else:
-        model = model_class(config)
-    model.save_pretrained(out_dir)
-    del model
-    if on_gpu:
-        torch.cuda.empty_cache()
-
-
-def build_llava(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
-    """A LLaVA-1.5 (Llama decoder, CLIP tower cut at its second-to-last layer, 2-layer GELU projector) with the
-    tiny LLaVA's tokenizer, and a processor for `image_size`² images, one visual token per 14-px patch."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaForConditionalGeneration,
-    )
-    from ue_dpo.synthetic.tiny_models import VISION_PATCH_SIZE, build_tiny_llava
-
-    build_tiny_llava(out_dir, seed=0)
-    config = AutoConfig.from_pretrained(out_dir)
-    text_shape, vision_shape = LLAVA_SHAPES[model_size]
-    tiny_text = config.text_config
-    config.text_config = LlamaConfig(
-        **text_shape, vocab_size=vocab_size, bos_token_id=tiny_text.bos_token_id,
-        eos_token_id=tiny_text.eos_token_id, pad_token_id=tiny_text.pad_token_id,
-    )
-    config.vision_config = CLIPVisionConfig(**vision_shape, image_size=image_size, patch_size=VISION_PATCH_SIZE)
-    config.image_seq_length = (image_size // VISION_PATCH_SIZE) ** 2
-    save_random_model(LlavaForConditionalGeneration, config, out_dir, on_gpu=model_size == "7b")
-    processor = AutoProcessor.from_pretrained(out_dir)
-    processor.image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor.save_pretrained(out_dir)
+        shapes.update(device="cuda", dtype=torch.bfloat16)
+    return shapes
 
 
-def build_qwen2_vl(out_dir: Path, *, model_size: str, vocab_size: int, image_size: int) -> None:
-    """A Qwen2-VL of `model_size` with a `vocab_size` output layer and the tiny model's tokenizer, and a
-    processor that keeps `image_size`² images whole."""
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLTextConfig,
-    )
-    from transformers.models.qwen2_vl import Qwen2VLVisionConfig
-    from ue_dpo.synthetic.tiny_models import VISION_PATCH_SIZE, build_tiny_qwen2_vl
+def build_model(out_dir: Path, *, layout: str, model_size: str, vocab_size: int, image_size: int) -> None:
+    """LLaVA-1.5 (Llama decoder, CLIP tower cut at its second-to-last layer, 2-layer GELU projector; one visual
+    token per 14-px patch) or Qwen2-VL of `model_size`, with a `vocab_size` output layer, the tiny model's
+    tokenizer, and a processor for `image_size`² images."""
+    from ue_dpo.synthetic.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
 
-    build_tiny_qwen2_vl(out_dir, seed=0)
-    config = AutoConfig.from_pretrained(out_dir)
-    if model_size == "small":
-        config.text_config.vocab_size = vocab_size
-    else:
-        tiny_text = config.text_config
-        config.text_config = Qwen2VLTextConfig(
-            **QWEN2_VL_7B_TEXT, vocab_size=vocab_size, bos_token_id=tiny_text.bos_token_id,
-            eos_token_id=tiny_text.eos_token_id, pad_token_id=tiny_text.pad_token_id,
-        )
-        config.vision_config = Qwen2VLVisionConfig(**QWEN2_VL_7B_VISION)
-    save_random_model(Qwen2VLForConditionalGeneration, config, out_dir, on_gpu=model_size == "7b")
-    processor = AutoProcessor.from_pretrained(out_dir)
-    pixels = image_size * image_size
-    processor.image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": pixels, "longest_edge": pixels}, patch_size=VISION_PATCH_SIZE
-    )
-    processor.save_pretrained(out_dir)
-
-
-MODEL_BUILDERS = {"llava15": build_llava, "qwen2_vl": build_qwen2_vl}
+    builder = {"llava15": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl}[layout]
+    builder(out_dir, seed=0, vocab_size=vocab_size, image_size=image_size, **model_shapes(layout, model_size))
 
 
 def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int, question_tokens: int,
@@ -524,8 +468,8 @@ def main() -> None:
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_dir = args.workdir / "model"
-    MODEL_BUILDERS[args.layout](model_dir, model_size=args.model_size, vocab_size=args.vocab_size,
-                                image_size=args.image_size)
+    build_model(model_dir, layout=args.layout, model_size=args.model_size, vocab_size=args.vocab_size,
+                image_size=args.image_size)
     write_dataset(args.workdir / "data", model_dir, pairs=args.pairs, image_size=args.image_size,
                   question_tokens=args.question_tokens, response_tokens=args.response_tokens)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

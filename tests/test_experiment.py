@@ -16,7 +16,8 @@ from ue_dpo.cli import main
 from ue_dpo.experiment import embedded_default_path, runner
 from ue_dpo.experiment.config import ExperimentConfigError, Protocol, apply_setting, load_experiment, parse_experiment
 from ue_dpo.experiment.report import REPORTED_MARK, render_chart, render_markdown, table_columns
-from ue_dpo.experiment.runner import last_checkpoint, logged_world_size, read_lmms_eval_output
+from ue_dpo.experiment.outputs import read_lmms_eval_output
+from ue_dpo.experiment.runner import last_checkpoint, logged_world_size
 from ue_dpo.experiment.stages import StageError
 
 

@@ -17,10 +17,10 @@ from ue_dpo.benchmarks.paired_comparison import (
     paired_records,
 )
 from ue_dpo.cli import main
-from ue_dpo.commands.compare import CompareError, compare_folders, run_folder
 from ue_dpo.evaluation.shapes_caption import blind_spots_process_results, shapes_process_results
 from ue_dpo.experiment import embedded_default_path
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, load_experiment
+from ue_dpo.experiment.outputs import CompareError, compare_folders, run_folder
 from ue_dpo.experiment.runner import ExperimentRunner
 from ue_dpo.experiment.stages import StageError
 from ue_dpo.statistics import percentile_interval, seed_level_interval

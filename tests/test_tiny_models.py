@@ -185,6 +185,31 @@ def test_same_seed_gives_an_identical_checkpoint(arch, request, tmp_path):
     assert not any(torch.equal(weights[name], other_weights[name]) for name in matrices)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_builders_take_the_shapes(arch, tmp_path):
+    """What bench/run.py builds its models with: other widths, depths, vocabulary and image size."""
+    from transformers import AutoConfig, AutoProcessor
+
+    text = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 4}
+    vision = {"llava": {"num_hidden_layers": 1}, "qwen2_vl": {"depth": 1}}[arch]
+    model_dir = build_tiny_model(arch, tmp_path / arch, text=text, vision=vision, vocab_size=2048, image_size=112)
+    config = AutoConfig.from_pretrained(model_dir)
+    assert {key: getattr(config.text_config, key) for key in text} == text
+    assert config.text_config.vocab_size == 2048
+    processor = AutoProcessor.from_pretrained(model_dir)
+    image = Image.new("RGB", (112, 112), "white")
+    batch = processor.image_processor(images=[image], return_tensors="pt")
+    if arch == "llava":
+        assert config.vision_config.num_hidden_layers == 1
+        assert config.image_seq_length == (112 // 14) ** 2 and batch["pixel_values"].shape[-1] == 112
+    else:
+        assert config.vision_config.depth == 1 and config.vision_config.hidden_size == 96
+        assert batch["image_grid_thw"].tolist() == [[1, 112 // 14, 112 // 14]]
+    with pytest.raises(ValueError, match="smaller than the tokenizer's"):
+        build_tiny_model(arch, tmp_path / "small", vocab_size=8)
+
+
 def test_unknown_architecture_is_refused_with_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny model architecture 'blip2': use one of llava, qwen2_vl"):
         build_tiny_model("blip2", tmp_path)

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 def apply_llamafactory_integration() -> None:
     """Register `stage: ue_dpo` with LLaMA-Factory in this process (notebooks, tests)."""
+    # here, not at the top: every import of any ue_dpo module runs this file, and it must stay free of LLaMA-Factory
     from ue_dpo.llamafactory.integration import apply
 
     apply()

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.core.weights import CATEGORY_NAMES, TYPE_I_BLIND_SPOT
+from ue_dpo.llamafactory.integration import apply as apply_llamafactory_integration
 from ue_dpo.model_paths import is_local_path
+from ue_dpo.yaml_errors import describe_yaml_error
 
 CATEGORY_COLOURS = ("#e8e8e8", "#f28b82", "#fbc16a", "#8ab4f8")  # indexed like CATEGORY_NAMES
 FILE_DATASET = "ue_dpo_inspect"
@@ -115,10 +118,6 @@ def data_keys(data: str, dataset_dir: str, scratch_dir: Path) -> dict[str, Any]:
 
 def parse_ue_settings(settings: list[str]) -> dict[str, Any]:
     """`ue_KEY=VALUE` strings (values read as YAML scalars) to keys; the weighting is always UE-DPO's."""
-    import yaml
-
-    from ue_dpo.experiment.config import describe_yaml_error
-
     keys = {}
     for setting in settings:
         name, separator, value = setting.partition("=")
@@ -140,12 +139,12 @@ def parse_ue_settings(settings: list[str]) -> dict[str, Any]:
 
 def build_trainer(model_settings: dict, data_settings: dict, ue_settings: dict, *, n: int, cutoff_len: int,
                   out_dir: Path):
-    import ue_dpo
+    # Both import LLaMA-Factory (half a minute, and its version check), which only building the trainer needs.
     from llamafactory.hparams import get_train_args
 
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
-    ue_dpo.apply_llamafactory_integration()
+    apply_llamafactory_integration()
     config = {
         **model_settings, **data_settings, **ue_settings,
         "stage": "ue_dpo", "ue_weighting": "ue", "do_train": False, "max_samples": n, "cutoff_len": cutoff_len,

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ue_dpo.benchmarks.chair import CHAIR_METRICS, ChairCounts, chair_record, percent
-from ue_dpo.synthetic.shapes import SHAPES, mentioned_shapes
+from ue_dpo.synthetic.vocabulary import SHAPES, mentioned_shapes
 
 SHAPES_CHAIR_METRICS = (*CHAIR_METRICS, "mean_shapes_mentioned")
 BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall")

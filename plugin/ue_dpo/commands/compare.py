@@ -12,93 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ue_dpo.commands import exit_with_user_error
-
-EXPERIMENT_EVALS_DIR = "evals"  # where `ue-dpo run` writes each run's lmms-eval output (ExperimentRunner.lmms_eval_entries)
-EXPERIMENT_RESULTS_FILE = "results.json"
-DEFAULT_RESAMPLES = 1000
-DEFAULT_SEED = 0
-
-
-class CompareError(ValueError):
-    """A result folder that cannot be compared; the message says what to pass instead."""
-
-
-def _experiment_run_names(experiment: Path) -> list[str]:
-    evals = experiment / EXPERIMENT_EVALS_DIR
-    return sorted(path.name for path in evals.iterdir() if path.is_dir()) if evals.is_dir() else []
-
-
-def run_folder(run: str, experiment: Path | None) -> Path:
-    """The lmms-eval output folder of RUN_A / RUN_B."""
-    if experiment is not None:
-        folder = experiment / EXPERIMENT_EVALS_DIR / run
-        if not folder.is_dir():
-            names = _experiment_run_names(experiment)
-            raise CompareError(f"{experiment} has no evaluated run {run!r} ({folder} does not exist); its runs: "
-                               f"{', '.join(names) or 'none'}. Pass --experiment the output folder of `ue-dpo run`")
-        return folder
-    folder = Path(run)
-    if (folder / EXPERIMENT_RESULTS_FILE).is_file() and (folder / EXPERIMENT_EVALS_DIR).is_dir():
-        names = _experiment_run_names(folder)
-        raise CompareError(f"{folder} is the output folder of `ue-dpo run`, which holds several runs "
-                           f"({', '.join(names)}); name two of them: ue-dpo compare RUN_A RUN_B --experiment {folder}")
-    if not folder.is_dir():
-        raise CompareError(f"{folder} is not a folder; pass lmms-eval --output_path folders (or run names with "
-                           f"--experiment DIR)")
-    return folder
-
-
-def read_logged_samples(path: Path) -> list[dict[str, Any]]:
-    """The lines of an lmms-eval `*_samples_<task>.jsonl` file."""
-    samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                samples.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise CompareError(f"{path} line {number} is not JSON ({error}); is it lmms-eval's samples file?") from None
-    return samples
-
-
-def compare_folders(folder_a: Path, folder_b: Path, *, resamples: int, seed: int,
-                    tasks: list[str] | None = None) -> dict[str, Any]:
-    from ue_dpo.benchmarks.paired_comparison import PAIRED_TASKS, paired_differences
-    from ue_dpo.experiment.runner import read_lmms_eval_output
-    from ue_dpo.statistics import CONFIDENCE_LEVEL
-
-    outputs = {side: read_lmms_eval_output(folder, []) for side, folder in (("A", folder_a), ("B", folder_b))}
-    samples_a, samples_b = outputs["A"]["samples_files"], outputs["B"]["samples_files"]
-    wanted = tasks or sorted(set(samples_a) | set(samples_b))
-    compared: dict[str, Any] = {}
-    not_compared: dict[str, str] = {}
-    for task in wanted:
-        if task not in samples_a or task not in samples_b:
-            not_compared[task] = f"logged only in {'A' if task in samples_a else 'B'}"
-        elif task not in PAIRED_TASKS:
-            not_compared[task] = "no paired metrics for this task"
-        else:
-            judges = {side: outputs[side]["judges"].get(task) for side in ("A", "B")}
-            if judges["A"] != judges["B"]:
-                raise CompareError(f"{task}: A was scored with judge {judges['A'] or 'none'}, B with judge "
-                                   f"{judges['B'] or 'none'} (lmms-eval's task config, metadata.judge); scores of "
-                                   f"different judges are not comparable: score both with the same judge")
-            differences = paired_differences(read_logged_samples(Path(samples_a[task])),
-                                             read_logged_samples(Path(samples_b[task])), task,
-                                             resamples=resamples, seed=seed)
-            compared[task] = {name: difference._asdict() for name, difference in differences.items()}
-    if not compared:
-        raise CompareError(f"no task to compare between {folder_a} and {folder_b} ("
-                           + "; ".join(f"{task}: {why}" for task, why in not_compared.items())
-                           + f"); paired metrics exist for {', '.join(PAIRED_TASKS)}")
-    comparison = {
-        "a": str(folder_a), "b": str(folder_b),
-        "method": "paired percentile bootstrap over items", "level": CONFIDENCE_LEVEL,
-        "resamples": resamples, "seed": seed, "tasks": compared, "not_compared": not_compared,
-    }
-    if folder_a.resolve() == folder_b.resolve():
-        comparison["note"] = (f"A and B are the same folder ({folder_a}), so every Δ is 0 and every interval [0, 0]; "
-                              f"name two different runs to compare them")
-    return comparison
+from ue_dpo.experiment.outputs import DEFAULT_RESAMPLES, DEFAULT_SEED, compare_folders, run_folder
+from ue_dpo.experiment.stages import StageError
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -126,8 +41,6 @@ def format_table(comparison: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.experiment.stages import StageError
-
     if args.resamples < 1:
         exit_with_user_error(args.command, f"--resamples must be at least 1, got {args.resamples}")
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()] if args.tasks else None

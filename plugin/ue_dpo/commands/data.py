@@ -3,15 +3,20 @@
 import argparse
 from pathlib import Path
 
-from ue_dpo.commands import int_at_least
-from ue_dpo.datasets import BAD_SAMPLE_POLICIES, PROVENANCE_SUFFIX, SOURCES
+from ue_dpo.commands import exit_with_user_error, int_at_least
+from ue_dpo.datasets import (
+    BAD_SAMPLE_POLICIES,
+    PROVENANCE_SUFFIX,
+    SOURCES,
+    BadSampleError,
+    SourceError,
+    Subset,
+    convert,
+)
 
 
 def _run(args: argparse.Namespace) -> None:
     import logging
-
-    from ue_dpo.commands import exit_with_user_error
-    from ue_dpo.datasets import BadSampleError, SourceError, Subset, convert
 
     if args.seed is not None and args.random is None:
         exit_with_user_error("data", "--seed applies to --random N; pass --random N --seed S, or drop --seed")

@@ -3,11 +3,10 @@
 import argparse
 
 from ue_dpo.commands.run import add_experiment_options, run_experiment_file
+from ue_dpo.experiment import embedded_default_path
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.experiment import embedded_default_path
-
     run_experiment_file(embedded_default_path(), args)
 
 

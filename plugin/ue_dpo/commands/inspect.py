@@ -3,11 +3,12 @@
 import argparse
 from pathlib import Path
 
-from ue_dpo.commands import int_at_least
+from ue_dpo.commands import exit_with_user_error, int_at_least
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.commands import exit_with_user_error
+    # inspection imports torch (and LLaMA-Factory when it builds the trainer): loaded when the command runs,
+    # not for `ue-dpo --help`
     from ue_dpo.inspection import (
         InspectError,
         build_trainer,

@@ -5,6 +5,10 @@ import signal
 import sys
 from pathlib import Path
 
+from ue_dpo.commands import exit_with_user_error
+from ue_dpo.experiment.config import ExperimentConfigError, load_experiment
+from ue_dpo.experiment.stages import RunInterrupted, StageError
+
 RESUME_HINT = ("run the same command again to resume: finished stages are skipped, an interrupted training resumes "
                "from its last checkpoint")
 
@@ -18,10 +22,8 @@ def add_experiment_options(parser: argparse.ArgumentParser) -> None:
 
 def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
     """Load and run the experiment; a bad file exits 2, a failed stage 1, an interruption 128 + the signal number."""
-    from ue_dpo.commands import exit_with_user_error
-    from ue_dpo.experiment.config import ExperimentConfigError, load_experiment
+    # The runner imports numpy and the report's statistics: loaded when an experiment runs, not for `ue-dpo --help`.
     from ue_dpo.experiment.runner import run_experiment
-    from ue_dpo.experiment.stages import RunInterrupted, StageError
 
     try:
         run_experiment(load_experiment(path, args.settings, output=args.out))

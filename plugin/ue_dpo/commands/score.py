@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ue_dpo.benchmarks.judge_config import JudgeConfig
-from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL
+from ue_dpo.benchmarks.judge_config import JudgeConfig, JudgeConfigError, JudgeError
+from ue_dpo.benchmarks.nlp import AMBER_SPACY_MODEL, OBJECT_HALBENCH_SPACY_MODEL, NLPResourceError
 from ue_dpo.benchmarks.registry import Benchmark, score_commands
-from ue_dpo.commands import int_at_least
+from ue_dpo.commands import exit_with_user_error, int_at_least
 from ue_dpo.evaluation.judge_settings import (
     JUDGE_MAX_RETRIES_ENV,
     JUDGE_MODEL_ENV,
     JUDGE_TIMEOUT_ENV,
     JUDGE_UNPARSED_AS_ZERO_ENV,
+    unparsed_as_zero,
 )
 
 JUDGE_FLAGS = {
@@ -66,8 +67,7 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _judge(args: argparse.Namespace):
-    from ue_dpo.benchmarks.judge_config import JudgeConfigError
-    from ue_dpo.evaluation.judge_settings import task_judge
+    from ue_dpo.evaluation.judge_settings import task_judge  # loads the openai client, which only judged runs need
 
     if not (args.judge_model or os.environ.get(JUDGE_MODEL_ENV, "").strip()):
         raise JudgeConfigError(f"name the judge model with --judge-model MODEL (or {JUDGE_MODEL_ENV}); for a local vLLM "
@@ -84,13 +84,14 @@ def _judge(args: argparse.Namespace):
 
 
 def _score_amber(args: argparse.Namespace) -> dict[str, Any]:
-    from ue_dpo.benchmarks.amber import score_amber_files
+    from ue_dpo.benchmarks.amber import score_amber_files  # loads spaCy and NLTK, which only this benchmark needs
 
     result = score_amber_files(args.data_dir, args.responses, nlp=args.spacy_model, parse=args.answer_parse)
     return {**result, "spacy_model": args.spacy_model}
 
 
 def _score_object_halbench(args: argparse.Namespace) -> dict[str, Any]:
+    # spaCy, NLTK and the COCO annotations are loaded only for this benchmark
     from ue_dpo.benchmarks.object_halbench import load_object_halbench_answers, score_object_halbench
     from ue_dpo.evaluation.coco_ground_truth import cached_coco_ground_truth
 
@@ -105,8 +106,12 @@ def _score_object_halbench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _score_mmhal_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from ue_dpo.benchmarks.mmhal import MMHAL_NUM_ITEMS, load_mmhal_responses, mmhal_metrics, score_mmhal_items
-    from ue_dpo.evaluation.judge_settings import unparsed_as_zero
+    from ue_dpo.benchmarks.mmhal import (  # numpy and the judge, which only this benchmark needs
+        MMHAL_NUM_ITEMS,
+        load_mmhal_responses,
+        mmhal_metrics,
+        score_mmhal_items,
+    )
 
     judge = _judge(args)
     zero = unparsed_as_zero({"judge_unparsed_as_zero": True if args.judge_unparsed_as_zero else None})
@@ -151,10 +156,6 @@ def _empty_responses(result: dict[str, Any], benchmark: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.benchmarks.judge_config import JudgeError
-    from ue_dpo.benchmarks.nlp import NLPResourceError
-    from ue_dpo.commands import exit_with_user_error
-
     try:
         result = _COMMANDS[args.benchmark].score(args)
     except (OSError, ValueError, NLPResourceError, JudgeError) as error:

@@ -4,11 +4,10 @@ import argparse
 from pathlib import Path
 
 from ue_dpo.commands import int_at_least
-from ue_dpo.synthetic.shapes import MIN_IMAGE_SIZE
+from ue_dpo.synthetic.shapes import EVAL_MANIFEST, MIN_IMAGE_SIZE, write_caption_eval_set
 
 
 def _run(args: argparse.Namespace) -> None:
-    from ue_dpo.synthetic.shapes import EVAL_MANIFEST, write_caption_eval_set
 
     items = write_caption_eval_set(args.out, n_images=args.images, seed=args.seed, image_size=args.image_size)
     print(f"wrote {len(items)} images and {args.out / EVAL_MANIFEST}; evaluate with "

@@ -15,10 +15,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import ue_dpo
 from ue_dpo.versions import check_supported
 
-_PACKAGE_DIR = Path(ue_dpo.__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ue_dpo/
 # In a wheel the YAMLs sit in the package (pyproject force-include); in a source checkout, next to plugin/.
 _TASK_DIR_CANDIDATES = (_PACKAGE_DIR / "eval_tasks", _PACKAGE_DIR.parents[1] / "eval_tasks")
 
@@ -56,6 +55,7 @@ def apply() -> None:
 
     @functools.wraps(load_task_or_group)
     def load_task_or_group_for_task_type(self, task_list=None, task_type="simple"):
+        # local_task imports lmms_eval's task classes; this module runs inside the import of lmms_eval.tasks
         from ue_dpo.evaluation.local_task import LOADING_TASK_TYPE
 
         token = LOADING_TASK_TYPE.set(task_type)

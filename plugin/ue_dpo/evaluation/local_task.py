@@ -10,6 +10,8 @@ from typing import Any
 
 from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 
+from ue_dpo.evaluation.chat import training_messages, training_system_prompt
+
 # "simple" or "chat": what lmms-eval is loading tasks for (set by ue_dpo.evaluation.discovery around
 # TaskManager.load_task_or_group), since lmms-eval builds a YAML with `class:` the same way for every model
 LOADING_TASK_TYPE: contextvars.ContextVar[str] = contextvars.ContextVar("ue_dpo_loading_task_type", default="simple")
@@ -61,15 +63,11 @@ class _ChatMessages:
     """Mixed in before ConfigurableMessagesTask: the training template's messages (see ue_dpo.evaluation.chat)."""
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
-        from ue_dpo.evaluation.chat import training_system_prompt
-
         super().download(dataset_kwargs)
         self.system_prompt = training_system_prompt(self.config.metadata, self.config.task)
         self.config.metadata["chat_system_prompt"] = self.system_prompt  # recorded in the results' task config
 
     def doc_to_messages(self, doc: dict, **round_kwargs: Any) -> list[dict[str, Any]]:
-        from ue_dpo.evaluation.chat import training_messages
-
         if round_kwargs.get("round_idx") is not None:
             raise NotImplementedError(f"{self.config.task} is single-round; lmms-eval asked for round "
                                       f"{round_kwargs['round_idx']}")

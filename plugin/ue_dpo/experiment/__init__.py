@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-import ue_dpo
-
-_PACKAGE_DIR = Path(ue_dpo.__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ue_dpo/
 EMBEDDED_DEFAULT_NAME = "embedded_default.yaml"
 # In a wheel the file sits in the package (pyproject force-include); in a source checkout, under configs/.
 _EMBEDDED_DEFAULT_CANDIDATES = (

@@ -23,12 +23,12 @@ import yaml
 from ue_dpo.benchmarks.registry import judged_tasks
 from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS
 from ue_dpo.experiment.stages import digest
+from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES, WORLDS as SYNTHETIC_WORLDS, SyntheticWorld
+from ue_dpo.yaml_errors import describe_yaml_error
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
 SYNTHETIC_PATHS = ("model", "data", "eval")
-SYNTHETIC_ARCHITECTURES = ("llava", "qwen2_vl")
-SYNTHETIC_WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
 JUDGED_TASKS = judged_tasks()  # scored by an LLM judge whatever the settings (object_halbench only with `gpt`)
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
@@ -37,22 +37,6 @@ SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a char
 
 class ExperimentConfigError(ValueError):
     """A bad experiment file; the message names the key and the fix."""
-
-
-@dataclass(frozen=True)
-class SyntheticWorld:
-    """An embedded world, built under `<output>/synthetic`: a tiny model, training data, held-out images."""
-
-    world: str = "shapes"  # one of SYNTHETIC_WORLDS
-    arch: str = "qwen2_vl"
-    seed: int = 0
-    image_size: int = 56
-    sft_examples: int = 512
-    # share of warm-up captions that name one absent shape (noisy web captions); in `blind_spots`, of the captions
-    # of a lone large shape, which then also name its absent partner
-    sft_noisy_share: float = 0.0
-    preference_pairs: int = 256
-    eval_images: int = 64
 
 
 @dataclass(frozen=True)
@@ -177,16 +161,6 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ExperimentConfigError(f"{what} {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax") from None
     except UnicodeDecodeError as error:
         raise ExperimentConfigError(f"{what} {path} is not UTF-8 text ({error}); save it as UTF-8") from None
-
-
-def describe_yaml_error(error: yaml.YAMLError) -> str:
-    """PyYAML's explanation on one line, with 1-based line and column numbers."""
-    parts = []
-    for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
-                       (getattr(error, "problem", None), getattr(error, "problem_mark", None))):
-        if text:
-            parts.append(text + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""))
-    return ": ".join(parts) or str(error)
 
 
 def apply_setting(raw: dict[str, Any], setting: str) -> None:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ue_dpo.experiment.config import Experiment, Run, instance_name
+from ue_dpo.experiment.layout import CONFIGS_DIR, EVALS_DIR, LOGS_DIR, RESULTS_JSON, RESULTS_PNG, ExperimentLayout
+from ue_dpo.experiment.outputs import DEFAULT_RESAMPLES, DEFAULT_SEED, CompareError, compare_folders
 from ue_dpo.experiment.stages import Markers
+from ue_dpo.statistics import CONFIDENCE_LEVEL, seed_level_interval
 
 RECORDED_PACKAGES = ("ue-dpo", "llamafactory", "lmms-eval", "transformers", "torch", "peft", "trl", "accelerate",
                      "datasets", "deepspeed")
@@ -63,8 +66,6 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
 def mean_over_seeds(values: list[float | None]) -> tuple[float | None, list[float] | None]:
     """The mean of one metric over a run's seeds and its Student t interval (None with one seed); None, None
     when a seed left it undefined."""
-    from ue_dpo.statistics import seed_level_interval
-
     if None in values:
         return None, None
     if len(values) == 1:
@@ -124,14 +125,6 @@ def seed_pairs(run: dict[str, Any], baseline: dict[str, Any]) -> list[tuple[int 
 
 
 def compare_with_baseline(runs: list[dict[str, Any]], baseline_name: str) -> dict[str, Any]:
-    from ue_dpo.commands.compare import (
-        DEFAULT_RESAMPLES,
-        DEFAULT_SEED,
-        CompareError,
-        compare_folders,
-    )
-    from ue_dpo.statistics import CONFIDENCE_LEVEL, seed_level_interval
-
     baseline = next(run for run in runs if run["name"] == baseline_name)
     compared = {}
     for run in runs:
@@ -253,7 +246,7 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
     seeded = "; ".join(f"{run['label']}: {run['seeds']}" for run in results["runs"] if "per_seed" in run)
     if seeded:
         lines.append(f"- Trained once per seed ({seeded}): the mean over the seeds [95% Student t interval]; every "
-                     f"seed's numbers are in results.json (`runs[].per_seed`).")
+                     f"seed's numbers are in {RESULTS_JSON} (`runs[].per_seed`).")
     if comparison is not None:
         baseline = next(run for run in results["runs"] if run["name"] == comparison["baseline"])
         bootstrap = comparison["bootstrap"]
@@ -273,8 +266,9 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
             lines.append(f"| {label} | `{model['model']}` | {seeds.get('seed', '–')} | "
                          f"{seeds.get('ue_seed') if seeds.get('ue_seed') is not None else '–'} |")
     versions = ", ".join(f"{name} {value}" for name, value in results["versions"].items() if value)
-    lines += ["", f"Versions: {versions}.", "", "Configs, samples and logs: results.json, configs/, evals/, logs/.",
-              "", "![results](results.png)", ""]
+    lines += ["", f"Versions: {versions}.", "",
+              f"Configs, samples and logs: {RESULTS_JSON}, {CONFIGS_DIR}/, {EVALS_DIR}/, {LOGS_DIR}/.",
+              "", f"![results]({RESULTS_PNG})", ""]
     return "\n".join(lines)
 
 
@@ -309,9 +303,10 @@ def render_chart(results: dict[str, Any], columns: list[tuple[str, str]], path: 
 
 
 def write_report(experiment: Experiment, markers: Markers, output: Path) -> dict[str, Any]:
+    layout = ExperimentLayout(output)
     results = collect_results(experiment, markers)
     columns = table_columns(experiment, results)
-    (output / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (output / "results.md").write_text(render_markdown(experiment, results, columns))
-    render_chart(results, columns, output / "results.png")
+    layout.results_json.write_text(json.dumps(results, indent=1, default=str))
+    layout.results_md.write_text(render_markdown(experiment, results, columns))
+    render_chart(results, columns, layout.results_png)
     return results

@@ -14,7 +14,6 @@ resumed or redone on its own.
 """
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -25,9 +24,17 @@ from typing import Any
 
 import yaml
 
+from ue_dpo.datasets import read_provenance
+from ue_dpo.evaluation.chat import TEMPLATE_ENV
+from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
 from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, instance_name, references, substitute
+from ue_dpo.experiment.layout import ExperimentLayout
+from ue_dpo.experiment.outputs import read_lmms_eval_output
 from ue_dpo.experiment.report import package_versions, write_report
+from ue_dpo.experiment.server import served_model
+from ue_dpo.experiment.serving import check_no_failed_requests, prepare_served_model, served_model_args
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weights_identity
+from ue_dpo.synthetic.world import build_synthetic_world
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_SEED_DEFAULT = 42  # transformers.TrainingArguments.seed, used when a training config sets none
@@ -56,8 +63,6 @@ def training_seeds(config: dict[str, Any]) -> dict[str, int]:
 def training_data(config: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     """Each training dataset's record from `ue-dpo data` (hub revision, file digests, subset, rows read);
     None for a dataset it did not write."""
-    from ue_dpo.datasets import read_provenance
-
     names = config.get("dataset") or []
     names = names.split(",") if isinstance(names, str) else names
     dataset_dir = config.get("dataset_dir", DATASET_DIR_DEFAULT)
@@ -75,6 +80,7 @@ class ExperimentRunner:
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
         self.output = experiment.output.resolve()
+        self.layout = ExperimentLayout(self.output)
         self.markers = Markers(self.output)
         # reference name -> what it stands for; a run trained per seed has one "runs.NAME@seedS" per seed
         self.paths: dict[str, str] = {"output": str(self.output)}
@@ -105,8 +111,8 @@ class ExperimentRunner:
         self.evaluate()
         self.announce("report")
         results = write_report(self.experiment, self.markers, self.output)
-        print(f"==> results: {self.output / 'results.md'}, {self.output / 'results.json'}, "
-              f"{self.output / 'results.png'} ({time.monotonic() - started:.0f} s)", flush=True)
+        print(f"==> results: {self.layout.results_md}, {self.layout.results_json}, "
+              f"{self.layout.results_png} ({time.monotonic() - started:.0f} s)", flush=True)
         return results
 
     def scope(self, seed: int | None) -> tuple[dict[str, str], dict[str, str]]:
@@ -125,7 +131,7 @@ class ExperimentRunner:
 
     def build_synthetic(self) -> None:
         world = self.experiment.synthetic
-        root = self.output / "synthetic"
+        root = self.layout.synthetic
         stage_digest = digest("synthetic", world)
         for name in SYNTHETIC_PATHS:
             self.paths[f"synthetic.{name}"] = str(root / name)
@@ -135,8 +141,6 @@ class ExperimentRunner:
             return
         self.announce(f"synthetic {world.world} world: tiny {world.arch} model, {world.sft_examples} captions, "
                       f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
-        from ue_dpo.synthetic.world import build_synthetic_world
-
         shutil.rmtree(root, ignore_errors=True)
         build_synthetic_world(world, root)
         self.markers.write("synthetic", stage_digest, world=world.__dict__)
@@ -148,7 +152,7 @@ class ExperimentRunner:
             config["seed"] = seed
             if "ue_seed" in config:  # else it defaults to the training seed
                 config["ue_seed"] = seed
-        config["output_dir"] = str(self.output / "runs" / instance_name(run.name, seed))
+        config["output_dir"] = str(self.layout.run_dir(instance_name(run.name, seed)))
         return config
 
     def train(self, run: Run, seed: int | None = None) -> None:
@@ -172,11 +176,11 @@ class ExperimentRunner:
                 print(f"    {output_dir} holds no checkpoint of this config; training from the start", flush=True)
                 shutil.rmtree(output_dir)
             self.announce(f"train {name}: llamafactory-cli train ({run.train})")
-        config_path = self.output / "configs" / f"{stage}.yaml"
+        config_path = self.layout.config(stage)
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.markers.write(stage, stage_digest, "started")
-        log_path = self.output / "logs" / f"{stage}.log"
+        log_path = self.layout.log(stage)
         returncode = stream([executable("llamafactory-cli"), "train", str(config_path)], env=os.environ,
                             log_path=log_path)
         if returncode != 0:
@@ -216,7 +220,7 @@ class ExperimentRunner:
             entry = {
                 "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
                 "tasks": tasks, "batch_size": protocol.batch_size, "log_samples": True,
-                "output_path": str(self.output / "evals" / name / protocol.name), "seed": settings["seed"],
+                "output_path": str(self.layout.eval_dir(name) / protocol.name), "seed": settings["seed"],
             }
             if protocol.limit is not None:
                 entry["limit"] = protocol.limit
@@ -226,8 +230,6 @@ class ExperimentRunner:
         return entries
 
     def judge_env(self) -> dict[str, str]:
-        from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
-
         judge = self.experiment.judge
         env = {JUDGE_MODEL_ENV: judge.model, "OPENAI_BASE_URL": judge.base_url, JUDGE_CACHE_DIR_ENV: judge.cache_dir,
                ALLOW_JUDGE_FAILURES_ENV: "true" if judge.allow_failures else None}
@@ -250,14 +252,14 @@ class ExperimentRunner:
             return
         entries = {}
         for _, _, name in pending:
-            shutil.rmtree(self.output / "evals" / name, ignore_errors=True)
+            shutil.rmtree(self.layout.eval_dir(name), ignore_errors=True)
             entries[name] = self.lmms_eval_entries(name, settings)
-        config_path = self.output / "configs" / "lmms_eval.yaml"
+        config_path = self.layout.config("lmms_eval")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump([entry for run_entries in entries.values() for entry in run_entries],
                                               sort_keys=False))
         launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
-        log_path = self.output / "logs" / "evaluate.log"
+        log_path = self.layout.log("evaluate")
         env = {**os.environ, **settings["env"], **self.judge_env()}
         log_start = log_size(log_path)
         returncode = stream([*launcher, "--config", str(config_path)], env=env, log_path=log_path)
@@ -265,7 +267,7 @@ class ExperimentRunner:
         failures = []
         for _, _, name in pending:
             try:
-                summary = read_lmms_eval_output(self.output / "evals" / name, settings["tasks"])
+                summary = read_lmms_eval_output(self.layout.eval_dir(name), settings["tasks"])
             except StageError as error:
                 failures.append(f"{name}: {error}")
                 continue
@@ -278,28 +280,20 @@ class ExperimentRunner:
     def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str) -> None:
         """One model (a run, or `run@seedS`) through its own inference server: model prepared (merged), server up,
         lmms-eval, server down."""
-        from ue_dpo.evaluation.chat import TEMPLATE_ENV
-        from ue_dpo.experiment.server import served_model
-        from ue_dpo.experiment.serving import (
-            check_no_failed_requests,
-            prepare_served_model,
-            served_model_args,
-        )
-
         server = self.experiment.evaluation.server
         env = {**os.environ, **settings["env"]}
         served, template, served_digest = prepare_served_model(
             name, self.paths[f"runs.{name}"], output=self.output, markers=self.markers, server=server,
             env=env, llamafactory_cli=executable("llamafactory-cli"))
-        shutil.rmtree(self.output / "evals" / name, ignore_errors=True)
-        log_path = self.output / "logs" / f"evaluate-{name}.log"
-        server_log = self.output / "logs" / f"server-{name}.log"
+        shutil.rmtree(self.layout.eval_dir(name), ignore_errors=True)
+        log_path = self.layout.log(f"evaluate-{name}")
+        server_log = self.layout.log(f"server-{name}")
         print(f"    {name}: serving {served} ({server.command}); log {server_log}", flush=True)
         with served_model(server.command, str(served), log_path=server_log, env=env,
                           health_timeout_s=server.health_timeout_s) as base_url:
             entries = self.lmms_eval_entries(name, settings, served_model_args(served, base_url, server,
                                                                               settings["model_args"]))
-            config_path = self.output / "configs" / f"lmms_eval-{name}.yaml"
+            config_path = self.layout.config(f"lmms_eval-{name}")
             config_path.parent.mkdir(parents=True, exist_ok=True)
             config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
             launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
@@ -307,7 +301,7 @@ class ExperimentRunner:
             returncode = stream([*launcher, "--config", str(config_path)],
                                 env={**env, **self.judge_env(), TEMPLATE_ENV: template}, log_path=log_path)
         try:
-            summary = read_lmms_eval_output(self.output / "evals" / name, settings["tasks"])
+            summary = read_lmms_eval_output(self.layout.eval_dir(name), settings["tasks"])
         except StageError as error:
             raise StageError(f"evaluation of {name!r} through its server failed (lmms-eval exit status "
                              f"{returncode}): {error}. See {log_path} and {server_log}") from None
@@ -336,51 +330,6 @@ def logged_world_size(output: str) -> int | None:
     None when the output holds none (a launcher that lowers lmms-eval's verbosity below INFO)."""
     ranks = {int(rank) for rank in re.findall(r"Running on rank (\d+) \(local rank \d+\)", output)}
     return max(ranks) + 1 if ranks else None
-
-
-def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]:
-    """Metrics, sample files, judges and lmms-eval's own records of the lmms-eval runs under `output_path` (one
-    `--output_path`, or the folders of a `ue-dpo run` run's protocols), after checking they are all there."""
-    found = sorted(output_path.rglob("*_results.json"))
-    if not found:
-        raise StageError(f"found no *_results.json under {output_path}")
-    summary: dict[str, Any] = {"metrics": {}, "higher_is_better": {}, "samples_files": {}, "judges": {},
-                               "evaluations": []}
-    groups: set[str] = set()
-    for results_file in found:
-        results = json.loads(results_file.read_text())
-        groups.update(results.get("groups", {}))
-        twice = sorted(set(results.get("results", {})) & set(summary["metrics"]))
-        if twice:
-            raise StageError(f"{results_file} and an earlier results file under {output_path} both hold {twice}; keep "
-                             f"one lmms-eval run per task there")
-        for task, counts in results.get("n-samples", {}).items():
-            files = sorted(results_file.parent.glob(f"*_samples_{task}.jsonl"))
-            if counts.get("effective", 0) >= 1 and not files:
-                raise StageError(f"task {task} under {results_file.parent} was evaluated without --log_samples (its "
-                                 f"results file has no samples file beside it), so its items cannot be compared: "
-                                 f"evaluate it again with lmms-eval --log_samples")
-            if counts.get("effective", 0) < 1 or len(files) != 1:
-                raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
-                                 f"sample files under {results_file.parent}")
-            summary["samples_files"][task] = str(files[0])
-        for task, values in results.get("results", {}).items():
-            summary["metrics"][task] = {}
-            for key, value in values.items():
-                name, _, filter_name = key.partition(",")
-                if key == "alias" or "_stderr" in name or not (value is None or isinstance(value, int | float)):
-                    continue
-                summary["metrics"][task][name if filter_name in ("", "none") else key] = value
-        summary["higher_is_better"].update(results.get("higher_is_better", {}))
-        for task, config in results.get("configs", {}).items():
-            judge = (config.get("metadata") or {}).get("judge")
-            summary["judges"][task] = judge.get("model") if isinstance(judge, dict) else None
-        summary["evaluations"].append({"results_file": str(results_file), "tasks": list(results.get("results", {})),
-                                       "lmms_eval_config": results.get("config", {})})
-    missing = [task for task in tasks if task not in summary["metrics"] and task not in groups]
-    if missing:
-        raise StageError(f"no results for {missing} under {output_path}")
-    return summary
 
 
 def run_experiment(experiment: Experiment) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from ue_dpo.evaluation.chat import template_for_model, write_training_chat_template
 from ue_dpo.experiment.config import Server
+from ue_dpo.experiment.layout import ExperimentLayout
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weights_identity
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -54,12 +56,13 @@ def mirror_model(source: Path, destination: Path) -> None:
 def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Markers, server: Server,
                          env: dict[str, str], llamafactory_cli: str) -> tuple[Path, str, str]:
     """(served folder, training template, stage digest) of one run, merged or mirrored unless its marker is current."""
-    from ue_dpo.evaluation.chat import template_for_model, write_training_chat_template
+    # lmms-eval's model module imports torch, transformers and lmms-eval, which only preparing a model needs
     from ue_dpo.evaluation.model import resolve_checkpoint
 
+    layout = ExperimentLayout(output)
     base, adapter_dir, _ = resolve_checkpoint(model)
     template = template_for_model(base)
-    served = output / "served" / run_name
+    served = layout.served_dir(run_name)
     stage = f"serve-{run_name}"
     if adapter_dir:
         source = {"adapter": adapter_dir, "adapter_digest": files_digest(Path(adapter_dir)), "base": base,
@@ -76,10 +79,10 @@ def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Ma
     else:
         export = {"model_name_or_path": base, "adapter_name_or_path": adapter_dir, "finetuning_type": "lora",
                   "template": template, "export_dir": str(served), "infer_dtype": server.merge_dtype}
-        config_path = output / "configs" / f"{stage}.yaml"
+        config_path = layout.config(stage)
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(export, sort_keys=False))
-        log_path = output / "logs" / f"{stage}.log"
+        log_path = layout.log(stage)
         print(f"    {run_name}: merging the LoRA adapter {adapter_dir} into {base} (llamafactory-cli export)",
               flush=True)
         returncode = stream([llamafactory_cli, "export", str(config_path)], env=env, log_path=log_path)

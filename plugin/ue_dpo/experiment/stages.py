@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ue_dpo.experiment.children import start_child
+from ue_dpo.experiment.layout import ExperimentLayout
 
 
 class StageError(RuntimeError):
@@ -49,7 +50,7 @@ class Markers:
     """`<output>/state/<stage>.json`: a stage is finished when its marker holds the digest of its current config."""
 
     def __init__(self, output: Path):
-        self.dir = Path(output) / "state"
+        self.dir = ExperimentLayout(output).state
 
     def path(self, stage: str, kind: str = "done") -> Path:
         return self.dir / f"{stage}.{kind}.json"

@@ -91,6 +91,7 @@ def apply() -> None:
 
     def run_dpo(model_args, data_args, training_args, finetuning_args, callbacks=None):
         if getattr(finetuning_args, "ue_dpo_stage", False):
+            # the workflow loads LLaMA-Factory's model and data code, which other stages' runs need not import
             from ue_dpo.llamafactory.workflow import run_ue_dpo
 
             return run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks)

@@ -10,15 +10,15 @@ images and captions on every machine.
 import json
 import math
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ue_dpo.synthetic.vocabulary import SHAPES, mentioned_shapes  # noqa: F401 (mentioned_shapes: part of this world)
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
-SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUND = (255, 255, 255)
 QUADRANTS = 4  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
 MAX_SHAPES_PER_IMAGE = 3
@@ -30,7 +30,6 @@ EVAL_MANIFEST = "shapes_eval.json"
 CAPTION_PROMPT = "Describe this image."
 IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's placeholder; each template's plugin expands it
 
-_SHAPE_MENTION = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b", re.IGNORECASE)
 _SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 
 
@@ -89,11 +88,6 @@ def listing_caption(phrases: Sequence[str]) -> str:
         raise ValueError("a caption needs at least one phrase")
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return f"There is {listed}."
-
-
-def mentioned_shapes(text: str) -> list[str]:
-    """The shape words in `text`, singular and lower-case, in order of mention (plurals count once)."""
-    return [match.lower() for match in _SHAPE_MENTION.findall(text)]
 
 
 def random_scene(rng: random.Random) -> Scene:

@@ -4,10 +4,18 @@ They use the real config, model, tokenizer and processor classes, so LLaMA-Facto
 `qwen2_vl` templates, `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they
 load the released checkpoints. Both see an image as a 2x2 grid of visual tokens, one per quadrant
 of a shapes image (see `ue_dpo.synthetic.shapes`).
+
+Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
+language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
+entries; ids past the tokenizer's are never targets, as in the released models), `image_size` (pixels per side,
+which sets the image tokens: one per 14-px patch for LLaVA, one per 28-px square for Qwen2-VL) and `device` /
+`dtype` (where the random weights are drawn). `bench/run.py` builds LLaVA-1.5-7B and Qwen2-VL-7B shapes with them.
 """
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import (
@@ -26,10 +34,23 @@ ARCHITECTURES = ("llava", "qwen2_vl")
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
-QWEN2_VL_IMAGE_PIXELS = 56 * 56
+QWEN2_VL_IMAGE_SIZE = 56
 VISION_PATCH_SIZE = 14
 MAX_POSITIONS = 1024
 TOKENIZER_VOCAB_LIMIT = 1024
+
+# The tiny shapes: config fields of the language model (Llama for LLaVA, Qwen2 for Qwen2-VL) and of each vision tower.
+TINY_TEXT = {"hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": MAX_POSITIONS}
+TINY_CLIP_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "projection_dim": 32}
+# `hidden_size` (the merger's output) defaults to the language model's width
+TINY_QWEN2_VL_VISION = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "spatial_merge_size": 2,
+                        "temporal_patch_size": 2}
+# `out_hidden_size` defaults to the language model's width
+TINY_QWEN2_5_VL_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                          "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+                          "fullatt_block_indexes": [1]}
 
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_PAD_TOKEN = "<pad>"
@@ -121,19 +142,42 @@ def _special_token_ids(tokenizer) -> dict[str, int | None]:
     }
 
 
-def _save_random_model(model_class, config, tokenizer, out_dir: Path, seed: int) -> None:
+def _vocab_size(tokenizer, vocab_size: int | None) -> int:
+    if vocab_size is None:
+        return len(tokenizer)
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; "
+                         f"pass at least {len(tokenizer)}")
+    return vocab_size
+
+
+def _save_random_model(model_class, config, tokenizer, out_dir: Path, seed: int, *, device: str | None = None,
+                       dtype: torch.dtype | None = None) -> None:
     # The generation config is derived from the top-level ids on save, and the trainer compares them with the
     # tokenizer's. (Qwen2VLConfig drops top-level ids when loaded, so that trainer still warns; it is harmless.)
     for name, token_id in _special_token_ids(tokenizer).items():
         setattr(config, name, token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(config)
+        if device is None and dtype is None:
+            model = model_class(config)
+        else:  # e.g. 7B shapes drawn on the GPU in bf16: on the CPU in fp32 they take many minutes
+            with torch.device(device or "cpu"):
+                model = model_class._from_config(config, dtype=dtype)
     model.save_pretrained(out_dir)
+    del model
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
-def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
-    """A LLaVA-1.5-style checkpoint: CLIP vision tower (28 px, 14 px patches: 4 image tokens) + Llama."""
+def build_tiny_llava(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
+                     vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
+                     image_size: int = LLAVA_IMAGE_SIZE, device: str | None = None,
+                     dtype: torch.dtype | None = None) -> Path:
+    """A LLaVA-1.5-style checkpoint: CLIP vision tower (28 px, 14 px patches: 4 image tokens) + Llama.
+
+    `text`: LlamaConfig fields over TINY_TEXT; `vision`: CLIPVisionConfig fields over TINY_CLIP_VISION; the
+    tower is cut at its second-to-last layer, with LLaVA's 2-layer GELU projector."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -146,23 +190,20 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     tokenizer = _llama_tokenizer()
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN_SIZE, intermediate_size=2 * TEXT_HIDDEN_SIZE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+        **{**TINY_TEXT, **(text or {})}, vocab_size=_vocab_size(tokenizer, vocab_size),
         **_special_token_ids(tokenizer),
     )
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE,
-        patch_size=VISION_PATCH_SIZE, projection_dim=32,
-    )
+    vision_config = CLIPVisionConfig(**{**TINY_CLIP_VISION, **(vision or {})}, image_size=image_size,
+                                     patch_size=VISION_PATCH_SIZE)
     config = LlavaConfig(
         text_config=text_config, vision_config=vision_config,
         image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
-        image_seq_length=(LLAVA_IMAGE_SIZE // VISION_PATCH_SIZE) ** 2,
+        image_seq_length=(image_size // VISION_PATCH_SIZE) ** 2,
         vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
-    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed)
+    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": LLAVA_IMAGE_SIZE}, crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE}
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     # num_additional_image_tokens=1 (CLIP's class token) with the "default" strategy, which drops it again:
     # LLaMA-Factory's llava plugin and LlavaProcessor both expand <image> to exactly the patch count.
@@ -175,18 +216,17 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
-def _qwen_text_and_token_config(tokenizer) -> tuple[dict, dict]:
+def _qwen_text_and_token_config(tokenizer, text: Mapping[str, Any] | None,
+                                vocab_size: int | None) -> tuple[dict, dict]:
     token_id = tokenizer.convert_tokens_to_ids
-    num_attention_heads = 4
-    half_head_dim = TEXT_HIDDEN_SIZE // num_attention_heads // 2
+    shape = {**TINY_TEXT, **(text or {})}
+    half_head_dim = shape["hidden_size"] // shape["num_attention_heads"] // 2
     # The released models split each rotary half 2:3:3 between the temporal, height and width positions.
     mrope_section = [half_head_dim // 4, 3 * half_head_dim // 8, 3 * half_head_dim // 8]
     text_config = {
-        "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE,
-        "num_hidden_layers": 2, "num_attention_heads": num_attention_heads, "num_key_value_heads": 2,
-        "max_position_embeddings": MAX_POSITIONS,
+        "vocab_size": _vocab_size(tokenizer, vocab_size),
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
-        **_special_token_ids(tokenizer),
+        **shape, **_special_token_ids(tokenizer),
     }
     token_ids = {"image_token_id": token_id("<|image_pad|>"), "video_token_id": token_id("<|video_pad|>"),
                  "vision_start_token_id": token_id("<|vision_start|>"),
@@ -194,12 +234,12 @@ def _qwen_text_and_token_config(tokenizer) -> tuple[dict, dict]:
     return text_config, token_ids
 
 
-def _save_qwen2_vl_processor(tokenizer, out_dir: Path) -> None:
+def _save_qwen2_vl_processor(tokenizer, out_dir: Path, image_size: int) -> None:
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     # Passing `size` (not min_pixels/max_pixels) matters: those two kwargs write into the class-level default
     # `size` dict in transformers 5.6, changing every Qwen2-VL processor created later in the process.
-    pixels = {"shortest_edge": QWEN2_VL_IMAGE_PIXELS, "longest_edge": QWEN2_VL_IMAGE_PIXELS}
+    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
         video_processor=Qwen2VLVideoProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
@@ -208,51 +248,62 @@ def _save_qwen2_vl_processor(tokenizer, out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
-def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0) -> Path:
-    """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens."""
+def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
+                        vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
+                        image_size: int = QWEN2_VL_IMAGE_SIZE, device: str | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
+    """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens.
+
+    `text`: Qwen2VLTextConfig fields over TINY_TEXT (the M-RoPE sections follow its head size unless it sets
+    `rope_parameters`); `vision`: Qwen2VLVisionConfig fields over TINY_QWEN2_VL_VISION; the processor keeps
+    `image_size`² images whole."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     out_dir = Path(out_dir)
     tokenizer = _qwen2_tokenizer()
-    text_config, token_ids = _qwen_text_and_token_config(tokenizer)
+    text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
     config = Qwen2VLConfig(
         text_config=text_config,
-        vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": TEXT_HIDDEN_SIZE, "num_heads": 2, "mlp_ratio": 2,
-            "patch_size": VISION_PATCH_SIZE, "spatial_merge_size": 2, "temporal_patch_size": 2,
-        },
+        vision_config={**TINY_QWEN2_VL_VISION, "hidden_size": text_config["hidden_size"],
+                       "patch_size": VISION_PATCH_SIZE, **(vision or {})},
         **token_ids,
     )
-    _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed)
-    _save_qwen2_vl_processor(tokenizer, out_dir)
+    _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    _save_qwen2_vl_processor(tokenizer, out_dir, image_size)
     return out_dir
 
 
-def build_tiny_qwen2_5_vl(out_dir: Path, *, seed: int = 0) -> Path:
+def build_tiny_qwen2_5_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
+                          vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
+                          image_size: int = QWEN2_VL_IMAGE_SIZE, device: str | None = None,
+                          dtype: torch.dtype | None = None) -> Path:
     """A Qwen2.5-VL checkpoint (windowed vision tower, one full-attention block) with the tiny Qwen2-VL's text
-    model, tokenizer and processor, as the released Qwen2.5-VL reuses Qwen2-VL's processor."""
+    model, tokenizer and processor, as the released Qwen2.5-VL reuses Qwen2-VL's processor.
+
+    `vision`: Qwen2_5_VLVisionConfig fields over TINY_QWEN2_5_VL_VISION; the other shapes as build_tiny_qwen2_vl."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     out_dir = Path(out_dir)
     tokenizer = _qwen2_tokenizer()
-    text_config, token_ids = _qwen_text_and_token_config(tokenizer)
+    text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
     config = Qwen2_5_VLConfig(
         text_config=text_config,
-        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                       "patch_size": VISION_PATCH_SIZE, "out_hidden_size": TEXT_HIDDEN_SIZE, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2, "window_size": 56, "fullatt_block_indexes": [1]},
+        vision_config={**TINY_QWEN2_5_VL_VISION, "patch_size": VISION_PATCH_SIZE,
+                       "out_hidden_size": text_config["hidden_size"], **(vision or {})},
         **token_ids,
     )
-    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, out_dir, seed)
-    _save_qwen2_vl_processor(tokenizer, out_dir)
+    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device,
+                       dtype=dtype)
+    _save_qwen2_vl_processor(tokenizer, out_dir, image_size)
     return out_dir
 
 
-def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0) -> Path:
+def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
+    """`build_tiny_llava` or `build_tiny_qwen2_vl` by architecture name; `shapes` are their keyword arguments."""
     builders = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl}
     if arch not in builders:
         raise ValueError(f"unknown tiny model architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
-    return builders[arch](out_dir, seed=seed)
+    return builders[arch](out_dir, seed=seed, **shapes)
 
 
 # Both chat templates render like the released ones and accept `content` as a string or as a list of parts.
