@@ -156,7 +156,9 @@ class ScriptedJudgeServer:
         self._httpd = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._port = self._httpd.server_address[1]
-        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve_thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._serve_thread.start()
         self._deadline_timer = threading.Timer(self.lifetime_seconds, self.stop)
         self._deadline_timer.daemon = True

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+
 from judge_server import ScriptedBody, ScriptedHTTPError, ScriptedJudgeServer, last_user_text, unused_loopback_url
 from ue_dpo.benchmarks.judge import (
     CACHE_FILENAME,
@@ -87,7 +88,9 @@ def test_connection_refused_raises_a_clear_error_after_retries():
 
 
 def test_client_errors_are_not_retried():
-    with ScriptedJudgeServer(lambda payload: ScriptedHTTPError(400, '{"error": {"message": "context too long"}}')) as server:
+    with ScriptedJudgeServer(
+        lambda payload: ScriptedHTTPError(400, '{"error": {"message": "context too long"}}')
+    ) as server:
         with pytest.raises(JudgeUnavailableError, match="HTTP 400.*context too long"):
             make_client(server.base_url, max_retries=4).complete(user("hello"))
         assert server.request_count == 1
@@ -145,7 +148,9 @@ def test_cache_hit_makes_no_new_requests(tmp_path):
 
 def test_failures_are_not_cached(tmp_path):
     with ScriptedJudgeServer(echo, fail_first=1) as server:
-        failed = make_client(server.base_url, cache_dir=tmp_path, max_retries=0, allow_failures=True).complete_result(user("q"))
+        failed = make_client(server.base_url, cache_dir=tmp_path, max_retries=0, allow_failures=True).complete_result(
+            user("q")
+        )
         retried = make_client(server.base_url, cache_dir=tmp_path, max_retries=0).complete_result(user("q"))
         assert server.request_count == 2
     assert not failed.ok
@@ -163,17 +168,29 @@ def test_cache_key_covers_endpoint_model_messages_temperature_and_max_tokens():
     url = "http://127.0.0.1:8000/v1"
     base = judge_cache_key(url, "m", user("a"), 0, None)
     assert base == judge_cache_key(url, "m", user("a"), 0.0, None)
-    assert len({base, judge_cache_key(url, "m", user("b"), 0, None), judge_cache_key(url, "m", user("a"), 0.2, None),
-                judge_cache_key(url, "m", user("a"), 0, 512), judge_cache_key(url, "n", user("a"), 0, None),
+    assert (
+        len(
+            {
+                base,
+                judge_cache_key(url, "m", user("b"), 0, None),
+                judge_cache_key(url, "m", user("a"), 0.2, None),
+                judge_cache_key(url, "m", user("a"), 0, 512),
+                judge_cache_key(url, "n", user("a"), 0, None),
                 judge_cache_key(url, "m", [{"role": "system", "content": "a"}], 0, None),
-                judge_cache_key("http://127.0.0.1:8001/v1", "m", user("a"), 0, None)}) == 7
+                judge_cache_key("http://127.0.0.1:8001/v1", "m", user("a"), 0, None),
+            }
+        )
+        == 7
+    )
 
 
 def test_the_same_model_name_at_another_endpoint_is_not_answered_from_the_cache(tmp_path):
     # Two servers that both call their model "judge-model" (two vLLM servers serving different weights under one
     # name) sharing one cache file: each reply comes from its own server.
-    with (ScriptedJudgeServer(lambda payload: "Rating: 1") as first,
-          ScriptedJudgeServer(lambda payload: "Rating: 5") as second):
+    with (
+        ScriptedJudgeServer(lambda payload: "Rating: 1") as first,
+        ScriptedJudgeServer(lambda payload: "Rating: 5") as second,
+    ):
         assert make_client(first.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 1"
         assert make_client(second.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 5"
         assert make_client(first.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 1"
@@ -222,8 +239,9 @@ def test_a_reply_rejected_after_all_retries_is_returned_flagged_and_not_cached(t
         assert server.request_count == 2
         assert len(client.cache) == 0
         # Scoring again asks again: nothing was cached.
-        again = make_client(server.base_url, cache_dir=tmp_path, max_retries=0).complete_result(user("q"),
-                                                                                             accept=rating_given)
+        again = make_client(server.base_url, cache_dir=tmp_path, max_retries=0).complete_result(
+            user("q"), accept=rating_given
+        )
         assert server.request_count == 3
     assert (result.content, result.accepted, result.ok, result.cached) == ("I cannot rate this.", False, True, False)
     assert not again.accepted and not again.cached
@@ -267,7 +285,9 @@ def test_api_key_stays_out_of_cache_errors_logs_and_results(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
 
     def reply(payload):
-        return ScriptedHTTPError(502, f"upstream said {SECRET_KEY}") if "fail" in last_user_text(payload) else "Rating: 4"
+        return (
+            ScriptedHTTPError(502, f"upstream said {SECRET_KEY}") if "fail" in last_user_text(payload) else "Rating: 4"
+        )
 
     with ScriptedJudgeServer(reply) as server:
         client = make_client(server.base_url, api_key=SECRET_KEY, cache_dir=tmp_path, max_retries=1)
@@ -322,9 +342,20 @@ def test_shared_client_is_thread_safe_and_globally_bounded(tmp_path):
 
 
 def test_config_from_environment_and_options():
-    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/", "OPENAI_API_URL": "http://elsewhere/v1", "OPENAI_API_KEY": SECRET_KEY}
-    config = JudgeConfig.from_options({"model": "m", "max_retries": "2", "allow_failures": "true", "cache_dir": None}, environ)
-    assert (config.base_url, config.api_key, config.max_retries, config.allow_failures) == ("http://127.0.0.1:8000/v1", SECRET_KEY, 2, True)
+    environ = {
+        "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/",
+        "OPENAI_API_URL": "http://elsewhere/v1",
+        "OPENAI_API_KEY": SECRET_KEY,
+    }
+    config = JudgeConfig.from_options(
+        {"model": "m", "max_retries": "2", "allow_failures": "true", "cache_dir": None}, environ
+    )
+    assert (config.base_url, config.api_key, config.max_retries, config.allow_failures) == (
+        "http://127.0.0.1:8000/v1",
+        SECRET_KEY,
+        2,
+        True,
+    )
     assert config.cache_dir is None and config.temperature == 0.0
     # lmms-eval's OPENAI_API_URL, which its tasks set to the full chat/completions URL.
     lmms_style = JudgeConfig.from_options({"model": "m"}, {"OPENAI_API_URL": "http://127.0.0.1:9/v1/chat/completions"})
@@ -377,8 +408,9 @@ def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_t
 
     monkeypatch.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
     monkeypatch.setenv("UE_DPO_JUDGE_TIMEOUT", "7.5")
-    judge = task_judge("mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(),
-                                       "judge_cache_dir": str(tmp_path)})
+    judge = task_judge(
+        "mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(), "judge_cache_dir": str(tmp_path)}
+    )
     assert (judge.config.max_retries, judge.config.timeout) == (0, 7.5)
     with pytest.raises(JudgeUnavailableError) as caught:
         judge.complete(user("q"))
@@ -387,4 +419,5 @@ def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_t
     assert message.endswith(
         "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or use UE_DPO_ALLOW_JUDGE_FAILURES=1 "
         "(`judge.allow_failures: true` under `ue-dpo run`) to count them instead (failed items are then left out of "
-        "the scores and reported as judge_failures).")
+        "the scores and reported as judge_failures)."
+    )

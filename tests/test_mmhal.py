@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+
 from benchmark_fixtures import judge_by_type, write_mmhal_responses
 from judge_server import ScriptedJudgeServer
 from ue_dpo.benchmarks.judge import JudgeClient, JudgeConfig, JudgeResult
@@ -107,7 +108,12 @@ def test_an_unparsed_reply_is_flagged_warned_per_item_and_scored_zero_only_when_
     official = mmhal_item_record(ITEM, unparsed, unparsed_as_zero=True)
     assert (official["rating"], official["judge_unparsed"], official["judge_failed"]) == (0, True, False)
     failed = mmhal_item_record(ITEM, JudgeResult(content=None, judge_model="j", attempts=3, error="down"))
-    assert (failed["rating"], failed["judge_unparsed"], failed["judge_failed"], failed["judge_error"]) == (None, False, True, "down")
+    assert (failed["rating"], failed["judge_unparsed"], failed["judge_failed"], failed["judge_error"]) == (
+        None,
+        False,
+        True,
+        "down",
+    )
 
 
 def test_metrics_refuse_unparsed_replies_unless_scored_as_the_official_script_does():
@@ -191,16 +197,19 @@ def test_metrics_report_missing_types_and_refuse_bad_records():
 
 # ---- score_mmhal_file end to end against the loopback judge --------------------------------
 
+
 def test_score_mmhal_file_fails_on_unparsed_replies_after_asking_again(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     responses = tmp_path / "responses.json"
     write_mmhal_responses(responses)
     with ScriptedJudgeServer(judge_by_type) as server:
-        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache",
-                             max_retries=2)
-        with pytest.raises(ValueError, match=r"12 judge replies name zero or several ratings "
-                                             r"\(item 7 \(image_id img7\), item 15 \(image_id img15\), "
-                                             r".*unparsed_as_zero=True to score them 0"):
+        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache", max_retries=2)
+        with pytest.raises(
+            ValueError,
+            match=r"12 judge replies name zero or several ratings "
+            r"\(item 7 \(image_id img7\), item 15 \(image_id img15\), "
+            r".*unparsed_as_zero=True to score them 0",
+        ):
             score_mmhal_file(responses, JudgeClient(config))
         # The 12 "Rating:4" replies of type `other` were asked 3 times each.
         assert server.request_count == 84 + 12 * 3
@@ -227,7 +236,12 @@ def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
     # 3 + 2 + 1 + 0 + 2 + 1 + 0 + 0 = 9 per 8 items -> 1.125 / 3 * 100 = 37.5.
     assert metrics["informativeness"] == pytest.approx(37.5)
     assert metrics["per_type"] == dict(zip(MMHAL_QUESTION_TYPES, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 0.0]))
-    assert (metrics["n"], metrics["judge_model"], metrics["judge_failures"], metrics["judge_unparsed"]) == (96, "judge-x", 0, 12)
+    assert (metrics["n"], metrics["judge_model"], metrics["judge_failures"], metrics["judge_unparsed"]) == (
+        96,
+        "judge-x",
+        0,
+        12,
+    )
     assert scored["items"][7]["judge_reply"] == "Rating:4" and scored["items"][7]["judge_unparsed"] is True
     assert rescored["metrics"] == metrics
     assert [record["judge_cached"] for record in rescored["items"]] == [index % 8 != 7 for index in range(96)]
@@ -268,12 +282,18 @@ def test_score_mmhal_file_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"unanswered.json: MMHal-Bench item 5 \(image_id img5\) lacks model_answer"):
         score_mmhal_file(unanswered, judge)
     template = tmp_path / "template.json"
-    template.write_text(json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]), encoding="utf-8")
+    template.write_text(
+        json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]),
+        encoding="utf-8",
+    )
     with pytest.raises(ValueError, match="unfilled template"):
         score_mmhal_file(template, judge)
     repeated = tmp_path / "repeated.json"
     items = write_mmhal_responses(repeated, count=6)
     repeated.write_text(json.dumps([*items, {**items[2], "model_answer": "Another answer."}]), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"repeated.json: MMHal-Bench item 6 \(image_id img2\) repeats item 2 "
-                                         r"\(the same image_id and question\); score each question once"):
+    with pytest.raises(
+        ValueError,
+        match=r"repeated.json: MMHal-Bench item 6 \(image_id img2\) repeats item 2 "
+        r"\(the same image_id and question\); score each question once",
+    ):
         score_mmhal_file(repeated, judge, expected_items=None)

@@ -75,20 +75,33 @@ class JudgeResult:
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise TypeError(f"Judge messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}.")
+        raise TypeError(
+            f"Judge messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got "
+            f"{type(messages).__name__}."
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise TypeError(f"Judge message {index} must be a dict with a string 'role' and a 'content', got {message!r:.200}.")
+            raise TypeError(
+                f"Judge message {index} must be a dict with a string 'role' and a 'content', got {message!r:.200}."
+            )
     return [dict(message) for message in messages]
 
 
-def judge_cache_key(base_url: str, model: str, messages: list[dict[str, Any]], temperature: float,
-                    max_tokens: int | None) -> str:
+def judge_cache_key(
+    base_url: str, model: str, messages: list[dict[str, Any]], temperature: float, max_tokens: int | None
+) -> str:
     """sha256 of the canonical JSON of everything that determines the judge's reply: the server (two servers may
     serve different weights under one model name), the model and the request."""
-    request = {"base_url": display_url(base_url), "model": model, "messages": messages,
-               "temperature": float(temperature), "max_tokens": max_tokens}
-    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+    request = {
+        "base_url": display_url(base_url),
+        "model": model,
+        "messages": messages,
+        "temperature": float(temperature),
+        "max_tokens": max_tokens,
+    }
+    return hashlib.sha256(
+        json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    ).hexdigest()
 
 
 class JudgeCache:
@@ -101,10 +114,16 @@ class JudgeCache:
         self._lock = threading.Lock()
         try:
             self._connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-            self._execute("CREATE TABLE IF NOT EXISTS judge_replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL,"
-                          " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)")
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS judge_replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT "
+                "NULL,"
+                " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)"
+            )
         except sqlite3.Error as exc:
-            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another {setting_name}.") from None
+            raise JudgeConfigError(
+                f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another "
+                f"{setting_name}."
+            ) from None
 
     def _execute(self, statement: str, parameters: tuple = ()) -> tuple | None:
         with self._lock:
@@ -118,8 +137,11 @@ class JudgeCache:
         self._execute("DELETE FROM judge_replies WHERE key = ?", (key,))
 
     def put(self, key: str, *, model: str, request: dict[str, Any], reply: str, served_model: str | None) -> None:
-        self._execute("INSERT OR IGNORE INTO judge_replies (key, model, request, reply, served_model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                      (key, model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply, served_model, time.time()))
+        self._execute(
+            "INSERT OR IGNORE INTO judge_replies (key, model, request, reply, served_model, created_at) VALUES (?, ?, "
+            "?, ?, ?, ?)",
+            (key, model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply, served_model, time.time()),
+        )
 
     def __len__(self) -> int:
         return self._execute("SELECT COUNT(*) FROM judge_replies")[0]
@@ -136,11 +158,16 @@ class JudgeClient:
 
     def __init__(self, config: JudgeConfig, *, setting_names: Mapping[str, str] | None = None):
         if not isinstance(config, JudgeConfig):
-            raise TypeError(f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...).")
+            raise TypeError(
+                f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...)."
+            )
         self.config = config
         self.setting_names = {**SETTING_NAMES, **(setting_names or {})}
-        self.cache = (JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
-                      if config.cache_dir is not None else None)
+        self.cache = (
+            JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
+            if config.cache_dir is not None
+            else None
+        )
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._stats_lock = threading.Lock()
         self._stats = {"http_requests": 0, "cache_hits": 0, "judge_failures": 0, "rejected_replies": 0}
@@ -148,9 +175,15 @@ class JudgeClient:
         # Environment proxies must not capture a judge running on this machine.
         loopback = urllib.parse.urlsplit(config.base_url).hostname in _LOOPBACK_HOSTS
         http_client = openai.DefaultHttpxClient(trust_env=not loopback, event_hooks={"request": [self._count_attempt]})
-        # The client wants a key even for a keyless local server; that placeholder never leaves, as the header is omitted.
-        self._openai = openai.OpenAI(base_url=config.base_url, api_key=config.api_key or "none", max_retries=config.max_retries,
-                                     timeout=config.timeout, http_client=http_client)
+        # The client wants a key even for a keyless local server; that placeholder never leaves, as the header is
+        # omitted.
+        self._openai = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "none",
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+            http_client=http_client,
+        )
         self._auth_header = {} if config.api_key else {"Authorization": openai.omit}
 
     def __repr__(self) -> str:
@@ -185,8 +218,13 @@ class JudgeClient:
         self._call.attempts += 1
         self._count("http_requests")
         if self._call.attempts > 1:
-            logger.warning("LLM judge %s (model %r) attempt %d/%d failed; retrying", display_url(self.config.endpoint),
-                           self.config.model, self._call.attempts - 1, self.config.max_retries + 1)
+            logger.warning(
+                "LLM judge %s (model %r) attempt %d/%d failed; retrying",
+                display_url(self.config.endpoint),
+                self.config.model,
+                self._call.attempts - 1,
+                self.config.max_retries + 1,
+            )
 
     def _chat_completion(self, payload: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
         """(reply, served model, None) or (None, None, why it failed) after the `openai` client's attempts, whose
@@ -201,15 +239,22 @@ class JudgeClient:
                 server_text = self._redact(" ".join(error.response.text.split()))[:_SERVER_TEXT_LIMIT]
                 detail = f"HTTP {error.status_code}" + (f": {server_text}" if server_text else "")
                 if error.status_code in _CONFIG_ERROR_STATUS:
-                    raise JudgeConfigError(f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) "
-                                           f"answered {detail}. Fix: {_CONFIG_ERROR_STATUS[error.status_code].format(**self.setting_names)}.") from None
+                    raise JudgeConfigError(
+                        f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) "
+                        f"answered {detail}. Fix: "
+                        f"{_CONFIG_ERROR_STATUS[error.status_code].format(**self.setting_names)}."
+                    ) from None
                 return None, None, detail
             except openai.APIConnectionError as error:  # timeouts included
                 cause = error.__cause__ or error
                 return None, None, self._redact(f"connection failed ({type(cause).__name__}: {cause})")
         choices = getattr(completion, "choices", None)
         if not choices or not isinstance(choices[0].message.content, str):
-            return None, None, self._redact(f"malformed chat-completions response: {str(completion)[:_SERVER_TEXT_LIMIT]!r}")
+            return (
+                None,
+                None,
+                self._redact(f"malformed chat-completions response: {str(completion)[:_SERVER_TEXT_LIMIT]!r}"),
+            )
         return choices[0].message.content, completion.model, None
 
     def _check_json(self, response: Any) -> None:
@@ -225,20 +270,33 @@ class JudgeClient:
                 f"{response.status_code} with a body that is not JSON ({content_type}: {body!r}), so it is not an "
                 f"OpenAI-compatible chat-completions API. Fix: point {self.setting_names['base_url']} at the server's "
                 "OpenAI-compatible API, the URL that ends in /v1 (e.g. http://127.0.0.1:8000/v1 for a local vLLM "
-                "server), not a web page or a proxy in front of it.") from None
+                "server), not a web page or a proxy in front of it."
+            ) from None
 
-    def complete_result(self, messages: list[dict[str, Any]], *, temperature: float | None = None,
-                        accept: Callable[[str], bool] | None = None) -> JudgeResult:
+    def complete_result(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> JudgeResult:
         """One judged reply, from the cache when possible. After all attempts fail this raises JudgeUnavailableError, or
         with `allow_failures` returns a result with `content=None` and `error` set. JudgeConfigError (rejected key,
         unknown model or endpoint, a body that is not JSON) is always raised: counting it would silently score nothing.
         A reply that `accept` rejects is asked again up to `max_retries` times, and never cached; the last one is
         returned with `accepted=False`."""
-        return self._complete(messages, temperature=temperature, allow_failures=self.config.allow_failures,
-                              accept=accept)
+        return self._complete(
+            messages, temperature=temperature, allow_failures=self.config.allow_failures, accept=accept
+        )
 
-    def _complete(self, messages: Any, *, temperature: float | None, allow_failures: bool,
-                  accept: Callable[[str], bool] | None = None) -> JudgeResult:
+    def _complete(
+        self,
+        messages: Any,
+        *,
+        temperature: float | None,
+        allow_failures: bool,
+        accept: Callable[[str], bool] | None = None,
+    ) -> JudgeResult:
         messages, model = _check_messages(messages), self.config.model
         temperature = self.config.call_temperature(temperature)
         key = judge_cache_key(self.config.base_url, model, messages, temperature, self.config.max_tokens)
@@ -256,8 +314,13 @@ class JudgeClient:
             attempts += self._call.attempts
             if failure is not None:
                 self._count("judge_failures")
-                error = JudgeUnavailableError(url=display_url(self.config.endpoint), model=model, attempts=attempts,
-                                              reason=failure, setting_names=self.setting_names)
+                error = JudgeUnavailableError(
+                    url=display_url(self.config.endpoint),
+                    model=model,
+                    attempts=attempts,
+                    reason=failure,
+                    setting_names=self.setting_names,
+                )
                 if not allow_failures:
                     raise error
                 logger.warning("%s (counted as a judge failure because allow_failures is set)", error)
@@ -266,15 +329,26 @@ class JudgeClient:
                 break
             self._count("rejected_replies")
             if asked <= self.config.max_retries:
-                logger.warning("LLM judge %s (model %r) gave an unusable reply (%d of %d tries); asking again: %r",
-                               display_url(self.config.endpoint), model, asked, self.config.max_retries + 1,
-                               self._redact(content)[:_SERVER_TEXT_LIMIT])
+                logger.warning(
+                    "LLM judge %s (model %r) gave an unusable reply (%d of %d tries); asking again: %r",
+                    display_url(self.config.endpoint),
+                    model,
+                    asked,
+                    self.config.max_retries + 1,
+                    self._redact(content)[:_SERVER_TEXT_LIMIT],
+                )
         else:
-            return JudgeResult(content=content, judge_model=model, served_model=served_model, attempts=attempts,
-                               accepted=False)
+            return JudgeResult(
+                content=content, judge_model=model, served_model=served_model, attempts=attempts, accepted=False
+            )
         if self.cache is not None:
-            self.cache.put(key, model=model, request={"base_url": display_url(self.config.base_url), **payload},
-                           reply=content, served_model=served_model)
+            self.cache.put(
+                key,
+                model=model,
+                request={"base_url": display_url(self.config.base_url), **payload},
+                reply=content,
+                served_model=served_model,
+            )
         return JudgeResult(content=content, judge_model=model, served_model=served_model, attempts=attempts)
 
     def complete(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> str:
@@ -282,20 +356,31 @@ class JudgeClient:
         to return); use `complete_result` or `complete_many` to have failures counted instead."""
         return self._complete(messages, temperature=temperature, allow_failures=False).content
 
-    def complete_many(self, list_of_messages: Sequence[list[dict[str, Any]]], *, temperature: float | None = None,
-                      accept: Callable[[str], bool] | None = None) -> list[JudgeResult]:
+    def complete_many(
+        self,
+        list_of_messages: Sequence[list[dict[str, Any]]],
+        *,
+        temperature: float | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[JudgeResult]:
         """Results in input order, `config.concurrency` calls at a time; identical requests are sent once. `accept`
         as in `complete_result`."""
         conversations = [_check_messages(messages) for messages in list_of_messages]
         key_temperature = self.config.call_temperature(temperature)
-        keys = [judge_cache_key(self.config.base_url, self.config.model, messages, key_temperature,
-                                self.config.max_tokens) for messages in conversations]
+        keys = [
+            judge_cache_key(self.config.base_url, self.config.model, messages, key_temperature, self.config.max_tokens)
+            for messages in conversations
+        ]
         unique = dict(zip(keys, conversations, strict=True))
         if not unique:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(unique)), thread_name_prefix="judge") as pool:
-            futures = {key: pool.submit(self.complete_result, messages, temperature=temperature, accept=accept)
-                       for key, messages in unique.items()}
+        with ThreadPoolExecutor(
+            max_workers=min(self.config.concurrency, len(unique)), thread_name_prefix="judge"
+        ) as pool:
+            futures = {
+                key: pool.submit(self.complete_result, messages, temperature=temperature, accept=accept)
+                for key, messages in unique.items()
+            }
             try:
                 results = {key: future.result() for key, future in futures.items()}
             except BaseException:

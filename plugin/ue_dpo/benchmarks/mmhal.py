@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: the metrics (and the benchmark registry) need no OpenAI client
     from ue_dpo.benchmarks.judge import JudgeClient, JudgeResult
 
-MMHAL_QUESTION_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
+MMHAL_QUESTION_TYPES = (
+    "attribute",
+    "adversarial",
+    "comparison",
+    "counting",
+    "relation",
+    "environment",
+    "holistic",
+    "other",
+)
 logger = logging.getLogger(__name__)
 
 MMHAL_NUM_ITEMS = 96
@@ -104,7 +113,7 @@ To evaluate the LMM responses, first, begin your evaluation by providing a short
 
 ### LMM Response to Evaluate
 {}
-"""
+"""  # noqa: E501 (the official prompt, verbatim)
 
 
 def _item_label(item: Mapping[str, Any], index: int | None) -> str:
@@ -125,7 +134,7 @@ def check_mmhal_item(item: Any, index: int | None = None) -> None:
     image_content = item["image_content"]
     if not isinstance(image_content, (list, tuple)) or not all(isinstance(name, str) for name in image_content):
         raise ValueError(
-            f"{label}: `image_content` must be a list of strings such as [\"Fire hydrant\"], got {image_content!r:.120}; "
+            f'{label}: `image_content` must be a list of strings such as ["Fire hydrant"], got {image_content!r:.120}; '
             "keep the official list (do not turn it into a string or a {'class': [...]} dict)."
         )
     for key in ("question_type", "question", "gt_answer", "model_answer"):
@@ -140,8 +149,10 @@ def check_mmhal_unique(items: Sequence[Mapping[str, Any]]) -> None:
     for index, item in enumerate(items):
         identity = (str(item.get("image_id")), item["question"])
         if identity in first:
-            raise ValueError(f"{_item_label(item, index)} repeats item {first[identity]} (the same image_id and "
-                             "question); score each question once: remove the repeat.")
+            raise ValueError(
+                f"{_item_label(item, index)} repeats item {first[identity]} (the same image_id and "
+                "question); score each question once: remove the repeat."
+            )
         first[identity] = index
 
 
@@ -177,8 +188,9 @@ def mmhal_rating_given(reply: str) -> bool:
     return parse_mmhal_rating(reply) is not None
 
 
-def mmhal_item_record(item: Mapping[str, Any], judge_result: JudgeResult, *, unparsed_as_zero: bool = False,
-                      index: int | None = None) -> dict[str, Any]:
+def mmhal_item_record(
+    item: Mapping[str, Any], judge_result: JudgeResult, *, unparsed_as_zero: bool = False, index: int | None = None
+) -> dict[str, Any]:
     """Per-item result: the official `rating` plus the judge's trace. `rating` is None when the judge failed, and when
     its reply names zero or several ratings (`judge_unparsed`), unless `unparsed_as_zero` scores that 0 as the official
     script does; either way the item is warned about, as the official script does."""
@@ -188,10 +200,13 @@ def mmhal_item_record(item: Mapping[str, Any], judge_result: JudgeResult, *, unp
         rating = (MMHAL_UNPARSED_RATING if unparsed_as_zero else None) if unparsed else parsed
         if unparsed:
             attempts = judge_result.attempts
-            logger.warning("Warning: multiple or zero scores found in the judge's reply to %s%s (%s): %r",
-                           _item_label(item, index), f" after {attempts} attempts" if attempts > 1 else "",
-                           "scored 0, as the official script does" if unparsed_as_zero else "not scored",
-                           judge_result.content)
+            logger.warning(
+                "Warning: multiple or zero scores found in the judge's reply to %s%s (%s): %r",
+                _item_label(item, index),
+                f" after {attempts} attempts" if attempts > 1 else "",
+                "scored 0, as the official script does" if unparsed_as_zero else "not scored",
+                judge_result.content,
+            )
     else:
         rating, unparsed = None, False
     return {
@@ -212,36 +227,48 @@ def mmhal_item_record(item: Mapping[str, Any], judge_result: JudgeResult, *, unp
     }
 
 
-def score_mmhal_item(item: Mapping[str, Any], judge: JudgeClient, *, unparsed_as_zero: bool = False,
-                     index: int | None = None) -> dict[str, Any]:
+def score_mmhal_item(
+    item: Mapping[str, Any], judge: JudgeClient, *, unparsed_as_zero: bool = False, index: int | None = None
+) -> dict[str, Any]:
     """Judge one item (an lmms-eval doc with `model_answer` set); safe to call from several threads."""
     result = judge.complete_result(mmhal_judge_messages(item), accept=mmhal_rating_given)
     return mmhal_item_record(item, result, unparsed_as_zero=unparsed_as_zero, index=index)
 
 
-def score_mmhal_items(items: Sequence[Mapping[str, Any]], judge: JudgeClient, *,
-                      unparsed_as_zero: bool = False) -> list[dict[str, Any]]:
+def score_mmhal_items(
+    items: Sequence[Mapping[str, Any]], judge: JudgeClient, *, unparsed_as_zero: bool = False
+) -> list[dict[str, Any]]:
     """Judge all items, `judge.config.concurrency` at a time; records in input order."""
     for index, item in enumerate(items):
         check_mmhal_item(item, index)
     check_mmhal_unique(items)
     results = judge.complete_many([mmhal_judge_messages(item) for item in items], accept=mmhal_rating_given)
-    return [mmhal_item_record(item, result, unparsed_as_zero=unparsed_as_zero, index=index)
-            for index, (item, result) in enumerate(zip(items, results))]
+    return [
+        mmhal_item_record(item, result, unparsed_as_zero=unparsed_as_zero, index=index)
+        for index, (item, result) in enumerate(zip(items, results))
+    ]
 
 
 def _checked_record(record: Any, index: int) -> tuple[str, int | None, bool, str]:
     if not isinstance(record, Mapping):
-        raise ValueError(f"MMHal-Bench record {index} must be a dict from score_mmhal_item, got {type(record).__name__}.")
+        raise ValueError(
+            f"MMHal-Bench record {index} must be a dict from score_mmhal_item, got {type(record).__name__}."
+        )
     for key in ("question_type", "model_answer", "rating", "judge_model", "judge_unparsed", "judge_failed"):
         if key not in record:
-            raise ValueError(f"MMHal-Bench record {index} lacks `{key}`; build records with score_mmhal_item / mmhal_item_record.")
+            raise ValueError(
+                f"MMHal-Bench record {index} lacks `{key}`; build records with score_mmhal_item / mmhal_item_record."
+            )
     rating, failed, unparsed = record["rating"], record["judge_failed"], record["judge_unparsed"]
     if failed and rating is not None or not failed and not unparsed and rating is None:
-        raise ValueError(f"MMHal-Bench record {index}: `rating` must be None when `judge_failed` is true and an "
-                         f"integer when the reply was parsed, got rating={rating!r}, judge_failed={failed!r}.")
+        raise ValueError(
+            f"MMHal-Bench record {index}: `rating` must be None when `judge_failed` is true and an "
+            f"integer when the reply was parsed, got rating={rating!r}, judge_failed={failed!r}."
+        )
     if rating is not None and (type(rating) is not int or not 0 <= rating <= MMHAL_MAX_RATING):
-        raise ValueError(f"MMHal-Bench record {index}: `rating` must be an integer 0..{MMHAL_MAX_RATING}, got {rating!r}.")
+        raise ValueError(
+            f"MMHal-Bench record {index}: `rating` must be an integer 0..{MMHAL_MAX_RATING}, got {rating!r}."
+        )
     if not isinstance(record["question_type"], str) or not isinstance(record["judge_model"], str):
         raise ValueError(f"MMHal-Bench record {index}: `question_type` and `judge_model` must be strings.")
     return record["question_type"], rating, bool(record["judge_unparsed"]), record["judge_model"]
@@ -251,8 +278,9 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def mmhal_metrics(records: Iterable[Mapping[str, Any]], *,
-                  unparsed_fix: str = f"pass {UNPARSED_AS_ZERO_OPTION}") -> dict[str, Any]:
+def mmhal_metrics(
+    records: Iterable[Mapping[str, Any]], *, unparsed_fix: str = f"pass {UNPARSED_AS_ZERO_OPTION}"
+) -> dict[str, Any]:
     """Aggregate per-item records.
 
     score: mean rating. hallucination_rate: share of ratings < 3 (a fraction, as officially
@@ -266,19 +294,27 @@ def mmhal_metrics(records: Iterable[Mapping[str, Any]], *,
     checked = [_checked_record(record, index) for index, record in enumerate(records)]
     if not checked:
         raise ValueError("No MMHal-Bench records to aggregate.")
-    unscored = [_item_label(record, index if record.get("index") is None else record["index"])
-                for index, record in enumerate(records) if record["judge_unparsed"] and record["rating"] is None]
+    unscored = [
+        _item_label(record, index if record.get("index") is None else record["index"])
+        for index, record in enumerate(records)
+        if record["judge_unparsed"] and record["rating"] is None
+    ]
     if unscored:
         shown = ", ".join(label.removeprefix("MMHal-Bench ") for label in unscored[:10])
         raise ValueError(
             f"MMHal-Bench: {len(unscored)} judge {'replies name' if len(unscored) > 1 else 'reply names'} zero or "
-            f"several ratings ({shown}{', ...' if len(unscored) > 10 else ''}) after the judge's retries (see the warnings "
+            f"several ratings ({shown}{', ...' if len(unscored) > 10 else ''}) after the judge's retries (see the "
+            "warnings "
             "above); the official script prints a warning and scores them 0. Fix: use a judge that ends its reply with "
             f"`Rating: N` as the prompt asks (replies like these are not cached, so a re-run asks again), or "
-            f"{unparsed_fix} to score them 0 as the official script does (counted as judge_unparsed).")
+            f"{unparsed_fix} to score them 0 as the official script does (counted as judge_unparsed)."
+        )
     judge_models = sorted({judge_model for _, _, _, judge_model in checked})
     if len(judge_models) > 1:
-        raise ValueError(f"MMHal-Bench records were judged by different models ({', '.join(judge_models)}); score each judge separately.")
+        raise ValueError(
+            f"MMHal-Bench records were judged by different models ({', '.join(judge_models)}); score each judge "
+            "separately."
+        )
     ratings = [rating for _, rating, _, _ in checked if rating is not None]
     ratings_by_type: dict[str, list[int]] = {question_type: [] for question_type in MMHAL_QUESTION_TYPES}
     for question_type in sorted({question_type for question_type, _, _, _ in checked} - set(MMHAL_QUESTION_TYPES)):
@@ -301,7 +337,9 @@ def mmhal_metrics(records: Iterable[Mapping[str, Any]], *,
     }
 
 
-def load_mmhal_responses(responses_path: str | Path, *, expected_items: int | None = MMHAL_NUM_ITEMS) -> list[dict[str, Any]]:
+def load_mmhal_responses(
+    responses_path: str | Path, *, expected_items: int | None = MMHAL_NUM_ITEMS
+) -> list[dict[str, Any]]:
     """Read the official response-template JSON (a list of items) with `model_answer` filled in.
 
     `expected_items=None` accepts a subset; the official scripts insist on all 96.
@@ -309,14 +347,18 @@ def load_mmhal_responses(responses_path: str | Path, *, expected_items: int | No
     path = Path(responses_path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"MMHal-Bench responses file {path} does not exist; pass the official response template JSON with `model_answer` filled in."
+            f"MMHal-Bench responses file {path} does not exist; pass the official response template JSON with "
+            "`model_answer` filled in."
         )
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"MMHal-Bench responses file {path} is not valid UTF-8 JSON ({exc}).") from None
     if not isinstance(items, list):
-        raise ValueError(f"MMHal-Bench responses file {path} must hold a JSON list of items (the response template), got {type(items).__name__}.")
+        raise ValueError(
+            f"MMHal-Bench responses file {path} must hold a JSON list of items (the response template), got "
+            f"{type(items).__name__}."
+        )
     if expected_items is not None and len(items) != expected_items:
         raise ValueError(
             f"MMHal-Bench responses file {path} has {len(items)} items, expected {expected_items}; "
@@ -329,12 +371,18 @@ def load_mmhal_responses(responses_path: str | Path, *, expected_items: int | No
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     if items and not any(item["model_answer"].strip() for item in items):
-        raise ValueError(f"Every `model_answer` in {path} is empty: this looks like the unfilled template; fill in the model's responses.")
+        raise ValueError(
+            f"Every `model_answer` in {path} is empty: this looks like the unfilled template; fill in the model's "
+            "responses."
+        )
     return items
 
 
 def score_mmhal_file(
-    responses_path: str | Path, judge: JudgeClient, *, expected_items: int | None = MMHAL_NUM_ITEMS,
+    responses_path: str | Path,
+    judge: JudgeClient,
+    *,
+    expected_items: int | None = MMHAL_NUM_ITEMS,
     unparsed_as_zero: bool = False,
 ) -> dict[str, Any]:
     """Judge a filled response-template file: {"metrics": mmhal_metrics(...), "items": [records],

@@ -66,8 +66,9 @@ def unparsed_as_zero(metadata: Mapping[str, Any], *, setting_name: str = JUDGE_U
     return text in {"1", "true", "yes", "on"}
 
 
-def task_judge(task_name: str, metadata: Mapping[str, Any], *,
-               setting_names: Mapping[str, str] = TASK_SETTING_NAMES) -> JudgeClient:
+def task_judge(
+    task_name: str, metadata: Mapping[str, Any], *, setting_names: Mapping[str, str] = TASK_SETTING_NAMES
+) -> JudgeClient:
     model = setting(metadata, "judge_model", JUDGE_MODEL_ENV)
     if not model:
         raise JudgeConfigError(
