@@ -40,54 +40,139 @@ DEFAULT_CONFIGS = ("dpo", "ue_dpo", "ue_dpo_unshared", "ue_dpo_precompute_ref")
 BASELINE = "dpo"
 
 # Vicuna-7B-v1.5's config.json (the language model of llava-1.5-7b-hf), less its vocabulary and token ids.
-VICUNA_7B_TEXT = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-                  "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
+VICUNA_7B_TEXT = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+}
 # CLIP ViT-L/14-336's vision config, the tower of llava-1.5-7b-hf.
-CLIP_VIT_L_336_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                         "num_attention_heads": 16, "projection_dim": 768, "layer_norm_eps": 1e-5}
+CLIP_VIT_L_336_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "projection_dim": 768,
+    "layer_norm_eps": 1e-5,
+}
 # The CPU model: a decoder whose output layer is a few percent of its FLOPs, as at 7B, and a CLIP tower whose
 # share of a row's FLOPs is about LLaVA-1.5-7B's (both shares are printed in RESULTS.md).
-SMALL_LLAMA_TEXT = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8, "num_attention_heads": 8,
-                    "num_key_value_heads": 8, "max_position_embeddings": 4096}
-SMALL_CLIP_VISION = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 2, "num_attention_heads": 3,
-                     "projection_dim": 192}
+SMALL_LLAMA_TEXT = {
+    "hidden_size": 512,
+    "intermediate_size": 1376,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 4096,
+}
+SMALL_CLIP_VISION = {
+    "hidden_size": 192,
+    "intermediate_size": 768,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 3,
+    "projection_dim": 192,
+}
 LLAVA_SHAPES = {"small": (SMALL_LLAMA_TEXT, SMALL_CLIP_VISION), "7b": (VICUNA_7B_TEXT, CLIP_VIT_L_336_VISION)}
 # The released Qwen2-VL-7B-Instruct's config.json, except the token ids (those of our small tokenizer).
 QWEN2_VL_7B_TEXT = {
-    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "max_window_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rms_norm_eps": 1e-6,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "max_window_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6,
     "max_position_embeddings": 32768,
     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
 }
 QWEN2_VL_7B_VISION = {
-    "depth": 32, "embed_dim": 1280, "hidden_size": 3584, "num_heads": 16, "mlp_ratio": 4, "hidden_act": "quick_gelu",
-    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    "depth": 32,
+    "embed_dim": 1280,
+    "hidden_size": 3584,
+    "num_heads": 16,
+    "mlp_ratio": 4,
+    "hidden_act": "quick_gelu",
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
 }
 LAYOUTS = {
     "llava15": {
-        "name": "LLaVA-1.5", "template": "llava", "pixels_per_visual_token": 14, "image_size": 336,
-        "question_tokens": 28, "response_tokens": 150, "vocab_size": {"small": 2048, "7b": 32000},
+        "name": "LLaVA-1.5",
+        "template": "llava",
+        "pixels_per_visual_token": 14,
+        "image_size": 336,
+        "question_tokens": 28,
+        "response_tokens": 150,
+        "vocab_size": {"small": 2048, "7b": 32000},
     },
     "qwen2_vl": {
-        "name": "Qwen2-VL", "template": "qwen2_vl", "pixels_per_visual_token": 28, "image_size": 448,
-        "question_tokens": 0, "response_tokens": 128, "vocab_size": {"small": 151936, "7b": 152064},
+        "name": "Qwen2-VL",
+        "template": "qwen2_vl",
+        "pixels_per_visual_token": 28,
+        "image_size": 448,
+        "question_tokens": 0,
+        "response_tokens": 128,
+        "vocab_size": {"small": 151936, "7b": 152064},
     },
 }
 MODEL_SIZES = ("small", "7b")
 # issue 16's targets: (configuration, measure, ratio bound, configuration the ratio is taken to). The CPU peak
 # RSS is mostly libraries, so there the memory target is only no regression against the unshared computation.
 TARGETS = {
-    ("llava15", "small"): (("ue_dpo", "run", 0.80, BASELINE), ("ue_dpo_precompute_ref", "run", 0.72, BASELINE),
-                           ("ue_dpo", "memory", 1.0, "ue_dpo_unshared")),
-    ("llava15", "7b"): (("ue_dpo", "step", 0.80, BASELINE), ("ue_dpo", "memory", 0.80, BASELINE),
-                        ("ue_dpo_precompute_ref", "run", 0.72, BASELINE)),
+    ("llava15", "small"): (
+        ("ue_dpo", "run", 0.80, BASELINE),
+        ("ue_dpo_precompute_ref", "run", 0.72, BASELINE),
+        ("ue_dpo", "memory", 1.0, "ue_dpo_unshared"),
+    ),
+    ("llava15", "7b"): (
+        ("ue_dpo", "step", 0.80, BASELINE),
+        ("ue_dpo", "memory", 0.80, BASELINE),
+        ("ue_dpo_precompute_ref", "run", 0.72, BASELINE),
+    ),
     ("qwen2_vl", "7b"): (("ue_dpo", "step", 1.0, BASELINE),),
 }
 QUESTION = "Describe this image in detail."
 WORDS = (
-    "the", "a", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "shape", "image", "shows",
-    "left", "right", "top", "bottom", "corner", "large", "small", "bright", "dark", "next", "to", "above", "below",
-    "and", "with", "on", "white", "background", "there", "is", "one", "two", "three",
+    "the",
+    "a",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "shape",
+    "image",
+    "shows",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "corner",
+    "large",
+    "small",
+    "bright",
+    "dark",
+    "next",
+    "to",
+    "above",
+    "below",
+    "and",
+    "with",
+    "on",
+    "white",
+    "background",
+    "there",
+    "is",
+    "one",
+    "two",
+    "three",
 )
 IGNORE_INDEX = -100
 
@@ -118,8 +203,9 @@ def build_model(out_dir: Path, *, layout: str, model_size: str, vocab_size: int,
     builder(out_dir, seed=0, vocab_size=vocab_size, image_size=image_size, **model_shapes(layout, model_size))
 
 
-def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int, question_tokens: int,
-                  response_tokens: int) -> None:
+def write_dataset(
+    out_dir: Path, model_dir: Path, *, pairs: int, image_size: int, question_tokens: int, response_tokens: int
+) -> None:
     """`bench_pref`: random rectangles, a question of `QUESTION` plus `question_tokens` tokens, and chosen and
     rejected answers of exactly `response_tokens` tokens. Token ids past the tokenizer's are never targets, as
     in the released models, whose output layer is also wider than their tokenizer."""
@@ -146,18 +232,33 @@ def write_dataset(out_dir: Path, model_dir: Path, *, pairs: int, image_size: int
             draw.rectangle(box, fill=tuple(rng.randrange(256) for _ in range(3)))
         image.save(out_dir / "images" / f"{index:04d}.png")
         question = f"{QUESTION} {words_of(question_tokens)}" if question_tokens else QUESTION
-        records.append({
-            "messages": [{"role": "user", "content": f"<image>{question}"}],
-            "chosen": {"role": "assistant", "content": words_of(response_tokens)},
-            "rejected": {"role": "assistant", "content": words_of(response_tokens)},
-            "images": [f"images/{index:04d}.png"],
-        })
+        records.append(
+            {
+                "messages": [{"role": "user", "content": f"<image>{question}"}],
+                "chosen": {"role": "assistant", "content": words_of(response_tokens)},
+                "rejected": {"role": "assistant", "content": words_of(response_tokens)},
+                "images": [f"images/{index:04d}.png"],
+            }
+        )
     (out_dir / "bench_pref.json").write_text(json.dumps(records))
-    (out_dir / "dataset_info.json").write_text(json.dumps({"bench_pref": {
-        "file_name": "bench_pref.json", "formatting": "sharegpt", "ranking": True,
-        "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    }}))
+    (out_dir / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "bench_pref": {
+                    "file_name": "bench_pref.json",
+                    "formatting": "sharegpt",
+                    "ranking": True,
+                    "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
+                    "tags": {
+                        "role_tag": "role",
+                        "content_tag": "content",
+                        "user_tag": "user",
+                        "assistant_tag": "assistant",
+                    },
+                }
+            }
+        )
+    )
 
 
 def training_config(name: str, workdir: Path, settings: dict, run_dir: Path, use_gpu: bool) -> dict:
@@ -165,15 +266,34 @@ def training_config(name: str, workdir: Path, settings: dict, run_dir: Path, use
     if method.get("ue_precompute_ref"):
         method["ue_ref_cache_dir"] = str(run_dir / "ue_ref_cache")
     return {
-        "model_name_or_path": str(workdir / "model"), "trust_remote_code": False, "do_train": True,
-        "finetuning_type": "lora", "lora_target": "all", "lora_rank": 8,
-        "dataset": "bench_pref", "dataset_dir": str(workdir / "data"),
-        "template": LAYOUTS[settings["layout"]]["template"], "cutoff_len": 4096,
-        "image_max_pixels": settings["image_size"] ** 2, "preprocessing_num_workers": 1, "overwrite_cache": True,
-        "dataloader_num_workers": 0, "output_dir": str(run_dir), "overwrite_output_dir": True,
-        "per_device_train_batch_size": settings["pairs_per_step"], "gradient_accumulation_steps": 1,
-        "num_train_epochs": settings["epochs"], "learning_rate": 1e-5, "logging_steps": 1, "save_strategy": "no",
-        "report_to": "none", "seed": 0, "bf16": use_gpu, "fp16": False, "use_cpu": not use_gpu, **method,
+        "model_name_or_path": str(workdir / "model"),
+        "trust_remote_code": False,
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "lora_rank": 8,
+        "dataset": "bench_pref",
+        "dataset_dir": str(workdir / "data"),
+        "template": LAYOUTS[settings["layout"]]["template"],
+        "cutoff_len": 4096,
+        "image_max_pixels": settings["image_size"] ** 2,
+        "preprocessing_num_workers": 1,
+        "overwrite_cache": True,
+        "dataloader_num_workers": 0,
+        "output_dir": str(run_dir),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": settings["pairs_per_step"],
+        "gradient_accumulation_steps": 1,
+        "num_train_epochs": settings["epochs"],
+        "learning_rate": 1e-5,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "bf16": use_gpu,
+        "fp16": False,
+        "use_cpu": not use_gpu,
+        **method,
     }
 
 
@@ -189,8 +309,9 @@ def worker(name: str, workdir: Path, settings: dict, run_index: int, result_path
     """Trains one configuration in this process and writes its step and run times and peak memory. On a GPU it
     also profiles the last warm-up step, whose kernel time it records."""
     import torch
-    import ue_dpo
     from transformers import TrainerCallback
+
+    import ue_dpo
 
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.train.tuner import run_exp
@@ -233,8 +354,14 @@ def worker(name: str, workdir: Path, settings: dict, run_index: int, result_path
             self.step_cpu_seconds.append(time.process_time() - self.step_cpu_started)
             if self.profiler is not None:
                 self.profiler.stop()
-                self.kernel_ms = sum(event.device_time_total for event in self.profiler.events()
-                                     if event.device_type == torch.autograd.DeviceType.CUDA) / 1000
+                self.kernel_ms = (
+                    sum(
+                        event.device_time_total
+                        for event in self.profiler.events()
+                        if event.device_type == torch.autograd.DeviceType.CUDA
+                    )
+                    / 1000
+                )
                 self.profiler = None
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -247,11 +374,14 @@ def worker(name: str, workdir: Path, settings: dict, run_index: int, result_path
     timer = RunTimer()
     run_exp(training_config(name, workdir, settings, run_dir, use_gpu), callbacks=[timer])
     result = {
-        "step_seconds": timer.step_seconds, "step_cpu_seconds": timer.step_cpu_seconds,
-        "run_seconds": timer.run_seconds, "run_cpu_seconds": timer.run_cpu_seconds,
+        "step_seconds": timer.step_seconds,
+        "step_cpu_seconds": timer.step_cpu_seconds,
+        "run_seconds": timer.run_seconds,
+        "run_cpu_seconds": timer.run_cpu_seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_at_train_begin_mib": timer.rss_at_train_begin / 1024,
-        "layout": timer.layout, "parameters": timer.parameters,
+        "layout": timer.layout,
+        "parameters": timer.parameters,
     }
     if use_gpu:
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -272,8 +402,10 @@ def machine_description() -> list[str]:
     if Path("/proc/meminfo").exists():
         total_kib = int(Path("/proc/meminfo").read_text().split()[1])
         memory = f", {total_kib / 2**20:.0f} GiB RAM"
-    lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores visible{memory}; {platform.system()} {platform.release()}",
-             f"- Python {platform.python_version()}, torch {torch.__version__}"]
+    lines = [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores visible{memory}; {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, torch {torch.__version__}",
+    ]
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
         lines.append(
@@ -290,8 +422,9 @@ def machine_description() -> list[str]:
     return lines
 
 
-def forward_flops_per_token(width: int, kv_width: int, mlp_width: int, mlp_matrices: int, layers: int,
-                            attended: float) -> float:
+def forward_flops_per_token(
+    width: int, kv_width: int, mlp_width: int, mlp_matrices: int, layers: int, attended: float
+) -> float:
     """Matrix-multiply FLOPs of one token through `layers` transformer layers attending to `attended` keys."""
     linear = width * (2 * width + 2 * kv_width) + mlp_matrices * width * mlp_width
     return layers * 2 * (linear + 2 * attended * width)
@@ -306,21 +439,29 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
     row_tokens = layout["image"] + layout["prompt"] + layout["response"]
     head_dim = text.hidden_size // text.num_attention_heads
     decoder_flops = forward_flops_per_token(
-        text.hidden_size, text.num_key_value_heads * head_dim, text.intermediate_size, 3, text.num_hidden_layers,
+        text.hidden_size,
+        text.num_key_value_heads * head_dim,
+        text.intermediate_size,
+        3,
+        text.num_hidden_layers,
         row_tokens / 2,
     )
     output_share = 2 * text.hidden_size * text.vocab_size / decoder_flops
-    shapes = (f"text width {text.hidden_size}, {text.num_hidden_layers} layers, {text.num_attention_heads} heads / "
-              f"{text.num_key_value_heads} KV heads, MLP {text.intermediate_size}, vocabulary {text.vocab_size:,}")
+    shapes = (
+        f"text width {text.hidden_size}, {text.num_hidden_layers} layers, {text.num_attention_heads} heads / "
+        f"{text.num_key_value_heads} KV heads, MLP {text.intermediate_size}, vocabulary {text.vocab_size:,}"
+    )
     vision = config.vision_config
     if config.model_type == "llava":
         tower_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
         tower_flops = tower_tokens * forward_flops_per_token(
             vision.hidden_size, vision.hidden_size, vision.intermediate_size, 2, vision.num_hidden_layers, tower_tokens
         )
-        tower = (f"CLIP vision tower width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
-                 f"{vision.image_size} px in {vision.patch_size}-px patches, features of its second-to-last layer; "
-                 f"2-layer GELU projector")
+        tower = (
+            f"CLIP vision tower width {vision.hidden_size}, {vision.num_hidden_layers} layers, "
+            f"{vision.image_size} px in {vision.patch_size}-px patches, features of its second-to-last layer; "
+            f"2-layer GELU projector"
+        )
         tower_percent = 100 * tower_flops / (decoder_flops * row_tokens)
         tower_share = f"; the vision tower's forward on one image is {tower_percent:.1f}% of the decoder's on one row"
     else:
@@ -328,13 +469,16 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
         tower_share = ""
     return [
         f"- {config.model_type} architecture ({config.architectures[0]}), random weights: {shapes}; {tower}",
-        (f"- matrix-multiply FLOPs (causal attention over {row_tokens}-token rows): the output layer is "
-         f"{100 * output_share:.1f}% of the decoder's per token{tower_share}"),
+        (
+            f"- matrix-multiply FLOPs (causal attention over {row_tokens}-token rows): the output layer is "
+            f"{100 * output_share:.1f}% of the decoder's per token{tower_share}"
+        ),
     ]
 
 
-def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], wall_seconds: float,
-              model_dir: Path) -> str:
+def summarize(
+    results: dict[str, list[dict]], settings: dict, order: list[str], wall_seconds: float, model_dir: Path
+) -> str:
     on_gpu = "peak_gpu_mib" in results[BASELINE][0]
     memory_key, at_train_begin_key = (
         ("peak_gpu_mib", "gpu_at_train_begin_mib") if on_gpu else ("peak_rss_mib", "rss_at_train_begin_mib")
@@ -342,7 +486,7 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
     layout_settings = LAYOUTS[settings["layout"]]
 
     def measured(runs: list[dict], key: str) -> list[float]:
-        return [seconds for run in runs for seconds in run[key][settings["warmup"]:]]
+        return [seconds for run in runs for seconds in run[key][settings["warmup"] :]]
 
     rows = {}
     for name, runs in results.items():
@@ -365,34 +509,59 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
     steps = len(first["step_seconds"])
     kernel_header, kernel_rule = (" GPU kernel (ms) | kernel ratio |", "---|---|") if on_gpu else ("", "")
     lines = [
-        "# Benchmark: stock LLaMA-Factory DPO vs UE-DPO", "",
+        "# Benchmark: stock LLaMA-Factory DPO vs UE-DPO",
+        "",
         f"Generated by `python bench/run.py` ({' '.join(sys.argv[1:]) or 'defaults'}) in {wall_seconds / 60:.0f} min.",
-        "", "## Machine", "", *machine_description(), "",
-        "## Workload", "",
+        "",
+        "## Machine",
+        "",
+        *machine_description(),
+        "",
+        "## Workload",
+        "",
         *model_description(model_dir, layout),
-        (f"- {layout_settings['name']} token layout (LLaMA-Factory template `{layout_settings['template']}`): "
-         f"{settings['image_size']}x{settings['image_size']} px images, {layout['image']} image tokens, "
-         f"{layout['prompt']} prompt tokens (template, system prompt and question) and {layout['response']} "
-         f"response tokens per row (as LLaMA-Factory tokenized the first pair)"),
-        (f"- LoRA rank 8 on all linear layers of the language model (`lora_target: all`), {first['parameters']:,} "
-         f"parameters with the adapters; fp32 on CPU / bf16 on GPU; {settings['pairs']} pairs, "
-         f"{settings['pairs_per_step']} per step (`per_device_train_batch_size`), {settings['epochs']} epochs: "
-         f"{steps} steps per run in every configuration"),
-        (f"- each configuration in its own process, in the order {' '.join(order)}, repeated "
-         f"{settings['rounds']} times; step medians over the last {steps - settings['warmup']} steps of every run "
-         f"(the first {settings['warmup']} are warm-up); run = the median over the repetitions"),
-        ("- step = wall-clock time from LLaMA-Factory's step begin to step end (forward, backward, optimizer); "
-         "run = train begin to train end, every step included (with `ue_precompute_ref`, the pass that fills the "
-         "reference cache, in the first step); CPU = the process's CPU time over the same span, less sensitive "
-         "to other processes on shared cores"),
-        *([("- GPU kernel = the summed duration of the GPU kernels of the last warm-up step, "
-            "under torch.profiler (CPU and CUDA activity); that step's time is in the run time, "
-            "not in the step medians")]
-          if on_gpu else []),
-        "", "## Results", "",
-        ("| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio "
-         "| run (s) | run ratio | run CPU (s) | run CPU ratio | peak memory (MiB) | memory ratio "
-         f"| memory at train start (MiB) | first step (s) |{kernel_header}"),
+        (
+            f"- {layout_settings['name']} token layout (LLaMA-Factory template `{layout_settings['template']}`): "
+            f"{settings['image_size']}x{settings['image_size']} px images, {layout['image']} image tokens, "
+            f"{layout['prompt']} prompt tokens (template, system prompt and question) and {layout['response']} "
+            f"response tokens per row (as LLaMA-Factory tokenized the first pair)"
+        ),
+        (
+            f"- LoRA rank 8 on all linear layers of the language model (`lora_target: all`), {first['parameters']:,} "
+            f"parameters with the adapters; fp32 on CPU / bf16 on GPU; {settings['pairs']} pairs, "
+            f"{settings['pairs_per_step']} per step (`per_device_train_batch_size`), {settings['epochs']} epochs: "
+            f"{steps} steps per run in every configuration"
+        ),
+        (
+            f"- each configuration in its own process, in the order {' '.join(order)}, repeated "
+            f"{settings['rounds']} times; step medians over the last {steps - settings['warmup']} steps of every run "
+            f"(the first {settings['warmup']} are warm-up); run = the median over the repetitions"
+        ),
+        (
+            "- step = wall-clock time from LLaMA-Factory's step begin to step end (forward, backward, optimizer); "
+            "run = train begin to train end, every step included (with `ue_precompute_ref`, the pass that fills the "
+            "reference cache, in the first step); CPU = the process's CPU time over the same span, less sensitive "
+            "to other processes on shared cores"
+        ),
+        *(
+            [
+                (
+                    "- GPU kernel = the summed duration of the GPU kernels of the last warm-up step, "
+                    "under torch.profiler (CPU and CUDA activity); that step's time is in the run time, "
+                    "not in the step medians"
+                )
+            ]
+            if on_gpu
+            else []
+        ),
+        "",
+        "## Results",
+        "",
+        (
+            "| configuration | median step (s) | min-max (s) | step ratio | median step CPU (s) | CPU ratio "
+            "| run (s) | run ratio | run CPU (s) | run CPU ratio | peak memory (MiB) | memory ratio "
+            f"| memory at train start (MiB) | first step (s) |{kernel_header}"
+        ),
         f"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{kernel_rule}",
     ]
     for name in order:
@@ -416,8 +585,9 @@ def summarize(results: dict[str, list[dict]], settings: dict, order: list[str], 
         verdict = []
         for label in (measure, f"{measure} CPU") if measure != "memory" else ("memory",):
             ratio = round(rows[name][label] / rows[reference][label], 2)
-            verdict.append(f"{label} {ratio:.2f}x of `{reference}` (target <= {bound}x: "
-                           f"{'met' if ratio <= bound else 'MISSED'})")
+            verdict.append(
+                f"{label} {ratio:.2f}x of `{reference}` (target <= {bound}x: {'met' if ratio <= bound else 'MISSED'})"
+            )
         lines.append(f"- `{name}`: " + "; ".join(verdict))
     return "\n".join(lines) + "\n"
 
@@ -428,8 +598,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(DEFAULT_CONFIGS))
     parser.add_argument("--layout", choices=tuple(LAYOUTS), default="llava15")
-    parser.add_argument("--model-size", choices=MODEL_SIZES, default="small",
-                        help="small (CPU or GPU), or the layout's real 7B shapes (CUDA GPU only)")
+    parser.add_argument(
+        "--model-size",
+        choices=MODEL_SIZES,
+        default="small",
+        help="small (CPU or GPU), or the layout's real 7B shapes (CUDA GPU only)",
+    )
     parser.add_argument("--vocab-size", type=int, help="output-layer entries; default: the layout's, per size")
     parser.add_argument("--image-size", type=int, help="pixels per side; default: the layout's")
     parser.add_argument("--question-tokens", type=int, help="tokens after the fixed question; default: the layout's")
@@ -448,10 +622,22 @@ def main() -> None:
     for key in ("image_size", "question_tokens", "response_tokens"):
         if getattr(args, key) is None:
             setattr(args, key, layout[key])
-    settings = {key: getattr(args, key) for key in (
-        "layout", "model_size", "vocab_size", "image_size", "question_tokens", "response_tokens", "pairs",
-        "pairs_per_step", "epochs", "rounds", "warmup",
-    )}
+    settings = {
+        key: getattr(args, key)
+        for key in (
+            "layout",
+            "model_size",
+            "vocab_size",
+            "image_size",
+            "question_tokens",
+            "response_tokens",
+            "pairs",
+            "pairs_per_step",
+            "epochs",
+            "rounds",
+            "warmup",
+        )
+    }
     if args.worker:
         worker(args.worker, args.workdir, settings, args.run_index, args.result_path)
         return
@@ -459,32 +645,64 @@ def main() -> None:
         parser.error(f"--configs must include the baseline `{BASELINE}`: ratios are taken to it")
     steps = args.epochs * math.ceil(args.pairs / args.pairs_per_step)
     if args.image_size % layout["pixels_per_visual_token"] or min(args.pairs_per_step, args.rounds, args.warmup) < 1:
-        parser.error(f"--image-size must be a multiple of {layout['pixels_per_visual_token']} for this layout; "
-                     "--pairs-per-step, --rounds and --warmup >= 1")
+        parser.error(
+            f"--image-size must be a multiple of {layout['pixels_per_visual_token']} for this layout; "
+            "--pairs-per-step, --rounds and --warmup >= 1"
+        )
     if steps <= args.warmup:
         parser.error(f"{steps} steps per run leave none after {args.warmup} warm-up steps: raise --pairs or --epochs")
     if args.model_size == "7b":
         import torch
 
         if not torch.cuda.is_available():
-            parser.error("--model-size 7b needs a CUDA GPU (it builds and trains a 7-8B-parameter model in bf16); "
-                         "without one, use --model-size small")
+            parser.error(
+                "--model-size 7b needs a CUDA GPU (it builds and trains a 7-8B-parameter model in bf16); "
+                "without one, use --model-size small"
+            )
 
     started = time.perf_counter()
     args.workdir.mkdir(parents=True, exist_ok=True)
     model_dir = args.workdir / "model"
-    build_model(model_dir, layout=args.layout, model_size=args.model_size, vocab_size=args.vocab_size,
-                image_size=args.image_size)
-    write_dataset(args.workdir / "data", model_dir, pairs=args.pairs, image_size=args.image_size,
-                  question_tokens=args.question_tokens, response_tokens=args.response_tokens)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "WANDB_DISABLED": "true", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false"}
+    build_model(
+        model_dir,
+        layout=args.layout,
+        model_size=args.model_size,
+        vocab_size=args.vocab_size,
+        image_size=args.image_size,
+    )
+    write_dataset(
+        args.workdir / "data",
+        model_dir,
+        pairs=args.pairs,
+        image_size=args.image_size,
+        question_tokens=args.question_tokens,
+        response_tokens=args.response_tokens,
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_DISABLED": "true",
+        "DISABLE_VERSION_CHECK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     results = {name: [] for name in args.configs}
     for round_index in range(args.rounds):
         for name in args.configs:
             result_path = args.workdir / f"result-{name}-{round_index}.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--run-index",
-                       str(round_index), "--result-path", str(result_path), "--workdir", str(args.workdir)]
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                name,
+                "--run-index",
+                str(round_index),
+                "--result-path",
+                str(result_path),
+                "--workdir",
+                str(args.workdir),
+            ]
             command += [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
             print(f"round {round_index + 1}/{args.rounds}: {name}", flush=True)
             completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

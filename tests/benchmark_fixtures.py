@@ -109,15 +109,22 @@ def amber_image_name(item_id: int) -> str:
 
 
 def amber_query(entry) -> str:
-    return "Describe this image." if entry["type"] == "generative" else f"Is there a thing number {entry['id']} in this image?"
+    return (
+        "Describe this image."
+        if entry["type"] == "generative"
+        else f"Is there a thing number {entry['id']} in this image?"
+    )
 
 
 def write_amber_data_dir(directory: Path, *, skip=()) -> Path:
     """AMBER's data/ folder for `ANNOTATIONS`; `skip` leaves out files by their path inside the folder."""
     directory.mkdir(parents=True, exist_ok=True)
     queries = {
-        kind: [{"id": entry["id"], "image": amber_image_name(entry["id"]), "query": amber_query(entry)}
-               for entry in ANNOTATIONS if (entry["type"] == "generative") == (kind == "generative")]
+        kind: [
+            {"id": entry["id"], "image": amber_image_name(entry["id"]), "query": amber_query(entry)}
+            for entry in ANNOTATIONS
+            if (entry["type"] == "generative") == (kind == "generative")
+        ]
         for kind in ("generative", "discriminative")
     }
     contents = {
@@ -168,23 +175,31 @@ def captions(annotations):
     return {"info": {}, "licenses": [], "images": [], "annotations": annotations}
 
 
-INSTANCES_TRAIN = instances([
-    {"id": 101, "image_id": 1, "category_id": 18},
-    {"id": 102, "image_id": 2, "category_id": 70},
-    {"id": 103, "image_id": 9, "category_id": 18},  # an image nobody answers about
-])
-INSTANCES_VAL = instances([
-    {"id": 201, "image_id": 1, "category_id": 1},
-    {"id": 202, "image_id": 3, "category_id": 7},
-])
-CAPTIONS_TRAIN = captions([
-    {"id": 301, "image_id": 2, "caption": "A toilet seat next to a sink."},
-    {"id": 302, "image_id": 3, "caption": "A passenger train on the train tracks."},
-])
-CAPTIONS_VAL = captions([
-    {"id": 401, "image_id": 1, "caption": "A woman throws a frisbee to her dogs."},
-    {"id": 402, "image_id": 4, "caption": "Wine glasses on a table."},
-])
+INSTANCES_TRAIN = instances(
+    [
+        {"id": 101, "image_id": 1, "category_id": 18},
+        {"id": 102, "image_id": 2, "category_id": 70},
+        {"id": 103, "image_id": 9, "category_id": 18},  # an image nobody answers about
+    ]
+)
+INSTANCES_VAL = instances(
+    [
+        {"id": 201, "image_id": 1, "category_id": 1},
+        {"id": 202, "image_id": 3, "category_id": 7},
+    ]
+)
+CAPTIONS_TRAIN = captions(
+    [
+        {"id": 301, "image_id": 2, "caption": "A toilet seat next to a sink."},
+        {"id": 302, "image_id": 3, "caption": "A passenger train on the train tracks."},
+    ]
+)
+CAPTIONS_VAL = captions(
+    [
+        {"id": 401, "image_id": 1, "caption": "A woman throws a frisbee to her dogs."},
+        {"id": 402, "image_id": 4, "caption": "Wine glasses on a table."},
+    ]
+)
 
 # Image 1: dog (train instances), person (val instances), + captions: woman -> person, frisbee, dogs -> dog.
 # Image 2: toilet; caption "toilet seat" -> toilet ("seat" is not a chair), sink.
@@ -198,8 +213,18 @@ GROUND_TRUTH = {
 }
 
 RULE_ANSWERS = [
-    {"question_id": 1, "image_id": 1, "prompt": "Describe the image.", "text": "Assistant: A baby dog and two dogs chase a ball near a man."},
-    {"question_id": 2, "image_id": 2, "prompt": "Describe the image.", "text": "The toilet has a seat and a bow tie on it."},
+    {
+        "question_id": 1,
+        "image_id": 1,
+        "prompt": "Describe the image.",
+        "text": "Assistant: A baby dog and two dogs chase a ball near a man.",
+    },
+    {
+        "question_id": 2,
+        "image_id": 2,
+        "prompt": "Describe the image.",
+        "text": "The toilet has a seat and a bow tie on it.",
+    },
     {"question_id": 3, "image_id": 3, "prompt": "Describe the image.", "text": "A train on the train tracks."},
     {"question_id": 4, "image_id": 4, "prompt": "Describe the image.", "text": "Nothing to see here."},
     {"question_id": 5, "image_id": 4, "prompt": "Describe the image.", "text": "Wine glasses and a teddy bear."},
@@ -234,7 +259,13 @@ def write_object_halbench_questions(directory: Path, answers=RULE_ANSWERS[:6]) -
     """RLAIF-V's question file, one line {"image_id", "question", "image" (base64 JPEG)} per answer given."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
-        json.dumps({"image_id": answer["image_id"], "question": answer["prompt"], "image": encoded_jpeg(fixture_image(answer["image_id"]))})
+        json.dumps(
+            {
+                "image_id": answer["image_id"],
+                "question": answer["prompt"],
+                "image": encoded_jpeg(fixture_image(answer["image_id"])),
+            }
+        )
         for answer in answers
     ]
     (directory / "obj_halbench_300_with_image.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -243,7 +274,16 @@ def write_object_halbench_questions(directory: Path, answers=RULE_ANSWERS[:6]) -
 
 # ---- MMHal-Bench -----------------------------------------------------------------------------
 
-MMHAL_QUESTION_TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
+MMHAL_QUESTION_TYPES = (
+    "attribute",
+    "adversarial",
+    "comparison",
+    "counting",
+    "relation",
+    "environment",
+    "holistic",
+    "other",
+)
 
 # Reply per question type. "Rating:4" (no space) is unparsed and scores 0, so the ratings per type
 # are 6, 5, 4, 3, 2, 1, 0, 0: score 21 / 8 = 2.625, hallucination rate 4 / 8, informativeness

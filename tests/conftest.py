@@ -2,15 +2,18 @@
 
 import os
 
-os.environ.update({
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_DISABLED": "true",
-    "DISABLE_VERSION_CHECK": "1",
-})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "WANDB_DISABLED": "true",
+        "DISABLE_VERSION_CHECK": "1",
+    }
+)
 
 import pytest
+
 from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
 from ue_dpo.synthetic.tiny_models import build_tiny_llava, build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 

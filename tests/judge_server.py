@@ -3,12 +3,12 @@
     with ScriptedJudgeServer(lambda payload: "Rating: 4") as server:
         client = JudgeClient(JudgeConfig(model="judge", base_url=server.base_url))
 
-The reply function gets the request payload and returns the reply text, or a `ScriptedHTTPError`
-to answer with an HTTP error. `fail_first` answers the first N requests with `fail_status`
-(500 by default: the server is "down" for a while). The server counts requests, remembers
-payloads and Authorization headers, tracks the most requests in flight at once, refuses to
-serve more than `max_requests` (a runaway retry loop ends), and shuts itself down after
-`lifetime_seconds` even if a test forgets to.
+The reply function gets the request payload and returns the reply text, a `ScriptedHTTPError`
+to answer with an HTTP error, or a `ScriptedBody` to answer with any body (a proxy's HTML page).
+`fail_first` answers the first N requests with `fail_status` (500 by default: the server is "down"
+for a while). The server counts requests, remembers payloads and Authorization headers, tracks
+the most requests in flight at once, refuses to serve more than `max_requests` (a runaway retry
+loop ends), and shuts itself down after `lifetime_seconds` even if a test forgets to.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ class ScriptedHTTPError:
     retry_after: str | None = None
 
 
-ReplyFunction = Callable[[dict[str, Any]], "str | ScriptedHTTPError"]
+@dataclasses.dataclass
+class ScriptedBody:
+    """A raw answer: `body` as it is, with `content_type` (what a web page or a misconfigured proxy sends)."""
+
+    body: str
+    content_type: str = "text/html; charset=utf-8"
+    status: int = 200
+
+
+ReplyFunction = Callable[[dict[str, Any]], "str | ScriptedHTTPError | ScriptedBody"]
 
 
 def last_user_text(payload: dict[str, Any]) -> str:
@@ -96,6 +105,8 @@ class ScriptedJudgeServer:
         if isinstance(outcome, ScriptedHTTPError):
             headers = {"Retry-After": outcome.retry_after} if outcome.retry_after is not None else {}
             return outcome.status, headers, outcome.body.encode("utf-8")
+        if isinstance(outcome, ScriptedBody):
+            return outcome.status, {"Content-Type": outcome.content_type}, outcome.body.encode("utf-8")
         completion = {
             "id": f"chatcmpl-test-{number}",
             "object": "chat.completion",
@@ -126,7 +137,7 @@ class ScriptedJudgeServer:
                             time.sleep(server.delay_seconds)
                         status, headers, body = server._respond(payload)
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    headers = {"Content-Type": "application/json", **headers}
                     self.send_header("Content-Length", str(len(body)))
                     for name, value in headers.items():
                         self.send_header(name, value)
@@ -145,7 +156,9 @@ class ScriptedJudgeServer:
         self._httpd = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._port = self._httpd.server_address[1]
-        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serve_thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._serve_thread.start()
         self._deadline_timer = threading.Timer(self.lifetime_seconds, self.stop)
         self._deadline_timer.daemon = True

@@ -14,8 +14,14 @@ CLI = Path(sys.executable).with_name("llamafactory-cli")
 def offline_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true",
-        DISABLE_VERSION_CHECK="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_DISABLED="true",
+        DISABLE_VERSION_CHECK="1",
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
     )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the launcher runs `torchrun`
     env.update(extra)
@@ -27,7 +33,11 @@ def run_train(config: dict, workdir: Path, *, timeout: int = 600, **env: str) ->
     config_path = workdir / "train.yaml"
     config_path.write_text(yaml.safe_dump(config))
     return subprocess.run(
-        [str(CLI), "train", str(config_path)], cwd=workdir, env=offline_env(**env), capture_output=True, text=True,
+        [str(CLI), "train", str(config_path)],
+        cwd=workdir,
+        env=offline_env(**env),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -35,8 +45,9 @@ def run_train(config: dict, workdir: Path, *, timeout: int = 600, **env: str) ->
 def train_or_fail(config: dict, workdir: Path, **kwargs) -> list[dict]:
     result = run_train(config, workdir, **kwargs)
     if result.returncode != 0:
-        raise AssertionError(f"llamafactory-cli train failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"llamafactory-cli train failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return training_log(Path(config["output_dir"]))
 
 
@@ -44,7 +55,6 @@ def training_log(output_dir: Path) -> list[dict]:
     """Per-step entries of trainer_state.json (those with a training loss)."""
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return [entry for entry in state["log_history"] if "loss" in entry]
-
 
 
 def train_in_one_process(runs: dict[str, tuple[dict, Path]], *, timeout: int = 600) -> dict[str, list[dict]]:
@@ -58,10 +68,18 @@ def train_in_one_process(runs: dict[str, tuple[dict, Path]], *, timeout: int = 6
         workdir.mkdir(parents=True, exist_ok=True)
         config_paths.append(workdir / "train.yaml")
         config_paths[-1].write_text(yaml.safe_dump(config))
-    script = ("import sys, yaml\nfrom llamafactory.train.tuner import run_exp\n"
-              "for path in sys.argv[1:]:\n    run_exp(yaml.safe_load(open(path)))\n")
-    result = subprocess.run([sys.executable, "-c", script, *map(str, config_paths)], check=False, env=offline_env(),
-                            capture_output=True, text=True, timeout=timeout)
+    script = (
+        "import sys, yaml\nfrom llamafactory.train.tuner import run_exp\n"
+        "for path in sys.argv[1:]:\n    run_exp(yaml.safe_load(open(path)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, config_paths)],
+        check=False,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if result.returncode != 0:
         raise AssertionError(f"run_exp failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return {name: training_log(Path(config["output_dir"])) for name, (config, _) in runs.items()}

@@ -29,22 +29,86 @@ from pathlib import Path
 
 # Penn Treebank tags of every token the AMBER fixtures send through nltk.pos_tag (case as written).
 PENN_TAGS: dict[str, str] = {
-    "A": "DT", "a": "DT", "The": "DT", "the": "DT", "Two": "CD", "two": "CD", "There": "EX",
-    "and": "CC", "on": "IN", "near": "IN", "by": "IN", "under": "IN", "past": "IN",
-    "is": "VBZ", "are": "VBP", "sits": "VBZ", "stands": "VBZ", "flows": "VBZ", "sleep": "VBP",
-    ".": ".", ",": ",",
-    "puppy": "NN", "lawn": "NN", "cat": "NN", "dog": "NN", "man": "NN", "river": "NN",
-    "glasses": "NNS", "pond": "NN", "light": "NN", "Dogs": "NNS", "grass": "NN", "kitten": "NN",
-    "lake": "NN", "sky": "NN", "tree": "NN", "car": "NN",
+    "A": "DT",
+    "a": "DT",
+    "The": "DT",
+    "the": "DT",
+    "Two": "CD",
+    "two": "CD",
+    "There": "EX",
+    "and": "CC",
+    "on": "IN",
+    "near": "IN",
+    "by": "IN",
+    "under": "IN",
+    "past": "IN",
+    "is": "VBZ",
+    "are": "VBP",
+    "sits": "VBZ",
+    "stands": "VBZ",
+    "flows": "VBZ",
+    "sleep": "VBP",
+    ".": ".",
+    ",": ",",
+    "puppy": "NN",
+    "lawn": "NN",
+    "cat": "NN",
+    "dog": "NN",
+    "man": "NN",
+    "river": "NN",
+    "glasses": "NNS",
+    "pond": "NN",
+    "light": "NN",
+    "Dogs": "NNS",
+    "grass": "NN",
+    "kitten": "NN",
+    "lake": "NN",
+    "sky": "NN",
+    "tree": "NN",
+    "car": "NN",
 }
 
 # WordNet noun lemmas (index.noun); plural forms reach them through the morphy rules ("dogs" ->
 # "dog", "glasses" -> "glass", "tracks" -> "track") or noun.exc ("mice" -> "mouse").
 WORDNET_NOUNS = (
-    "dog", "cat", "puppy", "kitten", "lawn", "grass", "lake", "water", "river", "pond", "man", "woman",
-    "person", "glass", "glasses", "cup", "light", "sky", "tree", "car", "toilet", "seat", "sink", "tie",
-    "bow", "train", "track", "passenger", "baby", "ball", "frisbee", "wine", "table", "teddy", "bear",
-    "mouse", "phone", "cell",
+    "dog",
+    "cat",
+    "puppy",
+    "kitten",
+    "lawn",
+    "grass",
+    "lake",
+    "water",
+    "river",
+    "pond",
+    "man",
+    "woman",
+    "person",
+    "glass",
+    "glasses",
+    "cup",
+    "light",
+    "sky",
+    "tree",
+    "car",
+    "toilet",
+    "seat",
+    "sink",
+    "tie",
+    "bow",
+    "train",
+    "track",
+    "passenger",
+    "baby",
+    "ball",
+    "frisbee",
+    "wine",
+    "table",
+    "teddy",
+    "bear",
+    "mouse",
+    "phone",
+    "cell",
 )
 WORDNET_NOUN_EXCEPTIONS = {"mice": "mouse"}
 
@@ -76,10 +140,22 @@ SPACY_VECTORS: dict[str, tuple[float, ...]] = {
 # Penn tag and lemma the spaCy pipeline gives each token of the Object-HalBench gpt fixtures.
 SPACY_TOKEN_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "a": ("DT", "a"),
-    "puppy": ("NN", "puppy"), "tennis": ("NN", "tennis"), "ball": ("NN", "ball"), "grass": ("NN", "grass"),
-    "man": ("NN", "man"), "wine": ("NN", "wine"), "glasses": ("NNS", "glass"), "cell": ("NN", "cell"),
-    "phones": ("NNS", "phone"), "table": ("NN", "table"), "toilet": ("NN", "toilet"), "seat": ("NN", "seat"),
-    "dog": ("NN", "dog"), "red": ("JJ", "red"), "kite": ("NN", "kite"), "string": ("NN", "string"),
+    "puppy": ("NN", "puppy"),
+    "tennis": ("NN", "tennis"),
+    "ball": ("NN", "ball"),
+    "grass": ("NN", "grass"),
+    "man": ("NN", "man"),
+    "wine": ("NN", "wine"),
+    "glasses": ("NNS", "glass"),
+    "cell": ("NN", "cell"),
+    "phones": ("NNS", "phone"),
+    "table": ("NN", "table"),
+    "toilet": ("NN", "toilet"),
+    "seat": ("NN", "seat"),
+    "dog": ("NN", "dog"),
+    "red": ("JJ", "red"),
+    "kite": ("NN", "kite"),
+    "string": ("NN", "string"),
 }
 
 _LEXNAMES = ("adj.all\t3", "adj.pert\t3", "adv.all\t4", "noun.Tops\t1")
@@ -112,7 +188,9 @@ def write_wordnet(nltk_dir: Path, nouns: Iterable[str], noun_exceptions: Mapping
     corpus = nltk_dir / "corpora" / "wordnet"
     corpus.mkdir(parents=True, exist_ok=True)
     header = "  1 Test WordNet for the ue-dpo scorer tests, in the WordNet 3.0 database file format.  \n"
-    (corpus / "lexnames").write_text("".join(f"{i:02d}\t{entry}\n" for i, entry in enumerate(_LEXNAMES)), encoding="utf-8")
+    (corpus / "lexnames").write_text(
+        "".join(f"{i:02d}\t{entry}\n" for i, entry in enumerate(_LEXNAMES)), encoding="utf-8"
+    )
 
     data_noun = header.encode("utf-8")
     index_lines = []
@@ -126,7 +204,9 @@ def write_wordnet(nltk_dir: Path, nouns: Iterable[str], noun_exceptions: Mapping
         (corpus / f"data.{pos}").write_text(header, encoding="utf-8")
         (corpus / f"index.{pos}").write_text(header, encoding="utf-8")
         (corpus / f"{pos}.exc").write_text("", encoding="utf-8")
-    (corpus / "noun.exc").write_text("".join(f"{form} {lemma}\n" for form, lemma in sorted(noun_exceptions.items())), encoding="utf-8")
+    (corpus / "noun.exc").write_text(
+        "".join(f"{form} {lemma}\n" for form, lemma in sorted(noun_exceptions.items())), encoding="utf-8"
+    )
     (corpus / "index.sense").write_text("", encoding="utf-8")
     (corpus / "cntlist.rev").write_text("", encoding="utf-8")
 

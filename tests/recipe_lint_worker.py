@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-import ue_dpo
 import yaml
+
+import ue_dpo
 
 
 def resolved(config_path: Path) -> dict:
@@ -30,8 +31,12 @@ def resolved(config_path: Path) -> dict:
         "dataset_dir": data_args.dataset_dir,
         "max_samples": data_args.max_samples,
         "datasets": [
-            {"name": attr.dataset_name, "load_from": attr.load_from, "ranking": attr.ranking,
-             "exists": Path(data_args.dataset_dir, attr.dataset_name).is_file()}
+            {
+                "name": attr.dataset_name,
+                "load_from": attr.load_from,
+                "ranking": attr.ranking,
+                "exists": Path(data_args.dataset_dir, attr.dataset_name).is_file(),
+            }
             for attr in datasets
         ],
         "stage": finetuning_args.stage,
@@ -54,8 +59,9 @@ def resolved(config_path: Path) -> dict:
         "num_train_epochs": training_args.num_train_epochs,
         "bf16": training_args.bf16,
         "deepspeed": training_args.deepspeed,
-        "zero_stage": (training_args.hf_deepspeed_config.config["zero_optimization"]["stage"]
-                       if training_args.deepspeed else None),
+        "zero_stage": (
+            training_args.hf_deepspeed_config.config["zero_optimization"]["stage"] if training_args.deepspeed else None
+        ),
         "output_dir": training_args.output_dir,
     }
 

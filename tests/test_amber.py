@@ -19,6 +19,7 @@ import threading
 
 import nltk
 import pytest
+
 from benchmark_fixtures import (
     ANNOTATIONS,
     EXISTENCE,
@@ -64,7 +65,9 @@ def vocabulary():
 def records_by_id(spacy_pipeline, vocabulary, parse="exact"):
     responses = {item["id"]: item["response"] for item in RESPONSES}
     return {
-        entry["id"]: amber_item_result(entry, responses.get(entry["id"]), vocabulary=vocabulary, nlp=spacy_pipeline, parse=parse)
+        entry["id"]: amber_item_result(
+            entry, responses.get(entry["id"]), vocabulary=vocabulary, nlp=spacy_pipeline, parse=parse
+        )
         for entry in ANNOTATIONS
     }
 
@@ -117,9 +120,13 @@ def test_generative_item_counts(spacy_pipeline, vocabulary):
 def test_similarity_threshold_is_configurable(spacy_pipeline, vocabulary):
     entry = ANNOTATIONS[1]
     # At 0.95 the 0.9 similarity of river to water no longer clears it.
-    record = amber_item_result(entry, "A man stands by the river.", vocabulary=vocabulary, nlp=spacy_pipeline, similarity_threshold=0.95)
+    record = amber_item_result(
+        entry, "A man stands by the river.", vocabulary=vocabulary, nlp=spacy_pipeline, similarity_threshold=0.95
+    )
     assert record["hallucinated_nouns"] == ["river"]
-    record = amber_item_result(entry, "A man stands by the river.", vocabulary=vocabulary, nlp=spacy_pipeline, similarity_threshold=0.85)
+    record = amber_item_result(
+        entry, "A man stands by the river.", vocabulary=vocabulary, nlp=spacy_pipeline, similarity_threshold=0.85
+    )
     assert record["hallucinated_nouns"] == []
 
 
@@ -135,7 +142,15 @@ def test_score_exact_parse(spacy_pipeline):
     # Cog   = round(3 / 7.001 * 100, 1) = round(42.851, 1) = 42.9
     # Item 4 is empty and stays in every denominator, as in the official code, and is counted as empty.
     # (Left out, Hal would be round(100 - 1 / 4.001 * 100, 1) = 75.0 and Cover round(6 / 6.001 * 100, 1) = 100.0.)
-    assert result["generative"] == {"CHAIR": 27.3, "Cover": 85.7, "Hal": 60.0, "Cog": 42.9, "n": 5, "missing": 1, "empty": 1}
+    assert result["generative"] == {
+        "CHAIR": 27.3,
+        "Cover": 85.7,
+        "Hal": 60.0,
+        "Cog": 42.9,
+        "n": 5,
+        "missing": 1,
+        "empty": 1,
+    }
 
     disc = result["discriminative"]
     # Existence, 6-10 (truth/answer): no/No, no/"no" (not exactly "No": wrong, unparsed), yes/No,
@@ -146,7 +161,15 @@ def test_score_exact_parse(spacy_pipeline):
     # F1 = round(2 * .333 * .5 / (.333 + .5 + .001) * 100, 1) = round(39.928, 1) = 39.9
     #   (with the 0.0001 of the other groups it would be round(39.971, 1) = 40.0)
     # Item 19 answered None: missing, not scored.
-    assert disc["existence"] == {"Accuracy": 40.0, "Precision": 33.3, "Recall": 50.0, "F1": 39.9, "n": 5, "unparsed": 1, "missing": 1}
+    assert disc["existence"] == {
+        "Accuracy": 40.0,
+        "Precision": 33.3,
+        "Recall": 50.0,
+        "F1": 39.9,
+        "n": 5,
+        "unparsed": 1,
+        "missing": 1,
+    }
 
     # Attribute pools the state (11 no/No, 12 yes/Yes), number (13 no/Yes) and action (14 yes/"Yes."
     # unparsed) counters, each starting at 0.001, so denominators carry 0.003:
@@ -156,20 +179,52 @@ def test_score_exact_parse(spacy_pipeline):
     # Precision = round(1 / 1.003 * 100, 1) = round(99.701, 1) = 99.7
     # Recall = round(1 / 2.003 * 100, 1) = round(49.925, 1) = 49.9
     # F1 = round(2 * .997 * .499 / (.997 + .499 + .0001) * 100, 1) = round(66.507, 1) = 66.5
-    assert disc["attribute"] == {"Accuracy": 50.0, "Precision": 99.7, "Recall": 49.9, "F1": 66.5, "n": 4, "unparsed": 1, "missing": 0}
+    assert disc["attribute"] == {
+        "Accuracy": 50.0,
+        "Precision": 99.7,
+        "Recall": 49.9,
+        "F1": 66.5,
+        "n": 4,
+        "unparsed": 1,
+        "missing": 0,
+    }
     # State alone: Accuracy round(2 / 2.001 * 100, 1) = round(99.950, 1) = 100.0 (2/2.001*100 = 99.95002);
     # P = R = round(1 / 1.001 * 100, 1) = 99.9;
     # F1 = round(2 * .999 * .999 / (1.998 + .0001) * 100, 1) = round(99.895, 1) = 99.9
-    assert disc["state"] == {"Accuracy": 100.0, "Precision": 99.9, "Recall": 99.9, "F1": 99.9, "n": 2, "unparsed": 0, "missing": 0}
+    assert disc["state"] == {
+        "Accuracy": 100.0,
+        "Precision": 99.9,
+        "Recall": 99.9,
+        "F1": 99.9,
+        "n": 2,
+        "unparsed": 0,
+        "missing": 0,
+    }
     # Number: nothing right and no "No" answer: 0 / 1.001, 0 / 0.001, 0 / 1.001 -> all 0.0; F1 0 / 0.0001 = 0.0
-    assert disc["number"] == {"Accuracy": 0.0, "Precision": 0.0, "Recall": 0.0, "F1": 0.0, "n": 1, "unparsed": 0, "missing": 0}
+    assert disc["number"] == {
+        "Accuracy": 0.0,
+        "Precision": 0.0,
+        "Recall": 0.0,
+        "F1": 0.0,
+        "n": 1,
+        "unparsed": 0,
+        "missing": 0,
+    }
     assert disc["action"]["Accuracy"] == 0.0 and disc["action"]["unparsed"] == 1
 
     # Relation pools both relation types: 15 no/No, 16 yes/No, 17 yes/Yes.
     # Accuracy = round(2 / 3.001 * 100, 1) = round(66.644, 1) = 66.6
     # Precision = round(1 / 2.001 * 100, 1) = 50.0; Recall = round(1 / 1.001 * 100, 1) = 99.9
     # F1 = round(2 * .5 * .999 / (.5 + .999 + .0001) * 100, 1) = round(66.640, 1) = 66.6
-    assert disc["relation"] == {"Accuracy": 66.6, "Precision": 50.0, "Recall": 99.9, "F1": 66.6, "n": 3, "unparsed": 0, "missing": 0}
+    assert disc["relation"] == {
+        "Accuracy": 66.6,
+        "Precision": 50.0,
+        "Recall": 99.9,
+        "F1": 66.6,
+        "n": 3,
+        "unparsed": 0,
+        "missing": 0,
+    }
 
     # Overall, 12 answered questions: correct 2 + 2 + 2 = 6; truth no 2 + 2 + 1 = 5; answered No
     # 3 + 1 + 2 = 6; no-and-No 1 + 1 + 1 = 3 (each counter with its own single 0.001).
@@ -177,7 +232,15 @@ def test_score_exact_parse(spacy_pipeline):
     # Precision = round(3 / 6.001 * 100, 1) = round(49.992, 1) = 50.0
     # Recall = round(3 / 5.001 * 100, 1) = round(59.988, 1) = 60.0
     # F1 = round(2 * .5 * .6 / (.5 + .6 + .0001) * 100, 1) = round(54.541, 1) = 54.5
-    assert disc["overall"] == {"Accuracy": 50.0, "Precision": 50.0, "Recall": 60.0, "F1": 54.5, "n": 12, "unparsed": 2, "missing": 1}
+    assert disc["overall"] == {
+        "Accuracy": 50.0,
+        "Precision": 50.0,
+        "Recall": 60.0,
+        "F1": 54.5,
+        "n": 12,
+        "unparsed": 2,
+        "missing": 1,
+    }
 
     # AMBER Score = (100 - 27.3 + 54.5) / 2 = 63.6
     assert result["amber_score"] == 63.6
@@ -191,12 +254,28 @@ def test_score_lenient_parse(spacy_pipeline):
     # Existence: correct 3 / 5.001 -> round(59.988, 1) = 60.0; answered No 4.001, no-and-No 2:
     # P = round(2 / 4.001 * 100, 1) = round(49.988, 1) = 50.0; R = round(2 / 2.001 * 100, 1) = round(99.950, 1) = 100.0
     # F1 = round(2 * .5 * 1 / (1.5 + .001) * 100, 1) = round(66.622, 1) = 66.6
-    assert disc["existence"] == {"Accuracy": 60.0, "Precision": 50.0, "Recall": 100.0, "F1": 66.6, "n": 5, "unparsed": 0, "missing": 1}
+    assert disc["existence"] == {
+        "Accuracy": 60.0,
+        "Precision": 50.0,
+        "Recall": 100.0,
+        "F1": 66.6,
+        "n": 5,
+        "unparsed": 0,
+        "missing": 1,
+    }
     # Overall: correct 3 + 3 + 2 = 8 -> round(8 / 12.001 * 100, 1) = round(66.661, 1) = 66.7;
     # answered No 4 + 1 + 2 = 7, no-and-No 2 + 1 + 1 = 4:
     # P = round(4 / 7.001 * 100, 1) = round(57.135, 1) = 57.1; R = round(4 / 5.001 * 100, 1) = round(79.984, 1) = 80.0
     # F1 = round(2 * .571 * .8 / (.571 + .8 + .0001) * 100, 1) = round(66.633, 1) = 66.6
-    assert disc["overall"] == {"Accuracy": 66.7, "Precision": 57.1, "Recall": 80.0, "F1": 66.6, "n": 12, "unparsed": 0, "missing": 1}
+    assert disc["overall"] == {
+        "Accuracy": 66.7,
+        "Precision": 57.1,
+        "Recall": 80.0,
+        "F1": 66.6,
+        "n": 12,
+        "unparsed": 0,
+        "missing": 1,
+    }
     # Generative numbers do not depend on the parse; AMBER Score = (100 - 27.3 + 66.6) / 2 = 69.65
     assert result["generative"]["CHAIR"] == 27.3
     assert result["amber_score"] == 69.65
@@ -225,8 +304,12 @@ def test_answer_parsing(response, exact, lenient):
 
 
 def test_counters_start_at_0_001_once_per_run(spacy_pipeline):
-    annotations = [generative(i, ["sky"], ["dog"]) for i in range(1, 11)] + [question(i, EXISTENCE, "yes") for i in range(11, 21)]
-    responses = [{"id": i, "response": ""} for i in range(1, 11)] + [{"id": i, "response": "Yes"} for i in range(11, 21)]
+    annotations = [generative(i, ["sky"], ["dog"]) for i in range(1, 11)] + [
+        question(i, EXISTENCE, "yes") for i in range(11, 21)
+    ]
+    responses = [{"id": i, "response": ""} for i in range(1, 11)] + [
+        {"id": i, "response": "Yes"} for i in range(11, 21)
+    ]
     result = score_amber(annotations, RELATION, SAFE_WORDS, responses, nlp=spacy_pipeline)
     # Ten hallucination-free responses: Hal = round(100 - 10 / 10.001 * 100, 1) = round(0.0100, 1) = 0.0
     # (an epsilon per item, 10 / 10.01, would give round(0.0999, 1) = 0.1).
@@ -243,7 +326,15 @@ def test_counters_start_at_0_001_once_per_run(spacy_pipeline):
 def test_groups_without_items_are_none(spacy_pipeline):
     result = score_amber(ANNOTATIONS[:5], RELATION, SAFE_WORDS, RESPONSES[:5], nlp=spacy_pipeline)
     assert result["generative"]["CHAIR"] == 27.3
-    assert result["discriminative"]["overall"] == {"Accuracy": None, "Precision": None, "Recall": None, "F1": None, "n": 0, "unparsed": 0, "missing": 0}
+    assert result["discriminative"]["overall"] == {
+        "Accuracy": None,
+        "Precision": None,
+        "Recall": None,
+        "F1": None,
+        "n": 0,
+        "unparsed": 0,
+        "missing": 0,
+    }
     assert result["amber_score"] is None
 
 
@@ -265,7 +356,9 @@ def test_item_results_from_four_threads_match_sequential(spacy_pipeline, vocabul
     def work(entries):
         try:
             for entry in entries:
-                threaded[entry["id"]] = amber_item_result(entry, responses.get(entry["id"]), vocabulary=vocabulary, nlp=spacy_pipeline)
+                threaded[entry["id"]] = amber_item_result(
+                    entry, responses.get(entry["id"]), vocabulary=vocabulary, nlp=spacy_pipeline
+                )
         except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
             errors.append(error)
 
@@ -302,7 +395,9 @@ def test_a_responses_file_that_is_not_json_is_named(tmp_path):
     data_dir = write_amber_data_dir(tmp_path / "data")
     responses_path = tmp_path / "responses.json"
     responses_path.write_text('[{"id": 1, "response": "A dog."}', encoding="utf-8")
-    with pytest.raises(AmberDataError, match=re.escape(f"AMBER responses file {str(responses_path)!r} is not UTF-8 JSON")):
+    with pytest.raises(
+        AmberDataError, match=re.escape(f"AMBER responses file {str(responses_path)!r} is not UTF-8 JSON")
+    ):
         score_amber_files(data_dir, responses_path)
 
 
@@ -313,11 +408,19 @@ def test_response_id_not_in_annotations(spacy_pipeline):
 
 def test_bad_inputs_are_refused(spacy_pipeline):
     with pytest.raises(AmberDataError, match="appears twice"):
-        score_amber(ANNOTATIONS, RELATION, SAFE_WORDS, [{"id": 6, "response": "No"}, {"id": 6, "response": "Yes"}], nlp=spacy_pipeline)
+        score_amber(
+            ANNOTATIONS,
+            RELATION,
+            SAFE_WORDS,
+            [{"id": 6, "response": "No"}, {"id": 6, "response": "Yes"}],
+            nlp=spacy_pipeline,
+        )
     with pytest.raises(AmberDataError, match="unknown type"):
         amber_reference([{"id": 1, "type": "discriminative-color", "truth": "yes"}], RELATION, SAFE_WORDS)
     with pytest.raises(AmberDataError, match="'boat' is not a key of relation.json"):
-        score_amber([generative(1, ["boat"], [])], RELATION, SAFE_WORDS, [{"id": 1, "response": "A dog."}], nlp=spacy_pipeline)
+        score_amber(
+            [generative(1, ["boat"], [])], RELATION, SAFE_WORDS, [{"id": 1, "response": "A dog."}], nlp=spacy_pipeline
+        )
     with pytest.raises(ValueError, match="parse mode"):
         score_amber(ANNOTATIONS, RELATION, SAFE_WORDS, RESPONSES, nlp=spacy_pipeline, parse="fuzzy")
 
@@ -352,7 +455,9 @@ def test_toolkit_reports_a_missing_resource_found_nowhere_on_the_nltk_path(tmp_p
     monkeypatch.setenv(NLTK_DOWNLOAD_ENV_VAR, "0")
     downloads = []
     monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: downloads.append(args))
-    with pytest.raises(NLPResourceError, match="python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet"):
+    with pytest.raises(
+        NLPResourceError, match="python -m nltk.downloader punkt_tab averaged_perceptron_tagger_eng wordnet"
+    ):
         NltkToolkit().lemmatize("dogs")
     assert downloads == []  # UE_DPO_NLTK_DOWNLOAD=0: no download attempted
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from llamafactory_runs import offline_env
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +26,30 @@ IMAGE_SIZE = 56
 def test_bench_table_is_computed_from_the_measured_runs_and_keeps_the_notes(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("old table\n<!-- notes: kept when the results above are regenerated -->\nour notes\n")
-    command = [sys.executable, str(BENCH), "--workdir", str(tmp_path / "work"), "--results", str(results),
-               "--configs", *CONFIGS, "--rounds", "1", "--warmup", str(WARMUP), "--pairs", str(PAIRS),
-               "--epochs", str(EPOCHS), "--image-size", str(IMAGE_SIZE), "--question-tokens", "4",
-               "--response-tokens", "16"]
+    command = [
+        sys.executable,
+        str(BENCH),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--configs",
+        *CONFIGS,
+        "--rounds",
+        "1",
+        "--warmup",
+        str(WARMUP),
+        "--pairs",
+        str(PAIRS),
+        "--epochs",
+        str(EPOCHS),
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--question-tokens",
+        "4",
+        "--response-tokens",
+        "16",
+    ]
     done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -45,9 +66,12 @@ def test_bench_table_is_computed_from_the_measured_runs_and_keeps_the_notes(tmp_
     report = results.read_text()
     assert "old table" not in report and report.rstrip().endswith("our notes")
     for name in CONFIGS:
-        row = re.search(rf"^\| `{name}` \| ([\d.]+) \| [\d.]+-[\d.]+ \| ([\d.]+)x \| [\d.]+ \| [\d.]+x "
-                        r"\| ([\d.]+) \| ([\d.]+)x \| [\d.]+ \| [\d.]+x \| (\d+) \| ([\d.]+)x \|",
-                        report, re.MULTILINE)
+        row = re.search(
+            rf"^\| `{name}` \| ([\d.]+) \| [\d.]+-[\d.]+ \| ([\d.]+)x \| [\d.]+ \| [\d.]+x "
+            r"\| ([\d.]+) \| ([\d.]+)x \| [\d.]+ \| [\d.]+x \| (\d+) \| ([\d.]+)x \|",
+            report,
+            re.MULTILINE,
+        )
         assert row, (name, report)
         assert float(row.group(1)) == pytest.approx(median_step[name], abs=0.005)
         assert float(row.group(2)) == pytest.approx(median_step[name] / median_step["dpo"], abs=0.005)

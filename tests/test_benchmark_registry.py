@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ue_dpo.benchmarks.paired_comparison import PAIRED_TASKS
 from ue_dpo.benchmarks.registry import BENCHMARKS, judged_tasks, score_commands
 from ue_dpo.commands import score
@@ -37,18 +38,28 @@ def test_each_descriptor_names_a_task_yaml_and_its_metrics(task):
 
 def test_the_lists_built_from_the_registry():
     assert JUDGED_TASKS == judged_tasks() == ("mmhal_bench",)
-    assert list(PAIRED_TASKS) == ["object_halbench", "shapes_caption", "shapes_blind_spots", "mmhal_bench",
-                                  "amber_generative", "amber_discriminative"]
+    assert list(PAIRED_TASKS) == [
+        "object_halbench",
+        "shapes_caption",
+        "shapes_blind_spots",
+        "mmhal_bench",
+        "amber_generative",
+        "amber_discriminative",
+    ]
     scored = {command: [benchmark.task for benchmark in benchmarks] for command, benchmarks in score_commands().items()}
-    assert scored == {"object_halbench": ["object_halbench"], "mmhal_bench": ["mmhal_bench"],
-                      "amber": ["amber_generative", "amber_discriminative"]}
+    assert scored == {
+        "object_halbench": ["object_halbench"],
+        "mmhal_bench": ["mmhal_bench"],
+        "amber": ["amber_generative", "amber_discriminative"],
+    }
     assert set(score.SCORED) == set(score._COMMANDS)
 
 
 def test_amber_empty_responses_note_joins_both_tasks_and_counts_the_empty_captions():
     assert score.EMPTY_RESPONSE_SCORING["amber"] == (
         "AMBER's code scores an empty caption as one with no objects (hallucination-free in Hal, nothing covered in "
-        "Cover and Cog), and so do these numbers; an empty yes/no answer is counted in `unparsed`")
+        "Cover and Cog), and so do these numbers; an empty yes/no answer is counted in `unparsed`"
+    )
     result = {"generative": {"empty": 2}, "discriminative": {"overall": {"unparsed": 5}}}
     assert score._empty_responses(result, "amber") == 2
     assert score._empty_responses({"empty": 3}, "mmhal_bench") == 3

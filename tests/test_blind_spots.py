@@ -59,7 +59,9 @@ def test_scenes_hold_distinct_shapes_and_a_faint_one_drawn_faintly():
 def test_the_warm_up_data_carries_the_prior_and_the_pairs_contrast_the_faint_shape(tmp_path):
     write_blind_spot_sft_dataset(tmp_path, n_examples=400, noisy_share=0.3)
     write_blind_spot_preference_dataset(tmp_path, n_pairs=40)
-    captions = [record["messages"][1]["content"] for record in json.loads((tmp_path / f"{SFT_DATASET}.json").read_text())]
+    captions = [
+        record["messages"][1]["content"] for record in json.loads((tmp_path / f"{SFT_DATASET}.json").read_text())
+    ]
     pairs_of_shapes = [mentioned_shapes(text) for text in captions if "small grey" not in text]
     two = [shapes for shapes in pairs_of_shapes if len(shapes) == 2]
     assert sum(PARTNERS[first] == second for first, second in two) / len(two) > 0.8
@@ -88,8 +90,9 @@ def small_run(tmp_path_factory):
     raw["evaluation"]["gen_kwargs"]["max_new_tokens"] = 24
     experiment = root / "small.yaml"
     experiment.write_text(yaml.safe_dump(raw, sort_keys=False))
-    completed = subprocess.run([str(UE_DPO), "run", str(experiment)], env=offline_env(), capture_output=True,
-                               text=True, timeout=900)
+    completed = subprocess.run(
+        [str(UE_DPO), "run", str(experiment)], env=offline_env(), capture_output=True, text=True, timeout=900
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
     return root / "out", completed.stdout
 
@@ -129,10 +132,27 @@ def test_inspect_counts_type_i_tokens_on_faint_shape_words(small_run, tmp_path):
     out, _ = small_run
     inspected = tmp_path / "inspect"
     completed = subprocess.run(
-        [str(UE_DPO), "inspect", "--model", str(out / "runs" / "warmup"), "--data", PREFERENCE_DATASET,
-         "--dataset-dir", str(out / "synthetic" / "data"), "--n", str(SMALL["preference_pairs"]),
-         "--word-group", f"faint={FAINT_SHAPE_WORDS}", "--out", str(inspected)],
-        env=offline_env(), capture_output=True, text=True, timeout=600)
+        [
+            str(UE_DPO),
+            "inspect",
+            "--model",
+            str(out / "runs" / "warmup"),
+            "--data",
+            PREFERENCE_DATASET,
+            "--dataset-dir",
+            str(out / "synthetic" / "data"),
+            "--n",
+            str(SMALL["preference_pairs"]),
+            "--word-group",
+            f"faint={FAINT_SHAPE_WORDS}",
+            "--out",
+            str(inspected),
+        ],
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
     group = json.loads((inspected / "summary.json").read_text())["word_groups"]["faint"]
     counts = {"inside": [0, 0], "outside": [0, 0]}

@@ -2,6 +2,7 @@
 that use it giving the same totals for the same mentions."""
 
 import pytest
+
 from ue_dpo.benchmarks.chair import ChairCounts, chair_counts, chair_record, percent
 from ue_dpo.benchmarks.object_halbench import object_halbench_metrics
 from ue_dpo.benchmarks.shapes_chair import shapes_caption_item_result, shapes_chair_metrics
@@ -17,8 +18,12 @@ HAND_CASES = [
 
 def test_records_keep_every_mention_and_name_each_hallucination():
     records = [chair_record(mentions, truth) for mentions, truth in HAND_CASES]
-    assert records[0] == {"mentions": ["dog", "cat", "dog"], "hallucinated": ["cat"], "covered": ["dog"],
-                          "ground_truth": ["bird", "dog"]}
+    assert records[0] == {
+        "mentions": ["dog", "cat", "dog"],
+        "hallucinated": ["cat"],
+        "covered": ["dog"],
+        "ground_truth": ["bird", "dog"],
+    }
     assert records[1] == {"mentions": ["car", "car"], "hallucinated": [], "covered": ["car"], "ground_truth": ["car"]}
     assert records[2] == {"mentions": [], "hallucinated": [], "covered": [], "ground_truth": ["bus", "car"]}
     assert records[3] == {"mentions": ["boat"], "hallucinated": ["boat"], "covered": [], "ground_truth": []}
@@ -33,10 +38,21 @@ def test_totals_and_metrics_of_the_hand_case():
     counts = chair_counts(chair_record(mentions, truth) for mentions, truth in HAND_CASES)
     # responses 4, with a mention 3 (1, 2, 4), with a hallucination 2 (1, 4); mentions 3 + 2 + 0 + 1 = 6,
     # hallucinated 1 + 1 = 2; ground truth 2 + 1 + 2 + 0 = 5, covered 1 + 1 = 2
-    assert counts == ChairCounts(responses=4, responses_with_mentions=3, hallucinated_responses=2, mentions=6,
-                                 hallucinated_mentions=2, ground_truth=5, covered=2)
-    assert counts.metrics() == {"chair_s": pytest.approx(200 / 3), "chair_s_all": 50.0,
-                                "chair_i": pytest.approx(100 / 3), "recall": 40.0}
+    assert counts == ChairCounts(
+        responses=4,
+        responses_with_mentions=3,
+        hallucinated_responses=2,
+        mentions=6,
+        hallucinated_mentions=2,
+        ground_truth=5,
+        covered=2,
+    )
+    assert counts.metrics() == {
+        "chair_s": pytest.approx(200 / 3),
+        "chair_s_all": 50.0,
+        "chair_i": pytest.approx(100 / 3),
+        "recall": 40.0,
+    }
 
 
 def test_a_zero_denominator_is_undefined_not_zero():
@@ -51,8 +67,15 @@ def test_object_halbench_and_the_shapes_tasks_total_the_same_mentions_alike():
     shapes = shapes_chair_metrics(shapes_caption_item_result(text, truth) for text, truth in captions)
     # the same mentions as COCO words ([word, class]): dog for circle, cat for star, bird for square
     answers = [([["dog", "dog"], ["cat", "cat"]], ["dog", "bird"]), ([], ["cat"]), ([["dogs", "dog"]] * 2, ["dog"])]
-    records = [{"status": "scored", "empty": not mentions, "word_count": 3,
-                **chair_record(mentions, truth, object_of=lambda mention: mention[1])} for mentions, truth in answers]
+    records = [
+        {
+            "status": "scored",
+            "empty": not mentions,
+            "word_count": 3,
+            **chair_record(mentions, truth, object_of=lambda mention: mention[1]),
+        }
+        for mentions, truth in answers
+    ]
     halbench = object_halbench_metrics(records)
     assert shapes_caption_item_result(*captions[2])["mentions"] == ["circle", "circle"]
     for name in ("chair_s", "chair_s_all", "chair_i", "recall"):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ue_dpo.core import chunked
 from ue_dpo.core.chunked import projected_token_statistics
 
@@ -39,8 +40,16 @@ def gradients(outputs, upstream, mask, leaves):
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_values_and_gradients_equal_the_naive_computation(token_chunk_size, vocab_chunk_size, with_bias):
     hidden, weight, bias, targets, probes, mask, upstream = make_inputs(0, with_bias=with_bias)
-    summary = projected_token_statistics(hidden, weight, bias, targets, mask, probes,
-                                         token_chunk_size=token_chunk_size, vocab_chunk_size=vocab_chunk_size)
+    summary = projected_token_statistics(
+        hidden,
+        weight,
+        bias,
+        targets,
+        mask,
+        probes,
+        token_chunk_size=token_chunk_size,
+        vocab_chunk_size=vocab_chunk_size,
+    )
     naive_target, naive_logprob, naive_argmax, naive_probe = naive_statistics(hidden, weight, bias, targets, probes)
 
     torch.testing.assert_close(summary.target_logit[mask], naive_target[mask], rtol=1e-5, atol=1e-5)
@@ -49,8 +58,9 @@ def test_values_and_gradients_equal_the_naive_computation(token_chunk_size, voca
     assert torch.equal(summary.argmax[mask], naive_argmax[mask])
 
     leaves = (hidden, weight, bias)
-    chunked_grads = gradients((summary.target_logit, summary.target_logprob, summary.probe_logit), upstream, mask,
-                              leaves)
+    chunked_grads = gradients(
+        (summary.target_logit, summary.target_logprob, summary.probe_logit), upstream, mask, leaves
+    )
     naive_grads = gradients((naive_target, naive_logprob, naive_probe), upstream, mask, leaves)
     assert len(chunked_grads) == (3 if with_bias else 2)
     for mine, reference in zip(chunked_grads, naive_grads):
@@ -60,8 +70,9 @@ def test_values_and_gradients_equal_the_naive_computation(token_chunk_size, voca
 
 def test_masked_positions_are_zero_and_get_no_gradient():
     hidden, weight, bias, targets, probes, mask, _ = make_inputs(1)
-    summary = projected_token_statistics(hidden, weight, bias, targets, mask, probes,
-                                         token_chunk_size=3, vocab_chunk_size=16)
+    summary = projected_token_statistics(
+        hidden, weight, bias, targets, mask, probes, token_chunk_size=3, vocab_chunk_size=16
+    )
     for values in (summary.target_logit, summary.target_logprob, summary.probe_logit, summary.argmax):
         assert torch.count_nonzero(values[~mask]) == 0
     (grad_hidden,) = torch.autograd.grad(summary.target_logprob.sum() + summary.probe_logit.sum(), [hidden])
@@ -80,8 +91,9 @@ def test_argmax_ties_resolve_to_the_lowest_id_like_torch_argmax(vocab_chunk_size
     hidden = torch.ones(2, 3, width)
     targets = torch.zeros(2, 3, dtype=torch.long)
     mask = torch.ones(2, 3, dtype=torch.bool)
-    summary = projected_token_statistics(hidden, weight, None, targets, mask,
-                                         token_chunk_size=2, vocab_chunk_size=vocab_chunk_size)
+    summary = projected_token_statistics(
+        hidden, weight, None, targets, mask, token_chunk_size=2, vocab_chunk_size=vocab_chunk_size
+    )
     assert (hidden @ weight.T).argmax(-1).unique().tolist() == [9]
     assert summary.argmax.unique().tolist() == [9]
     assert summary.probe_logit is None
@@ -89,8 +101,9 @@ def test_argmax_ties_resolve_to_the_lowest_id_like_torch_argmax(vocab_chunk_size
 
 def test_bfloat16_inputs_match_a_bfloat16_lm_head_followed_by_float32():
     hidden, weight, bias, targets, probes, mask, upstream = make_inputs(3, width=32, vocab=300, dtype=torch.bfloat16)
-    summary = projected_token_statistics(hidden, weight, bias, targets, mask, probes,
-                                         token_chunk_size=4, vocab_chunk_size=64)
+    summary = projected_token_statistics(
+        hidden, weight, bias, targets, mask, probes, token_chunk_size=4, vocab_chunk_size=64
+    )
     assert summary.target_logprob.dtype == torch.float32
     naive_target, naive_logprob, naive_argmax, naive_probe = naive_statistics(hidden, weight, bias, targets, probes)
     # logits are bf16 matmul outputs in both paths, so the values agree to float32 rounding of the reductions
@@ -99,8 +112,9 @@ def test_bfloat16_inputs_match_a_bfloat16_lm_head_followed_by_float32():
     assert torch.equal(summary.argmax[mask], naive_argmax[mask])
 
     leaves = (hidden, weight, bias)
-    chunked_grads = gradients((summary.target_logit, summary.target_logprob, summary.probe_logit), upstream, mask,
-                              leaves)
+    chunked_grads = gradients(
+        (summary.target_logit, summary.target_logprob, summary.probe_logit), upstream, mask, leaves
+    )
     naive_grads = gradients((naive_target, naive_logprob, naive_probe), upstream, mask, leaves)
     for mine, reference in zip(chunked_grads, naive_grads):
         assert mine.dtype == torch.bfloat16
@@ -118,8 +132,9 @@ def test_no_block_of_logits_exceeds_the_chunk_sizes(monkeypatch):
         return logits
 
     monkeypatch.setattr(chunked, "_block_logits", recording_block_logits)
-    summary = projected_token_statistics(hidden, weight, bias, targets, mask, probes,
-                                         token_chunk_size=5, vocab_chunk_size=16)
+    summary = projected_token_statistics(
+        hidden, weight, bias, targets, mask, probes, token_chunk_size=5, vocab_chunk_size=16
+    )
     forward_blocks = len(block_shapes)
     summary.target_logprob.sum().backward()
     tokens = int(mask.sum())
@@ -131,11 +146,13 @@ def test_no_block_of_logits_exceeds_the_chunk_sizes(monkeypatch):
 def test_no_grad_pass_builds_no_graph_and_bad_shapes_are_refused():
     hidden, weight, bias, targets, probes, mask, _ = make_inputs(5)
     with torch.no_grad():
-        summary = projected_token_statistics(hidden, weight, bias, targets, mask, probes,
-                                             token_chunk_size=8, vocab_chunk_size=8)
+        summary = projected_token_statistics(
+            hidden, weight, bias, targets, mask, probes, token_chunk_size=8, vocab_chunk_size=8
+        )
     assert summary.target_logprob.grad_fn is None
     with pytest.raises(ValueError, match="leading"):
-        projected_token_statistics(hidden, weight, bias, targets[:, :-1], mask[:, :-1],
-                                   token_chunk_size=8, vocab_chunk_size=8)
+        projected_token_statistics(
+            hidden, weight, bias, targets[:, :-1], mask[:, :-1], token_chunk_size=8, vocab_chunk_size=8
+        )
     with pytest.raises(ValueError, match="chunk sizes must be positive"):
         projected_token_statistics(hidden, weight, bias, targets, mask, token_chunk_size=0, vocab_chunk_size=8)

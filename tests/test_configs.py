@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from public_preference_files import write_rlaif_v, write_rlhf_v
 from ue_dpo import recipes
 from ue_dpo.datasets import convert
@@ -27,9 +28,17 @@ PAPER_MODELS = {
 # dataset name -> the conversion that writes it: RLHF-V all 5.7k pairs; RLAIF-V 16k pairs, which the paper does not
 # name, so the first 16,000 source rows (our choice) are taken at conversion, not by LLaMA-Factory's `max_samples`
 PAPER_DATASETS = {"rlhf_v": "ue-dpo data rlhf_v --out data", "rlaif_v": "ue-dpo data rlaif_v --out data --first 16000"}
-PAPER_SHARED = {"pref_beta": 0.1, "pref_loss": "sigmoid", "finetuning_type": "lora", "lora_rank": 128,
-                "lora_target": ["all"], "learning_rate": 1e-5, "lr_scheduler_type": "cosine", "num_train_epochs": 2.0,
-                "bf16": True}
+PAPER_SHARED = {
+    "pref_beta": 0.1,
+    "pref_loss": "sigmoid",
+    "finetuning_type": "lora",
+    "lora_rank": 128,
+    "lora_target": ["all"],
+    "learning_rate": 1e-5,
+    "lr_scheduler_type": "cosine",
+    "num_train_epochs": 2.0,
+    "bf16": True,
+}
 METHOD_BRANCHES = {"ue_dpo": "both", "ue_dpo_chosen_only": "chosen", "ue_dpo_rejected_only": "rejected"}
 # The peers' own settings: TPO's noise (alibaba/TPO: step 500 of the sigmoid schedule on the raw image) and
 # RLAIF-V's default `dpo_token_weight` for DDPO.
@@ -53,7 +62,10 @@ def test_every_model_and_dataset_has_ue_dpo_dpo_and_the_peers_and_the_7b_has_bot
         for dataset in PAPER_DATASETS:
             assert {f"{model}_{dataset}_{method}.yaml" for method in ("ue_dpo", "dpo", "tpo", "ddpo")} <= names
     for dataset in PAPER_DATASETS:
-        assert {f"llava15_7b_{dataset}_ue_dpo_chosen_only.yaml", f"llava15_7b_{dataset}_ue_dpo_rejected_only.yaml"} <= names
+        assert {
+            f"llava15_7b_{dataset}_ue_dpo_chosen_only.yaml",
+            f"llava15_7b_{dataset}_ue_dpo_rejected_only.yaml",
+        } <= names
 
 
 def test_recipe_files_are_exactly_what_the_generator_writes(tmp_path):
@@ -74,8 +86,9 @@ def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
         return {"stage", "output_dir", "ddpo_gamma"} | {key for key in config if key.startswith("ue_")}
 
     def shared(config):
-        return {key: value for key, value in config.items()
-                if key not in model_keys | dataset_keys | method_keys(config)}
+        return {
+            key: value for key, value in config.items() if key not in model_keys | dataset_keys | method_keys(config)
+        }
 
     reference = shared(configs["llava15_7b_rlhf_v_ue_dpo.yaml"])
     for name, config in configs.items():
@@ -83,7 +96,8 @@ def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
         assert shared(config) == reference, name
         same_model = configs[f"{model}_rlhf_v_ue_dpo.yaml"]
         assert {key: config.get(key) for key in model_keys - {"ue_alpha"}} == {
-            key: same_model.get(key) for key in model_keys - {"ue_alpha"}}, name
+            key: same_model.get(key) for key in model_keys - {"ue_alpha"}
+        }, name
         same_dataset = configs[f"llava15_7b_{dataset}_ue_dpo.yaml"]
         assert {key: config.get(key) for key in dataset_keys} == {key: same_dataset.get(key) for key in dataset_keys}
         assert config["output_dir"] == f"saves/{model}/{dataset}/{method}"
@@ -112,13 +126,30 @@ def parsed(tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     out = root / "parsed.json"
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("recipe_lint_worker.py")), str(out),
-         *(str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS)],
-        cwd=root, env=env, check=False, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(Path(__file__).with_name("recipe_lint_worker.py")),
+            str(out),
+            *(str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS),
+        ],
+        cwd=root,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-6000:]
     return json.loads(out.read_text()), root
@@ -130,8 +161,9 @@ def test_recipes_parse_with_llamafactory_and_name_files_that_exist(parsed):
     for name, result in results.items():
         model, dataset, _ = name_parts(name)
         assert result["dataset_dir"] == "data"
-        assert result["datasets"] == [{"name": f"{dataset}.json", "load_from": "file", "ranking": True,
-                                       "exists": True}], name
+        assert result["datasets"] == [
+            {"name": f"{dataset}.json", "load_from": "file", "ranking": True, "exists": True}
+        ], name
         assert (root / result["deepspeed"]).resolve().parent == DEEPSPEED_DIR
         assert result["zero_stage"] == ZERO_STAGE[model], name
 
@@ -149,8 +181,14 @@ def test_recipe_hyperparameters_are_the_papers(parsed):
             expected.pop("ue_alpha")
         else:
             assert method in METHOD_BRANCHES, f"{name}: add the paper's values for method {method} to this test"
-            expected.update(stage="dpo", ue_dpo_stage=True, ue_weighting="ue", ue_tau=0.4, ue_noise_step=500,
-                            ue_branches=METHOD_BRANCHES[method])
+            expected.update(
+                stage="dpo",
+                ue_dpo_stage=True,
+                ue_weighting="ue",
+                ue_tau=0.4,
+                ue_noise_step=500,
+                ue_branches=METHOD_BRANCHES[method],
+            )
         assert {key: result[key] for key in expected} == expected, name
 
 
@@ -172,19 +210,27 @@ def test_deepspeed_configs_are_valid_zero_configs_with_explicit_bucket_sizes():
     z3 = json.loads((DEEPSPEED_DIR / "ds_z3.json").read_text())["zero_optimization"]
     # what transformers' "auto" would give for LLaVA-1.5-13B's text hidden size (5120): h², 0.9 h², 10 h
     assert (z3["reduce_bucket_size"], z3["stage3_prefetch_bucket_size"], z3["stage3_param_persistence_threshold"]) == (
-        26_214_400, 23_592_960, 51_200)
+        26_214_400,
+        23_592_960,
+        51_200,
+    )
     assert z3["stage3_gather_16bit_weights_on_model_save"] is True
 
 
 EXPERIMENTS_DIR = REPO / "configs" / "experiments"
 # peers experiment -> the experiment it extends with the DDPO and TPO runs
-PEER_EXPERIMENTS = {"embedded_peers.yaml": "embedded_default.yaml",
-                    "paper_llava15_7b_rlaif_v_peers.yaml": "paper_llava15_7b_rlaif_v.yaml"}
+PEER_EXPERIMENTS = {
+    "embedded_peers.yaml": "embedded_default.yaml",
+    "paper_llava15_7b_rlaif_v_peers.yaml": "paper_llava15_7b_rlaif_v.yaml",
+}
 
 
 def method_free(config: dict) -> dict:
-    return {key: value for key, value in config.items()
-            if key not in {"stage", "output_dir", "ddpo_gamma"} and not key.startswith("ue_")}
+    return {
+        key: value
+        for key, value in config.items()
+        if key not in {"stage", "output_dir", "ddpo_gamma"} and not key.startswith("ue_")
+    }
 
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda path: path.name)
@@ -218,7 +264,11 @@ def test_peer_experiments_add_ddpo_and_tpo_runs_that_differ_from_dpo_only_in_the
     base = load_experiment(EXPERIMENTS_DIR / PEER_EXPERIMENTS[peers_name])
     # the same world, evaluation and output folder (so the base experiment's finished stages are reused)
     assert (peers.synthetic, peers.evaluation, peers.judge, peers.output) == (
-        base.synthetic, base.evaluation, base.judge, base.output)
+        base.synthetic,
+        base.evaluation,
+        base.judge,
+        base.output,
+    )
     runs = {run.name: run for run in peers.runs}
     assert [run.name for run in peers.runs if run.name not in ("ddpo", "tpo")] == [run.name for run in base.runs]
     for run in base.runs:

@@ -47,8 +47,10 @@ def test_sigmoid_schedule_coefficients_are_vcds_and_tpos_float32_values():
     betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
     alphas_prod = torch.cumprod(1 - betas, dim=0)
     for step in (0, 250, 500, 999):
-        assert noise_coefficients(step, "sigmoid") == (float(torch.sqrt(alphas_prod)[step]),
-                                                        float(torch.sqrt(1 - alphas_prod)[step]))
+        assert noise_coefficients(step, "sigmoid") == (
+            float(torch.sqrt(alphas_prod)[step]),
+            float(torch.sqrt(1 - alphas_prod)[step]),
+        )
 
 
 def test_linear_schedule_endpoints_and_step_range():
@@ -76,8 +78,12 @@ def test_noise_is_reproducible_from_seed_and_has_the_schedule_moments():
 
 def test_noise_seed_depends_on_run_seed_sample_and_step_only():
     assert sample_noise_seed(1, b"x", 500) == sample_noise_seed(1, b"x", 500)
-    seeds = {sample_noise_seed(1, b"x", 500), sample_noise_seed(2, b"x", 500), sample_noise_seed(1, b"y", 500),
-             sample_noise_seed(1, b"x", 400)}
+    seeds = {
+        sample_noise_seed(1, b"x", 500),
+        sample_noise_seed(2, b"x", 500),
+        sample_noise_seed(1, b"y", 500),
+        sample_noise_seed(1, b"x", 400),
+    }
     assert len(seeds) == 4
     assert all(0 <= seed < 2**63 for seed in seeds)
 
@@ -169,15 +175,23 @@ def test_weights_stay_in_range_and_are_one_outside_the_selection():
 
 def test_fewer_than_two_selected_tokens_leave_weights_at_one():
     # q_0.4 of [1, 2] = 1.4 -> only one token selected
-    result = blind_spot_weights(torch.tensor([[3.0, -3.0]]), torch.tensor([[1.0, 2.0]]), torch.ones(1, 2, dtype=torch.bool),
-                                alpha=0.3, tau=0.4, preferred=True)
+    result = blind_spot_weights(
+        torch.tensor([[3.0, -3.0]]),
+        torch.tensor([[1.0, 2.0]]),
+        torch.ones(1, 2, dtype=torch.bool),
+        alpha=0.3,
+        tau=0.4,
+        preferred=True,
+    )
     assert result.weights.tolist() == [[1.0, 1.0]]
     assert not result.selected.any()
-    tied = blind_spot_weights(torch.randn(1, 8), torch.zeros(1, 8), torch.ones(1, 8, dtype=torch.bool),
-                              alpha=0.3, tau=0.4, preferred=True)  # Δ < q never holds when all Δ are equal
+    tied = blind_spot_weights(
+        torch.randn(1, 8), torch.zeros(1, 8), torch.ones(1, 8, dtype=torch.bool), alpha=0.3, tau=0.4, preferred=True
+    )  # Δ < q never holds when all Δ are equal
     assert tied.weights.tolist() == [[1.0] * 8]
-    empty = blind_spot_weights(torch.randn(1, 4), torch.randn(1, 4), torch.zeros(1, 4, dtype=torch.bool),
-                               alpha=0.3, tau=0.4, preferred=True)
+    empty = blind_spot_weights(
+        torch.randn(1, 4), torch.randn(1, 4), torch.zeros(1, 4, dtype=torch.bool), alpha=0.3, tau=0.4, preferred=True
+    )
     assert empty.weights.tolist() == [[1.0] * 4]
 
 
@@ -192,8 +206,9 @@ def test_batch_scope_uses_statistics_of_all_ranks():
     def gather(values):  # simulates two ranks: this one holds rows 0-1, the other rows 2-3
         return torch.cat([values, next(calls)])
 
-    distributed = blind_spot_weights(u[local], delta[local], mask[local], alpha=0.3, tau=0.4, preferred=True,
-                                     scope="batch", gather=gather)
+    distributed = blind_spot_weights(
+        u[local], delta[local], mask[local], alpha=0.3, tau=0.4, preferred=True, scope="batch", gather=gather
+    )
     whole = blind_spot_weights(u, delta, mask, alpha=0.3, tau=0.4, preferred=True, scope="batch")
     torch.testing.assert_close(distributed.weights, whole.weights[local])
     sequence = blind_spot_weights(u, delta, mask, alpha=0.3, tau=0.4, preferred=True, scope="sequence")
@@ -209,8 +224,13 @@ def _lf_dpo_loss(policy_w, policy_l, ref_w, ref_l, beta, label_smoothing):
     from trl import DPOTrainer
 
     fake = types.SimpleNamespace(
-        beta=beta, label_smoothing=label_smoothing, loss_type="sigmoid", reference_free=False,
-        f_divergence_type="reverse_kl", bco_gemma=0.0, use_weighting=False,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        loss_type="sigmoid",
+        reference_free=False,
+        f_divergence_type="reverse_kl",
+        bco_gemma=0.0,
+        use_weighting=False,
         finetuning_args=types.SimpleNamespace(use_ref_model=True),
         accelerator=types.SimpleNamespace(device=torch.device("cpu")),
     )
@@ -224,11 +244,17 @@ def test_unit_weights_give_llamafactory_dpo_loss(label_smoothing):
     policy_tokens, ref_tokens = -torch.rand(4, 9) * 3, -torch.rand(4, 9) * 3
     mask = torch.rand(4, 9) > 0.3
     policy, reference = weighted_sequence_logps(policy_tokens, ref_tokens, torch.ones(4, 9), mask)
-    ours = dpo_sigmoid_loss(policy[:2], policy[2:], reference[:2], reference[2:], beta=0.1,
-                            label_smoothing=label_smoothing)
+    ours = dpo_sigmoid_loss(
+        policy[:2], policy[2:], reference[:2], reference[2:], beta=0.1, label_smoothing=label_smoothing
+    )
     theirs, chosen_rewards, rejected_rewards = _lf_dpo_loss(
-        (policy_tokens * mask).sum(-1)[:2], (policy_tokens * mask).sum(-1)[2:],
-        (ref_tokens * mask).sum(-1)[:2], (ref_tokens * mask).sum(-1)[2:], 0.1, label_smoothing)
+        (policy_tokens * mask).sum(-1)[:2],
+        (policy_tokens * mask).sum(-1)[2:],
+        (ref_tokens * mask).sum(-1)[:2],
+        (ref_tokens * mask).sum(-1)[2:],
+        0.1,
+        label_smoothing,
+    )
     torch.testing.assert_close(ours.losses, theirs)
     torch.testing.assert_close(ours.chosen_rewards, chosen_rewards)
     torch.testing.assert_close(ours.rejected_rewards, rejected_rewards)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from public_preference_files import (
     BLUE_PNG,
     GREEN_JPEG,
@@ -28,10 +29,17 @@ ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}
 # The prompt around the image's tokens, by template: LLaMA-Factory's system prompt and user turn around
 # "<image>\n" + question (LLaVA-1.5's own "USER: <image>\n... ASSISTANT:"; Qwen2-VL's image in vision markers)
 PROMPT_AROUND_IMAGE = {
-    "llava": (("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-               "detailed, and polite answers to the user's questions. USER: "), "\n{question} ASSISTANT:"),
-    "qwen2_vl": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>",
-                 "<|vision_end|>\n{question}<|im_end|>\n<|im_start|>assistant\n"),
+    "llava": (
+        (
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: "
+        ),
+        "\n{question} ASSISTANT:",
+    ),
+    "qwen2_vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>",
+        "<|vision_end|>\n{question}<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 
 
@@ -42,9 +50,13 @@ def image_path(dataset: str, data: bytes, extension: str) -> str:
 
 def pair(row, question, chosen, rejected, image):
     # RLHF-V's and RLAIF-V's own training code build the user turn as "<image>\n" + question
-    return {"messages": [{"role": "user", "content": f"<image>\n{question}"}],
-            "chosen": {"role": "assistant", "content": chosen},
-            "rejected": {"role": "assistant", "content": rejected}, "row": row, "images": [image]}
+    return {
+        "messages": [{"role": "user", "content": f"<image>\n{question}"}],
+        "chosen": {"role": "assistant", "content": chosen},
+        "rejected": {"role": "assistant", "content": rejected},
+        "row": row,
+        "images": [image],
+    }
 
 
 RED_RLHF_V = image_path("rlhf_v", RED_JPEG, ".jpg")
@@ -55,13 +67,18 @@ EXPECTED_RLHF_V = [
     pair(5, "Is the picture blue?", "Yes, it is plain blue.", "No, it shows a car.", BLUE_RLHF_V),
 ]
 EXPECTED_RLAIF_V = [
-    pair(0, "How many objects are there?", "One green square.", "Three green squares and a ball.",
-         image_path("rlaif_v", GREEN_JPEG, ".jpg")),
-    pair(2, "Which colour is the square?", "It is red.", "It is green.",
-         image_path("rlaif_v", RED_JPEG, ".jpg")),
+    pair(
+        0,
+        "How many objects are there?",
+        "One green square.",
+        "Three green squares and a ball.",
+        image_path("rlaif_v", GREEN_JPEG, ".jpg"),
+    ),
+    pair(2, "Which colour is the square?", "It is red.", "It is green.", image_path("rlaif_v", RED_JPEG, ".jpg")),
 ]
 SHAREGPT_RANKING_ENTRY = {
-    "formatting": "sharegpt", "ranking": True,
+    "formatting": "sharegpt",
+    "ranking": True,
     "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
     "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
 }
@@ -70,8 +87,11 @@ SHAREGPT_RANKING_ENTRY = {
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("public_sources")
-    return {"rlhf_v": write_rlhf_v(root / "RLHF-V-Dataset"), "rlaif_v": write_rlaif_v(root / "RLAIF-V-Dataset"),
-            "llamafactory_rlhf_v": write_llamafactory_rlhf_v(root / "llamafactory-RLHF-V")}
+    return {
+        "rlhf_v": write_rlhf_v(root / "RLHF-V-Dataset"),
+        "rlaif_v": write_rlaif_v(root / "RLAIF-V-Dataset"),
+        "llamafactory_rlhf_v": write_llamafactory_rlhf_v(root / "llamafactory-RLHF-V"),
+    }
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:
@@ -85,15 +105,16 @@ def test_rlhf_v_rows_become_sharegpt_ranking_records_with_their_original_image_b
     assert (tmp_path / RED_RLHF_V).read_bytes() == RED_JPEG
     assert (tmp_path / BLUE_RLHF_V).read_bytes() == BLUE_PNG
     assert sorted(folder_contents(tmp_path / "rlhf_v_images")) == sorted(
-        path.removeprefix("rlhf_v_images/") for path in (RED_RLHF_V, BLUE_RLHF_V))
+        path.removeprefix("rlhf_v_images/") for path in (RED_RLHF_V, BLUE_RLHF_V)
+    )
     assert json.loads((tmp_path / "dataset_info.json").read_text()) == {
-        "rlhf_v": {"file_name": "rlhf_v.json", **SHAREGPT_RANKING_ENTRY}}
+        "rlhf_v": {"file_name": "rlhf_v.json", **SHAREGPT_RANKING_ENTRY}
+    }
     assert (report.pairs, report.images, report.skipped) == (3, 2, 3)
 
 
 @pytest.mark.parametrize("dataset, bad_rows", [("rlhf_v", RLHF_V_BAD_ROWS), ("rlaif_v", RLAIF_V_BAD_ROWS)])
-def test_bad_samples_are_skipped_by_default_named_in_the_log_and_listed(dataset, bad_rows, sources, tmp_path,
-                                                                       caplog):
+def test_bad_samples_are_skipped_by_default_named_in_the_log_and_listed(dataset, bad_rows, sources, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ue_dpo.datasets"):
         report = convert(dataset, tmp_path, source=str(sources[dataset]))
 
@@ -102,7 +123,8 @@ def test_bad_samples_are_skipped_by_default_named_in_the_log_and_listed(dataset,
     for entry, (_, _, reason) in zip(listed, bad_rows, strict=True):
         assert entry["reason"].startswith(reason)
     assert [record.getMessage() for record in caplog.records] == [
-        f"skipping {dataset} sample at row {entry['row']} (idx {entry['idx']!r}): {entry['reason']}" for entry in listed]
+        f"skipping {dataset} sample at row {entry['row']} (idx {entry['idx']!r}): {entry['reason']}" for entry in listed
+    ]
     assert report.skipped == len(bad_rows)
     expected = {"rlhf_v": EXPECTED_RLHF_V, "rlaif_v": EXPECTED_RLAIF_V}[dataset]
     assert json.loads((tmp_path / f"{dataset}.json").read_text()) == expected
@@ -125,8 +147,11 @@ def test_local_arrow_folders_convert_like_the_parquet_files(layout, sources, tmp
 
 
 def test_on_bad_sample_error_stops_at_the_first_bad_sample_without_writing_records(sources, tmp_path):
-    with pytest.raises(BadSampleError, match=r"rlhf_v sample at row 2 \(idx 102\): its image bytes are in no "
-                                             r"format PIL can read\. .*--on-bad-sample skip"):
+    with pytest.raises(
+        BadSampleError,
+        match=r"rlhf_v sample at row 2 \(idx 102\): its image bytes are in no "
+        r"format PIL can read\. .*--on-bad-sample skip",
+    ):
         convert("rlhf_v", tmp_path, source=str(sources["rlhf_v"]), on_bad_sample="error")
     assert not (tmp_path / "rlhf_v.json").exists()
     assert not (tmp_path / "dataset_info.json").exists()
@@ -137,11 +162,15 @@ def test_both_public_rlhf_v_copies_convert_to_identical_records(sources, tmp_pat
     report = convert("rlhf_v", tmp_path / "llamafactory", source=str(sources["llamafactory_rlhf_v"]))
 
     assert json.loads((tmp_path / "llamafactory" / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V
-    assert folder_contents(tmp_path / "llamafactory" / "rlhf_v_images") == \
-        folder_contents(tmp_path / "openbmb" / "rlhf_v_images")
-    skipped = [json.loads(line) for line in (tmp_path / "llamafactory" / "rlhf_v_skipped.jsonl").read_text().splitlines()]
+    assert folder_contents(tmp_path / "llamafactory" / "rlhf_v_images") == folder_contents(
+        tmp_path / "openbmb" / "rlhf_v_images"
+    )
+    skipped = [
+        json.loads(line) for line in (tmp_path / "llamafactory" / "rlhf_v_skipped.jsonl").read_text().splitlines()
+    ]
     assert [(entry["row"], entry["idx"], entry["reason"][:20]) for entry in skipped] == [
-        (row, None, reason[:20]) for row, _, reason in RLHF_V_BAD_ROWS]  # this copy has no idx column
+        (row, None, reason[:20]) for row, _, reason in RLHF_V_BAD_ROWS
+    ]  # this copy has no idx column
     assert json.loads(report.provenance_path.read_text())["schema"] == "llamafactory/RLHF-V"
 
 
@@ -174,10 +203,18 @@ def test_random_subset_is_the_seeded_ranking_of_source_row_indices(seed, sources
 def test_the_dataset_folder_records_the_digests_of_the_files_read_and_the_rows(sources, tmp_path):
     report = convert("rlaif_v", tmp_path, source=str(sources["rlaif_v"]))
     assert json.loads((tmp_path / "rlaif_v_source.json").read_text()) == {
-        "dataset": "rlaif_v", "source": str(sources["rlaif_v"]), "schema": "openbmb/RLAIF-V-Dataset", "hub": None,
-        "files": {name: hashlib.sha256((sources["rlaif_v"] / name).read_bytes()).hexdigest()
-                  for name in ("RLAIF-V-Dataset_000.parquet", "RLAIF-V-Dataset_001.parquet")},
-        "subset": {"kind": "all"}, "rows_read": 5, "pairs": 2, "skipped": 3,
+        "dataset": "rlaif_v",
+        "source": str(sources["rlaif_v"]),
+        "schema": "openbmb/RLAIF-V-Dataset",
+        "hub": None,
+        "files": {
+            name: hashlib.sha256((sources["rlaif_v"] / name).read_bytes()).hexdigest()
+            for name in ("RLAIF-V-Dataset_000.parquet", "RLAIF-V-Dataset_001.parquet")
+        },
+        "subset": {"kind": "all"},
+        "rows_read": 5,
+        "pairs": 2,
+        "skipped": 3,
     }
     assert report.provenance_path == tmp_path / "rlaif_v_source.json"
 
@@ -199,22 +236,41 @@ def fake_hub_cache(root: Path, repo: str, snapshots: dict[str, Path], refs: dict
 def test_hub_downloads_record_the_revision_and_a_folder_of_several_snapshots_is_refused(sources, tmp_path):
     old, new = "1" * 40, "2" * 40
     cache = tmp_path / "hub"
-    repo_dir = fake_hub_cache(cache, "openbmb/RLHF-V-Dataset", {old: sources["rlhf_v"], new: sources["rlhf_v"]},
-                              {"main": new, "v1": old})
+    repo_dir = fake_hub_cache(
+        cache, "openbmb/RLHF-V-Dataset", {old: sources["rlhf_v"], new: sources["rlhf_v"]}, {"main": new, "v1": old}
+    )
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "data"), "--revision", "v1"],
-                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "data"), "--revision", "v1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     provenance = json.loads((tmp_path / "data" / "rlhf_v_source.json").read_text())
     assert provenance["hub"] == {"repo": "openbmb/RLHF-V-Dataset", "revision": "v1", "commit": old}
     assert provenance["files"] == {
-        "RLHF-V-Dataset.parquet": hashlib.sha256((sources["rlhf_v"] / "RLHF-V-Dataset.parquet").read_bytes()).hexdigest()}
+        "RLHF-V-Dataset.parquet": hashlib.sha256(
+            (sources["rlhf_v"] / "RLHF-V-Dataset.parquet").read_bytes()
+        ).hexdigest()
+    }
     assert json.loads((tmp_path / "data" / "rlhf_v.json").read_text()) == EXPECTED_RLHF_V
-    done = subprocess.run([str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "latest")],
-                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "latest")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "latest" / "rlhf_v_source.json").read_text())["hub"] == {
-        "repo": "openbmb/RLHF-V-Dataset", "revision": "main", "commit": new}
+        "repo": "openbmb/RLHF-V-Dataset",
+        "revision": "main",
+        "commit": new,
+    }
 
     with pytest.raises(SourceError, match=r"holds 2 copies of RLHF-V-Dataset.parquet .*--revision"):
         convert("rlhf_v", tmp_path / "out", source=str(repo_dir))
@@ -234,7 +290,8 @@ def test_reruns_rewrite_identical_files_and_keep_the_other_datasets_entries(sour
     assert sorted(folder_contents(tmp_path / "rlhf_v_images")) == [RED_RLHF_V.removeprefix("rlhf_v_images/")]
     assert sorted(json.loads((tmp_path / "dataset_info.json").read_text())) == ["rlaif_v", "rlhf_v"]
     assert {name: data for name, data in folder_contents(tmp_path).items() if name.startswith("rlaif_v")} == {
-        name: data for name, data in first.items() if name.startswith("rlaif_v")}
+        name: data for name, data in first.items() if name.startswith("rlaif_v")
+    }
 
 
 def test_sources_that_are_not_the_named_dataset_are_refused(sources, tmp_path):
@@ -243,11 +300,14 @@ def test_sources_that_are_not_the_named_dataset_are_refused(sources, tmp_path):
     assert str(refused.value) == (
         f"{sources['rlaif_v']} has columns ds_name, image, question, chosen, rejected, origin_dataset, origin_split, "
         "idx, image_path, which are none of the schemas rlhf_v is read in: openbmb/RLHF-V-Dataset (columns image, "
-        "text, idx); llamafactory/RLHF-V (columns conversations, chosen, rejected, images)")
+        "text, idx); llamafactory/RLHF-V (columns conversations, chosen, rejected, images)"
+    )
     with pytest.raises(SourceError, match=r"has columns conversations, chosen, rejected, images, which are none"):
         convert("rlaif_v", tmp_path / "out", source=str(sources["llamafactory_rlhf_v"]))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="--source .*empty holds no .parquet or .arrow files; download openbmb/RLAIF-V-Dataset"):
+    with pytest.raises(
+        SourceError, match="--source .*empty holds no .parquet or .arrow files; download openbmb/RLAIF-V-Dataset"
+    ):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "empty"))
     with pytest.raises(SourceError, match="--source '.*missing' is neither an existing folder nor a hub dataset id"):
         convert("rlaif_v", tmp_path / "out", source=str(tmp_path / "missing"))
@@ -262,11 +322,14 @@ def write_parquet(path: Path, columns: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("zero bytes", "is not a readable parquet file (Parquet file size is 0 bytes)"),
-    ("no rows", "is a parquet file with no rows (columns image, text, idx)"),
-    ("no columns", "is a parquet file with no columns"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("zero bytes", "is not a readable parquet file (Parquet file size is 0 bytes)"),
+        ("no rows", "is a parquet file with no rows (columns image, text, idx)"),
+        ("no columns", "is a parquet file with no columns"),
+    ],
+)
 def test_an_empty_or_columnless_parquet_file_is_named_with_the_fix(kind, message, sources, tmp_path):
     """Issue 24 item 6: these crashed with Arrow's and datasets' tracebacks."""
     import pyarrow
@@ -280,8 +343,14 @@ def test_an_empty_or_columnless_parquet_file_is_named_with_the_fix(kind, message
         bad.write_bytes(b"")
     elif kind == "no rows":
         image = pyarrow.struct([("bytes", pyarrow.binary()), ("path", pyarrow.string())])
-        write_parquet(bad, {"image": pyarrow.array([], image), "text": pyarrow.array([], pyarrow.string()),
-                            "idx": pyarrow.array([], pyarrow.int64())})
+        write_parquet(
+            bad,
+            {
+                "image": pyarrow.array([], image),
+                "text": pyarrow.array([], pyarrow.string()),
+                "idx": pyarrow.array([], pyarrow.int64()),
+            },
+        )
     else:
         write_parquet(bad, {})
     fix = "; download openbmb/RLHF-V-Dataset again, or remove the file from the folder"
@@ -290,8 +359,13 @@ def test_an_empty_or_columnless_parquet_file_is_named_with_the_fix(kind, message
     assert str(refused.value) == f"{bad} {message}{fix}"
     assert not (tmp_path / "out").exists()
 
-    done = subprocess.run([str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "out"), "--source", str(folder)],
-                          check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(UE_DPO_CLI), "data", "rlhf_v", "--out", str(tmp_path / "out"), "--source", str(folder)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.strip() == f"ue-dpo data: error: {bad} {message}{fix}"
 
@@ -309,50 +383,78 @@ def test_a_mistyped_relative_source_folder_is_named_not_downloaded(sources, tmp_
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "rlaif_v").mkdir(parents=True)
-    expected = (f"--source folder data/rlaif-v does not exist in {tmp_path} (did you mean data/rlaif_v?); pass the "
-                "folder holding the openbmb/RLAIF-V-Dataset parquet or arrow files. (data/ is a folder here, so "
-                "data/rlaif-v is not taken for a hub dataset id; to download one, run from another folder.)")
+    expected = (
+        f"--source folder data/rlaif-v does not exist in {tmp_path} (did you mean data/rlaif_v?); pass the "
+        "folder holding the openbmb/RLAIF-V-Dataset parquet or arrow files. (data/ is a folder here, so "
+        "data/rlaif-v is not taken for a hub dataset id; to download one, run from another folder.)"
+    )
     with pytest.raises(SourceError) as refused:
         convert("rlaif_v", tmp_path / "out", source="data/rlaif-v")
     assert str(refused.value) == expected
 
-    done = subprocess.run([str(UE_DPO_CLI), "data", "rlaif_v", "--out", "out", "--source", "data/rlaif-v"],
-                          cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(UE_DPO_CLI), "data", "rlaif_v", "--out", "out", "--source", "data/rlaif-v"],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip() == f"ue-dpo data: error: {expected}"
 
     # Without a local data/ it may be a hub id: the download's failure now also names the folder that is not there.
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(SourceError, match=r"cannot download dta/rlaif-v at revision main \(OSError: offline\); .* "
-                                          rf"Nor is dta/rlaif-v a folder under {re.escape(str(tmp_path))}: if you "
-                                          "meant one, check its spelling"):
+    with pytest.raises(
+        SourceError,
+        match=r"cannot download dta/rlaif-v at revision main \(OSError: offline\); .* "
+        rf"Nor is dta/rlaif-v a folder under {re.escape(str(tmp_path))}: if you "
+        "meant one, check its spelling",
+    ):
         convert("rlaif_v", tmp_path / "out", source="dta/rlaif-v")
 
 
 def test_cli_converts_and_reports_or_stops_with_a_message_naming_the_sample(sources, tmp_path):
-    command = [str(UE_DPO_CLI), "data", "rlaif_v", "--out", str(tmp_path / "data"), "--source",
-               str(sources["rlaif_v"]), "--first", "3"]
+    command = [
+        str(UE_DPO_CLI),
+        "data",
+        "rlaif_v",
+        "--out",
+        str(tmp_path / "data"),
+        "--source",
+        str(sources["rlaif_v"]),
+        "--first",
+        "3",
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (  # rows 0-2: 0 and 2 are good; rows 3 and 4 are never read
         f"rlaif_v: wrote 2 pairs (2 distinct images) to {tmp_path / 'data' / 'rlaif_v.json'}; skipped 1 bad samples "
         f"(listed in {tmp_path / 'data' / 'rlaif_v_skipped.jsonl'}); source recorded in "
-        f"{tmp_path / 'data' / 'rlaif_v_source.json'}")
+        f"{tmp_path / 'data' / 'rlaif_v_source.json'}"
+    )
     assert json.loads((tmp_path / "data" / "rlaif_v.json").read_text()) == EXPECTED_RLAIF_V
     assert "skipping rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image" in done.stderr
 
-    stopped = subprocess.run([*command[:4], str(tmp_path / "strict"), *command[5:], "--on-bad-sample", "error"],
-                             check=False, capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run(
+        [*command[:4], str(tmp_path / "strict"), *command[5:], "--on-bad-sample", "error"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stopped.returncode == 2
     assert stopped.stderr.strip().splitlines()[-1] == (
         "ue-dpo data: error: rlaif_v sample at row 1 (idx 'rlaif_shard0_1'): it has no image. Fix or remove that "
-        "row, or pass --on-bad-sample skip.")
+        "row, or pass --on-bad-sample skip."
+    )
     assert "Traceback" not in stopped.stderr
 
     unseeded = subprocess.run([*command[:7], "--seed", "3"], check=False, capture_output=True, text=True, timeout=120)
     assert unseeded.returncode == 2  # a user error, as every subcommand exits
-    assert unseeded.stderr.strip() == ("ue-dpo data: error: --seed applies to --random N; pass --random N --seed S, "
-                                       "or drop --seed")
+    assert unseeded.stderr.strip() == (
+        "ue-dpo data: error: --seed applies to --random N; pass --random N --seed S, or drop --seed"
+    )
     both = subprocess.run([*command, "--random", "2"], check=False, capture_output=True, text=True, timeout=120)
     assert both.returncode == 2 and "argument --random: not allowed with argument --first" in both.stderr
 
@@ -366,11 +468,20 @@ def test_converted_datasets_tokenise_with_llamafactorys_own_loader(arch, sources
     data_dir = tmp_path / "data"
     convert("rlhf_v", data_dir, source=str(sources["rlhf_v"]))
     convert("rlaif_v", data_dir, source=str(sources["rlaif_v"]))
-    model_args, data_args, training_args, _, _ = get_train_args({
-        "model_name_or_path": str(request.getfixturevalue(f"tiny_{arch}_dir")), "stage": "dpo", "do_train": True,
-        "finetuning_type": "lora", "dataset": "rlhf_v,rlaif_v", "dataset_dir": str(data_dir), "template": arch,
-        "cutoff_len": 512, "output_dir": str(tmp_path / "out"), "report_to": "none",
-    })
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(request.getfixturevalue(f"tiny_{arch}_dir")),
+            "stage": "dpo",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset": "rlhf_v,rlaif_v",
+            "dataset_dir": str(data_dir),
+            "template": arch,
+            "cutoff_len": 512,
+            "output_dir": str(tmp_path / "out"),
+            "report_to": "none",
+        }
+    )
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
@@ -389,12 +500,12 @@ def test_converted_datasets_tokenise_with_llamafactorys_own_loader(arch, sources
             # the one <image> became the image's visual tokens, in one run, followed by "\n" and the question
             first_image_token = prompt.index(image_token_id)
             image_tokens = visual_tokens(arch, tokenizer_module["processor"], row["images"][0])
-            assert prompt[first_image_token:first_image_token + image_tokens] == [image_token_id] * image_tokens
+            assert prompt[first_image_token : first_image_token + image_tokens] == [image_token_id] * image_tokens
             before, after = PROMPT_AROUND_IMAGE[arch]
             question = record["messages"][0]["content"].removeprefix("<image>\n")
             assert tokenizer.decode(prompt[:first_image_token]) == before
-            assert tokenizer.decode(prompt[first_image_token + image_tokens:]) == after.format(question=question)
-            assert image_token_id not in row[f"{side}_input_ids"][len(prompt):]
+            assert tokenizer.decode(prompt[first_image_token + image_tokens :]) == after.format(question=question)
+            assert image_token_id not in row[f"{side}_input_ids"][len(prompt) :]
 
 
 def visual_tokens(arch, processor, path) -> int:
@@ -405,4 +516,4 @@ def visual_tokens(arch, processor, path) -> int:
 
     with Image.open(path) as image:  # 40 x 30 pixels: inside LLaMA-Factory's pixel bounds, so not resized first
         grid = processor.image_processor(images=[image.convert("RGB")]).image_grid_thw
-    return int(grid.prod()) // processor.image_processor.merge_size ** 2
+    return int(grid.prod()) // processor.image_processor.merge_size**2

@@ -30,9 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL_IMAGES = 4
 DPO_STEPS = 24
 SMALL = [
-    "synthetic.sft_examples=16", "synthetic.preference_pairs=8", f"synthetic.eval_images={EVAL_IMAGES}",
-    "runs.warmup.overrides.max_steps=2", f"runs.dpo.overrides.max_steps={DPO_STEPS}",
-    "runs.dpo.overrides.save_steps=1", "runs.ue_dpo.overrides.max_steps=2", "evaluation.gen_kwargs.max_new_tokens=16",
+    "synthetic.sft_examples=16",
+    "synthetic.preference_pairs=8",
+    f"synthetic.eval_images={EVAL_IMAGES}",
+    "runs.warmup.overrides.max_steps=2",
+    f"runs.dpo.overrides.max_steps={DPO_STEPS}",
+    "runs.dpo.overrides.save_steps=1",
+    "runs.ue_dpo.overrides.max_steps=2",
+    "evaluation.gen_kwargs.max_new_tokens=16",
 ]
 RUN_LABELS = ("base (SFT warm-up)", "DPO", "UE-DPO")
 
@@ -40,10 +45,14 @@ RUN_LABELS = ("base (SFT warm-up)", "DPO", "UE-DPO")
 def make_demo(out: Path, stdout=subprocess.PIPE) -> subprocess.Popen:
     arguments = " ".join(f"--set {setting}" for setting in SMALL)
     # `-o .venv/.installed`: use the environment the tests run in, never reinstall it from here
-    return subprocess.Popen(["make", "-s", "-C", str(REPO), "-o", ".venv/.installed", "demo", f"DEMO_OUT={out}",
-                             f"DEMO_ARGS={arguments}"],
-                            env=offline_env(), stdout=stdout, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["make", "-s", "-C", str(REPO), "-o", ".venv/.installed", "demo", f"DEMO_OUT={out}", f"DEMO_ARGS={arguments}"],
+        env=offline_env(),
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: int = 600) -> str:
@@ -73,14 +82,25 @@ def demo(tmp_path_factory):
     assert not left_running, "the killed `ue-dpo run` left its training running"
     killed_state = {path.name for path in (out / "state").iterdir()}
     # Complete checkpoints only: the kill may land while a checkpoint is being written.
-    killed_checkpoints = [path.parent.name for path in sorted(
-        (out / "runs" / "dpo").glob("checkpoint-*/trainer_state.json"), key=lambda path: int(path.parent.name.split("-")[1]))]
+    killed_checkpoints = [
+        path.parent.name
+        for path in sorted(
+            (out / "runs" / "dpo").glob("checkpoint-*/trainer_state.json"),
+            key=lambda path: int(path.parent.name.split("-")[1]),
+        )
+    ]
     resumed = finish(make_demo(out))
     results = json.loads((out / "results.json").read_text())
     again = finish(make_demo(out))
-    return {"out": out, "killed_state": killed_state, "killed_checkpoints": killed_checkpoints,
-            "resumed": resumed, "again": again, "results": results,
-            "results_again": json.loads((out / "results.json").read_text())}
+    return {
+        "out": out,
+        "killed_state": killed_state,
+        "killed_checkpoints": killed_checkpoints,
+        "resumed": resumed,
+        "again": again,
+        "results": results,
+        "results_again": json.loads((out / "results.json").read_text()),
+    }
 
 
 def test_the_killed_run_had_finished_the_warm_up_but_not_the_dpo_training(demo):
@@ -127,10 +147,13 @@ def naive_chair(responses: list[str], truths: list[list[str]]) -> dict:
         truth_total += len(truth)
         covered += len(set(truth) & set(named))
         distinct += len(set(named))
-    return {"chair_s": 100 * hallucinating / mentioning if mentioning else None,
-            "chair_s_all": 100 * hallucinating / len(responses),
-            "chair_i": 100 * hallucinated / mentions if mentions else None,
-            "recall": 100 * covered / truth_total, "mean_shapes_mentioned": distinct / len(responses)}
+    return {
+        "chair_s": 100 * hallucinating / mentioning if mentioning else None,
+        "chair_s_all": 100 * hallucinating / len(responses),
+        "chair_i": 100 * hallucinated / mentions if mentions else None,
+        "recall": 100 * covered / truth_total,
+        "mean_shapes_mentioned": distinct / len(responses),
+    }
 
 
 def logged_captions(out: Path, run: dict) -> tuple[list[str], list[list[str]]]:
@@ -139,8 +162,10 @@ def logged_captions(out: Path, run: dict) -> tuple[list[str], list[list[str]]]:
     lines = Path(run["evaluation"]["samples_files"]["shapes_caption"]).read_text().splitlines()
     samples = sorted((json.loads(line) for line in lines), key=lambda sample: sample["doc_id"])
     assert [sample["doc_id"] for sample in samples] == list(range(EVAL_IMAGES))
-    responses = [sample["filtered_resps"][0] if isinstance(sample["filtered_resps"], list)
-                 else sample["filtered_resps"] for sample in samples]
+    responses = [
+        sample["filtered_resps"][0] if isinstance(sample["filtered_resps"], list) else sample["filtered_resps"]
+        for sample in samples
+    ]
     return responses, [manifest[sample["doc_id"]]["shapes"] for sample in samples]
 
 
@@ -189,8 +214,9 @@ def test_results_record_the_machine_of_every_stage_as_read_independently(demo):
     cpuinfo = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
     assert (machine["cpu"]["model"], machine["cpu"]["vendor"]) == (cpuinfo["model name"], cpuinfo["vendor_id"])
     flags = set(cpuinfo["flags"].split())
-    assert {flag: machine["cpu"]["isa_flags"][flag] for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")} == \
-        {flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    assert {flag: machine["cpu"]["isa_flags"][flag] for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")} == {
+        flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    }
     assert machine["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert machine["torch"]["version"] == torch.__version__
     assert (machine["torch"]["intra_op_threads"], machine["thread_env"]["OMP_NUM_THREADS"]) == (1, "1")
@@ -222,8 +248,15 @@ def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
     """`ue-dpo run configs/experiments/embedded_peers.yaml` on the demo's folder: only DDPO and TPO are new, and
     every run gets its difference from DPO with the paired bootstrap interval over the held-out images."""
     peers = ["--set", "runs.ddpo.overrides.max_steps=2", "--set", "runs.tpo.overrides.max_steps=2"]
-    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / "configs" / "experiments" / "embedded_peers.yaml"),
-               "--out", str(demo["out"]), *(argument for setting in SMALL for argument in ("--set", setting)), *peers]
+    command = [
+        str(Path(sys.executable).with_name("ue-dpo")),
+        "run",
+        str(REPO / "configs" / "experiments" / "embedded_peers.yaml"),
+        "--out",
+        str(demo["out"]),
+        *(argument for setting in SMALL for argument in ("--set", setting)),
+        *peers,
+    ]
     done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     for name in ("warmup", "dpo", "ue_dpo"):
@@ -236,7 +269,10 @@ def test_the_peers_experiment_adds_ddpo_and_tpo_to_the_demo_folder(demo):
     assert by_label["DDPO"]["training"]["config"]["ue_weighting"] == "ddpo"
     assert by_label["TPO"]["training"]["config"]["ue_weighting"] == "tpo"
     for label in RUN_LABELS:  # the demo's runs were not redone
-        assert by_label[label]["metrics"] == next(run for run in demo["results"]["runs"] if run["label"] == label)["metrics"]
+        assert (
+            by_label[label]["metrics"]
+            == next(run for run in demo["results"]["runs"] if run["label"] == label)["metrics"]
+        )
     table = (demo["out"] / "results.md").read_text()
     assert all(f"| {label} |" in table for label in by_label)
 
@@ -273,19 +309,31 @@ def two_seed_interval(first: float, second: float) -> tuple[float, float, float]
 
 def readme_seeded_command() -> list[str]:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Seeds and a baseline"):]
-    block = section[section.index("```bash") + len("```bash"):]
-    return shlex.split(block[:block.index("```")].strip())
+    section = readme[readme.index("### Seeds and a baseline") :]
+    block = section[section.index("```bash") + len("```bash") :]
+    return shlex.split(block[: block.index("```")].strip())
 
 
 def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(demo, capsys):
     """The README's seeded command with a baseline, on the demo's folder at small sizes with two seeds."""
     command = readme_seeded_command()
     assert command[:3] == ["ue-dpo", "run", "configs/experiments/embedded_default.yaml"]
-    settings = [*SMALL, "seeds=[0, 1]", "runs.dpo.overrides.max_steps=2", "runs.ue_dpo.overrides.save_steps=1",
-                "runs.ue_dpo.overrides.save_total_limit=2"]
-    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / command[2]), *command[3:],
-               *(argument for setting in settings for argument in ("--set", setting)), "--out", str(demo["out"])]
+    settings = [
+        *SMALL,
+        "seeds=[0, 1]",
+        "runs.dpo.overrides.max_steps=2",
+        "runs.ue_dpo.overrides.save_steps=1",
+        "runs.ue_dpo.overrides.save_total_limit=2",
+    ]
+    command = [
+        str(Path(sys.executable).with_name("ue-dpo")),
+        "run",
+        str(REPO / command[2]),
+        *command[3:],
+        *(argument for setting in settings for argument in ("--set", setting)),
+        "--out",
+        str(demo["out"]),
+    ]
     out = demo["out"]
     done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
@@ -308,8 +356,10 @@ def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(
             assert entry["output_path"] == str(out.resolve() / "evals" / name / "shapes_caption")
             expected = naive_chair(*logged_captions(out, model))
             assert model["metrics"]["shapes_caption"]["chair_i"] == pytest.approx(expected["chair_i"])
-    assert [model["training"]["seeds"] for model in ue_dpo["per_seed"]] == \
-        [{"seed": 0, "ue_seed": 0}, {"seed": 1, "ue_seed": 1}]
+    assert [model["training"]["seeds"] for model in ue_dpo["per_seed"]] == [
+        {"seed": 0, "ue_seed": 0},
+        {"seed": 1, "ue_seed": 1},
+    ]
 
     table = (out / "results.md").read_text()
     metrics = ("chair_s", "chair_i", "recall", "mean_shapes_mentioned")
@@ -346,7 +396,9 @@ def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(
 
     main(["compare", "dpo@seed0", "ue_dpo@seed0", "--experiment", str(out), "--json"])  # as the README names seeds
     compared = json.loads(capsys.readouterr().out)["tasks"]["shapes_caption"]["recall"]
-    assert (compared["a"], compared["b"]) == pytest.approx((per_seed["dpo"][0]["recall"], per_seed["ue_dpo"][0]["recall"]))
+    assert (compared["a"], compared["b"]) == pytest.approx(
+        (per_seed["dpo"][0]["recall"], per_seed["ue_dpo"][0]["recall"])
+    )
 
     # one seed interrupted after its first checkpoint: only that seed resumes and is evaluated again
     for marker in ("train-ue_dpo@seed1.done.json", "eval-ue_dpo@seed1.done.json"):
@@ -368,15 +420,25 @@ def children_of(pid: int) -> list:
 
 
 def start_run(out: Path, log: Path) -> subprocess.Popen:
-    """`ue-dpo run` on the embedded default at small sizes, with a warm-up too long to finish and a checkpoint per step."""
+    """`ue-dpo run` on the embedded default at small sizes, with a warm-up too long to finish and a checkpoint per
+    step."""
     settings = [*SMALL, "runs.warmup.overrides.max_steps=1000", "runs.warmup.overrides.save_steps=1"]
-    command = [str(Path(sys.executable).with_name("ue-dpo")), "run", str(REPO / "configs" / "experiments" /
-               "embedded_default.yaml"), "--out", str(out), *(argument for setting in settings for argument in ("--set", setting))]
-    return subprocess.Popen(command, env=offline_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    command = [
+        str(Path(sys.executable).with_name("ue-dpo")),
+        "run",
+        str(REPO / "configs" / "experiments" / "embedded_default.yaml"),
+        "--out",
+        str(out),
+        *(argument for setting in settings for argument in ("--set", setting)),
+    ]
+    return subprocess.Popen(
+        command, env=offline_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
-def stop_when(process: subprocess.Popen, log: Path, ready, signal_number: int, grace: float = 0) -> tuple[int, str, list]:
+def stop_when(
+    process: subprocess.Popen, log: Path, ready, signal_number: int, grace: float = 0
+) -> tuple[int, str, list]:
     """Send `signal_number` to `ue-dpo run` alone once `ready(log text)` holds: its exit status, its log, and the
     processes it had started that still ran `grace` seconds after it exited (killed then)."""
     deadline = time.monotonic() + 600
@@ -408,9 +470,12 @@ def test_sigterm_and_ctrl_c_stop_the_training_and_leave_the_run_resumable(tmp_pa
     assert returncode == 128 + signal.SIGTERM, text[-4000:]
     assert not left_running  # the training was stopped and waited for
     # The message alone ends the output (no traceback of ours); a progress bar of the child may precede it on its line.
-    assert re.search(r"ue-dpo run: interrupted by SIGTERM: `\S+llamafactory-cli train \S+train-warmup.yaml` was stopped "
-                     r"\(its log: \S+train-warmup.log\); run the same command again to resume: finished stages are "
-                     r"skipped, an interrupted training resumes from its last checkpoint\n\Z", text), text[-2000:]
+    assert re.search(
+        r"ue-dpo run: interrupted by SIGTERM: `\S+llamafactory-cli train \S+train-warmup.yaml` was stopped "
+        r"\(its log: \S+train-warmup.log\); run the same command again to resume: finished stages are "
+        r"skipped, an interrupted training resumes from its last checkpoint\n\Z",
+        text,
+    ), text[-2000:]
     state = {path.name for path in (out / "state").iterdir()}
     assert "train-warmup.started.json" in state and "train-warmup.done.json" not in state
 
@@ -420,13 +485,17 @@ def test_sigterm_and_ctrl_c_stop_the_training_and_leave_the_run_resumable(tmp_pa
     assert re.search(r"train warmup: resuming from \S+/checkpoint-\d+", text)
     assert int(resumed.search(text).group(1)) >= 1
     assert not left_running
-    assert re.search(r"ue-dpo run: interrupted by SIGINT: `[^`]+` was stopped \(its log: \S+\); run the same command "
-                     r"again to resume[^\n]*\n\Z", text), text[-2000:]
+    assert re.search(
+        r"ue-dpo run: interrupted by SIGINT: `[^`]+` was stopped \(its log: \S+\); run the same command "
+        r"again to resume[^\n]*\n\Z",
+        text,
+    ), text[-2000:]
     assert "train-warmup.done.json" not in {path.name for path in (out / "state").iterdir()}
 
     # SIGKILL cannot be passed on: the training dies with `ue-dpo run` all the same, and the run stays resumable.
-    returncode, text, left_running = stop_when(start_run(out, logs[2]), logs[2], resumed.search, signal.SIGKILL,
-                                               grace=30)
+    returncode, text, left_running = stop_when(
+        start_run(out, logs[2]), logs[2], resumed.search, signal.SIGKILL, grace=30
+    )
     assert returncode == -signal.SIGKILL and not left_running
     assert re.search(r"train warmup: resuming from \S+/checkpoint-\d+", text)
     assert "train-warmup.done.json" not in {path.name for path in (out / "state").iterdir()}

@@ -520,6 +520,7 @@ def test_every_table_of_measured_numbers_names_the_machine_that_produced_it(path
         previous_end = end
     assert not unnamed, f"tables that name no machine since the table before: {unnamed}"
 
+
 def test_the_configs_index_lists_every_config_file():
     index = REPO / "configs" / "README.md"
     listed = {(index.parent / target).resolve() for target in re.findall(r"\]\(([^)#\s]+)\)", index.read_text())}

@@ -4,6 +4,7 @@ aggregation giving the numbers worked out by hand in tests/test_{amber,object_ha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import lmms_eval
 import pytest
+from lmms_eval.tasks import TaskManager
+
 from benchmark_fixtures import (
     GROUND_TRUTH,
     MMHAL_QUESTION_TYPES,
@@ -25,7 +28,6 @@ from benchmark_fixtures import (
     write_object_halbench_questions,
 )
 from judge_server import ScriptedJudgeServer
-from lmms_eval.tasks import TaskManager
 from nlp_resources import install_test_resources
 from ue_dpo.benchmarks.mmhal import mmhal_judge_messages
 from ue_dpo.evaluation import coco_ground_truth, discovery
@@ -64,7 +66,10 @@ def load_task(name: str):
 def shows_fixture_image(image, index) -> bool:
     """The solid colour of fixture image `index`, up to JPEG rounding."""
     pixel = image.getpixel((image.width // 2, image.height // 2))
-    return image.size == (24, 16) and max(abs(got - want) for got, want in zip(pixel, fixture_color(index), strict=True)) <= 3
+    return (
+        image.size == (24, 16)
+        and max(abs(got - want) for got, want in zip(pixel, fixture_color(index), strict=True)) <= 3
+    )
 
 
 def run_process_results(task, answers_by_position):
@@ -76,7 +81,9 @@ def run_process_results(task, answers_by_position):
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         per_doc = list(pool.map(process, sorted(answers_by_position)))
-    return {metric: aggregate([metrics[metric] for metrics in per_doc]) for metric, aggregate in task.aggregation().items()}
+    return {
+        metric: aggregate([metrics[metric] for metrics in per_doc]) for metric, aggregate in task.aggregation().items()
+    }
 
 
 # ---- discovery -------------------------------------------------------------------------------
@@ -107,7 +114,9 @@ def test_no_builtin_lmms_eval_task_uses_our_names():
     for yaml_path in builtin.rglob("*.yaml"):
         text = yaml_path.read_text(encoding="utf-8", errors="replace")
         declared.update(re.findall(r"^\s*-?\s*(?:task|group|tag)\s*:\s*['\"]?([\w\-]+)", text, flags=re.M))
-        declared.update(re.findall(r"^\s*-\s*['\"]?([\w\-]+)['\"]?\s*$", text, flags=re.M))  # list items under tag:/task:
+        declared.update(
+            re.findall(r"^\s*-\s*['\"]?([\w\-]+)['\"]?\s*$", text, flags=re.M)
+        )  # list items under tag:/task:
     assert "amber_g" in declared and "coco_cap_chair" in declared  # the scan sees the built-in neighbours
     assert declared.isdisjoint({*OUR_TASKS, "amber", "shapes_caption", "shapes_blind_spots"})
 
@@ -130,7 +139,7 @@ def answers_by_position(task, key):
 
 
 def test_amber_group_loads_both_tasks_with_official_prompts_and_images(amber_env):
-    (group, tasks), = task_manager().load_task_or_group(["amber"]).items()
+    ((group, tasks),) = task_manager().load_task_or_group(["amber"]).items()
     assert group.group_name == "amber"
     generative, discriminative = tasks["amber_generative"], tasks["amber_discriminative"]
     docs = generative.test_docs()
@@ -151,15 +160,30 @@ def test_amber_group_loads_both_tasks_with_official_prompts_and_images(amber_env
 def test_amber_process_results_and_aggregation_match_the_official_numbers(amber_env):
     tasks = task_manager().load_task_or_group(["amber_generative", "amber_discriminative"])
     generative = run_process_results(tasks["amber_generative"], answers_by_position(tasks["amber_generative"], "id"))
-    discriminative = run_process_results(tasks["amber_discriminative"], answers_by_position(tasks["amber_discriminative"], "id"))
+    discriminative = run_process_results(
+        tasks["amber_discriminative"], answers_by_position(tasks["amber_discriminative"], "id")
+    )
     # tests/test_amber.py::test_score_exact_parse
     assert generative == {"chair": 27.3, "cover": 85.7, "hal": 60.0, "cog": 42.9, "amber_score": pytest.approx(72.7)}
     assert discriminative == {
-        "accuracy": 50.0, "precision": 50.0, "recall": 60.0, "f1": 54.5,
-        "existence_accuracy": 40.0, "existence_precision": 33.3, "existence_recall": 50.0, "existence_f1": 39.9,
-        "attribute_accuracy": 50.0, "attribute_precision": 99.7, "attribute_recall": 49.9, "attribute_f1": 66.5,
-        "relation_accuracy": 66.6, "relation_precision": 50.0, "relation_recall": 99.9, "relation_f1": 66.6,
-        "unparsed": 2, "amber_score": 54.5,
+        "accuracy": 50.0,
+        "precision": 50.0,
+        "recall": 60.0,
+        "f1": 54.5,
+        "existence_accuracy": 40.0,
+        "existence_precision": 33.3,
+        "existence_recall": 50.0,
+        "existence_f1": 39.9,
+        "attribute_accuracy": 50.0,
+        "attribute_precision": 99.7,
+        "attribute_recall": 49.9,
+        "attribute_f1": 66.5,
+        "relation_accuracy": 66.6,
+        "relation_precision": 50.0,
+        "relation_recall": 99.9,
+        "relation_f1": 66.6,
+        "unparsed": 2,
+        "amber_score": 54.5,
     }
     # The group's AMBER Score: (100 - 27.3 + 54.5) / 2
     assert amber_score_from_terms([generative["amber_score"], discriminative["amber_score"]], [5, 12], False) == 63.6
@@ -173,7 +197,13 @@ def test_amber_lenient_parse_is_a_setting(amber_env):
     assert task.config.metadata["answer_parse"] == "lenient"
     metrics = run_process_results(task, answers_by_position(task, "id"))
     # tests/test_amber.py::test_score_lenient_parse
-    assert (metrics["accuracy"], metrics["precision"], metrics["recall"], metrics["f1"], metrics["unparsed"]) == (66.7, 57.1, 80.0, 66.6, 0)
+    assert (metrics["accuracy"], metrics["precision"], metrics["recall"], metrics["f1"], metrics["unparsed"]) == (
+        66.7,
+        57.1,
+        80.0,
+        66.6,
+        0,
+    )
     amber_env.setenv("UE_DPO_AMBER_ANSWER_PARSE", "fuzzy")
     with pytest.raises(ValueError, match="UE_DPO_AMBER_ANSWER_PARSE.*exact"):
         load_task("amber_discriminative")
@@ -181,11 +211,16 @@ def test_amber_lenient_parse_is_a_setting(amber_env):
 
 def test_amber_missing_image_and_offline_without_data_are_named(amber_env, tmp_path):
     (tmp_path / "amber" / "images" / "AMBER_3.jpg").unlink()
-    with pytest.raises(BenchmarkDataError, match=r"AMBER_3\.jpg does not exist.*drive\.google\.com.*UE_DPO_AMBER_IMAGE_DIR"):
+    with pytest.raises(
+        BenchmarkDataError, match=r"AMBER_3\.jpg does not exist.*drive\.google\.com.*UE_DPO_AMBER_IMAGE_DIR"
+    ):
         load_task("amber_generative")
     amber_env.delenv("UE_DPO_AMBER_DIR")
     amber_env.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(BenchmarkDataError, match=r"annotations\.json is not available locally and HF_HUB_OFFLINE is set.*UE_DPO_AMBER_DIR"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"annotations\.json is not available locally and HF_HUB_OFFLINE is set.*UE_DPO_AMBER_DIR",
+    ):
         load_task("amber_generative")
 
 
@@ -197,8 +232,11 @@ def test_a_truncated_amber_image_stops_the_task_although_lmms_eval_turned_on_tru
     image = tmp_path / "amber" / "images" / "AMBER_3.jpg"
     image.write_bytes(image.read_bytes()[:-8])  # the end of the scan data and the end-of-image marker
     Image.open(image).load()  # what lmms-eval's setting lets through: the missing part filled in
-    with pytest.raises(BenchmarkDataError, match=rf"AMBER image of query 3 \({image}\) cannot be read: image file is "
-                                                 r"truncated.*Replace it with a complete copy.*UE_DPO_AMBER_IMAGE_DIR"):
+    with pytest.raises(
+        BenchmarkDataError,
+        match=rf"AMBER image of query 3 \({image}\) cannot be read: image file is "
+        r"truncated.*Replace it with a complete copy.*UE_DPO_AMBER_IMAGE_DIR",
+    ):
         task.doc_to_visual(task.test_docs()[2])
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     (intact,) = task.doc_to_visual(task.test_docs()[1])
@@ -232,8 +270,13 @@ def test_object_halbench_process_results_match_the_rule_path_numbers(object_halb
     task = load_task("object_halbench")
     metrics = run_process_results(task, {position: answer["text"] for position, answer in enumerate(RULE_ANSWERS[:6])})
     # tests/test_object_halbench.py::test_rule_path_scores (the seventh answer there is missing)
-    assert metrics == {"chair_s": 75.0, "chair_s_all": 50.0, "chair_i": pytest.approx(100 / 3), "recall": pytest.approx(500 / 13),
-                       "judge_unparsed": 0}
+    assert metrics == {
+        "chair_s": 75.0,
+        "chair_s_all": 50.0,
+        "chair_i": pytest.approx(100 / 3),
+        "recall": pytest.approx(500 / 13),
+        "judge_unparsed": 0,
+    }
     for aggregate in task.aggregation().values():
         assert "amber_" not in aggregate.__name__ and "coco_cap_chair" not in aggregate.__name__
 
@@ -268,11 +311,17 @@ def test_object_halbench_missing_files_are_named(object_halbench_env):
 # ---- chat models ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fixture", "tasks"), [("amber_env", ["amber_generative", "amber_discriminative"]),
-                                                 ("object_halbench_env", ["object_halbench"]),
-                                                 ("mmhal_env", ["mmhal_bench"])])
+@pytest.mark.parametrize(
+    ("fixture", "tasks"),
+    [
+        ("amber_env", ["amber_generative", "amber_discriminative"]),
+        ("object_halbench_env", ["object_halbench"]),
+        ("mmhal_env", ["mmhal_bench"]),
+    ],
+)
 def test_every_task_is_a_chat_task_whose_messages_carry_the_training_system_prompt_then_image_then_text(
-        request, fixture, tasks):
+    request, fixture, tasks
+):
     from lmms_eval.api.task import ConfigurableMessagesTask
 
     request.getfixturevalue(fixture)
@@ -286,8 +335,9 @@ def test_every_task_is_a_chat_task_whose_messages_carry_the_training_system_prom
         task = chat[name]
         assert isinstance(task, ConfigurableMessagesTask) and not isinstance(simple[name], ConfigurableMessagesTask)
         doc = task.test_docs()[0]
-        request_instance = task.construct_requests(0, "", metadata={"task": name, "doc_id": 0, "repeats": 1,
-                                                                   "split": task.config.test_split})
+        request_instance = task.construct_requests(
+            0, "", metadata={"task": name, "doc_id": 0, "repeats": 1, "split": task.config.test_split}
+        )
         assert request_instance.args[1] == task.doc_to_messages  # what a chat model calls
         system, user = task.doc_to_messages(doc)
         assert system == {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]}
@@ -315,6 +365,8 @@ def test_mmhal_task_judges_with_the_official_prompt_and_records_the_judge(mmhal_
         mmhal_env.setenv("UE_DPO_JUDGE_MODEL", "judge-x")
         mmhal_env.setenv("OPENAI_BASE_URL", server.base_url)
         mmhal_env.setenv("OPENAI_API_KEY", "sk-test-secret-key")
+        mmhal_env.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
+        mmhal_env.setenv("UE_DPO_JUDGE_UNPARSED_AS_ZERO", "1")
         task = load_task("mmhal_bench")
         docs = task.test_docs()
         assert [doc["question_type"] for doc in docs] == list(MMHAL_QUESTION_TYPES)
@@ -330,11 +382,55 @@ def test_mmhal_task_judges_with_the_official_prompt_and_records_the_judge(mmhal_
     assert [metrics[f"score_{kind}"] for kind in MMHAL_QUESTION_TYPES] == [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 0.0]
     assert (metrics["judge_failures"], metrics["judge_unparsed"]) == (0, 1)
     # lmms-eval strips the answer; the prompt is the official one for the item.
-    item = {key: docs[0][key] for key in ("question_type", "question_topic", "image_id", "image_content", "question", "gt_answer")}
-    assert mmhal_judge_messages({**item, "model_answer": "Answer 0."}) in [payload["messages"] for payload in server.payloads]
+    item = {
+        key: docs[0][key]
+        for key in ("question_type", "question_topic", "image_id", "image_content", "question", "gt_answer")
+    }
+    assert mmhal_judge_messages({**item, "model_answer": "Answer 0."}) in [
+        payload["messages"] for payload in server.payloads
+    ]
     judge = task.config.metadata["judge"]
     assert judge["model"] == "judge-x" and judge["api_key_set"] is True
+    assert task.config.metadata["judge_unparsed_as_zero"] is True
     assert "sk-test-secret-key" not in repr(task.dump_config())
+
+
+def test_mmhal_task_fails_on_unparsed_replies_and_names_the_setting_that_scores_them_zero(mmhal_env):
+    with ScriptedJudgeServer(judge_by_type) as server:
+        mmhal_env.setenv("UE_DPO_JUDGE_MODEL", "judge-x")
+        mmhal_env.setenv("OPENAI_BASE_URL", server.base_url)
+        mmhal_env.setenv("UE_DPO_JUDGE_MAX_RETRIES", "1")
+        task = load_task("mmhal_bench")
+        with pytest.raises(ValueError) as caught:
+            run_process_results(task, {position: f"Answer {position}." for position in range(8)})
+        assert server.request_count == 7 + 2  # the unparsed reply was asked again
+    message = str(caught.value)
+    assert "1 judge reply names zero or several ratings (item 7 (image_id img7))" in message
+    assert "set UE_DPO_JUDGE_UNPARSED_AS_ZERO=1 to score them 0 as the official script does" in message
+    assert task.config.metadata["judge_unparsed_as_zero"] is False
+
+
+def test_benchmark_files_that_repeat_a_question_are_refused(tmp_path):
+    from ue_dpo.evaluation.mmhal_bench import load_mmhal_docs
+    from ue_dpo.evaluation.object_halbench import load_object_halbench_docs
+
+    mmhal = write_mmhal_dir(tmp_path / "mmhal", count=6)
+    template = json.loads((mmhal / "response_template.json").read_text())
+    (mmhal / "response_template.json").write_text(json.dumps([*template, template[1]]))
+    with pytest.raises(
+        BenchmarkDataError, match=r"response_template.json: MMHal-Bench item 6 \(image_id img1\) repeats item 1"
+    ):
+        load_mmhal_docs(mmhal)
+    questions = write_object_halbench_questions(tmp_path / "object_halbench") / "obj_halbench_300_with_image.jsonl"
+    lines = [json.loads(line) for line in questions.read_text().splitlines()]
+    numbered = [{**line, "question_id": index % 5} for index, line in enumerate(lines)]
+    questions.write_text("".join(json.dumps(line) + "\n" for line in numbered))
+    with pytest.raises(
+        BenchmarkDataError,
+        match=r"obj_halbench_300_with_image.jsonl: question_id 0 appears twice "
+        r"\(lines 1 and 6\)",
+    ):
+        load_object_halbench_docs(questions.parent, tmp_path / "no_coco_needed")
 
 
 def test_mmhal_task_without_judge_model_or_template_says_what_to_set(mmhal_env, tmp_path):

@@ -66,8 +66,9 @@ def lora_dir(tiny_qwen2_vl_dir, tmp_path_factory):
 
     torch.manual_seed(0)
     base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_dir)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
     out = tmp_path_factory.mktemp("lora")
     get_peft_model(base, config).save_pretrained(out)
     return out
@@ -83,8 +84,9 @@ def reference_token_values(inputs: dict, labels, model) -> list[dict]:
 
     from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST
 
-    model_inputs = {key: value for key, value in inputs.items()
-                    if key not in (NOISED_PIXEL_VALUES, HAS_IMAGE, ROW_DIGEST, "labels")}
+    model_inputs = {
+        key: value for key, value in inputs.items() if key not in (NOISED_PIXEL_VALUES, HAS_IMAGE, ROW_DIGEST, "labels")
+    }
     with torch.no_grad():
         clean = model(**model_inputs).logits.double()
         noised = model(**{**model_inputs, "pixel_values": inputs[NOISED_PIXEL_VALUES]}).logits.double()
@@ -113,8 +115,20 @@ def reference_token_values(inputs: dict, labels, model) -> list[dict]:
 def inspected(lora_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
     """`ue-dpo inspect` on the LoRA dir and the preference file, and the same pairs' values computed here."""
     out = tmp_path_factory.mktemp("inspect") / "inspect"
-    command = [str(UE_DPO), "inspect", "--model", str(lora_dir), "--data", str(shapes_dataset_dir / "shapes_pref.json"),
-               "--n", str(N_PAIRS), "--batch-size", "2", "--out", str(out)]
+    command = [
+        str(UE_DPO),
+        "inspect",
+        "--model",
+        str(lora_dir),
+        "--data",
+        str(shapes_dataset_dir / "shapes_pref.json"),
+        "--n",
+        str(N_PAIRS),
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     # Meanwhile: the same first N pairs, tokenized and collated as training does (LLaMA-Factory loaders, the
@@ -124,9 +138,14 @@ def inspected(lora_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory)
 
     from ue_dpo.inspection import build_trainer, data_keys, parse_ue_settings
 
-    trainer = build_trainer(model_keys(str(lora_dir), None),
-                            data_keys("shapes_pref", str(shapes_dataset_dir), out.parent / "unused"),
-                            parse_ue_settings([]), n=N_PAIRS, cutoff_len=2048, out_dir=out.parent / "trainer")
+    trainer = build_trainer(
+        model_keys(str(lora_dir), None),
+        data_keys("shapes_pref", str(shapes_dataset_dir), out.parent / "unused"),
+        parse_ue_settings([]),
+        n=N_PAIRS,
+        cutoff_len=2048,
+        out_dir=out.parent / "trainer",
+    )
     model = PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_dir), lora_dir)
     model.eval()
     expected = {}
@@ -176,7 +195,8 @@ def test_the_summary_counts_add_up_to_the_pages_tokens(inspected):
     assert f"{N_PAIRS} pairs, {tokens} response tokens" in stdout
     saved = json.loads((out / "tokens.json").read_text())
     assert [len(pair["chosen"]) + len(pair["rejected"]) for pair in saved] == [
-        len(sides["chosen"]["token_id"]) + len(sides["rejected"]["token_id"]) for sides in expected.values()]
+        len(sides["chosen"]["token_id"]) + len(sides["rejected"]["token_id"]) for sides in expected.values()
+    ]
 
 
 def test_each_pair_has_a_png_drawn_in_its_categories_colours(inspected):
@@ -189,15 +209,21 @@ def test_each_pair_has_a_png_drawn_in_its_categories_colours(inspected):
         used = set(sides["chosen"]["category"].tolist()) | set(sides["rejected"]["category"].tolist())
         for code in used:
             hex_colour = CATEGORY_COLOURS[code]
-            assert tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)) in colours, (index, code)
+            assert tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)) in colours, (index, code)
 
 
 def test_model_dirs_are_read_as_full_models_or_lora_adapters(tiny_qwen2_vl_dir, lora_dir):
     assert model_keys(str(tiny_qwen2_vl_dir), None) == {
-        "model_name_or_path": str(tiny_qwen2_vl_dir), "finetuning_type": "full", "template": "qwen2_vl"}
+        "model_name_or_path": str(tiny_qwen2_vl_dir),
+        "finetuning_type": "full",
+        "template": "qwen2_vl",
+    }
     assert model_keys(str(lora_dir), None) == {
-        "model_name_or_path": str(tiny_qwen2_vl_dir), "adapter_name_or_path": str(lora_dir),
-        "finetuning_type": "lora", "template": "qwen2_vl"}
+        "model_name_or_path": str(tiny_qwen2_vl_dir),
+        "adapter_name_or_path": str(lora_dir),
+        "finetuning_type": "lora",
+        "template": "qwen2_vl",
+    }
 
 
 @pytest.fixture
@@ -205,46 +231,90 @@ def moved_base_adapter_dir(tmp_path):
     """A LoRA adapter folder whose adapter_config.json names a base model that is no longer there."""
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
-                                                             "base_model_name_or_path": str(tmp_path / "gone")}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "gone")})
+    )
     return adapter
 
 
 def test_a_moved_base_model_is_given_with_base_model(moved_base_adapter_dir, tiny_qwen2_vl_dir):
     assert model_keys(str(moved_base_adapter_dir), None, base_model=str(tiny_qwen2_vl_dir)) == {
-        "model_name_or_path": str(tiny_qwen2_vl_dir), "adapter_name_or_path": str(moved_base_adapter_dir),
-        "finetuning_type": "lora", "template": "qwen2_vl"}
+        "model_name_or_path": str(tiny_qwen2_vl_dir),
+        "adapter_name_or_path": str(moved_base_adapter_dir),
+        "finetuning_type": "lora",
+        "template": "qwen2_vl",
+    }
 
 
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--model", "{missing}"], ("--model {missing}: no such directory; give a model directory or a LoRA adapter "
-                                    "directory.")),
+        (
+            ["--model", "{missing}"],
+            ("--model {missing}: no such directory; give a model directory or a LoRA adapter directory."),
+        ),
         (["--model", "{empty}"], "--model {empty}: holds neither config.json (a model) nor adapter_config.json"),
-        (["--data", "no_such_data"], ("--data no_such_data: no such dataset in {data}/dataset_info.json; it lists: "
-                                      "shapes_pref, shapes_sft.")),
-        (["--data", "shapes_pref", "--dataset-dir", "{empty}"], ("--data shapes_pref: not a file, and "
-                                                                 "{empty}/dataset_info.json does not exist")),
+        (
+            ["--data", "no_such_data"],
+            ("--data no_such_data: no such dataset in {data}/dataset_info.json; it lists: shapes_pref, shapes_sft."),
+        ),
+        (
+            ["--data", "shapes_pref", "--dataset-dir", "{empty}"],
+            ("--data shapes_pref: not a file, and {empty}/dataset_info.json does not exist"),
+        ),
         (["--ue", "tau=0.3"], "--ue tau=0.3: use ue_KEY=VALUE with a UE-DPO key"),
-        (["--ue", "ue_alpha=[0.3"], ("--ue ue_alpha=[0.3: the value is not valid YAML (while parsing a flow sequence (line 1, column 1): "
-                                         "expected ',' or ']', but got '<stream end>' (line 1, column 5)).")),
+        (
+            ["--ue", "ue_alpha=[0.3"],
+            (
+                "--ue ue_alpha=[0.3: the value is not valid YAML (while parsing a flow sequence (line 1, column 1): "
+                "expected ',' or ']', but got '<stream end>' (line 1, column 5))."
+            ),
+        ),
         (["--ue", "ue_alpha=high"], "--ue ue_alpha: must be a number in (0, 1), got 'high'."),
-        (["--model", "{adapter}"], ("--model {adapter}: the base model {tmp}/gone named in {adapter}/adapter_config.json "
-                                    "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now.")),
+        (
+            ["--model", "{adapter}"],
+            (
+                "--model {adapter}: the base model {tmp}/gone named in {adapter}/adapter_config.json "
+                "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now."
+            ),
+        ),
         (["--model", "{adapter}", "--base-model", "{missing}"], "--base-model {missing}: no such directory"),
-        (["--base-model", "{tmp}"], "--base-model {tmp} was given, but --model {model} is not a LoRA adapter directory"),
+        (
+            ["--base-model", "{tmp}"],
+            "--base-model {tmp} was given, but --model {model} is not a LoRA adapter directory",
+        ),
         (["--word-group", "faint"], "--word-group faint: use NAME=REGEX"),
-        (["--word-group", "faint=small (grey"], "--word-group faint=small (grey: 'small (grey' is not a Python regular"),
+        (
+            ["--word-group", "faint=small (grey"],
+            "--word-group faint=small (grey: 'small (grey' is not a Python regular",
+        ),
     ],
-    ids=["missing model", "not a model", "unknown dataset", "no dataset_info.json", "not a ue key",
-         "ue value not YAML", "ue_alpha not a number", "base model gone", "missing --base-model", "--base-model, no LoRA",
-         "word group without =", "word group not a regex"],
+    ids=[
+        "missing model",
+        "not a model",
+        "unknown dataset",
+        "no dataset_info.json",
+        "not a ue key",
+        "ue value not YAML",
+        "ue_alpha not a number",
+        "base model gone",
+        "missing --base-model",
+        "--base-model, no LoRA",
+        "word group without =",
+        "word group not a regex",
+    ],
 )
-def test_bad_model_or_data_are_refused_naming_the_argument(arguments, message, tiny_qwen2_vl_dir, shapes_dataset_dir,
-                                                           moved_base_adapter_dir, tmp_path, capsys):
-    places = {"missing": tmp_path / "missing", "empty": tmp_path, "data": shapes_dataset_dir, "tmp": tmp_path,
-              "adapter": moved_base_adapter_dir, "model": tiny_qwen2_vl_dir}
+def test_bad_model_or_data_are_refused_naming_the_argument(
+    arguments, message, tiny_qwen2_vl_dir, shapes_dataset_dir, moved_base_adapter_dir, tmp_path, capsys
+):
+    places = {
+        "missing": tmp_path / "missing",
+        "empty": tmp_path,
+        "data": shapes_dataset_dir,
+        "tmp": tmp_path,
+        "adapter": moved_base_adapter_dir,
+        "model": tiny_qwen2_vl_dir,
+    }
     given = {"--model": str(tiny_qwen2_vl_dir), "--data": "shapes_pref", "--dataset-dir": str(shapes_dataset_dir)}
     arguments = [argument.format(**places) for argument in arguments]
     for flag, value in given.items():
@@ -258,10 +328,25 @@ def test_bad_model_or_data_are_refused_naming_the_argument(arguments, message, t
     assert message.format(**places) in error
 
 
-def test_a_ue_key_out_of_range_is_refused_before_the_model_loads(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path, capsys):
+def test_a_ue_key_out_of_range_is_refused_before_the_model_loads(
+    tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path, capsys
+):
     with pytest.raises(SystemExit) as exit_info:
-        main(["inspect", "--model", str(tiny_qwen2_vl_dir), "--data", "shapes_pref", "--dataset-dir",
-              str(shapes_dataset_dir), "--ue", "ue_tau=0.9", "--out", str(tmp_path / "out")])
+        main(
+            [
+                "inspect",
+                "--model",
+                str(tiny_qwen2_vl_dir),
+                "--data",
+                "shapes_pref",
+                "--dataset-dir",
+                str(shapes_dataset_dir),
+                "--ue",
+                "ue_tau=0.9",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err  # the stage's own message for the key (tests/test_stage_arguments.py), alone
     assert error.startswith("ue-dpo inspect: error: `ue_tau: 0.9`") and error.count("\n") == 1
@@ -276,15 +361,40 @@ def _tokens(*spec):
 def test_word_groups_count_chosen_tokens_inside_and_outside_the_matches():
     type_i, type_ii = TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR
     pairs = [
-        InspectedPair(0, "", None, chosen=_tokens(
-            ("There", UNSELECTED, 1.0), (" is", UNSELECTED, 1.0), (" a", type_ii, 1.1), (" red", UNSELECTED, 1.0),
-            (" circle", UNSELECTED, 1.0), (" and", type_i, 1.2), (" a", UNSELECTED, 1.0), (" small", type_i, 1.25),
-            (" gr", type_i, 1.1), ("ey", UNSELECTED, 1.0), (" star", type_i, 1.2), (".", UNSELECTED, 1.0),
-        ), rejected=_tokens((" small", type_i, 1.3))),  # rejected tokens never count
-        InspectedPair(1, "", None, chosen=_tokens(
-            ("There", type_ii, 1.05), (" is", UNSELECTED, 1.0), (" a", UNSELECTED, 1.0), (" small grey", type_ii, 1.1),
-            (" square", UNSELECTED, 1.0), (".", type_i, 1.2),
-        ), rejected=[]),
+        InspectedPair(
+            0,
+            "",
+            None,
+            chosen=_tokens(
+                ("There", UNSELECTED, 1.0),
+                (" is", UNSELECTED, 1.0),
+                (" a", type_ii, 1.1),
+                (" red", UNSELECTED, 1.0),
+                (" circle", UNSELECTED, 1.0),
+                (" and", type_i, 1.2),
+                (" a", UNSELECTED, 1.0),
+                (" small", type_i, 1.25),
+                (" gr", type_i, 1.1),
+                ("ey", UNSELECTED, 1.0),
+                (" star", type_i, 1.2),
+                (".", UNSELECTED, 1.0),
+            ),
+            rejected=_tokens((" small", type_i, 1.3)),
+        ),  # rejected tokens never count
+        InspectedPair(
+            1,
+            "",
+            None,
+            chosen=_tokens(
+                ("There", type_ii, 1.05),
+                (" is", UNSELECTED, 1.0),
+                (" a", UNSELECTED, 1.0),
+                (" small grey", type_ii, 1.1),
+                (" square", UNSELECTED, 1.0),
+                (".", type_i, 1.2),
+            ),
+            rejected=[],
+        ),
     ]
     summary = word_group_summary(pairs, parse_word_groups([r"faint=small grey \w+"]))["faint"]
     # inside: " small", " gr", "ey", " star" (pair 0), " small grey", " square" (pair 1); " a" before them is outside
@@ -299,8 +409,9 @@ def test_word_groups_count_chosen_tokens_inside_and_outside_the_matches():
 
 
 def test_a_word_group_without_type_i_outside_has_no_ratio():
-    pairs = [InspectedPair(0, "", None, chosen=_tokens(("a", TYPE_I_BLIND_SPOT, 1.2), ("b", UNSELECTED, 1.0)),
-                           rejected=[])]
+    pairs = [
+        InspectedPair(0, "", None, chosen=_tokens(("a", TYPE_I_BLIND_SPOT, 1.2), ("b", UNSELECTED, 1.0)), rejected=[])
+    ]
     summary = word_group_summary(pairs, parse_word_groups(["first=a", "none=z"]))
     assert summary["first"]["type_i_rate_inside"] == 1.0 and summary["first"]["type_i_rate_ratio"] is None
     assert summary["none"]["tokens_inside"] == 0 and summary["none"]["type_i_rate_inside"] is None

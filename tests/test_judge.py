@@ -5,7 +5,8 @@ import threading
 import time
 
 import pytest
-from judge_server import ScriptedHTTPError, ScriptedJudgeServer, last_user_text, unused_loopback_url
+
+from judge_server import ScriptedBody, ScriptedHTTPError, ScriptedJudgeServer, last_user_text, unused_loopback_url
 from ue_dpo.benchmarks.judge import (
     CACHE_FILENAME,
     JudgeClient,
@@ -87,7 +88,9 @@ def test_connection_refused_raises_a_clear_error_after_retries():
 
 
 def test_client_errors_are_not_retried():
-    with ScriptedJudgeServer(lambda payload: ScriptedHTTPError(400, '{"error": {"message": "context too long"}}')) as server:
+    with ScriptedJudgeServer(
+        lambda payload: ScriptedHTTPError(400, '{"error": {"message": "context too long"}}')
+    ) as server:
         with pytest.raises(JudgeUnavailableError, match="HTTP 400.*context too long"):
             make_client(server.base_url, max_retries=4).complete(user("hello"))
         assert server.request_count == 1
@@ -107,7 +110,7 @@ def test_allow_failures_records_and_counts_failures():
     assert "HTTP 500" in results[1].error and "after 2 attempts" in results[1].error
     assert results[1].judge_model == "judge-model"
     assert client.judge_failures == 1
-    assert client.stats == {"http_requests": 4, "cache_hits": 0, "judge_failures": 1}
+    assert client.stats == {"http_requests": 4, "cache_hits": 0, "judge_failures": 1, "rejected_replies": 0}
     # `complete` has no text to return, so it raises even with allow_failures.
     with pytest.raises(JudgeUnavailableError):
         make_client(unused_loopback_url(), max_retries=0, allow_failures=True).complete(user("x"))
@@ -145,7 +148,9 @@ def test_cache_hit_makes_no_new_requests(tmp_path):
 
 def test_failures_are_not_cached(tmp_path):
     with ScriptedJudgeServer(echo, fail_first=1) as server:
-        failed = make_client(server.base_url, cache_dir=tmp_path, max_retries=0, allow_failures=True).complete_result(user("q"))
+        failed = make_client(server.base_url, cache_dir=tmp_path, max_retries=0, allow_failures=True).complete_result(
+            user("q")
+        )
         retried = make_client(server.base_url, cache_dir=tmp_path, max_retries=0).complete_result(user("q"))
         assert server.request_count == 2
     assert not failed.ok
@@ -159,19 +164,130 @@ def test_identical_requests_in_one_batch_are_sent_once():
     assert [result.content for result in results] == ["echo: same", "echo: other", "echo: same"]
 
 
-def test_cache_key_covers_messages_temperature_and_max_tokens():
-    base = judge_cache_key("m", user("a"), 0, None)
-    assert base == judge_cache_key("m", user("a"), 0.0, None)
-    assert len({base, judge_cache_key("m", user("b"), 0, None), judge_cache_key("m", user("a"), 0.2, None),
-                judge_cache_key("m", user("a"), 0, 512), judge_cache_key("n", user("a"), 0, None),
-                judge_cache_key("m", [{"role": "system", "content": "a"}], 0, None)}) == 6
+def test_cache_key_covers_endpoint_model_messages_temperature_and_max_tokens():
+    url = "http://127.0.0.1:8000/v1"
+    base = judge_cache_key(url, "m", user("a"), 0, None)
+    assert base == judge_cache_key(url, "m", user("a"), 0.0, None)
+    assert (
+        len(
+            {
+                base,
+                judge_cache_key(url, "m", user("b"), 0, None),
+                judge_cache_key(url, "m", user("a"), 0.2, None),
+                judge_cache_key(url, "m", user("a"), 0, 512),
+                judge_cache_key(url, "n", user("a"), 0, None),
+                judge_cache_key(url, "m", [{"role": "system", "content": "a"}], 0, None),
+                judge_cache_key("http://127.0.0.1:8001/v1", "m", user("a"), 0, None),
+            }
+        )
+        == 7
+    )
+
+
+def test_the_same_model_name_at_another_endpoint_is_not_answered_from_the_cache(tmp_path):
+    # Two servers that both call their model "judge-model" (two vLLM servers serving different weights under one
+    # name) sharing one cache file: each reply comes from its own server.
+    with (
+        ScriptedJudgeServer(lambda payload: "Rating: 1") as first,
+        ScriptedJudgeServer(lambda payload: "Rating: 5") as second,
+    ):
+        assert make_client(first.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 1"
+        assert make_client(second.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 5"
+        assert make_client(first.base_url, cache_dir=tmp_path).complete(user("q")) == "Rating: 1"
+        assert (first.request_count, second.request_count) == (1, 1)
+
+
+def test_the_default_cache_is_one_folder_per_endpoint(monkeypatch, tmp_path):
+    from ue_dpo.evaluation.judge_settings import task_judge
+
+    monkeypatch.setenv("UE_DPO_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("UE_DPO_JUDGE_CACHE_DIR", raising=False)
+
+    def cache_dir(base_url, model="j"):
+        judge = task_judge("mmhal_bench", {"judge_model": model, "judge_base_url": base_url})
+        judge.close()
+        return judge.config.cache_dir
+
+    local = cache_dir("http://127.0.0.1:8000/v1")
+    assert local.parent == tmp_path / "judge"
+    assert cache_dir("http://127.0.0.1:8000/v1/") == local == cache_dir("http://127.0.0.1:8000/v1", model="k")
+    assert len({local, cache_dir("http://127.0.0.1:8001/v1"), cache_dir("https://api.openai.com/v1")}) == 3
+    # An explicit cache folder is used as it is, whatever the endpoint.
+    monkeypatch.setenv("UE_DPO_JUDGE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir("http://127.0.0.1:8001/v1") == tmp_path / "mine"
+
+
+def rating_given(reply):
+    return "Rating: " in reply
+
+
+def test_a_rejected_reply_is_asked_again_and_never_cached(tmp_path):
+    replies = iter(["I cannot rate this.", "Still no rating.", "Rating: 4"])
+    with ScriptedJudgeServer(lambda payload: next(replies)) as server:
+        client = make_client(server.base_url, cache_dir=tmp_path, max_retries=2)
+        result = client.complete_result(user("q"), accept=rating_given)
+        assert server.request_count == 3
+    assert (result.content, result.accepted, result.attempts) == ("Rating: 4", True, 3)
+    assert client.stats["rejected_replies"] == 2
+    assert len(client.cache) == 1
+
+
+def test_a_reply_rejected_after_all_retries_is_returned_flagged_and_not_cached(tmp_path, caplog):
+    with ScriptedJudgeServer(lambda payload: "I cannot rate this.") as server:
+        client = make_client(server.base_url, cache_dir=tmp_path, max_retries=1)
+        (result,) = client.complete_many([user("q")], accept=rating_given)
+        assert server.request_count == 2
+        assert len(client.cache) == 0
+        # Scoring again asks again: nothing was cached.
+        again = make_client(server.base_url, cache_dir=tmp_path, max_retries=0).complete_result(
+            user("q"), accept=rating_given
+        )
+        assert server.request_count == 3
+    assert (result.content, result.accepted, result.ok, result.cached) == ("I cannot rate this.", False, True, False)
+    assert not again.accepted and not again.cached
+    assert "asking again" in caplog.text
+
+
+def test_a_cached_reply_that_is_not_accepted_is_asked_again(tmp_path):
+    # A cache written before replies were checked may hold an unusable one.
+    with ScriptedJudgeServer(lambda payload: "No rating here.") as server:
+        make_client(server.base_url, cache_dir=tmp_path).complete(user("q"))
+    with ScriptedJudgeServer(lambda payload: "Rating: 2") as server:
+        result = make_client(server.base_url, cache_dir=tmp_path).complete_result(user("q"), accept=rating_given)
+        assert server.request_count == 1
+    assert (result.content, result.cached) == ("Rating: 2", False)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("<html><body><h1>Welcome to nginx!</h1></body></html>", "text/html; charset=utf-8"),
+        ("<html><body>Login required</body></html>", "application/json"),  # a proxy that claims JSON
+        ("Bad Gateway", "text/plain"),
+        ("", "application/json"),
+    ],
+)
+def test_a_reply_body_that_is_not_json_names_the_server_and_the_fix(body, content_type):
+    with ScriptedJudgeServer(lambda payload: ScriptedBody(body, content_type)) as server:
+        client = make_client(server.base_url, max_retries=3, allow_failures=True)
+        with pytest.raises(JudgeConfigError) as caught:
+            client.complete_many([user("q")])
+        assert server.request_count == 1  # a misconfiguration, not an outage: not retried, not counted
+    message = str(caught.value)
+    assert f"LLM judge at {server.base_url}/chat/completions (model 'judge-model')" in message
+    assert "not JSON" in message and content_type.split(";")[0] in message
+    assert body[:20] in message
+    assert "Fix: point `base_url` at the server's OpenAI-compatible API" in message and "/v1" in message
+    assert "Expecting value" not in message
 
 
 def test_api_key_stays_out_of_cache_errors_logs_and_results(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
 
     def reply(payload):
-        return ScriptedHTTPError(502, f"upstream said {SECRET_KEY}") if "fail" in last_user_text(payload) else "Rating: 4"
+        return (
+            ScriptedHTTPError(502, f"upstream said {SECRET_KEY}") if "fail" in last_user_text(payload) else "Rating: 4"
+        )
 
     with ScriptedJudgeServer(reply) as server:
         client = make_client(server.base_url, api_key=SECRET_KEY, cache_dir=tmp_path, max_retries=1)
@@ -226,9 +342,20 @@ def test_shared_client_is_thread_safe_and_globally_bounded(tmp_path):
 
 
 def test_config_from_environment_and_options():
-    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/", "OPENAI_API_URL": "http://elsewhere/v1", "OPENAI_API_KEY": SECRET_KEY}
-    config = JudgeConfig.from_options({"model": "m", "max_retries": "2", "allow_failures": "true", "cache_dir": None}, environ)
-    assert (config.base_url, config.api_key, config.max_retries, config.allow_failures) == ("http://127.0.0.1:8000/v1", SECRET_KEY, 2, True)
+    environ = {
+        "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1/",
+        "OPENAI_API_URL": "http://elsewhere/v1",
+        "OPENAI_API_KEY": SECRET_KEY,
+    }
+    config = JudgeConfig.from_options(
+        {"model": "m", "max_retries": "2", "allow_failures": "true", "cache_dir": None}, environ
+    )
+    assert (config.base_url, config.api_key, config.max_retries, config.allow_failures) == (
+        "http://127.0.0.1:8000/v1",
+        SECRET_KEY,
+        2,
+        True,
+    )
     assert config.cache_dir is None and config.temperature == 0.0
     # lmms-eval's OPENAI_API_URL, which its tasks set to the full chat/completions URL.
     lmms_style = JudgeConfig.from_options({"model": "m"}, {"OPENAI_API_URL": "http://127.0.0.1:9/v1/chat/completions"})
@@ -281,8 +408,9 @@ def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_t
 
     monkeypatch.setenv("UE_DPO_JUDGE_MAX_RETRIES", "0")
     monkeypatch.setenv("UE_DPO_JUDGE_TIMEOUT", "7.5")
-    judge = task_judge("mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(),
-                                       "judge_cache_dir": str(tmp_path)})
+    judge = task_judge(
+        "mmhal_bench", {"judge_model": "j", "judge_base_url": unused_loopback_url(), "judge_cache_dir": str(tmp_path)}
+    )
     assert (judge.config.max_retries, judge.config.timeout) == (0, 7.5)
     with pytest.raises(JudgeUnavailableError) as caught:
         judge.complete(user("q"))
@@ -291,4 +419,5 @@ def test_a_task_judge_reads_retries_and_timeout_from_the_environment_and_names_t
     assert message.endswith(
         "raise UE_DPO_JUDGE_MAX_RETRIES or UE_DPO_JUDGE_TIMEOUT (seconds), or use UE_DPO_ALLOW_JUDGE_FAILURES=1 "
         "(`judge.allow_failures: true` under `ue-dpo run`) to count them instead (failed items are then left out of "
-        "the scores and reported as judge_failures).")
+        "the scores and reported as judge_failures)."
+    )

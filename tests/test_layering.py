@@ -45,8 +45,18 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "plugin" / "ue_dpo"
 PACKAGE = "ue_dpo"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("core", "versions", "model_paths", "images", "statistics", "yaml_errors", "synthetic.vocabulary",
-     "argument_checks", "model_families", "machine"),
+    (
+        "core",
+        "versions",
+        "model_paths",
+        "images",
+        "statistics",
+        "yaml_errors",
+        "synthetic.vocabulary",
+        "argument_checks",
+        "model_families",
+        "machine",
+    ),
     ("methods",),
     ("config",),
     ("llamafactory", "benchmarks", "synthetic", "datasets", "recipes"),
@@ -78,18 +88,23 @@ def imports_of(path: Path) -> list[tuple[str, int, bool]]:
                 found.extend((alias.name, child.lineno, not in_function) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
-                    base = package.split(".")[:len(package.split(".")) - child.level + 1]
+                    base = package.split(".")[: len(package.split(".")) - child.level + 1]
                     target = ".".join(base + ([child.module] if child.module else []))
                 else:
                     target = child.module or ""
                 # `from ue_dpo.llamafactory import reference_cache` imports ue_dpo.llamafactory.reference_cache
-                found.extend((f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target,
-                              child.lineno, not in_function) for alias in child.names)
+                found.extend(
+                    (
+                        f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target,
+                        child.lineno,
+                        not in_function,
+                    )
+                    for alias in child.names
+                )
             visit(child, in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
 
     visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
-    return [(target, line, top) for target, line, top in found
-            if target == PACKAGE or target.startswith(PACKAGE + ".")]
+    return [(target, line, top) for target, line, top in found if target == PACKAGE or target.startswith(PACKAGE + ".")]
 
 
 PATHS = {module_name(path): path for path in sorted(PACKAGE_DIR.rglob("*.py"))}
@@ -157,7 +172,7 @@ def cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
         while True:  # walk inside the component until a module repeats
             target = next(target for target in sorted(graph[path[-1]]) if target in component)
             if target in seen:
-                found.append(path[path.index(target):] + [target])
+                found.append(path[path.index(target) :] + [target])
                 break
             path.append(target)
             seen.add(target)
@@ -165,8 +180,9 @@ def cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
 
 
 def describe(path: list[str], graph: dict[str, dict[str, str]]) -> str:
-    return " -> ".join(path) + "  (" + "; ".join(f"{graph[a][b]}: {a} imports {b}"
-                                                 for a, b in zip(path, path[1:])) + ")"
+    return (
+        " -> ".join(path) + "  (" + "; ".join(f"{graph[a][b]}: {a} imports {b}" for a, b in zip(path, path[1:])) + ")"
+    )
 
 
 def test_every_module_has_a_layer():
@@ -197,8 +213,10 @@ def test_imports_only_go_down_the_layers():
             target_layer, target_entry = entry_of(target)
             if target_entry != entry and target_layer >= layer:
                 direction = "up" if target_layer > layer else "sideways"
-                wrong.append(f"{where}: {module} (layer {layer}, {entry or PACKAGE}) imports {target} "
-                             f"(layer {target_layer}, {target_entry or PACKAGE}): {direction}")
+                wrong.append(
+                    f"{where}: {module} (layer {layer}, {entry or PACKAGE}) imports {target} "
+                    f"(layer {target_layer}, {target_entry or PACKAGE}): {direction}"
+                )
     assert not wrong, "imports that do not go down the layers:\n" + "\n".join(wrong)
 
 
@@ -209,15 +227,23 @@ def test_a_package_spanning_layers_imports_nothing_of_ours_at_its_top():
             continue
         layers = {entry_of(other)[0] for other in MODULES if other == module or other.startswith(module + ".")}
         if len(layers) > 1:
-            wrong += [f"{path.relative_to(PACKAGE_DIR.parent)}:{line}: {module} imports {target}"
-                      for target, line, top in imports_of(path) if top]
-    assert not wrong, ("packages whose modules lie in several layers run these imports for every one of them:\n"
-                       + "\n".join(wrong))
+            wrong += [
+                f"{path.relative_to(PACKAGE_DIR.parent)}:{line}: {module} imports {target}"
+                for target, line, top in imports_of(path)
+                if top
+            ]
+    assert not wrong, (
+        "packages whose modules lie in several layers run these imports for every one of them:\n" + "\n".join(wrong)
+    )
 
 
 def test_the_checker_sees_cycles_and_function_level_imports():
-    graph = {"ue_dpo.a": {"ue_dpo.b": "a.py:1"}, "ue_dpo.b": {"ue_dpo.c": "b.py:2"},
-             "ue_dpo.c": {"ue_dpo.a": "c.py:3"}, "ue_dpo.d": {"ue_dpo.a": "d.py:4"}}
+    graph = {
+        "ue_dpo.a": {"ue_dpo.b": "a.py:1"},
+        "ue_dpo.b": {"ue_dpo.c": "b.py:2"},
+        "ue_dpo.c": {"ue_dpo.a": "c.py:3"},
+        "ue_dpo.d": {"ue_dpo.a": "d.py:4"},
+    }
     assert cycles(graph) == [["ue_dpo.a", "ue_dpo.b", "ue_dpo.c", "ue_dpo.a"]]
     source = PACKAGE_DIR / "__init__.py"
     assert ("ue_dpo.llamafactory.integration", True) not in [(target, top) for target, _, top in imports_of(source)]

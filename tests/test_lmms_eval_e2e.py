@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from benchmark_fixtures import (
     judge_by_type,
     write_amber_data_dir,
@@ -27,9 +28,9 @@ from benchmark_fixtures import (
 from judge_server import ScriptedJudgeServer
 from llamafactory_runs import offline_env, train_or_fail
 from nlp_resources import install_test_resources
+from tiny_training_config import tiny_training_config
 from ue_dpo.cli import main as ue_dpo_main
 from ue_dpo.synthetic.shapes import EVAL_MANIFEST, SHAPES
-from tiny_training_config import tiny_training_config
 
 pytestmark = pytest.mark.e2e
 
@@ -43,8 +44,9 @@ RUNS = ("qwen2_vl_base", "qwen2_vl_lora", "llava_base", "llava_lora")
 
 
 def run_cli(args: list[str], workdir: Path, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=workdir, env=offline_env(**env), capture_output=True, text=True, timeout=600,
-                            check=False)
+    result = subprocess.run(
+        args, cwd=workdir, env=offline_env(**env), capture_output=True, text=True, timeout=600, check=False
+    )
     (workdir / f"{Path(args[0]).name}.log").write_text(result.stdout + result.stderr)
     return result
 
@@ -62,8 +64,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shapes_eval_dir(workdir):
-    result = run_cli([str(BIN / "ue-dpo"), "shapes-eval", "--out", "shapes_eval", "--images", str(EVAL_IMAGES)],
-                     workdir)
+    result = run_cli(
+        [str(BIN / "ue-dpo"), "shapes-eval", "--out", "shapes_eval", "--images", str(EVAL_IMAGES)], workdir
+    )
     assert result.returncode == 0, result.stderr
     return workdir / "shapes_eval"
 
@@ -93,6 +96,9 @@ def benchmark_env(workdir):
         "UE_DPO_MMHAL_DIR": str(write_mmhal_dir(workdir / "mmhal", count=MMHAL_ITEMS)),
         "UE_DPO_JUDGE_MODEL": JUDGE_MODEL,
         "UE_DPO_JUDGE_CACHE_DIR": str(workdir / "judge_cache"),
+        # the fixture judge's "Rating:4" is unparsed: asked once and scored 0, as the official script does
+        "UE_DPO_JUDGE_MAX_RETRIES": "0",
+        "UE_DPO_JUDGE_UNPARSED_AS_ZERO": "1",
         "UE_DPO_CACHE_DIR": str(workdir / "cache"),
         "UE_DPO_NLTK_DOWNLOAD": "0",
         "NLTK_DATA": str(resources.nltk_dir),
@@ -110,29 +116,63 @@ def judge_server():
 def evaluations(workdir, shapes_eval_dir, checkpoints, benchmark_env, judge_server):
     """run name -> its output dir; the judge requests the lmms-eval runs made; the log of the --config run."""
     readme_run = run_cli(
-        [str(BIN / "lmms-eval"), "--model", "ue_dpo_hf", "--model_args", f"pretrained={checkpoints['qwen2_vl_lora']}",
-         "--tasks", "shapes_caption", "--gen_kwargs", f"max_new_tokens={MAX_NEW_TOKENS}", "--log_samples",
-         "--output_path", "out/qwen2_vl_lora"],
-        workdir, UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
+        [
+            str(BIN / "lmms-eval"),
+            "--model",
+            "ue_dpo_hf",
+            "--model_args",
+            f"pretrained={checkpoints['qwen2_vl_lora']}",
+            "--tasks",
+            "shapes_caption",
+            "--gen_kwargs",
+            f"max_new_tokens={MAX_NEW_TOKENS}",
+            "--log_samples",
+            "--output_path",
+            "out/qwen2_vl_lora",
+        ],
+        workdir,
+        UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
     )
     assert readme_run.returncode == 0, readme_run.stderr[-3000:]
-    common = {"model": "ue_dpo_hf", "log_samples": True, "gen_kwargs": f"max_new_tokens={MAX_NEW_TOKENS}",
-              "tasks": "shapes_caption"}
+    common = {
+        "model": "ue_dpo_hf",
+        "log_samples": True,
+        "gen_kwargs": f"max_new_tokens={MAX_NEW_TOKENS}",
+        "tasks": "shapes_caption",
+    }
     configs = [
-        {**common, "model_args": f"pretrained={checkpoints['qwen2_vl_base']},device=cpu,dtype=float32",
-         "tasks": "shapes_caption,object_halbench,mmhal_bench,amber", "output_path": "out/qwen2_vl_base",
-         "env": {**benchmark_env, "UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir),
-                 "OPENAI_BASE_URL": judge_server.base_url}},
-        {**common, "model_args": f"pretrained={checkpoints['llava_base']}", "batch_size": 2,
-         "output_path": "out/llava_base"},
+        {
+            **common,
+            "model_args": f"pretrained={checkpoints['qwen2_vl_base']},device=cpu,dtype=float32",
+            "tasks": "shapes_caption,object_halbench,mmhal_bench,amber",
+            "output_path": "out/qwen2_vl_base",
+            "env": {
+                **benchmark_env,
+                "UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir),
+                "OPENAI_BASE_URL": judge_server.base_url,
+            },
+        },
+        {
+            **common,
+            "model_args": f"pretrained={checkpoints['llava_base']}",
+            "batch_size": 2,
+            "output_path": "out/llava_base",
+        },
         {**common, "model_args": f"pretrained={checkpoints['llava_lora']}", "output_path": "out/llava_lora"},
-        {**common, "model_args": f"pretrained={checkpoints['llava_base']}", "output_path": "out/failing",
-         "gen_kwargs": "max_new_tokens=-1"},
+        {
+            **common,
+            "model_args": f"pretrained={checkpoints['llava_base']}",
+            "output_path": "out/failing",
+            "gen_kwargs": "max_new_tokens=-1",
+        },
     ]
     (workdir / "runs.yaml").write_text(yaml.safe_dump(configs))
     config_run = run_cli([str(BIN / "lmms-eval"), "--config", "runs.yaml"], workdir)
-    return {"dirs": {name: workdir / "out" / name for name in (*RUNS, "failing")},
-            "judge_requests": judge_server.request_count, "log": config_run.stdout + config_run.stderr}
+    return {
+        "dirs": {name: workdir / "out" / name for name in (*RUNS, "failing")},
+        "judge_requests": judge_server.request_count,
+        "log": config_run.stdout + config_run.stderr,
+    }
 
 
 def results_of(output_dir: Path) -> dict:
@@ -211,13 +251,20 @@ def two_process_experiment(workdir, evaluations, checkpoints, shapes_eval_dir, b
         "output": "experiment",
         "runs": [{"name": "lora", "checkpoint": str(checkpoints["qwen2_vl_lora"])}],
         "evaluation": {
-            "tasks": [{"name": "shapes_caption", "gen_kwargs": {"max_new_tokens": MAX_NEW_TOKENS}, "batch_size": 2},
-                      {"name": "object_halbench", "limit": OBJECT_HALBENCH_LIMIT,
-                       "gen_kwargs": {"max_new_tokens": 8, "num_beams": 2}}],
+            "tasks": [
+                {"name": "shapes_caption", "gen_kwargs": {"max_new_tokens": MAX_NEW_TOKENS}, "batch_size": 2},
+                {
+                    "name": "object_halbench",
+                    "limit": OBJECT_HALBENCH_LIMIT,
+                    "gen_kwargs": {"max_new_tokens": 8, "num_beams": 2},
+                },
+            ],
             "model_args": {"device": "cpu"},
             "launcher": ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval"],
-            "env": {**{key: value for key, value in benchmark_env.items() if key != "OPENAI_API_KEY"},
-                    "UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir)},
+            "env": {
+                **{key: value for key, value in benchmark_env.items() if key != "OPENAI_API_KEY"},
+                "UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir),
+            },
         },
     }
     folder = workdir / "two_processes"  # not workdir: lmms-eval reads `--tasks object_halbench` as ./object_halbench/
@@ -235,16 +282,20 @@ def test_a_two_process_run_logs_the_samples_and_scores_of_the_one_process_run(tw
     assert [sample["doc_id"] for sample in merged] == list(range(EVAL_IMAGES))
     assert merged == logged_samples(one_process)
     assert two_process_experiment["metrics"]["shapes_caption"] == {
-        key.removesuffix(",none"): value for key, value in results_of(one_process)["shapes_caption"].items()
-        if key != "alias" and "_stderr" not in key}
+        key.removesuffix(",none"): value
+        for key, value in results_of(one_process)["shapes_caption"].items()
+        if key != "alias" and "_stderr" not in key
+    }
 
 
 def test_each_tasks_protocol_reaches_lmms_eval_and_results_json_records_it(two_process_experiment, workdir):
     evaluation = two_process_experiment["evaluation"]
     assert evaluation["world_size"] == 2
     protocols = {tuple(protocol["tasks"]): protocol for protocol in evaluation["protocols"]}
-    assert {tasks: (protocol["backend"], protocol["batch_size"], protocol["gen_kwargs"], protocol["limit"])
-            for tasks, protocol in protocols.items()} == {
+    assert {
+        tasks: (protocol["backend"], protocol["batch_size"], protocol["gen_kwargs"], protocol["limit"])
+        for tasks, protocol in protocols.items()
+    } == {
         ("shapes_caption",): ("ue_dpo_hf", 2, {"max_new_tokens": MAX_NEW_TOKENS}, None),
         ("object_halbench",): ("ue_dpo_hf", 1, {"max_new_tokens": 8, "num_beams": 2}, OBJECT_HALBENCH_LIMIT),
     }
@@ -266,19 +317,40 @@ def test_a_generation_error_fails_the_run_instead_of_scoring_empty_answers(evalu
 def own_model_runs(workdir, checkpoints, shapes_eval_dir, tiny_qwen2_5_vl_dir):
     """lmms-eval's own `llava_hf` on a LoRA run merged by `llamafactory-cli export`, and its `qwen2_5_vl` on a
     Qwen2.5-VL checkpoint, each with the README's `--force_simple` -> run name -> output dir."""
-    export_config = {"model_name_or_path": str(checkpoints["llava_base"]),
-                     "adapter_name_or_path": str(checkpoints["llava_lora"]), "template": "llava",
-                     "finetuning_type": "lora", "export_dir": str(workdir / "llava_merged")}
+    export_config = {
+        "model_name_or_path": str(checkpoints["llava_base"]),
+        "adapter_name_or_path": str(checkpoints["llava_lora"]),
+        "template": "llava",
+        "finetuning_type": "lora",
+        "export_dir": str(workdir / "llava_merged"),
+    }
     (workdir / "export.yaml").write_text(yaml.safe_dump(export_config))
     export = run_cli([str(BIN / "llamafactory-cli"), "export", "export.yaml"], workdir)
     assert export.returncode == 0, export.stderr[-3000:]
-    runs = {"llava_hf": f"pretrained={workdir / 'llava_merged'},device=cpu,device_map=cpu",
-            "qwen2_5_vl": f"pretrained={tiny_qwen2_5_vl_dir},device=cpu,device_map=cpu"}
+    runs = {
+        "llava_hf": f"pretrained={workdir / 'llava_merged'},device=cpu,device_map=cpu",
+        "qwen2_5_vl": f"pretrained={tiny_qwen2_5_vl_dir},device=cpu,device_map=cpu",
+    }
     for model, model_args in runs.items():
-        result = run_cli([str(BIN / "lmms-eval"), "--model", model, "--model_args", model_args, "--force_simple",
-                          "--tasks", "shapes_caption", "--gen_kwargs", f"max_new_tokens={MAX_NEW_TOKENS}",
-                          "--log_samples", "--output_path", f"out/{model}"],
-                         workdir, UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir))
+        result = run_cli(
+            [
+                str(BIN / "lmms-eval"),
+                "--model",
+                model,
+                "--model_args",
+                model_args,
+                "--force_simple",
+                "--tasks",
+                "shapes_caption",
+                "--gen_kwargs",
+                f"max_new_tokens={MAX_NEW_TOKENS}",
+                "--log_samples",
+                "--output_path",
+                f"out/{model}",
+            ],
+            workdir,
+            UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     return {model: workdir / "out" / model for model in runs}
 
@@ -302,15 +374,29 @@ def ue_dpo_score(argv: list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_object_halbench_metrics_equal_ue_dpo_score_on_the_logged_answers(evaluations, benchmark_env, workdir,
-                                                                            capsys, monkeypatch):
+def test_object_halbench_metrics_equal_ue_dpo_score_on_the_logged_answers(
+    evaluations, benchmark_env, workdir, capsys, monkeypatch
+):
     samples = logged_samples(evaluations["dirs"]["qwen2_vl_base"], "object_halbench")
     answers = workdir / "object_halbench_answers.jsonl"
-    answers.write_text("".join(json.dumps({"question_id": sample["doc_id"], "image_id": sample["target"],
-                                           "text": response_of(sample)}) + "\n" for sample in samples))
+    answers.write_text(
+        "".join(
+            json.dumps({"question_id": sample["doc_id"], "image_id": sample["target"], "text": response_of(sample)})
+            + "\n"
+            for sample in samples
+        )
+    )
     monkeypatch.setenv("UE_DPO_CACHE_DIR", benchmark_env["UE_DPO_CACHE_DIR"])
-    expected = ue_dpo_score(["object_halbench", "--coco-dir", f"{benchmark_env['UE_DPO_OBJECT_HALBENCH_DIR']}/annotations",
-                             "--responses", str(answers)], capsys)
+    expected = ue_dpo_score(
+        [
+            "object_halbench",
+            "--coco-dir",
+            f"{benchmark_env['UE_DPO_OBJECT_HALBENCH_DIR']}/annotations",
+            "--responses",
+            str(answers),
+        ],
+        capsys,
+    )
     scored = results_of(evaluations["dirs"]["qwen2_vl_base"])["object_halbench"]
     assert expected["n"] == len(samples) == 6
     for metric in ("chair_s", "chair_s_all", "chair_i", "recall"):
@@ -319,12 +405,24 @@ def test_object_halbench_metrics_equal_ue_dpo_score_on_the_logged_answers(evalua
 
 def test_amber_metrics_equal_ue_dpo_score_on_the_logged_answers(evaluations, benchmark_env, workdir, capsys):
     output_dir = evaluations["dirs"]["qwen2_vl_base"]
-    responses = [{"id": sample["target"], "response": response_of(sample)}
-                 for task in ("amber_generative", "amber_discriminative") for sample in logged_samples(output_dir, task)]
+    responses = [
+        {"id": sample["target"], "response": response_of(sample)}
+        for task in ("amber_generative", "amber_discriminative")
+        for sample in logged_samples(output_dir, task)
+    ]
     (workdir / "amber_responses.json").write_text(json.dumps(responses))
-    expected = ue_dpo_score(["amber", "--data-dir", benchmark_env["UE_DPO_AMBER_DIR"], "--responses",
-                             str(workdir / "amber_responses.json"), "--spacy-model",
-                             benchmark_env["UE_DPO_AMBER_SPACY_MODEL"]], capsys)
+    expected = ue_dpo_score(
+        [
+            "amber",
+            "--data-dir",
+            benchmark_env["UE_DPO_AMBER_DIR"],
+            "--responses",
+            str(workdir / "amber_responses.json"),
+            "--spacy-model",
+            benchmark_env["UE_DPO_AMBER_SPACY_MODEL"],
+        ],
+        capsys,
+    )
     results = results_of(output_dir)
     generative, discriminative = results["amber_generative"], results["amber_discriminative"]
     for metric in ("CHAIR", "Cover", "Hal", "Cog"):
@@ -334,19 +432,33 @@ def test_amber_metrics_equal_ue_dpo_score_on_the_logged_answers(evaluations, ben
     assert results["amber"]["amber_score,none"] == expected["amber_score"]
 
 
-def test_mmhal_metrics_equal_ue_dpo_score_on_the_logged_answers(evaluations, benchmark_env, workdir, capsys,
-                                                                  monkeypatch, judge_server):
+def test_mmhal_metrics_equal_ue_dpo_score_on_the_logged_answers(
+    evaluations, benchmark_env, workdir, capsys, monkeypatch, judge_server
+):
     assert evaluations["judge_requests"] == MMHAL_ITEMS
     template = json.loads((Path(benchmark_env["UE_DPO_MMHAL_DIR"]) / "response_template.json").read_text())
     for sample in logged_samples(evaluations["dirs"]["qwen2_vl_base"], "mmhal_bench"):
         template[sample["doc_id"]]["model_answer"] = response_of(sample)
     (workdir / "mmhal_answers.json").write_text(json.dumps(template))
-    for name in ("UE_DPO_JUDGE_CACHE_DIR", "OPENAI_API_KEY"):
+    for name in ("UE_DPO_JUDGE_CACHE_DIR", "OPENAI_API_KEY", "UE_DPO_JUDGE_MAX_RETRIES"):
         monkeypatch.setenv(name, benchmark_env[name])
-    expected = ue_dpo_score(["mmhal_bench", "--responses", str(workdir / "mmhal_answers.json"), "--allow-subset",
-                             "--judge-model", JUDGE_MODEL, "--judge-base-url", judge_server.base_url], capsys)
-    # the same prompts: every rating comes from the judge cache the lmms-eval run filled
-    assert judge_server.request_count == MMHAL_ITEMS
+    expected = ue_dpo_score(
+        [
+            "mmhal_bench",
+            "--responses",
+            str(workdir / "mmhal_answers.json"),
+            "--allow-subset",
+            "--judge-model",
+            JUDGE_MODEL,
+            "--judge-base-url",
+            judge_server.base_url,
+            "--judge-unparsed-as-zero",
+        ],
+        capsys,
+    )
+    # the same prompts: every rating comes from the judge cache the lmms-eval run filled, but for the unparsed
+    # reply (item 7, type `other`), which is never cached and so asked again
+    assert judge_server.request_count == MMHAL_ITEMS + 1
     scored = results_of(evaluations["dirs"]["qwen2_vl_base"])["mmhal_bench"]
     for metric in ("score", "hallucination_rate", "informativeness"):
         assert scored[f"{metric},none"] == pytest.approx(expected[metric]), metric

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+
 import ue_dpo
 from tiny_training_config import tiny_training_config
 from ue_dpo.config import UEDPOArguments
@@ -40,8 +41,10 @@ def test_a_registered_method_is_accepted_and_refuses_the_keys_it_does_not_read(r
     args = UEDPOArguments(ue_weighting="every_token_one")
     args.validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None)
     assert type(args.method) is EveryTokenOne and not args.method.reads_noised_image
-    with pytest.raises(ValueError, match="`ue_alpha: 0.2` applies to `ue_weighting: ue` only, but `ue_weighting: "
-                                         "every_token_one` ignores it"):
+    with pytest.raises(
+        ValueError,
+        match="`ue_alpha: 0.2` applies to `ue_weighting: ue` only, but `ue_weighting: every_token_one` ignores it",
+    ):
         UEDPOArguments(ue_weighting="every_token_one", ue_alpha=0.2).validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None)
 
 
@@ -52,8 +55,14 @@ def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
 
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
-    config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir,
-                                  tmp_path_factory.mktemp("methods") / "out", max_samples=4, ue_weighting="uniform")
+    config = tiny_training_config(
+        "qwen2_vl",
+        tiny_qwen2_vl_dir,
+        shapes_dataset_dir,
+        tmp_path_factory.mktemp("methods") / "out",
+        max_samples=4,
+        ue_weighting="uniform",
+    )
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)
@@ -67,8 +76,11 @@ def loss_metrics_and_grads(trainer, batch) -> tuple[torch.Tensor, dict, dict]:
     trainer.model.zero_grad()
     loss, metrics = trainer.get_batch_loss_metrics(trainer.model, batch)
     loss.backward()
-    grads = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()
-             if parameter.grad is not None}
+    grads = {
+        name: parameter.grad.clone()
+        for name, parameter in trainer.model.named_parameters()
+        if parameter.grad is not None
+    }
     return loss.detach(), metrics, grads
 
 

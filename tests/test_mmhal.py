@@ -2,8 +2,10 @@
 
 import hashlib
 import json
+import logging
 
 import pytest
+
 from benchmark_fixtures import judge_by_type, write_mmhal_responses
 from judge_server import ScriptedJudgeServer
 from ue_dpo.benchmarks.judge import JudgeClient, JudgeConfig, JudgeResult
@@ -96,14 +98,35 @@ def test_parse_follows_the_official_substring_rule(reply, rating):
     assert parse_mmhal_rating(reply) == rating
 
 
-def test_unparsed_reply_scores_zero_and_is_flagged():
-    record = mmhal_item_record(ITEM, JudgeResult(content="Rating:5", judge_model="j"))
-    assert (record["rating"], record["judge_unparsed"], record["judge_failed"]) == (0, True, False)
+def test_an_unparsed_reply_is_flagged_warned_per_item_and_scored_zero_only_when_asked(caplog):
+    unparsed = JudgeResult(content="Rating:5", judge_model="j", attempts=3, accepted=False)
+    record = mmhal_item_record(ITEM, unparsed, index=7)
+    assert (record["rating"], record["judge_unparsed"], record["judge_failed"]) == (None, True, False)
+    # The official script prints "Warning: multiple or zero scores found", then the item and the reply.
+    assert "multiple or zero scores found" in caplog.text and "item 7 (image_id abc123)" in caplog.text
+    assert "'Rating:5'" in caplog.text
+    official = mmhal_item_record(ITEM, unparsed, unparsed_as_zero=True)
+    assert (official["rating"], official["judge_unparsed"], official["judge_failed"]) == (0, True, False)
     failed = mmhal_item_record(ITEM, JudgeResult(content=None, judge_model="j", attempts=3, error="down"))
-    assert (failed["rating"], failed["judge_unparsed"], failed["judge_failed"], failed["judge_error"]) == (None, False, True, "down")
+    assert (failed["rating"], failed["judge_unparsed"], failed["judge_failed"], failed["judge_error"]) == (
+        None,
+        False,
+        True,
+        "down",
+    )
 
 
-def fixture_records():
+def test_metrics_refuse_unparsed_replies_unless_scored_as_the_official_script_does():
+    records = fixture_records(unparsed_as_zero=False)
+    with pytest.raises(ValueError) as caught:
+        mmhal_metrics(records, unparsed_fix="pass --judge-unparsed-as-zero")
+    message = str(caught.value)
+    assert "1 judge reply names zero or several ratings" in message and "item 3 (image_id abc123)" in message
+    assert "pass --judge-unparsed-as-zero to score them 0 as the official script does" in message
+    assert mmhal_metrics(fixture_records(unparsed_as_zero=True))["judge_unparsed"] == 1
+
+
+def fixture_records(unparsed_as_zero=True):
     """Ten items over the 8 types: one unparsed reply, one judge failure."""
     replies = [
         ("attribute", "Rating: 6, very informative with good analysis or reasoning, no hallucination"),
@@ -120,7 +143,8 @@ def fixture_records():
     records = []
     for question_type, reply in replies:
         result = JudgeResult(content=reply, judge_model="judge-x", error=None if reply else "HTTP 500")
-        records.append(mmhal_item_record({**ITEM, "question_type": question_type}, result))
+        item = {**ITEM, "question_type": question_type}
+        records.append(mmhal_item_record(item, result, unparsed_as_zero=unparsed_as_zero))
     return records
 
 
@@ -173,15 +197,35 @@ def test_metrics_report_missing_types_and_refuse_bad_records():
 
 # ---- score_mmhal_file end to end against the loopback judge --------------------------------
 
+
+def test_score_mmhal_file_fails_on_unparsed_replies_after_asking_again(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    responses = tmp_path / "responses.json"
+    write_mmhal_responses(responses)
+    with ScriptedJudgeServer(judge_by_type) as server:
+        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache", max_retries=2)
+        with pytest.raises(
+            ValueError,
+            match=r"12 judge replies name zero or several ratings "
+            r"\(item 7 \(image_id img7\), item 15 \(image_id img15\), "
+            r".*unparsed_as_zero=True to score them 0",
+        ):
+            score_mmhal_file(responses, JudgeClient(config))
+        # The 12 "Rating:4" replies of type `other` were asked 3 times each.
+        assert server.request_count == 84 + 12 * 3
+    assert caplog.text.count("multiple or zero scores found") == 12
+
+
 def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
     responses = tmp_path / "responses.json"
     items = write_mmhal_responses(responses)
     with ScriptedJudgeServer(judge_by_type) as server:
-        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache")
-        scored = score_mmhal_file(responses, JudgeClient(config))
-        assert server.request_count == 96
-        rescored = score_mmhal_file(responses, JudgeClient(config))
-        assert server.request_count == 96
+        config = JudgeConfig(model="judge-x", base_url=server.base_url, cache_dir=tmp_path / "cache", max_retries=1)
+        scored = score_mmhal_file(responses, JudgeClient(config), unparsed_as_zero=True)
+        assert server.request_count == 84 + 12 * 2
+        rescored = score_mmhal_file(responses, JudgeClient(config), unparsed_as_zero=True)
+        # Only the unparsed replies are asked again: they were not cached.
+        assert server.request_count == 84 + 12 * 2 * 2
     # Requests run concurrently, so match item 0's request by content, not position.
     assert {"model": "judge-x", "messages": mmhal_judge_messages(items[0]), "temperature": 0.0} in server.payloads
     metrics = scored["metrics"]
@@ -192,10 +236,15 @@ def test_score_mmhal_file_end_to_end_and_rescoring_from_cache(tmp_path):
     # 3 + 2 + 1 + 0 + 2 + 1 + 0 + 0 = 9 per 8 items -> 1.125 / 3 * 100 = 37.5.
     assert metrics["informativeness"] == pytest.approx(37.5)
     assert metrics["per_type"] == dict(zip(MMHAL_QUESTION_TYPES, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0, 0.0]))
-    assert (metrics["n"], metrics["judge_model"], metrics["judge_failures"], metrics["judge_unparsed"]) == (96, "judge-x", 0, 12)
+    assert (metrics["n"], metrics["judge_model"], metrics["judge_failures"], metrics["judge_unparsed"]) == (
+        96,
+        "judge-x",
+        0,
+        12,
+    )
     assert scored["items"][7]["judge_reply"] == "Rating:4" and scored["items"][7]["judge_unparsed"] is True
     assert rescored["metrics"] == metrics
-    assert all(record["judge_cached"] for record in rescored["items"])
+    assert [record["judge_cached"] for record in rescored["items"]] == [index % 8 != 7 for index in range(96)]
     assert "api_key" not in scored["judge"]
 
 
@@ -204,7 +253,8 @@ def test_score_mmhal_file_counts_judge_failures_when_allowed(tmp_path):
     write_mmhal_responses(responses, count=8)
     with ScriptedJudgeServer(judge_by_type, fail_first=2) as server:
         config = JudgeConfig(model="j", base_url=server.base_url, max_retries=0, allow_failures=True, concurrency=1)
-        metrics = score_mmhal_file(responses, JudgeClient(config), expected_items=None)["metrics"]
+        scored = score_mmhal_file(responses, JudgeClient(config), expected_items=None, unparsed_as_zero=True)
+    metrics = scored["metrics"]
     # With one worker, the first two items (attribute, adversarial) hit the outage.
     assert (metrics["n"], metrics["judge_failures"]) == (6, 2)
     # Remaining ratings 4, 3, 2, 1, 0, 0: sum 10 over 6.
@@ -232,6 +282,18 @@ def test_score_mmhal_file_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"unanswered.json: MMHal-Bench item 5 \(image_id img5\) lacks model_answer"):
         score_mmhal_file(unanswered, judge)
     template = tmp_path / "template.json"
-    template.write_text(json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]), encoding="utf-8")
+    template.write_text(
+        json.dumps([{**item, "model_answer": ""} for item in write_mmhal_responses(tmp_path / "x.json")]),
+        encoding="utf-8",
+    )
     with pytest.raises(ValueError, match="unfilled template"):
         score_mmhal_file(template, judge)
+    repeated = tmp_path / "repeated.json"
+    items = write_mmhal_responses(repeated, count=6)
+    repeated.write_text(json.dumps([*items, {**items[2], "model_answer": "Another answer."}]), encoding="utf-8")
+    with pytest.raises(
+        ValueError,
+        match=r"repeated.json: MMHal-Bench item 6 \(image_id img2\) repeats item 2 "
+        r"\(the same image_id and question\); score each question once",
+    ):
+        score_mmhal_file(repeated, judge, expected_items=None)

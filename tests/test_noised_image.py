@@ -14,8 +14,7 @@ IMAGE_SIZE = 112  # larger than both tiny processors' input (LLaVA 28, Qwen2-VL 
 
 @pytest.fixture(scope="module")
 def large_image_pairs(tmp_path_factory):
-    return write_preference_dataset(tmp_path_factory.mktemp("large_images"), n_pairs=2, seed=3,
-                                    image_size=IMAGE_SIZE)
+    return write_preference_dataset(tmp_path_factory.mktemp("large_images"), n_pairs=2, seed=3, image_size=IMAGE_SIZE)
 
 
 def collated_modules(arch, request, dataset_dir, tmp_path):
@@ -25,11 +24,21 @@ def collated_modules(arch, request, dataset_dir, tmp_path):
     from llamafactory.model import load_tokenizer
 
     model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
-    model_args, data_args, training_args, _, _ = get_train_args({
-        "model_name_or_path": str(model_dir), "stage": "rm", "do_train": True, "finetuning_type": "lora",
-        "dataset": "shapes_pref", "dataset_dir": str(dataset_dir), "template": arch, "cutoff_len": 256,
-        "output_dir": str(tmp_path / "out"), "report_to": "none", "overwrite_cache": True,
-    })
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(model_dir),
+            "stage": "rm",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset": "shapes_pref",
+            "dataset_dir": str(dataset_dir),
+            "template": arch,
+            "cutoff_len": 256,
+            "output_dir": str(tmp_path / "out"),
+            "report_to": "none",
+            "overwrite_cache": True,
+        }
+    )
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
     rows = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"]
@@ -39,8 +48,16 @@ def collated_modules(arch, request, dataset_dir, tmp_path):
 def ue_collator(template, tokenizer_module, noise_space):
     from ue_dpo.llamafactory.collator import UEDPODataCollator
 
-    return UEDPODataCollator(template=template, model=None, label_pad_token_id=-100, noise_step=STEP,
-                             noise_space=noise_space, noise_seed=11, with_row_digests=False, **tokenizer_module)
+    return UEDPODataCollator(
+        template=template,
+        model=None,
+        label_pad_token_id=-100,
+        noise_step=STEP,
+        noise_space=noise_space,
+        noise_seed=11,
+        with_row_digests=False,
+        **tokenizer_module,
+    )
 
 
 def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(request, large_image_pairs, tmp_path):
@@ -54,8 +71,9 @@ def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(re
     assert image_processor.temporal_patch_size == 2
 
     def patchified(image: torch.Tensor) -> torch.Tensor:  # the processor's own patchification of a [3, H, W] image
-        return image_processor(images=[image], do_resize=False, do_rescale=False, do_normalize=False,
-                               return_tensors="pt")["pixel_values"]
+        return image_processor(
+            images=[image], do_resize=False, do_rescale=False, do_normalize=False, return_tensors="pt"
+        )["pixel_values"]
 
     clean_images = collator.family.split_images(batch)
     noised_images = list(batch[NOISED_PIXEL_VALUES].split([len(image) for image in clean_images]))
@@ -65,8 +83,11 @@ def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(re
         assert torch.equal(frames[:, :, 0], frames[:, :, 1])  # both temporal copies of every patch: the same ε
         # x: the normalised image, read back from the clean patches (first temporal copy) and checked to patchify
         # back into them exactly
-        image = (clean.view(grid_h // merge, grid_w // merge, merge, merge, 3, 2, patch, patch)[:, :, :, :, :, 0]
-                 .permute(4, 0, 2, 5, 1, 3, 6).reshape(3, grid_h * patch, grid_w * patch))
+        image = (
+            clean.view(grid_h // merge, grid_w // merge, merge, merge, 3, 2, patch, patch)[:, :, :, :, :, 0]
+            .permute(4, 0, 2, 5, 1, 3, 6)
+            .reshape(3, grid_h * patch, grid_w * patch)
+        )
         assert torch.equal(patchified(image), clean)
         eps = diffusion_noise((3, grid_h * patch, grid_w * patch), collator.image_noise_seed(clean.numpy()))
         assert torch.equal(noised, patchified(signal * image + noise * eps))
@@ -90,8 +111,9 @@ def test_llava_noise_is_vcds_noise_of_the_normalised_image(request, large_image_
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
-def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(arch, request, large_image_pairs,
-                                                                                 tmp_path):
+def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(
+    arch, request, large_image_pairs, tmp_path
+):
     from llamafactory.data import PairwiseDataCollatorWithPadding
     from torchvision import transforms
 
@@ -115,7 +137,6 @@ def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolutio
         return transforms.ToPILImage()(signal * tensor + noise * eps)
 
     tpo_features = [{**feature, "images": [tpo_noised(path) for path in feature["images"]]} for feature in features]
-    stock = PairwiseDataCollatorWithPadding(template=template, model=None, label_pad_token_id=-100,
-                                            **tokenizer_module)
+    stock = PairwiseDataCollatorWithPadding(template=template, model=None, label_pad_token_id=-100, **tokenizer_module)
     expected = stock(tpo_features)["pixel_values"]
     assert torch.equal(noised_pixel_values, expected)

@@ -14,6 +14,7 @@ import json
 import threading
 
 import pytest
+
 from benchmark_fixtures import (
     CAPTIONS_TRAIN,
     CAPTIONS_VAL,
@@ -90,7 +91,10 @@ def test_clean_answer_removes_every_assistant_prefix():
 def test_rule_extractor_mentions():
     # baby dog -> dog (not person), "dogs" -> dog counted again, ball -> sports ball, man -> person.
     assert caption_coco_mentions("A baby dog and two dogs chase a ball near a man.") == [
-        ("dog", "dog"), ("dog", "dog"), ("ball", "sports ball"), ("man", "person"),
+        ("dog", "dog"),
+        ("dog", "dog"),
+        ("ball", "sports ball"),
+        ("man", "person"),
     ]
     # "seat" is dropped because "toilet" is there; "bow tie" -> tie.
     assert caption_coco_mentions("The toilet has a seat and a bow tie on it.") == [("toilet", "toilet"), ("tie", "tie")]
@@ -151,7 +155,12 @@ def test_rule_path_scores():
 
 def test_item_records_aggregate_like_the_whole_run():
     records = [
-        object_halbench_item_result(answer["text"], GROUND_TRUTH[answer["image_id"]], image_id=answer["image_id"], question_id=answer["question_id"])
+        object_halbench_item_result(
+            answer["text"],
+            GROUND_TRUTH[answer["image_id"]],
+            image_id=answer["image_id"],
+            question_id=answer["question_id"],
+        )
         for answer in RULE_ANSWERS
     ]
     assert records[0]["mentions"] == [["dog", "dog"], ["dog", "dog"], ["ball", "sports ball"], ["man", "person"]]
@@ -168,7 +177,10 @@ def test_prompt_is_the_official_text():
     prompt = messages[0]["content"]
     assert prompt.startswith("You are an expert in image objects extraction according to a question answer pair.")
     assert "[Start of Question]\n\n<image> Describe it.\n\n[End of Question]" in prompt
-    assert "[Start of Examiner's Answer]\n\nA dog.\n\n[End of Examiner's Answer]\n\n\nAssume that the answer is correct" in prompt
+    assert (
+        "[Start of Examiner's Answer]\n\nA dog.\n\n[End of Examiner's Answer]\n\n\nAssume that the answer is correct"
+        in prompt
+    )
     assert 'Present the results in a JSON list format: ["object_1", ..., "object_n"].\n' in prompt
     assert prompt.endswith("5. You should return an empty JSON list () if no visible objects can be found.\n")
     assert OBJECT_EXTRACTION_PROMPT.count("{question}") == 1 and OBJECT_EXTRACTION_PROMPT.count("{answer}") == 1
@@ -186,22 +198,46 @@ def test_parse_object_list():
 def test_refine_extracted_objects(spacy_pipeline):
     # Double words first ("wine glass", "cell phone" from the lemmas), else NN* compounds
     # ("tennis ball" stays one compound), adjectives split compounds, repeats are dropped.
-    refined = refine_extracted_objects(["wine glasses", "cell phones", "tennis ball", "puppy", "red kite string", "puppy"], spacy_pipeline)
+    refined = refine_extracted_objects(
+        ["wine glasses", "cell phones", "tennis ball", "puppy", "red kite string", "puppy"], spacy_pipeline
+    )
     assert refined == ["wine glass", "cell phone", "tennis ball", "puppy", "kite string"]
 
 
 GPT_ANSWERS = [
-    {"question_id": 11, "image_id": 1, "prompt": "Describe the image.", "text": "A playful puppy and a tennis ball are on the grass near a man."},
+    {
+        "question_id": 11,
+        "image_id": 1,
+        "prompt": "Describe the image.",
+        "text": "A playful puppy and a tennis ball are on the grass near a man.",
+    },
     {"question_id": 12, "image_id": 2, "prompt": "What is there?", "text": "Yes, a toilet."},
-    {"question_id": 13, "image_id": 4, "prompt": "Describe the image.", "text": "There are two wine glasses and a cell phone on the table."},
-    {"question_id": 14, "image_id": 3, "prompt": "Describe the image.", "text": "A long train is waiting at the station platform."},
-    {"question_id": 15, "image_id": 3, "prompt": "Describe the image.", "text": "Assistant: A dog sits on a toilet seat in the station."},
+    {
+        "question_id": 13,
+        "image_id": 4,
+        "prompt": "Describe the image.",
+        "text": "There are two wine glasses and a cell phone on the table.",
+    },
+    {
+        "question_id": 14,
+        "image_id": 3,
+        "prompt": "Describe the image.",
+        "text": "A long train is waiting at the station platform.",
+    },
+    {
+        "question_id": 15,
+        "image_id": 3,
+        "prompt": "Describe the image.",
+        "text": "Assistant: A dog sits on a toilet seat in the station.",
+    },
 ]
 GPT_REPLIES = {
     "A playful puppy and a tennis ball are on the grass near a man.": (
-        '["puppy", "tennis ball", "grass", "man", "puppy"]'),
+        '["puppy", "tennis ball", "grass", "man", "puppy"]'
+    ),
     "There are two wine glasses and a cell phone on the table.": (
-        'Here are the objects:\n["wine glasses", "cell phones", "table"]'),
+        'Here are the objects:\n["wine glasses", "cell phones", "table"]'
+    ),
     "A long train is waiting at the station platform.": "The objects are a train and a platform.",
     "A dog sits on a toilet seat in the station.": '["toilet", "seat", "dog"]',
 }
@@ -209,7 +245,9 @@ GPT_REPLIES = {
 
 def test_gpt_path_scores(spacy_pipeline):
     judge = ScriptedJudge(GPT_REPLIES)
-    result = score_object_halbench(GROUND_TRUTH, GPT_ANSWERS, extractor="gpt", judge=judge, nlp=spacy_pipeline, max_workers=2)
+    result = score_object_halbench(
+        GROUND_TRUTH, GPT_ANSWERS, extractor="gpt", judge=judge, nlp=spacy_pipeline, max_workers=2
+    )
     # 11: objects puppy, tennis ball, grass, man (repeat dropped); vocabulary hits puppy -> dog,
     #     man -> person ("tennis ball" is no vocabulary word, "grass" neither): 2 mentions, 0
     #     hallucinated, covered dog, person of 3.
@@ -233,7 +271,10 @@ def test_gpt_path_scores(spacy_pipeline):
     assert len(judge.calls) == 4
     assert all(temperature == 0.2 for _, temperature in judge.calls)
     prompts = sorted(messages[0]["content"] for messages, _ in judge.calls)
-    assert object_extraction_messages("Describe the image.", "A dog sits on a toilet seat in the station.")[0]["content"] in prompts
+    assert (
+        object_extraction_messages("Describe the image.", "A dog sits on a toilet seat in the station.")[0]["content"]
+        in prompts
+    )
     assert all("Assistant:" not in prompt for prompt in prompts)
 
 
@@ -248,7 +289,12 @@ def test_gpt_item_records(spacy_pipeline):
     assert record["hallucinated"] == [["cell phone", "cell phone"]]
     assert record["judge_reply"] == GPT_REPLIES[answer["text"]]
     failed = object_halbench_item_result(
-        GPT_ANSWERS[3]["text"], GROUND_TRUTH[3], extractor="gpt", question="Describe the image.", judge=judge, nlp=spacy_pipeline
+        GPT_ANSWERS[3]["text"],
+        GROUND_TRUTH[3],
+        extractor="gpt",
+        question="Describe the image.",
+        judge=judge,
+        nlp=spacy_pipeline,
     )
     assert failed["status"] == "extraction_failed" and failed["mentions"] == []
 
@@ -277,7 +323,10 @@ def test_score_files(tmp_path):
     assert from_files["chair_s"] == 75.0
 
 
-@pytest.mark.parametrize("missing", ["instances_train2014.json", "instances_val2014.json", "captions_train2014.json", "captions_val2014.json"])
+@pytest.mark.parametrize(
+    "missing",
+    ["instances_train2014.json", "instances_val2014.json", "captions_train2014.json", "captions_val2014.json"],
+)
 def test_missing_coco_file_is_named(tmp_path, missing):
     coco_dir = write_coco_files(tmp_path / "annotations", skip=(missing,))
     with pytest.raises(FileNotFoundError) as error:
@@ -288,6 +337,20 @@ def test_missing_coco_file_is_named(tmp_path, missing):
 def test_answers_for_unknown_images_are_refused():
     with pytest.raises(ValueError, match=r"No COCO ground truth for image id\(s\) \[77\]"):
         score_object_halbench(GROUND_TRUTH, [{"question_id": 1, "image_id": 77, "text": "A dog."}])
+
+
+def test_a_repeated_question_id_is_refused_instead_of_counted_twice():
+    # 6 questions, one of them answered twice: the official script would count n 7.
+    answers = [*RULE_ANSWERS[:6], {**RULE_ANSWERS[2], "text": "A train."}]
+    with pytest.raises(
+        ValueError,
+        match=r"^Object-HalBench answers: question_id 3 appears twice \(answers 2 and 6\); "
+        r"score each question once",
+    ):
+        score_object_halbench(GROUND_TRUTH, answers)
+    # Without question_id an answer is named by its position, so nothing repeats.
+    unnamed = [{key: value for key, value in answer.items() if key != "question_id"} for answer in RULE_ANSWERS]
+    assert score_object_halbench(GROUND_TRUTH, unnamed) == score_object_halbench(GROUND_TRUTH, RULE_ANSWERS)
 
 
 def test_no_mentions_leaves_ratios_undefined():

@@ -6,24 +6,40 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_the_hook_that_registers_the_stage(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(REPO)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("ue_dpo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "ue_dpo_autoload.pth" in names
     assert "ue_dpo/_autoload.py" in names and "ue_dpo/llamafactory/trainer.py" in names
     assert zipfile.ZipFile(wheel).read("ue_dpo_autoload.pth").decode().strip() == "import ue_dpo._autoload"
-    task_yamls = {f"ue_dpo/eval_tasks/{name}.yaml" for name in ("object_halbench", "mmhal_bench", "amber_generative", "amber_discriminative", "amber")}
+    task_yamls = {
+        f"ue_dpo/eval_tasks/{name}.yaml"
+        for name in ("object_halbench", "mmhal_bench", "amber_generative", "amber_discriminative", "amber")
+    }
     assert task_yamls <= set(names)
 
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True
+    )
     # -S: start without site-packages, then add the wheel's folder first so its .pth file runs,
     # and the environment's packages (llamafactory) after it.
     probe = (

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llamafactory_runs import train_or_fail
-from ue_dpo.synthetic.shapes import write_preference_dataset
 from tiny_training_config import tiny_training_config
+from ue_dpo.synthetic.shapes import write_preference_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +23,17 @@ def test_precomputed_reference_trains_identically_and_its_cache_is_reused_until_
 
     def run(name, dataset_dir=shapes_dataset_dir, **overrides):
         cache = {"ue_ref_cache_dir": str(cache_dir)} if overrides.get("ue_precompute_ref") else {}
-        config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, dataset_dir, tmp_path / name,
-                                      **{"max_steps": 2, **cache, **overrides})
+        config = tiny_training_config(
+            "qwen2_vl", tiny_qwen2_vl_dir, dataset_dir, tmp_path / name, **{"max_steps": 2, **cache, **overrides}
+        )
         return train_or_fail(config, tmp_path / f"{name}-work")
 
     live = run("live")
     precomputed = run("precomputed", ue_precompute_ref=True)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "ue/lambda_chosen_mean"):
-        assert [entry[key] for entry in precomputed] == pytest.approx([entry[key] for entry in live], rel=1e-5,
-                                                                       abs=1e-6), key
+        assert [entry[key] for entry in precomputed] == pytest.approx(
+            [entry[key] for entry in live], rel=1e-5, abs=1e-6
+        ), key
     (cache,) = cache_files(cache_dir)
     rows = torch.load(cache, map_location="cpu")["rows"]
     assert len(rows) == 16  # 8 pairs: a chosen and a rejected row each

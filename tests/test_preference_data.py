@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ue_dpo
-from ue_dpo.synthetic.shapes import IMAGE_PLACEHOLDER, write_preference_dataset
 from tiny_training_config import tiny_training_config
+from ue_dpo.synthetic.shapes import IMAGE_PLACEHOLDER, write_preference_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -63,7 +63,8 @@ def model_must_not_load(monkeypatch):
 
 
 def test_empty_responses_are_refused_with_their_rows_before_the_model_loads(
-        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load):
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load
+):
     def empty_two_responses(records):
         records[1]["chosen"]["content"] = ""
         records[4]["rejected"]["content"] = "  \n"
@@ -72,34 +73,44 @@ def test_empty_responses_are_refused_with_their_rows_before_the_model_loads(
     with pytest.raises(ValueError) as error:
         build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
     message = str(error.value)
-    assert message.startswith("2 response(s) of the training set are empty, which `stage: ue_dpo` would train as an "
-                              "end-of-sequence-only answer: ")
+    assert message.startswith(
+        "2 response(s) of the training set are empty, which `stage: ue_dpo` would train as an "
+        "end-of-sequence-only answer: "
+    )
     assert f"row 1, chosen (image: {dataset_dir / 'images/shapes_pref/00001.png'})" in message
     assert f"row 4, rejected (image: {dataset_dir / 'images/shapes_pref/00004.png'})" in message
     assert "Fill in or remove these responses" in message
 
 
-def test_a_truncated_png_is_named_with_its_dataset_row_and_fix(tiny_llava_dir, dataset_dir, tmp_path,
-                                                               model_must_not_load):
+def test_a_truncated_png_is_named_with_its_dataset_row_and_fix(
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load
+):
     image = dataset_dir / "images/shapes_pref/00003.png"
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     with pytest.raises(ValueError) as error:
         build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
-    assert str(error.value) == (f"image {image} of row 3 (counted from 0) of dataset `shapes_pref` cannot be read: "
-                                "image file is truncated. Fix: replace the file with a complete copy, or remove the "
-                                "row.")
+    assert str(error.value) == (
+        f"image {image} of row 3 (counted from 0) of dataset `shapes_pref` cannot be read: "
+        "image file is truncated. Fix: replace the file with a complete copy, or remove the "
+        "row."
+    )
 
 
-def test_a_missing_image_is_named_with_its_row_and_where_it_was_looked_for(tiny_llava_dir, dataset_dir, tmp_path,
-                                                                          model_must_not_load):
+def test_a_missing_image_is_named_with_its_row_and_where_it_was_looked_for(
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load
+):
     (dataset_dir / "images/shapes_pref/00002.png").unlink()
     with pytest.raises(ValueError) as error:
         build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
     message = str(error.value)
-    assert message.startswith("image images/shapes_pref/00002.png of row 2 (counted from 0) of dataset `shapes_pref` "
-                              "cannot be read: [Errno 2] No such file or directory")
-    assert (f"Fix: put it at {dataset_dir / 'images/shapes_pref/00002.png'}, or set `media_dir` (now {dataset_dir}) "
-            "to the folder the image paths are relative to, or remove the row.") in message
+    assert message.startswith(
+        "image images/shapes_pref/00002.png of row 2 (counted from 0) of dataset `shapes_pref` "
+        "cannot be read: [Errno 2] No such file or directory"
+    )
+    assert (
+        f"Fix: put it at {dataset_dir / 'images/shapes_pref/00002.png'}, or set `media_dir` (now {dataset_dir}) "
+        "to the folder the image paths are relative to, or remove the row."
+    ) in message
 
 
 def test_an_image_that_breaks_after_preprocessing_is_named_by_the_collator(tiny_llava_dir, dataset_dir, tmp_path):
@@ -108,8 +119,11 @@ def test_an_image_that_breaks_after_preprocessing_is_named_by_the_collator(tiny_
     image = dataset_dir / "images/shapes_pref/00001.png"
     assert rows[1]["images"] == [str(image)]
     image.write_bytes(image.read_bytes()[:100])
-    with pytest.raises(ValueError, match=f"training image {image} cannot be read: .*Replace the file with a complete "
-                                         r"copy, or remove its row and prepare the data again \(`overwrite_cache"):
+    with pytest.raises(
+        ValueError,
+        match=f"training image {image} cannot be read: .*Replace the file with a complete "
+        r"copy, or remove its row and prepare the data again \(`overwrite_cache",
+    ):
         trainer.data_collator(rows)
 
 
@@ -122,10 +136,14 @@ def test_text_only_rows_warn_once_and_log_no_token_means(tiny_llava_dir, dataset
     edit_records(dataset_dir, drop_images)
     trainer = build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
     warnings = [record.getMessage() for record in caplog.records if "No row of the training set" in record.getMessage()]
-    assert warnings == [("No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: ue` "
-                         "trains it as plain DPO (λ = 1 on text-only rows) and logs no `ue/*` token means. Give the "
-                         "rows their images (an `images` column and an <image> placeholder in the prompt), or use "
-                         "`stage: dpo`.")]
+    assert warnings == [
+        (
+            "No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: ue` "
+            "trains it as plain DPO (λ = 1 on text-only rows) and logs no `ue/*` token means. Give the "
+            "rows their images (an `images` column and an <image> placeholder in the prompt), or use "
+            "`stage: dpo`."
+        )
+    ]
 
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[index] for index in range(2)]))
     with torch.no_grad():
@@ -148,10 +166,14 @@ def ranks_all_reducing(*rank_terms):
 
 def test_a_metric_is_the_mean_over_all_ranks_tokens_and_left_out_on_every_rank_when_there_are_none():
     no_image = torch.zeros(1, 3, dtype=torch.bool)
-    text_only_rank = {"ue/lambda_chosen_mean": (torch.full((1, 3), 1.0), no_image),
-                      "ue/u_mean": (torch.full((1, 3), float("nan")), no_image)}
-    image_rank = {"ue/lambda_chosen_mean": (torch.tensor([[1.2, 1.0, 9.0]]), torch.tensor([[True, True, False]])),
-                  "ue/u_mean": (torch.tensor([[0.5, 0.0, 0.0]]), no_image)}
+    text_only_rank = {
+        "ue/lambda_chosen_mean": (torch.full((1, 3), 1.0), no_image),
+        "ue/u_mean": (torch.full((1, 3), float("nan")), no_image),
+    }
+    image_rank = {
+        "ue/lambda_chosen_mean": (torch.tensor([[1.2, 1.0, 9.0]]), torch.tensor([[True, True, False]])),
+        "ue/u_mean": (torch.tensor([[0.5, 0.0, 0.0]]), no_image),
+    }
     # rank 0 has no image token: it reports rank 1's mean (1.2 + 1.0) / 2, not 0; u has no token on any rank
     assert ranks_all_reducing(text_only_rank, image_rank) == [{"ue/lambda_chosen_mean": pytest.approx(1.1)}] * 2
     assert ranks_all_reducing(text_only_rank, text_only_rank) == [{}, {}]
@@ -171,28 +193,36 @@ def every_row_as_conversations(records):
         record["rejected"] = [{**user, "content": "Name one shape."}, record["rejected"]]
 
 
-@pytest.mark.parametrize("edit", [chosen_and_rejected_as_conversations, every_row_as_conversations],
-                         ids=["one_row_DatasetGenerationError", "every_row_cannot_find_valid_samples"])
+@pytest.mark.parametrize(
+    "edit",
+    [chosen_and_rejected_as_conversations, every_row_as_conversations],
+    ids=["one_row_DatasetGenerationError", "every_row_cannot_find_valid_samples"],
+)
 def test_a_pair_whose_chosen_and_rejected_have_different_prompts_is_named_with_its_row_and_the_rule(
-        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, edit):
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, edit
+):
     edit_records(dataset_dir, edit)
     with pytest.raises(ValueError) as error:
         build_trainer(tiny_llava_dir, dataset_dir, tmp_path)
     message = str(error.value)
     first = 2 if edit is chosen_and_rejected_as_conversations else 0
-    assert message.startswith(f"row {first} (counted from 0) of dataset `shapes_pref` "
-                              f"({dataset_dir / 'shapes_pref.json'}): its `chosen` and `rejected` are conversations "
-                              "whose prompts differ (at message 0): a preference pair is two answers to one prompt."), \
-        message
-    assert ("LLaMA-Factory's sharegpt ranking format gives the prompt once, in `messages`, and `chosen` and "
-            '`rejected` one assistant message each ({"role": "assistant", "content": "..."})') in message
+    assert message.startswith(
+        f"row {first} (counted from 0) of dataset `shapes_pref` "
+        f"({dataset_dir / 'shapes_pref.json'}): its `chosen` and `rejected` are conversations "
+        "whose prompts differ (at message 0): a preference pair is two answers to one prompt."
+    ), message
+    assert (
+        "LLaMA-Factory's sharegpt ranking format gives the prompt once, in `messages`, and `chosen` and "
+        '`rejected` one assistant message each ({"role": "assistant", "content": "..."})'
+    ) in message
 
 
 NEEDED_CUTOFF = re.compile(r"Raise `cutoff_len` to at least (\d+)")
 
 
 def test_an_image_that_cutoff_len_would_cut_is_refused_with_its_row_and_the_cutoff_len_it_needs(
-        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load):
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load
+):
     def long_text_before_the_image(records):
         user = records[3]["messages"][0]
         user["content"] = "Look at the shapes and their colours closely. " * 40 + user["content"]
@@ -212,7 +242,8 @@ def test_an_image_that_cutoff_len_would_cut_is_refused_with_its_row_and_the_cuto
 
 
 def test_responses_cut_by_cutoff_len_are_counted_in_one_warning_with_the_cutoff_len_that_keeps_them(
-        tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, caplog):
+    tiny_llava_dir, dataset_dir, tmp_path, model_must_not_load, caplog
+):
     def long_answers(records):
         records[5]["chosen"]["content"] = "A red square above a blue circle. " * 30
         records[6]["rejected"]["content"] = "A green triangle. " * 80
@@ -225,10 +256,12 @@ def test_responses_cut_by_cutoff_len_are_counted_in_one_warning_with_the_cutoff_
     with pytest.raises(AssertionError, match="the model was loaded"):
         build_trainer(tiny_llava_dir, dataset_dir, tmp_path, cutoff_len=256)
     [warning] = truncation_warnings()
-    assert warning.startswith("2 response(s) of the training set are longer than `cutoff_len: 256` leaves room for: "
-                              "LLaMA-Factory cuts them, and they train without their end-of-sequence token: "
-                              "row 5 (counted from 0) of dataset `shapes_pref`, chosen; row 6 (counted from 0) of "
-                              "dataset `shapes_pref`, rejected."), warning
+    assert warning.startswith(
+        "2 response(s) of the training set are longer than `cutoff_len: 256` leaves room for: "
+        "LLaMA-Factory cuts them, and they train without their end-of-sequence token: "
+        "row 5 (counted from 0) of dataset `shapes_pref`, chosen; row 6 (counted from 0) of "
+        "dataset `shapes_pref`, rejected."
+    ), warning
     needed = int(NEEDED_CUTOFF.search(warning).group(1))
     caplog.clear()
     with pytest.raises(AssertionError, match="the model was loaded"):

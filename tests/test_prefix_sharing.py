@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+
 import ue_dpo
 from tiny_training_config import tiny_training_config
 from ue_dpo.core.shared_prefix import (
@@ -19,19 +20,24 @@ from ue_dpo.core.shared_prefix import (
 
 PLACEHOLDER = 99
 # pair 0: prompt 11 12, chosen 21 22, rejected 31; pair 1: prompt 13, chosen 23-27, rejected 33-35 (0 = padding)
-INPUT_IDS = torch.tensor([
-    [11, 12, 21, 22, 0, 0],
-    [13, 23, 24, 25, 26, 27],
-    [11, 12, 31, 0, 0, 0],
-    [13, 33, 34, 35, 0, 0],
-])
+INPUT_IDS = torch.tensor(
+    [
+        [11, 12, 21, 22, 0, 0],
+        [13, 23, 24, 25, 26, 27],
+        [11, 12, 31, 0, 0, 0],
+        [13, 33, 34, 35, 0, 0],
+    ]
+)
 ATTENTION_MASK = (INPUT_IDS != 0).long()
-LABELLED = torch.tensor([
-    [0, 0, 1, 1, 0, 0],
-    [0, 1, 1, 1, 1, 1],
-    [0, 0, 1, 0, 0, 0],
-    [0, 1, 1, 1, 0, 0],
-], dtype=torch.bool)
+LABELLED = torch.tensor(
+    [
+        [0, 0, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1, 1],
+        [0, 0, 1, 0, 0, 0],
+        [0, 1, 1, 1, 0, 0],
+    ],
+    dtype=torch.bool,
+)
 
 
 def test_each_pair_packs_prompt_chosen_then_rejected_response():
@@ -116,15 +122,15 @@ def test_placeholders_in_chosen_padding_stay_packed_and_attend_only_to_themselve
     [
         ([[11, 21], [12, 31]], [[0, 1], [0, 1]], "the chosen and rejected prompts of a pair differ"),
         ([[11, 21], [11, 31]], [[0, 1], [0, 0]], "a rejected row has no labelled token"),
-        ([[11, 21], [11, PLACEHOLDER]], [[0, 1], [0, 1]],
-         "a rejected row has an image placeholder outside its prompt"),
+        ([[11, 21], [11, PLACEHOLDER]], [[0, 1], [0, 1]], "a rejected row has an image placeholder outside its prompt"),
     ],
 )
 def test_pairs_that_cannot_share_are_refused_with_the_reason(input_ids, labelled, message):
     input_ids = torch.tensor(input_ids)
     with pytest.raises(PrefixNotShared, match=message):
-        shared_prefix_layout(input_ids, torch.ones_like(input_ids), torch.tensor(labelled, dtype=torch.bool),
-                             (PLACEHOLDER,))
+        shared_prefix_layout(
+            input_ids, torch.ones_like(input_ids), torch.tensor(labelled, dtype=torch.bool), (PLACEHOLDER,)
+        )
 
 
 def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_other_images():
@@ -133,8 +139,11 @@ def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_o
 
     input_ids = torch.tensor([[PLACEHOLDER, 21], [PLACEHOLDER, 22], [PLACEHOLDER, 31], [PLACEHOLDER, 32]])
     patches = torch.arange(4 * 3).view(4, 3).float()  # two images of 2 patches each, grid [1, 1, 2]
-    qwen_batch = {"input_ids": input_ids, "pixel_values": torch.cat([patches, patches]),
-                  "image_grid_thw": torch.tensor([[1, 1, 2], [1, 2, 1]] * 2)}
+    qwen_batch = {
+        "input_ids": input_ids,
+        "pixel_values": torch.cat([patches, patches]),
+        "image_grid_thw": torch.tensor([[1, 1, 2], [1, 2, 1]] * 2),
+    }
     chosen = chosen_row_images(qwen_batch, (PLACEHOLDER,), FAMILY_BY_MODEL_TYPE["qwen2_vl"])
     assert torch.equal(chosen["pixel_values"], patches) and chosen["image_grid_thw"].tolist() == [[1, 1, 2], [1, 2, 1]]
     other_rejected_image = torch.stack([patches[0], patches[1], patches[0], patches[2]])
@@ -180,11 +189,18 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
 def trainer(request, edited_dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
+
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
     arch = request.param
-    config = tiny_training_config(arch, request.getfixturevalue(f"tiny_{arch}_dir"), edited_dataset_dir,
-                                  tmp_path_factory.mktemp(arch) / "out", cutoff_len=CUTOFF_LEN, max_samples=8)
+    config = tiny_training_config(
+        arch,
+        request.getfixturevalue(f"tiny_{arch}_dir"),
+        edited_dataset_dir,
+        tmp_path_factory.mktemp(arch) / "out",
+        cutoff_len=CUTOFF_LEN,
+        max_samples=8,
+    )
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)
@@ -218,13 +234,20 @@ def step_with_sharing(trainer, batch: dict, sharing: bool) -> dict:
     loss, metrics = trainer.get_batch_loss_metrics(model, batch)
     loss.backward()
     return {
-        "tokens": {name: values.detach() for name, values in
-                   {"policy_logps": tokens.policy_logps, "weights": tokens.weights, **tokens.details}.items()},
+        "tokens": {
+            name: values.detach()
+            for name, values in {
+                "policy_logps": tokens.policy_logps,
+                "weights": tokens.weights,
+                **tokens.details,
+            }.items()
+        },
         "mask": tokens.response.mask,
         "loss": loss.detach(),
         "metrics": metrics,
-        "grads": {name: parameter.grad.clone() for name, parameter in model.named_parameters()
-                  if parameter.grad is not None},
+        "grads": {
+            name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None
+        },
     }
 
 
@@ -267,8 +290,12 @@ def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting,
     # the rewards are β times differences of sequence log-probs, whose rounding they keep
     rewards_scale = trainer.beta * max(abs(unshared["metrics"][key]) for key in ("logps/chosen", "logps/rejected"))
     for key, value in unshared["metrics"].items():
-        close(torch.tensor(shared["metrics"][key]), torch.tensor(value), key,
-              smallest_scale=rewards_scale if key.startswith("rewards/") else ROUNDING_SCALE)
+        close(
+            torch.tensor(shared["metrics"][key]),
+            torch.tensor(value),
+            key,
+            smallest_scale=rewards_scale if key.startswith("rewards/") else ROUNDING_SCALE,
+        )
     assert shared["grads"].keys() == unshared["grads"].keys() and unshared["grads"]
     for name, grad in unshared["grads"].items():
         close(shared["grads"][name], grad, name)
@@ -285,8 +312,10 @@ def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
     base = trainer.model.get_base_model()
     vision = base.model.visual if hasattr(base.model, "visual") else base.model.vision_tower
     encoded_rows = []
-    handle = vision.register_forward_pre_hook(lambda module, args, kwargs: encoded_rows.append(
-        (args[0] if args else next(iter(kwargs.values()))).shape[0]), with_kwargs=True)
+    handle = vision.register_forward_pre_hook(
+        lambda module, args, kwargs: encoded_rows.append((args[0] if args else next(iter(kwargs.values()))).shape[0]),
+        with_kwargs=True,
+    )
     batch = collated(trainer, [0, 1])
     try:
         trainer.get_batch_loss_metrics(trainer.model, batch)
@@ -319,27 +348,38 @@ def test_a_pair_with_different_prompts_is_computed_unshared_and_logged_once(trai
         with torch.no_grad():
             trainer.get_batch_loss_metrics(trainer.model, batch)
     unshared = [note for note in trainer.step_notes.logged if note.startswith("ue_prefix_sharing: computing unshared")]
-    assert unshared == [("ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a "
-                         "pair differ.")]
+    assert unshared == [
+        ("ue_prefix_sharing: computing unshared rows, since the chosen and rejected prompts of a pair differ.")
+    ]
 
 
 @pytest.fixture(scope="module")
 def eager_trainer_with_trained_vision(tiny_llava_dir, edited_dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
+
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
-    config = tiny_training_config("llava", tiny_llava_dir, edited_dataset_dir, tmp_path_factory.mktemp("eager") / "out",
-                                  cutoff_len=CUTOFF_LEN, max_samples=8, flash_attn="disabled",
-                                  freeze_vision_tower=False, freeze_multi_modal_projector=False)
+    config = tiny_training_config(
+        "llava",
+        tiny_llava_dir,
+        edited_dataset_dir,
+        tmp_path_factory.mktemp("eager") / "out",
+        cutoff_len=CUTOFF_LEN,
+        max_samples=8,
+        flash_attn="disabled",
+        freeze_vision_tower=False,
+        freeze_multi_modal_projector=False,
+    )
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()
     return trainer
 
 
 @pytest.mark.parametrize("weighting", ["ue", "tpo"])
-def test_eager_attention_and_a_training_vision_tower_share_exactly(eager_trainer_with_trained_vision, weighting,
-                                                                    monkeypatch):
+def test_eager_attention_and_a_training_vision_tower_share_exactly(
+    eager_trainer_with_trained_vision, weighting, monkeypatch
+):
     trainer = eager_trainer_with_trained_vision
     assert trainer.model.get_base_model().config.get_text_config()._attn_implementation == "eager"
     monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
@@ -351,5 +391,7 @@ def test_eager_attention_and_a_training_vision_tower_share_exactly(eager_trainer
     assert any("vision_tower" in name for name in unshared["grads"])  # the tower trains
     for name, grad in unshared["grads"].items():
         close(shared["grads"][name], grad, name)
-    assert ("image features are computed in every pass: these vision modules train or carry an adapter: "
-            "vision_tower (see freeze_vision_tower, freeze_multi_modal_projector).") in trainer.step_notes.logged
+    assert (
+        "image features are computed in every pass: these vision modules train or carry an adapter: "
+        "vision_tower (see freeze_vision_tower, freeze_multi_modal_projector)."
+    ) in trainer.step_notes.logged

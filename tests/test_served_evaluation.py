@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from llamafactory_runs import offline_env
 from ue_dpo.evaluation.chat import (
     TEMPLATE_ENV,
@@ -40,8 +41,13 @@ SHAPES_METRICS = ("chair_s", "chair_s_all", "chair_i", "recall", "mean_shapes_me
 @pytest.fixture(scope="module")
 def shapes_eval_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("served_shapes") / "eval"
-    result = subprocess.run([str(BIN / "ue-dpo"), "shapes-eval", "--out", str(out), "--images", str(EVAL_IMAGES)],
-                            env=offline_env(), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "ue-dpo"), "shapes-eval", "--out", str(out), "--images", str(EVAL_IMAGES)],
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -59,10 +65,12 @@ def chat_task(monkeypatch, shapes_eval_dir, template: str | None):
 
 @pytest.mark.parametrize(("fixture", "template"), [("tiny_qwen2_vl_dir", "qwen2_vl"), ("tiny_llava_dir", "llava")])
 def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt(
-        request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template):
+    request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template
+):
     from lmms_eval.api.task import ConfigurableMessagesTask
     from lmms_eval.protocol import ChatMessages
     from transformers import AutoProcessor
+
     from ue_dpo.evaluation.model import UeDpoHF
 
     served = tmp_path / "served"
@@ -75,8 +83,10 @@ def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt
     docs = task.test_docs()
     for doc in docs:
         messages = task.doc_to_messages(doc)
-        assert messages[0] == {"role": "system", "content": [{"type": "text",
-                                                              "text": ue_dpo_hf.template.default_system}]}
+        assert messages[0] == {
+            "role": "system",
+            "content": [{"type": "text", "text": ue_dpo_hf.template.default_system}],
+        }
         image = task.doc_to_visual(doc)[0]
         # as a server hands them to the processor: the images as they arrive, then the text (vLLM tokenizes the
         # rendered prompt without adding special tokens; LLaMA-Factory's llava template has no BOS)
@@ -130,8 +140,9 @@ def ue_dpo_hf_greedy(lora_dir: Path, shapes_eval_dir: Path) -> tuple[dict[int, s
 
     model = UeDpoHF(pretrained=str(lora_dir), device="cpu")
     docs = load_shapes_eval_docs(shapes_eval_dir)
-    texts = model.generate([(CAPTION_PROMPT, shapes_doc_to_visual(doc)) for doc in docs],
-                           {"max_new_tokens": MAX_NEW_TOKENS, "until": []})
+    texts = model.generate(
+        [(CAPTION_PROMPT, shapes_doc_to_visual(doc)) for doc in docs], {"max_new_tokens": MAX_NEW_TOKENS, "until": []}
+    )
     records = [shapes_caption_item_result(text, doc["shapes"]) for text, doc in zip(texts, docs)]
     return {doc["question_id"]: text for doc, text in zip(docs, texts)}, shapes_chair_metrics(records)
 
@@ -143,15 +154,27 @@ def test_ue_dpo_run_through_transformers_serve_scores_as_ue_dpo_hf(tmp_path, tin
         "output": str(tmp_path / "exp"),
         "runs": [{"name": "lora", "checkpoint": str(lora_dir)}],
         "evaluation": {
-            "tasks": ["shapes_caption"], "gen_kwargs": {"max_new_tokens": MAX_NEW_TOKENS},
+            "tasks": ["shapes_caption"],
+            "gen_kwargs": {"max_new_tokens": MAX_NEW_TOKENS},
             "env": {"UE_DPO_SHAPES_EVAL_DIR": str(shapes_eval_dir)},
-            "server": {"command": f"{BIN / 'transformers'} serve {{model}} --host 127.0.0.1 --port {{port}} "
-                                  f"--device cpu", "concurrency": 2, "health_timeout_s": 300, "merge_dtype": "float32"},
+            "server": {
+                "command": f"{BIN / 'transformers'} serve {{model}} --host 127.0.0.1 --port {{port}} --device cpu",
+                "concurrency": 2,
+                "health_timeout_s": 300,
+                "merge_dtype": "float32",
+            },
         },
     }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
-    run = subprocess.run([str(BIN / "ue-dpo"), "run", str(tmp_path / "exp.yaml")], cwd=tmp_path, env=offline_env(),
-                         capture_output=True, text=True, timeout=900, check=False)
+    run = subprocess.run(
+        [str(BIN / "ue-dpo"), "run", str(tmp_path / "exp.yaml")],
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     output = tmp_path / "exp"
     merge_marker = json.loads((output / "state" / "serve-lora.done.json").read_text())
@@ -159,9 +182,18 @@ def test_ue_dpo_run_through_transformers_serve_scores_as_ue_dpo_hf(tmp_path, tin
     served = output / "served" / "lora"
     assert "<|im_start|>system" in (served / "chat_template.jinja").read_text()
     # the merge is a cached stage: with its marker current, no export runs (`false` would fail it)
-    assert prepare_served_model("lora", str(lora_dir), output=output, markers=Markers(output),
-                                server=Server(command="x {model} {port}", merge_dtype="float32"), env=offline_env(),
-                                llamafactory_cli=shutil.which("false"))[0] == served
+    assert (
+        prepare_served_model(
+            "lora",
+            str(lora_dir),
+            output=output,
+            markers=Markers(output),
+            server=Server(command="x {model} {port}", merge_dtype="float32"),
+            env=offline_env(),
+            llamafactory_cli=shutil.which("false"),
+        )[0]
+        == served
+    )
     (entry,) = json.loads((output / "state" / "eval-lora.done.json").read_text())["lmms_eval_entries"]
     assert entry["model"] == "openai" and "num_concurrent=2" in entry["model_args"]
     base_url = next(arg.split("=", 1)[1] for arg in entry["model_args"].split(",") if arg.startswith("base_url="))
@@ -173,10 +205,18 @@ def test_ue_dpo_run_through_transformers_serve_scores_as_ue_dpo_hf(tmp_path, tin
     results = json.loads((output / "results.json").read_text())
     measured = next(run for run in results["runs"] if run["name"] == "lora")["metrics"]["shapes_caption"]
     assert {metric: measured[metric] for metric in SHAPES_METRICS} == {
-        metric: expected_metrics[metric] for metric in SHAPES_METRICS}
+        metric: expected_metrics[metric] for metric in SHAPES_METRICS
+    }
 
-    again = subprocess.run([str(BIN / "ue-dpo"), "run", str(tmp_path / "exp.yaml")], cwd=tmp_path, env=offline_env(),
-                           capture_output=True, text=True, timeout=300, check=False)
+    again = subprocess.run(
+        [str(BIN / "ue-dpo"), "run", str(tmp_path / "exp.yaml")],
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "every run done, skipped" in again.stdout
 
@@ -192,11 +232,15 @@ HTTP_SERVER = f"{sys.executable} -m http.server {{port}} --bind 127.0.0.1 --dire
 
 
 def test_a_server_that_never_gets_healthy_is_stopped_and_its_log_tail_shown(tmp_path):
-    command = f"{sys.executable} -c \"import sys, time; print('loading', sys.argv[1:], flush=True); time.sleep(600)\" " \
-              "{model} {port}"
+    command = (
+        f"{sys.executable} -c \"import sys, time; print('loading', sys.argv[1:], flush=True); time.sleep(600)\" "
+        "{model} {port}"
+    )
     started = time.monotonic()
-    with (pytest.raises(ServerError, match=r"(?s)not healthy .* after 2 s, so it was stopped.*loading \['m', '\d+'\]"),
-          served_model(command, "m", log_path=tmp_path / "server.log", env=offline_env(), health_timeout_s=2)):
+    with (
+        pytest.raises(ServerError, match=r"(?s)not healthy .* after 2 s, so it was stopped.*loading \['m', '\d+'\]"),
+        served_model(command, "m", log_path=tmp_path / "server.log", env=offline_env(), health_timeout_s=2),
+    ):
         pytest.fail("the block ran without a healthy server")
     assert time.monotonic() - started < 30
 
@@ -208,10 +252,16 @@ def test_a_port_taken_before_the_server_binds_it_is_retried_on_another(tmp_path,
         ports = iter([taken.getsockname()[1]])
         real_free_port = server_module.free_port
         monkeypatch.setattr(server_module, "free_port", lambda: next(ports, None) or real_free_port())
-        with served_model(HTTP_SERVER, str(health_dir(tmp_path)), log_path=tmp_path / "server.log",
-                          env=offline_env(), health_timeout_s=60) as base_url:
+        with served_model(
+            HTTP_SERVER,
+            str(health_dir(tmp_path)),
+            log_path=tmp_path / "server.log",
+            env=offline_env(),
+            health_timeout_s=60,
+        ) as base_url:
             assert not base_url.endswith(f":{taken.getsockname()[1]}/v1")
             import urllib.request
+
             with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health") as response:
                 assert response.read() == b"ok"
     assert "Address already in use" in (tmp_path / "server.log").read_text()
@@ -219,9 +269,16 @@ def test_a_port_taken_before_the_server_binds_it_is_retried_on_another(tmp_path,
 
 
 def test_the_server_is_stopped_when_the_evaluation_fails(tmp_path):
-    with (pytest.raises(KeyboardInterrupt),
-          served_model(HTTP_SERVER, str(health_dir(tmp_path)), log_path=tmp_path / "server.log", env=offline_env(),
-                       health_timeout_s=60) as base_url):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        served_model(
+            HTTP_SERVER,
+            str(health_dir(tmp_path)),
+            log_path=tmp_path / "server.log",
+            env=offline_env(),
+            health_timeout_s=60,
+        ) as base_url,
+    ):
         raise KeyboardInterrupt
     assert not port_answers(base_url)
 
@@ -229,23 +286,37 @@ def test_the_server_is_stopped_when_the_evaluation_fails(tmp_path):
 def test_a_failed_merge_names_the_run_and_keeps_the_adapter(tmp_path, tiny_qwen2_vl_dir):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA",
-                                                             "base_model_name_or_path": str(tiny_qwen2_vl_dir)}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tiny_qwen2_vl_dir)})
+    )
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     with pytest.raises(StageError, match=r"merging run 'dpo' failed .*its adapter .*adapter is kept"):
-        prepare_served_model("dpo", str(adapter), output=tmp_path / "out", markers=Markers(tmp_path / "out"),
-                             server=Server(command="x {model} {port}"), env=offline_env(),
-                             llamafactory_cli=shutil.which("false"))
+        prepare_served_model(
+            "dpo",
+            str(adapter),
+            output=tmp_path / "out",
+            markers=Markers(tmp_path / "out"),
+            server=Server(command="x {model} {port}"),
+            env=offline_env(),
+            llamafactory_cli=shutil.which("false"),
+        )
     assert (adapter / "adapter_model.safetensors").read_bytes() == b"weights"
     assert not (tmp_path / "out" / "served" / "dpo").exists()
 
 
-def test_a_full_model_is_served_from_a_mirror_with_the_training_template_its_folder_untouched(tmp_path,
-                                                                                              tiny_qwen2_vl_dir):
+def test_a_full_model_is_served_from_a_mirror_with_the_training_template_its_folder_untouched(
+    tmp_path, tiny_qwen2_vl_dir
+):
     before = {path.name: path.read_bytes() for path in Path(tiny_qwen2_vl_dir).iterdir()}
-    served, template, _ = prepare_served_model("full", str(tiny_qwen2_vl_dir), output=tmp_path,
-                                               markers=Markers(tmp_path), server=Server(command="x {model} {port}"),
-                                               env=offline_env(), llamafactory_cli=shutil.which("false"))
+    served, template, _ = prepare_served_model(
+        "full",
+        str(tiny_qwen2_vl_dir),
+        output=tmp_path,
+        markers=Markers(tmp_path),
+        server=Server(command="x {model} {port}"),
+        env=offline_env(),
+        llamafactory_cli=shutil.which("false"),
+    )
     assert template == "qwen2_vl"
     assert (served / "model.safetensors").resolve() == (Path(tiny_qwen2_vl_dir) / "model.safetensors").resolve()
     assert (served / "chat_template.jinja").read_text() != before["chat_template.jinja"].decode()
@@ -253,13 +324,19 @@ def test_a_full_model_is_served_from_a_mirror_with_the_training_template_its_fol
     assert {path.name: path.read_bytes() for path in Path(tiny_qwen2_vl_dir).iterdir()} == before
 
 
-@pytest.mark.parametrize(("server", "message"), [
-    ("vllm serve --port {port}", r"must be a command template with \{model\}"),
-    ("vllm serve {model}", r"has no \{port\}"),
-    ({"command": "vllm serve {model} --port {port}", "concurrency": 0}, "concurrency: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ("vllm serve --port {port}", r"must be a command template with \{model\}"),
+        ("vllm serve {model}", r"has no \{port\}"),
+        ({"command": "vllm serve {model} --port {port}", "concurrency": 0}, "concurrency: must be a positive integer"),
+    ],
+)
 def test_a_server_command_without_its_placeholders_is_refused_when_the_experiment_loads(tmp_path, server, message):
-    raw = {"output": "x", "runs": [{"name": "base", "checkpoint": "m"}],
-           "evaluation": {"tasks": ["shapes_caption"], "server": server}}
+    raw = {
+        "output": "x",
+        "runs": [{"name": "base", "checkpoint": "m"}],
+        "evaluation": {"tasks": ["shapes_caption"], "server": server},
+    }
     with pytest.raises(ExperimentConfigError, match=message):
         parse_experiment(raw, base_dir=tmp_path)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from ue_dpo.benchmarks.shapes_chair import (
     score_shapes_captions,
     shapes_caption_item_result,
@@ -25,8 +26,12 @@ HAND_CASES = [
 
 def test_item_records_count_every_mention_and_each_hallucination():
     records = [shapes_caption_item_result(response, truth) for response, truth in HAND_CASES]
-    assert records[0] == {"mentions": ["circle", "star"], "hallucinated": ["star"], "covered": ["circle"],
-                          "ground_truth": ["circle", "square"]}
+    assert records[0] == {
+        "mentions": ["circle", "star"],
+        "hallucinated": ["star"],
+        "covered": ["circle"],
+        "ground_truth": ["circle", "square"],
+    }
     assert records[1]["mentions"] == ["circle", "circle", "square"] and records[1]["hallucinated"] == []
     assert records[1]["covered"] == ["circle", "square"]
     assert records[3] == {"mentions": [], "hallucinated": [], "covered": [], "ground_truth": ["star"]}
@@ -131,11 +136,14 @@ def test_the_blind_spot_task_scores_faint_recall_from_the_manifest(tmp_path):
     responses = [entry["caption"] if index % 2 else "There is a circle." for index, entry in enumerate(manifest)]
     per_doc = [shapes_caption.blind_spots_process_results(doc, [response]) for doc, response in zip(docs, responses)]
     faint_total = sum(len(entry["faint"]) for entry in manifest)
-    faint_named = sum(len(set(entry["faint"]) & set(mentioned_shapes(response)))
-                      for entry, response in zip(manifest, responses))
+    faint_named = sum(
+        len(set(entry["faint"]) & set(mentioned_shapes(response))) for entry, response in zip(manifest, responses)
+    )
     assert shapes_caption.shapes_faint_recall([results["faint_recall"] for results in per_doc]) == pytest.approx(
-        faint_named / faint_total * 100)
-    shapes_docs = shapes_caption.load_shapes_eval_docs(write_caption_eval_set(tmp_path / "shapes", n_images=1)[0]
-                                                       .image_path.parents[2])
+        faint_named / faint_total * 100
+    )
+    shapes_docs = shapes_caption.load_shapes_eval_docs(
+        write_caption_eval_set(tmp_path / "shapes", n_images=1)[0].image_path.parents[2]
+    )
     with pytest.raises(FileNotFoundError, match="lists no faint shapes"):
         shapes_caption.blind_spots_process_results(shapes_docs[0], ["There is a star."])

@@ -65,18 +65,43 @@ def test_command_line_accepts_the_new_stage():
         ({"ue_token_chunk_size": 8.0}, r"`ue_token_chunk_size: 8.0` must be a positive integer, not a float"),
         ({"ue_prefix_sharing": "yes"}, r"`ue_prefix_sharing: 'yes'` must be true or false"),
         ({"ue_alpha": "0.3"}, r"`ue_alpha: '0.3'` must be a number"),
-        ({"pref_bco_weight": 0.5}, (r"`pref_bco_weight: 0.5` is not supported with `stage: ue_dpo`: "
-                                    r"LLaMA-Factory's `stage: dpo` mixes a BCO loss in")),
+        (
+            {"pref_bco_weight": 0.5},
+            (
+                r"`pref_bco_weight: 0.5` is not supported with `stage: ue_dpo`: "
+                r"LLaMA-Factory's `stage: dpo` mixes a BCO loss in"
+            ),
+        ),
         ({"simpo_gamma": 1.0}, r"`simpo_gamma: 1.0` is not supported with `stage: ue_dpo`"),
         ({"kto_chosen_weight": 2.0}, r"`kto_chosen_weight: 2.0` is not supported with `stage: ue_dpo`"),
-        ({"ue_ref_cache_dir": "cache"}, (r"`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which "
-                                         r"is off; remove `ue_ref_cache_dir` or set `ue_precompute_ref: true`")),
-        ({"lora_target": "q_proj,lm_head"}, (r"`lora_target: q_proj,lm_head` would make peft wrap `lm_head` in its "
-                                             r"peft.tuners.lora.layer.Linear.*Remove `lm_head` from `lora_target`")),
-        ({"additional_target": "lm_head"}, (r"`additional_target: lm_head` would make peft wrap `lm_head` in its "
-                                            r"peft.utils.other.ModulesToSaveWrapper")),
-        ({"finetuning_type": "oft", "lora_target": "lm_head"}, (r"`lora_target: lm_head` would make peft wrap "
-                                                                r"`lm_head` in its peft.tuners.oft.layer.Linear")),
+        (
+            {"ue_ref_cache_dir": "cache"},
+            (
+                r"`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which "
+                r"is off; remove `ue_ref_cache_dir` or set `ue_precompute_ref: true`"
+            ),
+        ),
+        (
+            {"lora_target": "q_proj,lm_head"},
+            (
+                r"`lora_target: q_proj,lm_head` would make peft wrap `lm_head` in its "
+                r"peft.tuners.lora.layer.Linear.*Remove `lm_head` from `lora_target`"
+            ),
+        ),
+        (
+            {"additional_target": "lm_head"},
+            (
+                r"`additional_target: lm_head` would make peft wrap `lm_head` in its "
+                r"peft.utils.other.ModulesToSaveWrapper"
+            ),
+        ),
+        (
+            {"finetuning_type": "oft", "lora_target": "lm_head"},
+            (
+                r"`lora_target: lm_head` would make peft wrap "
+                r"`lm_head` in its peft.tuners.oft.layer.Linear"
+            ),
+        ),
     ],
 )
 def test_bad_values_get_a_clear_error(overrides, message):
@@ -92,16 +117,26 @@ def test_unknown_key_is_still_rejected():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"ue_weighting": "tpo", "ue_tau": 0.3}, ("`ue_tau: 0.3` applies to `ue_weighting: ue` only, but "
-                                                  "`ue_weighting: tpo` ignores it; remove `ue_tau`")),
+        (
+            {"ue_weighting": "tpo", "ue_tau": 0.3},
+            ("`ue_tau: 0.3` applies to `ue_weighting: ue` only, but `ue_weighting: tpo` ignores it; remove `ue_tau`"),
+        ),
         ({"ue_weighting": "ddpo", "ue_alpha": 0.3}, "`ue_alpha: 0.3` applies to `ue_weighting: ue` only"),
         # an explicit value equal to the default is refused too: the weighting would ignore it all the same
-        ({"ue_weighting": "tpo", "ue_stat_scope": "sequence"}, "`ue_stat_scope: sequence` applies to `ue_weighting: ue`"),
+        (
+            {"ue_weighting": "tpo", "ue_stat_scope": "sequence"},
+            "`ue_stat_scope: sequence` applies to `ue_weighting: ue`",
+        ),
         ({"ue_weighting": "uniform", "ue_branches": "both"}, "`ue_branches: both` applies to `ue_weighting: ue`"),
         ({"ue_weighting": "ue", "ddpo_gamma": 3.0}, "`ddpo_gamma` applies to `ue_weighting: ddpo` only"),
         # v' is built for ue and tpo only
-        ({"ue_weighting": "ddpo", "ue_noise_step": 500}, ("`ue_noise_step: 500` sets the noised image v', which "
-                                                          "`ue_weighting: ddpo` does not use; remove `ue_noise_step`")),
+        (
+            {"ue_weighting": "ddpo", "ue_noise_step": 500},
+            (
+                "`ue_noise_step: 500` sets the noised image v', which "
+                "`ue_weighting: ddpo` does not use; remove `ue_noise_step`"
+            ),
+        ),
         ({"ue_weighting": "uniform", "ue_noise_space": "image"}, "`ue_noise_space: image` sets the noised image v'"),
         ({"ue_weighting": "uniform", "ue_noise_schedule": "sigmoid"}, "`ue_noise_schedule: sigmoid` sets the noised"),
         ({"ue_weighting": "ddpo", "ue_seed": 7}, "`ue_seed: 7` sets the noised image v', which `ue_weighting: ddpo`"),
@@ -116,11 +151,20 @@ def test_keys_the_weighting_ignores_are_refused_even_at_their_default_value(over
 def test_keys_left_out_resolve_to_their_defaults_for_every_weighting():
     for weighting in ("ue", "tpo", "ddpo", "uniform"):
         finetuning_args = parse(ue_weighting=weighting)[3]
-        assert (finetuning_args.ue_alpha, finetuning_args.ue_tau, finetuning_args.ue_stat_scope,
-                finetuning_args.ue_weight_target, finetuning_args.ue_branches, finetuning_args.ddpo_gamma) == (
-            0.3, 0.4, "sequence", "policy", "both", 3.0)
-        assert (finetuning_args.ue_noise_step, finetuning_args.ue_noise_schedule, finetuning_args.ue_noise_space,
-                finetuning_args.ue_seed) == (500, "sigmoid", "pixel_values", None)
+        assert (
+            finetuning_args.ue_alpha,
+            finetuning_args.ue_tau,
+            finetuning_args.ue_stat_scope,
+            finetuning_args.ue_weight_target,
+            finetuning_args.ue_branches,
+            finetuning_args.ddpo_gamma,
+        ) == (0.3, 0.4, "sequence", "policy", "both", 3.0)
+        assert (
+            finetuning_args.ue_noise_step,
+            finetuning_args.ue_noise_schedule,
+            finetuning_args.ue_noise_space,
+            finetuning_args.ue_seed,
+        ) == (500, "sigmoid", "pixel_values", None)
     assert parse(ue_weighting="ddpo", ddpo_gamma=5.0)[3].ddpo_gamma == 5.0
     tpo = parse(ue_weighting="tpo", ue_noise_space="image", ue_noise_step=300, ue_seed=7)[3]
     assert (tpo.ue_noise_space, tpo.ue_noise_step, tpo.ue_seed) == ("image", 300, 7)
@@ -128,8 +172,13 @@ def test_keys_left_out_resolve_to_their_defaults_for_every_weighting():
 
 @pytest.mark.parametrize("stage", ["dpo", "sft"])
 def test_ue_keys_with_another_stage_are_refused(stage):
-    with pytest.raises(ValueError, match=(f"`ue_alpha`, `ue_noise_step` apply only to `stage: ue_dpo`, which "
-                                          f"`stage: {stage}` ignores; remove them or set `stage: ue_dpo`")):
+    with pytest.raises(
+        ValueError,
+        match=(
+            f"`ue_alpha`, `ue_noise_step` apply only to `stage: ue_dpo`, which "
+            f"`stage: {stage}` ignores; remove them or set `stage: ue_dpo`"
+        ),
+    ):
         parse(stage=stage, ue_alpha=0.2, ue_noise_step=500)
     assert parse(stage=stage)[3].ue_alpha == 0.3  # left out, they resolve as for ue_dpo
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
 from ue_dpo.synthetic.shapes import (
     BACKGROUND,
     COLOURS,
@@ -38,8 +39,15 @@ ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}  # how each LLaMA-Fac
 LANGUAGE_MODEL_LINEARS = {
     f"model.language_model.layers.{layer}.{module}"
     for layer in (0, 1)
-    for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    for module in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
 }
 # The share of its box that each shape fills: this is how the tests read shapes back from the pixels.
 FILL_SHARE = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5, "star": 0.3}
@@ -80,11 +88,20 @@ def llamafactory_modules(model_dir, dataset_dir, template, stage, output_dir, da
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
 
-    model_args, data_args, training_args, _, _ = get_train_args({
-        "model_name_or_path": str(model_dir), "stage": stage, "do_train": True, "finetuning_type": "lora",
-        "dataset": dataset, "dataset_dir": str(dataset_dir), "template": template, "cutoff_len": 256,
-        "output_dir": str(output_dir), "report_to": "none",
-    })
+    model_args, data_args, training_args, _, _ = get_train_args(
+        {
+            "model_name_or_path": str(model_dir),
+            "stage": stage,
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset": dataset,
+            "dataset_dir": str(dataset_dir),
+            "template": template,
+            "cutoff_len": 256,
+            "output_dir": str(output_dir),
+            "report_to": "none",
+        }
+    )
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
     return template, tokenizer_module, (model_args, data_args, training_args)
@@ -99,8 +116,12 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
     processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
-    loaded = (type(model).__name__, type(processor).__name__, type(tokenizer).__name__,
-              type(processor.image_processor).__name__)
+    loaded = (
+        type(model).__name__,
+        type(processor).__name__,
+        type(tokenizer).__name__,
+        type(processor.image_processor).__name__,
+    )
     assert loaded == EXPECTED_CLASSES[arch]
     assert model.config.get_text_config().vocab_size == len(tokenizer)
     assert sum(parameter.numel() for parameter in model.parameters()) < 300_000
@@ -121,9 +142,13 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
         assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
         token_ids = tokenizer.convert_tokens_to_ids
         assert (model.config.image_token_id, model.config.video_token_id) == (
-            token_ids("<|image_pad|>"), token_ids("<|video_pad|>"))
+            token_ids("<|image_pad|>"),
+            token_ids("<|video_pad|>"),
+        )
         assert (model.config.vision_start_token_id, model.config.vision_end_token_id) == (
-            token_ids("<|vision_start|>"), token_ids("<|vision_end|>"))
+            token_ids("<|vision_start|>"),
+            token_ids("<|vision_end|>"),
+        )
         assert type(processor.video_processor).__name__ == "Qwen2VLVideoProcessor"
 
 
@@ -136,13 +161,17 @@ def test_llamafactory_batches_give_each_image_the_visual_tokens_the_model_consum
 
     model_dir = model_dir_for(arch, request)
     template, tokenizer_module, arguments = llamafactory_modules(
-        model_dir, shapes_dataset_dir, arch, "sft", tmp_path, SFT_DATASET)
+        model_dir, shapes_dataset_dir, arch, "sft", tmp_path, SFT_DATASET
+    )
     rows = get_dataset(template, *arguments, stage="sft", **tokenizer_module)["train_dataset"]
     record = json.loads((shapes_dataset_dir / f"{SFT_DATASET}.json").read_text())[0]
     tokenizer = tokenizer_module["tokenizer"]
     model = AutoModelForImageTextToText.from_pretrained(model_dir, local_files_only=True)
     collator = MultiModalDataCollatorForSeq2Seq(
-        template=template, model=model, tokenizer=tokenizer, processor=tokenizer_module["processor"],
+        template=template,
+        model=model,
+        tokenizer=tokenizer,
+        processor=tokenizer_module["processor"],
         label_pad_token_id=-100,
     )
     batch = collator([rows[0], rows[1]])
@@ -190,8 +219,13 @@ def test_the_builders_take_the_shapes(arch, tmp_path):
     """What bench/run.py builds its models with: other widths, depths, vocabulary and image size."""
     from transformers import AutoConfig, AutoProcessor
 
-    text = {"hidden_size": 96, "intermediate_size": 160, "num_hidden_layers": 3, "num_attention_heads": 4,
-            "num_key_value_heads": 4}
+    text = {
+        "hidden_size": 96,
+        "intermediate_size": 160,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+    }
     vision = {"llava": {"num_hidden_layers": 1}, "qwen2_vl": {"depth": 1}}[arch]
     model_dir = build_tiny_model(arch, tmp_path / arch, text=text, vision=vision, vocab_size=2048, image_size=112)
     config = AutoConfig.from_pretrained(model_dir)
@@ -220,13 +254,26 @@ def test_stock_llamafactory_dpo_lora_step_saves_a_language_model_adapter(arch, r
     from llamafactory.train.tuner import run_exp
 
     output_dir = tmp_path / "dpo"
-    run_exp({
-        "model_name_or_path": str(model_dir_for(arch, request)), "stage": "dpo", "do_train": True,
-        "finetuning_type": "lora", "lora_target": "all", "dataset": PREFERENCE_DATASET,
-        "dataset_dir": str(shapes_dataset_dir), "template": arch, "cutoff_len": 256, "output_dir": str(output_dir),
-        "overwrite_output_dir": True, "per_device_train_batch_size": 2, "max_steps": 1, "logging_steps": 1,
-        "save_strategy": "no", "report_to": "none",
-    })
+    run_exp(
+        {
+            "model_name_or_path": str(model_dir_for(arch, request)),
+            "stage": "dpo",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "lora_target": "all",
+            "dataset": PREFERENCE_DATASET,
+            "dataset_dir": str(shapes_dataset_dir),
+            "template": arch,
+            "cutoff_len": 256,
+            "output_dir": str(output_dir),
+            "overwrite_output_dir": True,
+            "per_device_train_batch_size": 2,
+            "max_steps": 1,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+        }
+    )
 
     adapter_config = json.loads((output_dir / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA"
@@ -261,8 +308,9 @@ def test_shape_mentions_are_found_in_free_text():
 
 
 @pytest.mark.parametrize("dataset, stage", [(PREFERENCE_DATASET, "rm"), (SFT_DATASET, "sft")])
-def test_dataset_info_entries_load_through_llamafactory(dataset, stage, tiny_qwen2_vl_dir, shapes_dataset_dir,
-                                                        tmp_path):
+def test_dataset_info_entries_load_through_llamafactory(
+    dataset, stage, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path
+):
     from llamafactory.data import get_dataset
 
     info = json.loads((shapes_dataset_dir / "dataset_info.json").read_text())
@@ -270,12 +318,16 @@ def test_dataset_info_entries_load_through_llamafactory(dataset, stage, tiny_qwe
     if stage == "rm":
         columns.update(chosen="chosen", rejected="rejected")
     assert info[dataset] == {
-        "file_name": f"{dataset}.json", "formatting": "sharegpt", "ranking": stage == "rm", "columns": columns,
+        "file_name": f"{dataset}.json",
+        "formatting": "sharegpt",
+        "ranking": stage == "rm",
+        "columns": columns,
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
 
     template, tokenizer_module, arguments = llamafactory_modules(
-        tiny_qwen2_vl_dir, shapes_dataset_dir, "qwen2_vl", stage, tmp_path, dataset)
+        tiny_qwen2_vl_dir, shapes_dataset_dir, "qwen2_vl", stage, tmp_path, dataset
+    )
     rows = get_dataset(template, *arguments, stage=stage, **tokenizer_module)["train_dataset"]
     records = json.loads((shapes_dataset_dir / f"{dataset}.json").read_text())
     tokenizer = tokenizer_module["tokenizer"]
@@ -306,14 +358,20 @@ def test_caption_eval_set_gives_ground_truth_and_is_deterministic(tmp_path):
         assert 1 <= len(item.shapes) <= 3
         assert tuple(mentioned_shapes(item.caption)) == item.shapes
     manifest = json.loads((tmp_path / "a" / "shapes_eval.json").read_text())
-    assert manifest[0] == {"image": "images/eval/00000.png", "shapes": list(items[0].shapes),
-                           "caption": items[0].caption}
+    assert manifest[0] == {
+        "image": "images/eval/00000.png",
+        "shapes": list(items[0].shapes),
+        "caption": items[0].caption,
+    }
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_pairs": 0}, "n_pairs must be a positive integer, got 0"),
-    ({"n_pairs": 2, "image_size": 20}, "image_size must be an integer of at least 28 pixels"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_pairs": 0}, "n_pairs must be a positive integer, got 0"),
+        ({"n_pairs": 2, "image_size": 20}, "image_size must be an integer of at least 28 pixels"),
+    ],
+)
 def test_bad_dataset_arguments_are_refused_by_name(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         write_preference_dataset(tmp_path, **kwargs)
@@ -329,8 +387,12 @@ def test_bad_scenes_are_refused_by_name():
         ShapeObject("red", "circle", 4)
     with pytest.raises(ValueError, match="a scene needs distinct shapes in distinct quadrants, sorted by quadrant"):
         Scene((ShapeObject("red", "circle", 2), ShapeObject("blue", "circle", 3)))
-    every_shape = Scene(tuple(ShapeObject("red", shape, quadrant)
-                              for quadrant, shape in enumerate(("circle", "square", "triangle", "star"))))
+    every_shape = Scene(
+        tuple(
+            ShapeObject("red", shape, quadrant)
+            for quadrant, shape in enumerate(("circle", "square", "triangle", "star"))
+        )
+    )
     with pytest.raises(ValueError, match="a scene with 4 shapes leaves no absent shape"):
         hallucinated_caption(every_shape, random.Random(0))
 

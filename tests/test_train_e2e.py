@@ -5,13 +5,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from llamafactory_runs import run_train, train_or_fail, training_log
 from safetensors.torch import load_file
+
+from llamafactory_runs import run_train, train_or_fail, training_log
 from tiny_training_config import tiny_training_config
 
 UE_KEYS = {
-    "ue/selected_share_chosen", "ue/selected_share_rejected", "ue/lambda_chosen_mean", "ue/lambda_rejected_mean",
-    "ue/u_mean", "ue/delta_mean", "ue/imageless_pairs",
+    "ue/selected_share_chosen",
+    "ue/selected_share_rejected",
+    "ue/lambda_chosen_mean",
+    "ue/lambda_rejected_mean",
+    "ue/u_mean",
+    "ue/delta_mean",
+    "ue/imageless_pairs",
 }
 DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen"}
 
@@ -36,8 +42,9 @@ def check_ue_metrics(log: list[dict], alpha: float = 0.3) -> None:
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_lora_training_logs_ue_metrics_and_saves_the_adapter(arch, request, shapes_dataset_dir, tmp_path):
     out = tmp_path / "out"
-    log = train_or_fail(tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out,
-                                             plot_loss=True), tmp_path)
+    log = train_or_fail(
+        tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out, plot_loss=True), tmp_path
+    )
     check_ue_metrics(log)
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
@@ -48,9 +55,19 @@ def test_lora_training_logs_ue_metrics_and_saves_the_adapter(arch, request, shap
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_full_finetuning_uses_a_frozen_reference_copy(arch, request, shapes_dataset_dir, tmp_path):
     out = tmp_path / "out"
-    log = train_or_fail(tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out,
-                                             finetuning_type="full", freeze_vision_tower=True,
-                                             learning_rate=1e-4, ue_weight_target="logratio"), tmp_path)
+    log = train_or_fail(
+        tiny_training_config(
+            arch,
+            model_dir_for(arch, request),
+            shapes_dataset_dir,
+            out,
+            finetuning_type="full",
+            freeze_vision_tower=True,
+            learning_rate=1e-4,
+            ue_weight_target="logratio",
+        ),
+        tmp_path,
+    )
     check_ue_metrics(log)
     # step 1: the frozen copy equals the policy, so λ·(log πθ - log π_ref) is exactly 0
     assert log[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
@@ -58,11 +75,13 @@ def test_full_finetuning_uses_a_frozen_reference_copy(arch, request, shapes_data
     assert (out / "model.safetensors").exists()
 
 
-def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(tiny_qwen2_vl_dir, shapes_dataset_dir,
-                                                                            tmp_path):
+def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(
+    tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path
+):
     def losses(name, **overrides):
-        config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / name,
-                                      max_steps=3, **overrides)
+        config = tiny_training_config(
+            "qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / name, max_steps=3, **overrides
+        )
         return [entry["loss"] for entry in train_or_fail(config, tmp_path / f"{name}-work")]
 
     stock = losses("dpo", stage="dpo")
@@ -73,21 +92,34 @@ def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(ti
 
 def test_resume_from_checkpoint_continues_the_run(tiny_llava_dir, shapes_dataset_dir, tmp_path):
     out = tmp_path / "out"
-    config = tiny_training_config("llava", tiny_llava_dir, shapes_dataset_dir, out, max_steps=2,
-                                  save_strategy="steps", save_steps=1)
+    config = tiny_training_config(
+        "llava", tiny_llava_dir, shapes_dataset_dir, out, max_steps=2, save_strategy="steps", save_steps=1
+    )
     train_or_fail(config, tmp_path / "first")
     assert (out / "checkpoint-2").is_dir()
-    log = train_or_fail({**config, "max_steps": 3, "overwrite_output_dir": False,
-                         "resume_from_checkpoint": str(out / "checkpoint-2")}, tmp_path / "second")
+    log = train_or_fail(
+        {**config, "max_steps": 3, "overwrite_output_dir": False, "resume_from_checkpoint": str(out / "checkpoint-2")},
+        tmp_path / "second",
+    )
     assert [entry["step"] for entry in log] == [1, 2, 3]
     check_ue_metrics(log[2:])
 
 
 def test_image_noise_space_and_batch_scope_train(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    log = train_or_fail(tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                             ue_noise_space="image", ue_stat_scope="batch",
-                                             ue_weight_target="logratio", ue_branches="chosen", pref_ftx=0.5),
-                        tmp_path)
+    log = train_or_fail(
+        tiny_training_config(
+            "qwen2_vl",
+            tiny_qwen2_vl_dir,
+            shapes_dataset_dir,
+            tmp_path / "out",
+            ue_noise_space="image",
+            ue_stat_scope="batch",
+            ue_weight_target="logratio",
+            ue_branches="chosen",
+            pref_ftx=0.5,
+        ),
+        tmp_path,
+    )
     assert all(entry["ue/lambda_rejected_mean"] == 1.0 for entry in log)
     assert all(entry["ue/lambda_chosen_mean"] > 1.0 for entry in log)
 
@@ -98,18 +130,32 @@ def train_with_and_without_prefix_sharing(config: dict, tmp_path: Path, master_p
     runs = {}
     for offset, sharing in enumerate((True, False)):
         out = tmp_path / f"sharing-{sharing}"
-        result = run_train({**config, "output_dir": str(out / "out"), "ue_prefix_sharing": sharing}, out,
-                           MASTER_PORT=str(master_port + offset), **env)
+        result = run_train(
+            {**config, "output_dir": str(out / "out"), "ue_prefix_sharing": sharing},
+            out,
+            MASTER_PORT=str(master_port + offset),
+            **env,
+        )
         assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         shared_lines = "each pair's prompt and image are computed once per pass" in result.stdout + result.stderr
         assert shared_lines == sharing and "computing unshared rows" not in result.stdout + result.stderr
         runs[sharing] = (training_log(out / "out"), load_file(out / "out" / "adapter_model.safetensors"))
     (shared_log, shared_adapter), (unshared_log, unshared_adapter) = runs[True], runs[False]
     assert [entry["step"] for entry in shared_log] == [entry["step"] for entry in unshared_log]
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
-                "ue/lambda_chosen_mean", "ue/lambda_rejected_mean", "ue/u_mean", "ue/delta_mean"):
-        assert [entry[key] for entry in shared_log] == pytest.approx([entry[key] for entry in unshared_log],
-                                                                     rel=1e-5, abs=1e-6), key
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "logps/rejected",
+        "ue/lambda_chosen_mean",
+        "ue/lambda_rejected_mean",
+        "ue/u_mean",
+        "ue/delta_mean",
+    ):
+        assert [entry[key] for entry in shared_log] == pytest.approx(
+            [entry[key] for entry in unshared_log], rel=1e-5, abs=1e-6
+        ), key
     assert shared_adapter.keys() == unshared_adapter.keys()
     for name, weight in unshared_adapter.items():
         torch.testing.assert_close(shared_adapter[name], weight, rtol=1e-5, atol=1e-6, msg=name)
@@ -117,8 +163,9 @@ def train_with_and_without_prefix_sharing(config: dict, tmp_path: Path, master_p
 
 
 def test_two_process_torchrun_with_and_without_prefix_sharing(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                  ue_stat_scope="batch", ddp_backend="gloo")
+    config = tiny_training_config(
+        "qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out", ue_stat_scope="batch", ddp_backend="gloo"
+    )
     log = train_with_and_without_prefix_sharing(config, tmp_path, 29571, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
     check_ue_metrics(log)
 
@@ -126,30 +173,41 @@ def test_two_process_torchrun_with_and_without_prefix_sharing(tiny_qwen2_vl_dir,
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_deepspeed_zero_with_and_without_prefix_sharing(zero_stage, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
     config_dir = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
-    config = tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                  deepspeed=str(config_dir / f"ds_z{zero_stage}.json"))
-    log = train_with_and_without_prefix_sharing(config, tmp_path, 29580 + 10 * zero_stage, FORCE_TORCHRUN="1",
-                                                NPROC_PER_NODE="1")
+    config = tiny_training_config(
+        "qwen2_vl",
+        tiny_qwen2_vl_dir,
+        shapes_dataset_dir,
+        tmp_path / "out",
+        deepspeed=str(config_dir / f"ds_z{zero_stage}.json"),
+    )
+    log = train_with_and_without_prefix_sharing(
+        config, tmp_path, 29580 + 10 * zero_stage, FORCE_TORCHRUN="1", NPROC_PER_NODE="1"
+    )
     check_ue_metrics(log)
 
 
 def test_unsupported_template_is_refused_clearly(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    result = run_train(tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                            template="qwen"), tmp_path)
+    result = run_train(
+        tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out", template="qwen"),
+        tmp_path,
+    )
     assert result.returncode != 0
     assert "Supported templates: llava, qwen2_vl (Qwen2-VL, Qwen2.5-VL)" in result.stderr
 
 
 def test_dataset_without_ranking_is_refused_clearly(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    result = run_train(tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out",
-                                            dataset="shapes_sft"), tmp_path)
+    result = run_train(
+        tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / "out", dataset="shapes_sft"),
+        tmp_path,
+    )
     assert result.returncode != 0
     assert "dataset `shapes_sft` is not a preference dataset" in result.stderr
     assert '"ranking": true' in result.stderr
 
 
 def test_a_bad_key_prints_its_message_alone_and_the_switch_brings_the_traceback_back(
-        tiny_llava_dir, shapes_dataset_dir, tmp_path):
+    tiny_llava_dir, shapes_dataset_dir, tmp_path
+):
     config = tiny_training_config("llava", tiny_llava_dir, shapes_dataset_dir, tmp_path / "out", ue_alpha=1.5)
     message = "`ue_alpha: 1.5` is out of range"
     short = run_train(config, tmp_path / "short")

@@ -7,14 +7,16 @@ import pytest
 import torch
 from lmms_eval.api.instance import Instance
 from PIL import Image
+
+from tiny_training_config import tiny_training_config
 from ue_dpo.evaluation.model import CheckpointError, UeDpoHF, resolve_checkpoint
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
-from tiny_training_config import tiny_training_config
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 QWEN2_VL_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-    + "<|image_pad|>" * 4 + "<|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
+    + "<|image_pad|>" * 4
+    + "<|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
 )
 LLAVA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -24,9 +26,11 @@ LLAVA_PROMPT = (
 
 @pytest.fixture(scope="module")
 def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir):
-    return {"llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
-            "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
-            "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu")}
+    return {
+        "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
+        "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
+        "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,9 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     model_args, data_args, training_args, _, _ = get_train_args(config)
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    row = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"][0]
+    row = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"][
+        0
+    ]
     response_start = next(i for i, label in enumerate(row["chosen_labels"]) if label != IGNORE_INDEX)
     return row["chosen_input_ids"][:response_start]
 
@@ -55,8 +61,9 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
-    assert prompt == llamafactory_training_prompt(arch, request.getfixturevalue(f"tiny_{arch}_dir"),
-                                                  shapes_dataset_dir, tmp_path)
+    assert prompt == llamafactory_training_prompt(
+        arch, request.getfixturevalue(f"tiny_{arch}_dir"), shapes_dataset_dir, tmp_path
+    )
     expected_text = {"llava": LLAVA_PROMPT, "qwen2_vl": QWEN2_VL_PROMPT}[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
@@ -76,8 +83,14 @@ def test_generation_sees_the_positions_of_a_training_forward(arch, models, image
         assert inputs["mm_token_type_ids"].sum(dim=1).tolist() == [4, 4]
     with torch.inference_mode():
         forward_logits = model.model(**inputs).logits[:, -1]
-        generated = model.model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
-                                         return_dict_in_generate=True, pad_token_id=model.pad_token_id)
+        generated = model.model.generate(
+            **inputs,
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=model.pad_token_id,
+        )
     torch.testing.assert_close(generated.logits[0], forward_logits, rtol=1e-4, atol=1e-4)
 
 
@@ -94,8 +107,9 @@ def save_random_lora_adapter(base_dir, out_dir, *, with_processor: bool):
 
     base = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32)
     torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)",
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)", init_lora_weights=False
+    )
     peft_model = get_peft_model(base, config)
     peft_model.save_pretrained(out_dir)
     if with_processor:
@@ -140,9 +154,12 @@ def requests_for(images, gen_kwargs_per_request, contexts=None):
     docs = [{"image": image} for image in images]
     contexts = contexts or [CAPTION_PROMPT] * len(images)
     return [
-        Instance(request_type="generate_until", idx=0,
-                 arguments=(context, dict(gen_kwargs), lambda doc: [doc["image"]], doc_id, "shapes", "test"),
-                 metadata={"task": "shapes", "doc_id": doc_id, "repeats": 1})
+        Instance(
+            request_type="generate_until",
+            idx=0,
+            arguments=(context, dict(gen_kwargs), lambda doc: [doc["image"]], doc_id, "shapes", "test"),
+            metadata={"task": "shapes", "doc_id": doc_id, "repeats": 1},
+        )
         for doc_id, (context, gen_kwargs) in enumerate(zip(contexts, gen_kwargs_per_request))
     ], {"shapes": {"test": docs}}
 
@@ -151,7 +168,11 @@ def requests_for(images, gen_kwargs_per_request, contexts=None):
 def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, models, images):
     model = models[arch]
     # two kwargs groups, interleaved, so batching regroups and must restore the order
-    kwargs = [{"max_new_tokens": 8, "until": []}, {"max_new_tokens": 5, "until": []}, {"max_new_tokens": 8, "until": []}]
+    kwargs = [
+        {"max_new_tokens": 8, "until": []},
+        {"max_new_tokens": 5, "until": []},
+        {"max_new_tokens": 8, "until": []},
+    ]
     requests, model.task_dict = requests_for(images, kwargs)
     one_by_one = [model.generate([(CAPTION_PROMPT, [image])], gen) for image, gen in zip(images, kwargs)]
     model.batch_size_per_gpu = 2
@@ -164,8 +185,12 @@ def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, mode
 
 def test_batches_hold_the_longest_prompts_first_and_answers_keep_request_order(models, images, monkeypatch):
     model = models["qwen2_vl"]
-    contexts = ["Describe this image.", "Name every shape in this picture, its colour and where it is.",
-                "What shapes are in the picture?", "Describe this image in one short sentence, please."]
+    contexts = [
+        "Describe this image.",
+        "Name every shape in this picture, its colour and where it is.",
+        "What shapes are in the picture?",
+        "Describe this image in one short sentence, please.",
+    ]
     images = [*images, images[0]]
     kwargs = [{"max_new_tokens": 4}, {"max_new_tokens": 4}, {"max_new_tokens": 2}, {"max_new_tokens": 4}]
     requests, model.task_dict = requests_for(images, kwargs, contexts)
@@ -212,7 +237,7 @@ def test_generation_kwargs_are_honoured(models, images):
     long_answer = model.generate(prompt, {"max_new_tokens": 12})[0]
     short_answer = model.generate(prompt, {"max_new_tokens": 3})[0]
     assert len(model.tokenizer.encode(short_answer)) <= 3 and long_answer.startswith(short_answer)
-    stop = long_answer[len(long_answer) // 2:len(long_answer) // 2 + 2]
+    stop = long_answer[len(long_answer) // 2 : len(long_answer) // 2 + 2]
     cut = model.generate(prompt, {"max_new_tokens": 12, "until": [stop]})[0]
     assert cut == long_answer.split(stop, 1)[0]
     assert model.generate(prompt, {"max_new_tokens": 12, "num_beams": 2, "until": []})[0]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llamafactory_runs import train_in_one_process
+from tiny_training_config import tiny_training_config
 from ue_dpo.config import UEDPOArguments
 from ue_dpo.core.loss import log_weighted_sequence_logps
 from ue_dpo.core.peer_weights import ddpo_token_weights, differing_token_spans, tpo_token_weights
@@ -18,7 +19,6 @@ from ue_dpo.core.weights import (
     UNSELECTED,
     blind_spot_categories,
 )
-from tiny_training_config import tiny_training_config
 
 
 def sigmoid(x: float) -> float:
@@ -74,8 +74,12 @@ PROMPT = [90, 91, 92]  # stands for the identical prompt (and image tokens) both
         pytest.param([1, 2, 3, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7], ([], []), id="pure insertion"),
         pytest.param([1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 5, 6, 7], ([], []), id="pure deletion"),
         # the common `2` (and the tail `9`) are matches shorter than 3: no anchors, part of the replaced stretch
-        pytest.param([10, 11, 12, 1, 2, 20, 30, 31, 32], [10, 11, 12, 3, 2, 4, 30, 31, 32], ([3, 4, 5], [3, 4, 5]),
-                     id="short match inside"),
+        pytest.param(
+            [10, 11, 12, 1, 2, 20, 30, 31, 32],
+            [10, 11, 12, 3, 2, 4, 30, 31, 32],
+            ([3, 4, 5], [3, 4, 5]),
+            id="short match inside",
+        ),
         pytest.param([1, 2, 3, 4, 9], [1, 2, 3, 5, 9], ([3, 4], [3, 4]), id="short match at the end"),
         # a common opening of any length joins the identical prompt's block
         pytest.param([1, 4, 5, 6, 7], [1, 9, 5, 6, 7], ([1], [1]), id="short common opening"),
@@ -114,12 +118,14 @@ def test_ddpo_weights_diff_whole_unpadded_rows_and_weight_response_tokens():
     weights, differing = ddpo_token_weights(input_ids, attention_mask, positions, mask, gamma=2.5)
     # pair 0: 4 <-> 9 at response index 3. Pair 1: [1, 2] joins the prompt's block, then [3, 4, 5] <-> [8, 8, 4, 5]
     # (the common [4, 5] is shorter than 3), at response indices 2-4 and 2-5.
-    expected = torch.tensor([
-        [0, 0, 0, 1, 0, 0, 0],
-        [0, 0, 1, 1, 1, 0, 0],
-        [0, 0, 0, 1, 0, 0, 0],
-        [0, 0, 1, 1, 1, 1, 0],
-    ]).bool()
+    expected = torch.tensor(
+        [
+            [0, 0, 0, 1, 0, 0, 0],
+            [0, 0, 1, 1, 1, 0, 0],
+            [0, 0, 0, 1, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0],
+        ]
+    ).bool()
     assert differing.tolist() == expected.tolist()
     assert weights.tolist() == torch.where(expected, 2.5, 1.0).tolist()
     ones, same_differing = ddpo_token_weights(input_ids, attention_mask, positions, mask, gamma=1.0)
@@ -132,20 +138,41 @@ def test_blind_spot_categories_split_chosen_selections_by_the_sign_of_u():
     rejected = blind_spot_categories(uncertainty, torch.tensor([[True, False, True, False]]), preferred=False)
     assert chosen.tolist() == [[TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR, TYPE_II_LANGUAGE_PRIOR, UNSELECTED]]
     assert rejected.tolist() == [[SENSITIVE_REJECTED, UNSELECTED, SENSITIVE_REJECTED, UNSELECTED]]
-    assert [CATEGORY_NAMES[code] for code in (UNSELECTED, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR,
-                                              SENSITIVE_REJECTED)] == [
-        "unselected", "Type-I blind spot", "Type-II language prior", "sensitive rejected token"]
+    assert [
+        CATEGORY_NAMES[code] for code in (UNSELECTED, TYPE_I_BLIND_SPOT, TYPE_II_LANGUAGE_PRIOR, SENSITIVE_REJECTED)
+    ] == ["unselected", "Type-I blind spot", "Type-II language prior", "sensitive rejected token"]
 
 
 @pytest.mark.parametrize(
     "branches, expected",
     [
-        ("both", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.4,
-                  "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 0.94}),
-        ("chosen", {"ue/selected_share_chosen": 0.4, "ue/selected_share_rejected": 0.0,
-                    "ue/lambda_chosen_mean": 1.06, "ue/lambda_rejected_mean": 1.0}),
-        ("rejected", {"ue/selected_share_chosen": 0.0, "ue/selected_share_rejected": 0.4,
-                      "ue/lambda_chosen_mean": 1.0, "ue/lambda_rejected_mean": 0.94}),
+        (
+            "both",
+            {
+                "ue/selected_share_chosen": 0.4,
+                "ue/selected_share_rejected": 0.4,
+                "ue/lambda_chosen_mean": 1.06,
+                "ue/lambda_rejected_mean": 0.94,
+            },
+        ),
+        (
+            "chosen",
+            {
+                "ue/selected_share_chosen": 0.4,
+                "ue/selected_share_rejected": 0.0,
+                "ue/lambda_chosen_mean": 1.06,
+                "ue/lambda_rejected_mean": 1.0,
+            },
+        ),
+        (
+            "rejected",
+            {
+                "ue/selected_share_chosen": 0.0,
+                "ue/selected_share_rejected": 0.4,
+                "ue/lambda_chosen_mean": 1.0,
+                "ue/lambda_rejected_mean": 0.94,
+            },
+        ),
     ],
 )
 def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lambda(branches, expected):
@@ -158,20 +185,36 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
     # Chosen: q_0.4(Δ) = 1.6 selects tokens 0, 1; rejected: q_0.6(Δ) = 2.4 selects tokens 3, 4 (share 2/5 each).
     # u on either selection is [1, 3]: σ(±1/√2) sum to 1, so mean λ = (5 ± α) / 5 with α = 0.3.
     zeros = torch.zeros(2, 5)
-    clean = TargetLogitSummary(target_logit=zeros, target_logprob=zeros, argmax=zeros.long(),
-                               probe_logit=torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 3.0]]))
-    noised = TargetLogitSummary(target_logit=-torch.arange(5.0).repeat(2, 1), target_logprob=zeros,
-                                argmax=zeros.long(), probe_logit=None)
+    clean = TargetLogitSummary(
+        target_logit=zeros,
+        target_logprob=zeros,
+        argmax=zeros.long(),
+        probe_logit=torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 3.0]]),
+    )
+    noised = TargetLogitSummary(
+        target_logit=-torch.arange(5.0).repeat(2, 1), target_logprob=zeros, argmax=zeros.long(), probe_logit=None
+    )
     mask = torch.ones(2, 5, dtype=torch.bool)
     method = UEDPO(types.SimpleNamespace(ue_alpha=0.3, ue_tau=0.4, ue_stat_scope="sequence", ue_branches=branches))
     weights, details = method.blind_spot_weights(clean, noised, mask, gather=lambda values: values)
     selected, category = details["selected"], details["category"]
-    response = ResponseTokens(inputs={}, noised_inputs=None, positions=torch.arange(5), targets=zeros.long(),
-                              mask=mask, has_image=torch.ones(2, dtype=torch.bool), row_digests=None)
-    metrics = token_means(method.metric_terms(WeightedTokens(response, zeros, weights, details)),
-                          lambda sums: sums)  # one rank
-    assert metrics == {**{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
-                       "ue/u_mean": pytest.approx(0.8), "ue/delta_mean": pytest.approx(2.0)}
+    response = ResponseTokens(
+        inputs={},
+        noised_inputs=None,
+        positions=torch.arange(5),
+        targets=zeros.long(),
+        mask=mask,
+        has_image=torch.ones(2, dtype=torch.bool),
+        row_digests=None,
+    )
+    metrics = token_means(
+        method.metric_terms(WeightedTokens(response, zeros, weights, details)), lambda sums: sums
+    )  # one rank
+    assert metrics == {
+        **{key: pytest.approx(value, abs=1e-6) for key, value in expected.items()},
+        "ue/u_mean": pytest.approx(0.8),
+        "ue/delta_mean": pytest.approx(2.0),
+    }
     off = {"chosen": slice(1, 2), "rejected": slice(0, 1), "both": slice(0, 0)}[branches]
     assert not selected[off].any() and (category[off] == UNSELECTED).all() and (weights[off] == 1.0).all()
 
@@ -183,9 +226,14 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
         ({"ue_weighting": "ddpo", "ddpo_gamma": 0.0}, "`ddpo_gamma: 0.0` must be positive"),
         ({"ue_weighting": "tpo", "ddpo_gamma": 5.0}, "`ddpo_gamma` applies to `ue_weighting: ddpo` only"),
         ({"ue_weighting": "tpo", "ue_branches": "chosen"}, "`ue_branches: chosen` applies to `ue_weighting: ue` only"),
-        ({"ue_weighting": "ddpo", "ue_weight_target": "logratio"},
-         "`ue_weight_target: logratio` applies to `ue_weighting: ue` only"),
-        ({"ue_weighting": "tpo", "ue_precompute_ref": True}, "`ue_precompute_ref` cannot be used with `ue_weighting: tpo`"),
+        (
+            {"ue_weighting": "ddpo", "ue_weight_target": "logratio"},
+            "`ue_weight_target: logratio` applies to `ue_weighting: ue` only",
+        ),
+        (
+            {"ue_weighting": "tpo", "ue_precompute_ref": True},
+            "`ue_precompute_ref` cannot be used with `ue_weighting: tpo`",
+        ),
     ],
 )
 def test_bad_weighting_keys_are_refused_naming_the_key(keys, message):
@@ -205,9 +253,13 @@ def weighting_runs(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
         "ddpo": {"ue_weighting": "ddpo"},
         "tpo": {"ue_weighting": "tpo", "ue_noise_space": "image"},
     }
-    runs = {name: (tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, root / name, max_steps=4,
-                                        **keys), root / f"{name}-work")
-            for name, keys in methods.items()}
+    runs = {
+        name: (
+            tiny_training_config("qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, root / name, max_steps=4, **keys),
+            root / f"{name}-work",
+        )
+        for name, keys in methods.items()
+    }
     return train_in_one_process(runs)
 
 

@@ -6,7 +6,6 @@ from typing import Any
 from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 
 
-
 def tiny_training_config(
     arch: str, model_dir: Path, dataset_dir: Path, output_dir: Path, **overrides: Any
 ) -> dict[str, Any]:

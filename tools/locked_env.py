@@ -42,11 +42,15 @@ def ensure_uv(venv: Path, uv_version: str | None) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         _run([sys.executable, "-m", "venv", venv], check=True)
-    installed = _run([python, "-c", f"import sys; assert sys.version_info[:2] == {tuple(map(int, PYTHON_VERSION.split('.')))}"],
-                     capture_output=True)
+    installed = _run(
+        [python, "-c", f"import sys; assert sys.version_info[:2] == {tuple(map(int, PYTHON_VERSION.split('.')))}"],
+        capture_output=True,
+    )
     if installed.returncode != 0:
-        raise SetupError(f"{venv} runs another Python than the lock's {PYTHON_VERSION}: remove {venv} and run again "
-                         f"with PYTHON=python{PYTHON_VERSION} (make PYTHON=python{PYTHON_VERSION} test)")
+        raise SetupError(
+            f"{venv} runs another Python than the lock's {PYTHON_VERSION}: remove {venv} and run again "
+            f"with PYTHON=python{PYTHON_VERSION} (make PYTHON=python{PYTHON_VERSION} test)"
+        )
     uv = venv / "bin" / "uv"
     current = _run([uv, "--version"], capture_output=True).stdout.split()[1:2] if uv.exists() else []
     if not uv.exists() or (uv_version is not None and current != [uv_version]):
@@ -63,8 +67,10 @@ def _named_in(output: str, pins: dict[str, str]) -> list[str]:
 
 def sync(venv: Path, lock: Path = LOCK, editable: Path | None = REPO) -> None:
     if sys.version_info[:2] != tuple(map(int, PYTHON_VERSION.split("."))):
-        raise SetupError(f"requirements.lock is for Python {PYTHON_VERSION}, but {sys.executable} is "
-                         f"{sys.version.split()[0]}: run with PYTHON=python{PYTHON_VERSION}")
+        raise SetupError(
+            f"requirements.lock is for Python {PYTHON_VERSION}, but {sys.executable} is "
+            f"{sys.version.split()[0]}: run with PYTHON=python{PYTHON_VERSION}"
+        )
     pins = locked_versions(lock)
     uv = ensure_uv(venv, pins.get("uv"))
     python = venv / "bin" / "python"
@@ -75,19 +81,40 @@ def sync(venv: Path, lock: Path = LOCK, editable: Path | None = REPO) -> None:
     if result.returncode != 0 or yanked:
         named = _named_in("\n".join(yanked) if yanked else result.stderr, pins)
         what = "pins a yanked release" if yanked else "no longer installs"
-        raise SetupError(f"{lock.name} {what}: {', '.join(named) or 'see the uv output above'}. "
-                         f"Refresh the lock: {REFRESH}.")
+        raise SetupError(
+            f"{lock.name} {what}: {', '.join(named) or 'see the uv output above'}. Refresh the lock: {REFRESH}."
+        )
     if editable is not None:
-        _run([uv, "pip", "install", "--quiet", "--python", python, "--no-deps", "--no-build-isolation", "-e", editable],
-             check=True)
+        _run(
+            [uv, "pip", "install", "--quiet", "--python", python, "--no-deps", "--no-build-isolation", "-e", editable],
+            check=True,
+        )
 
 
 def lock(venv: Path, lock_file: Path = LOCK) -> None:
     pins = locked_versions(lock_file) if lock_file.exists() else {}
     uv = ensure_uv(venv, pins.get("uv"))
-    _run([uv, "pip", "compile", REPO / "pyproject.toml", "--extra", "test", "--upgrade",
-          "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
-          "--custom-compile-command", "make lock", "--output-file", lock_file], check=True, cwd=REPO)
+    _run(
+        [
+            uv,
+            "pip",
+            "compile",
+            REPO / "pyproject.toml",
+            "--extra",
+            "test",
+            "--upgrade",
+            "--python-version",
+            PYTHON_VERSION,
+            "--python-platform",
+            PLATFORM,
+            "--custom-compile-command",
+            "make lock",
+            "--output-file",
+            lock_file,
+        ],
+        check=True,
+        cwd=REPO,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

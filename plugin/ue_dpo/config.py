@@ -93,8 +93,14 @@ class _StageArguments:
                 continue
             for name in group.defaults:
                 if getattr(self, name) is not None:
-                    raise UEDPOUserError(group.refusal.format(key=name, value=getattr(self, name), method=method.name,
-                                                              readers=_readers_text(readers(group))))
+                    raise UEDPOUserError(
+                        group.refusal.format(
+                            key=name,
+                            value=getattr(self, name),
+                            method=method.name,
+                            readers=_readers_text(readers(group)),
+                        )
+                    )
         if self.ue_ref_cache_dir is not None and self.ue_precompute_ref is not True:
             raise UEDPOUserError(
                 "`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which is off; remove "
@@ -133,12 +139,14 @@ class _StageArguments:
 # resolved, so that an explicit value can be told from the default.
 UEDPOArguments = make_dataclass(
     "UEDPOArguments",
-    [(key.name, key.type, field(default=None, metadata={"help": key.help}))
-     for group in key_groups() for key in group.keys],
+    [
+        (key.name, key.type, field(default=None, metadata={"help": key.help}))
+        for group in key_groups()
+        for key in group.keys
+    ],
     bases=(_StageArguments,),
 )
 UEDPOArguments.__module__ = __name__
-
 
 
 def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, Any]) -> None:
@@ -147,13 +155,16 @@ def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, An
     for name, meaning in UNSUPPORTED_LLAMAFACTORY_KEYS.items():
         value = getattr(finetuning_args, name)
         if value != llamafactory_defaults[name]:
-            raise UEDPOUserError(f"`{name}: {value}` is not supported with `stage: ue_dpo`: {meaning}. "
-                                 f"Remove `{name}`.")
+            raise UEDPOUserError(
+                f"`{name}: {value}` is not supported with `stage: ue_dpo`: {meaning}. Remove `{name}`."
+            )
     adapter_layer = PEFT_LAYER_BY_FINETUNING_TYPE.get(finetuning_args.finetuning_type)
     if adapter_layer is None:  # full and freeze tuning leave the output layer a torch.nn.Linear
         return
-    for name, peft_layer in (("lora_target", adapter_layer),
-                             ("additional_target", "peft.utils.other.ModulesToSaveWrapper (modules_to_save)")):
+    for name, peft_layer in (
+        ("lora_target", adapter_layer),
+        ("additional_target", "peft.utils.other.ModulesToSaveWrapper (modules_to_save)"),
+    ):
         targets = getattr(finetuning_args, name) or []
         if any(target == OUTPUT_LAYER or target.endswith(f".{OUTPUT_LAYER}") for target in targets):
             raise UEDPOUserError(

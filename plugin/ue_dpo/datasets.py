@@ -33,8 +33,15 @@ BAD_SAMPLE_POLICIES = ("skip", "error")
 SUBSET_KINDS = ("all", "first", "random")
 PROVENANCE_SUFFIX = "_source.json"
 _SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
-_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
-               "TIFF": ".tif"}
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+}
 _DIGEST_CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
@@ -82,13 +89,21 @@ def _openbmb_rlhf_v_pair(row: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
 
 def _sharegpt_pair(row: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
     turns, images = row["conversations"], row["images"]
-    if not isinstance(turns, list) or len(turns) != 1 or not isinstance(turns[0], dict) \
-            or turns[0].get("from") != "human":
+    if (
+        not isinstance(turns, list)
+        or len(turns) != 1
+        or not isinstance(turns[0], dict)
+        or turns[0].get("from") != "human"
+    ):
         raise BadSampleError("its `conversations` is not a single `human` turn")
     if images is not None and len(images) > 1:
         raise BadSampleError(f"it has {len(images)} images; a pair has one")
-    return (turns[0].get("value"), _sharegpt_response(row, "chosen"), _sharegpt_response(row, "rejected"),
-            images[0] if images else None)
+    return (
+        turns[0].get("value"),
+        _sharegpt_response(row, "chosen"),
+        _sharegpt_response(row, "rejected"),
+        images[0] if images else None,
+    )
 
 
 def _sharegpt_response(row: dict[str, Any], side: str) -> Any:
@@ -103,14 +118,21 @@ def _openbmb_rlaif_v_pair(row: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
 
 
 SOURCES = {
-    "rlhf_v": PreferenceSource("rlhf_v", (
-        SourceSchema("openbmb/RLHF-V-Dataset", ("image", "text", "idx"), _openbmb_rlhf_v_pair),
-        SourceSchema("llamafactory/RLHF-V", ("conversations", "chosen", "rejected", "images"), _sharegpt_pair),
-    )),
-    "rlaif_v": PreferenceSource("rlaif_v", (
-        SourceSchema("openbmb/RLAIF-V-Dataset", ("image", "question", "chosen", "rejected", "idx"),
-                     _openbmb_rlaif_v_pair),
-    )),
+    "rlhf_v": PreferenceSource(
+        "rlhf_v",
+        (
+            SourceSchema("openbmb/RLHF-V-Dataset", ("image", "text", "idx"), _openbmb_rlhf_v_pair),
+            SourceSchema("llamafactory/RLHF-V", ("conversations", "chosen", "rejected", "images"), _sharegpt_pair),
+        ),
+    ),
+    "rlaif_v": PreferenceSource(
+        "rlaif_v",
+        (
+            SourceSchema(
+                "openbmb/RLAIF-V-Dataset", ("image", "question", "chosen", "rejected", "idx"), _openbmb_rlaif_v_pair
+            ),
+        ),
+    ),
 }
 
 
@@ -152,9 +174,11 @@ class ConversionReport:
     provenance_path: Path
 
     def summary(self) -> str:
-        return (f"{self.dataset_name}: wrote {self.pairs} pairs ({self.images} distinct images) to "
-                f"{self.records_path}; skipped {self.skipped} bad samples (listed in {self.skipped_path}); "
-                f"source recorded in {self.provenance_path}")
+        return (
+            f"{self.dataset_name}: wrote {self.pairs} pairs ({self.images} distinct images) to "
+            f"{self.records_path}; skipped {self.skipped} bad samples (listed in {self.skipped_path}); "
+            f"source recorded in {self.provenance_path}"
+        )
 
 
 def dataset_info_entry(name: str) -> dict[str, Any]:
@@ -239,10 +263,15 @@ def convert(
     skipped_path = out_dir / f"{dataset_name}_skipped.jsonl"
     provenance_path = out_dir / f"{dataset_name}{PROVENANCE_SUFFIX}"
     provenance = {
-        "dataset": dataset_name, "source": source, "schema": schema.hub_id, "hub": hub,
+        "dataset": dataset_name,
+        "source": source,
+        "schema": schema.hub_id,
+        "hub": hub,
         "files": {file.relative_to(folder).as_posix(): _sha256(file) for file in files},
         "subset": {key: value for key, value in asdict(subset).items() if value is not None},
-        "rows_read": rows_read, "pairs": len(records), "skipped": len(skipped),
+        "rows_read": rows_read,
+        "pairs": len(records),
+        "skipped": len(skipped),
     }
     _write_atomically(records_path, json.dumps(records, ensure_ascii=False, indent=1))
     _write_atomically(skipped_path, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in skipped))
@@ -251,8 +280,9 @@ def convert(
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info[dataset_name] = dataset_info_entry(dataset_name)
     _write_atomically(info_path, json.dumps(info, indent=2))
-    return ConversionReport(dataset_name, len(records), len(written_images), len(skipped), records_path, skipped_path,
-                            provenance_path)
+    return ConversionReport(
+        dataset_name, len(records), len(written_images), len(skipped), records_path, skipped_path, provenance_path
+    )
 
 
 def _idx_note(row: dict[str, Any]) -> str:
@@ -264,11 +294,15 @@ def _local_copy(spec: PreferenceSource, source: str, revision: str | None) -> tu
     path = Path(source)
     if path.exists():
         if revision is not None:
-            raise SourceError(f"--revision {revision} applies to a hub download; the --source folder {source} is "
-                              "read as it is (its files' digests are recorded)")
+            raise SourceError(
+                f"--revision {revision} applies to a hub download; the --source folder {source} is "
+                "read as it is (its files' digests are recorded)"
+            )
         if not path.is_dir():
-            raise SourceError(f"--source {source} is a file; pass the folder holding the {spec.hub_id} parquet or "
-                              "arrow files (or a `save_to_disk` folder)")
+            raise SourceError(
+                f"--source {source} is a file; pass the folder holding the {spec.hub_id} parquet or "
+                "arrow files (or a `save_to_disk` folder)"
+            )
         return path, None
     if path.is_absolute() or source.startswith(".") or source.count("/") != 1:
         raise SourceError(f"--source {source!r} is neither an existing folder nor a hub dataset id like {spec.hub_id}")
@@ -278,12 +312,15 @@ def _local_copy(spec: PreferenceSource, source: str, revision: str | None) -> tu
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     try:
-        snapshot = Path(snapshot_download(source, repo_type="dataset", revision=revision,
-                                          allow_patterns=["*.parquet", "*.arrow"]))
+        snapshot = Path(
+            snapshot_download(source, repo_type="dataset", revision=revision, allow_patterns=["*.parquet", "*.arrow"])
+        )
     except (OSError, HfHubHTTPError, HFValidationError) as error:
-        raise SourceError(f"cannot download {source} at revision {revision or 'main'} ({type(error).__name__}: "
-                          f"{error}); check --source and --revision, or download it and pass the folder. Nor is "
-                          f"{source} a folder under {Path.cwd()}: if you meant one, check its spelling") from None
+        raise SourceError(
+            f"cannot download {source} at revision {revision or 'main'} ({type(error).__name__}: "
+            f"{error}); check --source and --revision, or download it and pass the folder. Nor is "
+            f"{source} a folder under {Path.cwd()}: if you meant one, check its spelling"
+        ) from None
     # huggingface_hub's cache keeps each download under snapshots/<commit>
     return snapshot, {"repo": source, "revision": revision or "main", "commit": snapshot.name}
 
@@ -293,9 +330,11 @@ def _missing_folder(spec: PreferenceSource, path: Path) -> str:
     names = sorted(child.name for child in path.parent.iterdir() if child.is_dir())
     near = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
     hint = f" (did you mean {' or '.join(str(path.parent / name) for name in near)}?)" if near else ""
-    return (f"--source folder {path} does not exist in {Path.cwd()}{hint}; pass the folder holding the "
-            f"{spec.hub_id} parquet or arrow files. ({path.parent}/ is a folder here, so {path} is not taken for a "
-            "hub dataset id; to download one, run from another folder.)")
+    return (
+        f"--source folder {path} does not exist in {Path.cwd()}{hint}; pass the folder holding the "
+        f"{spec.hub_id} parquet or arrow files. ({path.parent}/ is a folder here, so {path} is not taken for a "
+        "hub dataset id; to download one, run from another folder.)"
+    )
 
 
 def _is_saved_dataset(folder: Path) -> bool:
@@ -317,13 +356,16 @@ def _data_files(spec: PreferenceSource, folder: Path) -> list[Path]:
                 raise SourceError(
                     f"{folder} holds {len(paths)} copies of {name} ({', '.join(str(path.parent) for path in paths)}), "
                     "e.g. several snapshots of a Hugging Face cache; pass the one folder to read "
-                    "(`.../snapshots/<commit>`) as --source, or download a revision with --revision")
+                    "(`.../snapshots/<commit>`) as --source, or download a revision with --revision"
+                )
             if extension == "parquet":
                 for file in files:
                     _check_parquet(spec, file)
             return files
-    raise SourceError(f"--source {folder} holds no .parquet or .arrow files; download {spec.hub_id} there "
-                      f"(e.g. `hf download {spec.hub_id} --repo-type dataset --local-dir {folder}`)")
+    raise SourceError(
+        f"--source {folder} holds no .parquet or .arrow files; download {spec.hub_id} there "
+        f"(e.g. `hf download {spec.hub_id} --repo-type dataset --local-dir {folder}`)"
+    )
 
 
 def _check_parquet(spec: PreferenceSource, file: Path) -> None:
@@ -339,12 +381,15 @@ def _check_parquet(spec: PreferenceSource, file: Path) -> None:
     if metadata.num_columns == 0:
         raise SourceError(f"{file} is a parquet file with no columns; {fix}")
     if metadata.num_rows == 0:
-        raise SourceError(f"{file} is a parquet file with no rows (columns "
-                          f"{', '.join(metadata.schema.to_arrow_schema().names)}); {fix}")
+        raise SourceError(
+            f"{file} is a parquet file with no rows (columns "
+            f"{', '.join(metadata.schema.to_arrow_schema().names)}); {fix}"
+        )
 
 
-def _source_rows(spec: PreferenceSource, source: str, folder: Path,
-                 files: list[Path]) -> tuple[SourceSchema, Iterator[dict[str, Any]]]:
+def _source_rows(
+    spec: PreferenceSource, source: str, folder: Path, files: list[Path]
+) -> tuple[SourceSchema, Iterator[dict[str, Any]]]:
     """The schema of the source and its `train` rows in order, streamed, the images left as stored."""
     import datasets
 
@@ -353,15 +398,18 @@ def _source_rows(spec: PreferenceSource, source: str, folder: Path,
         stream = (saved["train"] if isinstance(saved, datasets.DatasetDict) else saved).to_iterable_dataset()
     else:
         builder = files[0].suffix.removeprefix(".")
-        stream = datasets.load_dataset(builder, data_files={"train": [str(file) for file in files]}, split="train",
-                                       streaming=True)
+        stream = datasets.load_dataset(
+            builder, data_files={"train": [str(file) for file in files]}, split="train", streaming=True
+        )
     stream = stream.decode(False)
     columns = stream.column_names or []
     for schema in spec.schemas:
         if set(schema.columns) <= set(columns):
             return schema, iter(stream)
-    raise SourceError(f"{source} has columns {', '.join(columns) or '(none)'}, which are none of the schemas "
-                      f"{spec.name} is read in: " + "; ".join(schema.describe() for schema in spec.schemas))
+    raise SourceError(
+        f"{source} has columns {', '.join(columns) or '(none)'}, which are none of the schemas "
+        f"{spec.name} is read in: " + "; ".join(schema.describe() for schema in spec.schemas)
+    )
 
 
 def _pair_record(schema: SourceSchema, row: dict[str, Any], position: int) -> tuple[dict[str, Any], bytes, str]:
@@ -374,8 +422,10 @@ def _pair_record(schema: SourceSchema, row: dict[str, Any], position: int) -> tu
         if not response.strip():
             raise BadSampleError(f"the {field_name} response is empty")
         if IMAGE_PLACEHOLDER in response:
-            raise BadSampleError(f"the {field_name} response contains {IMAGE_PLACEHOLDER}, which LLaMA-Factory "
-                                 "would take for an image slot")
+            raise BadSampleError(
+                f"the {field_name} response contains {IMAGE_PLACEHOLDER}, which LLaMA-Factory "
+                "would take for an image slot"
+            )
     image_bytes = _image_bytes(image)
     extension = _checked_image_extension(image_bytes)
     record = {

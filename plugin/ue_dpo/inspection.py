@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.core.weights import CATEGORY_NAMES, TYPE_I_BLIND_SPOT
 from ue_dpo.llamafactory.integration import apply as apply_llamafactory_integration
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.model_paths import is_local_path
 from ue_dpo.yaml_errors import describe_yaml_error
 
@@ -65,18 +65,23 @@ def model_keys(model: str, template: str | None, base_model: str | None = None) 
     if adapter_config.is_file():
         base = base_model or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base:
-            raise InspectError(f"--model {model}: {adapter_config} names no base_model_name_or_path; pass "
-                               "--base-model PATH.")
+            raise InspectError(
+                f"--model {model}: {adapter_config} names no base_model_name_or_path; pass --base-model PATH."
+            )
         if is_local_path(base) and not Path(base).exists():
             if base_model is not None:
                 raise InspectError(f"--base-model {base}: no such directory; give the adapter's base model.")
-            raise InspectError(f"--model {model}: the base model {base} named in {adapter_config} "
-                               "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now.")
+            raise InspectError(
+                f"--model {model}: the base model {base} named in {adapter_config} "
+                "(base_model_name_or_path) does not exist; pass --base-model PATH where it is now."
+            )
         keys = {"model_name_or_path": base, "adapter_name_or_path": str(path), "finetuning_type": "lora"}
         config_dir = Path(base)
     elif base_model is not None:
-        raise InspectError(f"--base-model {base_model} was given, but --model {model} is not a LoRA adapter directory "
-                           "(no adapter_config.json); drop --base-model.")
+        raise InspectError(
+            f"--base-model {base_model} was given, but --model {model} is not a LoRA adapter directory "
+            "(no adapter_config.json); drop --base-model."
+        )
     elif (path / "config.json").is_file():
         keys = {"model_name_or_path": str(path), "finetuning_type": "full"}
         config_dir = path
@@ -100,8 +105,13 @@ def data_keys(data: str, dataset_dir: str, scratch_dir: Path) -> dict[str, Any]:
     path = Path(data)
     if path.is_file():
         scratch_dir.mkdir(parents=True, exist_ok=True)
-        entry = {"file_name": str(path.resolve()), "formatting": "sharegpt", "ranking": True,
-                 "columns": _SHAREGPT_COLUMNS, "tags": _SHAREGPT_TAGS}
+        entry = {
+            "file_name": str(path.resolve()),
+            "formatting": "sharegpt",
+            "ranking": True,
+            "columns": _SHAREGPT_COLUMNS,
+            "tags": _SHAREGPT_TAGS,
+        }
         (scratch_dir / "dataset_info.json").write_text(json.dumps({FILE_DATASET: entry}, indent=1))
         return {"dataset": FILE_DATASET, "dataset_dir": str(scratch_dir), "media_dir": str(path.resolve().parent)}
     info_path = Path(dataset_dir) / "dataset_info.json"
@@ -137,8 +147,9 @@ def parse_ue_settings(settings: list[str]) -> dict[str, Any]:
     return keys
 
 
-def build_trainer(model_settings: dict, data_settings: dict, ue_settings: dict, *, n: int, cutoff_len: int,
-                  out_dir: Path):
+def build_trainer(
+    model_settings: dict, data_settings: dict, ue_settings: dict, *, n: int, cutoff_len: int, out_dir: Path
+):
     # Both import LLaMA-Factory (half a minute, and its version check), which only building the trainer needs.
     from llamafactory.hparams import get_train_args
 
@@ -146,9 +157,18 @@ def build_trainer(model_settings: dict, data_settings: dict, ue_settings: dict, 
 
     apply_llamafactory_integration()
     config = {
-        **model_settings, **data_settings, **ue_settings,
-        "stage": "ue_dpo", "ue_weighting": "ue", "do_train": False, "max_samples": n, "cutoff_len": cutoff_len,
-        "output_dir": str(out_dir), "overwrite_cache": True, "preprocessing_num_workers": 1, "report_to": "none",
+        **model_settings,
+        **data_settings,
+        **ue_settings,
+        "stage": "ue_dpo",
+        "ue_weighting": "ue",
+        "do_train": False,
+        "max_samples": n,
+        "cutoff_len": cutoff_len,
+        "output_dir": str(out_dir),
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "report_to": "none",
     }
     try:
         model_args, data_args, training_args, finetuning_args, _ = get_train_args(config)
@@ -185,8 +205,11 @@ def inspect_pairs(trainer, *, batch_size: int) -> list[InspectedPair]:
         for offset, feature in enumerate(features):
             rows = (offset, len(features) + offset)
             responses = [_row_tokens(tokens, row, tokenizer) for row in rows]
-            prompt_ids = [token for token, label in zip(feature["chosen_input_ids"], feature["chosen_labels"])
-                          if label == IGNORE_INDEX]
+            prompt_ids = [
+                token
+                for token, label in zip(feature["chosen_input_ids"], feature["chosen_labels"])
+                if label == IGNORE_INDEX
+            ]
             prompt = " ".join(tokenizer.decode(prompt_ids, skip_special_tokens=True).split())
             pairs.append(InspectedPair(start + offset, prompt, _image_png(feature.get("images") or []), *responses))
     return pairs
@@ -199,20 +222,24 @@ def _row_tokens(tokens, row: int, tokenizer) -> list[InspectedToken]:
     found = []
     for position in positions:
         token_id = int(response.targets[row, position])
-        found.append(InspectedToken(
-            text=tokenizer.decode([token_id]),
-            token_id=token_id,
-            uncertainty=float(details["uncertainty"][row, position]) if measured else None,
-            delta=float(details["delta"][row, position]) if measured else None,
-            weight=float(tokens.weights[row, position]),
-            category=int(details["category"][row, position]),
-        ))
+        found.append(
+            InspectedToken(
+                text=tokenizer.decode([token_id]),
+                token_id=token_id,
+                uncertainty=float(details["uncertainty"][row, position]) if measured else None,
+                delta=float(details["delta"][row, position]) if measured else None,
+                weight=float(tokens.weights[row, position]),
+                category=int(details["category"][row, position]),
+            )
+        )
     return found
 
 
 def category_summary(pairs: list[InspectedPair]) -> dict[str, Any]:
-    counts = {side: Counter(token.category for pair in pairs for token in getattr(pair, side))
-              for side in ("chosen", "rejected")}
+    counts = {
+        side: Counter(token.category for pair in pairs for token in getattr(pair, side))
+        for side in ("chosen", "rejected")
+    }
     total = sum(sum(counter.values()) for counter in counts.values())
     return {
         "pairs": len(pairs),
@@ -240,8 +267,9 @@ def parse_word_groups(specs: list[str]) -> dict[str, re.Pattern]:
         try:
             groups[name] = re.compile(pattern)
         except re.error as error:
-            raise InspectError(f"--word-group {spec}: {pattern!r} is not a Python regular expression "
-                               f"({error}).") from None
+            raise InspectError(
+                f"--word-group {spec}: {pattern!r} is not a Python regular expression ({error})."
+            ) from None
     return groups
 
 
@@ -269,31 +297,41 @@ def word_group_summary(pairs: list[InspectedPair], groups: dict[str, re.Pattern]
                 counts[f"tokens_{where}"] += 1
                 counts[f"type_i_{where}"] += token.category == TYPE_I_BLIND_SPOT
                 counts[f"lambda_above_1_{where}"] += token.weight > 1.0
-        rates = {where: counts[f"type_i_{where}"] / counts[f"tokens_{where}"] if counts[f"tokens_{where}"] else None
-                 for where in ("inside", "outside")}
+        rates = {
+            where: counts[f"type_i_{where}"] / counts[f"tokens_{where}"] if counts[f"tokens_{where}"] else None
+            for where in ("inside", "outside")
+        }
         summary[name] = {
             "pattern": pattern.pattern,
-            **{key: counts[key] for where in ("inside", "outside")
-               for key in (f"tokens_{where}", f"type_i_{where}", f"lambda_above_1_{where}")},
+            **{
+                key: counts[key]
+                for where in ("inside", "outside")
+                for key in (f"tokens_{where}", f"type_i_{where}", f"lambda_above_1_{where}")
+            },
             "type_i_rate_inside": rates["inside"],
             "type_i_rate_outside": rates["outside"],
-            "type_i_rate_ratio": rates["inside"] / rates["outside"] if rates["inside"] is not None and rates["outside"]
+            "type_i_rate_ratio": rates["inside"] / rates["outside"]
+            if rates["inside"] is not None and rates["outside"]
             else None,
         }
     return summary
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    lines = [f"{summary['pairs']} pairs, {summary['response_tokens']} response tokens",
-             f"{'category':<26}{'chosen':>8}{'rejected':>10}{'share':>9}"]
+    lines = [
+        f"{summary['pairs']} pairs, {summary['response_tokens']} response tokens",
+        f"{'category':<26}{'chosen':>8}{'rejected':>10}{'share':>9}",
+    ]
     for name, row in summary["categories"].items():
         lines.append(f"{name:<26}{row['chosen']:>8}{row['rejected']:>10}{row['share']:>9.1%}")
     for name, row in summary.get("word_groups", {}).items():
         lines.append(f"word group {name} ({row['pattern']}), chosen tokens:")
         for where in ("inside", "outside"):
-            lines.append(f"  {where:<8} {row[f'tokens_{where}']:>6} tokens, {row[f'type_i_{where}']:>6} Type-I "
-                         f"(rate {_number(row[f'type_i_rate_{where}'])}), "
-                         f"{row[f'lambda_above_1_{where}']:>6} with λ > 1")
+            lines.append(
+                f"  {where:<8} {row[f'tokens_{where}']:>6} tokens, {row[f'type_i_{where}']:>6} Type-I "
+                f"(rate {_number(row[f'type_i_rate_{where}'])}), "
+                f"{row[f'lambda_above_1_{where}']:>6} with λ > 1"
+            )
         lines.append(f"  Type-I rate ratio inside / outside: {_number(row['type_i_rate_ratio'])}")
     return "\n".join(lines)
 
@@ -303,21 +341,27 @@ def _number(value: float | None) -> str:
 
 
 def _token_span(token: InspectedToken) -> str:
-    title = (f"u = {_number(token.uncertainty)}, Δ = {_number(token.delta)}, λ = {token.weight:.4f} "
-             f"({CATEGORY_NAMES[token.category]})")
+    title = (
+        f"u = {_number(token.uncertainty)}, Δ = {_number(token.delta)}, λ = {token.weight:.4f} "
+        f"({CATEGORY_NAMES[token.category]})"
+    )
     data = {"u": token.uncertainty, "delta": token.delta, "lambda": token.weight}
     attributes = " ".join(f'data-{key}="{"" if value is None else repr(value)}"' for key, value in data.items())
-    return (f'<span class="tok c{token.category}" data-category="{token.category}" data-token-id="{token.token_id}" '
-            f'{attributes} title="{html.escape(title)}">{html.escape(token.text)}</span>')
+    return (
+        f'<span class="tok c{token.category}" data-category="{token.category}" data-token-id="{token.token_id}" '
+        f'{attributes} title="{html.escape(title)}">{html.escape(token.text)}</span>'
+    )
 
 
 def render_html(pairs: list[InspectedPair], summary: dict[str, Any], *, title: str) -> str:
     colours = "\n".join(f".c{code} {{ background: {colour}; }}" for code, colour in enumerate(CATEGORY_COLOURS))
-    legend = " ".join(f'<span class="tok c{code}">{html.escape(name)}</span>' for code, name in
-                      enumerate(CATEGORY_NAMES))
+    legend = " ".join(
+        f'<span class="tok c{code}">{html.escape(name)}</span>' for code, name in enumerate(CATEGORY_NAMES)
+    )
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{row['chosen']}</td><td>{row['rejected']}</td>"
-        f"<td>{row['share']:.1%}</td></tr>" for name, row in summary["categories"].items()
+        f"<td>{row['share']:.1%}</td></tr>"
+        for name, row in summary["categories"].items()
     )
     sections = []
     for pair in pairs:
@@ -326,10 +370,13 @@ def render_html(pairs: list[InspectedPair], summary: dict[str, Any], *, title: s
             image = f'<img alt="image" src="data:image/png;base64,{base64.b64encode(pair.image_png).decode()}">'
         responses = "".join(
             f'<div class="response {side}"><b>{side}</b><p>{"".join(_token_span(t) for t in getattr(pair, side))}</p>'
-            f"</div>" for side in ("chosen", "rejected")
+            f"</div>"
+            for side in ("chosen", "rejected")
         )
-        sections.append(f'<section class="pair" id="pair-{pair.index}"><h2>pair {pair.index}</h2>{image}'
-                        f'<p class="prompt">{html.escape(pair.prompt)}</p>{responses}</section>')
+        sections.append(
+            f'<section class="pair" id="pair-{pair.index}"><h2>pair {pair.index}</h2>{image}'
+            f'<p class="prompt">{html.escape(pair.prompt)}</p>{responses}</section>'
+        )
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -381,8 +428,9 @@ def render_png(pair: InspectedPair, width: int = 960) -> Image.Image:
     return image
 
 
-def write_report(pairs: list[InspectedPair], out_dir: Path, *, title: str,
-                 word_groups: dict[str, re.Pattern] | None = None) -> dict[str, Any]:
+def write_report(
+    pairs: list[InspectedPair], out_dir: Path, *, title: str, word_groups: dict[str, re.Pattern] | None = None
+) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = category_summary(pairs)
     if word_groups:
@@ -390,9 +438,14 @@ def write_report(pairs: list[InspectedPair], out_dir: Path, *, title: str,
     (out_dir / "index.html").write_text(render_html(pairs, summary, title=title), encoding="utf-8")
     for pair in pairs:
         render_png(pair).save(out_dir / f"pair_{pair.index:03d}.png")
-    tokens = [{"index": pair.index, "prompt": pair.prompt,
-               **{side: [token.__dict__ for token in getattr(pair, side)] for side in ("chosen", "rejected")}}
-              for pair in pairs]
+    tokens = [
+        {
+            "index": pair.index,
+            "prompt": pair.prompt,
+            **{side: [token.__dict__ for token in getattr(pair, side)] for side in ("chosen", "rejected")},
+        }
+        for pair in pairs
+    ]
     (out_dir / "tokens.json").write_text(json.dumps(tokens, indent=1, ensure_ascii=False), encoding="utf-8")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -82,5 +82,7 @@ def family_of(model_type: str) -> ModelFamily | None:
 
 def supported_templates() -> str:
     """The templates, with the families they serve where the name differs, as a message lists them."""
-    return ", ".join(family.template if family.name.lower() == family.template else f"{family.template} ({family.name})"
-                     for family in FAMILIES)
+    return ", ".join(
+        family.template if family.name.lower() == family.template else f"{family.template} ({family.name})"
+        for family in FAMILIES
+    )

@@ -37,19 +37,32 @@ class DatasetRecipe:
 MODELS = {
     "llava15_7b": ModelRecipe("LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf", "llava", 0.3, "configs/deepspeed/ds_z2.json"),
     "llava15_13b": ModelRecipe(
-        "LLaVA-1.5-13B", "llava-hf/llava-1.5-13b-hf", "llava", 0.25, "configs/deepspeed/ds_z3.json",
+        "LLaVA-1.5-13B",
+        "llava-hf/llava-1.5-13b-hf",
+        "llava",
+        0.25,
+        "configs/deepspeed/ds_z3.json",
     ),
     "qwen25vl_3b": ModelRecipe(
-        "Qwen2.5-VL-3B", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_vl", 0.15, "configs/deepspeed/ds_z2.json",
+        "Qwen2.5-VL-3B",
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "qwen2_vl",
+        0.15,
+        "configs/deepspeed/ds_z2.json",
     ),
 }
 
 DATASETS = {
     "rlhf_v": DatasetRecipe("RLHF-V (5.7k pairs)", {"dataset": "rlhf_v"}, f"ue-dpo data rlhf_v --out {DATASET_DIR}"),
     "rlaif_v": DatasetRecipe(
-        "RLAIF-V (16k pairs)", {"dataset": "rlaif_v"}, f"ue-dpo data rlaif_v --out {DATASET_DIR} --first 16000",
-        ("The paper trains on \"RLAIF-V (16k)\" without saying which 16k (the hub copy holds 83k pairs today).",
-         "The first 16,000 rows are our choice, not the paper's; `--random 16000 --seed S` draws a seeded random one."),
+        "RLAIF-V (16k pairs)",
+        {"dataset": "rlaif_v"},
+        f"ue-dpo data rlaif_v --out {DATASET_DIR} --first 16000",
+        (
+            'The paper trains on "RLAIF-V (16k)" without saying which 16k (the hub copy holds 83k pairs today).',
+            "The first 16,000 rows are our choice, not the paper's; `--random 16000 --seed S` draws a seeded random "
+            "one.",
+        ),
     ),
 }
 
@@ -62,8 +75,13 @@ def _ue_dpo_keys(model: ModelRecipe, branches: str | None = None) -> dict[str, A
 
 
 # TPO's own setting (alibaba/TPO): step 500 of the sigmoid schedule, added to the raw [0, 1] image
-TPO_KEYS = {"stage": "ue_dpo", "ue_weighting": "tpo", "ue_noise_step": 500, "ue_noise_schedule": "sigmoid",
-            "ue_noise_space": "image"}
+TPO_KEYS = {
+    "stage": "ue_dpo",
+    "ue_weighting": "tpo",
+    "ue_noise_step": 500,
+    "ue_noise_schedule": "sigmoid",
+    "ue_noise_space": "image",
+}
 DDPO_KEYS = {"stage": "ue_dpo", "ue_weighting": "ddpo", "ddpo_gamma": DEFAULT_DDPO_GAMMA}
 
 # method name -> (title, keys of that method for a model)
@@ -72,10 +90,14 @@ METHODS = {
     "dpo": ("DPO baseline", lambda model: {"stage": "dpo"}),
     "tpo": ("TPO peer (alibaba/TPO visual-anchored token weights)", lambda model: dict(TPO_KEYS)),
     "ddpo": ("DDPO peer (RLHF-V's dense DPO, γ on the differing tokens)", lambda model: dict(DDPO_KEYS)),
-    "ue_dpo_chosen_only": ("UE-DPO ablation 'w/o dispref.' (λ on chosen only)",
-                           lambda model: _ue_dpo_keys(model, "chosen")),
-    "ue_dpo_rejected_only": ("UE-DPO ablation 'w/o pref.' (λ on rejected only)",
-                             lambda model: _ue_dpo_keys(model, "rejected")),
+    "ue_dpo_chosen_only": (
+        "UE-DPO ablation 'w/o dispref.' (λ on chosen only)",
+        lambda model: _ue_dpo_keys(model, "chosen"),
+    ),
+    "ue_dpo_rejected_only": (
+        "UE-DPO ablation 'w/o pref.' (λ on rejected only)",
+        lambda model: _ue_dpo_keys(model, "rejected"),
+    ),
 }
 MAIN_METHODS = ("ue_dpo", "dpo", "tpo", "ddpo")
 ABLATION_METHODS = ("ue_dpo_chosen_only", "ue_dpo_rejected_only")
@@ -86,51 +108,64 @@ def recipe_sections(model_name: str, dataset_name: str, method_name: str) -> lis
     model, dataset = MODELS[model_name], DATASETS[dataset_name]
     return [
         ("model", {"model_name_or_path": model.model_name_or_path}),
-        ("method", {
-            **METHODS[method_name][1](model),
-            "do_train": True,
-            "finetuning_type": "lora",
-            "lora_rank": 128,
-            "lora_alpha": 256,  # LLaMA-Factory's default (2 x rank), written out: the paper gives only the rank
-            "lora_target": "all",
-            "freeze_vision_tower": True,
-            "pref_beta": 0.1,
-            "pref_loss": "sigmoid",
-            "deepspeed": model.deepspeed,
-        }),
-        ("dataset", {
-            **dataset.keys,
-            "dataset_dir": DATASET_DIR,
-            "template": model.template,
-            "cutoff_len": 2048,
-            "preprocessing_num_workers": 16,
-            "dataloader_num_workers": 4,
-        }),
-        ("output", {
-            "output_dir": f"saves/{model_name}/{dataset_name}/{method_name}",
-            "logging_steps": 10,
-            "save_steps": 500,
-            "plot_loss": True,
-            "report_to": "none",
-        }),
-        ("train", {
-            "per_device_train_batch_size": 2,
-            "gradient_accumulation_steps": 4,
-            "learning_rate": 1.0e-5,
-            "num_train_epochs": 2.0,
-            "lr_scheduler_type": "cosine",
-            "warmup_ratio": 0.1,
-            "bf16": True,
-            "ddp_timeout": 180000000,
-            "seed": 42,
-        }),
+        (
+            "method",
+            {
+                **METHODS[method_name][1](model),
+                "do_train": True,
+                "finetuning_type": "lora",
+                "lora_rank": 128,
+                "lora_alpha": 256,  # LLaMA-Factory's default (2 x rank), written out: the paper gives only the rank
+                "lora_target": "all",
+                "freeze_vision_tower": True,
+                "pref_beta": 0.1,
+                "pref_loss": "sigmoid",
+                "deepspeed": model.deepspeed,
+            },
+        ),
+        (
+            "dataset",
+            {
+                **dataset.keys,
+                "dataset_dir": DATASET_DIR,
+                "template": model.template,
+                "cutoff_len": 2048,
+                "preprocessing_num_workers": 16,
+                "dataloader_num_workers": 4,
+            },
+        ),
+        (
+            "output",
+            {
+                "output_dir": f"saves/{model_name}/{dataset_name}/{method_name}",
+                "logging_steps": 10,
+                "save_steps": 500,
+                "plot_loss": True,
+                "report_to": "none",
+            },
+        ),
+        (
+            "train",
+            {
+                "per_device_train_batch_size": 2,
+                "gradient_accumulation_steps": 4,
+                "learning_rate": 1.0e-5,
+                "num_train_epochs": 2.0,
+                "lr_scheduler_type": "cosine",
+                "warmup_ratio": 0.1,
+                "bf16": True,
+                "ddp_timeout": 180000000,
+                "seed": 42,
+            },
+        ),
     ]
 
 
 def recipe_names() -> list[tuple[str, str, str]]:
     names = [(model, dataset, method) for model in MODELS for dataset in DATASETS for method in MAIN_METHODS]
-    names += [(model, dataset, method) for model in ABLATION_MODELS for dataset in DATASETS
-              for method in ABLATION_METHODS]
+    names += [
+        (model, dataset, method) for model in ABLATION_MODELS for dataset in DATASETS for method in ABLATION_METHODS
+    ]
     return names
 
 
@@ -144,13 +179,17 @@ def render_recipe(model_name: str, dataset_name: str, method_name: str) -> str:
     ]
     for title, keys in recipe_sections(model_name, dataset_name, method_name):
         lines += ["", f"### {title}"]
-        lines += [yaml.safe_dump({key: value}, allow_unicode=True, width=1000).rstrip("\n") for key, value in keys.items()]
+        lines += [
+            yaml.safe_dump({key: value}, allow_unicode=True, width=1000).rstrip("\n") for key, value in keys.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
 def render_all() -> dict[str, str]:
-    return {f"{model}_{dataset}_{method}.yaml": render_recipe(model, dataset, method)
-            for model, dataset, method in recipe_names()}
+    return {
+        f"{model}_{dataset}_{method}.yaml": render_recipe(model, dataset, method)
+        for model, dataset, method in recipe_names()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,7 +44,9 @@ def unsupported(distributions=()) -> dict[str, str]:
             problems[distribution] = f"{distribution}{specifier} is not installed"
             continue
         if Version(installed) not in SpecifierSet(specifier):
-            problems[distribution] = f"{distribution} {installed} is installed, but ue-dpo supports {distribution}{specifier}"
+            problems[distribution] = (
+                f"{distribution} {installed} is installed, but ue-dpo supports {distribution}{specifier}"
+            )
     return problems
 
 
@@ -54,7 +56,8 @@ def check_supported(*distributions: str) -> None:
     if problems:
         requirements = " ".join(f"'{name}{SUPPORTED[name]}'" for name in problems)
         raise UnsupportedVersionError(
-            "unsupported environment for ue-dpo:\n  " + "\n  ".join(problems.values())
+            "unsupported environment for ue-dpo:\n  "
+            + "\n  ".join(problems.values())
             + f"\nFix: pip install {requirements}; in a checkout, `make test` builds the tested environment from "
             "requirements.lock."
         )

@@ -96,11 +96,16 @@ class AmberVocabulary:
     @classmethod
     def from_data(cls, relation: Mapping[str, Sequence[str]], safe_words: Iterable[str]) -> AmberVocabulary:
         if not isinstance(relation, Mapping):
-            raise AmberDataError(f"relation.json must hold an object mapping each object to its association words, got {type(relation).__name__}.")
+            raise AmberDataError(
+                "relation.json must hold an object mapping each object to its association words, got "
+                f"{type(relation).__name__}."
+            )
         association: dict[str, tuple[str, ...]] = {}
         for obj, related in relation.items():
             if not isinstance(related, (list, tuple)) or not all(isinstance(word, str) for word in related):
-                raise AmberDataError(f"relation.json: the association words of {obj!r} must be a list of strings, got {related!r}.")
+                raise AmberDataError(
+                    f"relation.json: the association words of {obj!r} must be a list of strings, got {related!r}."
+                )
             association[obj] = tuple(related)
         words = frozenset(association) | frozenset(word for related in association.values() for word in related)
         safe = list(safe_words)
@@ -129,7 +134,9 @@ class AmberReference:
         except KeyError:
             ids = sorted(self.entries)
             span = f"{ids[0]}..{ids[-1]}" if ids else "none"
-            raise AmberDataError(f"Response id {key} is not in the AMBER annotations (annotation ids: {span}).") from None
+            raise AmberDataError(
+                f"Response id {key} is not in the AMBER annotations (annotation ids: {span})."
+            ) from None
 
 
 def _item_id(value: Any) -> int:
@@ -143,23 +150,33 @@ def _item_id(value: Any) -> int:
 
 def _checked_entry(entry: Any, position: int) -> Mapping[str, Any]:
     if not isinstance(entry, Mapping) or "type" not in entry or "truth" not in entry:
-        raise AmberDataError(f"AMBER annotation {position}: expected an object with `type` and `truth`, got {entry!r:.200}.")
+        raise AmberDataError(
+            f"AMBER annotation {position}: expected an object with `type` and `truth`, got {entry!r:.200}."
+        )
     kind = entry["type"]
     if kind == AMBER_GENERATIVE_TYPE:
         for key in ("truth", "hallu"):
             value = entry.get(key)
             if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
-                raise AmberDataError(f"AMBER annotation {position}: a generative item needs `{key}` as a list of object names, got {value!r:.200}.")
+                raise AmberDataError(
+                    f"AMBER annotation {position}: a generative item needs `{key}` as a list of object names, got "
+                    f"{value!r:.200}."
+                )
     elif kind in AMBER_DISCRIMINATIVE_TYPES:
         if entry["truth"] not in ("yes", "no"):
-            raise AmberDataError(f"AMBER annotation {position}: a discriminative item's `truth` must be 'yes' or 'no', got {entry['truth']!r}.")
+            raise AmberDataError(
+                f"AMBER annotation {position}: a discriminative item's `truth` must be 'yes' or 'no', got "
+                f"{entry['truth']!r}."
+            )
     else:
         known = ", ".join([AMBER_GENERATIVE_TYPE, *AMBER_DISCRIMINATIVE_TYPES])
         raise AmberDataError(f"AMBER annotation {position}: unknown type {kind!r} (known: {known}).")
     return entry
 
 
-def amber_reference(annotations: Sequence[Mapping[str, Any]], relation: Mapping[str, Sequence[str]], safe_words: Iterable[str]) -> AmberReference:
+def amber_reference(
+    annotations: Sequence[Mapping[str, Any]], relation: Mapping[str, Sequence[str]], safe_words: Iterable[str]
+) -> AmberReference:
     """Index the annotations by their `id` (the official list position + 1 when an entry has none)."""
     if not isinstance(annotations, Sequence) or isinstance(annotations, (str, bytes)):
         raise AmberDataError(f"annotations.json must hold a list of items, got {type(annotations).__name__}.")
@@ -178,7 +195,8 @@ def _data_file(data_dir: Path, name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"AMBER file {name!r} not found in {str(data_dir)!r}. It comes from the `data/` folder of the "
-            "AMBER repository (https://github.com/junyangwang0410/AMBER); point the data directory at a copy of that folder."
+            "AMBER repository (https://github.com/junyangwang0410/AMBER); point the data directory at a copy of that "
+            "folder."
         )
     return path
 
@@ -260,9 +278,13 @@ def amber_generative_counts(
     """The official per-response counts of the generative task (see the module docstring for the rules)."""
     # Candidate words in the official order: association words of each object, then the objects;
     # each candidate points to the object it stands for.
-    safe_candidates = [(word, index) for index, obj in enumerate(truth) for word in vocabulary.associated(obj, item_id=item_id)]
+    safe_candidates = [
+        (word, index) for index, obj in enumerate(truth) for word in vocabulary.associated(obj, item_id=item_id)
+    ]
     safe_candidates += [(obj, index) for index, obj in enumerate(truth)]
-    hallu_candidates = [(word, index) for index, obj in enumerate(hallu) for word in vocabulary.associated(obj, item_id=item_id)]
+    hallu_candidates = [
+        (word, index) for index, obj in enumerate(hallu) for word in vocabulary.associated(obj, item_id=item_id)
+    ]
     hallu_candidates += [(obj, index) for index, obj in enumerate(hallu)]
 
     mentions = [noun for noun in amber_nouns(response, toolkit) if noun in vocabulary.words]
@@ -282,10 +304,24 @@ def amber_generative_counts(
             mentioned_hallu[exact_hallu] = True
         if pipeline is None:
             pipeline = resolve_spacy_pipeline(nlp)
-        similar_hallu = next((index for word, index in hallu_candidates if amber_words_similar(pipeline, noun, word, similarity_threshold)), None)
+        similar_hallu = next(
+            (
+                index
+                for word, index in hallu_candidates
+                if amber_words_similar(pipeline, noun, word, similarity_threshold)
+            ),
+            None,
+        )
         if similar_hallu is not None:
             mentioned_hallu[similar_hallu] = True
-        similar_safe = next((index for word, index in safe_candidates if amber_words_similar(pipeline, noun, word, similarity_threshold)), None)
+        similar_safe = next(
+            (
+                index
+                for word, index in safe_candidates
+                if amber_words_similar(pipeline, noun, word, similarity_threshold)
+            ),
+            None,
+        )
         if similar_safe is not None:
             covered_truth[similar_safe] = True
             continue
@@ -305,7 +341,7 @@ def amber_generative_counts(
 
 
 def parse_amber_answer(response: str, parse: str = "exact") -> str | None:
-    """"Yes", "No" or None (unparsed).
+    """ "Yes", "No" or None (unparsed).
 
     exact (official): the response must be exactly "Yes" or "No" - no stripping, no case folding.
     lenient (opt-in, not comparable with published numbers): the first word, after leading
@@ -343,12 +379,22 @@ def amber_item_result(
     if response is not None and not isinstance(response, str):
         raise AmberDataError(f"AMBER item {item_id}: the response must be a string, got {type(response).__name__}.")
     if entry["type"] == AMBER_GENERATIVE_TYPE:
-        record: dict[str, Any] = {"id": item_id, "task": "generative", "missing": response is None,
-                                  "empty": response is not None and not response.strip()}
+        record: dict[str, Any] = {
+            "id": item_id,
+            "task": "generative",
+            "missing": response is None,
+            "empty": response is not None and not response.strip(),
+        }
         if response is not None:
             record.update(
                 amber_generative_counts(
-                    response, entry["truth"], entry["hallu"], vocabulary, nlp=nlp, similarity_threshold=similarity_threshold, item_id=item_id
+                    response,
+                    entry["truth"],
+                    entry["hallu"],
+                    vocabulary,
+                    nlp=nlp,
+                    similarity_threshold=similarity_threshold,
+                    item_id=item_id,
                 )
             )
         return record
@@ -400,7 +446,9 @@ class _QuestionCounters:
             self.true_no += 1
 
 
-def _qa_metrics(questions: float, correct: int, truth_no: float, answered_no: float, true_no: int, f1_epsilon: float) -> dict[str, float]:
+def _qa_metrics(
+    questions: float, correct: int, truth_no: float, answered_no: float, true_no: int, f1_epsilon: float
+) -> dict[str, float]:
     accuracy = round(correct / questions * 100, 1)
     precision = round(true_no / answered_no * 100, 1)
     recall = round(true_no / truth_no * 100, 1)
@@ -414,6 +462,7 @@ def _qa_group(counters: Sequence[_QuestionCounters], f1_epsilon: float) -> dict[
     if n == 0:
         result = {"Accuracy": None, "Precision": None, "Recall": None, "F1": None}
     else:
+
         def pooled(attribute: str) -> float:
             total = getattr(counters[0], attribute)
             for counter in counters[1:]:
@@ -421,7 +470,12 @@ def _qa_group(counters: Sequence[_QuestionCounters], f1_epsilon: float) -> dict[
             return total
 
         result = _qa_metrics(
-            pooled("questions"), pooled("correct"), pooled("truth_no"), pooled("answered_no"), pooled("true_no"), f1_epsilon
+            pooled("questions"),
+            pooled("correct"),
+            pooled("truth_no"),
+            pooled("answered_no"),
+            pooled("true_no"),
+            f1_epsilon,
         )
     result.update(n=n, unparsed=sum(c.unparsed for c in counters), missing=sum(c.missing for c in counters))
     return result
@@ -499,7 +553,9 @@ def _checked_responses(responses: Iterable[Mapping[str, Any]]) -> dict[int, str 
     by_id: dict[int, str | None] = {}
     for position, item in enumerate(responses):
         if not isinstance(item, Mapping) or "id" not in item or "response" not in item:
-            raise AmberDataError(f"AMBER response {position}: expected an object with `id` and `response`, got {item!r:.200}.")
+            raise AmberDataError(
+                f"AMBER response {position}: expected an object with `id` and `response`, got {item!r:.200}."
+            )
         item_id = _item_id(item["id"])
         if item_id in by_id:
             raise AmberDataError(f"AMBER responses: id {item_id} appears twice.")
@@ -522,7 +578,14 @@ def score_amber_reference(
     answered = [(reference.entries[item_id], response) for item_id, response in by_id.items()]
     unanswered = [(entry, None) for item_id, entry in reference.entries.items() if item_id not in by_id]
     records = [
-        amber_item_result(entry, response, vocabulary=reference.vocabulary, nlp=nlp, parse=parse, similarity_threshold=similarity_threshold)
+        amber_item_result(
+            entry,
+            response,
+            vocabulary=reference.vocabulary,
+            nlp=nlp,
+            parse=parse,
+            similarity_threshold=similarity_threshold,
+        )
         for entry, response in answered + unanswered
     ]
     result = amber_metrics(records)
@@ -564,8 +627,10 @@ def load_amber_responses(path: str | Path) -> list[dict[str, Any]]:
             else:
                 items = json.load(handle)
     except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError
-        raise AmberDataError(f"AMBER responses file {str(path)!r} is not UTF-8 JSON ({error}); it must hold AMBER's "
-                             f"format, a JSON list of {{'id', 'response'}} objects (or one object per line in a .jsonl file).") from None
+        raise AmberDataError(
+            f"AMBER responses file {str(path)!r} is not UTF-8 JSON ({error}); it must hold AMBER's "
+            f"format, a JSON list of {{'id', 'response'}} objects (or one object per line in a .jsonl file)."
+        ) from None
     if not isinstance(items, list):
         raise AmberDataError(f"{str(path)!r}: expected a JSON list of {{'id', 'response'}} objects.")
     return items

@@ -1,10 +1,13 @@
 """A thread-safe LLM-judge client for OpenAI-compatible chat-completions servers (api.openai.com, vLLM, SGLang, ...).
 
 The official `openai` client does the HTTP, the retries and the backoff (Retry-After included). Ours adds an on-disk
-cache (sqlite) by model and full prompt, so re-scoring never pays twice; a bound on the calls in flight across threads;
-and failure accounting: a call without a usable reply is raised (`JudgeUnavailableError`) or, with `allow_failures`,
-recorded and counted. The API key goes only into the `Authorization` header: never into `repr`, logs, cache rows,
-exception messages or results (server error texts are redacted too). The settings are judge_config.py's.
+cache (sqlite) by endpoint, model and full prompt, so re-scoring never pays twice; a bound on the calls in flight across
+threads; failure accounting: a call without a usable reply is raised (`JudgeUnavailableError`) or, with
+`allow_failures`, recorded and counted; and reply checks: a reply the caller's `accept` rejects (a rating it cannot
+parse) is asked again up to `max_retries` times and returned flagged (`accepted=False`). Only accepted replies are
+cached. A body that is not JSON (a web page, a proxy's login page) is a misconfigured `base_url` (JudgeConfigError).
+The API key goes only into the `Authorization` header: never into `repr`, logs, cache rows, exception messages or
+results (server error texts are redacted too). The settings are judge_config.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,8 @@ _SERVER_TEXT_LIMIT = 300
 
 @dataclasses.dataclass(frozen=True)
 class JudgeResult:
-    """One judge call. `content` is None exactly when the call failed (`error` says why)."""
+    """One judge call. `content` is None exactly when the call failed (`error` says why). `accepted` is False when
+    the caller's `accept` rejected every reply, the last of which `content` then holds."""
 
     content: str | None
     judge_model: str
@@ -59,6 +63,7 @@ class JudgeResult:
     cached: bool = False
     attempts: int = 0
     error: str | None = None
+    accepted: bool = True
 
     @property
     def ok(self) -> bool:
@@ -70,17 +75,33 @@ class JudgeResult:
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise TypeError(f"Judge messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}.")
+        raise TypeError(
+            f"Judge messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got "
+            f"{type(messages).__name__}."
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or "content" not in message:
-            raise TypeError(f"Judge message {index} must be a dict with a string 'role' and a 'content', got {message!r:.200}.")
+            raise TypeError(
+                f"Judge message {index} must be a dict with a string 'role' and a 'content', got {message!r:.200}."
+            )
     return [dict(message) for message in messages]
 
 
-def judge_cache_key(model: str, messages: list[dict[str, Any]], temperature: float, max_tokens: int | None) -> str:
-    """sha256 of the canonical JSON of everything that determines the judge's reply."""
-    request = {"model": model, "messages": messages, "temperature": float(temperature), "max_tokens": max_tokens}
-    return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+def judge_cache_key(
+    base_url: str, model: str, messages: list[dict[str, Any]], temperature: float, max_tokens: int | None
+) -> str:
+    """sha256 of the canonical JSON of everything that determines the judge's reply: the server (two servers may
+    serve different weights under one model name), the model and the request."""
+    request = {
+        "base_url": display_url(base_url),
+        "model": model,
+        "messages": messages,
+        "temperature": float(temperature),
+        "max_tokens": max_tokens,
+    }
+    return hashlib.sha256(
+        json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    ).hexdigest()
 
 
 class JudgeCache:
@@ -93,10 +114,16 @@ class JudgeCache:
         self._lock = threading.Lock()
         try:
             self._connection = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False, isolation_level=None)
-            self._execute("CREATE TABLE IF NOT EXISTS judge_replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT NULL,"
-                          " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)")
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS judge_replies (key TEXT PRIMARY KEY, model TEXT NOT NULL, request TEXT NOT "
+                "NULL,"
+                " reply TEXT NOT NULL, served_model TEXT, created_at REAL NOT NULL)"
+            )
         except sqlite3.Error as exc:
-            raise JudgeConfigError(f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another {setting_name}.") from None
+            raise JudgeConfigError(
+                f"Cannot open the judge cache {self.path}: {exc}. Fix or delete the file, or set another "
+                f"{setting_name}."
+            ) from None
 
     def _execute(self, statement: str, parameters: tuple = ()) -> tuple | None:
         with self._lock:
@@ -106,9 +133,15 @@ class JudgeCache:
         """(reply, served model), or None."""
         return self._execute("SELECT reply, served_model FROM judge_replies WHERE key = ?", (key,))
 
+    def delete(self, key: str) -> None:
+        self._execute("DELETE FROM judge_replies WHERE key = ?", (key,))
+
     def put(self, key: str, *, model: str, request: dict[str, Any], reply: str, served_model: str | None) -> None:
-        self._execute("INSERT OR IGNORE INTO judge_replies (key, model, request, reply, served_model, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                      (key, model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply, served_model, time.time()))
+        self._execute(
+            "INSERT OR IGNORE INTO judge_replies (key, model, request, reply, served_model, created_at) VALUES (?, ?, "
+            "?, ?, ?, ?)",
+            (key, model, json.dumps(request, ensure_ascii=False, sort_keys=True), reply, served_model, time.time()),
+        )
 
     def __len__(self) -> int:
         return self._execute("SELECT COUNT(*) FROM judge_replies")[0]
@@ -125,21 +158,32 @@ class JudgeClient:
 
     def __init__(self, config: JudgeConfig, *, setting_names: Mapping[str, str] | None = None):
         if not isinstance(config, JudgeConfig):
-            raise TypeError(f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...).")
+            raise TypeError(
+                f"JudgeClient needs a JudgeConfig, got {type(config).__name__}; use JudgeConfig.from_options(...)."
+            )
         self.config = config
         self.setting_names = {**SETTING_NAMES, **(setting_names or {})}
-        self.cache = (JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
-                      if config.cache_dir is not None else None)
+        self.cache = (
+            JudgeCache(config.cache_dir, setting_name=self.setting_names["cache_dir"])
+            if config.cache_dir is not None
+            else None
+        )
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._stats_lock = threading.Lock()
-        self._stats = {"http_requests": 0, "cache_hits": 0, "judge_failures": 0}
+        self._stats = {"http_requests": 0, "cache_hits": 0, "judge_failures": 0, "rejected_replies": 0}
         self._call = threading.local()  # `attempts`: the HTTP requests of the call running on this thread
         # Environment proxies must not capture a judge running on this machine.
         loopback = urllib.parse.urlsplit(config.base_url).hostname in _LOOPBACK_HOSTS
         http_client = openai.DefaultHttpxClient(trust_env=not loopback, event_hooks={"request": [self._count_attempt]})
-        # The client wants a key even for a keyless local server; that placeholder never leaves, as the header is omitted.
-        self._openai = openai.OpenAI(base_url=config.base_url, api_key=config.api_key or "none", max_retries=config.max_retries,
-                                     timeout=config.timeout, http_client=http_client)
+        # The client wants a key even for a keyless local server; that placeholder never leaves, as the header is
+        # omitted.
+        self._openai = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "none",
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+            http_client=http_client,
+        )
         self._auth_header = {} if config.api_key else {"Authorization": openai.omit}
 
     def __repr__(self) -> str:
@@ -174,8 +218,13 @@ class JudgeClient:
         self._call.attempts += 1
         self._count("http_requests")
         if self._call.attempts > 1:
-            logger.warning("LLM judge %s (model %r) attempt %d/%d failed; retrying", display_url(self.config.endpoint),
-                           self.config.model, self._call.attempts - 1, self.config.max_retries + 1)
+            logger.warning(
+                "LLM judge %s (model %r) attempt %d/%d failed; retrying",
+                display_url(self.config.endpoint),
+                self.config.model,
+                self._call.attempts - 1,
+                self.config.max_retries + 1,
+            )
 
     def _chat_completion(self, payload: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
         """(reply, served model, None) or (None, None, why it failed) after the `openai` client's attempts, whose
@@ -183,66 +232,155 @@ class JudgeClient:
         with self._slots:
             self._call.attempts = 0
             try:
-                completion = self._openai.chat.completions.create(**payload, extra_headers=self._auth_header)
+                raw = self._openai.chat.completions.with_raw_response.create(**payload, extra_headers=self._auth_header)
+                self._check_json(raw.http_response)
+                completion = raw.parse()
             except openai.APIStatusError as error:
                 server_text = self._redact(" ".join(error.response.text.split()))[:_SERVER_TEXT_LIMIT]
                 detail = f"HTTP {error.status_code}" + (f": {server_text}" if server_text else "")
                 if error.status_code in _CONFIG_ERROR_STATUS:
-                    raise JudgeConfigError(f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) "
-                                           f"answered {detail}. Fix: {_CONFIG_ERROR_STATUS[error.status_code].format(**self.setting_names)}.") from None
+                    raise JudgeConfigError(
+                        f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) "
+                        f"answered {detail}. Fix: "
+                        f"{_CONFIG_ERROR_STATUS[error.status_code].format(**self.setting_names)}."
+                    ) from None
                 return None, None, detail
             except openai.APIConnectionError as error:  # timeouts included
                 cause = error.__cause__ or error
                 return None, None, self._redact(f"connection failed ({type(cause).__name__}: {cause})")
         choices = getattr(completion, "choices", None)
         if not choices or not isinstance(choices[0].message.content, str):
-            return None, None, self._redact(f"malformed chat-completions response: {str(completion)[:_SERVER_TEXT_LIMIT]!r}")
+            return (
+                None,
+                None,
+                self._redact(f"malformed chat-completions response: {str(completion)[:_SERVER_TEXT_LIMIT]!r}"),
+            )
         return choices[0].message.content, completion.model, None
 
-    def complete_result(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> JudgeResult:
+    def _check_json(self, response: Any) -> None:
+        """A reply whose body is not JSON comes from something other than an OpenAI-compatible API (a web page, a
+        proxy's login page): a misconfigured `base_url`, which retrying cannot fix."""
+        try:
+            json.loads(response.text)
+        except ValueError:
+            content_type = response.headers.get("content-type") or "no Content-Type"
+            body = self._redact(" ".join(response.text.split()))[:_SERVER_TEXT_LIMIT]
+            raise JudgeConfigError(
+                f"LLM judge at {display_url(self.config.endpoint)} (model {self.config.model!r}) answered HTTP "
+                f"{response.status_code} with a body that is not JSON ({content_type}: {body!r}), so it is not an "
+                f"OpenAI-compatible chat-completions API. Fix: point {self.setting_names['base_url']} at the server's "
+                "OpenAI-compatible API, the URL that ends in /v1 (e.g. http://127.0.0.1:8000/v1 for a local vLLM "
+                "server), not a web page or a proxy in front of it."
+            ) from None
+
+    def complete_result(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        temperature: float | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> JudgeResult:
         """One judged reply, from the cache when possible. After all attempts fail this raises JudgeUnavailableError, or
         with `allow_failures` returns a result with `content=None` and `error` set. JudgeConfigError (rejected key,
-        unknown model or endpoint) is always raised: counting it would silently score nothing."""
-        return self._complete(messages, temperature=temperature, allow_failures=self.config.allow_failures)
+        unknown model or endpoint, a body that is not JSON) is always raised: counting it would silently score nothing.
+        A reply that `accept` rejects is asked again up to `max_retries` times, and never cached; the last one is
+        returned with `accepted=False`."""
+        return self._complete(
+            messages, temperature=temperature, allow_failures=self.config.allow_failures, accept=accept
+        )
 
-    def _complete(self, messages: Any, *, temperature: float | None, allow_failures: bool) -> JudgeResult:
+    def _complete(
+        self,
+        messages: Any,
+        *,
+        temperature: float | None,
+        allow_failures: bool,
+        accept: Callable[[str], bool] | None = None,
+    ) -> JudgeResult:
         messages, model = _check_messages(messages), self.config.model
         temperature = self.config.call_temperature(temperature)
-        key = judge_cache_key(model, messages, temperature, self.config.max_tokens)
+        key = judge_cache_key(self.config.base_url, model, messages, temperature, self.config.max_tokens)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self._count("cache_hits")
-            return JudgeResult(content=hit[0], judge_model=model, served_model=hit[1], cached=True, attempts=0)
+            if accept is None or accept(hit[0]):
+                self._count("cache_hits")
+                return JudgeResult(content=hit[0], judge_model=model, served_model=hit[1], cached=True, attempts=0)
+            self.cache.delete(key)  # written before replies were checked
         payload: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
         if self.config.max_tokens is not None:
             payload["max_tokens"] = self.config.max_tokens
-        content, served_model, failure = self._chat_completion(payload)
-        if failure is not None:
-            self._count("judge_failures")
-            error = JudgeUnavailableError(url=display_url(self.config.endpoint), model=model, attempts=self._call.attempts,
-                                          reason=failure, setting_names=self.setting_names)
-            if not allow_failures:
-                raise error
-            logger.warning("%s (counted as a judge failure because allow_failures is set)", error)
-            return JudgeResult(content=None, judge_model=model, attempts=self._call.attempts, error=str(error))
+        attempts = 0
+        for asked in range(1, self.config.max_retries + 2):
+            content, served_model, failure = self._chat_completion(payload)
+            attempts += self._call.attempts
+            if failure is not None:
+                self._count("judge_failures")
+                error = JudgeUnavailableError(
+                    url=display_url(self.config.endpoint),
+                    model=model,
+                    attempts=attempts,
+                    reason=failure,
+                    setting_names=self.setting_names,
+                )
+                if not allow_failures:
+                    raise error
+                logger.warning("%s (counted as a judge failure because allow_failures is set)", error)
+                return JudgeResult(content=None, judge_model=model, attempts=attempts, error=str(error))
+            if accept is None or accept(content):
+                break
+            self._count("rejected_replies")
+            if asked <= self.config.max_retries:
+                logger.warning(
+                    "LLM judge %s (model %r) gave an unusable reply (%d of %d tries); asking again: %r",
+                    display_url(self.config.endpoint),
+                    model,
+                    asked,
+                    self.config.max_retries + 1,
+                    self._redact(content)[:_SERVER_TEXT_LIMIT],
+                )
+        else:
+            return JudgeResult(
+                content=content, judge_model=model, served_model=served_model, attempts=attempts, accepted=False
+            )
         if self.cache is not None:
-            self.cache.put(key, model=model, request=payload, reply=content, served_model=served_model)
-        return JudgeResult(content=content, judge_model=model, served_model=served_model, attempts=self._call.attempts)
+            self.cache.put(
+                key,
+                model=model,
+                request={"base_url": display_url(self.config.base_url), **payload},
+                reply=content,
+                served_model=served_model,
+            )
+        return JudgeResult(content=content, judge_model=model, served_model=served_model, attempts=attempts)
 
     def complete(self, messages: list[dict[str, Any]], *, temperature: float | None = None) -> str:
         """The reply text. Always raises on failure (even with allow_failures, as there is no text
         to return); use `complete_result` or `complete_many` to have failures counted instead."""
         return self._complete(messages, temperature=temperature, allow_failures=False).content
 
-    def complete_many(self, list_of_messages: Sequence[list[dict[str, Any]]], *, temperature: float | None = None) -> list[JudgeResult]:
-        """Results in input order, `config.concurrency` calls at a time; identical requests are sent once."""
+    def complete_many(
+        self,
+        list_of_messages: Sequence[list[dict[str, Any]]],
+        *,
+        temperature: float | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[JudgeResult]:
+        """Results in input order, `config.concurrency` calls at a time; identical requests are sent once. `accept`
+        as in `complete_result`."""
         conversations = [_check_messages(messages) for messages in list_of_messages]
         key_temperature = self.config.call_temperature(temperature)
-        keys = [judge_cache_key(self.config.model, messages, key_temperature, self.config.max_tokens) for messages in conversations]
+        keys = [
+            judge_cache_key(self.config.base_url, self.config.model, messages, key_temperature, self.config.max_tokens)
+            for messages in conversations
+        ]
         unique = dict(zip(keys, conversations, strict=True))
         if not unique:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(unique)), thread_name_prefix="judge") as pool:
-            futures = {key: pool.submit(self.complete_result, messages, temperature=temperature) for key, messages in unique.items()}
+        with ThreadPoolExecutor(
+            max_workers=min(self.config.concurrency, len(unique)), thread_name_prefix="judge"
+        ) as pool:
+            futures = {
+                key: pool.submit(self.complete_result, messages, temperature=temperature, accept=accept)
+                for key, messages in unique.items()
+            }
             try:
                 results = {key: future.result() for key, future in futures.items()}
             except BaseException:

@@ -26,15 +26,22 @@ class JudgeConfigError(JudgeError):
 # How the user sets each judge option, as error messages name it: JudgeConfig's fields by default; callers that
 # configure the judge from flags or environment variables pass their own names (JudgeClient's `setting_names`).
 SETTING_NAMES = {
-    "model": "`model`", "base_url": "`base_url`", "api_key": "OPENAI_API_KEY (or the judge `api_key` option)",
-    "cache_dir": "`cache_dir`", "max_retries": "`max_retries`", "timeout": "`timeout`", "allow_failures": "`allow_failures`",
+    "model": "`model`",
+    "base_url": "`base_url`",
+    "api_key": "OPENAI_API_KEY (or the judge `api_key` option)",
+    "cache_dir": "`cache_dir`",
+    "max_retries": "`max_retries`",
+    "timeout": "`timeout`",
+    "allow_failures": "`allow_failures`",
 }
 
 
 class JudgeUnavailableError(JudgeError):
     """The judge gave no usable reply after all attempts."""
 
-    def __init__(self, *, url: str, model: str, attempts: int, reason: str, setting_names: Mapping[str, str] = SETTING_NAMES):
+    def __init__(
+        self, *, url: str, model: str, attempts: int, reason: str, setting_names: Mapping[str, str] = SETTING_NAMES
+    ):
         self.url = url
         self.model = model
         self.attempts = attempts
@@ -68,7 +75,9 @@ def _parse_number(name: str, value: Any, kind: type, *, minimum: float, allow_no
     try:
         number = kind(value)
     except (TypeError, ValueError):
-        raise JudgeConfigError(f"Judge option `{name}` must be {'an integer' if kind is int else 'a number'}, got {value!r}.") from None
+        raise JudgeConfigError(
+            f"Judge option `{name}` must be {'an integer' if kind is int else 'a number'}, got {value!r}."
+        ) from None
     if kind is int and isinstance(value, float) and value != number:
         raise JudgeConfigError(f"Judge option `{name}` must be an integer, got {value!r}.")
     if number < minimum:
@@ -79,12 +88,16 @@ def _parse_number(name: str, value: Any, kind: type, *, minimum: float, allow_no
 def normalize_base_url(url: str) -> str:
     """`.../v1`, `.../v1/` and `.../v1/chat/completions` all name the same server."""
     if not isinstance(url, str) or not url.strip():
-        raise JudgeConfigError(f"Judge `base_url` must be a non-empty URL such as http://127.0.0.1:8000/v1, got {url!r}.")
+        raise JudgeConfigError(
+            f"Judge `base_url` must be a non-empty URL such as http://127.0.0.1:8000/v1, got {url!r}."
+        )
     url = url.strip().rstrip("/")
     url = url.removesuffix("/chat/completions")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise JudgeConfigError(f"Judge `base_url` must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}.")
+        raise JudgeConfigError(
+            f"Judge `base_url` must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}."
+        )
     return url
 
 
@@ -123,6 +136,7 @@ class JudgeConfig:
             raise JudgeConfigError(
                 "Judge `model` is required (e.g. `model: gpt-4o-2024-08-06`, or the name your vLLM server serves)."
             )
+
         def set_field(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)  # the dataclass is frozen
 
@@ -147,7 +161,9 @@ class JudgeConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> JudgeConfig:
+    def from_options(
+        cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> JudgeConfig:
         """Build from YAML/CLI options; `base_url` and `api_key` fall back to the environment.
 
         base_url: option, else OPENAI_BASE_URL (the `openai` package's name), else OPENAI_API_URL
@@ -177,7 +193,9 @@ class JudgeConfig:
 
     def call_temperature(self, temperature: Any) -> float:
         """The temperature a call asks for (validated), else the judge's."""
-        return self.temperature if temperature is None else _parse_number("temperature", temperature, float, minimum=0.0)
+        return (
+            self.temperature if temperature is None else _parse_number("temperature", temperature, float, minimum=0.0)
+        )
 
     @property
     def endpoint(self) -> str:

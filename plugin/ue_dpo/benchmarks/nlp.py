@@ -54,7 +54,9 @@ def _is_installed(resource: str, paths: Sequence[str] | None) -> bool:
     return True
 
 
-def missing_nltk_resources(resources: Sequence[str] = tuple(NLTK_RESOURCE_PATHS), *, paths: Sequence[str] | None = None) -> list[str]:
+def missing_nltk_resources(
+    resources: Sequence[str] = tuple(NLTK_RESOURCE_PATHS), *, paths: Sequence[str] | None = None
+) -> list[str]:
     """The names among `resources` that `nltk.data.find` cannot find (in `paths`, default `nltk.data.path`)."""
     unknown = [name for name in resources if name not in NLTK_RESOURCE_PATHS]
     if unknown:
@@ -63,7 +65,10 @@ def missing_nltk_resources(resources: Sequence[str] = tuple(NLTK_RESOURCE_PATHS)
 
 
 def ensure_nltk_resources(
-    resources: Sequence[str] = tuple(NLTK_RESOURCE_PATHS), *, download: bool | None = None, paths: Sequence[str] | None = None
+    resources: Sequence[str] = tuple(NLTK_RESOURCE_PATHS),
+    *,
+    download: bool | None = None,
+    paths: Sequence[str] | None = None,
 ) -> None:
     """Make sure `resources` are installed, else raise NLPResourceError naming them and the install command.
 
@@ -181,7 +186,8 @@ def load_spacy_pipeline(name: str) -> Any:
                 _SPACY_PIPELINES[name] = spacy.load(name)
             except OSError as error:
                 raise NLPResourceError(
-                    f"The spaCy pipeline {name!r} could not be loaded; {spacy_install_hint(name)}\n(spaCy said: {error})"
+                    f"The spaCy pipeline {name!r} could not be loaded; {spacy_install_hint(name)}\n(spaCy said: "
+                    f"{error})"
                 ) from error
         return _SPACY_PIPELINES[name]
 

@@ -74,7 +74,7 @@ Assume that the answer is correct, please identify all visible objects that are 
 3. You should not include the properties of the object, like the color, material, etc. as part of the object name in your result.
 4. Make your answer precise. Present the results in a JSON list format: ["object_1", ..., "object_n"].
 5. You should return an empty JSON list () if no visible objects can be found.
-"""
+"""  # noqa: E501 (the official prompt, verbatim)
 
 
 class ObjectHalBenchDataError(ValueError):
@@ -209,14 +209,19 @@ def coco_ground_truth_from_annotations(
                 continue
             name = category_names.get(annotation["category_id"])
             if name not in COCO_WORD_TO_CLASS:
-                raise ObjectHalBenchDataError(f"COCO instance annotation {annotation.get('id')}: category {annotation['category_id']!r} ({name!r}) is not a COCO 2014 category.")
+                raise ObjectHalBenchDataError(
+                    f"COCO instance annotation {annotation.get('id')}: category {annotation['category_id']!r} "
+                    f"({name!r}) is not a COCO 2014 category."
+                )
             objects.setdefault(image_id, set()).add(COCO_WORD_TO_CLASS[name])
     for caption_file in captions:
         for annotation in caption_file.get("annotations", []):
             image_id = annotation["image_id"]
             if wanted is not None and image_id not in wanted:
                 continue
-            objects.setdefault(image_id, set()).update(cls for _, cls in caption_coco_mentions(annotation["caption"], toolkit))
+            objects.setdefault(image_id, set()).update(
+                cls for _, cls in caption_coco_mentions(annotation["caption"], toolkit)
+            )
     return {image_id: frozenset(classes) for image_id, classes in objects.items()}
 
 
@@ -227,7 +232,8 @@ def load_coco_ground_truth(coco_dir: str | Path, image_ids: Iterable[Any] | None
     missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"COCO annotation file(s) {', '.join(missing)} not found in {str(directory)!r}. Object-HalBench needs all of "
+            f"COCO annotation file(s) {', '.join(missing)} not found in {str(directory)!r}. Object-HalBench needs all "
+            "of "
             f"{', '.join(paths)}: the train and val files of the COCO 2014 annotations "
             "(http://images.cocodataset.org/annotations/annotations_trainval2014.zip)."
         )
@@ -247,7 +253,12 @@ def load_coco_ground_truth(coco_dir: str | Path, image_ids: Iterable[Any] | None
 
 
 def extract_answer_objects(
-    answer: str, *, question: str | None, judge: Any, nlp: Any = OBJECT_HALBENCH_SPACY_MODEL, temperature: float = OBJECT_EXTRACTION_TEMPERATURE
+    answer: str,
+    *,
+    question: str | None,
+    judge: Any,
+    nlp: Any = OBJECT_HALBENCH_SPACY_MODEL,
+    temperature: float = OBJECT_EXTRACTION_TEMPERATURE,
 ) -> tuple[list[str] | None, str | None]:
     """The gpt extractor: (refined objects, judge reply); (None, reply) when the reply is not a JSON list."""
     if len(answer.strip().split()) <= OBJECT_EXTRACTION_SHORT_ANSWER_WORDS:
@@ -297,14 +308,18 @@ def object_halbench_item_result(
     if text is None:
         return {**record, "status": "missing"}
     if not isinstance(text, str):
-        raise ObjectHalBenchDataError(f"Object-HalBench answer {question_id}: the text must be a string, got {type(text).__name__}.")
+        raise ObjectHalBenchDataError(
+            f"Object-HalBench answer {question_id}: the text must be a string, got {type(text).__name__}."
+        )
     answer = clean_answer_text(text)
     record["empty"] = not answer
     record["word_count"] = len(answer.strip().split(" "))
     if extractor == "nltk":
         mentions = caption_coco_mentions(answer)
     else:
-        objects, record["judge_reply"] = extract_answer_objects(answer, question=question, judge=judge, nlp=nlp, temperature=temperature)
+        objects, record["judge_reply"] = extract_answer_objects(
+            answer, question=question, judge=judge, nlp=nlp, temperature=temperature
+        )
         if objects is None:
             return {**record, "status": "extraction_failed"}
         mentions = coco_mentions(objects)
@@ -363,7 +378,9 @@ def object_halbench_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, A
 
 def _answer_fields(answer: Any, position: int) -> tuple[Any, int, str | None, str | None]:
     if not isinstance(answer, Mapping) or "image_id" not in answer:
-        raise ObjectHalBenchDataError(f"Object-HalBench answer {position}: expected an object with `image_id` and `text`, got {answer!r:.200}.")
+        raise ObjectHalBenchDataError(
+            f"Object-HalBench answer {position}: expected an object with `image_id` and `text`, got {answer!r:.200}."
+        )
     if "text" in answer:
         text = answer["text"]
     elif "answer" in answer:
@@ -396,27 +413,55 @@ def score_object_halbench(
         raise ValueError("The gpt extractor needs a judge (an object with `complete(messages, *, temperature)`).")
     ground_truth = {_image_id(image_id): frozenset(classes) for image_id, classes in coco_ground_truth.items()}
     fields = [_answer_fields(answer, position) for position, answer in enumerate(answers)]
+    first_answer: dict[Any, int] = {}
+    for position, (question_id, _, _, _) in enumerate(fields):
+        key = question_id if isinstance(question_id, (int, str)) else repr(question_id)
+        if key in first_answer:
+            raise ObjectHalBenchDataError(
+                f"Object-HalBench answers: question_id {question_id} appears twice (answers "
+                f"{first_answer[key]} and {position}); score each question once: remove the "
+                "repeat."
+            )
+        first_answer[key] = position
     unknown = sorted({image_id for _, image_id, _, _ in fields if image_id not in ground_truth})
     if unknown:
-        raise ObjectHalBenchDataError(f"No COCO ground truth for image id(s) {unknown[:10]}{' ...' if len(unknown) > 10 else ''}.")
+        raise ObjectHalBenchDataError(
+            f"No COCO ground truth for image id(s) {unknown[:10]}{' ...' if len(unknown) > 10 else ''}."
+        )
     if extractor == "gpt":
-        missing_questions = [question_id for question_id, _, text, question in fields if text is not None and not isinstance(question, str)]
+        missing_questions = [
+            question_id
+            for question_id, _, text, question in fields
+            if text is not None and not isinstance(question, str)
+        ]
         if missing_questions:
-            raise ObjectHalBenchDataError(f"The gpt extractor needs each answer's question (`prompt` or `question`); missing for {missing_questions[:10]}.")
+            raise ObjectHalBenchDataError(
+                "The gpt extractor needs each answer's question (`prompt` or `question`); missing for "
+                f"{missing_questions[:10]}."
+            )
 
     def score(field: tuple[Any, int, str | None, str | None]) -> dict[str, Any]:
         question_id, image_id, text, question = field
         return object_halbench_item_result(
-            text, ground_truth[image_id], extractor=extractor, question=question, judge=judge, nlp=nlp,
-            temperature=temperature, image_id=image_id, question_id=question_id,
+            text,
+            ground_truth[image_id],
+            extractor=extractor,
+            question=question,
+            judge=judge,
+            nlp=nlp,
+            temperature=temperature,
+            image_id=image_id,
+            question_id=question_id,
         )
 
     run: Callable[[], list[dict[str, Any]]]
     if extractor == "gpt" and max_workers > 1 and len(fields) > 1:
+
         def run() -> list[dict[str, Any]]:
             with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="object-halbench") as pool:
                 return list(pool.map(score, fields))
     else:
+
         def run() -> list[dict[str, Any]]:
             return [score(field) for field in fields]
 
@@ -443,7 +488,8 @@ def load_object_halbench_answers(path: str | Path) -> list[dict[str, Any]]:
 
 
 def score_object_halbench_files(coco_dir: str | Path, answers_path: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """`score_object_halbench` with the ground truth of the answers' images read from the COCO 2014 files in `coco_dir`."""
+    """`score_object_halbench` with the ground truth of the answers' images read from the COCO 2014 files in
+    `coco_dir`."""
     answers = load_object_halbench_answers(answers_path)
     image_ids = {_answer_fields(answer, position)[1] for position, answer in enumerate(answers)}
     return score_object_halbench(load_coco_ground_truth(coco_dir, image_ids), answers, **kwargs)

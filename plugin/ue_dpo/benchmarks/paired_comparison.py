@@ -38,16 +38,21 @@ class MetricDifference(NamedTuple):
 PAIRED_TASKS: Mapping[str, Benchmark] = paired_tasks()
 
 
-def _records_by_doc(samples: Sequence[Mapping[str, Any]], task: str, run: str) -> dict[Any, tuple[str, Mapping[str, Any]]]:
+def _records_by_doc(
+    samples: Sequence[Mapping[str, Any]], task: str, run: str
+) -> dict[Any, tuple[str, Mapping[str, Any]]]:
     record_key = PAIRED_TASKS[task].record_key
     by_doc: dict[Any, tuple[str, Mapping[str, Any]]] = {}
     for position, sample in enumerate(samples):
         if not isinstance(sample, Mapping) or "doc_id" not in sample or not isinstance(sample.get(record_key), Mapping):
-            raise PairingError(f"{task}, run {run}: logged sample {position} has no `doc_id` or no `{record_key}` record; "
-                               f"pass the lines of lmms-eval's *_samples_{task}.jsonl written with --log_samples")
+            raise PairingError(
+                f"{task}, run {run}: logged sample {position} has no `doc_id` or no `{record_key}` record; "
+                f"pass the lines of lmms-eval's *_samples_{task}.jsonl written with --log_samples"
+            )
         if sample["doc_id"] in by_doc:
-            raise PairingError(f"{task}, run {run}: doc_id {sample['doc_id']} is logged twice; use the samples of one "
-                               f"lmms-eval run")
+            raise PairingError(
+                f"{task}, run {run}: doc_id {sample['doc_id']} is logged twice; use the samples of one lmms-eval run"
+            )
         by_doc[sample["doc_id"]] = (str(sample.get("target")), sample[record_key])
     return by_doc
 
@@ -66,24 +71,30 @@ def paired_records(
     only_a, only_b = sorted(set(docs_a) - set(docs_b)), sorted(set(docs_b) - set(docs_a))
     if only_a or only_b:
         raise PairingError(
-            f"{task}: the runs do not cover the same items (A has {len(docs_a)}, B has {len(docs_b)}; doc_ids only in A: "
+            f"{task}: the runs do not cover the same items (A has {len(docs_a)}, B has {len(docs_b)}; doc_ids only in "
+            "A: "
             f"{_few(only_a) or 'none'}; only in B: {_few(only_b) or 'none'}); evaluate both on the same data with the "
-            f"same --limit")
+            f"same --limit"
+        )
     doc_ids = sorted(docs_a)
     differing = [doc_id for doc_id in doc_ids if docs_a[doc_id][0] != docs_b[doc_id][0]]
     if differing:
         doc_id = differing[0]
-        raise PairingError(f"{task}: the runs do not cover the same items: {len(differing)} doc_id(s) have different "
-                           f"targets, e.g. doc_id {doc_id}: {docs_a[doc_id][0]!r:.80} in A, {docs_b[doc_id][0]!r:.80} in B; "
-                           f"evaluate both on the same data")
+        raise PairingError(
+            f"{task}: the runs do not cover the same items: {len(differing)} doc_id(s) have different "
+            f"targets, e.g. doc_id {doc_id}: {docs_a[doc_id][0]!r:.80} in A, {docs_b[doc_id][0]!r:.80} in B; "
+            f"evaluate both on the same data"
+        )
     records_a = [docs_a[doc_id][1] for doc_id in doc_ids]
     records_b = [docs_b[doc_id][1] for doc_id in doc_ids]
     for field in PAIRED_TASKS[task].same_in_both_runs:
         values_a = {record.get(field) for record in records_a}
         values_b = {record.get(field) for record in records_b}
         if values_a != values_b:
-            raise PairingError(f"{task}: the runs differ in {field} ({sorted(map(str, values_a))} in A, "
-                               f"{sorted(map(str, values_b))} in B), so their metrics are not comparable")
+            raise PairingError(
+                f"{task}: the runs differ in {field} ({sorted(map(str, values_a))} in A, "
+                f"{sorted(map(str, values_b))} in B), so their metrics are not comparable"
+            )
     return records_a, records_b
 
 

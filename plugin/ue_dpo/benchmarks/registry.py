@@ -74,75 +74,133 @@ class Benchmark:
         return next(folder.env for folder in self.data if folder.key == key)
 
 
-_SHAPES_DATA = DataFolder("data_dir", "UE_DPO_SHAPES_EVAL_DIR",
-                          "held-out shapes images and their ground truth (manifest.json), written by `ue-dpo "
-                          "shapes-eval --out DIR` or by an experiment's `synthetic:` world")
+_SHAPES_DATA = DataFolder(
+    "data_dir",
+    "UE_DPO_SHAPES_EVAL_DIR",
+    "held-out shapes images and their ground truth (manifest.json), written by `ue-dpo "
+    "shapes-eval --out DIR` or by an experiment's `synthetic:` world",
+)
 _AMBER_DATA = (
-    DataFolder("data_dir", "UE_DPO_AMBER_DIR",
-               "AMBER's data/ folder (annotations.json, relation.json, safe_words.txt, query/); fetched from GitHub "
-               "when not named"),
-    DataFolder("image_dir", "UE_DPO_AMBER_IMAGE_DIR",
-               "the images AMBER_1.jpg ... AMBER_1004.jpg, else <data_dir>/image; AMBER publishes them only as a "
-               "Google Drive archive"),
+    DataFolder(
+        "data_dir",
+        "UE_DPO_AMBER_DIR",
+        "AMBER's data/ folder (annotations.json, relation.json, safe_words.txt, query/); fetched from GitHub "
+        "when not named",
+    ),
+    DataFolder(
+        "image_dir",
+        "UE_DPO_AMBER_IMAGE_DIR",
+        "the images AMBER_1.jpg ... AMBER_1004.jpg, else <data_dir>/image; AMBER publishes them only as a "
+        "Google Drive archive",
+    ),
 )
 _CHAIR_PAIRED = {name: key(name) for name in CHAIR_METRICS}
 
 OBJECT_HALBENCH = Benchmark(
-    task="object_halbench", aggregate=object_halbench_metrics, record_key="chair_s", paired_metrics=_CHAIR_PAIRED,
+    task="object_halbench",
+    aggregate=object_halbench_metrics,
+    record_key="chair_s",
+    paired_metrics=_CHAIR_PAIRED,
     empty_responses="the official code scores an empty answer as one that mentions no object (in chair_s_all and "
-                    "recall, not in chair_s), and so do these numbers",
-    data=(DataFolder("data_dir", "UE_DPO_OBJECT_HALBENCH_DIR",
-                     "RLAIF-V's question file obj_halbench_300_with_image.jsonl; fetched from GitHub when not named"),
-          DataFolder("coco_dir", "UE_DPO_COCO_ANNOTATIONS_DIR",
-                     "the COCO 2014 instances_/captions_ train2014/val2014.json, else <data_dir>/annotations; fetched "
-                     "from cocodataset.org when neither folder is named")),
-    judged="optional", empty_count=key("empty"), score_command="object_halbench",
+    "recall, not in chair_s), and so do these numbers",
+    data=(
+        DataFolder(
+            "data_dir",
+            "UE_DPO_OBJECT_HALBENCH_DIR",
+            "RLAIF-V's question file obj_halbench_300_with_image.jsonl; fetched from GitHub when not named",
+        ),
+        DataFolder(
+            "coco_dir",
+            "UE_DPO_COCO_ANNOTATIONS_DIR",
+            "the COCO 2014 instances_/captions_ train2014/val2014.json, else <data_dir>/annotations; fetched "
+            "from cocodataset.org when neither folder is named",
+        ),
+    ),
+    judged="optional",
+    empty_count=key("empty"),
+    score_command="object_halbench",
 )
 SHAPES_CAPTION = Benchmark(
-    task="shapes_caption", aggregate=shapes_chair_metrics, record_key="chair_s",
+    task="shapes_caption",
+    aggregate=shapes_chair_metrics,
+    record_key="chair_s",
     paired_metrics={**_CHAIR_PAIRED, "mean_shapes_mentioned": key("mean_shapes_mentioned")},
     empty_responses="an empty caption mentions no shape, so it counts in chair_s_all, recall and "
-                    "mean_shapes_mentioned, not in chair_s",
+    "mean_shapes_mentioned, not in chair_s",
     data=(_SHAPES_DATA,),
 )
 SHAPES_BLIND_SPOTS = Benchmark(
-    task="shapes_blind_spots", aggregate=shapes_chair_metrics, record_key="chair_s",
-    paired_metrics={**_CHAIR_PAIRED, "mean_shapes_mentioned": key("mean_shapes_mentioned"),
-                    "faint_recall": key("faint_recall")},
+    task="shapes_blind_spots",
+    aggregate=shapes_chair_metrics,
+    record_key="chair_s",
+    paired_metrics={
+        **_CHAIR_PAIRED,
+        "mean_shapes_mentioned": key("mean_shapes_mentioned"),
+        "faint_recall": key("faint_recall"),
+    },
     empty_responses="an empty caption mentions no shape, so it counts in chair_s_all, recall, mean_shapes_mentioned "
-                    "and faint_recall, not in chair_s",
-    data=(DataFolder(_SHAPES_DATA.key, _SHAPES_DATA.env,
-                     "held-out images of a blind-spot world, whose manifest.json lists each image's faint shapes, "
-                     "written for an experiment's `synthetic: {world: blind_spots}`"),),
+    "and faint_recall, not in chair_s",
+    data=(
+        DataFolder(
+            _SHAPES_DATA.key,
+            _SHAPES_DATA.env,
+            "held-out images of a blind-spot world, whose manifest.json lists each image's faint shapes, "
+            "written for an experiment's `synthetic: {world: blind_spots}`",
+        ),
+    ),
 )
 MMHAL_BENCH = Benchmark(
-    task="mmhal_bench", aggregate=mmhal_metrics, record_key="score",
+    task="mmhal_bench",
+    aggregate=mmhal_metrics,
+    record_key="score",
     paired_metrics={name: key(name) for name in ("score", "hallucination_rate", "informativeness")},
     empty_responses="the official script sends empty answers to the judge like any other, and so did this run",
-    data=(DataFolder("data_dir", "UE_DPO_MMHAL_DIR",
-                     "the official response_template.json and images/; fetched from the Hugging Face dataset "
-                     "Shengcao1006/MMHal-Bench when not named"),),
-    judged="always", same_in_both_runs=("judge_model",), empty_count=key("empty"), score_command="mmhal_bench",
+    data=(
+        DataFolder(
+            "data_dir",
+            "UE_DPO_MMHAL_DIR",
+            "the official response_template.json and images/; fetched from the Hugging Face dataset "
+            "Shengcao1006/MMHal-Bench when not named",
+        ),
+    ),
+    judged="always",
+    same_in_both_runs=("judge_model",),
+    empty_count=key("empty"),
+    score_command="mmhal_bench",
 )
 AMBER_GENERATIVE = Benchmark(
-    task="amber_generative", aggregate=amber_metrics, record_key="chair",
+    task="amber_generative",
+    aggregate=amber_metrics,
+    record_key="chair",
     paired_metrics={name.lower(): path("generative", name) for name in ("CHAIR", "Cover", "Hal", "Cog")},
     empty_responses="AMBER's code scores an empty caption as one with no objects (hallucination-free in Hal, nothing "
-                    "covered in Cover and Cog), and so do these numbers",
-    data=_AMBER_DATA, empty_count=path("generative", "empty"), score_command="amber",
+    "covered in Cover and Cog), and so do these numbers",
+    data=_AMBER_DATA,
+    empty_count=path("generative", "empty"),
+    score_command="amber",
 )
 AMBER_DISCRIMINATIVE = Benchmark(
-    task="amber_discriminative", aggregate=amber_metrics, record_key="accuracy",
-    paired_metrics={name.lower(): path("discriminative", "overall", name)
-                    for name in ("Accuracy", "Precision", "Recall", "F1")},
+    task="amber_discriminative",
+    aggregate=amber_metrics,
+    record_key="accuracy",
+    paired_metrics={
+        name.lower(): path("discriminative", "overall", name) for name in ("Accuracy", "Precision", "Recall", "F1")
+    },
     empty_responses="an empty yes/no answer is counted in `unparsed`",
-    data=_AMBER_DATA, score_command="amber",
+    data=_AMBER_DATA,
+    score_command="amber",
 )
 
 BENCHMARKS: Mapping[str, Benchmark] = {
     benchmark.task: benchmark
-    for benchmark in (OBJECT_HALBENCH, SHAPES_CAPTION, SHAPES_BLIND_SPOTS, MMHAL_BENCH, AMBER_GENERATIVE,
-                      AMBER_DISCRIMINATIVE)
+    for benchmark in (
+        OBJECT_HALBENCH,
+        SHAPES_CAPTION,
+        SHAPES_BLIND_SPOTS,
+        MMHAL_BENCH,
+        AMBER_GENERATIVE,
+        AMBER_DISCRIMINATIVE,
+    )
 }
 
 

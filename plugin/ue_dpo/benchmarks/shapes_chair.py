@@ -43,8 +43,10 @@ def shapes_caption_item_result(
     if faint_shapes is not None:
         faint = set(faint_shapes)
         if not faint <= truth:
-            raise ValueError(f"faint shapes {sorted(faint - truth)} are not among the image's shapes {sorted(truth)}; "
-                             f"list every faint shape in the true shapes too")
+            raise ValueError(
+                f"faint shapes {sorted(faint - truth)} are not among the image's shapes {sorted(truth)}; "
+                f"list every faint shape in the true shapes too"
+            )
         record["faint_ground_truth"] = sorted(faint)
         record["faint_covered"] = sorted(faint.intersection(mentions))
     return record
@@ -75,8 +77,11 @@ def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]
         "covered_shapes": counts.covered,
     }
     if faint_ground_truth is not None:
-        metrics.update(faint_recall=percent(faint_covered, faint_ground_truth), faint_shapes=faint_ground_truth,
-                       covered_faint_shapes=faint_covered)
+        metrics.update(
+            faint_recall=percent(faint_covered, faint_ground_truth),
+            faint_shapes=faint_ground_truth,
+            covered_faint_shapes=faint_covered,
+        )
     return metrics
 
 
@@ -84,9 +89,11 @@ def score_shapes_captions(
     responses: Sequence[str], true_shapes: Sequence[Sequence[str]], faint_shapes: Sequence[Sequence[str]] | None = None
 ) -> dict[str, Any]:
     if len(responses) != len(true_shapes) or (faint_shapes is not None and len(faint_shapes) != len(responses)):
-        raise ValueError(f"got {len(responses)} responses for {len(true_shapes)} images"
-                         f"{'' if faint_shapes is None else f' and {len(faint_shapes)} lists of faint shapes'}; "
-                         f"pass one response per image")
+        raise ValueError(
+            f"got {len(responses)} responses for {len(true_shapes)} images"
+            f"{'' if faint_shapes is None else f' and {len(faint_shapes)} lists of faint shapes'}; "
+            f"pass one response per image"
+        )
     faint = [None] * len(responses) if faint_shapes is None else faint_shapes
     return shapes_chair_metrics(
         shapes_caption_item_result(response, truth, faint_of_image)

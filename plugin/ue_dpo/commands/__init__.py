@@ -19,6 +19,7 @@ def exit_with_user_error(command: str, error: BaseException | str) -> NoReturn:
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse `type`: an integer >= `minimum`, else argparse's usage error naming the flag."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -27,14 +27,25 @@ def format_table(comparison: dict[str, Any]) -> str:
     rows = [header]
     for task, metrics in comparison["tasks"].items():
         for name, value in metrics.items():
-            interval = "-" if value["low"] is None else f"[{_number(value['low'], True)}, {_number(value['high'], True)}]"
+            interval = (
+                "-" if value["low"] is None else f"[{_number(value['low'], True)}, {_number(value['high'], True)}]"
+            )
             rows.append((task, name, _number(value["a"]), _number(value["b"]), _number(value["delta"], True), interval))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)
-                       for column, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append(f"A = {comparison['a']}, B = {comparison['b']}; {comparison['method']}, "
-                 f"{comparison['resamples']} resamples, seed {comparison['seed']}")
+    lines = [
+        "  ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    ]
+    lines.append(
+        f"A = {comparison['a']}, B = {comparison['b']}; {comparison['method']}, "
+        f"{comparison['resamples']} resamples, seed {comparison['seed']}"
+    )
     lines += [f"not compared: {task} ({why})" for task, why in comparison["not_compared"].items()]
+    if "note" in comparison:
+        lines.append(f"note: {comparison['note']}")
     return "\n".join(lines)
 
 
@@ -51,15 +62,28 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("compare", help="metric differences of two evaluated runs with paired bootstrap intervals")
-    parser.add_argument("run_a", metavar="RUN_A", help="lmms-eval --output_path folder of the baseline (or a run name "
-                        "with --experiment)")
+    parser = commands.add_parser(
+        "compare", help="metric differences of two evaluated runs with paired bootstrap intervals"
+    )
+    parser.add_argument(
+        "run_a",
+        metavar="RUN_A",
+        help="lmms-eval --output_path folder of the baseline (or a run name with --experiment)",
+    )
     parser.add_argument("run_b", metavar="RUN_B", help="the same for the run compared with it; Δ is B − A")
-    parser.add_argument("--experiment", type=Path, help="output folder of `ue-dpo run`: RUN_A and RUN_B are its run names (RUN@seedS: one seed of a seeded run)")
-    parser.add_argument("--tasks", help="comma-separated logged tasks to compare, e.g. amber_generative,amber_discriminative (default: every "
-                        "task logged by either run)")
-    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                        help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})")
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        help="output folder of `ue-dpo run`: RUN_A and RUN_B are its run names (RUN@seedS: one seed of a seeded run)",
+    )
+    parser.add_argument(
+        "--tasks",
+        help="comma-separated logged tasks to compare, e.g. amber_generative,amber_discriminative (default: every "
+        "task logged by either run)",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"bootstrap resamples (default: {DEFAULT_RESAMPLES})"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"bootstrap seed (default: {DEFAULT_SEED})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(handler=_run)

@@ -12,8 +12,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "demo", help="the embedded default: a tiny local model on synthetic shapes, warm-up, DPO and UE-DPO, "
-                     "exact CHAIR with lmms-eval, results table and chart",
+        "demo",
+        help="the embedded default: a tiny local model on synthetic shapes, warm-up, DPO and UE-DPO, "
+        "exact CHAIR with lmms-eval, results table and chart",
     )
     add_experiment_options(parser)
     parser.set_defaults(handler=_run)

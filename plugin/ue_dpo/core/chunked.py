@@ -101,7 +101,7 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
                 grad_in_block = block_grad_on_picked * inside
                 # column by column: where a target equals its probe, its two additions keep a fixed order on a GPU
                 for column in range(local.shape[1]):
-                    grad_logits.scatter_add_(-1, local[:, column:column + 1], grad_in_block[:, column:column + 1])
+                    grad_logits.scatter_add_(-1, local[:, column : column + 1], grad_in_block[:, column : column + 1])
                 if need_bias:
                     grad_bias[start:stop] += grad_logits.sum(dim=0)
                 grad_logits = grad_logits.to(hidden.dtype)
@@ -113,7 +113,9 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype),
             None if grad_bias is None else grad_bias.to(bias.dtype),
-            None, None, None,
+            None,
+            None,
+            None,
         )
 
 
@@ -137,15 +139,20 @@ def projected_token_statistics(
     if token_chunk_size < 1 or vocab_chunk_size < 1:
         raise ValueError(f"chunk sizes must be positive, got {token_chunk_size} tokens x {vocab_chunk_size} entries")
     if hidden.shape[:-1] != targets.shape or targets.shape != mask.shape:
-        raise ValueError(f"hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)} and mask "
-                         f"{tuple(mask.shape)} must agree on the leading [N, K] dimensions")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)} and mask "
+            f"{tuple(mask.shape)} must agree on the leading [N, K] dimensions"
+        )
     # flat indices of the selected positions, found once: boolean indexing would wait on the GPU at every use
     selected = mask.flatten().nonzero().squeeze(-1)
     ids = targets if probe_ids is None else torch.stack((targets, probe_ids), dim=-1)
     picked, target_logprob, argmax = _ChunkedProjectionStatistics.apply(
-        hidden.flatten(0, -2).index_select(0, selected), weight, bias,
+        hidden.flatten(0, -2).index_select(0, selected),
+        weight,
+        bias,
         ids.flatten(0, 1).index_select(0, selected).view(-1, 1 if probe_ids is None else 2),
-        token_chunk_size, vocab_chunk_size,
+        token_chunk_size,
+        vocab_chunk_size,
     )
 
     def placed(values: torch.Tensor) -> torch.Tensor:

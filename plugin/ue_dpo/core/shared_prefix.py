@@ -63,8 +63,10 @@ def shared_prefix_layout(
     """
     rows, length = input_ids.shape
     if rows % 2 or attention_mask.shape != input_ids.shape or labelled.shape != input_ids.shape:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
-                         f"labelled {tuple(labelled.shape)} must be the same [2B, L] shape")
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
+            f"labelled {tuple(labelled.shape)} must be the same [2B, L] shape"
+        )
     pairs = rows // 2
     ids, attended, labels = input_ids.cpu(), attention_mask.cpu().bool(), labelled.cpu().bool()
     is_placeholder = torch.isin(ids, torch.tensor(placeholder_ids, dtype=ids.dtype))
@@ -85,13 +87,26 @@ def shared_prefix_layout(
         if is_placeholder[rejected, rejected_response].any() or is_placeholder[rejected, ~attended[rejected]].any():
             raise PrefixNotShared("a rejected row has an image placeholder outside its prompt")
         kept_padding = (~attended[chosen] & is_placeholder[chosen]).nonzero().squeeze(-1)
-        packed_rows.append((
-            torch.cat([chosen * length + chosen_prompt, chosen * length + chosen_response,
-                       rejected * length + rejected_response, chosen * length + kept_padding]),
-            torch.tensor([PROMPT] * len(chosen_prompt) + [CHOSEN] * len(chosen_response)
-                         + [REJECTED] * len(rejected_response) + [ALONE] * len(kept_padding)),
-            rejected * length + rejected_prompt, chosen * length + chosen_prompt,
-        ))
+        packed_rows.append(
+            (
+                torch.cat(
+                    [
+                        chosen * length + chosen_prompt,
+                        chosen * length + chosen_response,
+                        rejected * length + rejected_response,
+                        chosen * length + kept_padding,
+                    ]
+                ),
+                torch.tensor(
+                    [PROMPT] * len(chosen_prompt)
+                    + [CHOSEN] * len(chosen_response)
+                    + [REJECTED] * len(rejected_response)
+                    + [ALONE] * len(kept_padding)
+                ),
+                rejected * length + rejected_prompt,
+                chosen * length + chosen_prompt,
+            )
+        )
     packed_length = max(len(sources) for sources, *_ in packed_rows)
     source_index = torch.zeros(pairs, packed_length, dtype=torch.long)
     segment = torch.full((pairs, packed_length), ALONE, dtype=torch.long)
@@ -104,7 +119,9 @@ def shared_prefix_layout(
         packed_index[rejected_prompt] = packed_index[chosen_prompt]
     device = input_ids.device
     return SharedPrefixLayout(
-        source_index=source_index.to(device), filler=filler.to(device), segment=segment.to(device),
+        source_index=source_index.to(device),
+        filler=filler.to(device),
+        segment=segment.to(device),
         packed_index=packed_index.view(rows, length).to(device),
     )
 

@@ -46,9 +46,7 @@ def _selected(delta: torch.Tensor, threshold: torch.Tensor, preferred: bool) -> 
     return delta < threshold if preferred else delta >= threshold
 
 
-def _selection_stats(
-    uncertainty: torch.Tensor, delta: torch.Tensor, *, tau: float, preferred: bool
-) -> _SelectionStats:
+def _selection_stats(uncertainty: torch.Tensor, delta: torch.Tensor, *, tau: float, preferred: bool) -> _SelectionStats:
     if delta.numel() == 0:
         zero = delta.new_zeros(())
         return _SelectionStats(zero, zero, zero, usable=False)

@@ -55,10 +55,14 @@ AMBER_QUERY_FILES = {"generative": "query/query_generative.json", "discriminativ
 AMBER_REPOSITORY_COMMIT = "534babf6bbfcce2e735c26289dedfb21cef3c939"
 AMBER_RAW_URL = "https://raw.githubusercontent.com/junyangwang0410/AMBER/{commit}/data/{name}"
 AMBER_IMAGES_URL = "https://drive.google.com/file/d/1MaCHgtupcZUjf007anNl4_MV0o4DjXvl/view"
-_DATA_SOURCE = (f"It is in the `data/` folder of https://github.com/junyangwang0410/AMBER; point "
-                f"{AMBER_DIR_ENV} (or dataset_kwargs data_dir) at a copy of that folder.")
-_IMAGE_SOURCE = (f"The AMBER images come as one archive from {AMBER_IMAGES_URL}; unpack it and point "
-                 f"{AMBER_IMAGE_DIR_ENV} (or dataset_kwargs image_dir) at the folder of AMBER_*.jpg files.")
+_DATA_SOURCE = (
+    f"It is in the `data/` folder of https://github.com/junyangwang0410/AMBER; point "
+    f"{AMBER_DIR_ENV} (or dataset_kwargs data_dir) at a copy of that folder."
+)
+_IMAGE_SOURCE = (
+    f"The AMBER images come as one archive from {AMBER_IMAGES_URL}; unpack it and point "
+    f"{AMBER_IMAGE_DIR_ENV} (or dataset_kwargs image_dir) at the folder of AMBER_*.jpg files."
+)
 
 
 def amber_data_dir(dataset_kwargs: Mapping[str, Any] | None) -> Path:
@@ -85,8 +89,10 @@ def load_amber_docs(kind: str, data_dir: Path, image_dir: Path) -> list[dict[str
     for query in queries:
         entry = reference.entry(query["id"])
         if (entry["type"] == AMBER_GENERATIVE_TYPE) != (kind == "generative"):
-            raise BenchmarkDataError(f"{query_path}: query {query['id']} is a {entry['type']} item in annotations.json, "
-                                     f"not a {kind} one; use the official query files.")
+            raise BenchmarkDataError(
+                f"{query_path}: query {query['id']} is a {entry['type']} item in annotations.json, "
+                f"not a {kind} one; use the official query files."
+            )
         image = require_file(image_dir / query["image"], f"AMBER image of query {query['id']}", _IMAGE_SOURCE)
         docs.append({"id": int(query["id"]), "image": str(image), "query": query["query"]})
     return docs
@@ -104,8 +110,10 @@ class AmberTask(LocalFilesTask):
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         parse = setting(metadata, "answer_parse", AMBER_ANSWER_PARSE_ENV, "exact")
         if parse not in AMBER_ANSWER_PARSE_MODES:
-            raise ValueError(f"AMBER answer_parse {parse!r} (metadata answer_parse or {AMBER_ANSWER_PARSE_ENV}) is not one of "
-                             f"{AMBER_ANSWER_PARSE_MODES}; `exact` is the official parse.")
+            raise ValueError(
+                f"AMBER answer_parse {parse!r} (metadata answer_parse or {AMBER_ANSWER_PARSE_ENV}) is not one of "
+                f"{AMBER_ANSWER_PARSE_MODES}; `exact` is the official parse."
+            )
         spacy_model = setting(metadata, "spacy_model", AMBER_SPACY_MODEL_ENV, AMBER_SPACY_MODEL)
         metadata.update(answer_parse=parse, spacy_model=spacy_model, data_dir=str(self.data_dir))
         return {"reference": load_amber_reference(self.data_dir), "nlp": spacy_model, "parse": parse}
@@ -156,16 +164,32 @@ discriminative_accuracy = _aggregation("discriminative_accuracy", _question_metr
 discriminative_precision = _aggregation("discriminative_precision", _question_metric("overall", "Precision"))
 discriminative_recall = _aggregation("discriminative_recall", _question_metric("overall", "Recall"))
 discriminative_f1 = _aggregation("discriminative_f1", _question_metric("overall", "F1"))
-discriminative_existence_accuracy = _aggregation("discriminative_existence_accuracy", _question_metric("existence", "Accuracy"))
-discriminative_existence_precision = _aggregation("discriminative_existence_precision", _question_metric("existence", "Precision"))
-discriminative_existence_recall = _aggregation("discriminative_existence_recall", _question_metric("existence", "Recall"))
+discriminative_existence_accuracy = _aggregation(
+    "discriminative_existence_accuracy", _question_metric("existence", "Accuracy")
+)
+discriminative_existence_precision = _aggregation(
+    "discriminative_existence_precision", _question_metric("existence", "Precision")
+)
+discriminative_existence_recall = _aggregation(
+    "discriminative_existence_recall", _question_metric("existence", "Recall")
+)
 discriminative_existence_f1 = _aggregation("discriminative_existence_f1", _question_metric("existence", "F1"))
-discriminative_attribute_accuracy = _aggregation("discriminative_attribute_accuracy", _question_metric("attribute", "Accuracy"))
-discriminative_attribute_precision = _aggregation("discriminative_attribute_precision", _question_metric("attribute", "Precision"))
-discriminative_attribute_recall = _aggregation("discriminative_attribute_recall", _question_metric("attribute", "Recall"))
+discriminative_attribute_accuracy = _aggregation(
+    "discriminative_attribute_accuracy", _question_metric("attribute", "Accuracy")
+)
+discriminative_attribute_precision = _aggregation(
+    "discriminative_attribute_precision", _question_metric("attribute", "Precision")
+)
+discriminative_attribute_recall = _aggregation(
+    "discriminative_attribute_recall", _question_metric("attribute", "Recall")
+)
 discriminative_attribute_f1 = _aggregation("discriminative_attribute_f1", _question_metric("attribute", "F1"))
-discriminative_relation_accuracy = _aggregation("discriminative_relation_accuracy", _question_metric("relation", "Accuracy"))
-discriminative_relation_precision = _aggregation("discriminative_relation_precision", _question_metric("relation", "Precision"))
+discriminative_relation_accuracy = _aggregation(
+    "discriminative_relation_accuracy", _question_metric("relation", "Accuracy")
+)
+discriminative_relation_precision = _aggregation(
+    "discriminative_relation_precision", _question_metric("relation", "Precision")
+)
 discriminative_relation_recall = _aggregation("discriminative_relation_recall", _question_metric("relation", "Recall"))
 discriminative_relation_f1 = _aggregation("discriminative_relation_f1", _question_metric("relation", "F1"))
 discriminative_unparsed = _aggregation("discriminative_unparsed", _question_metric("overall", "unparsed"))
@@ -173,19 +197,31 @@ discriminative_score_term = _aggregation("discriminative_score_term", _question_
 
 # metric name in the task YAML -> aggregation
 GENERATIVE_AGGREGATIONS = {
-    "chair": generative_chair, "cover": generative_cover, "hal": generative_hal, "cog": generative_cog,
+    "chair": generative_chair,
+    "cover": generative_cover,
+    "hal": generative_hal,
+    "cog": generative_cog,
     "amber_score": generative_score_term,
 }
 DISCRIMINATIVE_AGGREGATIONS = {
-    "accuracy": discriminative_accuracy, "precision": discriminative_precision, "recall": discriminative_recall,
+    "accuracy": discriminative_accuracy,
+    "precision": discriminative_precision,
+    "recall": discriminative_recall,
     "f1": discriminative_f1,
-    "existence_accuracy": discriminative_existence_accuracy, "existence_precision": discriminative_existence_precision,
-    "existence_recall": discriminative_existence_recall, "existence_f1": discriminative_existence_f1,
-    "attribute_accuracy": discriminative_attribute_accuracy, "attribute_precision": discriminative_attribute_precision,
-    "attribute_recall": discriminative_attribute_recall, "attribute_f1": discriminative_attribute_f1,
-    "relation_accuracy": discriminative_relation_accuracy, "relation_precision": discriminative_relation_precision,
-    "relation_recall": discriminative_relation_recall, "relation_f1": discriminative_relation_f1,
-    "unparsed": discriminative_unparsed, "amber_score": discriminative_score_term,
+    "existence_accuracy": discriminative_existence_accuracy,
+    "existence_precision": discriminative_existence_precision,
+    "existence_recall": discriminative_existence_recall,
+    "existence_f1": discriminative_existence_f1,
+    "attribute_accuracy": discriminative_attribute_accuracy,
+    "attribute_precision": discriminative_attribute_precision,
+    "attribute_recall": discriminative_attribute_recall,
+    "attribute_f1": discriminative_attribute_f1,
+    "relation_accuracy": discriminative_relation_accuracy,
+    "relation_precision": discriminative_relation_precision,
+    "relation_recall": discriminative_relation_recall,
+    "relation_f1": discriminative_relation_f1,
+    "unparsed": discriminative_unparsed,
+    "amber_score": discriminative_score_term,
 }
 
 
@@ -201,5 +237,8 @@ def amber_process_results(
 def amber_score_from_terms(terms: Sequence[float | None], sizes: Sequence[int], weight_by_size: bool = False) -> float:
     """The group's AMBER Score from the two subtasks' terms (100 - CHAIR and F1), as benchmarks.amber rounds it."""
     if len(terms) != 2 or any(term is None for term in terms):
-        raise ValueError(f"The AMBER Score needs both amber_generative and amber_discriminative with scored items; got terms {list(terms)}.")
+        raise ValueError(
+            "The AMBER Score needs both amber_generative and amber_discriminative with scored items; got terms "
+            f"{list(terms)}."
+        )
     return round(sum(terms) / 2, 2)

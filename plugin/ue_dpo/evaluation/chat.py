@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.evaluation.data import setting
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 
 TEMPLATE_ENV = "UE_DPO_TEMPLATE"
 DEFAULT_SYSTEM_ENV = "UE_DPO_DEFAULT_SYSTEM"
@@ -50,8 +50,10 @@ def template_for_model(model_dir: str | Path) -> str:
 
     model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
     if model_type not in TEMPLATE_BY_MODEL_TYPE:
-        raise ChatTemplateError(f"{model_dir} is a {model_type!r} model; ue-dpo evaluates "
-                                f"{', '.join(sorted(TEMPLATE_BY_MODEL_TYPE))} models")
+        raise ChatTemplateError(
+            f"{model_dir} is a {model_type!r} model; ue-dpo evaluates "
+            f"{', '.join(sorted(TEMPLATE_BY_MODEL_TYPE))} models"
+        )
     return TEMPLATE_BY_MODEL_TYPE[model_type]
 
 
@@ -59,9 +61,11 @@ def training_system_prompt(metadata: Mapping[str, Any] | None, task: str) -> str
     """The system prompt the training template gives, from the task settings `template` and `default_system`."""
     name = setting(metadata, "template", TEMPLATE_ENV)
     if name is None:
-        raise ChatTemplateError(f"{task} under a chat model needs the training template of the model it talks to, "
-                                f"for the system prompt: set {TEMPLATE_ENV}={'|'.join(TEMPLATES)} (or the task's "
-                                f"metadata `template`); `ue-dpo run` sets it for each run")
+        raise ChatTemplateError(
+            f"{task} under a chat model needs the training template of the model it talks to, "
+            f"for the system prompt: set {TEMPLATE_ENV}={'|'.join(TEMPLATES)} (or the task's "
+            f"metadata `template`); `ue-dpo run` sets it for each run"
+        )
     system = setting(metadata, "default_system", DEFAULT_SYSTEM_ENV)
     return system if system is not None else _training_template(str(name)).default_system
 
@@ -70,8 +74,7 @@ def training_messages(visuals: Sequence[Any], text: str, system: str) -> list[di
     """lmms-eval chat messages (its ChatMessages protocol): the system turn, then the images before the text."""
     content = [{"type": "image", "url": visual} for visual in visuals]
     content.append({"type": "text", "text": text})
-    return [{"role": "system", "content": [{"type": "text", "text": system}]},
-            {"role": "user", "content": content}]
+    return [{"role": "system", "content": [{"type": "text", "text": system}]}, {"role": "user", "content": content}]
 
 
 def image_placeholder(template_name: str) -> str:
@@ -83,11 +86,13 @@ def image_placeholder(template_name: str) -> str:
 def _flatten(variable: str, source: str, placeholder: str) -> str:
     """Jinja that sets `variable` to `source`'s text, with its image parts as `placeholder` (a string stays)."""
     escaped = placeholder.replace("'", r"\'")
-    return (f"{{% if {source} is string %}}{{% set {variable} = {source} %}}{{% else %}}"
-            f"{{% set parts = namespace(text='') %}}{{% for part in {source} %}}"
-            f"{{% if part['type'] in ('image', 'image_url') %}}{{% set parts.text = parts.text + '{escaped}' %}}"
-            f"{{% elif part['type'] == 'text' %}}{{% set parts.text = parts.text + part['text'] %}}"
-            f"{{% endif %}}{{% endfor %}}{{% set {variable} = parts.text %}}{{% endif %}}")
+    return (
+        f"{{% if {source} is string %}}{{% set {variable} = {source} %}}{{% else %}}"
+        f"{{% set parts = namespace(text='') %}}{{% for part in {source} %}}"
+        f"{{% if part['type'] in ('image', 'image_url') %}}{{% set parts.text = parts.text + '{escaped}' %}}"
+        f"{{% elif part['type'] == 'text' %}}{{% set parts.text = parts.text + part['text'] %}}"
+        f"{{% endif %}}{{% endfor %}}{{% set {variable} = parts.text %}}{{% endif %}}"
+    )
 
 
 def training_chat_template(template_name: str, tokenizer: Any) -> str:
@@ -95,16 +100,20 @@ def training_chat_template(template_name: str, tokenizer: Any) -> str:
     template = _training_template(template_name)
     jinja = template._get_jinja_template(tokenizer)
     placeholder = image_placeholder(template_name)
-    replacements = [(_CONTENT_STATEMENT, _flatten("content", "message['content']", placeholder)),
-                    (_SYSTEM_STATEMENT, _flatten("system_message", "messages[0]['content']", placeholder))]
+    replacements = [
+        (_CONTENT_STATEMENT, _flatten("content", "message['content']", placeholder)),
+        (_SYSTEM_STATEMENT, _flatten("system_message", "messages[0]['content']", placeholder)),
+    ]
     if _prefixes_a_space(tokenizer):
         # LLaMA-Factory encodes the system prompt and the user turn separately; a SentencePiece tokenizer starts
         # each with a word boundary, which in one rendered string is a space between them
         replacements.append((_SYSTEM_OUTPUT, "{% if system_message is defined %}{{ system_message + ' ' }}{% endif %}"))
     for statement, replacement in replacements:
         if jinja.count(statement) != 1:
-            raise ChatTemplateError(f"LLaMA-Factory's Jinja rendering of {template_name!r} no longer contains "
-                                    f"{statement!r} once; this llamafactory release is not supported")
+            raise ChatTemplateError(
+                f"LLaMA-Factory's Jinja rendering of {template_name!r} no longer contains "
+                f"{statement!r} once; this llamafactory release is not supported"
+            )
         jinja = jinja.replace(statement, replacement)
     return jinja
 

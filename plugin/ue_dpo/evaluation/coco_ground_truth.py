@@ -21,16 +21,20 @@ from ue_dpo.evaluation.data import BenchmarkDataError, cache_dir
 COCO_ANNOTATIONS_DIR_ENV = OBJECT_HALBENCH.data_env("coco_dir")  # UE_DPO_COCO_ANNOTATIONS_DIR
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
 COCO_ANNOTATION_FILES = (*COCO_INSTANCE_FILES, *COCO_CAPTION_FILES)
-COCO_SOURCE = (f"They are in {COCO_ANNOTATIONS_URL}; unpack it and point {COCO_ANNOTATIONS_DIR_ENV} (or dataset_kwargs "
-               f"coco_dir, or `ue-dpo score --coco-dir`) at its annotations/ folder.")
+COCO_SOURCE = (
+    f"They are in {COCO_ANNOTATIONS_URL}; unpack it and point {COCO_ANNOTATIONS_DIR_ENV} (or dataset_kwargs "
+    f"coco_dir, or `ue-dpo score --coco-dir`) at its annotations/ folder."
+)
 GROUND_TRUTH_CACHE_FORMAT = 1
 
 
 def _annotation_stamp(coco_dir: Path) -> list[list[Any]]:
     missing = [name for name in COCO_ANNOTATION_FILES if not (coco_dir / name).is_file()]
     if missing:
-        raise BenchmarkDataError(f"COCO annotation file(s) {', '.join(missing)} not found in {coco_dir}; Object-HalBench "
-                                 f"needs all of {', '.join(COCO_ANNOTATION_FILES)}. {COCO_SOURCE}")
+        raise BenchmarkDataError(
+            f"COCO annotation file(s) {', '.join(missing)} not found in {coco_dir}; Object-HalBench "
+            f"needs all of {', '.join(COCO_ANNOTATION_FILES)}. {COCO_SOURCE}"
+        )
     stamp = []
     for name in COCO_ANNOTATION_FILES:
         path = (coco_dir / name).resolve()
@@ -56,7 +60,10 @@ def cached_coco_ground_truth(coco_dir: str | Path, image_ids: Iterable[int]) -> 
     ground_truth = load_coco_ground_truth(coco_dir, ids)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.part")
-    content = {"files": stamp, "ground_truth": {str(image_id): sorted(classes) for image_id, classes in ground_truth.items()}}
+    content = {
+        "files": stamp,
+        "ground_truth": {str(image_id): sorted(classes) for image_id, classes in ground_truth.items()},
+    }
     partial.write_text(json.dumps(content), encoding="utf-8")
     partial.replace(cache_file)
     return ground_truth

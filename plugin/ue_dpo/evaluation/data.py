@@ -71,8 +71,10 @@ def benchmark_image(source: Any, what: str, where_to_get_it: str) -> Image.Image
     try:
         image = load_image_strictly(source)
     except OSError as error:
-        raise BenchmarkDataError(f"{what} ({describe_image_source(source)}) cannot be read: {error}. Replace it with "
-                                 f"a complete copy. {where_to_get_it}") from error
+        raise BenchmarkDataError(
+            f"{what} ({describe_image_source(source)}) cannot be read: {error}. Replace it with "
+            f"a complete copy. {where_to_get_it}"
+        ) from error
     return image.convert("RGB")
 
 
@@ -82,8 +84,10 @@ def download_file(url: str, destination: Path, *, how_to_go_offline: str) -> Pat
         return destination
     offline = offline_variable()
     if offline:
-        raise BenchmarkDataError(f"{destination.name} is not available locally and {offline} is set, so it is not "
-                                 f"downloaded from {url}. {how_to_go_offline}")
+        raise BenchmarkDataError(
+            f"{destination.name} is not available locally and {offline} is set, so it is not "
+            f"downloaded from {url}. {how_to_go_offline}"
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     try:

@@ -26,7 +26,9 @@ def task_dir() -> Path:
     for candidate in _TASK_DIR_CANDIDATES:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"The ue-dpo task YAMLs are in none of {[str(path) for path in _TASK_DIR_CANDIDATES]}; reinstall ue-dpo.")
+    raise FileNotFoundError(
+        f"The ue-dpo task YAMLs are in none of {[str(path) for path in _TASK_DIR_CANDIDATES]}; reinstall ue-dpo."
+    )
 
 
 def _same_dir(path: str, other: Path) -> bool:

@@ -69,12 +69,16 @@ class _ChatMessages:
 
     def doc_to_messages(self, doc: dict, **round_kwargs: Any) -> list[dict[str, Any]]:
         if round_kwargs.get("round_idx") is not None:
-            raise NotImplementedError(f"{self.config.task} is single-round; lmms-eval asked for round "
-                                      f"{round_kwargs['round_idx']}")
+            raise NotImplementedError(
+                f"{self.config.task} is single-round; lmms-eval asked for round {round_kwargs['round_idx']}"
+            )
         return training_messages(self.doc_to_visual(doc) or [], self.doc_to_text(doc), self.system_prompt)
 
 
 @functools.cache
 def _chat_variant(task_class: type) -> type:
-    return type(f"{task_class.__name__}Chat", (_ChatMessages, task_class, ConfigurableMessagesTask),
-                {"__module__": task_class.__module__, "__doc__": task_class.__doc__})
+    return type(
+        f"{task_class.__name__}Chat",
+        (_ChatMessages, task_class, ConfigurableMessagesTask),
+        {"__module__": task_class.__module__, "__doc__": task_class.__doc__},
+    )

@@ -6,7 +6,8 @@ Shengcao1006/MMHal-Bench), named by `dataset_kwargs: {data_dir: DIR}` or `UE_DPO
 neither, those files are fetched from that dataset into the cache directory.
 
 The judge is configured as ue_dpo.evaluation.judge_settings describes; its settings (never the API
-key) are recorded under `metadata.judge` of the task's config in the results.
+key) are recorded under `metadata.judge` of the task's config in the results, and whether unparsed
+replies were scored 0 (UE_DPO_JUDGE_UNPARSED_AS_ZERO) under `metadata.judge_unparsed_as_zero`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 
 from ue_dpo.benchmarks.judge import JudgeClient
-from ue_dpo.benchmarks.mmhal import MMHAL_QUESTION_TYPES, check_mmhal_item, mmhal_metrics, score_mmhal_item
+from ue_dpo.benchmarks.mmhal import (
+    MMHAL_QUESTION_TYPES,
+    check_mmhal_item,
+    check_mmhal_unique,
+    mmhal_metrics,
+    score_mmhal_item,
+)
 from ue_dpo.benchmarks.registry import MMHAL_BENCH
 from ue_dpo.evaluation.data import (
     BenchmarkDataError,
@@ -30,14 +37,16 @@ from ue_dpo.evaluation.data import (
     offline_variable,
     require_file,
 )
-from ue_dpo.evaluation.judge_settings import task_judge
+from ue_dpo.evaluation.judge_settings import JUDGE_UNPARSED_AS_ZERO_ENV, task_judge, unparsed_as_zero
 from ue_dpo.evaluation.local_task import LocalFilesTask
 
 MMHAL_DIR_ENV = MMHAL_BENCH.data_env("data_dir")  # UE_DPO_MMHAL_DIR
 MMHAL_REPO_ID = "Shengcao1006/MMHal-Bench"
 MMHAL_TEMPLATE_FILE = "response_template.json"
-_SOURCE = (f"It comes from the Hugging Face dataset {MMHAL_REPO_ID} (response_template.json and images/); put a copy "
-           f"in the folder named by {MMHAL_DIR_ENV} (or dataset_kwargs data_dir).")
+_SOURCE = (
+    f"It comes from the Hugging Face dataset {MMHAL_REPO_ID} (response_template.json and images/); put a copy "
+    f"in the folder named by {MMHAL_DIR_ENV} (or dataset_kwargs data_dir)."
+)
 
 
 def mmhal_data_dir(dataset_kwargs: Mapping[str, Any] | None) -> Path:
@@ -46,11 +55,15 @@ def mmhal_data_dir(dataset_kwargs: Mapping[str, Any] | None) -> Path:
         return configured
     offline = offline_variable()
     if offline:
-        raise BenchmarkDataError(f"No MMHal-Bench folder is configured and {offline} is set, so it is not downloaded. {_SOURCE}")
+        raise BenchmarkDataError(
+            f"No MMHal-Bench folder is configured and {offline} is set, so it is not downloaded. {_SOURCE}"
+        )
     from huggingface_hub import snapshot_download
 
     target = cache_dir() / "mmhal_bench"
-    snapshot_download(repo_id=MMHAL_REPO_ID, repo_type="dataset", allow_patterns=[MMHAL_TEMPLATE_FILE, "images/*"], local_dir=target)
+    snapshot_download(
+        repo_id=MMHAL_REPO_ID, repo_type="dataset", allow_patterns=[MMHAL_TEMPLATE_FILE, "images/*"], local_dir=target
+    )
     return target
 
 
@@ -64,34 +77,45 @@ def load_mmhal_docs(data_dir: Path) -> list[dict[str, Any]]:
     items = json.loads(template.read_text(encoding="utf-8"))
     if not isinstance(items, list):
         raise BenchmarkDataError(f"{template} must hold the official list of items. {_SOURCE}")
+    try:
+        check_mmhal_unique([item for item in items if isinstance(item, Mapping) and "question" in item])
+    except ValueError as error:
+        raise BenchmarkDataError(f"{template}: {error}") from None
     docs = []
     for index, item in enumerate(items):
         check_mmhal_item({**item, "model_answer": ""}, index)
         if "image_src" not in item:
             raise BenchmarkDataError(f"{template}: item {index} lacks image_src. {_SOURCE}")
-        image = require_file(data_dir / "images" / mmhal_image_name(item), f"MMHal-Bench image of item {index}", _SOURCE)
-        docs.append({
-            "question_id": index,
-            "question_type": item["question_type"],
-            "question_topic": item.get("question_topic", ""),
-            "image_id": item.get("image_id", ""),
-            "image_src": item["image_src"],
-            "image_content": list(item["image_content"]),
-            "question": item["question"],
-            "gt_answer": item["gt_answer"],
-            "image": str(image),
-        })
+        image = require_file(
+            data_dir / "images" / mmhal_image_name(item), f"MMHal-Bench image of item {index}", _SOURCE
+        )
+        docs.append(
+            {
+                "question_id": index,
+                "question_type": item["question_type"],
+                "question_topic": item.get("question_topic", ""),
+                "image_id": item.get("image_id", ""),
+                "image_src": item["image_src"],
+                "image_content": list(item["image_content"]),
+                "question": item["question"],
+                "gt_answer": item["gt_answer"],
+                "image": str(image),
+            }
+        )
     return docs
 
 
 class MMHalBenchTask(LocalFilesTask):
     def load_docs(self, dataset_kwargs: Mapping[str, Any] | None) -> Dataset:
-        return Dataset.from_list(load_mmhal_docs(mmhal_data_dir(dataset_kwargs))).cast_column("image", Image(decode=False))
+        return Dataset.from_list(load_mmhal_docs(mmhal_data_dir(dataset_kwargs))).cast_column(
+            "image", Image(decode=False)
+        )
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         judge = task_judge("mmhal_bench", metadata)
-        metadata.update(judge=judge.config.public_dict())
-        return {"judge": judge}
+        zero = unparsed_as_zero(metadata)
+        metadata.update(judge=judge.config.public_dict(), judge_unparsed_as_zero=zero)
+        return {"judge": judge, "unparsed_as_zero": zero}
 
 
 def mmhal_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
@@ -103,21 +127,29 @@ def mmhal_doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping
 
 
 MMHAL_METRICS = (
-    "score", "hallucination_rate", "informativeness", *(f"score_{kind}" for kind in MMHAL_QUESTION_TYPES),
-    "judge_failures", "judge_unparsed",
+    "score",
+    "hallucination_rate",
+    "informativeness",
+    *(f"score_{kind}" for kind in MMHAL_QUESTION_TYPES),
+    "judge_failures",
+    "judge_unparsed",
 )
 _ITEM_KEYS = ("question_type", "question_topic", "image_id", "image_content", "question", "gt_answer")
 
 
-def mmhal_process_results(doc: Mapping[str, Any], results: Sequence[str], *, judge: JudgeClient) -> dict[str, dict[str, Any]]:
+def mmhal_process_results(
+    doc: Mapping[str, Any], results: Sequence[str], *, judge: JudgeClient, unparsed_as_zero: bool = False
+) -> dict[str, dict[str, Any]]:
     item = {key: doc[key] for key in _ITEM_KEYS}
-    record = score_mmhal_item({**item, "model_answer": results[0]}, judge)
+    record = score_mmhal_item(
+        {**item, "model_answer": results[0]}, judge, unparsed_as_zero=unparsed_as_zero, index=doc["question_id"]
+    )
     return {metric: record for metric in MMHAL_METRICS}
 
 
 def _aggregation(name: str, pick: Callable[[dict[str, Any]], Any]) -> Callable[[Sequence[Mapping[str, Any]]], Any]:
     def aggregate(records: Sequence[Mapping[str, Any]]) -> Any:
-        return pick(mmhal_metrics(records))
+        return pick(mmhal_metrics(records, unparsed_fix=f"set {JUDGE_UNPARSED_AS_ZERO_ENV}=1"))
 
     aggregate.__name__ = name
     return aggregate

@@ -31,6 +31,7 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
+from ue_dpo.evaluation.model_settings import UE_DPO_HF_GENERATION_KWARGS
 from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.model_paths import is_local_path
 
@@ -41,7 +42,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
 DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
 DEFAULT_MAX_NEW_TOKENS = 1024
-GENERATION_KWARGS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "until")
+GENERATION_KWARGS = UE_DPO_HF_GENERATION_KWARGS
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
@@ -57,20 +58,26 @@ def resolve_checkpoint(pretrained: str, base_model: str | None = None) -> tuple[
     adapter_config_path = Path(pretrained) / "adapter_config.json"
     if not adapter_config_path.is_file():
         if base_model is not None:
-            raise CheckpointError(f"base_model={base_model} was given, but {pretrained} is not a LoRA output dir "
-                                  f"(no adapter_config.json); drop base_model to evaluate {pretrained} itself")
+            raise CheckpointError(
+                f"base_model={base_model} was given, but {pretrained} is not a LoRA output dir "
+                f"(no adapter_config.json); drop base_model to evaluate {pretrained} itself"
+            )
         return pretrained, None, pretrained
     adapter_config = json.loads(adapter_config_path.read_text())
     if adapter_config.get("peft_type") != "LORA":
-        raise CheckpointError(f"{adapter_config_path}: peft_type {adapter_config.get('peft_type')!r} is not supported; "
-                              f"ue_dpo_hf loads LoRA adapters (LLaMA-Factory's finetuning_type: lora)")
+        raise CheckpointError(
+            f"{adapter_config_path}: peft_type {adapter_config.get('peft_type')!r} is not supported; "
+            f"ue_dpo_hf loads LoRA adapters (LLaMA-Factory's finetuning_type: lora)"
+        )
     base = base_model or adapter_config.get("base_model_name_or_path")
     if not base:
         raise CheckpointError(f"{adapter_config_path} names no base_model_name_or_path; pass base_model=PATH")
     if is_local_path(base) and not Path(base).exists():
-        raise CheckpointError(f"the base model {base} of the adapter {pretrained} does not exist (the path comes from "
-                              f"{'base_model=' if base_model else adapter_config_path}); pass base_model=PATH to "
-                              f"where the base model is now")
+        raise CheckpointError(
+            f"the base model {base} of the adapter {pretrained} does not exist (the path comes from "
+            f"{'base_model=' if base_model else adapter_config_path}); pass base_model=PATH to "
+            f"where the base model is now"
+        )
     has_processor = any((Path(pretrained) / name).is_file() for name in _PROCESSOR_FILES)
     return base, pretrained, pretrained if has_processor else base
 
@@ -85,8 +92,10 @@ def _resolve_device(device: str) -> torch.device:
     if not torch.cuda.is_available():
         raise ValueError(f"{MODEL_NAME}: device=cuda, but no GPU is visible; use device=cpu or device=auto")
     if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"{MODEL_NAME}: this is local rank {local_rank}, but {torch.cuda.device_count()} GPU(s) are "
-                         f"visible; start at most one process per GPU, or pin the device with device=cuda:N")
+        raise ValueError(
+            f"{MODEL_NAME}: this is local rank {local_rank}, but {torch.cuda.device_count()} GPU(s) are "
+            f"visible; start at most one process per GPU, or pin the device with device=cuda:N"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -116,9 +125,11 @@ class UeDpoHF(lmms):
     ) -> None:
         super().__init__()
         if unknown:
-            raise TypeError(f"{MODEL_NAME} got unknown model args {sorted(unknown)}; its args are pretrained, "
-                            f"base_model, device, dtype, default_system, image_max_pixels, image_min_pixels, "
-                            f"attn_implementation (the batch size is lmms-eval's --batch_size)")
+            raise TypeError(
+                f"{MODEL_NAME} got unknown model args {sorted(unknown)}; its args are pretrained, "
+                f"base_model, device, dtype, default_system, image_max_pixels, image_min_pixels, "
+                f"attn_implementation (the batch size is lmms-eval's --batch_size)"
+            )
         if str(batch_size).startswith("auto") or int(batch_size) < 1:
             raise ValueError(f"{MODEL_NAME} needs a positive integer batch size, got {batch_size!r}")
         from llamafactory.data import get_template_and_fix_tokenizer
@@ -129,14 +140,17 @@ class UeDpoHF(lmms):
         base, adapter_dir, processor_source = resolve_checkpoint(pretrained, base_model)
         model_type = AutoConfig.from_pretrained(base).model_type
         if model_type not in TEMPLATE_BY_MODEL_TYPE:
-            raise CheckpointError(f"{base} is a {model_type!r} model; {MODEL_NAME} evaluates LLaVA-1.5 (llava), "
-                                  f"Qwen2-VL (qwen2_vl) and Qwen2.5-VL (qwen2_5_vl) checkpoints")
+            raise CheckpointError(
+                f"{base} is a {model_type!r} model; {MODEL_NAME} evaluates LLaVA-1.5 (llava), "
+                f"Qwen2-VL (qwen2_vl) and Qwen2.5-VL (qwen2_5_vl) checkpoints"
+            )
         self._device = _resolve_device(str(device))
         self._dtype = _resolve_dtype(str(dtype), self._device)
         self.batch_size_per_gpu = int(batch_size)
 
-        model = AutoModelForImageTextToText.from_pretrained(base, dtype=self._dtype, device_map=str(self._device),
-                                                             attn_implementation=attn_implementation)
+        model = AutoModelForImageTextToText.from_pretrained(
+            base, dtype=self._dtype, device_map=str(self._device), attn_implementation=attn_implementation
+        )
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -181,29 +195,38 @@ class UeDpoHF(lmms):
         plugin = self.template.mm_plugin
         messages = plugin.process_messages(messages, list(images), [], [], self.processor)
         prompt_ids, _ = self.template.encode_oneturn(self._tokenizer, messages)
-        prompt_ids, _ = plugin.process_token_ids(prompt_ids, None, list(images), [], [], self._tokenizer,
-                                                 self.processor)
+        prompt_ids, _ = plugin.process_token_ids(
+            prompt_ids, None, list(images), [], [], self._tokenizer, self.processor
+        )
         return prompt_ids
 
     def model_inputs(self, prompts: Sequence[tuple[str, Sequence[Image.Image]]]) -> dict[str, torch.Tensor]:
         """A left-padded batch of prompts with their images, ready for `generate`."""
-        return self.encoded_inputs([self.encode_prompt(context, images) for context, images in prompts],
-                                   [images for _, images in prompts])
+        return self.encoded_inputs(
+            [self.encode_prompt(context, images) for context, images in prompts], [images for _, images in prompts]
+        )
 
-    def encoded_inputs(self, prompt_ids: Sequence[list[int]],
-                       images_per_row: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+    def encoded_inputs(
+        self, prompt_ids: Sequence[list[int]], images_per_row: Sequence[Sequence[Image.Image]]
+    ) -> dict[str, torch.Tensor]:
         """`model_inputs` of prompts already encoded by `encode_prompt`."""
         longest = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompt_ids), longest), dtype=torch.long)
         for row, ids in enumerate(prompt_ids):
-            input_ids[row, longest - len(ids):] = torch.tensor(ids)
-            attention_mask[row, longest - len(ids):] = 1
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, longest - len(ids) :] = 1
         images = [image for row_images in images_per_row for image in row_images]
         count = len(prompt_ids)
         mm_inputs = self.template.mm_plugin.get_mm_inputs(
-            images=images, videos=[], audios=[], imglens=[len(row_images) for row_images in images_per_row],
-            vidlens=[0] * count, audlens=[0] * count, batch_ids=prompt_ids, processor=self.processor,
+            images=images,
+            videos=[],
+            audios=[],
+            imglens=[len(row_images) for row_images in images_per_row],
+            vidlens=[0] * count,
+            audlens=[0] * count,
+            batch_ids=prompt_ids,
+            processor=self.processor,
         )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mm_inputs}
         if self._marks_image_tokens:
@@ -212,15 +235,18 @@ class UeDpoHF(lmms):
             inputs["mm_token_type_ids"] = (input_ids == self._model.config.image_token_id).long()
         return {
             name: value.to(self._device, self._dtype if value.is_floating_point() else None)
-            if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor)
+            else value
             for name, value in inputs.items()
         }
 
     def _generation_settings(self, gen_kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         unknown = set(gen_kwargs).difference(GENERATION_KWARGS)
         if unknown:
-            raise ValueError(f"{MODEL_NAME} does not support the generation kwargs {sorted(unknown)}; "
-                             f"supported: {', '.join(GENERATION_KWARGS)}")
+            raise ValueError(
+                f"{MODEL_NAME} does not support the generation kwargs {sorted(unknown)}; "
+                f"supported: {', '.join(GENERATION_KWARGS)}"
+            )
         until = gen_kwargs.get("until") or []
         if isinstance(until, str):
             until = [until]
@@ -236,8 +262,11 @@ class UeDpoHF(lmms):
         if do_sample:
             if temperature <= 0:
                 raise ValueError(f"do_sample=true needs a temperature > 0, got temperature={temperature}")
-            settings.update(temperature=temperature, top_p=float(gen_kwargs.get("top_p", 1.0)),
-                            top_k=int(gen_kwargs.get("top_k", 0)))
+            settings.update(
+                temperature=temperature,
+                top_p=float(gen_kwargs.get("top_p", 1.0)),
+                top_k=int(gen_kwargs.get("top_k", 0)),
+            )
         else:
             # greedy/beam search: neutralise sampling defaults a checkpoint's generation_config may carry
             settings.update(temperature=None, top_p=None, top_k=None)
@@ -250,19 +279,24 @@ class UeDpoHF(lmms):
         settings, until = self._generation_settings(gen_kwargs)
         with torch.inference_mode():
             output_ids = self._model.generate(**inputs, **settings)
-        texts = self._tokenizer.batch_decode(output_ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = self._tokenizer.batch_decode(output_ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [_cut_at_stop_strings(text, until) for text in texts]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         # Every prompt is encoded once, up front, for its length; the images are loaded again batch by batch.
         prompt_ids = [self.encode_prompt(*self._request_prompt(request)) for request in requests]
-        batches = Collator(list(range(len(requests))), sort_fn=lambda index: -len(prompt_ids[index]),
-                           group_fn=lambda index: requests[index].args[1], grouping=True)
+        batches = Collator(
+            list(range(len(requests))),
+            sort_fn=lambda index: -len(prompt_ids[index]),
+            group_fn=lambda index: requests[index].args[1],
+            grouping=True,
+        )
         answers: list[str] = []
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ue_dpo_hf responding")
         for batch in batches.get_batched(n=self.batch_size_per_gpu):
-            inputs = self.encoded_inputs([prompt_ids[index] for index in batch],
-                                         [self._request_prompt(requests[index])[1] for index in batch])
+            inputs = self.encoded_inputs(
+                [prompt_ids[index] for index in batch], [self._request_prompt(requests[index])[1] for index in batch]
+            )
             answers.extend(self._generate(inputs, dict(requests[batch[0]].args[1])))
             progress.update(len(batch))
         progress.close()
@@ -274,19 +308,23 @@ class UeDpoHF(lmms):
         images = []
         for visual in visuals:
             if not isinstance(visual, Image.Image):
-                raise NotImplementedError(f"{MODEL_NAME} takes images only; task {task} doc {doc_id} gave a "
-                                          f"{type(visual).__name__} visual")
+                raise NotImplementedError(
+                    f"{MODEL_NAME} takes images only; task {task} doc {doc_id} gave a {type(visual).__name__} visual"
+                )
             images.append(visual.convert("RGB"))
         return context, images
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError(f"{MODEL_NAME} implements generate_until only; this task asks for loglikelihood "
-                                  f"(multiple-choice scoring): use a generative task or lmms-eval's llava_hf / "
-                                  f"qwen2_5_vl on a merged checkpoint")
+        raise NotImplementedError(
+            f"{MODEL_NAME} implements generate_until only; this task asks for loglikelihood "
+            f"(multiple-choice scoring): use a generative task or lmms-eval's llava_hf / "
+            f"qwen2_5_vl on a merged checkpoint"
+        )
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError(f"{MODEL_NAME} implements generate_until only; multi-round generation is not "
-                                  f"supported")
+        raise NotImplementedError(
+            f"{MODEL_NAME} implements generate_until only; multi-round generation is not supported"
+        )
 
 
 def _cut_at_stop_strings(text: str, until: Sequence[str]) -> str:

@@ -59,13 +59,18 @@ OBJECT_HALBENCH_SPACY_MODEL_ENV = "UE_DPO_OBJECT_HALBENCH_SPACY_MODEL"
 QUESTION_FILE = "obj_halbench_300_with_image.jsonl"
 RLAIF_V_COMMIT = "83d917b2e8118ca8e7877a796d72af9bb3e6b356"
 QUESTION_FILE_URL = f"https://raw.githubusercontent.com/RLHF-V/RLAIF-V/{RLAIF_V_COMMIT}/eval/data/{QUESTION_FILE}"
-_QUESTION_SOURCE = (f"It is RLAIF-V's eval/data/{QUESTION_FILE} (https://github.com/RLHF-V/RLAIF-V); put it in the folder "
-                    f"named by {OBJECT_HALBENCH_DIR_ENV} (or dataset_kwargs data_dir).")
+_QUESTION_SOURCE = (
+    f"It is RLAIF-V's eval/data/{QUESTION_FILE} (https://github.com/RLHF-V/RLAIF-V); put it in the folder "
+    f"named by {OBJECT_HALBENCH_DIR_ENV} (or dataset_kwargs data_dir)."
+)
+
 
 def _download_coco_annotations(target: Path) -> Path:
     if all((target / name).is_file() for name in COCO_ANNOTATION_FILES):
         return target
-    archive = download_file(COCO_ANNOTATIONS_URL, target.parent / "annotations_trainval2014.zip", how_to_go_offline=COCO_SOURCE)
+    archive = download_file(
+        COCO_ANNOTATIONS_URL, target.parent / "annotations_trainval2014.zip", how_to_go_offline=COCO_SOURCE
+    )
     with zipfile.ZipFile(archive) as zipped:
         for name in COCO_ANNOTATION_FILES:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +97,18 @@ def load_object_halbench_docs(data_dir: Path, coco_dir: Path) -> list[dict[str, 
     path = require_file(data_dir / QUESTION_FILE, "Object-HalBench question file", _QUESTION_SOURCE)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     questions = []
+    first_line: dict[Any, int] = {}
     for number, line in enumerate(lines, start=1):
         question = json.loads(line)
+        question_id = question.get("question_id")
+        if isinstance(question_id, (int, str)):
+            if question_id in first_line:
+                raise BenchmarkDataError(
+                    f"{path}: question_id {question_id} appears twice (lines "
+                    f"{first_line[question_id]} and {number}); each question is scored once: "
+                    f"remove the repeat. {_QUESTION_SOURCE}"
+                )
+            first_line[question_id] = number
         missing = [key for key in ("image_id", "question", "image") if key not in question]
         if missing:
             raise BenchmarkDataError(f"{path} line {number} lacks {', '.join(missing)}. {_QUESTION_SOURCE}")
@@ -118,13 +133,17 @@ def load_object_halbench_docs(data_dir: Path, coco_dir: Path) -> list[dict[str, 
 class ObjectHalBenchTask(LocalFilesTask):
     def load_docs(self, dataset_kwargs: Mapping[str, Any] | None) -> Dataset:
         data_dir, coco_dir = object_halbench_dirs(dataset_kwargs)
-        return Dataset.from_list(load_object_halbench_docs(data_dir, coco_dir)).cast_column("image", Image(decode=False))
+        return Dataset.from_list(load_object_halbench_docs(data_dir, coco_dir)).cast_column(
+            "image", Image(decode=False)
+        )
 
     def bind_settings(self, metadata: dict[str, Any]) -> dict[str, Any]:
         extractor = setting(metadata, "extractor", OBJECT_HALBENCH_EXTRACTOR_ENV, "nltk")
         if extractor not in OBJECT_HALBENCH_EXTRACTORS:
-            raise ValueError(f"Object-HalBench extractor {extractor!r} (metadata extractor or {OBJECT_HALBENCH_EXTRACTOR_ENV}) "
-                             f"is not one of {OBJECT_HALBENCH_EXTRACTORS}.")
+            raise ValueError(
+                f"Object-HalBench extractor {extractor!r} (metadata extractor or {OBJECT_HALBENCH_EXTRACTOR_ENV}) "
+                f"is not one of {OBJECT_HALBENCH_EXTRACTORS}."
+            )
         spacy_model = setting(metadata, "spacy_model", OBJECT_HALBENCH_SPACY_MODEL_ENV, OBJECT_HALBENCH_SPACY_MODEL)
         judge = task_judge("object_halbench with the gpt extractor", metadata) if extractor == "gpt" else None
         metadata.update(extractor=extractor)
@@ -134,11 +153,16 @@ class ObjectHalBenchTask(LocalFilesTask):
 
 
 def object_halbench_doc_to_visual(doc: Mapping[str, Any]) -> list[PILImage.Image]:
-    return [benchmark_image(doc["image"], f"Object-HalBench image of question {doc['question_id']} in {QUESTION_FILE}",
-                            _QUESTION_SOURCE)]
+    return [
+        benchmark_image(
+            doc["image"], f"Object-HalBench image of question {doc['question_id']} in {QUESTION_FILE}", _QUESTION_SOURCE
+        )
+    ]
 
 
-def object_halbench_doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None) -> str:
+def object_halbench_doc_to_text(
+    doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping[str, Any] | None = None
+) -> str:
     return doc["question"]
 
 
@@ -149,8 +173,14 @@ def object_halbench_process_results(
     doc: Mapping[str, Any], results: Sequence[str], *, extractor: str, judge: Any, nlp: Any
 ) -> dict[str, dict[str, Any]]:
     record = object_halbench_item_result(
-        results[0], doc["ground_truth"], extractor=extractor, question=doc["question"], judge=judge, nlp=nlp,
-        image_id=doc["image_id"], question_id=doc["question_id"],
+        results[0],
+        doc["ground_truth"],
+        extractor=extractor,
+        question=doc["question"],
+        judge=judge,
+        nlp=nlp,
+        image_id=doc["image_id"],
+        question_id=doc["question_id"],
     )
     return {metric: record for metric in OBJECT_HALBENCH_METRICS}
 

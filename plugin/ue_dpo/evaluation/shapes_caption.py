@@ -26,8 +26,10 @@ from ue_dpo.evaluation.local_task import LocalFilesTask
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST
 
 SHAPES_EVAL_DIR_ENV = SHAPES_CAPTION.data_env("data_dir")  # UE_DPO_SHAPES_EVAL_DIR, shared with shapes_blind_spots
-_HOW_TO = (f"write one with `ue-dpo shapes-eval --out DIR` (or ue_dpo.synthetic.shapes.write_caption_eval_set) and set "
-           f"{SHAPES_EVAL_DIR_ENV}=DIR, or set dataset_kwargs: {{data_dir: DIR}} in a task YAML")
+_HOW_TO = (
+    f"write one with `ue-dpo shapes-eval --out DIR` (or ue_dpo.synthetic.shapes.write_caption_eval_set) and set "
+    f"{SHAPES_EVAL_DIR_ENV}=DIR, or set dataset_kwargs: {{data_dir: DIR}} in a task YAML"
+)
 
 
 def shapes_eval_dir(dataset_kwargs: dict[str, Any] | None) -> Path:
@@ -36,8 +38,9 @@ def shapes_eval_dir(dataset_kwargs: dict[str, Any] | None) -> Path:
         raise BenchmarkDataError(f"shapes_caption needs a folder of held-out shapes images: {_HOW_TO}")
     manifest = configured / EVAL_MANIFEST
     if not manifest.is_file():
-        raise BenchmarkDataError(f"shapes_caption: {manifest} does not exist, so {configured} is not a shapes "
-                                 f"evaluation folder; {_HOW_TO}")
+        raise BenchmarkDataError(
+            f"shapes_caption: {manifest} does not exist, so {configured} is not a shapes evaluation folder; {_HOW_TO}"
+        )
     return configured
 
 
@@ -47,8 +50,10 @@ def load_shapes_eval_docs(data_dir: Path) -> list[dict[str, Any]]:
     for index, entry in enumerate(entries):
         image = (data_dir / entry["image"]).resolve()
         if not image.is_file():
-            raise BenchmarkDataError(f"shapes_caption: image {image} listed in {data_dir / EVAL_MANIFEST} "
-                                     f"is missing; rewrite the folder with `ue-dpo shapes-eval`")
+            raise BenchmarkDataError(
+                f"shapes_caption: image {image} listed in {data_dir / EVAL_MANIFEST} "
+                f"is missing; rewrite the folder with `ue-dpo shapes-eval`"
+            )
         doc = {"question_id": index, "image": str(image), "shapes": list(entry["shapes"]), "caption": entry["caption"]}
         if "faint" in entry:
             doc["faint"] = list(entry["faint"])
@@ -65,8 +70,11 @@ class ShapesCaptionTask(LocalFilesTask):
 
 
 def shapes_doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:
-    return [benchmark_image(doc["image"], f"shapes_caption image {doc['question_id']}",
-                            "Rewrite the folder with `ue-dpo shapes-eval`.")]
+    return [
+        benchmark_image(
+            doc["image"], f"shapes_caption image {doc['question_id']}", "Rewrite the folder with `ue-dpo shapes-eval`."
+        )
+    ]
 
 
 def shapes_doc_to_text(doc: dict[str, Any], lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> str:
@@ -80,9 +88,11 @@ def shapes_process_results(doc: dict[str, Any], results: list[str]) -> dict[str,
 
 def blind_spots_process_results(doc: dict[str, Any], results: list[str]) -> dict[str, dict[str, Any]]:
     if "faint" not in doc:
-        raise BenchmarkDataError("shapes_blind_spots: the held-out manifest lists no faint shapes (`faint`), so it is "
-                                 "not a blind-spot world's; evaluate a `synthetic.world: blind_spots` folder, or score "
-                                 "a shapes folder with shapes_caption")
+        raise BenchmarkDataError(
+            "shapes_blind_spots: the held-out manifest lists no faint shapes (`faint`), so it is "
+            "not a blind-spot world's; evaluate a `synthetic.world: blind_spots` folder, or score "
+            "a shapes folder with shapes_caption"
+        )
     record = shapes_caption_item_result(results[0], doc["shapes"], doc["faint"])
     return {metric: record for metric in BLIND_SPOT_METRICS}
 

@@ -16,5 +16,7 @@ def embedded_default_path() -> Path:
     for candidate in _EMBEDDED_DEFAULT_CANDIDATES:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"the embedded default experiment is in none of "
-                            f"{[str(path) for path in _EMBEDDED_DEFAULT_CANDIDATES]}; reinstall ue-dpo")
+    raise FileNotFoundError(
+        f"the embedded default experiment is in none of "
+        f"{[str(path) for path in _EMBEDDED_DEFAULT_CANDIDATES]}; reinstall ue-dpo"
+    )

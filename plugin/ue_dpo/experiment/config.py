@@ -21,8 +21,11 @@ from typing import Any
 import yaml
 
 from ue_dpo.benchmarks.registry import judged_tasks
+from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS
 from ue_dpo.experiment.stages import digest
-from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES, WORLDS as SYNTHETIC_WORLDS, SyntheticWorld
+from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES
+from ue_dpo.synthetic.world import WORLDS as SYNTHETIC_WORLDS
+from ue_dpo.synthetic.world import SyntheticWorld
 from ue_dpo.yaml_errors import describe_yaml_error
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -69,7 +72,7 @@ class Server:
     merge_dtype: str = "auto"  # `llamafactory-cli export`'s infer_dtype when a LoRA run is merged first
 
 
-SERVER_MODEL = "openai"  # lmms-eval's OpenAI-compatible chat model, the client of every served run
+SERVER_MODEL = SERVED_MODEL  # lmms-eval's OpenAI-compatible chat model, the client of every served run
 MERGE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
@@ -139,8 +142,9 @@ def load_experiment(path: Path, settings: list[str] = (), output: Path | None = 
     """Read an experiment file, apply `--set key.path=value` settings, and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise ExperimentConfigError(f"experiment file {path} does not exist; pass the path of an experiment YAML "
-                                    f"(see configs/experiments/)")
+        raise ExperimentConfigError(
+            f"experiment file {path} does not exist; pass the path of an experiment YAML (see configs/experiments/)"
+        )
     raw = read_yaml(path, "experiment file")
     if not isinstance(raw, dict):
         raise ExperimentConfigError(f"{path}: an experiment file is a YAML mapping with `runs:` and `evaluation:`")
@@ -157,7 +161,9 @@ def read_yaml(path: Path, what: str) -> Any:
         with open(path, encoding="utf-8") as handle:
             return yaml.safe_load(handle)
     except yaml.YAMLError as error:
-        raise ExperimentConfigError(f"{what} {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax") from None
+        raise ExperimentConfigError(
+            f"{what} {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax"
+        ) from None
     except UnicodeDecodeError as error:
         raise ExperimentConfigError(f"{what} {path} is not UTF-8 text ({error}); save it as UTF-8") from None
 
@@ -174,25 +180,32 @@ def apply_setting(raw: dict[str, Any], setting: str) -> None:
             matches = [item for item in node if isinstance(item, dict) and item.get("name") == key]
             if not matches:
                 where = ".".join(keys[:depth])
-                raise ExperimentConfigError(f"--set {setting!r}: {where} has no entry named {key!r}; names: "
-                                            f"{[item.get('name') for item in node if isinstance(item, dict)]}")
+                raise ExperimentConfigError(
+                    f"--set {setting!r}: {where} has no entry named {key!r}; names: "
+                    f"{[item.get('name') for item in node if isinstance(item, dict)]}"
+                )
             node = matches[0]
         elif isinstance(node, dict):
             node = node.setdefault(key, {})
         if not isinstance(node, dict | list):
-            raise ExperimentConfigError(f"--set {setting!r}: {'.'.join(keys[:depth + 1])} is not a mapping")
+            raise ExperimentConfigError(f"--set {setting!r}: {'.'.join(keys[: depth + 1])} is not a mapping")
     if not isinstance(node, dict):
         raise ExperimentConfigError(f"--set {setting!r}: {'.'.join(keys[:-1])} is a list; address an entry by name")
     try:
         node[keys[-1]] = yaml.safe_load(value_text)
     except yaml.YAMLError as error:
-        raise ExperimentConfigError(f"--set {setting!r}: the value is not valid YAML ({describe_yaml_error(error)}); "
-                                    f"quote a text value, e.g. --set '{key_path}=\"...\"'") from None
+        raise ExperimentConfigError(
+            f"--set {setting!r}: the value is not valid YAML ({describe_yaml_error(error)}); "
+            f"quote a text value, e.g. --set '{key_path}=\"...\"'"
+        ) from None
 
 
 def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None = None) -> Experiment:
-    _only_keys("the experiment", raw, {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported",
-                                        "seeds", "baseline"})
+    _only_keys(
+        "the experiment",
+        raw,
+        {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported", "seeds", "baseline"},
+    )
     synthetic = _parse_synthetic(raw.get("synthetic"))
     seeds = None if raw.get("seeds") is None else _seeds("seeds", raw["seeds"])
     runs = _parse_runs(raw.get("runs"), base_dir, seeds)
@@ -200,8 +213,12 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
     experiment = Experiment(
         name=_string("name", raw.get("name", source.stem if source else "experiment")),
         source=source,
-        output=Path(_string("output", _required(raw, "output", "the experiment", "a results folder, e.g. "
-                                                 "`output: results/my_experiment`"))),
+        output=Path(
+            _string(
+                "output",
+                _required(raw, "output", "the experiment", "a results folder, e.g. `output: results/my_experiment`"),
+            )
+        ),
         runs=runs,
         evaluation=evaluation,
         judge=_parse_judge(raw.get("judge")),
@@ -216,11 +233,15 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
 
 
 def _seeds(where: str, raw: Any) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not raw or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in raw) \
-            or len(set(raw)) != len(raw):
-        raise ExperimentConfigError(f"{where}: list distinct non-negative integers, e.g. `seeds: [0, 1, 2, 3, 4]`, "
-                                    f"got {raw!r}")
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in raw)
+        or len(set(raw)) != len(raw)
+    ):
+        raise ExperimentConfigError(
+            f"{where}: list distinct non-negative integers, e.g. `seeds: [0, 1, 2, 3, 4]`, got {raw!r}"
+        )
     return tuple(raw)
 
 
@@ -229,14 +250,17 @@ def _parse_baseline(raw: Any, runs: tuple[Run, ...]) -> str | None:
         return None
     names = [run.name for run in runs]
     if raw not in names:
-        raise ExperimentConfigError(f"baseline: {raw!r} names no run; name the run the others are compared with, "
-                                    f"one of {names}")
+        raise ExperimentConfigError(
+            f"baseline: {raw!r} names no run; name the run the others are compared with, one of {names}"
+        )
     baseline = next(run for run in runs if run.name == raw)
     for run in runs:
         if run.seeds is not None and baseline.seeds is not None and not set(run.seeds) & set(baseline.seeds):
-            raise ExperimentConfigError(f"runs.{run.name}.seeds: {list(run.seeds)} shares no seed with the baseline "
-                                        f"{raw!r} ({list(baseline.seeds)}), so the two cannot be paired by seed; "
-                                        f"train both with some seeds in common")
+            raise ExperimentConfigError(
+                f"runs.{run.name}.seeds: {list(run.seeds)} shares no seed with the baseline "
+                f"{raw!r} ({list(baseline.seeds)}), so the two cannot be paired by seed; "
+                f"train both with some seeds in common"
+            )
     return raw
 
 
@@ -248,11 +272,15 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     _only_keys("synthetic", raw, fields)
     world = SyntheticWorld(**raw)
     if world.world not in SYNTHETIC_WORLDS:
-        raise ExperimentConfigError(f"synthetic.world: {world.world!r} is not a synthetic world; use one of "
-                                    f"{', '.join(SYNTHETIC_WORLDS)} (default shapes)")
+        raise ExperimentConfigError(
+            f"synthetic.world: {world.world!r} is not a synthetic world; use one of "
+            f"{', '.join(SYNTHETIC_WORLDS)} (default shapes)"
+        )
     if world.arch not in SYNTHETIC_ARCHITECTURES:
-        raise ExperimentConfigError(f"synthetic.arch: {world.arch!r} is not a tiny model architecture; use one of "
-                                    f"{', '.join(SYNTHETIC_ARCHITECTURES)}")
+        raise ExperimentConfigError(
+            f"synthetic.arch: {world.arch!r} is not a tiny model architecture; use one of "
+            f"{', '.join(SYNTHETIC_ARCHITECTURES)}"
+        )
     noisy_share = world.sft_noisy_share
     if isinstance(noisy_share, bool) or not isinstance(noisy_share, int | float) or not 0 <= noisy_share <= 1:
         raise ExperimentConfigError(f"synthetic.sft_noisy_share: must be a number in [0, 1], got {noisy_share!r}")
@@ -266,8 +294,10 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
 
 def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tuple[Run, ...]:
     if not isinstance(raw, list) or not raw:
-        raise ExperimentConfigError("runs: list the runs to compare, each with `name` and either `train: "
-                                    "<LLaMA-Factory YAML>` (plus optional `overrides`) or `checkpoint: <model>`")
+        raise ExperimentConfigError(
+            "runs: list the runs to compare, each with `name` and either `train: "
+            "<LLaMA-Factory YAML>` (plus optional `overrides`) or `checkpoint: <model>`"
+        )
     runs, names = [], set()
     for index, item in enumerate(raw):
         where = f"runs[{index}]"
@@ -275,80 +305,121 @@ def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tupl
         _only_keys(where, item, {"name", "label", "train", "overrides", "checkpoint", "seeds"})
         name = _string(f"{where}.name", _required(item, "name", where, "a short unique name, e.g. `name: ue_dpo`"))
         if not RUN_NAME.match(name):
-            raise ExperimentConfigError(f"{where}.name: {name!r} must be letters, digits, '_', '-' or '.', starting "
-                                        f"with a letter or digit (it names folders)")
+            raise ExperimentConfigError(
+                f"{where}.name: {name!r} must be letters, digits, '_', '-' or '.', starting "
+                f"with a letter or digit (it names folders)"
+            )
         if name in names:
             raise ExperimentConfigError(f"{where}.name: {name!r} is used twice; give each run its own name")
         names.add(name)
         where = f"runs.{name}"
         has_train, has_checkpoint = "train" in item, "checkpoint" in item
         if has_train == has_checkpoint:
-            raise ExperimentConfigError(f"{where}: give exactly one of `train: <LLaMA-Factory YAML>` (train, then "
-                                        f"evaluate) or `checkpoint: <model dir or hub id>` (evaluate only)")
+            raise ExperimentConfigError(
+                f"{where}: give exactly one of `train: <LLaMA-Factory YAML>` (train, then "
+                f"evaluate) or `checkpoint: <model dir or hub id>` (evaluate only)"
+            )
         overrides = item.get("overrides", {})
         _mapping(f"{where}.overrides", overrides)
         if has_checkpoint and overrides:
             raise ExperimentConfigError(f"{where}.overrides: only a `train:` run has overrides; drop them or train")
         for key in ("output_dir", "resume_from_checkpoint"):
             if key in overrides:
-                raise ExperimentConfigError(f"{where}.overrides.{key}: set by `ue-dpo run` (the run trains into "
-                                            f"<output>/runs/{name} and resumes its last checkpoint); remove it")
+                raise ExperimentConfigError(
+                    f"{where}.overrides.{key}: set by `ue-dpo run` (the run trains into "
+                    f"<output>/runs/{name} and resumes its last checkpoint); remove it"
+                )
         train = None
         if has_train:
             train = base_dir / _string(f"{where}.train", item["train"])
             if not train.is_file():
-                raise ExperimentConfigError(f"{where}.train: {train} does not exist (paths of training configs are "
-                                            f"relative to the experiment file)")
+                raise ExperimentConfigError(
+                    f"{where}.train: {train} does not exist (paths of training configs are "
+                    f"relative to the experiment file)"
+                )
             config = read_yaml(train, f"{where}.train:")
             if not isinstance(config, dict):
                 raise ExperimentConfigError(f"{where}.train: {train} is not a LLaMA-Factory YAML mapping")
             if not config.get("do_train", False) and not overrides.get("do_train", False):
-                raise ExperimentConfigError(f"{where}.train: {train} does not set `do_train: true`; a `train:` run "
-                                            f"must train (use `checkpoint:` to evaluate a model as it is)")
+                raise ExperimentConfigError(
+                    f"{where}.train: {train} does not set `do_train: true`; a `train:` run "
+                    f"must train (use `checkpoint:` to evaluate a model as it is)"
+                )
         checkpoint = _string(f"{where}.checkpoint", item["checkpoint"]) if has_checkpoint else None
         run_seeds = None
         if has_checkpoint and "seeds" in item:
-            raise ExperimentConfigError(f"{where}.seeds: a `checkpoint:` run is not trained and its greedy evaluation "
-                                        f"does not depend on a seed, so it is evaluated once; remove `seeds`")
+            raise ExperimentConfigError(
+                f"{where}.seeds: a `checkpoint:` run is not trained and its greedy evaluation "
+                f"does not depend on a seed, so it is evaluated once; remove `seeds`"
+            )
         if has_train:
-            run_seeds = _seeds(f"{where}.seeds", item["seeds"]) if item.get("seeds") is not None else \
-                (None if "seeds" in item else seeds)
+            run_seeds = (
+                _seeds(f"{where}.seeds", item["seeds"])
+                if item.get("seeds") is not None
+                else (None if "seeds" in item else seeds)
+            )
         if run_seeds is not None:
             for key in ("seed", "ue_seed"):
                 if key in overrides:
-                    raise ExperimentConfigError(f"{where}.overrides.{key}: set per seed by `seeds:` ({list(run_seeds)});"
-                                                f" remove it, or give the run `seeds: null` to train it once with "
-                                                f"its own seed")
-        runs.append(Run(name=name, label=_string(f"{where}.label", item.get("label", name)), train=train,
-                        overrides=dict(overrides), checkpoint=checkpoint, seeds=run_seeds))
+                    raise ExperimentConfigError(
+                        f"{where}.overrides.{key}: set per seed by `seeds:` ({list(run_seeds)});"
+                        f" remove it, or give the run `seeds: null` to train it once with "
+                        f"its own seed"
+                    )
+        runs.append(
+            Run(
+                name=name,
+                label=_string(f"{where}.label", item.get("label", name)),
+                train=train,
+                overrides=dict(overrides),
+                checkpoint=checkpoint,
+                seeds=run_seeds,
+            )
+        )
     return tuple(runs)
 
 
 TASK_ENTRY_KEYS = {"name", "gen_kwargs", "limit", "batch_size"}
-EVALUATION_KEYS = {"tasks", "gen_kwargs", "limit", "batch_size", "model", "model_args", "seed", "env", "launcher",
-                   "metrics", "server"}
+EVALUATION_KEYS = {
+    "tasks",
+    "gen_kwargs",
+    "limit",
+    "batch_size",
+    "model",
+    "model_args",
+    "seed",
+    "env",
+    "launcher",
+    "metrics",
+    "server",
+}
 
 
 def _parse_evaluation(raw: Any) -> Evaluation:
     if raw is None:
-        raise ExperimentConfigError("the experiment: `evaluation` is missing; add `evaluation: {tasks: [...], "
-                                    "model: ue_dpo_hf}`")
+        raise ExperimentConfigError(
+            "the experiment: `evaluation` is missing; add `evaluation: {tasks: [...], model: ue_dpo_hf}`"
+        )
     _mapping("evaluation", raw)
     _only_keys("evaluation", raw, EVALUATION_KEYS)
     for key in ("model_args", "gen_kwargs", "env", "metrics"):
         _mapping(f"evaluation.{key}", raw.get(key, {}))
     if "pretrained" in raw.get("model_args", {}):
-        raise ExperimentConfigError("evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
-                                    "remove it (use `checkpoint:` in a run to evaluate a given model)")
+        raise ExperimentConfigError(
+            "evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
+            "remove it (use `checkpoint:` in a run to evaluate a given model)"
+        )
     _check_lmms_eval_values("evaluation.model_args", raw.get("model_args", {}))
-    gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}))
+    server = _parse_server(raw.get("server"))
+    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+    gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}), model)
     batch_size = _batch_size("evaluation.batch_size", raw.get("batch_size", 1))
     limit = _limit("evaluation.limit", raw.get("limit"))
     protocols: dict[str, tuple[list[str], dict[str, Any], int | None, int]] = {}
     for name, entry in _task_entries(raw.get("tasks")):
         where = f"evaluation.tasks.{name}"
         settings = (
-            {**gen_kwargs, **_gen_kwargs(f"{where}.gen_kwargs", entry.get("gen_kwargs", {}))},
+            {**gen_kwargs, **_gen_kwargs(f"{where}.gen_kwargs", entry.get("gen_kwargs", {}), model)},
             _limit(f"{where}.limit", entry["limit"]) if "limit" in entry else limit,
             _batch_size(f"{where}.batch_size", entry.get("batch_size", batch_size)),
         )
@@ -358,30 +429,46 @@ def _parse_evaluation(raw: Any) -> Evaluation:
     if isinstance(launcher, str):
         launcher = launcher.split()
     if not isinstance(launcher, list) or not launcher or not all(isinstance(part, str) for part in launcher):
-        raise ExperimentConfigError("evaluation.launcher: the command that starts lmms-eval as a list, e.g. "
-                                    "`[lmms-eval]` or `[accelerate, launch, --num_processes=8, -m, lmms_eval]`")
+        raise ExperimentConfigError(
+            "evaluation.launcher: the command that starts lmms-eval as a list, e.g. "
+            "`[lmms-eval]` or `[accelerate, launch, --num_processes=8, -m, lmms_eval]`"
+        )
     metrics = {}
     for task, names in raw.get("metrics", {}).items():
         if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
-            raise ExperimentConfigError(f"evaluation.metrics.{task}: list the metric names to tabulate, e.g. "
-                                        f"`[chair_s, chair_i]`")
+            raise ExperimentConfigError(
+                f"evaluation.metrics.{task}: list the metric names to tabulate, e.g. `[chair_s, chair_i]`"
+            )
         metrics[task] = tuple(names)
-    server = _parse_server(raw.get("server"))
     set_by_runner = sorted({"model", "base_url", "api_key"} & set(raw.get("model_args", {})))
     if server is not None and set_by_runner:
-        raise ExperimentConfigError(f"evaluation.model_args: {set_by_runner} are set by `ue-dpo run` for each served "
-                                    f"run (its model folder and server); remove them")
-    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+        raise ExperimentConfigError(
+            f"evaluation.model_args: {set_by_runner} are set by `ue-dpo run` for each served "
+            f"run (its model folder and server); remove them"
+        )
+    not_served = sorted(set(raw.get("model_args", {})) - set(SERVED_MODEL_ARGS))
+    if server is not None and not_served:
+        raise ExperimentConfigError(
+            f"evaluation.model_args: {not_served} would be ignored: a served run is evaluated by lmms-eval's "
+            f"`{SERVER_MODEL}` model, which takes none of them (the server loads the model: set the device and dtype "
+            f"in evaluation.server.command, e.g. `vllm serve {{model}} --dtype bfloat16 --port {{port}}`); remove "
+            f"them, or drop evaluation.server to evaluate in-process"
+        )
     if server is not None and model != SERVER_MODEL:
-        raise ExperimentConfigError(f"evaluation.model: {model!r} with evaluation.server; a served run is evaluated "
-                                    f"by lmms-eval's `{SERVER_MODEL}` model, so drop `model` or set it to "
-                                    f"{SERVER_MODEL}")
+        raise ExperimentConfigError(
+            f"evaluation.model: {model!r} with evaluation.server; a served run is evaluated "
+            f"by lmms-eval's `{SERVER_MODEL}` model, so drop `model` or set it to "
+            f"{SERVER_MODEL}"
+        )
     return Evaluation(
         tasks=tuple(name for tasks, *_ in protocols.values() for name in tasks),
         protocols=tuple(Protocol(tuple(tasks), *settings) for tasks, *settings in protocols.values()),
-        model=_string("evaluation.model", model), server=server,
-        model_args=dict(raw.get("model_args", {})), seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
-        env={str(key): str(value) for key, value in raw.get("env", {}).items()}, launcher=tuple(launcher),
+        model=_string("evaluation.model", model),
+        server=server,
+        model_args=dict(raw.get("model_args", {})),
+        seed=_eval_seed(raw.get("seed", list(DEFAULT_EVAL_SEED))),
+        env={str(key): str(value) for key, value in raw.get("env", {}).items()},
+        launcher=tuple(launcher),
         metrics=metrics,
     )
 
@@ -395,21 +482,27 @@ def _parse_server(raw: Any) -> Server | None:
     _only_keys("evaluation.server", raw, {item.name for item in dataclasses.fields(Server)})
     command = raw.get("command")
     if not isinstance(command, str) or "{model}" not in command:
-        raise ExperimentConfigError(f"evaluation.server.command: {command!r} must be a command template with "
-                                    f"{{model}} (the model folder to serve) and {{port}}, e.g. "
-                                    f"`vllm serve {{model}} --port {{port}}`")
+        raise ExperimentConfigError(
+            f"evaluation.server.command: {command!r} must be a command template with "
+            f"{{model}} (the model folder to serve) and {{port}}, e.g. "
+            f"`vllm serve {{model}} --port {{port}}`"
+        )
     if "{port}" not in command:
-        raise ExperimentConfigError(f"evaluation.server.command: {command!r} has no {{port}}; `ue-dpo run` picks a "
-                                    f"free loopback port and the server must listen on it, e.g. "
-                                    f"`vllm serve {{model}} --port {{port}}`")
+        raise ExperimentConfigError(
+            f"evaluation.server.command: {command!r} has no {{port}}; `ue-dpo run` picks a "
+            f"free loopback port and the server must listen on it, e.g. "
+            f"`vllm serve {{model}} --port {{port}}`"
+        )
     for key in ("concurrency", "health_timeout_s", "request_timeout_s"):
         value = raw.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ExperimentConfigError(f"evaluation.server.{key}: must be a positive integer, got {value!r}")
     merge_dtype = raw.get("merge_dtype", "auto")
     if merge_dtype not in MERGE_DTYPES:
-        raise ExperimentConfigError(f"evaluation.server.merge_dtype: {merge_dtype!r} is not one of "
-                                    f"{', '.join(MERGE_DTYPES)} (llamafactory-cli export's infer_dtype)")
+        raise ExperimentConfigError(
+            f"evaluation.server.merge_dtype: {merge_dtype!r} is not one of "
+            f"{', '.join(MERGE_DTYPES)} (llamafactory-cli export's infer_dtype)"
+        )
     return Server(**raw)
 
 
@@ -418,8 +511,9 @@ def _task_entries(raw: Any) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(raw, str):
         raw = [task.strip() for task in raw.split(",")]
     if not isinstance(raw, list) or not raw:
-        raise ExperimentConfigError("evaluation.tasks: list the lmms-eval tasks, e.g. `tasks: [object_halbench, "
-                                    "mmhal_bench, amber]`")
+        raise ExperimentConfigError(
+            "evaluation.tasks: list the lmms-eval tasks, e.g. `tasks: [object_halbench, mmhal_bench, amber]`"
+        )
     entries = []
     for index, entry in enumerate(raw):
         where = f"evaluation.tasks[{index}]"
@@ -429,23 +523,34 @@ def _task_entries(raw: Any) -> list[tuple[str, dict[str, Any]]]:
         else:
             name, entry = _string(where, entry), {}
         if name in (seen for seen, _ in entries):
-            raise ExperimentConfigError(f"{where}: task {name!r} is listed twice; list each task once, with its "
-                                        f"own gen_kwargs, limit and batch_size in one entry")
+            raise ExperimentConfigError(
+                f"{where}: task {name!r} is listed twice; list each task once, with its "
+                f"own gen_kwargs, limit and batch_size in one entry"
+            )
         entries.append((name, entry))
     return entries
 
 
-def _gen_kwargs(where: str, raw: Any) -> dict[str, Any]:
+def _gen_kwargs(where: str, raw: Any, model: Any) -> dict[str, Any]:
     _mapping(where, raw)
     _check_lmms_eval_values(where, raw)
+    read = GENERATION_KWARGS.get(model) if isinstance(model, str) else None
+    for name in raw:
+        if read is not None and name not in read:
+            served = " (a served run)" if model == SERVED_MODEL else ""
+            raise ExperimentConfigError(
+                f"{where}.{name}: lmms-eval model {model}{served} does not read this "
+                f"generation kwarg; it reads {', '.join(read)}. Remove it or fix its name"
+            )
     return dict(raw)
 
 
 def _check_lmms_eval_values(where: str, raw: Mapping[str, Any]) -> None:
     for name, value in raw.items():
         if "," in str(value) or "=" in str(value):
-            raise ExperimentConfigError(f"{where}.{name}: {value!r} contains ',' or '=', which lmms-eval's "
-                                        f"`k=v,k=v` syntax cannot carry")
+            raise ExperimentConfigError(
+                f"{where}.{name}: {value!r} contains ',' or '=', which lmms-eval's `k=v,k=v` syntax cannot carry"
+            )
 
 
 def _batch_size(where: str, value: Any) -> int:
@@ -456,17 +561,23 @@ def _batch_size(where: str, value: Any) -> int:
 
 def _limit(where: str, value: Any) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ExperimentConfigError(f"{where}: must be a positive integer (items per task) or null for all, "
-                                    f"got {value!r}")
+        raise ExperimentConfigError(
+            f"{where}: must be a positive integer (items per task) or null for all, got {value!r}"
+        )
     return value
 
 
 def _eval_seed(raw: Any) -> tuple[int, int, int, int]:
     seeds = [raw] * 4 if isinstance(raw, int) and not isinstance(raw, bool) else raw
-    if not isinstance(seeds, list) or len(seeds) != 4 or not all(
-            isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
-        raise ExperimentConfigError(f"evaluation.seed: one integer or four (python, numpy, torch, few-shot), e.g. "
-                                    f"`seed: {list(DEFAULT_EVAL_SEED)}`; got {raw!r}")
+    if (
+        not isinstance(seeds, list)
+        or len(seeds) != 4
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
+    ):
+        raise ExperimentConfigError(
+            f"evaluation.seed: one integer or four (python, numpy, torch, few-shot), e.g. "
+            f"`seed: {list(DEFAULT_EVAL_SEED)}`; got {raw!r}"
+        )
     return tuple(seeds)
 
 
@@ -476,12 +587,19 @@ def _parse_judge(raw: Any) -> Judge:
     _mapping("judge", raw)
     _only_keys("judge", raw, {item.name for item in dataclasses.fields(Judge)} | {"api_key"})
     if "api_key" in raw:
-        raise ExperimentConfigError("judge.api_key: keys never go in experiment files (they are recorded in "
-                                    "results); export OPENAI_API_KEY instead")
+        raise ExperimentConfigError(
+            "judge.api_key: keys never go in experiment files (they are recorded in "
+            "results); export OPENAI_API_KEY instead"
+        )
     if not isinstance(raw.get("allow_failures", False), bool):
         raise ExperimentConfigError("judge.allow_failures: must be true or false")
-    return Judge(**{key: value if key == "allow_failures" else _string(f"judge.{key}", value)
-                    for key, value in raw.items() if value is not None})
+    return Judge(
+        **{
+            key: value if key == "allow_failures" else _string(f"judge.{key}", value)
+            for key, value in raw.items()
+            if value is not None
+        }
+    )
 
 
 def _parse_reported(raw: Any) -> tuple[ReportedRow, ...]:
@@ -495,8 +613,9 @@ def _parse_reported(raw: Any) -> tuple[ReportedRow, ...]:
         _mapping(where, item)
         _only_keys(where, item, {"label", "source", "metrics", "judge"})
         label = _string(f"{where}.label", _required(item, "label", where, "the row's name, e.g. `UE-DPO (paper)`"))
-        source = _string(f"{where}.source", _required(item, "source", where,
-                                                      "where the numbers come from, e.g. `paper, Table 1`"))
+        source = _string(
+            f"{where}.source", _required(item, "source", where, "where the numbers come from, e.g. `paper, Table 1`")
+        )
         metrics = _required(item, "metrics", where, "`metrics: {object_halbench: {chair_s: 5.1}}`")
         _mapping(f"{where}.metrics", metrics)
         for task, values in metrics.items():
@@ -507,11 +626,20 @@ def _parse_reported(raw: Any) -> tuple[ReportedRow, ...]:
         judge = _string(f"{where}.judge", item["judge"]) if item.get("judge") is not None else None
         judged = sorted(set(metrics) & set(JUDGED_TASKS))
         if judged and judge is None:
-            raise ExperimentConfigError(f"{where}.judge: the row reports {judged}, which an LLM judge scores; name the "
-                                        f"judge model its numbers come from, e.g. `judge: gpt-4-1106-preview`")
-        rows.append(ReportedRow(label=label, source=source, judge=judge,
-                                metrics={task: {metric: float(value) for metric, value in values.items()}
-                                         for task, values in metrics.items()}))
+            raise ExperimentConfigError(
+                f"{where}.judge: the row reports {judged}, which an LLM judge scores; name the "
+                f"judge model its numbers come from, e.g. `judge: gpt-4-1106-preview`"
+            )
+        rows.append(
+            ReportedRow(
+                label=label,
+                source=source,
+                judge=judge,
+                metrics={
+                    task: {metric: float(value) for metric, value in values.items()} for task, values in metrics.items()
+                },
+            )
+        )
     return tuple(rows)
 
 
@@ -520,9 +648,12 @@ def _check_reported_judges(experiment: Experiment) -> None:
     for index, row in enumerate(experiment.reported):
         if row.judge is not None and row.judge != experiment.judge.model:
             raise ExperimentConfigError(
-                f"reported[{index}].judge: {row.label!r} was judged by {row.judge}, but this experiment's judge.model is "
-                f"{experiment.judge.model or 'not set'}; ratings of different judges are not comparable: judge the runs "
-                f"with {row.judge} (judge.model) or drop the row")
+                f"reported[{index}].judge: {row.label!r} was judged by {row.judge}, but this experiment's judge.model "
+                "is "
+                f"{experiment.judge.model or 'not set'}; ratings of different judges are not comparable: judge the "
+                "runs "
+                f"with {row.judge} (judge.model) or drop the row"
+            )
 
 
 def references(value: Any) -> list[str]:
@@ -547,8 +678,10 @@ def _check_references(experiment: Experiment) -> None:
     for key in ("model_args", "env"):
         for name in references(getattr(experiment.evaluation, key)):
             if name.startswith("runs."):
-                raise ExperimentConfigError(f"evaluation.{key}: ${{{name}}} cannot be used here; each run is "
-                                            f"evaluated with its own model as `pretrained`")
+                raise ExperimentConfigError(
+                    f"evaluation.{key}: ${{{name}}} cannot be used here; each run is "
+                    f"evaluated with its own model as `pretrained`"
+                )
             _check_reference(name, f"evaluation.{key}", experiment, earlier)
 
 
@@ -557,14 +690,18 @@ def _check_seeds_of_reference(run: Run, target: Run) -> None:
     if target.seeds is None:
         return
     if run.seeds is None:
-        raise ExperimentConfigError(f"runs.{run.name}: ${{runs.{target.name}}} has one model per seed "
-                                    f"({list(target.seeds)}) but {run.name} is one model; train {run.name} with "
-                                    f"`seeds:` among those, or give {target.name} `seeds: null`")
+        raise ExperimentConfigError(
+            f"runs.{run.name}: ${{runs.{target.name}}} has one model per seed "
+            f"({list(target.seeds)}) but {run.name} is one model; train {run.name} with "
+            f"`seeds:` among those, or give {target.name} `seeds: null`"
+        )
     missing = [seed for seed in run.seeds if seed not in target.seeds]
     if missing:
-        raise ExperimentConfigError(f"runs.{run.name}.seeds: ${{runs.{target.name}}} has no model of seed(s) "
-                                    f"{missing} ({target.name} is trained with seeds {list(target.seeds)}); use "
-                                    f"seeds that {target.name} has, or give {target.name} `seeds: null`")
+        raise ExperimentConfigError(
+            f"runs.{run.name}.seeds: ${{runs.{target.name}}} has no model of seed(s) "
+            f"{missing} ({target.name} is trained with seeds {list(target.seeds)}); use "
+            f"seeds that {target.name} has, or give {target.name} `seeds: null`"
+        )
 
 
 def _check_reference(name: str, where: str, experiment: Experiment, earlier: list[str]) -> None:
@@ -574,17 +711,22 @@ def _check_reference(name: str, where: str, experiment: Experiment, earlier: lis
         if experiment.synthetic is None:
             raise ExperimentConfigError(f"{where}: ${{{name}}} needs a `synthetic:` block in the experiment file")
         if name.removeprefix("synthetic.") not in SYNTHETIC_PATHS:
-            raise ExperimentConfigError(f"{where}: ${{{name}}} is unknown; use one of "
-                                        f"{', '.join('${synthetic.' + path + '}' for path in SYNTHETIC_PATHS)}")
+            raise ExperimentConfigError(
+                f"{where}: ${{{name}}} is unknown; use one of "
+                f"{', '.join('${synthetic.' + path + '}' for path in SYNTHETIC_PATHS)}"
+            )
         return
     if name.startswith("runs."):
         target = name.removeprefix("runs.")
         if target not in earlier:
-            raise ExperimentConfigError(f"{where}: ${{{name}}} must name a run listed before it; earlier runs: "
-                                        f"{earlier or 'none'}")
+            raise ExperimentConfigError(
+                f"{where}: ${{{name}}} must name a run listed before it; earlier runs: {earlier or 'none'}"
+            )
         return
-    raise ExperimentConfigError(f"{where}: ${{{name}}} is unknown; use ${{output}}, ${{synthetic.model}}, "
-                                f"${{synthetic.data}}, ${{synthetic.eval}} or ${{runs.NAME}}")
+    raise ExperimentConfigError(
+        f"{where}: ${{{name}}} is unknown; use ${{output}}, ${{synthetic.model}}, "
+        f"${{synthetic.data}}, ${{synthetic.eval}} or ${{runs.NAME}}"
+    )
 
 
 def substitute(value: Any, paths: Mapping[str, str]) -> Any:

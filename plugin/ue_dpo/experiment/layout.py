@@ -1,13 +1,13 @@
 """The output folder of `ue-dpo run`: every name in it is spelled here, once.
 
-    <output>/results.json, results.md, results.png   the report (ue_dpo.experiment.report)
-    <output>/state/<stage>.<kind>.json              stage markers (ue_dpo.experiment.stages.Markers)
-    <output>/synthetic/                             the embedded world, when the file has one
-    <output>/runs/<run>/                            each training's output_dir (<run>@seed<S> per seed)
-    <output>/evals/<run>/<protocol>/                each run's lmms-eval --output_path, one per protocol
-    <output>/served/<run>/                          a run's model prepared for an inference server
-    <output>/configs/<stage>.yaml                   the config each stage ran with
-    <output>/logs/<stage>.log                       each stage's output
+<output>/results.json, results.md, results.png   the report (ue_dpo.experiment.report)
+<output>/state/<stage>.<kind>.json              stage markers (ue_dpo.experiment.stages.Markers)
+<output>/synthetic/                             the embedded world, when the file has one
+<output>/runs/<run>/                            each training's output_dir (<run>@seed<S> per seed)
+<output>/evals/<run>/<protocol>/                each run's lmms-eval --output_path, one per protocol
+<output>/served/<run>/                          a run's model prepared for an inference server
+<output>/configs/<stage>.yaml                   the config each stage ran with
+<output>/logs/<stage>.log                       each stage's output
 """
 
 from dataclasses import dataclass

@@ -28,17 +28,22 @@ def run_folder(run: str, experiment: Path | None) -> Path:
         folder = layout.eval_dir(run)
         if not folder.is_dir():
             names = layout.evaluated_runs()
-            raise CompareError(f"{experiment} has no evaluated run {run!r} ({folder} does not exist); its runs: "
-                               f"{', '.join(names) or 'none'}. Pass --experiment the output folder of `ue-dpo run`")
+            raise CompareError(
+                f"{experiment} has no evaluated run {run!r} ({folder} does not exist); its runs: "
+                f"{', '.join(names) or 'none'}. Pass --experiment the output folder of `ue-dpo run`"
+            )
         return folder
     folder = Path(run)
     if ExperimentLayout(folder).is_experiment():
         names = ExperimentLayout(folder).evaluated_runs()
-        raise CompareError(f"{folder} is the output folder of `ue-dpo run`, which holds several runs "
-                           f"({', '.join(names)}); name two of them: ue-dpo compare RUN_A RUN_B --experiment {folder}")
+        raise CompareError(
+            f"{folder} is the output folder of `ue-dpo run`, which holds several runs "
+            f"({', '.join(names)}); name two of them: ue-dpo compare RUN_A RUN_B --experiment {folder}"
+        )
     if not folder.is_dir():
-        raise CompareError(f"{folder} is not a folder; pass lmms-eval --output_path folders (or run names with "
-                           f"--experiment DIR)")
+        raise CompareError(
+            f"{folder} is not a folder; pass lmms-eval --output_path folders (or run names with --experiment DIR)"
+        )
     return folder
 
 
@@ -48,21 +53,36 @@ def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]
     found = sorted(output_path.rglob("*_results.json"))
     if not found:
         raise StageError(f"found no *_results.json under {output_path}")
-    summary: dict[str, Any] = {"metrics": {}, "higher_is_better": {}, "samples_files": {}, "judges": {},
-                               "evaluations": []}
+    summary: dict[str, Any] = {
+        "metrics": {},
+        "higher_is_better": {},
+        "samples_files": {},
+        "judges": {},
+        "evaluations": [],
+    }
     groups: set[str] = set()
     for results_file in found:
         results = json.loads(results_file.read_text())
         groups.update(results.get("groups", {}))
         twice = sorted(set(results.get("results", {})) & set(summary["metrics"]))
         if twice:
-            raise StageError(f"{results_file} and an earlier results file under {output_path} both hold {twice}; keep "
-                             f"one lmms-eval run per task there")
+            raise StageError(
+                f"{results_file} and an earlier results file under {output_path} both hold {twice}; keep "
+                f"one lmms-eval run per task there"
+            )
         for task, counts in results.get("n-samples", {}).items():
             files = sorted(results_file.parent.glob(f"*_samples_{task}.jsonl"))
+            if counts.get("effective", 0) >= 1 and not files:
+                raise StageError(
+                    f"task {task} under {results_file.parent} was evaluated without --log_samples (its "
+                    f"results file has no samples file beside it), so its items cannot be compared: "
+                    f"evaluate it again with lmms-eval --log_samples"
+                )
             if counts.get("effective", 0) < 1 or len(files) != 1:
-                raise StageError(f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
-                                 f"sample files under {results_file.parent}")
+                raise StageError(
+                    f"task {task} evaluated {counts.get('effective', 0)} samples and logged {len(files)} "
+                    f"sample files under {results_file.parent}"
+                )
             summary["samples_files"][task] = str(files[0])
         for task, values in results.get("results", {}).items():
             summary["metrics"][task] = {}
@@ -75,8 +95,13 @@ def read_lmms_eval_output(output_path: Path, tasks: list[str]) -> dict[str, Any]
         for task, config in results.get("configs", {}).items():
             judge = (config.get("metadata") or {}).get("judge")
             summary["judges"][task] = judge.get("model") if isinstance(judge, dict) else None
-        summary["evaluations"].append({"results_file": str(results_file), "tasks": list(results.get("results", {})),
-                                       "lmms_eval_config": results.get("config", {})})
+        summary["evaluations"].append(
+            {
+                "results_file": str(results_file),
+                "tasks": list(results.get("results", {})),
+                "lmms_eval_config": results.get("config", {}),
+            }
+        )
     missing = [task for task in tasks if task not in summary["metrics"] and task not in groups]
     if missing:
         raise StageError(f"no results for {missing} under {output_path}")
@@ -91,13 +116,15 @@ def read_logged_samples(path: Path) -> list[dict[str, Any]]:
             try:
                 samples.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise CompareError(f"{path} line {number} is not JSON ({error}); is it lmms-eval's samples "
-                                   f"file?") from None
+                raise CompareError(
+                    f"{path} line {number} is not JSON ({error}); is it lmms-eval's samples file?"
+                ) from None
     return samples
 
 
-def compare_folders(folder_a: Path, folder_b: Path, *, resamples: int, seed: int,
-                    tasks: list[str] | None = None) -> dict[str, Any]:
+def compare_folders(
+    folder_a: Path, folder_b: Path, *, resamples: int, seed: int, tasks: list[str] | None = None
+) -> dict[str, Any]:
     """The paired differences B - A of every task both folders logged (or of `tasks`), with their bootstrap intervals
     (`ue-dpo compare --json` prints this)."""
     # The benchmarks' metrics import openai and numpy: only a comparison needs them, not the runner's reading of
@@ -118,19 +145,38 @@ def compare_folders(folder_a: Path, folder_b: Path, *, resamples: int, seed: int
         else:
             judges = {side: outputs[side]["judges"].get(task) for side in ("A", "B")}
             if judges["A"] != judges["B"]:
-                raise CompareError(f"{task}: A was scored with judge {judges['A'] or 'none'}, B with judge "
-                                   f"{judges['B'] or 'none'} (lmms-eval's task config, metadata.judge); scores of "
-                                   f"different judges are not comparable: score both with the same judge")
-            differences = paired_differences(read_logged_samples(Path(samples_a[task])),
-                                             read_logged_samples(Path(samples_b[task])), task,
-                                             resamples=resamples, seed=seed)
+                raise CompareError(
+                    f"{task}: A was scored with judge {judges['A'] or 'none'}, B with judge "
+                    f"{judges['B'] or 'none'} (lmms-eval's task config, metadata.judge); scores of "
+                    f"different judges are not comparable: score both with the same judge"
+                )
+            differences = paired_differences(
+                read_logged_samples(Path(samples_a[task])),
+                read_logged_samples(Path(samples_b[task])),
+                task,
+                resamples=resamples,
+                seed=seed,
+            )
             compared[task] = {name: difference._asdict() for name, difference in differences.items()}
     if not compared:
-        raise CompareError(f"no task to compare between {folder_a} and {folder_b} ("
-                           + "; ".join(f"{task}: {why}" for task, why in not_compared.items())
-                           + f"); paired metrics exist for {', '.join(PAIRED_TASKS)}")
-    return {
-        "a": str(folder_a), "b": str(folder_b),
-        "method": "paired percentile bootstrap over items", "level": CONFIDENCE_LEVEL,
-        "resamples": resamples, "seed": seed, "tasks": compared, "not_compared": not_compared,
+        raise CompareError(
+            f"no task to compare between {folder_a} and {folder_b} ("
+            + "; ".join(f"{task}: {why}" for task, why in not_compared.items())
+            + f"); paired metrics exist for {', '.join(PAIRED_TASKS)}"
+        )
+    comparison = {
+        "a": str(folder_a),
+        "b": str(folder_b),
+        "method": "paired percentile bootstrap over items",
+        "level": CONFIDENCE_LEVEL,
+        "resamples": resamples,
+        "seed": seed,
+        "tasks": compared,
+        "not_compared": not_compared,
     }
+    if folder_a.resolve() == folder_b.resolve():
+        comparison["note"] = (
+            f"A and B are the same folder ({folder_a}), so every Δ is 0 and every interval [0, 0]; "
+            f"name two different runs to compare them"
+        )
+    return comparison

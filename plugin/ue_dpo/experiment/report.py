@@ -20,8 +20,18 @@ from ue_dpo.experiment.stages import Markers
 from ue_dpo.machine import summarize_machine, this_machine
 from ue_dpo.statistics import CONFIDENCE_LEVEL, seed_level_interval
 
-RECORDED_PACKAGES = ("ue-dpo", "llamafactory", "lmms-eval", "transformers", "torch", "peft", "trl", "accelerate",
-                     "datasets", "deepspeed")
+RECORDED_PACKAGES = (
+    "ue-dpo",
+    "llamafactory",
+    "lmms-eval",
+    "transformers",
+    "torch",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+)
 REPORTED_MARK = "reported, not measured"
 
 
@@ -43,19 +53,27 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
     model_args = dict(arg.split("=", 1) for arg in evaluation["lmms_eval_entries"][0]["model_args"].split(","))
     return {
         "model": model_args.get("pretrained", model_args.get("model")),  # `model`: a served run's folder
-        "training": None if training is None else {
+        "training": None
+        if training is None
+        else {
             **{key: training[key] for key in ("config_file", "config", "seeds", "data", "resumed_from", "versions")},
             "machine": training.get("machine"),  # None: trained before ue-dpo recorded machines
         },
         "evaluation": {
             "world_size": evaluation["world_size"],
             # as lmms-eval recorded each of its runs (one per protocol)
-            "protocols": [{"tasks": record["tasks"], "backend": record["lmms_eval_config"].get("model"),
-                           "batch_size": record["lmms_eval_config"].get("batch_size"),
-                           "gen_kwargs": record["lmms_eval_config"].get("gen_kwargs"),
-                           "limit": record["lmms_eval_config"].get("limit"),
-                           "results_file": record["results_file"], "lmms_eval_config": record["lmms_eval_config"]}
-                          for record in evaluation["evaluations"]],
+            "protocols": [
+                {
+                    "tasks": record["tasks"],
+                    "backend": record["lmms_eval_config"].get("model"),
+                    "batch_size": record["lmms_eval_config"].get("batch_size"),
+                    "gen_kwargs": record["lmms_eval_config"].get("gen_kwargs"),
+                    "limit": record["lmms_eval_config"].get("limit"),
+                    "results_file": record["results_file"],
+                    "lmms_eval_config": record["lmms_eval_config"],
+                }
+                for record in evaluation["evaluations"]
+            ],
             "lmms_eval_entries": evaluation["lmms_eval_entries"],
             "samples_files": evaluation["samples_files"],
             "judges": evaluation["judges"],
@@ -65,6 +83,7 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
         "metrics": evaluation["metrics"],
         "higher_is_better": evaluation["higher_is_better"],
     }
+
 
 def mean_over_seeds(values: list[float | None]) -> tuple[float | None, list[float] | None]:
     """The mean of one metric over a run's seeds and its Student t interval (None with one seed); None, None
@@ -85,28 +104,47 @@ def _seeded_run(run: Run, markers: Markers) -> dict[str, Any]:
         metrics[task], intervals[task] = {}, {}
         for metric in values:
             metrics[task][metric], intervals[task][metric] = mean_over_seeds(
-                [model["metrics"].get(task, {}).get(metric) for model in per_seed])
-    return {"seeds": list(run.seeds), "metrics": metrics, "intervals": intervals,
-            "higher_is_better": per_seed[0]["higher_is_better"], "per_seed": per_seed}
+                [model["metrics"].get(task, {}).get(metric) for model in per_seed]
+            )
+    return {
+        "seeds": list(run.seeds),
+        "metrics": metrics,
+        "intervals": intervals,
+        "higher_is_better": per_seed[0]["higher_is_better"],
+        "per_seed": per_seed,
+    }
 
 
 def collect_results(experiment: Experiment, markers: Markers) -> dict[str, Any]:
-    runs = [{"name": run.name, "label": run.label,
-             **(_evaluated_model(run, None, markers) if run.seeds is None else _seeded_run(run, markers))}
-            for run in experiment.runs]
+    runs = [
+        {
+            "name": run.name,
+            "label": run.label,
+            **(_evaluated_model(run, None, markers) if run.seeds is None else _seeded_run(run, markers)),
+        }
+        for run in experiment.runs
+    ]
     synthetic = markers.read("synthetic") if experiment.synthetic is not None else None
     results = {
-        "experiment": {"name": experiment.name, "file": None if experiment.source is None else str(experiment.source),
-                       "config": experiment.raw},
+        "experiment": {
+            "name": experiment.name,
+            "file": None if experiment.source is None else str(experiment.source),
+            "config": experiment.raw,
+        },
         "synthetic_world": None if synthetic is None else synthetic["world"],
-        "evaluation": {"tasks": list(experiment.evaluation.tasks), "model": experiment.evaluation.model,
-                       "seed": list(experiment.evaluation.seed)},
+        "evaluation": {
+            "tasks": list(experiment.evaluation.tasks),
+            "model": experiment.evaluation.model,
+            "seed": list(experiment.evaluation.seed),
+        },
         "judge": {"model": experiment.judge.model, "base_url": experiment.judge.base_url},
         "versions": package_versions(),
         "machine": this_machine(),  # where this report was written; every stage records its own
         "runs": runs,
-        "reported": [{"label": row.label, "source": row.source, "judge": row.judge, "measured": False,
-                      "metrics": row.metrics} for row in experiment.reported],
+        "reported": [
+            {"label": row.label, "source": row.source, "judge": row.judge, "measured": False, "metrics": row.metrics}
+            for row in experiment.reported
+        ],
     }
     if experiment.baseline is not None:
         results["comparison"] = compare_with_baseline(results["runs"], experiment.baseline)
@@ -140,32 +178,44 @@ def compare_with_baseline(runs: list[dict[str, Any]], baseline_name: str) -> dic
         if len(models) == 1:
             entry["method"] = "paired bootstrap over items"
             # evals/<model>/, which holds one lmms-eval output folder per protocol
-            folders = [Path(model["evaluation"]["lmms_eval_entries"][0]["output_path"]).parent
-                       for model in reversed(models[0])]
+            folders = [
+                Path(model["evaluation"]["lmms_eval_entries"][0]["output_path"]).parent for model in reversed(models[0])
+            ]
             try:
                 comparison = compare_folders(*folders, resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED)
             except CompareError as error:
                 entry["not_compared"] = {"all tasks": str(error)}
             else:
                 entry["not_compared"] = comparison["not_compared"]
-                entry["tasks"] = {task: {metric: {key: value[key] for key in ("delta", "low", "high")}
-                                         for metric, value in metrics.items()}
-                                  for task, metrics in comparison["tasks"].items()}
+                entry["tasks"] = {
+                    task: {
+                        metric: {key: value[key] for key in ("delta", "low", "high")}
+                        for metric, value in metrics.items()
+                    }
+                    for task, metrics in comparison["tasks"].items()
+                }
         else:
             entry["method"] = "Student t over the per-seed differences"
             for task, values in models[0][0]["metrics"].items():
                 entry["tasks"][task] = {}
                 for metric in values:
-                    paired = [(mine["metrics"][task].get(metric), theirs["metrics"].get(task, {}).get(metric))
-                              for mine, theirs in models]
+                    paired = [
+                        (mine["metrics"][task].get(metric), theirs["metrics"].get(task, {}).get(metric))
+                        for mine, theirs in models
+                    ]
                     if any(value is None for pair in paired for value in pair):
                         entry["tasks"][task][metric] = {"delta": None, "low": None, "high": None}
                     else:
                         delta, low, high, _ = seed_level_interval([value - base for value, base in paired])
                         entry["tasks"][task][metric] = {"delta": delta, "low": low, "high": high}
         compared[run["name"]] = entry
-    return {"baseline": baseline_name, "delta": "run − baseline", "level": CONFIDENCE_LEVEL,
-            "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED}, "runs": compared}
+    return {
+        "baseline": baseline_name,
+        "delta": "run − baseline",
+        "level": CONFIDENCE_LEVEL,
+        "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED},
+        "runs": compared,
+    }
 
 
 def table_columns(experiment: Experiment, results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -192,12 +242,22 @@ class TableRow(NamedTuple):
 
 
 def table_rows(results: dict[str, Any], columns: list[tuple[str, str]]) -> list[TableRow]:
-    rows = [TableRow(run["label"], [run["metrics"].get(task, {}).get(metric) for task, metric in columns],
-                     [run.get("intervals", {}).get(task, {}).get(metric) for task, metric in columns])
-            for run in results["runs"]]
-    rows += [TableRow(f"{row['label']} ({REPORTED_MARK})",
-                      [row["metrics"].get(task, {}).get(metric) for task, metric in columns], [None] * len(columns))
-             for row in results["reported"]]
+    rows = [
+        TableRow(
+            run["label"],
+            [run["metrics"].get(task, {}).get(metric) for task, metric in columns],
+            [run.get("intervals", {}).get(task, {}).get(metric) for task, metric in columns],
+        )
+        for run in results["runs"]
+    ]
+    rows += [
+        TableRow(
+            f"{row['label']} ({REPORTED_MARK})",
+            [row["metrics"].get(task, {}).get(metric) for task, metric in columns],
+            [None] * len(columns),
+        )
+        for row in results["reported"]
+    ]
     return rows
 
 
@@ -241,38 +301,62 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
     evaluation = experiment.evaluation
     models = [model for run in results["runs"] for model in run.get("per_seed", [run])]
     world_sizes = sorted({model["evaluation"]["world_size"] for model in models}, key=str)
-    protocols = "; ".join(f"{', '.join(protocol.tasks)} with gen_kwargs {protocol.gen_kwargs or 'of the task'}, "
-                          f"limit {protocol.limit or 'none'}, batch size {protocol.batch_size}"
-                          for protocol in evaluation.protocols)
-    lines += ["", f"Measured rows: lmms-eval `--model {evaluation.model}` on {protocols} (seed {list(evaluation.seed)}, "
-              f"world size {', '.join('not logged' if size is None else str(size) for size in world_sizes)}); "
-              f"↓ lower is better, ↑ higher is better; – undefined or not reported."]
+    protocols = "; ".join(
+        f"{', '.join(protocol.tasks)} with gen_kwargs {protocol.gen_kwargs or 'of the task'}, "
+        f"limit {protocol.limit or 'none'}, batch size {protocol.batch_size}"
+        for protocol in evaluation.protocols
+    )
+    lines += [
+        "",
+        f"Measured rows: lmms-eval `--model {evaluation.model}` on {protocols} (seed {list(evaluation.seed)}, "
+        f"world size {', '.join('not logged' if size is None else str(size) for size in world_sizes)}); "
+        f"↓ lower is better, ↑ higher is better; – undefined or not reported.",
+    ]
     seeded = "; ".join(f"{run['label']}: {run['seeds']}" for run in results["runs"] if "per_seed" in run)
     if seeded:
-        lines.append(f"- Trained once per seed ({seeded}): the mean over the seeds [95% Student t interval]; every "
-                     f"seed's numbers are in {RESULTS_JSON} (`runs[].per_seed`).")
+        lines.append(
+            f"- Trained once per seed ({seeded}): the mean over the seeds [95% Student t interval]; every "
+            f"seed's numbers are in {RESULTS_JSON} (`runs[].per_seed`)."
+        )
     if comparison is not None:
         baseline = next(run for run in results["runs"] if run["name"] == comparison["baseline"])
         bootstrap = comparison["bootstrap"]
-        lines.append(f"- Δ = run − {baseline['label']} (the baseline) [{comparison['level']:.0%} interval]: for two "
-                     f"models, the paired bootstrap over the benchmark's items ({bootstrap['resamples']} resamples, "
-                     f"seed {bootstrap['seed']}); for several seeds, the Student t interval of the per-seed "
-                     f"differences, paired by seed.")
+        lines.append(
+            f"- Δ = run − {baseline['label']} (the baseline) [{comparison['level']:.0%} interval]: for two "
+            f"models, the paired bootstrap over the benchmark's items ({bootstrap['resamples']} resamples, "
+            f"seed {bootstrap['seed']}); for several seeds, the Student t interval of the per-seed "
+            f"differences, paired by seed."
+        )
     for row in results["reported"]:
         judge = f", judged by {row['judge']}" if row["judge"] else ""
         lines.append(f"- *{row['label']}*: {REPORTED_MARK}; copied from {row['source']}{judge}.")
-    lines += ["", f"Judge model: {experiment.judge.model or 'none'}.", "", "| run | model | training seed | ue_seed |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Judge model: {experiment.judge.model or 'none'}.",
+        "",
+        "| run | model | training seed | ue_seed |",
+        "|---|---|---|---|",
+    ]
     for run in results["runs"]:
         for seed, model in _models_by_seed(run).items():
             seeds = (model["training"] or {}).get("seeds", {})
             label = run["label"] if seed is None else f"{run['label']} (seed {seed})"
-            lines.append(f"| {label} | `{model['model']}` | {seeds.get('seed', '–')} | "
-                         f"{seeds.get('ue_seed') if seeds.get('ue_seed') is not None else '–'} |")
+            lines.append(
+                f"| {label} | `{model['model']}` | {seeds.get('seed', '–')} | "
+                f"{seeds.get('ue_seed') if seeds.get('ue_seed') is not None else '–'} |"
+            )
     versions = ", ".join(f"{name} {value}" for name, value in results["versions"].items() if value)
-    lines += ["", f"Versions: {versions}.", "", *machine_lines(results), "",
-              f"Configs, samples and logs: {RESULTS_JSON}, {CONFIGS_DIR}/, {EVALS_DIR}/, {LOGS_DIR}/.",
-              "", f"![results]({RESULTS_PNG})", ""]
+    lines += [
+        "",
+        f"Versions: {versions}.",
+        "",
+        *machine_lines(results),
+        "",
+        f"Configs, samples and logs: {RESULTS_JSON}, {CONFIGS_DIR}/, {EVALS_DIR}/, {LOGS_DIR}/.",
+        "",
+        f"![results]({RESULTS_PNG})",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -290,8 +374,10 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
     here = summarize_machine(results["machine"])
     if set(stages) <= {here}:
         return [f"Machine: {here}."]
-    lines = ["Machines (the stages ran on more than one, or on another than this report's; digits can differ "
-             "between machines):"]
+    lines = [
+        "Machines (the stages ran on more than one, or on another than this report's; digits can differ "
+        "between machines):"
+    ]
     lines += [f"- {summary}: {', '.join(names)}" for summary, names in stages.items()]
     return [*lines, f"- this report written on: {here}"]
 
@@ -311,9 +397,16 @@ def render_chart(results: dict[str, Any], columns: list[tuple[str, str]], path: 
             value, interval = row.values[column], row.intervals[column]
             reported = index >= measured
             error = None if value is None or interval is None else [[value - interval[0]], [interval[1] - value]]
-            bar = axis.bar(index, 0.0 if value is None else value, color=colours[index % len(colours)],
-                           hatch="//" if reported else None, alpha=0.45 if reported else 1.0,
-                           edgecolor="black" if reported else None, yerr=error, capsize=4)
+            bar = axis.bar(
+                index,
+                0.0 if value is None else value,
+                color=colours[index % len(colours)],
+                hatch="//" if reported else None,
+                alpha=0.45 if reported else 1.0,
+                edgecolor="black" if reported else None,
+                yerr=error,
+                capsize=4,
+            )
             axis.bar_label(bar, labels=["n/a" if value is None else f"{value:.1f}"], fontsize=8)
         axis.set_title(f"{task}\n{metric}{_direction(results, task, metric)}", fontsize=9)
         axis.set_xticks(range(len(rows)), [row.label for row in rows], rotation=30, ha="right", fontsize=8)

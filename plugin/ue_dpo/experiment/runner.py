@@ -49,8 +49,10 @@ def executable(name: str) -> str:
         return str(beside_python)
     found = shutil.which(name)
     if found is None:
-        raise StageError(f"`{name}` was not found beside {sys.executable} or on PATH; install it "
-                         f"(pip install ue-dpo brings llamafactory-cli and lmms-eval)")
+        raise StageError(
+            f"`{name}` was not found beside {sys.executable} or on PATH; install it "
+            f"(pip install ue-dpo brings llamafactory-cli and lmms-eval)"
+        )
     return found
 
 
@@ -71,9 +73,13 @@ def training_data(config: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
-    steps = [(int(path.name.removeprefix(CHECKPOINT_PREFIX)), path) for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-             if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-             and (path / "trainer_state.json").is_file()]
+    steps = [
+        (int(path.name.removeprefix(CHECKPOINT_PREFIX)), path)
+        for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if path.is_dir()
+        and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+        and (path / "trainer_state.json").is_file()
+    ]
     return max(steps)[1] if steps else None
 
 
@@ -107,13 +113,17 @@ class ExperimentRunner:
                 checkpoint = substitute(run.checkpoint, self.paths)
                 self.paths[f"runs.{run.name}"] = checkpoint
                 identity = weights_identity(checkpoint)  # None for a hub id: its digest stays the name's
-                self.digests[f"runs.{run.name}"] = digest(checkpoint, self._upstream(run.checkpoint),
-                                                          *([] if identity is None else [identity]))
+                self.digests[f"runs.{run.name}"] = digest(
+                    checkpoint, self._upstream(run.checkpoint), *([] if identity is None else [identity])
+                )
         self.evaluate()
         self.announce("report")
         results = write_report(self.experiment, self.markers, self.output)
-        print(f"==> results: {self.layout.results_md}, {self.layout.results_json}, "
-              f"{self.layout.results_png} ({time.monotonic() - started:.0f} s)", flush=True)
+        print(
+            f"==> results: {self.layout.results_md}, {self.layout.results_json}, "
+            f"{self.layout.results_png} ({time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
         return results
 
     def scope(self, seed: int | None) -> tuple[dict[str, str], dict[str, str]]:
@@ -140,8 +150,10 @@ class ExperimentRunner:
         if self.markers.matches("synthetic", stage_digest):
             self.announce(f"synthetic {world.world} world: done, skipped ({root})")
             return
-        self.announce(f"synthetic {world.world} world: tiny {world.arch} model, {world.sft_examples} captions, "
-                      f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images")
+        self.announce(
+            f"synthetic {world.world} world: tiny {world.arch} model, {world.sft_examples} captions, "
+            f"{world.preference_pairs} preference pairs, {world.eval_images} held-out images"
+        )
         shutil.rmtree(root, ignore_errors=True)
         build_synthetic_world(world, root)
         self.markers.write("synthetic", stage_digest, world=world.__dict__)
@@ -182,33 +194,50 @@ class ExperimentRunner:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.markers.write(stage, stage_digest, "started")
         log_path = self.layout.log(stage)
-        returncode = stream([executable("llamafactory-cli"), "train", str(config_path)], env=os.environ,
-                            log_path=log_path)
+        returncode = stream(
+            [executable("llamafactory-cli"), "train", str(config_path)], env=os.environ, log_path=log_path
+        )
         if returncode != 0:
-            raise StageError(f"training run {name!r} failed (llamafactory-cli exit status {returncode}); "
-                             f"see {log_path}. Re-running `ue-dpo run` resumes from its last checkpoint.")
+            raise StageError(
+                f"training run {name!r} failed (llamafactory-cli exit status {returncode}); "
+                f"see {log_path}. Re-running `ue-dpo run` resumes from its last checkpoint."
+            )
         if not (output_dir / "trainer_state.json").is_file():
-            raise StageError(f"training run {name!r} exited 0 but wrote no {output_dir / 'trainer_state.json'}; "
-                             f"see {log_path}")
+            raise StageError(
+                f"training run {name!r} exited 0 but wrote no {output_dir / 'trainer_state.json'}; see {log_path}"
+            )
         config.pop("resume_from_checkpoint", None)
-        self.markers.write(stage, stage_digest, run=run.name, config_file=str(run.train), config=config,
-                           resumed_from=None if checkpoint is None else str(checkpoint),
-                           seeds=training_seeds(config), data=data, versions=package_versions(),
-                           machine=this_machine())
+        self.markers.write(
+            stage,
+            stage_digest,
+            run=run.name,
+            config_file=str(run.train),
+            config=config,
+            resumed_from=None if checkpoint is None else str(checkpoint),
+            seeds=training_seeds(config),
+            data=data,
+            versions=package_versions(),
+            machine=this_machine(),
+        )
 
     def evaluation_settings(self) -> dict[str, Any]:
         evaluation, judge = self.experiment.evaluation, self.experiment.judge
         return {
-            "launcher": list(evaluation.launcher), "model": evaluation.model, "tasks": list(evaluation.tasks),
+            "launcher": list(evaluation.launcher),
+            "model": evaluation.model,
+            "tasks": list(evaluation.tasks),
             "protocols": [dataclasses.asdict(protocol) for protocol in evaluation.protocols],
-            "model_args": substitute(evaluation.model_args, self.paths), "seed": list(evaluation.seed),
-            "env": substitute(evaluation.env, self.paths), "judge": judge.__dict__,
+            "model_args": substitute(evaluation.model_args, self.paths),
+            "seed": list(evaluation.seed),
+            "env": substitute(evaluation.env, self.paths),
+            "judge": judge.__dict__,
             # only when set, so that the digests of existing ue_dpo_hf evaluations stay what they were
             **({} if evaluation.server is None else {"server": evaluation.server.__dict__}),
         }
 
-    def lmms_eval_entries(self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None
-                          ) -> list[dict[str, Any]]:
+    def lmms_eval_entries(
+        self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """One `--config` entry per protocol for the model `name` (a run, or `run@seedS`): its tasks, generation
         kwargs, limit and batch size, into evals/<name>/<its tasks joined by '+'>; `model_args` default to the
         model with evaluation.model_args."""
@@ -217,12 +246,18 @@ class ExperimentRunner:
         for protocol in (Protocol(**fields) for fields in settings["protocols"]):
             tasks = ",".join(protocol.tasks)
             if Path(tasks).is_dir():
-                raise StageError(f"./{tasks} is a folder, so lmms-eval would read `--tasks {tasks}` as a folder of "
-                                 f"task YAMLs and find none; run `ue-dpo run` from another folder or rename ./{tasks}")
+                raise StageError(
+                    f"./{tasks} is a folder, so lmms-eval would read `--tasks {tasks}` as a folder of "
+                    f"task YAMLs and find none; run `ue-dpo run` from another folder or rename ./{tasks}"
+                )
             entry = {
-                "model": settings["model"], "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
-                "tasks": tasks, "batch_size": protocol.batch_size, "log_samples": True,
-                "output_path": str(self.layout.eval_dir(name) / protocol.name), "seed": settings["seed"],
+                "model": settings["model"],
+                "model_args": ",".join(f"{key}={value}" for key, value in model_args.items()),
+                "tasks": tasks,
+                "batch_size": protocol.batch_size,
+                "log_samples": True,
+                "output_path": str(self.layout.eval_dir(name) / protocol.name),
+                "seed": settings["seed"],
             }
             if protocol.limit is not None:
                 entry["limit"] = protocol.limit
@@ -233,21 +268,27 @@ class ExperimentRunner:
 
     def judge_env(self) -> dict[str, str]:
         judge = self.experiment.judge
-        env = {JUDGE_MODEL_ENV: judge.model, "OPENAI_BASE_URL": judge.base_url, JUDGE_CACHE_DIR_ENV: judge.cache_dir,
-               ALLOW_JUDGE_FAILURES_ENV: "true" if judge.allow_failures else None}
+        env = {
+            JUDGE_MODEL_ENV: judge.model,
+            "OPENAI_BASE_URL": judge.base_url,
+            JUDGE_CACHE_DIR_ENV: judge.cache_dir,
+            ALLOW_JUDGE_FAILURES_ENV: "true" if judge.allow_failures else None,
+        }
         return {key: value for key, value in env.items() if value is not None}
 
     def evaluate(self) -> None:
         settings = self.evaluation_settings()
         models = [(run, seed, instance_name(run.name, seed)) for run in self.experiment.runs for seed in run.each_seed]
-        stage_digests = {name: digest(settings, self.digests[f"runs.{name}"], self.paths[f"runs.{name}"])
-                         for _, _, name in models}
+        stage_digests = {
+            name: digest(settings, self.digests[f"runs.{name}"], self.paths[f"runs.{name}"]) for _, _, name in models
+        }
         pending = [model for model in models if not self.markers.matches(f"eval-{model[2]}", stage_digests[model[2]])]
         if not pending:
             self.announce("evaluate: every run done, skipped")
             return
-        self.announce(f"evaluate {', '.join(name for _, _, name in pending)} with lmms-eval on "
-                      f"{', '.join(settings['tasks'])}")
+        self.announce(
+            f"evaluate {', '.join(name for _, _, name in pending)} with lmms-eval on {', '.join(settings['tasks'])}"
+        )
         if self.experiment.evaluation.server is not None:
             for _, _, name in pending:
                 self.evaluate_served(name, settings, stage_digests[name])
@@ -258,8 +299,9 @@ class ExperimentRunner:
             entries[name] = self.lmms_eval_entries(name, settings)
         config_path = self.layout.config("lmms_eval")
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(yaml.safe_dump([entry for run_entries in entries.values() for entry in run_entries],
-                                              sort_keys=False))
+        config_path.write_text(
+            yaml.safe_dump([entry for run_entries in entries.values() for entry in run_entries], sort_keys=False)
+        )
         launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
         log_path = self.layout.log("evaluate")
         env = {**os.environ, **settings["env"], **self.judge_env()}
@@ -273,12 +315,22 @@ class ExperimentRunner:
             except StageError as error:
                 failures.append(f"{name}: {error}")
                 continue
-            self.markers.write(f"eval-{name}", stage_digests[name], run=name, lmms_eval_entries=entries[name],
-                               world_size=world_size, settings=settings, versions=package_versions(),
-                               machine=this_machine(), **summary)
+            self.markers.write(
+                f"eval-{name}",
+                stage_digests[name],
+                run=name,
+                lmms_eval_entries=entries[name],
+                world_size=world_size,
+                settings=settings,
+                versions=package_versions(),
+                machine=this_machine(),
+                **summary,
+            )
         if failures:
-            raise StageError(f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
-                             f"its output files were checked): " + "; ".join(failures) + f". See {log_path}")
+            raise StageError(
+                f"evaluation failed (lmms-eval exit status {returncode}; it exits 0 on some failures, so "
+                f"its output files were checked): " + "; ".join(failures) + f". See {log_path}"
+            )
 
     def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str) -> None:
         """One model (a run, or `run@seedS`) through its own inference server: model prepared (merged), server up,
@@ -286,33 +338,56 @@ class ExperimentRunner:
         server = self.experiment.evaluation.server
         env = {**os.environ, **settings["env"]}
         served, template, served_digest = prepare_served_model(
-            name, self.paths[f"runs.{name}"], output=self.output, markers=self.markers, server=server,
-            env=env, llamafactory_cli=executable("llamafactory-cli"))
+            name,
+            self.paths[f"runs.{name}"],
+            output=self.output,
+            markers=self.markers,
+            server=server,
+            env=env,
+            llamafactory_cli=executable("llamafactory-cli"),
+        )
         shutil.rmtree(self.layout.eval_dir(name), ignore_errors=True)
         log_path = self.layout.log(f"evaluate-{name}")
         server_log = self.layout.log(f"server-{name}")
         print(f"    {name}: serving {served} ({server.command}); log {server_log}", flush=True)
-        with served_model(server.command, str(served), log_path=server_log, env=env,
-                          health_timeout_s=server.health_timeout_s) as base_url:
-            entries = self.lmms_eval_entries(name, settings, served_model_args(served, base_url, server,
-                                                                              settings["model_args"]))
+        with served_model(
+            server.command, str(served), log_path=server_log, env=env, health_timeout_s=server.health_timeout_s
+        ) as base_url:
+            entries = self.lmms_eval_entries(
+                name, settings, served_model_args(served, base_url, server, settings["model_args"])
+            )
             config_path = self.layout.config(f"lmms_eval-{name}")
             config_path.parent.mkdir(parents=True, exist_ok=True)
             config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
             launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
             log_start = log_size(log_path)
-            returncode = stream([*launcher, "--config", str(config_path)],
-                                env={**env, **self.judge_env(), TEMPLATE_ENV: template}, log_path=log_path)
+            returncode = stream(
+                [*launcher, "--config", str(config_path)],
+                env={**env, **self.judge_env(), TEMPLATE_ENV: template},
+                log_path=log_path,
+            )
         try:
             summary = read_lmms_eval_output(self.layout.eval_dir(name), settings["tasks"])
         except StageError as error:
-            raise StageError(f"evaluation of {name!r} through its server failed (lmms-eval exit status "
-                             f"{returncode}): {error}. See {log_path} and {server_log}") from None
+            raise StageError(
+                f"evaluation of {name!r} through its server failed (lmms-eval exit status "
+                f"{returncode}): {error}. See {log_path} and {server_log}"
+            ) from None
         check_no_failed_requests(summary["samples_files"], name, server_log)
-        self.markers.write(f"eval-{name}", stage_digest, run=name, lmms_eval_entries=entries,
-                           world_size=logged_world_size(log_since(log_path, log_start)), settings=settings,
-                           served_model=str(served), served_digest=served_digest, template=template,
-                           versions=package_versions(), machine=this_machine(), **summary)
+        self.markers.write(
+            f"eval-{name}",
+            stage_digest,
+            run=name,
+            lmms_eval_entries=entries,
+            world_size=logged_world_size(log_since(log_path, log_start)),
+            settings=settings,
+            served_model=str(served),
+            served_digest=served_digest,
+            template=template,
+            versions=package_versions(),
+            machine=this_machine(),
+            **summary,
+        )
 
 
 def log_size(log_path: Path) -> int:

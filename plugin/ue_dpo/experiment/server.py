@@ -77,8 +77,9 @@ def _stop(child: subprocess.Popen) -> None:
 
 
 @contextmanager
-def served_model(template: str, model: str, *, log_path: Path, env: Mapping[str, str],
-                 health_timeout_s: float) -> Iterator[str]:
+def served_model(
+    template: str, model: str, *, log_path: Path, env: Mapping[str, str], health_timeout_s: float
+) -> Iterator[str]:
     """Serve `model` with the command `template` while the block runs; yields the OpenAI base URL."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -88,8 +89,9 @@ def served_model(template: str, model: str, *, log_path: Path, env: Mapping[str,
             log.write(f"\n$ {shlex.join(command)}\n".encode())
             log.flush()
             try:
-                child = start_child(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                child = start_child(
+                    command, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                )
             except OSError as error:
                 raise ServerError(f"the server command {shlex.join(command)!r} could not start: {error}") from None
         try:
@@ -100,13 +102,17 @@ def served_model(template: str, model: str, *, log_path: Path, env: Mapping[str,
                     if attempt < PORT_ATTEMPTS and any(sign in tail.lower() for sign in _PORT_IN_USE):
                         print(f"    port {port} was taken before the server bound it; trying another port", flush=True)
                         break
-                    raise ServerError(f"the server exited with status {child.returncode} before it was healthy: "
-                                      f"{shlex.join(command)}\n--- last lines of {log_path} ---\n{tail}")
+                    raise ServerError(
+                        f"the server exited with status {child.returncode} before it was healthy: "
+                        f"{shlex.join(command)}\n--- last lines of {log_path} ---\n{tail}"
+                    )
                 if time.monotonic() > deadline:
                     _stop(child)
-                    raise ServerError(f"the server was not healthy at http://{HOST}:{port}{HEALTH_PATH} after "
-                                      f"{health_timeout_s:.0f} s, so it was stopped: {shlex.join(command)}\n"
-                                      f"--- last lines of {log_path} ---\n{log_tail(log_path)}")
+                    raise ServerError(
+                        f"the server was not healthy at http://{HOST}:{port}{HEALTH_PATH} after "
+                        f"{health_timeout_s:.0f} s, so it was stopped: {shlex.join(command)}\n"
+                        f"--- last lines of {log_path} ---\n{log_tail(log_path)}"
+                    )
                 time.sleep(0.5)
             else:
                 yield f"http://{HOST}:{port}/v1"

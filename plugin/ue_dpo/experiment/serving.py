@@ -53,8 +53,16 @@ def mirror_model(source: Path, destination: Path) -> None:
             shutil.copy2(path, destination / path.name)
 
 
-def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Markers, server: Server,
-                         env: dict[str, str], llamafactory_cli: str) -> tuple[Path, str, str]:
+def prepare_served_model(
+    run_name: str,
+    model: str,
+    *,
+    output: Path,
+    markers: Markers,
+    server: Server,
+    env: dict[str, str],
+    llamafactory_cli: str,
+) -> tuple[Path, str, str]:
     """(served folder, training template, stage digest) of one run, merged or mirrored unless its marker is current."""
     # lmms-eval's model module imports torch, transformers and lmms-eval, which only preparing a model needs
     from ue_dpo.evaluation.model import resolve_checkpoint
@@ -65,8 +73,13 @@ def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Ma
     served = layout.served_dir(run_name)
     stage = f"serve-{run_name}"
     if adapter_dir:
-        source = {"adapter": adapter_dir, "adapter_digest": files_digest(Path(adapter_dir)), "base": base,
-                  "base_files": weights_identity(base), "merge_dtype": server.merge_dtype}
+        source = {
+            "adapter": adapter_dir,
+            "adapter_digest": files_digest(Path(adapter_dir)),
+            "base": base,
+            "base_files": weights_identity(base),
+            "merge_dtype": server.merge_dtype,
+        }
     else:  # the files' sizes and times: weights replaced in place are mirrored again
         source = {"model": str(Path(model).resolve()), "files": weights_identity(model)}
     stage_digest = digest(source, template)
@@ -77,19 +90,28 @@ def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Ma
     if adapter_dir is None:
         mirror_model(Path(model), served)
     else:
-        export = {"model_name_or_path": base, "adapter_name_or_path": adapter_dir, "finetuning_type": "lora",
-                  "template": template, "export_dir": str(served), "infer_dtype": server.merge_dtype}
+        export = {
+            "model_name_or_path": base,
+            "adapter_name_or_path": adapter_dir,
+            "finetuning_type": "lora",
+            "template": template,
+            "export_dir": str(served),
+            "infer_dtype": server.merge_dtype,
+        }
         config_path = layout.config(stage)
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(export, sort_keys=False))
         log_path = layout.log(stage)
-        print(f"    {run_name}: merging the LoRA adapter {adapter_dir} into {base} (llamafactory-cli export)",
-              flush=True)
+        print(
+            f"    {run_name}: merging the LoRA adapter {adapter_dir} into {base} (llamafactory-cli export)", flush=True
+        )
         returncode = stream([llamafactory_cli, "export", str(config_path)], env=env, log_path=log_path)
         if returncode != 0 or not (served / "config.json").is_file():
             shutil.rmtree(served, ignore_errors=True)
-            raise StageError(f"merging run {run_name!r} failed (llamafactory-cli export exit status {returncode}); "
-                             f"its adapter {adapter_dir} is kept as it is. See {log_path}")
+            raise StageError(
+                f"merging run {run_name!r} failed (llamafactory-cli export exit status {returncode}); "
+                f"its adapter {adapter_dir} is kept as it is. See {log_path}"
+            )
     write_training_chat_template(served, template)
     markers.write(stage, stage_digest, run=run_name, template=template, served=str(served), **source)
     return served, template, stage_digest
@@ -97,8 +119,14 @@ def prepare_served_model(run_name: str, model: str, *, output: Path, markers: Ma
 
 def served_model_args(served: Path, base_url: str, server: Server, extra: dict[str, Any]) -> dict[str, Any]:
     """lmms-eval `openai` model args for one served run (no key: a local server needs none)."""
-    return {"model": str(served), "base_url": base_url, "api_key": "EMPTY", "num_concurrent": server.concurrency,
-            "timeout": server.request_timeout_s, **extra}
+    return {
+        "model": str(served),
+        "base_url": base_url,
+        "api_key": "EMPTY",
+        "num_concurrent": server.concurrency,
+        "timeout": server.request_timeout_s,
+        **extra,
+    }
 
 
 def check_no_failed_requests(samples_files: dict[str, str], run_name: str, log_path: Path) -> None:
@@ -106,5 +134,7 @@ def check_no_failed_requests(samples_files: dict[str, str], run_name: str, log_p
     for task, samples in samples_files.items():
         failed = sum(REQUEST_FAILED in line for line in Path(samples).read_text().splitlines())
         if failed:
-            raise StageError(f"run {run_name!r}: {failed} {task} requests to the server failed after lmms-eval's "
-                             f"retries and would be scored as failure text; see {log_path}")
+            raise StageError(
+                f"run {run_name!r}: {failed} {task} requests to the server failed after lmms-eval's "
+                f"retries and would be scored as failure text; see {log_path}"
+            )

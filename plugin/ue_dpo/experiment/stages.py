@@ -78,8 +78,10 @@ class RunInterrupted(Exception):
 
     def __init__(self, signal_number: int, command: Sequence[str], log_path: Path):
         self.signal_number = signal_number
-        super().__init__(f"interrupted by {signal.Signals(signal_number).name}: `{' '.join(command)}` was stopped "
-                         f"(its log: {log_path})")
+        super().__init__(
+            f"interrupted by {signal.Signals(signal_number).name}: `{' '.join(command)}` was stopped "
+            f"(its log: {log_path})"
+        )
 
 
 def stream(command: Sequence[str], *, env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> int:
@@ -93,8 +95,9 @@ def stream(command: Sequence[str], *, env: Mapping[str, str], log_path: Path, cw
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
-        child = start_child(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+        child = start_child(
+            command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         received: list[int] = []
 
         def forward(signal_number: int, frame: Any) -> None:

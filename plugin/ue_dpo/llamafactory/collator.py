@@ -65,23 +65,28 @@ def unreadable_batch_image_error(pair_images: list[list]) -> UEDPOUserError | No
     return None
 
 
-def chosen_row_images(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...],
-                      family: ModelFamily) -> dict[str, torch.Tensor]:
+def chosen_row_images(
+    batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...], family: ModelFamily
+) -> dict[str, torch.Tensor]:
     """The image inputs of a batch's chosen rows (B chosen rows, then B rejected). The pairwise collator repeats each
     pair's images for its rejected row, unless only the chosen rows hold placeholders: the blank stand-in image of a
     text-only batch lies in the first chosen row's padding."""
     keys = [key for key in family.image_keys if key in batch]
     is_placeholder = torch.isin(batch["input_ids"], torch.tensor(placeholder_ids, device=batch["input_ids"].device))
     pairs = batch["input_ids"].shape[0] // 2
-    chosen_placeholders, rejected_placeholders = (int(rows.sum()) for rows in (is_placeholder[:pairs],
-                                                                                is_placeholder[pairs:]))
+    chosen_placeholders, rejected_placeholders = (
+        int(rows.sum()) for rows in (is_placeholder[:pairs], is_placeholder[pairs:])
+    )
     if rejected_placeholders == 0:
         return {key: batch[key] for key in keys}
     images = len(family.split_images(batch))
     chosen_entries = family.images_per_row_entries(batch, images // 2)
-    chosen = {key: batch[key][:chosen_entries[key]] for key in keys}
-    if (chosen_placeholders != rejected_placeholders or images % 2
-            or not all(torch.equal(chosen[key], batch[key][chosen_entries[key]:]) for key in keys)):
+    chosen = {key: batch[key][: chosen_entries[key]] for key in keys}
+    if (
+        chosen_placeholders != rejected_placeholders
+        or images % 2
+        or not all(torch.equal(chosen[key], batch[key][chosen_entries[key] :]) for key in keys)
+    ):
         raise PrefixNotShared("the rejected rows' images are not those of their pairs' chosen rows")
     return chosen
 
@@ -132,8 +137,11 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         images = self.family.split_images(batch) if any(pair_images) else []  # else only the blank stand-in
         image_digests = iter([_digest(image.numpy()) for image in images])
         row_images = [len(images) for images in pair_images] * 2
-        rows = [(feature[f"{side}_input_ids"], feature[f"{side}_labels"])
-                for side in ("chosen", "rejected") for feature in features]
+        rows = [
+            (feature[f"{side}_input_ids"], feature[f"{side}_labels"])
+            for side in ("chosen", "rejected")
+            for feature in features
+        ]
         digests = []
         for (input_ids, labels), image_count in zip(rows, row_images):
             row = hashlib.sha256()
@@ -151,15 +159,20 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.family.split_images(batch)
         if self.family.pixel_layout == "stacked":
-            return torch.stack([
-                add_diffusion_noise(
-                    image, step=self.noise_step, schedule=self.noise_schedule, seed=self.image_noise_seed(image.numpy())
-                )
-                for image in images
-            ])
-        return torch.cat([
-            self._noised_qwen2_vl_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])
-        ])
+            return torch.stack(
+                [
+                    add_diffusion_noise(
+                        image,
+                        step=self.noise_step,
+                        schedule=self.noise_schedule,
+                        seed=self.image_noise_seed(image.numpy()),
+                    )
+                    for image in images
+                ]
+            )
+        return torch.cat(
+            [self._noised_qwen2_vl_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])]
+        )
 
     def _noised_qwen2_vl_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
@@ -185,8 +198,14 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         imglens = [len(images) for images in row_images]
         zeros = [0] * len(row_images)
         mm_inputs = self.template.mm_plugin.get_mm_inputs(
-            [image for images in row_images for image in images], [], [], imglens, zeros, zeros,
-            batch["input_ids"].tolist(), self.processor,
+            [image for images in row_images for image in images],
+            [],
+            [],
+            imglens,
+            zeros,
+            zeros,
+            batch["input_ids"].tolist(),
+            self.processor,
         )
         noised_pixel_values = mm_inputs["pixel_values"]
         if noised_pixel_values.shape != batch["pixel_values"].shape:
@@ -202,4 +221,3 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
         noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)
         return Image.fromarray(noised.numpy())
-

@@ -30,8 +30,11 @@ def _print_user_errors_alone(previous_hook):
 
     def excepthook(kind, error, traceback):
         if isinstance(error, UEDPOUserError) and os.environ.get(TRACEBACK_ENV, "0").lower() not in ("1", "true", "y"):
-            print(f"ue-dpo (stage: ue_dpo): error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"ue-dpo (stage: ue_dpo): error: {error}\n({TRACEBACK_ENV}=1 shows the traceback)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         previous_hook(kind, error, traceback)
 
@@ -60,9 +63,11 @@ def _ue_finetuning_arguments(base: type) -> type:
             else:
                 changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)
                 if changed:
-                    raise UEDPOUserError(f"{', '.join(f'`{name}`' for name in changed)} apply only to "
-                                         f"`stage: ue_dpo`, which `stage: {self.stage}` ignores; remove them or "
-                                         "set `stage: ue_dpo`.")
+                    raise UEDPOUserError(
+                        f"{', '.join(f'`{name}`' for name in changed)} apply only to "
+                        f"`stage: ue_dpo`, which `stage: {self.stage}` ignores; remove them or "
+                        "set `stage: ue_dpo`."
+                    )
                 self.resolve_ue_defaults()
             super().__post_init__()
             if self.ue_dpo_stage:  # after LLaMA-Factory split the comma-separated target lists

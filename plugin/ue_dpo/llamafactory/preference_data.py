@@ -50,7 +50,8 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
     if training_image_rows == 0 and method.reads_noised_image:
         logger.warning_rank0(
             f"No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: {method.name}` trains "
-            f"it as plain DPO (λ = 1 on text-only rows) and logs no `{method.name}/*` token means. Give the rows their images (an `images` column and "
+            f"it as plain DPO (λ = 1 on text-only rows) and logs no `{method.name}/*` token means. Give the rows their "
+            "images (an `images` column and "
             "an <image> placeholder in the prompt), or use `stage: dpo`."
         )
     return dataset_module
@@ -71,13 +72,14 @@ def check_responses_and_count_images(dataset, tokenizer, split: str) -> int:
     empty, image_rows = [], 0
     columns = dataset.select_columns(["chosen_labels", "rejected_labels", "images"])
     for start in range(0, len(columns), _SCAN_BATCH_ROWS):
-        rows = columns[start:start + _SCAN_BATCH_ROWS]
+        rows = columns[start : start + _SCAN_BATCH_ROWS]
         image_rows += sum(1 for images in rows["images"] if images)
         for side in ("chosen", "rejected"):
             responses = [[token for token in labels if token != IGNORE_INDEX] for labels in rows[f"{side}_labels"]]
             texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-            empty += [(start + offset, side, rows["images"][offset])
-                      for offset, text in enumerate(texts) if not text.strip()]
+            empty += [
+                (start + offset, side, rows["images"][offset]) for offset, text in enumerate(texts) if not text.strip()
+            ]
     if empty:
         named = "; ".join(
             f"row {row}, {side} (image: {', '.join(map(describe_image_source, images or [])) or 'none'})"
@@ -104,13 +106,17 @@ def unreadable_image_message(data_args, model_args, training_args) -> str | None
                     if reason is None:
                         continue
                     if isinstance(image, str) and not os.path.isfile(image):
-                        fix = (f"put it at {os.path.join(data_args.media_dir, image)}, or set `media_dir` (now "
-                               f"{data_args.media_dir}) to the folder the image paths are relative to, or remove "
-                               "the row")
+                        fix = (
+                            f"put it at {os.path.join(data_args.media_dir, image)}, or set `media_dir` (now "
+                            f"{data_args.media_dir}) to the folder the image paths are relative to, or remove "
+                            "the row"
+                        )
                     else:
                         fix = "replace the file with a complete copy, or remove the row"
-                    return (f"image {describe_image_source(image)} of row {row} (counted from 0) of dataset `{name}` "
-                            f"cannot be read: {reason}. Fix: {fix}.")
+                    return (
+                        f"image {describe_image_source(image)} of row {row} (counted from 0) of dataset `{name}` "
+                        f"cannot be read: {reason}. Fix: {fix}."
+                    )
     return None
 
 
@@ -128,12 +134,18 @@ def check_pair_format(data_args) -> None:
                 records = _json_records(file)
                 if records is None:
                     continue
-                problems = [(row, problem) for row, record in enumerate(records)
-                            if (problem := pair_format_problem(record, attr)) is not None]
+                problems = [
+                    (row, problem)
+                    for row, record in enumerate(records)
+                    if (problem := pair_format_problem(record, attr)) is not None
+                ]
                 if problems:
                     row, problem = problems[0]
-                    more = (f" {len(problems) - 1} more row(s) of this file break the same rule."
-                            if len(problems) > 1 else "")
+                    more = (
+                        f" {len(problems) - 1} more row(s) of this file break the same rule."
+                        if len(problems) > 1
+                        else ""
+                    )
                     raise UEDPOUserError(f"row {row} (counted from 0) of dataset `{name}` ({file}): {problem}{more}")
 
 
@@ -159,27 +171,37 @@ def pair_format_problem(record, attr) -> str | None:
     sides = {side: record.get(getattr(attr, side)) for side in ("chosen", "rejected")}
     if attr.formatting == "alpaca":
         expected, fits = "one string each", lambda value: isinstance(value, str)
-        rule = ("LLaMA-Factory's alpaca ranking format gives the prompt once, in "
-                f"`{attr.prompt}` (and `{attr.query}`), and `chosen` and `rejected` {expected}")
+        rule = (
+            "LLaMA-Factory's alpaca ranking format gives the prompt once, in "
+            f"`{attr.prompt}` (and `{attr.query}`), and `chosen` and `rejected` {expected}"
+        )
     else:
         role, content, assistant = attr.role_tag, attr.content_tag, attr.assistant_tag
         expected = f'one assistant message each ({{"{role}": "{assistant}", "{content}": "..."}})'
         answer_roles = (assistant, attr.function_tag)  # the roles LLaMA-Factory's converter takes for an answer
         fits = lambda value: isinstance(value, dict) and value.get(role) in answer_roles  # noqa: E731
-        rule = (f"LLaMA-Factory's {attr.formatting} ranking format gives the prompt once, in `{attr.messages}`, and "
-                f"`chosen` and `rejected` {expected}")
+        rule = (
+            f"LLaMA-Factory's {attr.formatting} ranking format gives the prompt once, in `{attr.messages}`, and "
+            f"`chosen` and `rejected` {expected}"
+        )
     if all(fits(value) for value in sides.values()):
         return None
     chosen, rejected = sides["chosen"], sides["rejected"]
     if isinstance(chosen, list) and isinstance(rejected, list):
-        differ = next((index for index, (one, other) in enumerate(zip(chosen[:-1], rejected[:-1])) if one != other),
-                      None if len(chosen) == len(rejected) else min(len(chosen), len(rejected)) - 1)
+        differ = next(
+            (index for index, (one, other) in enumerate(zip(chosen[:-1], rejected[:-1])) if one != other),
+            None if len(chosen) == len(rejected) else min(len(chosen), len(rejected)) - 1,
+        )
         if differ is not None:
-            return (f"its `chosen` and `rejected` are conversations whose prompts differ (at message {differ}): a "
-                    f"preference pair is two answers to one prompt. {rule}: keep only pairs whose prompts match, "
-                    f"with the shared turns in the prompt and the last message of each in `chosen` and `rejected`.")
-        return (f"its `chosen` and `rejected` are whole conversations. {rule}: move their shared turns into the "
-                "prompt and keep the last message of each in `chosen` and `rejected`.")
+            return (
+                f"its `chosen` and `rejected` are conversations whose prompts differ (at message {differ}): a "
+                f"preference pair is two answers to one prompt. {rule}: keep only pairs whose prompts match, "
+                f"with the shared turns in the prompt and the last message of each in `chosen` and `rejected`."
+            )
+        return (
+            f"its `chosen` and `rejected` are whole conversations. {rule}: move their shared turns into the "
+            "prompt and keep the last message of each in `chosen` and `rejected`."
+        )
     side = "chosen" if not fits(chosen) else "rejected"
     value = sides[side]
     found = "missing" if value is None else f"a {type(value).__name__} ({json.dumps(value)[:80]})"
@@ -209,14 +231,24 @@ def check_truncation(dataset_module, template, tokenizer_module, model_args, dat
     for split, dataset in _datasets(dataset_module):
         columns = dataset.select_columns(["chosen_input_ids", "rejected_input_ids", "images"])
         for start in range(0, len(columns), _SCAN_BATCH_ROWS):
-            rows = columns[start:start + _SCAN_BATCH_ROWS]
-            suspects += [(split, chosen, rejected, images) for chosen, rejected, images
-                         in zip(rows["chosen_input_ids"], rows["rejected_input_ids"], rows["images"])
-                         if max(len(chosen), len(rejected)) >= cutoff]
+            rows = columns[start : start + _SCAN_BATCH_ROWS]
+            suspects += [
+                (split, chosen, rejected, images)
+                for chosen, rejected, images in zip(
+                    rows["chosen_input_ids"], rows["rejected_input_ids"], rows["images"]
+                )
+                if max(len(chosen), len(rejected)) >= cutoff
+            ]
     if not suspects:
         return
-    sources = _untruncated_rows({_images_key(images) for *_, images in suspects}, template, tokenizer_module,
-                                model_args, data_args, training_args)
+    sources = _untruncated_rows(
+        {_images_key(images) for *_, images in suspects},
+        template,
+        tokenizer_module,
+        model_args,
+        data_args,
+        training_args,
+    )
     cut_images, cut_responses, keeps_responses = [], [], []
     for split, chosen, rejected, _ in suspects:
         source = sources.get((tuple(chosen), tuple(rejected)))
@@ -225,15 +257,18 @@ def check_truncation(dataset_module, template, tokenizer_module, model_args, dat
         target_len = max(source.chosen_len, source.rejected_len)
         kept_prompt, kept_response = infer_seqlen(source.prompt_len, target_len, cutoff)
         if source.last_image_token is not None and kept_prompt <= source.last_image_token:
-            needed = _smallest_cutoff(source.prompt_len, target_len,
-                                      lambda prompt, _: prompt > source.last_image_token)
+            needed = _smallest_cutoff(source.prompt_len, target_len, lambda prompt, _: prompt > source.last_image_token)
             cut_images.append((split, source, kept_prompt, needed))
-        cut = [side for side, length in (("chosen", source.chosen_len), ("rejected", source.rejected_len))
-               if kept_response < length]
+        cut = [
+            side
+            for side, length in (("chosen", source.chosen_len), ("rejected", source.rejected_len))
+            if kept_response < length
+        ]
         if cut:
             cut_responses += [(split, source.where, side) for side in cut]
-            keeps_responses.append(_smallest_cutoff(source.prompt_len, target_len,
-                                                    lambda _, response: response >= target_len))
+            keeps_responses.append(
+                _smallest_cutoff(source.prompt_len, target_len, lambda _, response: response >= target_len)
+            )
     if cut_images:
         splits = sorted({split for split, *_ in cut_images})
         named = "; ".join(
@@ -273,15 +308,17 @@ def _smallest_cutoff(prompt_len: int, target_len: int, keeps) -> int:
     return cutoff
 
 
-def _untruncated_rows(image_keys: set[tuple], template, tokenizer_module, model_args, data_args, training_args
-                      ) -> dict[tuple, _SourceRow]:
+def _untruncated_rows(
+    image_keys: set[tuple], template, tokenizer_module, model_args, data_args, training_args
+) -> dict[tuple, _SourceRow]:
     """The configured datasets' rows whose images are among `image_keys`, encoded as LLaMA-Factory encodes a pair
     but without truncation, keyed by the (chosen, rejected) input ids that `cutoff_len` truncates them to."""
     tokenizer = tokenizer_module["tokenizer"]
     untruncated_args = copy.copy(data_args)
     untruncated_args.cutoff_len = 1 << 40
-    encoder = PairwiseDatasetProcessor(template=template, tokenizer=tokenizer,
-                                       processor=tokenizer_module.get("processor"), data_args=untruncated_args)
+    encoder = PairwiseDatasetProcessor(
+        template=template, tokenizer=tokenizer, processor=tokenizer_module.get("processor"), data_args=untruncated_args
+    )
     image_token = template.mm_plugin.image_token
     image_token_id = None if image_token is None else tokenizer.convert_tokens_to_ids(image_token)
     rows = {}
@@ -295,18 +332,30 @@ def _untruncated_rows(image_keys: set[tuple], template, tokenizer_module, model_
                 if len(example["_prompt"]) % 2 != 1 or len(example["_response"]) < 2:
                     continue  # LLaMA-Factory drops it
                 chosen_ids, chosen_labels, rejected_ids, rejected_labels = encoder._encode_data_example(
-                    prompt=example["_prompt"], response=example["_response"], system=example["_system"],
-                    tools=example["_tools"], images=example["_images"] or [], videos=example["_videos"] or [],
-                    audios=example["_audios"] or [])
+                    prompt=example["_prompt"],
+                    response=example["_response"],
+                    system=example["_system"],
+                    tools=example["_tools"],
+                    images=example["_images"] or [],
+                    videos=example["_videos"] or [],
+                    audios=example["_audios"] or [],
+                )
                 prompt_len = sum(1 for label in chosen_labels if label == IGNORE_INDEX)
                 prompt = chosen_ids[:prompt_len]
                 image_positions = [index for index, token in enumerate(prompt) if token == image_token_id]
-                source = _SourceRow(f"row {row} (counted from 0) of dataset `{name}`", prompt_len,
-                                    len(chosen_ids) - prompt_len, len(rejected_ids) - prompt_len,
-                                    image_positions[-1] if image_positions else None)
+                source = _SourceRow(
+                    f"row {row} (counted from 0) of dataset `{name}`",
+                    prompt_len,
+                    len(chosen_ids) - prompt_len,
+                    len(rejected_ids) - prompt_len,
+                    image_positions[-1] if image_positions else None,
+                )
                 kept_prompt, kept_response = infer_seqlen(
-                    prompt_len, max(source.chosen_len, source.rejected_len), data_args.cutoff_len)
-                key = (tuple(prompt[:kept_prompt] + chosen_ids[prompt_len:][:kept_response]),
-                       tuple(prompt[:kept_prompt] + rejected_ids[prompt_len:][:kept_response]))
+                    prompt_len, max(source.chosen_len, source.rejected_len), data_args.cutoff_len
+                )
+                key = (
+                    tuple(prompt[:kept_prompt] + chosen_ids[prompt_len:][:kept_response]),
+                    tuple(prompt[:kept_prompt] + rejected_ids[prompt_len:][:kept_response]),
+                )
                 rows.setdefault(key, source)
     return rows

@@ -74,7 +74,9 @@ def place(rows: dict[int, torch.Tensor], row_digests: torch.Tensor, mask: torch.
             )
         cached = rows[digest]
         if cached.numel() != int(mask[row].sum()):
-            raise RuntimeError(f"cached reference log-probs cover {cached.numel()} tokens but the row has "
-                               f"{int(mask[row].sum())} response tokens; delete the cache and restart.")
+            raise RuntimeError(
+                f"cached reference log-probs cover {cached.numel()} tokens but the row has "
+                f"{int(mask[row].sum())} response tokens; delete the cache and restart."
+            )
         placed[row, mask[row]] = cached.to(placed.device)
     return placed

@@ -50,8 +50,15 @@ def response_tokens(batch: dict[str, torch.Tensor]) -> ResponseTokens:
     row_digests = inputs.pop(ROW_DIGEST, None)
     positions, targets, mask = response_positions(inputs.pop("labels"))
     noised_inputs = None if noised_pixel_values is None else {**inputs, "pixel_values": noised_pixel_values}
-    return ResponseTokens(inputs=inputs, noised_inputs=noised_inputs, positions=positions, targets=targets,
-                          mask=mask, has_image=has_image, row_digests=row_digests)
+    return ResponseTokens(
+        inputs=inputs,
+        noised_inputs=noised_inputs,
+        positions=positions,
+        targets=targets,
+        mask=mask,
+        has_image=has_image,
+        row_digests=row_digests,
+    )
 
 
 def unwrapped_base(accelerator, model) -> torch.nn.Module:
@@ -75,8 +82,18 @@ class StepNotes:
 class StepForward:
     """The passes of one batch; `with step:` for the passes of one training step (the image-feature cache)."""
 
-    def __init__(self, batch: dict[str, torch.Tensor], *, model, ref_model, accelerator, finetuning_args,
-                 pad_token_id: int, notes: StepNotes, precomputed_reference: dict[int, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        model,
+        ref_model,
+        accelerator,
+        finetuning_args,
+        pad_token_id: int,
+        notes: StepNotes,
+        precomputed_reference: dict[int, torch.Tensor] | None = None,
+    ):
         self.response = response_tokens(batch)
         self.model, self.ref_model, self.accelerator = model, ref_model, accelerator
         self.args, self.pad_token_id, self.notes = finetuning_args, pad_token_id, notes
@@ -142,8 +159,14 @@ class StepForward:
             if hidden_index is not None:  # packed [B, K', H] -> the unshared rows' [2B, K, H]
                 hidden = hidden.flatten(0, 1)[hidden_index]
             summary = projected_token_statistics(
-                hidden, output_layer.weight, output_layer.bias, response.targets, response.mask, probe_ids,
-                token_chunk_size=self.args.ue_token_chunk_size, vocab_chunk_size=self.args.ue_vocab_chunk_size,
+                hidden,
+                output_layer.weight,
+                output_layer.bias,
+                response.targets,
+                response.mask,
+                probe_ids,
+                token_chunk_size=self.args.ue_token_chunk_size,
+                vocab_chunk_size=self.args.ue_vocab_chunk_size,
             )
             argmaxes.append(summary.argmax)
             fields = [summary.target_logit, summary.target_logprob]
@@ -196,8 +219,10 @@ class StepForward:
         if self.family is None:
             return f"model type `{config.model_type}` is not one of {', '.join(FAMILY_BY_MODEL_TYPE)}"
         if attention not in MASKED_ATTENTION:
-            return (f"`attn_implementation: {attention}` does not apply a 4-D attention mask; use sdpa or eager to "
-                    "share prompts")
+            return (
+                f"`attn_implementation: {attention}` does not apply a 4-D attention mask; use sdpa or eager to "
+                "share prompts"
+            )
         if unknown := sorted(set(inputs) - {*TEXT_KEYS, *self.family.position_keys, *self.family.image_keys}):
             return f"the batch holds {', '.join(unknown)}, which packing does not lay out"
         if inputs["attention_mask"].dim() != 2:
@@ -246,8 +271,10 @@ class StepForward:
         if reason is not None:
             self.notes.once(f"image features are computed in every pass: {reason}.")
             return self
-        self.notes.once("image features: each image is encoded once per step for the policy and reference passes "
-                        "(vision tower and projector frozen); v' in its own pass.")
+        self.notes.once(
+            "image features: each image is encoded once per step for the policy and reference passes "
+            "(vision tower and projector frozen); v' in its own pass."
+        )
         owner = self.family.encoder_owner(self.base)
         own_encoder, encoded = owner.get_image_features, {}
 
@@ -276,15 +303,19 @@ class StepForward:
         if self.family is None:
             return f"model type `{self.base.config.model_type}` is not one of {', '.join(FAMILY_BY_MODEL_TYPE)}"
         if unfrozen := self._unfrozen_vision_modules():
-            return (f"these vision modules train or carry an adapter: {', '.join(unfrozen)} (see freeze_vision_tower, "
-                    "freeze_multi_modal_projector)")
+            return (
+                f"these vision modules train or carry an adapter: {', '.join(unfrozen)} (see freeze_vision_tower, "
+                "freeze_multi_modal_projector)"
+            )
         return None
 
     def _unfrozen_vision_modules(self) -> list[str]:
         """The vision tower and projector modules that train or carry an adapter (disabled for the reference)."""
+
         def unfrozen(module: torch.nn.Module) -> bool:
-            return (any(parameter.requires_grad for parameter in module.parameters())
-                    or any(isinstance(inner, BaseTunerLayer) for inner in module.modules()))
+            return any(parameter.requires_grad for parameter in module.parameters()) or any(
+                isinstance(inner, BaseTunerLayer) for inner in module.modules()
+            )
 
         owner = self.family.encoder_owner(self.base)
         return [name for name in self.family.vision_modules if unfrozen(getattr(owner, name))]

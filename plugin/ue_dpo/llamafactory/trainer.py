@@ -44,9 +44,14 @@ class UEDPOTrainer(CustomDPOTrainer):
 
     def step_forward(self, model, batch: dict[str, torch.Tensor], precomputed_reference=None) -> StepForward:
         return StepForward(
-            batch, model=model, ref_model=self.ref_model, accelerator=self.accelerator,
-            finetuning_args=self.finetuning_args, pad_token_id=self.data_collator.tokenizer.pad_token_id,
-            notes=self.step_notes, precomputed_reference=precomputed_reference,
+            batch,
+            model=model,
+            ref_model=self.ref_model,
+            accelerator=self.accelerator,
+            finetuning_args=self.finetuning_args,
+            pad_token_id=self.data_collator.tokenizer.pad_token_id,
+            notes=self.step_notes,
+            precomputed_reference=precomputed_reference,
         )
 
     def token_weighting(self, model, batch: dict[str, torch.Tensor]) -> WeightedTokens:

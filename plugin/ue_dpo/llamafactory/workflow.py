@@ -22,7 +22,7 @@ def check_preference_datasets(data_args) -> None:
             if not attr.ranking:
                 raise UEDPOUserError(
                     f"dataset `{name}` is not a preference dataset: `stage: ue_dpo` needs chosen/"
-                    f"rejected pairs. Add `\"ranking\": true` (and the chosen/rejected columns) to its entry in "
+                    f'rejected pairs. Add `"ranking": true` (and the chosen/rejected columns) to its entry in '
                     f"{data_args.dataset_dir}/dataset_info.json."
                 )
 
@@ -35,8 +35,9 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     template_family(template)  # refuses a template of a family the stage does not serve
-    dataset_module = load_preference_datasets(template, model_args, data_args, training_args, finetuning_args,
-                                              tokenizer_module)
+    dataset_module = load_preference_datasets(
+        template, model_args, data_args, training_args, finetuning_args, tokenizer_module
+    )
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
 
     collator = UEDPODataCollator(
@@ -72,7 +73,9 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
 
 
 def run_ue_dpo(model_args, data_args, training_args, finetuning_args, callbacks=None) -> None:
-    trainer, reference_is_policy = build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, callbacks)
+    trainer, reference_is_policy = build_ue_dpo_trainer(
+        model_args, data_args, training_args, finetuning_args, callbacks
+    )
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()

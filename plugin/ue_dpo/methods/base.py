@@ -109,8 +109,9 @@ class PreferenceMethod:
 
     def sequence_logps(self, step, tokens: WeightedTokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row weighted (policy, reference) sums."""
-        return weighted_sequence_logps(tokens.policy_logps, step.reference_token_logps(), tokens.weights,
-                                       tokens.response.mask, self.weight_target)
+        return weighted_sequence_logps(
+            tokens.policy_logps, step.reference_token_logps(), tokens.weights, tokens.response.mask, self.weight_target
+        )
 
     def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """`{key: (values, tokens to average them over)}` of the method's logged means."""

@@ -20,9 +20,13 @@ def check_ddpo_keys(args) -> None:
 
 DDPO_KEYS = KeyGroup(
     keys=(
-        MethodKey("ddpo_gamma", float | None, DEFAULT_DDPO_GAMMA,
-                  "γ > 0 of `ue_weighting: ddpo`: the weight of differing tokens (default 3.0 as in RLAIF-V; the "
-                  "RLHF-V paper uses 5; 1 is plain DPO)."),
+        MethodKey(
+            "ddpo_gamma",
+            float | None,
+            DEFAULT_DDPO_GAMMA,
+            "γ > 0 of `ue_weighting: ddpo`: the weight of differing tokens (default 3.0 as in RLAIF-V; the "
+            "RLHF-V paper uses 5; 1 is plain DPO).",
+        ),
     ),
     refusal="`{key}` applies to {readers} only, but `ue_weighting: {method}`; remove `{key}` or set {readers}.",
     check=check_ddpo_keys,
@@ -31,8 +35,10 @@ DDPO_KEYS = KeyGroup(
 
 class DDPO(PreferenceMethod):
     name = "ddpo"
-    summary = ("DDPO (RLHF-V's dense DPO): ddpo_gamma on the tokens that differ between chosen and rejected, on "
-               "policy and reference")
+    summary = (
+        "DDPO (RLHF-V's dense DPO): ddpo_gamma on the tokens that differ between chosen and rejected, on "
+        "policy and reference"
+    )
     key_groups = (DDPO_KEYS,)
 
     @property
@@ -42,8 +48,13 @@ class DDPO(PreferenceMethod):
     def weigh(self, step) -> WeightedTokens:
         clean = step.statistics("clean")
         response = step.response
-        weights, differing = ddpo_token_weights(response.inputs["input_ids"], response.inputs["attention_mask"],
-                                                response.positions, response.mask, gamma=self.args.ddpo_gamma)
+        weights, differing = ddpo_token_weights(
+            response.inputs["input_ids"],
+            response.inputs["attention_mask"],
+            response.positions,
+            response.mask,
+            gamma=self.args.ddpo_gamma,
+        )
         return WeightedTokens(response, clean.target_logprob, weights, {"differing": differing})
 
     def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

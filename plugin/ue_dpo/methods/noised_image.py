@@ -21,20 +21,36 @@ def check_noise_keys(args) -> None:
 
 NOISED_IMAGE_KEYS = KeyGroup(
     keys=(
-        MethodKey("ue_noise_step", int | None, 500,
-                  "Diffusion step k in [0, 999] of the counterfactual image v' (default 500: sqrt(abar) ≈ 0.863)."),
-        MethodKey("ue_noise_schedule", Literal[NOISE_SCHEDULES] | None, "sigmoid",
-                  "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3, in float32 as they compute it; the default) or "
-                  "linear (DDPM, 1e-4..0.02)."),
-        MethodKey("ue_noise_space", Literal[NOISE_SPACES] | None, "pixel_values",
-                  "Where the noise is added: pixel_values (the default; VCD: the processor's normalised tensor, one "
-                  "ε per image pixel, so Qwen2-VL's two temporal copies of a patch share it) or image (TPO: "
-                  "ToTensor, noise and ToPILImage on the image at its own resolution, before any resizing; "
-                  "ToPILImage's byte conversion truncates and wraps out-of-range values modulo 256, it does not "
-                  "clamp them)."),
-        MethodKey("ue_seed", int | None, None,
-                  "Seed of the image noise; with the sample's content and the noise step it fixes v'. Default: the "
-                  "training `seed`."),
+        MethodKey(
+            "ue_noise_step",
+            int | None,
+            500,
+            "Diffusion step k in [0, 999] of the counterfactual image v' (default 500: sqrt(abar) ≈ 0.863).",
+        ),
+        MethodKey(
+            "ue_noise_schedule",
+            Literal[NOISE_SCHEDULES] | None,
+            "sigmoid",
+            "Beta schedule: sigmoid (VCD/TPO, 1e-5..5e-3, in float32 as they compute it; the default) or "
+            "linear (DDPM, 1e-4..0.02).",
+        ),
+        MethodKey(
+            "ue_noise_space",
+            Literal[NOISE_SPACES] | None,
+            "pixel_values",
+            "Where the noise is added: pixel_values (the default; VCD: the processor's normalised tensor, one "
+            "ε per image pixel, so Qwen2-VL's two temporal copies of a patch share it) or image (TPO: "
+            "ToTensor, noise and ToPILImage on the image at its own resolution, before any resizing; "
+            "ToPILImage's byte conversion truncates and wraps out-of-range values modulo 256, it does not "
+            "clamp them).",
+        ),
+        MethodKey(
+            "ue_seed",
+            int | None,
+            None,
+            "Seed of the image noise; with the sample's content and the noise step it fixes v'. Default: the "
+            "training `seed`.",
+        ),
     ),
     refusal="`{key}: {value}` sets the noised image v', which `ue_weighting: {method}` does not use; remove `{key}` "
     "or use {readers}.",

@@ -16,8 +16,9 @@ def tpo_weights(clean_target_logit, noised_target_logit, weighted_mask) -> tuple
     """TPO's w (1 outside `weighted_mask`) and s (0 outside) for chosen rows, then rejected rows."""
     weights, scores = [], []
     for rows, preferred, _ in chosen_and_rejected(weighted_mask.shape[0]):
-        branch_weights, score = tpo_token_weights(clean_target_logit[rows], noised_target_logit[rows],
-                                                  preferred=preferred)
+        branch_weights, score = tpo_token_weights(
+            clean_target_logit[rows], noised_target_logit[rows], preferred=preferred
+        )
         weights.append(torch.where(weighted_mask[rows], branch_weights, 1.0))
         scores.append(torch.where(weighted_mask[rows], score, 0.0))
     return torch.cat(weights), torch.cat(scores)
@@ -25,11 +26,14 @@ def tpo_weights(clean_target_logit, noised_target_logit, weighted_mask) -> tuple
 
 class TPO(PreferenceMethod):
     name = "tpo"
-    summary = ("TPO (alibaba/TPO): w = σ(s)+0.5 on chosen, 1-σ(s)+0.5 on rejected tokens, s = logit(a|v) - "
-               "logit(a|v'), added as log w to policy and reference")
+    summary = (
+        "TPO (alibaba/TPO): w = σ(s)+0.5 on chosen, 1-σ(s)+0.5 on rejected tokens, s = logit(a|v) - "
+        "logit(a|v'), added as log w to policy and reference"
+    )
     key_groups = (NOISED_IMAGE_KEYS,)
-    precomputed_reference_refusal = ("TPO weights the reference by the reference's own clean/noised logits, which the "
-                                     "cache does not hold.")
+    precomputed_reference_refusal = (
+        "TPO weights the reference by the reference's own clean/noised logits, which the cache does not hold."
+    )
 
     @property
     def reads_noised_image(self) -> bool:
@@ -43,10 +47,13 @@ class TPO(PreferenceMethod):
     def sequence_logps(self, step, tokens: WeightedTokens) -> tuple[torch.Tensor, torch.Tensor]:
         reference_clean, reference_noised = step.reference_statistics("clean"), step.reference_statistics("noised")
         mask = tokens.response.mask
-        reference_weights, _ = tpo_weights(reference_clean.target_logit, reference_noised.target_logit,
-                                           tokens.response.weighted_mask)
-        return (log_weighted_sequence_logps(tokens.policy_logps, tokens.weights, mask),
-                log_weighted_sequence_logps(reference_clean.target_logprob, reference_weights, mask))
+        reference_weights, _ = tpo_weights(
+            reference_clean.target_logit, reference_noised.target_logit, tokens.response.weighted_mask
+        )
+        return (
+            log_weighted_sequence_logps(tokens.policy_logps, tokens.weights, mask),
+            log_weighted_sequence_logps(reference_clean.target_logprob, reference_weights, mask),
+        )
 
     def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         (chosen, *_), (rejected, *_) = chosen_and_rejected(tokens.weights.shape[0])

@@ -37,23 +37,41 @@ def check_ue_keys(args) -> None:
 
 UE_KEYS = KeyGroup(
     keys=(
-        MethodKey("ue_alpha", float | None, 0.3,
-                  "UE-DPO weight strength α in [0, 1): λ_w ∈ [1, 1+α], λ_l ∈ [1-α, 1]. 0 gives plain DPO. Default "
-                  "0.3."),
-        MethodKey("ue_tau", float | None, 0.4,
-                  "Quantile τ in (0, 0.5]: chosen tokens with Δ below the τ-quantile and rejected tokens with Δ at "
-                  "or above the (1-τ)-quantile are selected for re-weighting. Default 0.4."),
-        MethodKey("ue_stat_scope", Literal[STAT_SCOPES] | None, "sequence",
-                  "Over which tokens the quantile q and the mean/std of u are taken: each response (sequence, the "
-                  "default) or, separately for chosen and for rejected responses, all response tokens of image "
-                  "samples in the current micro-batch of every rank, gathered across ranks (batch; not across "
-                  "gradient-accumulation steps)."),
-        MethodKey("ue_weight_target", Literal[WEIGHT_TARGETS] | None, "policy",
-                  "λ multiplies log πθ (policy, the default, as the paper) or the log-ratio log πθ - log π_ref "
-                  "(logratio)."),
-        MethodKey("ue_branches", Literal[BRANCHES] | None, "both",
-                  "Which responses get λ: both (the default), chosen only (the paper's 'w/o dispref.') or rejected "
-                  "only ('w/o pref.'); the other keeps λ = 1."),
+        MethodKey(
+            "ue_alpha",
+            float | None,
+            0.3,
+            "UE-DPO weight strength α in [0, 1): λ_w ∈ [1, 1+α], λ_l ∈ [1-α, 1]. 0 gives plain DPO. Default 0.3.",
+        ),
+        MethodKey(
+            "ue_tau",
+            float | None,
+            0.4,
+            "Quantile τ in (0, 0.5]: chosen tokens with Δ below the τ-quantile and rejected tokens with Δ at "
+            "or above the (1-τ)-quantile are selected for re-weighting. Default 0.4.",
+        ),
+        MethodKey(
+            "ue_stat_scope",
+            Literal[STAT_SCOPES] | None,
+            "sequence",
+            "Over which tokens the quantile q and the mean/std of u are taken: each response (sequence, the "
+            "default) or, separately for chosen and for rejected responses, all response tokens of image "
+            "samples in the current micro-batch of every rank, gathered across ranks (batch; not across "
+            "gradient-accumulation steps).",
+        ),
+        MethodKey(
+            "ue_weight_target",
+            Literal[WEIGHT_TARGETS] | None,
+            "policy",
+            "λ multiplies log πθ (policy, the default, as the paper) or the log-ratio log πθ - log π_ref (logratio).",
+        ),
+        MethodKey(
+            "ue_branches",
+            Literal[BRANCHES] | None,
+            "both",
+            "Which responses get λ: both (the default), chosen only (the paper's 'w/o dispref.') or rejected "
+            "only ('w/o pref.'); the other keeps λ = 1.",
+        ),
     ),
     refusal="`{key}: {value}` applies to {readers} only, but `ue_weighting: {method}` ignores it; remove `{key}` or "
     "use {readers}.",
@@ -80,12 +98,14 @@ class UEDPO(PreferenceMethod):
         with torch.no_grad():  # the current policy on v', adapters on
             noised = step.statistics("noised")
         clean = step.statistics("clean", probe_ids=noised.argmax)
-        weights, details = self.blind_spot_weights(clean, noised, step.response.weighted_mask,
-                                                   gather=step.gather_across_ranks)
+        weights, details = self.blind_spot_weights(
+            clean, noised, step.response.weighted_mask, gather=step.gather_across_ranks
+        )
         return WeightedTokens(step.response, clean.target_logprob, weights, details)
 
-    def blind_spot_weights(self, clean: TargetLogitSummary, noised: TargetLogitSummary, weighted_mask: torch.Tensor,
-                           *, gather) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def blind_spot_weights(
+        self, clean: TargetLogitSummary, noised: TargetLogitSummary, weighted_mask: torch.Tensor, *, gather
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """λ, and u, Δ, the selection and the categories by name; the branch `ue_branches` leaves out keeps λ = 1,
         unselected."""
         args = self.args
@@ -93,8 +113,14 @@ class UEDPO(PreferenceMethod):
         weights, selected, categories = [], [], []
         for rows, preferred, branch in chosen_and_rejected(weighted_mask.shape[0]):
             branch_weights = blind_spot_weights(
-                uncertainty[rows], delta[rows], weighted_mask[rows], alpha=args.ue_alpha, tau=args.ue_tau,
-                preferred=preferred, scope=args.ue_stat_scope, gather=gather,
+                uncertainty[rows],
+                delta[rows],
+                weighted_mask[rows],
+                alpha=args.ue_alpha,
+                tau=args.ue_tau,
+                preferred=preferred,
+                scope=args.ue_stat_scope,
+                gather=gather,
             )
             category = blind_spot_categories(uncertainty[rows], branch_weights.selected, preferred=preferred)
             if args.ue_branches not in ("both", branch):  # still computed: `batch` scope gathers on every rank
@@ -104,8 +130,12 @@ class UEDPO(PreferenceMethod):
             weights.append(branch_weights.weights)
             selected.append(branch_weights.selected)
             categories.append(category)
-        details = {"uncertainty": uncertainty, "delta": delta, "selected": torch.cat(selected),
-                   "category": torch.cat(categories)}
+        details = {
+            "uncertainty": uncertainty,
+            "delta": delta,
+            "selected": torch.cat(selected),
+            "category": torch.cat(categories),
+        }
         return torch.cat(weights), details
 
     def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

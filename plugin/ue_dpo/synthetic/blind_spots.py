@@ -67,10 +67,16 @@ class BlindSpotScene:
     def __post_init__(self):
         shapes = [item.shape for item in (*self.large, *self.faint)]
         quadrants = [item.quadrant for item in (*self.large, *self.faint)]
-        if not self.large or len(set(shapes)) != len(shapes) or len(set(quadrants)) != len(quadrants) \
-                or [item.quadrant for item in self.large] != sorted(item.quadrant for item in self.large):
-            raise ValueError(f"a blind-spot scene needs large shapes sorted by quadrant, and distinct shapes in "
-                             f"distinct quadrants; got {self}")
+        if (
+            not self.large
+            or len(set(shapes)) != len(shapes)
+            or len(set(quadrants)) != len(quadrants)
+            or [item.quadrant for item in self.large] != sorted(item.quadrant for item in self.large)
+        ):
+            raise ValueError(
+                f"a blind-spot scene needs large shapes sorted by quadrant, and distinct shapes in "
+                f"distinct quadrants; got {self}"
+            )
 
     @property
     def shapes(self) -> tuple[str, ...]:
@@ -100,8 +106,10 @@ def random_blind_spot_scene(rng: random.Random, *, partner_share: float) -> Blin
         others = [shape for shape in SHAPES if shape != first]
         shapes.append(PARTNERS[first] if rng.random() < partner_share else rng.choice(others))
     quadrants = rng.sample(range(QUADRANTS), len(shapes) + 1)
-    large = sorted((ShapeObject(rng.choice(list(COLOURS)), shape, quadrant)
-                    for shape, quadrant in zip(shapes, quadrants)), key=lambda item: item.quadrant)
+    large = sorted(
+        (ShapeObject(rng.choice(list(COLOURS)), shape, quadrant) for shape, quadrant in zip(shapes, quadrants)),
+        key=lambda item: item.quadrant,
+    )
     faint = ()
     if rng.random() < FAINT_SCENE_SHARE:
         faint = (FaintShape(rng.choice([shape for shape in SHAPES if shape not in shapes]), quadrants[-1]),)
@@ -190,7 +198,13 @@ def write_blind_spot_eval_set(out_dir: Path, *, n_images: int, seed: int = 0, im
     for index in range(n_images):
         scene = random_blind_spot_scene(rng, partner_share=0.0)
         image = save_image(draw_blind_spot_scene(scene, image_size), out_dir, "eval", index)
-        manifest.append({"image": image, "shapes": list(scene.shapes), "faint": list(scene.faint_shapes),
-                         "caption": scene.caption()})
+        manifest.append(
+            {
+                "image": image,
+                "shapes": list(scene.shapes),
+                "faint": list(scene.faint_shapes),
+                "caption": scene.caption(),
+            }
+        )
     write_eval_manifest(out_dir, manifest)
     return manifest

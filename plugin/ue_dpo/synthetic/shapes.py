@@ -45,8 +45,9 @@ class ShapeObject:
         if self.shape not in SHAPES:
             raise ValueError(f"unknown shape {self.shape!r}: use one of {', '.join(SHAPES)}")
         if self.quadrant not in range(QUADRANTS):
-            raise ValueError(f"quadrant must be 0-3 (top-left, top-right, bottom-left, bottom-right), "
-                             f"got {self.quadrant!r}")
+            raise ValueError(
+                f"quadrant must be 0-3 (top-left, top-right, bottom-left, bottom-right), got {self.quadrant!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def caption(objects: Sequence[ShapeObject]) -> str:
 
 
 def listing_caption(phrases: Sequence[str]) -> str:
-    """"There is A, B and C." for the phrases A, B, C."""
+    """ "There is A, B and C." for the phrases A, B, C."""
     if not phrases:
         raise ValueError("a caption needs at least one phrase")
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
@@ -94,8 +95,9 @@ def random_scene(rng: random.Random) -> Scene:
     count = rng.randint(1, MAX_SHAPES_PER_IMAGE)
     shapes = rng.sample(SHAPES, count)
     quadrants = sorted(rng.sample(range(QUADRANTS), count))
-    return Scene(tuple(ShapeObject(rng.choice(list(COLOURS)), shape, quadrant)
-                       for shape, quadrant in zip(shapes, quadrants)))
+    return Scene(
+        tuple(ShapeObject(rng.choice(list(COLOURS)), shape, quadrant) for shape, quadrant in zip(shapes, quadrants))
+    )
 
 
 def hallucinated_caption(scene: Scene, rng: random.Random) -> str:
@@ -103,8 +105,10 @@ def hallucinated_caption(scene: Scene, rng: random.Random) -> str:
     absent = [shape for shape in SHAPES if shape not in scene.shapes]
     empty = [quadrant for quadrant in range(QUADRANTS) if quadrant not in {item.quadrant for item in scene.objects}]
     if not absent or not empty:
-        raise ValueError(f"a scene with {len(scene.objects)} shapes leaves no absent shape in an empty quadrant; "
-                         f"hallucinate on scenes of at most {MAX_SHAPES_PER_IMAGE} shapes")
+        raise ValueError(
+            f"a scene with {len(scene.objects)} shapes leaves no absent shape in an empty quadrant; "
+            f"hallucinate on scenes of at most {MAX_SHAPES_PER_IMAGE} shapes"
+        )
     ghost = ShapeObject(rng.choice(list(COLOURS)), rng.choice(absent), rng.choice(empty))
     return caption(sorted((*scene.objects, ghost), key=lambda item: item.quadrant))
 
@@ -126,8 +130,9 @@ def draw_scene(scene: Scene, image_size: int) -> Image.Image:
     return image
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
-               fill: tuple[int, int, int]) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> None:
     """`shape` filling the (left, top, right, bottom) square `box`, inclusive."""
     left, top, right, bottom = box
     if shape == "circle":
@@ -249,7 +254,10 @@ def write_dataset(out_dir: Path, name: str, records: list[dict], *, ranking: boo
     info_path = out_dir / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     info[name] = {
-        "file_name": file_name, "formatting": "sharegpt", "ranking": ranking, "columns": columns,
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "ranking": ranking,
+        "columns": columns,
         "tags": dict(_SHAREGPT_TAGS),
     }
     info_path.write_text(json.dumps(info, indent=1))

@@ -40,25 +40,60 @@ MAX_POSITIONS = 1024
 TOKENIZER_VOCAB_LIMIT = 1024
 
 # The tiny shapes: config fields of the language model (Llama for LLaVA, Qwen2 for Qwen2-VL) and of each vision tower.
-TINY_TEXT = {"hidden_size": TEXT_HIDDEN_SIZE, "intermediate_size": 2 * TEXT_HIDDEN_SIZE, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": MAX_POSITIONS}
-TINY_CLIP_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                    "projection_dim": 32}
+TINY_TEXT = {
+    "hidden_size": TEXT_HIDDEN_SIZE,
+    "intermediate_size": 2 * TEXT_HIDDEN_SIZE,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": MAX_POSITIONS,
+}
+TINY_CLIP_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "projection_dim": 32,
+}
 # `hidden_size` (the merger's output) defaults to the language model's width
-TINY_QWEN2_VL_VISION = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "spatial_merge_size": 2,
-                        "temporal_patch_size": 2}
+TINY_QWEN2_VL_VISION = {
+    "depth": 2,
+    "embed_dim": 32,
+    "num_heads": 2,
+    "mlp_ratio": 2,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 # `out_hidden_size` defaults to the language model's width
-TINY_QWEN2_5_VL_VISION = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                          "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-                          "fullatt_block_indexes": [1]}
+TINY_QWEN2_5_VL_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 56,
+    "fullatt_block_indexes": [1],
+}
 
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_PAD_TOKEN = "<pad>"
 # The added tokens of the released Qwen2-VL tokenizer, in their id order.
 QWEN2_VL_ADDED_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 )
 
 _PROMPT_TEXTS = (
@@ -101,8 +136,16 @@ def _llama_tokenizer():
     )
     vocab, merges = _trained_vocab_and_merges(bpe, trainer)
     return LlamaTokenizerFast(
-        vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token=LLAVA_PAD_TOKEN,
-        add_bos_token=True, add_eos_token=False, legacy=False, model_max_length=MAX_POSITIONS,
+        vocab=vocab,
+        merges=merges,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token=LLAVA_PAD_TOKEN,
+        add_bos_token=True,
+        add_eos_token=False,
+        legacy=False,
+        model_max_length=MAX_POSITIONS,
         added_tokens_decoder={
             len(vocab) + offset: AddedToken(token, special=True, normalized=False)
             for offset, token in enumerate((LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN))  # the order llava-1.5-hf has
@@ -117,16 +160,23 @@ def _qwen2_tokenizer():
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=TOKENIZER_VOCAB_LIMIT, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     vocab, merges = _trained_vocab_and_merges(bpe, trainer)
     return Qwen2TokenizerFast(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         model_max_length=MAX_POSITIONS,
         added_tokens_decoder={
             len(vocab) + offset: AddedToken(token, special=True, normalized=False)
@@ -137,7 +187,8 @@ def _qwen2_tokenizer():
 
 def _special_token_ids(tokenizer) -> dict[str, int | None]:
     return {
-        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
 
@@ -146,13 +197,23 @@ def _vocab_size(tokenizer, vocab_size: int | None) -> int:
     if vocab_size is None:
         return len(tokenizer)
     if vocab_size < len(tokenizer):
-        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; "
-                         f"pass at least {len(tokenizer)}")
+        raise ValueError(
+            f"vocab_size {vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; "
+            f"pass at least {len(tokenizer)}"
+        )
     return vocab_size
 
 
-def _save_random_model(model_class, config, tokenizer, out_dir: Path, seed: int, *, device: str | None = None,
-                       dtype: torch.dtype | None = None) -> None:
+def _save_random_model(
+    model_class,
+    config,
+    tokenizer,
+    out_dir: Path,
+    seed: int,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     # The generation config is derived from the top-level ids on save, and the trainer compares them with the
     # tokenizer's. (Qwen2VLConfig drops top-level ids when loaded, so that trainer still warns; it is harmless.)
     for name, token_id in _special_token_ids(tokenizer).items():
@@ -170,10 +231,17 @@ def _save_random_model(model_class, config, tokenizer, out_dir: Path, seed: int,
         torch.cuda.empty_cache()
 
 
-def build_tiny_llava(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
-                     vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
-                     image_size: int = LLAVA_IMAGE_SIZE, device: str | None = None,
-                     dtype: torch.dtype | None = None) -> Path:
+def build_tiny_llava(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = LLAVA_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """A LLaVA-1.5-style checkpoint: CLIP vision tower (28 px, 14 px patches: 4 image tokens) + Llama.
 
     `text`: LlamaConfig fields over TINY_TEXT; `vision`: CLIPVisionConfig fields over TINY_CLIP_VISION; the
@@ -190,16 +258,20 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | 
     out_dir = Path(out_dir)
     tokenizer = _llama_tokenizer()
     text_config = LlamaConfig(
-        **{**TINY_TEXT, **(text or {})}, vocab_size=_vocab_size(tokenizer, vocab_size),
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
         **_special_token_ids(tokenizer),
     )
-    vision_config = CLIPVisionConfig(**{**TINY_CLIP_VISION, **(vision or {})}, image_size=image_size,
-                                     patch_size=VISION_PATCH_SIZE)
+    vision_config = CLIPVisionConfig(
+        **{**TINY_CLIP_VISION, **(vision or {})}, image_size=image_size, patch_size=VISION_PATCH_SIZE
+    )
     config = LlavaConfig(
-        text_config=text_config, vision_config=vision_config,
+        text_config=text_config,
+        vision_config=vision_config,
         image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
         image_seq_length=(image_size // VISION_PATCH_SIZE) ** 2,
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
     )
     _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
     image_processor = CLIPImageProcessor(
@@ -208,16 +280,19 @@ def build_tiny_llava(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | 
     # num_additional_image_tokens=1 (CLIP's class token) with the "default" strategy, which drops it again:
     # LLaMA-Factory's llava plugin and LlavaProcessor both expand <image> to exactly the patch count.
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=VISION_PATCH_SIZE,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=LLAVA_IMAGE_TOKEN,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=LLAVA_IMAGE_TOKEN,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out_dir)
     return out_dir
 
 
-def _qwen_text_and_token_config(tokenizer, text: Mapping[str, Any] | None,
-                                vocab_size: int | None) -> tuple[dict, dict]:
+def _qwen_text_and_token_config(tokenizer, text: Mapping[str, Any] | None, vocab_size: int | None) -> tuple[dict, dict]:
     token_id = tokenizer.convert_tokens_to_ids
     shape = {**TINY_TEXT, **(text or {})}
     half_head_dim = shape["hidden_size"] // shape["num_attention_heads"] // 2
@@ -226,11 +301,15 @@ def _qwen_text_and_token_config(tokenizer, text: Mapping[str, Any] | None,
     text_config = {
         "vocab_size": _vocab_size(tokenizer, vocab_size),
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
-        **shape, **_special_token_ids(tokenizer),
+        **shape,
+        **_special_token_ids(tokenizer),
     }
-    token_ids = {"image_token_id": token_id("<|image_pad|>"), "video_token_id": token_id("<|video_pad|>"),
-                 "vision_start_token_id": token_id("<|vision_start|>"),
-                 "vision_end_token_id": token_id("<|vision_end|>")}
+    token_ids = {
+        "image_token_id": token_id("<|image_pad|>"),
+        "video_token_id": token_id("<|video_pad|>"),
+        "vision_start_token_id": token_id("<|vision_start|>"),
+        "vision_end_token_id": token_id("<|vision_end|>"),
+    }
     return text_config, token_ids
 
 
@@ -243,15 +322,23 @@ def _save_qwen2_vl_processor(tokenizer, out_dir: Path, image_size: int) -> None:
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
         video_processor=Qwen2VLVideoProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
-        tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out_dir)
 
 
-def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
-                        vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
-                        image_size: int = QWEN2_VL_IMAGE_SIZE, device: str | None = None,
-                        dtype: torch.dtype | None = None) -> Path:
+def build_tiny_qwen2_vl(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN2_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """A Qwen2-VL-style checkpoint: images are resized to 56x56, a 4x4 patch grid merged into 4 visual tokens.
 
     `text`: Qwen2VLTextConfig fields over TINY_TEXT (the M-RoPE sections follow its head size unless it sets
@@ -264,8 +351,12 @@ def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any]
     text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
     config = Qwen2VLConfig(
         text_config=text_config,
-        vision_config={**TINY_QWEN2_VL_VISION, "hidden_size": text_config["hidden_size"],
-                       "patch_size": VISION_PATCH_SIZE, **(vision or {})},
+        vision_config={
+            **TINY_QWEN2_VL_VISION,
+            "hidden_size": text_config["hidden_size"],
+            "patch_size": VISION_PATCH_SIZE,
+            **(vision or {}),
+        },
         **token_ids,
     )
     _save_random_model(Qwen2VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
@@ -273,10 +364,17 @@ def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any]
     return out_dir
 
 
-def build_tiny_qwen2_5_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, Any] | None = None,
-                          vision: Mapping[str, Any] | None = None, vocab_size: int | None = None,
-                          image_size: int = QWEN2_VL_IMAGE_SIZE, device: str | None = None,
-                          dtype: torch.dtype | None = None) -> Path:
+def build_tiny_qwen2_5_vl(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN2_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """A Qwen2.5-VL checkpoint (windowed vision tower, one full-attention block) with the tiny Qwen2-VL's text
     model, tokenizer and processor, as the released Qwen2.5-VL reuses Qwen2-VL's processor.
 
@@ -288,12 +386,15 @@ def build_tiny_qwen2_5_vl(out_dir: Path, *, seed: int = 0, text: Mapping[str, An
     text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
     config = Qwen2_5_VLConfig(
         text_config=text_config,
-        vision_config={**TINY_QWEN2_5_VL_VISION, "patch_size": VISION_PATCH_SIZE,
-                       "out_hidden_size": text_config["hidden_size"], **(vision or {})},
+        vision_config={
+            **TINY_QWEN2_5_VL_VISION,
+            "patch_size": VISION_PATCH_SIZE,
+            "out_hidden_size": text_config["hidden_size"],
+            **(vision or {}),
+        },
         **token_ids,
     )
-    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device,
-                       dtype=dtype)
+    _save_random_model(Qwen2_5_VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
     _save_qwen2_vl_processor(tokenizer, out_dir, image_size)
     return out_dir
 

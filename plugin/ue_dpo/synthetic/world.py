@@ -42,8 +42,14 @@ def build_synthetic_world(world: SyntheticWorld, root: Path) -> None:
         write_preference_dataset = shapes.write_preference_dataset
         write_eval_set = shapes.write_caption_eval_set
     build_tiny_model(world.arch, root / "model", seed=world.seed)
-    write_sft_dataset(root / "data", n_examples=world.sft_examples, seed=world.seed, image_size=world.image_size,
-                      noisy_share=world.sft_noisy_share)
-    write_preference_dataset(root / "data", n_pairs=world.preference_pairs, seed=world.seed,
-                             image_size=world.image_size)
+    write_sft_dataset(
+        root / "data",
+        n_examples=world.sft_examples,
+        seed=world.seed,
+        image_size=world.image_size,
+        noisy_share=world.sft_noisy_share,
+    )
+    write_preference_dataset(
+        root / "data", n_pairs=world.preference_pairs, seed=world.seed, image_size=world.image_size
+    )
     write_eval_set(root / "eval", n_images=world.eval_images, seed=world.seed, image_size=world.image_size)
