@@ -7,10 +7,13 @@ collator, the per-step forward (prefix sharing, the image-feature cache), evalua
 here; adding a family is one entry in `FAMILIES`.
 """
 
-from dataclasses import dataclass
-from typing import Literal
+from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)

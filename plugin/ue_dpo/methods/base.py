@@ -8,15 +8,19 @@ pass, and turns them into weights and per-sequence log-probs that DPO's sigmoid 
     step.statistics(image, probe_ids)    the policy's TargetLogitSummary on the clean or the noised image
     step.reference_statistics(image)     the reference's, without gradient
     step.reference_token_logps()         log π_ref(a_t | v), from the cache of `ue_precompute_ref` when it is on
+
+The stage's argument class (`ue_dpo.config`) reads the methods' keys, and loads no torch: so the methods import torch
+and the tensor functions of `ue_dpo.core` where they compute, not at the top of their modules.
 """
+
+from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from ue_dpo.core.loss import weighted_sequence_logps
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,15 @@ class PreferenceMethod:
     @staticmethod
     def unweighted(step) -> WeightedTokens:
         """The clean pass alone, every weight 1."""
+        import torch  # see the module's docstring
+
         clean = step.statistics("clean")
         return WeightedTokens(step.response, clean.target_logprob, torch.ones_like(clean.target_logprob))
 
     def sequence_logps(self, step, tokens: WeightedTokens) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row weighted (policy, reference) sums."""
+        from ue_dpo.core.loss import weighted_sequence_logps  # loads torch (see the module's docstring)
+
         return weighted_sequence_logps(
             tokens.policy_logps, step.reference_token_logps(), tokens.weights, tokens.response.mask, self.weight_target
         )

@@ -3,11 +3,15 @@
 "Differ" is RLHF-V's `get_diff_ids` over whole rows (`core.peer_weights.ddpo_token_weights`).
 """
 
-import torch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ue_dpo.argument_checks import check_number
-from ue_dpo.core.peer_weights import ddpo_token_weights
 from ue_dpo.methods.base import KeyGroup, MethodKey, PreferenceMethod, WeightedTokens, chosen_and_rejected
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DDPO_GAMMA = 3.0  # RLAIF-V's `dpo_token_weight` default
 
@@ -46,6 +50,8 @@ class DDPO(PreferenceMethod):
         return "logratio"
 
     def weigh(self, step) -> WeightedTokens:
+        from ue_dpo.core.peer_weights import ddpo_token_weights  # loads torch (see `methods.base`)
+
         clean = step.statistics("clean")
         response = step.response
         weights, differing = ddpo_token_weights(

@@ -4,16 +4,23 @@ w from `core.peer_weights.tpo_token_weights`, added as log w to every token's lo
 through both of its passes) and of the reference (from the reference's own clean and noised passes).
 """
 
-import torch
+from __future__ import annotations
 
-from ue_dpo.core.loss import log_weighted_sequence_logps
-from ue_dpo.core.peer_weights import tpo_token_weights
+from typing import TYPE_CHECKING
+
 from ue_dpo.methods.base import PreferenceMethod, WeightedTokens, chosen_and_rejected
 from ue_dpo.methods.noised_image import NOISED_IMAGE_KEYS
+
+if TYPE_CHECKING:
+    import torch
 
 
 def tpo_weights(clean_target_logit, noised_target_logit, weighted_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """TPO's w (1 outside `weighted_mask`) and s (0 outside) for chosen rows, then rejected rows."""
+    import torch  # see `methods.base`
+
+    from ue_dpo.core.peer_weights import tpo_token_weights
+
     weights, scores = [], []
     for rows, preferred, _ in chosen_and_rejected(weighted_mask.shape[0]):
         branch_weights, score = tpo_token_weights(
@@ -45,6 +52,8 @@ class TPO(PreferenceMethod):
         return WeightedTokens(step.response, clean.target_logprob, weights, {"score": score})
 
     def sequence_logps(self, step, tokens: WeightedTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        from ue_dpo.core.loss import log_weighted_sequence_logps  # loads torch (see `methods.base`)
+
         reference_clean, reference_noised = step.reference_statistics("clean"), step.reference_statistics("noised")
         mask = tokens.response.mask
         reference_weights, _ = tpo_weights(

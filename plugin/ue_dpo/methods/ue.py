@@ -5,15 +5,18 @@ With u and Δ from `core.token_stats` (the policy on v without and on v' with no
 `ue_weight_target: logratio`). α = 0 is exactly DPO and runs no pass on v'.
 """
 
-from typing import Literal
+from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from ue_dpo.argument_checks import check_choice, check_number
-from ue_dpo.core.token_stats import TargetLogitSummary, blind_spot_statistics
-from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_weights
 from ue_dpo.methods.base import KeyGroup, MethodKey, PreferenceMethod, WeightedTokens, chosen_and_rejected
 from ue_dpo.methods.noised_image import NOISED_IMAGE_KEYS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ue_dpo.core.token_stats import TargetLogitSummary
 
 STAT_SCOPES = ("sequence", "batch")
 WEIGHT_TARGETS = ("policy", "logratio")
@@ -93,6 +96,8 @@ class UEDPO(PreferenceMethod):
         return self.args.ue_weight_target
 
     def weigh(self, step) -> WeightedTokens:
+        import torch  # see `methods.base`
+
         if not self.reads_noised_image:  # α = 0: λ ≡ 1, and v' would change nothing
             return self.unweighted(step)
         with torch.no_grad():  # the current policy on v', adapters on
@@ -108,6 +113,11 @@ class UEDPO(PreferenceMethod):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """λ, and u, Δ, the selection and the categories by name; the branch `ue_branches` leaves out keeps λ = 1,
         unselected."""
+        import torch  # see `methods.base`
+
+        from ue_dpo.core.token_stats import blind_spot_statistics
+        from ue_dpo.core.weights import UNSELECTED, blind_spot_categories, blind_spot_weights
+
         args = self.args
         uncertainty, delta = blind_spot_statistics(clean.target_logit, clean.probe_logit, noised.target_logit)
         weights, selected, categories = [], [], []
