@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,26 @@ def train_in_one_process(runs: dict[str, tuple[dict, Path]], *, timeout: int = 6
     if result.returncode != 0:
         raise AssertionError(f"run_exp failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return {name: training_log(Path(config["output_dir"])) for name, (config, _) in runs.items()}
+
+
+def parsed_by_llamafactory_parser(root: Path, configs: list[str]) -> dict[str, dict]:
+    """Each config (a path relative to `root`) through LLaMA-Factory's own argument parser, in a process of its own
+    run from `root` as one rank (tests/recipe_lint_worker.py): the arguments it resolves, by config."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    one_rank = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    env = {**os.environ, **one_rank, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
+    out = root / "parsed.json"
+    worker = Path(__file__).with_name("recipe_lint_worker.py")
+    done = subprocess.run(
+        [sys.executable, str(worker), str(out), *configs],
+        cwd=root,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    return json.loads(out.read_text())

@@ -1,15 +1,12 @@
 """Config lint: the paper's training recipes in configs/train/ and the DeepSpeed JSONs in configs/deepspeed/."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from llamafactory_runs import parsed_by_llamafactory_parser
 from public_preference_files import write_rlaif_v, write_rlhf_v
 from ue_dpo import recipes
 from ue_dpo.datasets import convert
@@ -123,36 +120,8 @@ def parsed(tmp_path_factory):
     sources = root / "sources"
     convert("rlhf_v", root / recipes.DATASET_DIR, source=str(write_rlhf_v(sources / "rlhf_v")))
     convert("rlaif_v", root / recipes.DATASET_DIR, source=str(write_rlaif_v(sources / "rlaif_v")))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    out = root / "parsed.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("recipe_lint_worker.py")),
-            str(out),
-            *(str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS),
-        ],
-        cwd=root,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-6000:]
-    return json.loads(out.read_text()), root
+    configs = [str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS]
+    return parsed_by_llamafactory_parser(root, configs), root
 
 
 def test_recipes_parse_with_llamafactory_and_name_files_that_exist(parsed):

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import shlex
-import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from llamafactory_runs import parsed_by_llamafactory_parser
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -552,31 +550,7 @@ def parsed_by_llamafactory(configs: dict[str, dict], root: Path) -> dict[str, di
     convert("rlaif_v", root / "data", source=str(write_rlaif_v(root / "sources" / "rlaif_v")))
     for name, config in configs.items():
         (root / name).write_text(yaml.safe_dump(config))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    out = root / "parsed.json"
-    done = subprocess.run(
-        [sys.executable, str(TESTS / "recipe_lint_worker.py"), str(out), *configs],
-        cwd=root,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-6000:]
-    return json.loads(out.read_text())
+    return parsed_by_llamafactory_parser(root, list(configs))
 
 
 def test_the_readme_training_yaml_parses_and_its_key_table_gives_the_defaults(tmp_path):
