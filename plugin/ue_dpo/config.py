@@ -108,12 +108,7 @@ class _StageArguments:
             )
         self.resolve_ue_defaults()
         for group in method.key_groups:
-            try:
-                group.check(self)
-            except UEDPOUserError:
-                raise
-            except ValueError as error:  # a method's check of its keys' values: a user error too
-                raise UEDPOUserError(str(error)) from error
+            group.check(self)
         for name in ("ue_token_chunk_size", "ue_vocab_chunk_size"):
             check_integer(name, getattr(self, name), "a positive integer")
             if getattr(self, name) < 1:

@@ -202,15 +202,17 @@ class StepForward:
         when the pairs cannot share their prompts. Tried once per step: every pass reads the same rows."""
         if self._packing is None:
             self._packing = {}
-            reason = self._sharing_off_reason() if self.args.ue_prefix_sharing else None
-            if self.args.ue_prefix_sharing and reason is None:
-                try:
-                    self._packing = self._packed()
+            if self.args.ue_prefix_sharing:
+                reason = self._sharing_off_reason()
+                if reason is None:
+                    try:
+                        self._packing = self._packed()
+                    except PrefixNotShared as error:
+                        reason = str(error)
+                if reason is None:
                     self.notes.once("ue_prefix_sharing: each pair's prompt and image are computed once per pass.")
-                except PrefixNotShared as error:
-                    reason = str(error)
-            if reason is not None:
-                self.notes.once(f"ue_prefix_sharing: computing unshared rows, since {reason}.")
+                else:
+                    self.notes.once(f"ue_prefix_sharing: computing unshared rows, since {reason}.")
         return self._packing or None
 
     def _sharing_off_reason(self) -> str | None:
@@ -246,10 +248,14 @@ class StepForward:
         }
         packed = {"kept": kept, "hidden_index": hidden_index}
         for image, image_inputs in (("clean", inputs), ("noised", response.noised_inputs)):
-            if image_inputs is not None and "pixel_values" in image_inputs:
-                packed[image] = {**text, **chosen_row_images(image_inputs, self._placeholder_ids(), self.family)}
-            elif image_inputs is not None:
-                packed[image] = text
+            if image_inputs is None:
+                continue
+            images = (
+                {}
+                if "pixel_values" not in image_inputs
+                else chosen_row_images(image_inputs, self._placeholder_ids(), self.family)
+            )
+            packed[image] = {**text, **images}
         return packed
 
     def _packed_attention_mask(self, attends: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ class KeyGroup:
 
     keys: tuple[MethodKey, ...]
     refusal: str  # str.format with key, value, method (the one given) and readers (the methods that read the keys)
-    check: Callable[[Any], None] = lambda args: None
+    check: Callable[[Any], None] = lambda args: None  # raises argument_checks.UEDPOUserError
 
     @property
     def defaults(self) -> Mapping[str, Any]:

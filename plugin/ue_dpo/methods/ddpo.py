@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ue_dpo.argument_checks import check_number
+from ue_dpo.argument_checks import UEDPOUserError, check_number
 from ue_dpo.methods.base import KeyGroup, MethodKey, PreferenceMethod, WeightedTokens, chosen_and_rejected
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ DEFAULT_DDPO_GAMMA = 3.0  # RLAIF-V's `dpo_token_weight` default
 def check_ddpo_keys(args) -> None:
     check_number("ddpo_gamma", args.ddpo_gamma)
     if not args.ddpo_gamma > 0:
-        raise ValueError(f"`ddpo_gamma: {args.ddpo_gamma}` must be positive (default {DEFAULT_DDPO_GAMMA}).")
+        raise UEDPOUserError(f"`ddpo_gamma: {args.ddpo_gamma}` must be positive (default {DEFAULT_DDPO_GAMMA}).")
 
 
 DDPO_KEYS = KeyGroup(

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from ue_dpo.argument_checks import check_choice, check_integer
+from ue_dpo.argument_checks import UEDPOUserError, check_choice, check_integer
 from ue_dpo.methods.base import KeyGroup, MethodKey
 
 NOISE_SPACES = ("pixel_values", "image")
@@ -12,7 +12,7 @@ NOISE_SCHEDULES = ("sigmoid", "linear")
 def check_noise_keys(args) -> None:
     check_integer("ue_noise_step", args.ue_noise_step, "an integer in [0, 999]")
     if not 0 <= args.ue_noise_step <= 999:
-        raise ValueError(f"`ue_noise_step: {args.ue_noise_step}` is out of range; use an integer in [0, 999].")
+        raise UEDPOUserError(f"`ue_noise_step: {args.ue_noise_step}` is out of range; use an integer in [0, 999].")
     if args.ue_seed is not None:
         check_integer("ue_seed", args.ue_seed, "an integer, or leave it out to use the training `seed`")
     check_choice("ue_noise_schedule", args.ue_noise_schedule, NOISE_SCHEDULES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from ue_dpo.argument_checks import check_choice, check_number
+from ue_dpo.argument_checks import UEDPOUserError, check_choice, check_number
 from ue_dpo.methods.base import KeyGroup, MethodKey, PreferenceMethod, WeightedTokens, chosen_and_rejected
 from ue_dpo.methods.noised_image import NOISED_IMAGE_KEYS
 
@@ -26,13 +26,13 @@ BRANCHES = ("both", "chosen", "rejected")
 def check_ue_keys(args) -> None:
     check_number("ue_alpha", args.ue_alpha)
     if not 0.0 <= args.ue_alpha < 1.0:
-        raise ValueError(
+        raise UEDPOUserError(
             f"`ue_alpha: {args.ue_alpha}` is out of range; UE-DPO needs 0 <= ue_alpha < 1 "
             "(λ_l = 1 - α·σ(·) must stay positive). The paper uses 0.15-0.3."
         )
     check_number("ue_tau", args.ue_tau)
     if not 0.0 < args.ue_tau <= 0.5:
-        raise ValueError(f"`ue_tau: {args.ue_tau}` is out of range; use 0 < ue_tau <= 0.5 (default 0.4).")
+        raise UEDPOUserError(f"`ue_tau: {args.ue_tau}` is out of range; use 0 < ue_tau <= 0.5 (default 0.4).")
     check_choice("ue_stat_scope", args.ue_stat_scope, STAT_SCOPES)
     check_choice("ue_weight_target", args.ue_weight_target, WEIGHT_TARGETS)
     check_choice("ue_branches", args.ue_branches, BRANCHES)
