@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from ue_dpo.core.noise import diffusion_noise, noise_coefficients
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.synthetic.shapes import write_preference_dataset
 
 STEP = 500
@@ -17,7 +18,7 @@ def large_image_pairs(tmp_path_factory):
     return write_preference_dataset(tmp_path_factory.mktemp("large_images"), n_pairs=2, seed=3, image_size=IMAGE_SIZE)
 
 
-def collated_modules(arch, request, dataset_dir, tmp_path):
+def collated_modules(arch, request, dataset_dir, tmp_path, **model_args):
     """(template, tokenizer module, the first two rows) as `stage: ue_dpo` tokenizes them."""
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
@@ -32,11 +33,12 @@ def collated_modules(arch, request, dataset_dir, tmp_path):
             "finetuning_type": "lora",
             "dataset": "shapes_pref",
             "dataset_dir": str(dataset_dir),
-            "template": arch,
-            "cutoff_len": 256,
+            "template": TEMPLATE_BY_MODEL_TYPE[arch],
+            "cutoff_len": 512,
             "output_dir": str(tmp_path / "out"),
             "report_to": "none",
             "overwrite_cache": True,
+            **model_args,
         }
     )
     tokenizer_module = load_tokenizer(model_args)
@@ -75,7 +77,7 @@ def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(re
             images=[image], do_resize=False, do_rescale=False, do_normalize=False, return_tensors="pt"
         )["pixel_values"]
 
-    clean_images = collator.family.split_images(batch)
+    clean_images = collator.family.split_images(batch, (collator.processor.image_token_id,))
     loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
     noised_images = list(batch[NOISED_PIXEL_VALUES].split([len(image) for image in clean_images]))
     signal, noise = noise_coefficients(STEP)
@@ -100,10 +102,45 @@ def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(re
     assert not torch.equal(noised_images[0], noised_images[1])
 
 
-def test_llava_noise_is_vcds_noise_of_the_normalised_image(request, large_image_pairs, tmp_path):
+def test_internvl_tiles_are_noised_with_one_eps_per_image_of_its_tiles_shape(request, large_image_pairs, tmp_path):
     from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
 
-    template, tokenizer_module, features = collated_modules("llava", request, large_image_pairs, tmp_path)
+    template, tokenizer_module, features = collated_modules(
+        "internvl", request, large_image_pairs, tmp_path, crop_to_patches=True
+    )
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    image_processor = tokenizer_module["processor"].image_processor
+    signal, noise = noise_coefficients(STEP)
+    # each image's tiles as InternVL's image processor cuts them (LLaMA-Factory's crop arguments): the crops, then
+    # the thumbnail
+    images = [Image.open(feature["images"][0]).convert("RGB") for feature in features] * 2
+    tiles = [
+        image_processor(images=[image], crop_to_patches=True, min_patches=1, max_patches=12, return_tensors="pt")
+        for image in images
+    ]
+    tile_counts = [int(image_tiles["num_patches"][0]) for image_tiles in tiles]
+    assert min(tile_counts) > 2  # crops and a thumbnail
+    expected_clean = torch.cat([image_tiles["pixel_values"] for image_tiles in tiles])
+    assert torch.equal(batch["pixel_values"], expected_clean)
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
+    expected_noised = torch.cat(
+        [
+            signal * image_tiles["pixel_values"]
+            + noise * diffusion_noise(tuple(image_tiles["pixel_values"].shape), collator.image_noise_seed(pixels))
+            for image_tiles, pixels in zip(tiles, loaded, strict=True)
+        ]
+    )
+    assert torch.equal(batch[NOISED_PIXEL_VALUES], expected_noised)
+    first, second = tile_counts[:2]
+    assert not torch.equal(expected_noised[:first], expected_noised[first : first + second])
+
+
+@pytest.mark.parametrize("arch", ["llava", "gemma3"])
+def test_stacked_noise_is_vcds_noise_of_the_normalised_image(arch, request, large_image_pairs, tmp_path):
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
+
+    template, tokenizer_module, features = collated_modules(arch, request, large_image_pairs, tmp_path)
     collator = ue_collator(template, tokenizer_module, "pixel_values")
     batch = collator(features)
     signal, noise = noise_coefficients(STEP)
@@ -114,7 +151,7 @@ def test_llava_noise_is_vcds_noise_of_the_normalised_image(request, large_image_
     assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "internvl", "gemma3"])
 def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(
     arch, request, large_image_pairs, tmp_path
 ):

@@ -185,7 +185,12 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
     return dataset_dir
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
+# InternVL: each image cut into tiles (2x2 crops and a thumbnail), and a short system prompt in place of the
+# template's default one, which alone is longer than CUTOFF_LEN in the tiny tokenizer
+TRAINER_OVERRIDES = {"internvl": {"crop_to_patches": True, "default_system": "You are a helpful assistant."}}
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl", "internvl"])
 def trainer(request, edited_dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
@@ -200,6 +205,7 @@ def trainer(request, edited_dataset_dir, tmp_path_factory):
         tmp_path_factory.mktemp(arch) / "out",
         cutoff_len=CUTOFF_LEN,
         max_samples=8,
+        **TRAINER_OVERRIDES.get(arch, {}),
     )
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamafactory_runs import run_train, train_or_fail, training_log
+from llamafactory_runs import run_train, train_in_one_process, train_or_fail, training_log
 from tiny_training_config import tiny_training_config
 
 UE_KEYS = {
@@ -88,6 +88,43 @@ def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(
     assert losses("alpha0", ue_alpha=0.0) == pytest.approx(stock, rel=1e-5, abs=1e-6)
     weighted = losses("alpha03", ue_alpha=0.3)
     assert weighted[0] != pytest.approx(stock[0], rel=1e-4)
+
+
+# The tiled families, each with the LLaMA-Factory keys that make its images several entries of `pixel_values`
+# (InternVL's crops and thumbnail), and the line its run logs about sharing prompts
+TILED_FAMILIES = {
+    "internvl": ({"crop_to_patches": True}, "each pair's prompt and image are computed once per pass"),
+    "gemma3": ({}, "computing unshared rows, since Gemma 3 builds its own per-layer masks from `token_type_ids`"),
+}
+
+
+def tiled_family_config(arch, request, dataset_dir, output_dir, **overrides):
+    keys, _ = TILED_FAMILIES[arch]
+    return tiny_training_config(arch, model_dir_for(arch, request), dataset_dir, output_dir, **keys, **overrides)
+
+
+@pytest.mark.parametrize("arch", TILED_FAMILIES)
+def test_tiled_family_trains_and_logs_ue_metrics(arch, request, shapes_dataset_dir, tmp_path):
+    result = run_train(tiled_family_config(arch, request, shapes_dataset_dir, tmp_path / "out"), tmp_path)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    assert TILED_FAMILIES[arch][1] in result.stdout + result.stderr
+    check_ue_metrics(training_log(tmp_path / "out"))
+
+
+def test_tiled_families_at_alpha_zero_log_the_losses_of_stage_dpo(request, shapes_dataset_dir, tmp_path):
+    runs = {
+        (arch, name): (
+            tiled_family_config(arch, request, shapes_dataset_dir, tmp_path / arch / name, **overrides),
+            tmp_path / arch / f"{name}-work",
+        )
+        for arch in TILED_FAMILIES
+        for name, overrides in (("dpo", {"stage": "dpo"}), ("alpha0", {"ue_alpha": 0.0}))
+    }
+    logs = train_in_one_process(runs)
+    for arch in TILED_FAMILIES:
+        stock = [entry["loss"] for entry in logs[arch, "dpo"]]
+        assert len(stock) == 2
+        assert [entry["loss"] for entry in logs[arch, "alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
 
 
 def test_resume_from_checkpoint_continues_the_run(tiny_llava_dir, shapes_dataset_dir, tmp_path):

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL)
-PixelLayout = Literal["stacked", "grid_patches"]
+#   tiles         `[Σ tiles, C, H, W]`, each image's tiles in a row (InternVL's crops, then its thumbnail). The batch
+#                 does not say how many tiles an image has; its run of image placeholders in `input_ids` does: the
+#                 same number of placeholders per tile, one run per image
+PixelLayout = Literal["stacked", "grid_patches", "tiles"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,15 @@ class ModelFamily:
     position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
     pixel_layout: PixelLayout
     image_encoder_owner: str = "model"  # the attribute of the model that holds `get_image_features`
+    # why packed rows cannot reproduce this family's attention (the per-layer masks its forward builds itself)
+    unshared_reason: str | None = None
 
-    def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """`pixel_values` as one tensor per image."""
+    def split_images(self, batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> list[torch.Tensor]:
+        """`pixel_values` as one tensor per image; `placeholder_ids` are the image placeholders of `input_ids`."""
         if self.pixel_layout == "stacked":
             return list(batch["pixel_values"].unbind(0))
+        if self.pixel_layout == "tiles":
+            return list(batch["pixel_values"].split(tiles_per_image(batch, placeholder_ids), dim=0))
         return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
 
     def joined_images(self, images: list[torch.Tensor]) -> torch.Tensor:
@@ -48,13 +55,36 @@ class ModelFamily:
     def encoder_owner(self, model: torch.nn.Module) -> torch.nn.Module:
         return getattr(model, self.image_encoder_owner)
 
-    def images_per_row_entries(self, batch: dict[str, torch.Tensor], images: int) -> dict[str, int]:
+    def images_per_row_entries(
+        self, batch: dict[str, torch.Tensor], images: int, placeholder_ids: tuple[int, ...]
+    ) -> dict[str, int]:
         """How many entries of each image key the first `images` images of the batch take."""
+        if self.pixel_layout == "tiles":
+            return {"pixel_values": sum(tiles_per_image(batch, placeholder_ids)[:images])}
         grid_thw = batch.get("image_grid_thw")
         entries = {"pixel_values": images if grid_thw is None else int(grid_thw[:images].prod(-1).sum())}
         if "image_grid_thw" in self.image_keys:
             entries["image_grid_thw"] = images
         return entries
+
+
+def tiles_per_image(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> list[int]:
+    """The tiles of each image of a `tiles` batch, in `pixel_values` order: each image is one run of placeholders
+    in `input_ids` (row by row), of the same number of placeholders per tile."""
+    import torch
+
+    input_ids = batch["input_ids"]
+    is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device)).flatten().int()
+    starts = (torch.diff(is_placeholder, prepend=is_placeholder.new_zeros(1)) == 1).cumsum(0)
+    run_lengths = torch.bincount(starts[is_placeholder.bool()] - 1).tolist()
+    tiles = batch["pixel_values"].shape[0]
+    per_tile, remainder = divmod(sum(run_lengths), tiles)
+    if remainder or per_tile == 0 or any(length % per_tile for length in run_lengths):
+        raise ValueError(
+            f"the batch's {sum(run_lengths)} image placeholders in {len(run_lengths)} runs do not divide into its "
+            f"{tiles} tiles"
+        )
+    return [length // per_tile for length in run_lengths]
 
 
 FAMILIES = (
@@ -77,6 +107,30 @@ FAMILIES = (
         image_keys=("pixel_values", "image_grid_thw"),
         position_keys=("position_ids", "rope_deltas"),
         pixel_layout="grid_patches",
+    ),
+    ModelFamily(
+        name="InternVL 3, 3.5 (-hf)",
+        model_types=("internvl",),
+        template="intern_vl",
+        mm_plugin="InternVLPlugin",
+        vision_modules=("vision_tower", "multi_modal_projector"),
+        image_keys=("pixel_values",),
+        position_keys=("position_ids",),
+        pixel_layout="tiles",
+    ),
+    ModelFamily(
+        name="Gemma 3",
+        model_types=("gemma3",),
+        template="gemma3",
+        mm_plugin="Gemma3Plugin",
+        vision_modules=("vision_tower", "multi_modal_projector"),
+        image_keys=("pixel_values",),
+        position_keys=("position_ids",),
+        pixel_layout="stacked",
+        unshared_reason=(
+            "Gemma 3 builds its own per-layer masks from `token_type_ids` (bidirectional attention within each "
+            "image) and its sliding windows, which a packed row's 4-D mask would replace"
+        ),
     ),
 )
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

@@ -80,8 +80,8 @@ def chosen_row_images(
     )
     if rejected_placeholders == 0:
         return {key: batch[key] for key in keys}
-    images = len(family.split_images(batch))
-    chosen_entries = family.images_per_row_entries(batch, images // 2)
+    images = len(family.split_images(batch, placeholder_ids))
+    chosen_entries = family.images_per_row_entries(batch, images // 2, placeholder_ids)
     chosen = {key: batch[key][: chosen_entries[key]] for key in keys}
     if (
         chosen_placeholders != rejected_placeholders
@@ -115,7 +115,9 @@ class ImageNoise:
 
 
 def noised_stacked_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
-    """`[C, H, W]`: VCD's noise of the normalised image, eps of its shape."""
+    """`[C, H, W]`: VCD's noise of the normalised image, eps of its shape. Also one image's `[T, C, H, W]` tiles
+    (InternVL): one eps of that shape drawn from the image's seed, so each tile's eps is its slice; the crops are
+    disjoint pieces of one resized image, whose iid eps this is, and the thumbnail's eps is its own slice."""
     return add_diffusion_noise(pixels, step=noise.step, schedule=noise.schedule, seed=noise.seed)
 
 
@@ -142,6 +144,7 @@ def noised_grid_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tenso
 NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], torch.Tensor]] = {
     "stacked": noised_stacked_image,
     "grid_patches": noised_grid_patches,
+    "tiles": noised_stacked_image,
 }
 
 
@@ -206,13 +209,21 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         the chosen rows' images, then the rejected rows' (the same images again): both rows of a pair see one v'."""
         family = self.family
         seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
+        images = family.split_images(batch, (self.processor.image_token_id,))
+        if len(images) != len(seeds):  # Gemma 3's pan and scan: an image's crops, unattributed in the batch
+            raise UEDPOUserError(
+                f"{family.name}'s `pixel_values` hold {len(images)} entries for the batch's {len(seeds)} images "
+                "(`image_do_pan_and_scan: true` adds crops the batch does not attribute to their image), so v' "
+                "cannot be drawn per image. Set `ue_noise_space: image` (the noise on the loaded image, then the "
+                "processor's crops) or `image_do_pan_and_scan: false`."
+            )
         noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
         return family.joined_images(
             [
                 noised_image(
                     pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
                 )
-                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+                for index, (pixels, seed) in enumerate(zip(images, seeds, strict=True))
             ]
         )
 

@@ -30,11 +30,14 @@ from tokenizers import (
 
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
-ARCHITECTURES = ("llava", "qwen2_vl")
+ARCHITECTURES = ("llava", "qwen2_vl", "internvl", "gemma3")
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
 QWEN2_VL_IMAGE_SIZE = 56
+INTERNVL_TILE_SIZE = 28
+GEMMA3_IMAGE_SIZE = 56
+GEMMA3_SLIDING_WINDOW = 64
 VISION_PATCH_SIZE = 14
 MAX_POSITIONS = 1024
 TOKENIZER_VOCAB_LIMIT = 1024
@@ -74,6 +77,13 @@ TINY_QWEN2_5_VL_VISION = {
     "temporal_patch_size": 2,
     "window_size": 56,
     "fullatt_block_indexes": [1],
+}
+
+TINY_INTERNVL_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
 }
 
 LLAVA_IMAGE_TOKEN = "<image>"
@@ -153,8 +163,9 @@ def _llama_tokenizer():
     )
 
 
-def _qwen2_tokenizer():
-    """A byte-level BPE split by Qwen2's pre-tokenizer regex, with Qwen2-VL's added tokens after the vocab."""
+def _qwen2_tokenizer(added_tokens: tuple[str, ...] = QWEN2_VL_ADDED_TOKENS, **named_tokens: str):
+    """A byte-level BPE split by Qwen2's pre-tokenizer regex, with `added_tokens` (Qwen2-VL's) after the vocab;
+    `named_tokens` are the model-specific special tokens a processor reads by name (`tokenizer.<name>`)."""
     from transformers import Qwen2TokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -180,8 +191,9 @@ def _qwen2_tokenizer():
         model_max_length=MAX_POSITIONS,
         added_tokens_decoder={
             len(vocab) + offset: AddedToken(token, special=True, normalized=False)
-            for offset, token in enumerate(QWEN2_VL_ADDED_TOKENS)
+            for offset, token in enumerate(added_tokens)
         },
+        **({"extra_special_tokens": named_tokens} if named_tokens else {}),
     )
 
 
@@ -213,7 +225,9 @@ def _save_random_model(
     *,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    redrawn: tuple[str, ...] = (),
 ) -> None:
+    """`redrawn`: parameters the model's own initialisation sets to zeros, drawn from N(0, initializer_range²)."""
     # The generation config is derived from the top-level ids on save, and the trainer compares them with the
     # tokenizer's. (Qwen2VLConfig drops top-level ids when loaded, so that trainer still warns; it is harmless.)
     for name, token_id in _special_token_ids(tokenizer).items():
@@ -225,6 +239,9 @@ def _save_random_model(
         else:  # e.g. 7B shapes drawn on the GPU in bf16: on the CPU in fp32 they take many minutes
             with torch.device(device or "cpu"):
                 model = model_class._from_config(config, dtype=dtype)
+        with torch.no_grad():
+            for name in redrawn:
+                model.get_parameter(name).normal_(std=config.initializer_range)
     model.save_pretrained(out_dir)
     del model
     if device is not None and torch.device(device).type == "cuda":
@@ -399,9 +416,179 @@ def build_tiny_qwen2_5_vl(
     return out_dir
 
 
+INTERNVL_ADDED_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>")
+
+
+def build_tiny_internvl(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = INTERNVL_TILE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """An InternVL-3-hf-style checkpoint: InternViT tiles of `image_size`² (28 px, 14 px patches: a 2x2 patch grid
+    that the pixel shuffle (downsample ratio 0.5) turns into 1 image token per tile) + Qwen2.
+
+    `text`: Qwen2Config fields over TINY_TEXT; `vision`: InternVLVisionConfig fields over TINY_INTERNVL_VISION.
+    The processor cuts an image into up to 12 tiles plus a thumbnail when LLaMA-Factory's `crop_to_patches` is on,
+    else resizes it to one tile."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        Qwen2Config,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer(
+        INTERNVL_ADDED_TOKENS,
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
+    )
+    text_config = Qwen2Config(
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = {
+        **TINY_INTERNVL_VISION,
+        "image_size": [image_size, image_size],
+        "patch_size": [VISION_PATCH_SIZE, VISION_PATCH_SIZE],
+        **(vision or {}),
+    }
+    downsample_ratio = 0.5
+    image_seq_length = int((image_size // VISION_PATCH_SIZE) ** 2 * downsample_ratio**2)
+    config = InternVLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=image_seq_length,
+        downsample_ratio=downsample_ratio,
+        tie_word_embeddings=False,
+    )
+    _save_random_model(InternVLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    size = {"height": image_size, "width": image_size}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=dict(size), crop_to_patches=False),
+        video_processor=InternVLVideoProcessor(size=dict(size)),
+        tokenizer=tokenizer,
+        image_seq_length=image_seq_length,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
+
+
+def _gemma3_tokenizer():
+    """A BPE with byte fallback like Gemma's, its special tokens at Gemma's first ids and the turn and image tokens
+    after the vocab."""
+    from transformers import GemmaTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_LIMIT,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", *byte_tokens],
+        show_progress=False,
+    )
+    vocab, merges = _trained_vocab_and_merges(bpe, trainer)
+    added = ("<start_of_turn>", "<end_of_turn>", *GEMMA3_TOKENS.values())
+    return GemmaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder={
+            len(vocab) + offset: AddedToken(token, special=True, normalized=False) for offset, token in enumerate(added)
+        },
+        extra_special_tokens=GEMMA3_TOKENS,
+    )
+
+
+def build_tiny_gemma3(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = GEMMA3_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Gemma-3-style checkpoint: SigLIP at `image_size`² (56 px, 14 px patches: 4x4 patches pooled into 4 image
+    tokens) + Gemma 3's text model, one sliding-window and one global layer. Gemma 3 initialises its image
+    projection to zeros, which would keep images out of the language model: here it is drawn at random.
+
+    `text`: Gemma3TextConfig fields over TINY_TEXT; `vision`: SiglipVisionConfig fields over TINY_CLIP_VISION."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    out_dir = Path(out_dir)
+    tokenizer = _gemma3_tokenizer()
+    shape = {**TINY_TEXT, **(text or {})}
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    tokens_per_image = (image_size // VISION_PATCH_SIZE // 2) ** 2
+    config = Gemma3Config(
+        text_config={
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+            "sliding_window": GEMMA3_SLIDING_WINDOW,
+            "layer_types": ["sliding_attention", "full_attention"],
+            **shape,
+            "vocab_size": _vocab_size(tokenizer, vocab_size),
+            **_special_token_ids(tokenizer),
+        },
+        vision_config={
+            **TINY_CLIP_VISION,
+            "image_size": image_size,
+            "patch_size": VISION_PATCH_SIZE,
+            "vision_use_head": False,
+            **(vision or {}),
+        },
+        mm_tokens_per_image=tokens_per_image,
+        boi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_TOKENS["boi_token"]),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(GEMMA3_TOKENS["eoi_token"]),
+        image_token_index=tokenizer.image_token_id,
+    )
+    _save_random_model(
+        Gemma3ForConditionalGeneration,
+        config,
+        tokenizer,
+        out_dir,
+        seed,
+        device=device,
+        dtype=dtype,
+        redrawn=("model.multi_modal_projector.mm_input_projection_weight",),
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        image_seq_length=tokens_per_image,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
     """`build_tiny_llava` or `build_tiny_qwen2_vl` by architecture name; `shapes` are their keyword arguments."""
-    builders = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl}
+    builders = {
+        "llava": build_tiny_llava,
+        "qwen2_vl": build_tiny_qwen2_vl,
+        "internvl": build_tiny_internvl,
+        "gemma3": build_tiny_gemma3,
+    }
     if arch not in builders:
         raise ValueError(f"unknown tiny model architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
     return builders[arch](out_dir, seed=seed, **shapes)
@@ -437,4 +624,22 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# InternVL's: Qwen2's turns, an image part written as the placeholder the processor expands into its tiles
+INTERNVL_CHAT_TEMPLATE = QWEN2_VL_CHAT_TEMPLATE.replace(
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}", "{{ '<IMG_CONTEXT>\\n' }}", 1
+)
+
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<start_of_image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
