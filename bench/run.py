@@ -6,6 +6,7 @@
     python bench/run.py --model-size 7b                      # LLaVA-1.5-7B's real shapes (CUDA GPU only)
     python bench/run.py --layout qwen2_vl                    # Qwen2-VL, small width, real 151,936 vocabulary
     python bench/run.py --layout qwen2_vl --model-size 7b    # Qwen2-VL-7B's real shapes (CUDA GPU only)
+    python bench/run.py --layout internvl                    # InternVL 3's tiles, small width (CPU or GPU)
 
 Models have the real architecture classes and random weights, built locally with the tiny models' tokenizer and
 processor (`ue_dpo.synthetic.tiny_models`); the 7b ones are built on the GPU in bf16. Every configuration trains
@@ -118,6 +119,19 @@ LAYOUTS = {
         "response_tokens": 128,
         "vocab_size": {"small": 151936, "7b": 152064},
     },
+    # InternVL 3's tiles: 448-px tiles of 256 tokens (14-px patches, pixel shuffle 0.5); an 896-px image is cut
+    # into 2x2 crops and a thumbnail (LLaMA-Factory's `crop_to_patches`), 1,280 image tokens
+    "internvl": {
+        "name": "InternVL 3",
+        "template": "intern_vl",
+        "pixels_per_visual_token": 28,
+        "image_size": 896,
+        "tile_size": 448,
+        "training_keys": {"crop_to_patches": True},
+        "question_tokens": 0,
+        "response_tokens": 128,
+        "vocab_size": {"small": 151674},
+    },
 }
 MODEL_SIZES = ("small", "7b")
 # issue 16's targets: (configuration, measure, ratio bound, configuration the ratio is taken to). The CPU peak
@@ -195,12 +209,14 @@ def model_shapes(layout: str, model_size: str) -> dict:
 
 def build_model(out_dir: Path, *, layout: str, model_size: str, vocab_size: int, image_size: int) -> None:
     """LLaVA-1.5 (Llama decoder, CLIP tower cut at its second-to-last layer, 2-layer GELU projector; one visual
-    token per 14-px patch) or Qwen2-VL of `model_size`, with a `vocab_size` output layer, the tiny model's
-    tokenizer, and a processor for `image_size`² images."""
-    from ue_dpo.synthetic.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+    token per 14-px patch), Qwen2-VL or InternVL 3 (its processor cutting images into the layout's tiles) of
+    `model_size`, with a `vocab_size` output layer, the tiny model's tokenizer, and a processor for `image_size`²
+    images."""
+    from ue_dpo.synthetic.tiny_models import build_tiny_internvl, build_tiny_llava, build_tiny_qwen2_vl
 
-    builder = {"llava15": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl}[layout]
-    builder(out_dir, seed=0, vocab_size=vocab_size, image_size=image_size, **model_shapes(layout, model_size))
+    builder = {"llava15": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl, "internvl": build_tiny_internvl}[layout]
+    model_image_size = LAYOUTS[layout].get("tile_size", image_size)  # a tiled model's processor takes tiles
+    builder(out_dir, seed=0, vocab_size=vocab_size, image_size=model_image_size, **model_shapes(layout, model_size))
 
 
 def write_dataset(
@@ -293,6 +309,7 @@ def training_config(name: str, workdir: Path, settings: dict, run_dir: Path, use
         "bf16": use_gpu,
         "fp16": False,
         "use_cpu": not use_gpu,
+        **LAYOUTS[settings["layout"]].get("training_keys", {}),
         **method,
     }
 
@@ -464,6 +481,12 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
         )
         tower_percent = 100 * tower_flops / (decoder_flops * row_tokens)
         tower_share = f"; the vision tower's forward on one image is {tower_percent:.1f}% of the decoder's on one row"
+    elif config.model_type == "internvl":
+        tower = (
+            f"InternViT width {vision.hidden_size}, {vision.num_hidden_layers} layers, {vision.image_size[0]}-px tiles "
+            f"in {vision.patch_size[0]}-px patches, pixel shuffle {config.downsample_ratio}, 2-layer GELU projector"
+        )
+        tower_share = ""
     else:
         tower = f"vision tower {vision.depth} layers x {vision.embed_dim}, 2x2 patch merger"
         tower_share = ""
@@ -618,6 +641,8 @@ def main() -> None:
     parser.add_argument("--result-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     layout = LAYOUTS[args.layout]
+    if args.model_size not in layout["vocab_size"]:
+        parser.error(f"--layout {args.layout} has no {args.model_size} shapes: use --model-size small")
     args.vocab_size = args.vocab_size or layout["vocab_size"][args.model_size]
     for key in ("image_size", "question_tokens", "response_tokens"):
         if getattr(args, key) is None:

@@ -210,13 +210,6 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         family = self.family
         seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
         images = family.split_images(batch, (self.processor.image_token_id,))
-        if len(images) != len(seeds):  # Gemma 3's pan and scan: an image's crops, unattributed in the batch
-            raise UEDPOUserError(
-                f"{family.name}'s `pixel_values` hold {len(images)} entries for the batch's {len(seeds)} images "
-                "(`image_do_pan_and_scan: true` adds crops the batch does not attribute to their image), so v' "
-                "cannot be drawn per image. Set `ue_noise_space: image` (the noise on the loaded image, then the "
-                "processor's crops) or `image_do_pan_and_scan: false`."
-            )
         noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
         return family.joined_images(
             [
