@@ -426,3 +426,22 @@ def test_noisy_warm_up_captions_add_one_absent_shape_to_the_same_scenes(tmp_path
     assert len(same_images.same_files) == 200 and not same_images.diff_files
     with pytest.raises(ValueError, match="noisy_share must be a share in \\[0, 1\\]"):
         write_sft_dataset(tmp_path, n_examples=1, noisy_share=1.5)
+
+
+def test_tiny_gemma3_has_a_random_image_projection_so_images_reach_its_language_model(tiny_gemma3_dir):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_gemma3_dir, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(tiny_gemma3_dir, local_files_only=True)
+    projection = model.model.multi_modal_projector.mm_input_projection_weight  # Gemma 3's own init: all zeros
+    assert 0.5 < projection.std().item() / model.config.initializer_range < 1.5
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
+        add_generation_prompt=True,
+    )
+    last_logits = [
+        model(**processor(text=[text], images=[Image.new("RGB", (56, 56), colour)], return_tensors="pt")).logits[0, -1]
+        for colour in ("white", "red")
+    ]
+    assert (last_logits[0] - last_logits[1]).abs().max() > 1e-3

@@ -13,6 +13,8 @@ from ue_dpo.evaluation.model import CheckpointError, UeDpoHF, resolve_checkpoint
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
 
 ARCHITECTURES = ("llava", "qwen2_vl")
+# Gemma 3 is prompted as in training, but does not generate yet: LLaMA-Factory's `token_type_ids` come unpadded
+TILED_ARCHITECTURES = ("internvl", "gemma3")
 QWEN2_VL_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
     + "<|image_pad|>" * 4
@@ -22,14 +24,27 @@ LLAVA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. USER: " + "<image>" * 4 + "Describe this image. ASSISTANT:"
 )
+# InternVL: the template's default system prompt, and one tile of 1 token (the processor crops no tiles by default)
+INTERNVL_PROMPT = (
+    "<|im_start|>system\n你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的"
+    "多模态大语言模型。<|im_end|>\n<|im_start|>user\n<img><IMG_CONTEXT></img>Describe this image.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+GEMMA3_PROMPT = (
+    "<bos><start_of_turn>user\n\n\n<start_of_image>"
+    + "<image_soft_token>" * 4
+    + "<end_of_image>\n\nDescribe this image.<end_of_turn>\n<start_of_turn>model\n"
+)
 
 
 @pytest.fixture(scope="module")
-def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir):
+def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir, tiny_internvl_dir, tiny_gemma3_dir):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
         "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
         "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu"),
+        "internvl": UeDpoHF(pretrained=str(tiny_internvl_dir), device="cpu"),
+        "gemma3": UeDpoHF(pretrained=str(tiny_gemma3_dir), device="cpu"),
     }
 
 
@@ -57,14 +72,19 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, *TILED_ARCHITECTURES])
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
     assert prompt == llamafactory_training_prompt(
         arch, request.getfixturevalue(f"tiny_{arch}_dir"), shapes_dataset_dir, tmp_path
     )
-    expected_text = {"llava": LLAVA_PROMPT, "qwen2_vl": QWEN2_VL_PROMPT}[arch]
+    expected_text = {
+        "llava": LLAVA_PROMPT,
+        "qwen2_vl": QWEN2_VL_PROMPT,
+        "internvl": INTERNVL_PROMPT,
+        "gemma3": GEMMA3_PROMPT,
+    }[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
 
@@ -74,12 +94,12 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "internvl"])
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
     model = models[arch]
     inputs = model.model_inputs([(CAPTION_PROMPT, images[:1]), ("What is in the picture?", images[1:2])])
-    if arch != "llava":
+    if arch.startswith("qwen"):
         assert inputs["mm_token_type_ids"].sum(dim=1).tolist() == [4, 4]
     with torch.inference_mode():
         forward_logits = model.model(**inputs).logits[:, -1]
@@ -164,7 +184,7 @@ def requests_for(images, gen_kwargs_per_request, contexts=None):
     ], {"shapes": {"test": docs}}
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "internvl"])
 def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, models, images):
     model = models[arch]
     # two kwargs groups, interleaved, so batching regroups and must restore the order
