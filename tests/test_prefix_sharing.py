@@ -146,6 +146,15 @@ def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_o
     }
     chosen = chosen_row_images(qwen_batch, (PLACEHOLDER,), FAMILY_BY_MODEL_TYPE["qwen2_vl"])
     assert torch.equal(chosen["pixel_values"], patches) and chosen["image_grid_thw"].tolist() == [[1, 1, 2], [1, 2, 1]]
+    # InternVL's tiles: 2 image placeholders per tile; the first image (1 tile) ends its row, the second (2 tiles)
+    # starts the next
+    tiles_ids = torch.tensor([[21] * 3 + [PLACEHOLDER] * 2, [PLACEHOLDER] * 4 + [22]])
+    tiles_ids = torch.cat([tiles_ids, tiles_ids])
+    tiles = torch.arange(3 * 2).view(3, 2, 1, 1).float()
+    internvl = FAMILY_BY_MODEL_TYPE["internvl"]
+    tiles_batch = {"input_ids": tiles_ids, "pixel_values": torch.cat([tiles, tiles])}
+    assert [len(image) for image in internvl.split_images(tiles_batch, (PLACEHOLDER,))] == [1, 2, 1, 2]
+    assert torch.equal(chosen_row_images(tiles_batch, (PLACEHOLDER,), internvl)["pixel_values"], tiles)
     other_rejected_image = torch.stack([patches[0], patches[1], patches[0], patches[2]])
     llava_batch = {"input_ids": input_ids, "pixel_values": other_rejected_image}
     with pytest.raises(PrefixNotShared, match="the rejected rows' images are not those of their pairs' chosen rows"):

@@ -74,7 +74,8 @@ def tiles_per_image(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, 
     import torch
 
     input_ids = batch["input_ids"]
-    is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device)).flatten().int()
+    is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device)).int()
+    is_placeholder = torch.nn.functional.pad(is_placeholder, (1, 0)).flatten()  # no run goes on into the next row
     starts = (torch.diff(is_placeholder, prepend=is_placeholder.new_zeros(1)) == 1).cumsum(0)
     run_lengths = torch.bincount(starts[is_placeholder.bool()] - 1).tolist()
     tiles = batch["pixel_values"].shape[0]
