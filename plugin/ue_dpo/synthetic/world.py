@@ -7,9 +7,6 @@ from ue_dpo.synthetic import blind_spots, shapes
 
 WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
 ARCHITECTURES = ("llava", "qwen2_vl")  # the tiny models a world is built with (of tiny_models.ARCHITECTURES)
-    "llava",
-    "qwen2_vl",
-)  # the tiny models a world is built with (of ue_dpo.synthetic.tiny_models.ARCHITECTURES)
 
 
 @dataclass(frozen=True)
