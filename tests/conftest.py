@@ -20,6 +20,7 @@ from ue_dpo.synthetic.tiny_models import (
     build_tiny_llava,
     build_tiny_llava_next,
     build_tiny_mistral3,
+    build_tiny_pixtral,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
 )
@@ -48,6 +49,11 @@ def tiny_llava_next_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_mistral3_dir(tmp_path_factory):
     return build_tiny_mistral3(tmp_path_factory.mktemp("tiny_mistral3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixtral_dir(tmp_path_factory):
+    return build_tiny_pixtral(tmp_path_factory.mktemp("tiny_pixtral"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -246,3 +246,24 @@ def test_image_noise_of_images_of_different_sizes_is_the_processors_output_for_t
     expected = stock(tpo_features)
     assert torch.equal(noised_pixel_values, expected["pixel_values"])
     assert not torch.equal(noised_pixel_values, stock(features)["pixel_values"])
+
+
+def test_a_bfloat16_image_is_noised_in_float32_and_stays_bfloat16():
+    from ue_dpo.llamafactory.collator import ImageNoise, noised_padded_image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.zeros(3, 6, 8, dtype=torch.bfloat16)
+    pixels[:, :4, :5] = torch.randn(3, 4, 5, generator=generator).to(torch.bfloat16)
+    noise_of = ImageNoise(
+        seed=5,
+        index=1,
+        batch={"image_sizes": torch.tensor([[6, 8], [4, 5]])},
+        processor=None,
+        step=STEP,
+        schedule="sigmoid",
+    )
+    noised = noised_padded_image(pixels, noise_of)
+    signal, noise = noise_coefficients(STEP)
+    expected = torch.zeros_like(pixels)
+    expected[:, :4, :5] = (signal * pixels[:, :4, :5].float() + noise * diffusion_noise((3, 4, 5), 5)).bfloat16()
+    assert noised.dtype == torch.bfloat16 and torch.equal(noised, expected)

@@ -122,17 +122,20 @@ def test_images_of_different_sizes_train_with_ue_metrics_and_the_adapter_evaluat
 
 
 def test_alpha_zero_on_images_of_different_sizes_logs_the_losses_of_stage_dpo(
-    tiny_llava_next_dir, tiny_mistral3_dir, mixed_sizes_dataset_dir, tmp_path
+    tiny_llava_next_dir, tiny_mistral3_dir, tiny_pixtral_dir, mixed_sizes_dataset_dir, tmp_path
 ):
+    def run(arch, model_dir, name, **overrides):
+        config = tiny_training_config(arch, model_dir, mixed_sizes_dataset_dir, tmp_path / arch / name, **overrides)
+        return config, tmp_path / arch / f"{name}-work"
+
     runs = {
-        f"{arch}-{name}": (
-            tiny_training_config(arch, model_dir, mixed_sizes_dataset_dir, tmp_path / arch / name, **overrides),
-            tmp_path / arch / f"{name}-work",
-        )
+        f"{arch}-{name}": run(arch, model_dir, name, **overrides)
         for arch, model_dir in (("llava_next", tiny_llava_next_dir), ("mistral3", tiny_mistral3_dir))
         for name, overrides in (("dpo", {"stage": "dpo"}), ("alpha0", {"ue_alpha": 0.0}))
     }
+    runs["pixtral-ue"] = run("pixtral", tiny_pixtral_dir, "ue")  # Pixtral-12B: a `llava` model, `template: pixtral`
     logs = train_in_one_process(runs)
+    check_ue_metrics(logs["pixtral-ue"])
     for arch in ("llava_next", "mistral3"):
         stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
         alpha0 = [entry["loss"] for entry in logs[f"{arch}-alpha0"]]

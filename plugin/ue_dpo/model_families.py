@@ -70,7 +70,7 @@ FAMILIES = (
         template="llava",
         mm_plugin="LlavaPlugin",
         vision_modules=("vision_tower", "multi_modal_projector"),
-        image_keys=("pixel_values",),
+        image_keys=("pixel_values", "image_sizes"),  # image_sizes: Pixtral-12B, a `llava` model (`template: pixtral`)
         position_keys=("position_ids",),
         pixel_layout="stacked",
     ),
@@ -96,7 +96,7 @@ FAMILIES = (
     ),
     ModelFamily(
         name="Pixtral, Mistral-Small-3",
-        model_types=("mistral3",),  # Pixtral-12B is a `llava` model: it trains with `template: pixtral`
+        model_types=("mistral3",),  # Pixtral-12B is a `llava` model; its `template: pixtral` has this plugin
         template="mistral_small",
         mm_plugin="PixtralPlugin",
         vision_modules=("vision_tower", "multi_modal_projector"),

@@ -32,7 +32,7 @@ from tokenizers import (
 
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
-ARCHITECTURES = ("llava", "qwen2_vl", "llava_next", "mistral3")
+ARCHITECTURES = ("llava", "qwen2_vl", "llava_next", "mistral3", "pixtral")
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
@@ -532,6 +532,61 @@ def build_tiny_mistral3(
     return out_dir
 
 
+def build_tiny_pixtral(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = MISTRAL3_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Pixtral-12B-style checkpoint: a `llava` model with the tiny Mistral-Small-3's Pixtral tower (one visual
+    token per 14-px patch, no merger), LLaVA's projector and a Mistral language model; the shapes as
+    build_tiny_mistral3."""
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        MistralConfig,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PixtralVisionConfig,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _llama_tokenizer((*PIXTRAL_IMAGE_TOKENS, LLAVA_PAD_TOKEN))
+    text_config = MistralConfig(
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = PixtralVisionConfig(
+        **{**TINY_PIXTRAL_VISION, **(vision or {})}, image_size=image_size, patch_size=VISION_PATCH_SIZE
+    )
+    config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(PIXTRAL_IMAGE_TOKENS[0]),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+    )
+    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(
+            size={"longest_edge": image_size},
+            patch_size={"height": VISION_PATCH_SIZE, "width": VISION_PATCH_SIZE},
+        ),
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
     """`build_tiny_llava` or `build_tiny_qwen2_vl` by architecture name; `shapes` are their keyword arguments."""
     builders = {
@@ -539,6 +594,7 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
         "qwen2_vl": build_tiny_qwen2_vl,
         "llava_next": build_tiny_llava_next,
         "mistral3": build_tiny_mistral3,
+        "pixtral": build_tiny_pixtral,
     }
     if arch not in builders:
         raise ValueError(f"unknown tiny model architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
