@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL)
 #   anyres_patches `[N, P_max, C, S, S]`, per image a resized base patch, then the crops of its high-resolution
-#                 canvas, then zero patches up to the batch's most; `image_sizes` holds each image's size as loaded
-#                 (LLaVA-NeXT)
+#                 canvas, then zero patches up to the batch's most; `image_sizes` holds each image's size as the
+#                 processor received it (LLaVA-NeXT)
 #   padded_images `[N, C, H_max, W_max]`, each image at its own size `image_sizes` in the top-left corner, zeros
 #                 around it (Pixtral, Mistral-Small-3)
 PixelLayout = Literal["stacked", "grid_patches", "anyres_patches", "padded_images"]
