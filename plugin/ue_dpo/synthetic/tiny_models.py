@@ -1,17 +1,19 @@
-"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT and Mistral-Small-3 checkpoints, built locally
-without any download.
+"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, InternVL 3 and Gemma 3
+checkpoints, built locally without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's `llava`, `qwen2_vl`,
-`llava_next` and `mistral_small` templates, `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as
-they load the released checkpoints. LLaVA and Qwen2-VL see an image as a 2x2 grid of visual tokens, one per quadrant
-of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches, and
-Mistral-Small-3 sees each image at its own size.
+`llava_next`, `mistral_small`, `intern_vl` and `gemma3` templates, `AutoProcessor` and `AutoModelForImageTextToText`
+load them exactly as they load the released checkpoints. LLaVA and Qwen2-VL see an image as a 2x2 grid of visual
+tokens, one per quadrant of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of
+high-resolution patches, Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one
+token each (with `crop_to_patches`) and Gemma 3 pools it into 4 tokens.
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
 entries; ids past the tokenizer's are never targets, as in the released models), `image_size` (pixels per side,
-which sets the image tokens: one per 14-px patch for LLaVA, one per 28-px square for Qwen2-VL) and `device` /
-`dtype` (where the random weights are drawn). `bench/run.py` builds LLaVA-1.5-7B and Qwen2-VL-7B shapes with them.
+which sets the image tokens: one per 14-px patch for LLaVA, one per 28-px square for Qwen2-VL; InternVL's tile) and
+`device` / `dtype` (where the random weights are drawn). `bench/run.py` builds LLaVA-1.5-7B and Qwen2-VL-7B shapes,
+and a small InternVL with 448-px tiles, with them.
 """
 
 import json
@@ -770,7 +772,7 @@ def build_tiny_gemma3(
 
 
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
-    """`build_tiny_llava` or `build_tiny_qwen2_vl` by architecture name; `shapes` are their keyword arguments."""
+    """A `build_tiny_<arch>` builder by architecture name; `shapes` are its keyword arguments."""
     builders = {
         "llava": build_tiny_llava,
         "qwen2_vl": build_tiny_qwen2_vl,
