@@ -41,10 +41,13 @@ def check_ue_metrics(log: list[dict], alpha: float = 0.3) -> None:
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_lora_training_logs_ue_metrics_and_saves_the_adapter(arch, request, shapes_dataset_dir, tmp_path):
-    out = tmp_path / "out"
-    log = train_or_fail(
-        tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out, plot_loss=True), tmp_path
-    )
+    if arch == "llava":  # through llamafactory-cli, as users run it (Qwen2-VL's CLI trainings: the torchrun tests)
+        out = tmp_path / "out"
+        log = train_or_fail(
+            tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out, plot_loss=True), tmp_path
+        )
+    else:
+        log, out = request.getfixturevalue("trained")[f"lora-{arch}"]
     check_ue_metrics(log)
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
@@ -57,9 +60,9 @@ FULL_FINETUNING = {"finetuning_type": "full", "freeze_vision_tower": True, "lear
 
 @pytest.fixture(scope="module")
 def trained(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
-    """The trainings of the tests below that check what a run logs and saves (the CLI's own start and messages are
-    checked by the LoRA test and the refusals): one after another in one Python process through LLaMA-Factory's
-    `run_exp` (train_in_one_process), since importing LLaMA-Factory is most of a tiny run.
+    """The trainings of the tests that check what a run logs and saves (the CLI's own start and messages are checked
+    by the LLaVA LoRA test, the torchrun tests and the refusals): one after another in one Python process through
+    LLaMA-Factory's `run_exp` (train_in_one_process), since importing LLaMA-Factory is most of a tiny run.
     -> {name: (training log, output_dir)}."""
     root = tmp_path_factory.mktemp("trained")
     model_dirs = {"llava": tiny_llava_dir, "qwen2_vl": tiny_qwen2_vl_dir}
@@ -69,6 +72,7 @@ def trained(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_fact
 
     resumed = config("resume", "llava", max_steps=2, save_strategy="steps", save_steps=1)
     configs = {
+        "lora-qwen2_vl": config("lora-qwen2_vl", "qwen2_vl", plot_loss=True),
         **{
             f"full-{arch}": config(f"full-{arch}", arch, **FULL_FINETUNING, ue_weight_target="logratio")
             for arch in model_dirs
