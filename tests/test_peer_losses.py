@@ -165,7 +165,9 @@ def test_chunked_reference_kl_matches_the_full_softmax_with_gradients(chunks):
 
 def test_reference_kl_is_zero_for_the_same_model():
     hidden, weight = torch.randn(3, 4), torch.randn(7, 4)
-    divergence = chunked_reference_kl(hidden, weight, None, hidden, weight, None, token_chunk_size=2, vocab_chunk_size=3)
+    divergence = chunked_reference_kl(
+        hidden, weight, None, hidden, weight, None, token_chunk_size=2, vocab_chunk_size=3
+    )
     torch.testing.assert_close(divergence, torch.zeros(3), atol=1e-6, rtol=0)
 
 

@@ -10,18 +10,10 @@ second image, ℓ(z) = -log σ(z), sg stop-gradient.
     V-DPO        L = (1 - ε) ℓ(β h) + ε ℓ(-β h),  h = [s̃_w - r_w] - [s̃_l - r_l],  s̃ = γ s - (γ - 1) sg u(y|∅)
 """
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class PeerLoss:
-    losses: torch.Tensor  # per pair
-    chosen_rewards: torch.Tensor  # β (s_w - r_w), detached
-    rejected_rewards: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's own per-pair quantities, detached
+from ue_dpo.core.loss import PreferenceLoss
 
 
 def _rewards(beta: float, policy: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -39,16 +31,20 @@ def mdpo_loss(
     beta: float,
     anchor_margin: float = 0.0,
     image_term_mask: torch.Tensor | None = None,
-) -> PeerLoss:
+    text_margin: torch.Tensor | None = None,
+) -> PreferenceLoss:
     """mDPO's (and MFPO's) three terms, weighted 1:1:1. `image_term_mask` `[B]` keeps the image term of the pairs
-    that have an image (a pair without one has no second image to prefer its own over)."""
+    that have an image (a pair without one has no second image to prefer its own over). `text_margin` replaces the
+    text term's (s_w - s_l) - (r_w - r_l), e.g. by its token-weighted sums; the other terms keep the plain sums."""
     chosen_logratio = policy_chosen - reference_chosen
-    text = -F.logsigmoid(beta * (chosen_logratio - (policy_rejected - reference_rejected)))
+    if text_margin is None:
+        text_margin = chosen_logratio - (policy_rejected - reference_rejected)
+    text = -F.logsigmoid(beta * text_margin)
     image = -F.logsigmoid(beta * (chosen_logratio - (policy_chosen_second - reference_chosen_second)))
     if image_term_mask is not None:
         image = torch.where(image_term_mask, image, 0.0)
     anchor = -F.logsigmoid(beta * chosen_logratio - anchor_margin)
-    return PeerLoss(
+    return PreferenceLoss(
         losses=text + image + anchor,
         chosen_rewards=_rewards(beta, policy_chosen, reference_chosen),
         rejected_rewards=_rewards(beta, policy_rejected, reference_rejected),
@@ -68,14 +64,14 @@ def chip_loss(
     *,
     beta: float,
     alpha: float,
-) -> PeerLoss:
+) -> PreferenceLoss:
     """CHiP's one sigmoid over DPO, the cross-modal term and TDPO's KL term (the paper's formula, per pair)."""
     chosen_logratio = policy_chosen - reference_chosen
     text = chosen_logratio - (policy_rejected - reference_rejected)
     image = chosen_logratio - (policy_chosen_second - reference_chosen_second)
     kl_term = alpha * (kl_rejected - kl_chosen.detach())
     logits = text + image - kl_term
-    return PeerLoss(
+    return PreferenceLoss(
         losses=-F.logsigmoid(beta * logits),
         chosen_rewards=_rewards(beta, policy_chosen, reference_chosen),
         rejected_rewards=_rewards(beta, policy_rejected, reference_rejected),
@@ -99,13 +95,13 @@ def vdpo_loss(
     beta: float,
     gamma: float,
     label_smoothing: float = 0.0,
-) -> PeerLoss:
+) -> PreferenceLoss:
     """V-DPO's loss over the guided scores; the reference is not guided."""
     guided_chosen = guided_scores(policy_chosen, guidance_chosen, gamma)
     guided_rejected = guided_scores(policy_rejected, guidance_rejected, gamma)
     margin = (guided_chosen - reference_chosen) - (guided_rejected - reference_rejected)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * margin) - label_smoothing * F.logsigmoid(-beta * margin)
-    return PeerLoss(
+    return PreferenceLoss(
         losses=losses,
         chosen_rewards=_rewards(beta, guided_chosen, reference_chosen),
         rejected_rewards=_rewards(beta, guided_rejected, reference_rejected),

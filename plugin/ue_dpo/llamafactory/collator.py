@@ -6,10 +6,13 @@ v' by `ue_noise_space`:
                   the processor patchifies, so both copies see the same eps and v' is the patchified VCD image.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
+
+Second images (a method's `second_images`, `core.second_images`) are built on each normalised image; Qwen2-VL's
+patches are laid back out as the image, transformed, and patchified again to the same grid.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,17 +28,20 @@ from ue_dpo.core.noise import (
     sample_noise_seed,
     tpo_noised_image,
 )
+from ue_dpo.core.second_images import gaussian_image, mdpo_crop, patchify_grid, unpatchify_grid
 from ue_dpo.core.shared_prefix import PrefixNotShared
 from ue_dpo.images import (
     describe_image_source,
     load_image_strictly,
     unreadable_image_reason,
 )
+from ue_dpo.methods.base import SecondImage
 from ue_dpo.model_families import FAMILY_BY_MM_PLUGIN, ModelFamily, supported_templates
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
 ROW_DIGEST = "ue_row_digest"
+SECOND_PIXEL_VALUES = "ue_second_pixel_values:"  # then the image's name
 
 
 def template_family(template) -> ModelFamily:
@@ -103,6 +109,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_seed: int = 0
     with_noised_image: bool = True  # v' for the methods that read it (PreferenceMethod.reads_noised_image)
     with_row_digests: bool = True  # content digests, the keys of the `ue_precompute_ref` cache
+    second_images: dict[str, SecondImage] = field(default_factory=dict)  # PreferenceMethod.second_images
 
     @property
     def family(self) -> ModelFamily:
@@ -121,6 +128,8 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
         if self.with_noised_image:
             batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_images, batch)
+        for name, second_image in self.second_images.items():
+            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(name, second_image, pair_images, batch)
         if self.with_row_digests:
             batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
         return batch
@@ -155,6 +164,38 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     def image_noise_seed(self, content: np.ndarray) -> int:
         """The seed of an image's eps: the run's noise seed, the image's content (pixels or clean patches) and k."""
         return sample_noise_seed(self.noise_seed, _digest(content), self.noise_step)
+
+    def _second_pixel_values(
+        self, name: str, second_image: SecondImage, pair_images: list[list], batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        pixel_values = batch["pixel_values"]
+        if not any(pair_images):  # only LLaMA-Factory's blank stand-in image: never read
+            return pixel_values.clone()
+        if second_image.kind == "zeros":
+            return torch.zeros_like(pixel_values)
+
+        def transformed(image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+            """`image` `[C, T, H, W]` (T = 1 for stacked images), drawn from the image's content and name."""
+            seed = sample_noise_seed(self.noise_seed, _digest(content.numpy()) + name.encode(), 0)
+            if second_image.kind == "crop":
+                return mdpo_crop(image.flatten(0, 1), seed).view(image.shape)
+            channels, frames, height, width = image.shape
+            drawn = gaussian_image((channels, 1, height, width), seed)
+            return drawn.expand(image.shape).to(image.dtype)  # a still image: every temporal copy the same
+
+        images = self.family.split_images(batch)
+        if self.family.pixel_layout == "stacked":
+            return torch.stack([transformed(image.unsqueeze(1), image).squeeze(1) for image in images])
+        image_processor = self.processor.image_processor
+        patch, merge = image_processor.patch_size, image_processor.merge_size
+        frames = image_processor.temporal_patch_size
+        second = []
+        for patches, grid_thw in zip(images, batch["image_grid_thw"]):
+            _, grid_h, grid_w = grid_thw.tolist()
+            image = unpatchify_grid(patches, grid_h, grid_w, merge, patch)
+            image = transformed(image.view(-1, frames, *image.shape[1:]), patches)
+            second.append(patchify_grid(image.flatten(0, 1), merge, patch))
+        return torch.cat(second)
 
     def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = self.family.split_images(batch)

@@ -51,6 +51,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         noise_seed=training_args.seed if finetuning_args.ue_seed is None else finetuning_args.ue_seed,
         with_noised_image=finetuning_args.method.reads_noised_image,
         with_row_digests=finetuning_args.ue_precompute_ref,
+        second_images=finetuning_args.method.second_images,
         **tokenizer_module,
     )
     if finetuning_args.ref_model is None and not training_args.do_train:
