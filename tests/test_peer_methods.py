@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import ue_dpo
+from llamafactory_runs import train_or_fail
 from tiny_training_config import tiny_training_config
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.config import UEDPOArguments
@@ -292,3 +293,25 @@ def test_label_smoothing_is_refused_where_the_source_has_none():
 
 def test_ell_is_minus_log_sigmoid():
     assert ell(torch.tensor(0.0)).item() == pytest.approx(math.log(2))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("name", ["mdpo", "mfpo", "vdpo", "chip"])
+def test_peer_trains_two_steps_from_llamafactory_cli(name, arch, request, shapes_dataset_dir, tmp_path):
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    config = tiny_training_config(
+        arch, model_dir, shapes_dataset_dir, tmp_path / "out", ue_weighting=name, max_samples=4
+    )
+    log = train_or_fail(config, tmp_path)
+    steps = [entry for entry in log if "loss" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        assert math.isfinite(entry["loss"]) and entry["rewards/accuracies"] >= 0
+    terms = {
+        "mdpo": "mdpo/image_loss",
+        "mfpo": "mfpo/image_loss",
+        "vdpo": "vdpo/guidance_chosen",
+        "chip": "chip/kl_chosen",
+    }
+    assert terms[name] in steps[0]
