@@ -60,7 +60,7 @@ def check_against(loss: torch.Tensor, naive, inputs: list[torch.Tensor], *, diff
 
 
 def test_mdpo_loss_and_gradients_match_the_three_terms():
-    beta, margin = 0.7, 0.2
+    beta = 0.7
     inputs = scores(6, seed=0)
     has_image = torch.tensor([True, False, True])
 
@@ -70,12 +70,25 @@ def test_mdpo_loss_and_gradients_match_the_three_terms():
             total += neg_log_sigmoid(beta * ((sw[k] - sl[k]) - (rw[k] - rl[k])))
             if has_image[k]:
                 total += neg_log_sigmoid(beta * ((sw[k] - sw2[k]) - (rw[k] - rw2[k])))
-            total += neg_log_sigmoid(beta * (sw[k] - rw[k]) - margin)
+            total += neg_log_sigmoid(beta * (sw[k] - rw[k]))
         return total
 
-    result = mdpo_loss(*inputs, beta=beta, anchor_margin=margin, image_term_mask=has_image)
+    result = mdpo_loss(*inputs, beta=beta, image_term_mask=has_image)
     check_against(result.losses, naive, inputs, differentiable=[True] * 6)
     assert result.terms["image_loss"][1] == 0
+
+
+def test_mdpo_text_margin_replaces_the_text_term_only():
+    inputs = scores(6, seed=8)
+    margin = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    plain = mdpo_loss(*inputs, beta=0.3)
+    replaced = mdpo_loss(*inputs, beta=0.3, text_margin=margin)
+    expected = [neg_log_sigmoid(0.3 * value) for value in margin.tolist()]
+    torch.testing.assert_close(replaced.terms["text_loss"].double(), torch.tensor(expected, dtype=torch.float64))
+    for term in ("image_loss", "anchor_loss"):
+        torch.testing.assert_close(replaced.terms[term], plain.terms[term], rtol=0, atol=0)
+    (gradient,) = torch.autograd.grad(replaced.losses.sum(), margin)
+    torch.testing.assert_close(gradient, -0.3 * torch.sigmoid(-0.3 * margin.detach()))
 
 
 def test_chip_loss_and_gradients_match_one_sigmoid_over_the_sum():

@@ -291,10 +291,6 @@ def test_label_smoothing_is_refused_where_the_source_has_none():
         UEDPOArguments(ue_weighting="chip").validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None, label_smoothing=0.1)
 
 
-def test_ell_is_minus_log_sigmoid():
-    assert ell(torch.tensor(0.0)).item() == pytest.approx(math.log(2))
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 @pytest.mark.parametrize("name", ["mdpo", "mfpo", "vdpo", "chip"])

@@ -29,13 +29,13 @@ def mdpo_loss(
     reference_chosen_second: torch.Tensor,
     *,
     beta: float,
-    anchor_margin: float = 0.0,
     image_term_mask: torch.Tensor | None = None,
     text_margin: torch.Tensor | None = None,
 ) -> PreferenceLoss:
-    """mDPO's (and MFPO's) three terms, weighted 1:1:1. `image_term_mask` `[B]` keeps the image term of the pairs
-    that have an image (a pair without one has no second image to prefer its own over). `text_margin` replaces the
-    text term's (s_w - s_l) - (r_w - r_l), e.g. by its token-weighted sums; the other terms keep the plain sums."""
+    """mDPO's (and MFPO's, whose margin η is 0) three terms, weighted 1:1:1. `image_term_mask` `[B]` keeps the
+    image term of the pairs that have an image (a pair without one has no second image to prefer its own over).
+    `text_margin` replaces the text term's (s_w - s_l) - (r_w - r_l), e.g. by its token-weighted sums; the other
+    terms keep the plain sums."""
     chosen_logratio = policy_chosen - reference_chosen
     if text_margin is None:
         text_margin = chosen_logratio - (policy_rejected - reference_rejected)
@@ -43,7 +43,7 @@ def mdpo_loss(
     image = -F.logsigmoid(beta * (chosen_logratio - (policy_chosen_second - reference_chosen_second)))
     if image_term_mask is not None:
         image = torch.where(image_term_mask, image, 0.0)
-    anchor = -F.logsigmoid(beta * chosen_logratio - anchor_margin)
+    anchor = -F.logsigmoid(beta * chosen_logratio)
     return PreferenceLoss(
         losses=text + image + anchor,
         chosen_rewards=_rewards(beta, policy_chosen, reference_chosen),

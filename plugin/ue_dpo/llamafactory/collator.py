@@ -179,7 +179,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             seed = sample_noise_seed(self.noise_seed, _digest(content.numpy()) + name.encode(), 0)
             if second_image.kind == "crop":
                 return mdpo_crop(image.flatten(0, 1), seed).view(image.shape)
-            channels, frames, height, width = image.shape
+            channels, _, height, width = image.shape
             drawn = gaussian_image((channels, 1, height, width), seed)
             return drawn.expand(image.shape).to(image.dtype)  # a still image: every temporal copy the same
 

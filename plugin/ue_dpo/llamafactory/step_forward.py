@@ -14,7 +14,6 @@ Every pass reads all rows, on one of the images: `clean`, `noised` (v') or a sec
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Literal
 
 import torch
 from llamafactory.extras.constants import IGNORE_INDEX
@@ -36,7 +35,7 @@ from ue_dpo.model_families import FAMILY_BY_MODEL_TYPE, ModelFamily, family_of
 
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a 4-D attention mask as given
 TEXT_KEYS = ("input_ids", "attention_mask")
-Image = Literal["clean", "noised"] | str  # or the name of a second image
+Image = str  # "clean", "noised" (v') or the name of one of the method's second images
 
 
 def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

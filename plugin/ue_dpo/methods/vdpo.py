@@ -131,7 +131,7 @@ class VDPO(PreferenceMethod):
                 else:
                     passes.append(step.reference_statistics(image).target_logprob)
             guidance = (torch.stack(passes).mean(0) * span).sum(-1)
-        return vdpo_loss(
+        result = vdpo_loss(
             policy[:pairs],
             policy[pairs:],
             reference[:pairs],
@@ -142,3 +142,6 @@ class VDPO(PreferenceMethod):
             gamma=self.args.vdpo_gamma,
             label_smoothing=label_smoothing,
         )
+        if not self.guided:  # no guidance pass ran
+            result.terms.clear()
+        return result
