@@ -285,6 +285,12 @@ def test_peer_keys_are_refused_with_the_reason(keys, message):
         UEDPOArguments(**keys).validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None)
 
 
+def test_vdpo_with_policy_guidance_accepts_the_reference_cache():
+    args = UEDPOArguments(ue_weighting="vdpo", ue_precompute_ref=True)
+    args.validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None)  # the reference runs on the clean image only
+    assert args.vdpo_guidance == "policy" and args.vdpo_gamma == 2.0
+
+
 def test_label_smoothing_is_refused_where_the_source_has_none():
     UEDPOArguments(ue_weighting="vdpo").validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None, label_smoothing=0.1)
     with pytest.raises(UEDPOUserError, match="`dpo_label_smoothing: 0.1` cannot be used with `ue_weighting: chip`"):
