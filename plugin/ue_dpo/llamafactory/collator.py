@@ -12,6 +12,7 @@ patches are laid back out as the image, transformed, and patchified again to the
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,95 @@ def _digest(array: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).digest()
 
 
+def loaded_pixels(image) -> np.ndarray:
+    """An image as loaded, `[H, W, 3]` uint8: what v''s seed and the row digests are computed from."""
+    return np.array(load_image_strictly(image).convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageNoise:
+    """What noising one image takes besides its entries of `pixel_values`: its eps seed, its index among the
+    batch's images (for its layout's per-image keys), the batch, the processor and the diffusion step."""
+
+    seed: int
+    index: int
+    batch: dict
+    processor: Any
+    step: int
+    schedule: str
+
+
+def noised_stacked_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """`[C, H, W]`: VCD's noise of the normalised image, eps of its shape."""
+    return add_diffusion_noise(pixels, step=noise.step, schedule=noise.schedule, seed=noise.seed)
+
+
+def noised_grid_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
+    layout, patchified as Qwen2-VL's image processor patchifies (rows of merge x merge blocks, then C, T, P, P):
+    every temporal copy of a patch sees the same eps."""
+    image_processor = noise.processor.image_processor
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    frames = image_processor.temporal_patch_size
+    _, grid_h, grid_w = noise.batch["image_grid_thw"][noise.index].tolist()
+    channels = patches.shape[1] // (frames * patch * patch)
+    eps = diffusion_noise((channels, grid_h * patch, grid_w * patch), noise.seed)
+    eps_patches = (
+        eps.view(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+        .permute(1, 4, 2, 5, 0, 3, 6)
+        .reshape(grid_h * grid_w, channels, 1, patch * patch)
+    )
+    copies = patches.view(grid_h * grid_w, channels, frames, patch * patch)
+    return diffuse(copies, eps_patches, step=noise.step, schedule=noise.schedule).reshape(patches.shape)
+
+
+# v' (`ue_noise_space: pixel_values`) of one image's entries of `pixel_values`, by `ModelFamily.pixel_layout`
+NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], torch.Tensor]] = {
+    "stacked": noised_stacked_image,
+    "grid_patches": noised_grid_patches,
+}
+
+
+@dataclass(frozen=True)
+class SecondImageDraw:
+    """One second image of one image: what it is, its seed, and (as `ImageNoise`) where the image lies."""
+
+    image: SecondImage
+    seed: int
+    index: int
+    batch: dict
+    processor: Any
+
+    def drawn(self, image: torch.Tensor) -> torch.Tensor:
+        """The second image of `image` `[C, T, H, W]` (T = 1 for a stacked image)."""
+        if self.image.kind == "crop":  # one box for every channel and temporal copy
+            return mdpo_crop(image.flatten(0, 1), self.seed).view(image.shape)
+        if self.image.kind == "zeros":
+            return torch.zeros_like(image)
+        channels, _, height, width = image.shape
+        return gaussian_image((channels, 1, height, width), self.seed).expand(image.shape).to(image.dtype)
+
+
+def second_stacked_image(pixels: torch.Tensor, draw: SecondImageDraw) -> torch.Tensor:
+    return draw.drawn(pixels.unsqueeze(1)).squeeze(1)
+
+
+def second_grid_patches(patches: torch.Tensor, draw: SecondImageDraw) -> torch.Tensor:
+    """Qwen2-VL's patches laid back out as the image, drawn on, and patchified to the same grid."""
+    image_processor = draw.processor.image_processor
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    _, grid_h, grid_w = draw.batch["image_grid_thw"][draw.index].tolist()
+    image = unpatchify_grid(patches, grid_h, grid_w, merge, patch)
+    image = draw.drawn(image.view(-1, image_processor.temporal_patch_size, *image.shape[1:]))
+    return patchify_grid(image.flatten(0, 1), merge, patch)
+
+
+SECOND_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, SecondImageDraw], torch.Tensor]] = {
+    "stacked": second_stacked_image,
+    "grid_patches": second_grid_patches,
+}
+
+
 @dataclass
 class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_step: int = 500
@@ -126,115 +216,78 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             raise named from error
         has_image = [len(images) > 0 for images in pair_images]
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
+        pair_pixels = [[loaded_pixels(image) for image in images] for images in pair_images]
         if self.with_noised_image:
-            batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_images, batch)
+            batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_pixels, batch)
         for name, second_image in self.second_images.items():
-            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(name, second_image, pair_images, batch)
+            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(name, second_image, pair_pixels, batch)
         if self.with_row_digests:
-            batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
+            batch[ROW_DIGEST] = self._row_digests(features, pair_pixels)
         return batch
 
-    def _noised_batch_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if not any(pair_images):  # only LLaMA-Factory's blank stand-in image: its v' is never used
+    def _noised_batch_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
+        if not any(pair_pixels):  # only LLaMA-Factory's blank stand-in image: its v' is never used
             return batch["pixel_values"].clone()
         if self.noise_space == "pixel_values":
-            return self._noised_pixel_values(batch)
-        return self._noised_image_pixel_values(pair_images, batch)
+            return self._noised_pixel_values(pair_pixels, batch)
+        return self._noised_image_pixel_values(pair_pixels, batch)
 
-    def _row_digests(self, features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:
-        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and image pixels."""
-        images = self.family.split_images(batch) if any(pair_images) else []  # else only the blank stand-in
-        image_digests = iter([_digest(image.numpy()) for image in images])
-        row_images = [len(images) for images in pair_images] * 2
-        rows = [
-            (feature[f"{side}_input_ids"], feature[f"{side}_labels"])
-            for side in ("chosen", "rejected")
-            for feature in features
-        ]
+    def _row_digests(self, features: list[dict[str, Any]], pair_pixels: list[list[np.ndarray]]) -> torch.Tensor:
+        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and the images as loaded
+        (how the processor turns them into `pixel_values` is part of the cache's reference identity)."""
         digests = []
-        for (input_ids, labels), image_count in zip(rows, row_images):
-            row = hashlib.sha256()
-            for tokens in (input_ids, labels):
-                row.update(_digest(np.asarray(tokens, dtype=np.int64)))
-            for _ in range(image_count):
-                row.update(next(image_digests))
-            digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
+        for side in ("chosen", "rejected"):
+            for feature, pixels in zip(features, pair_pixels):
+                row = hashlib.sha256()
+                for tokens in (feature[f"{side}_input_ids"], feature[f"{side}_labels"]):
+                    row.update(_digest(np.asarray(tokens, dtype=np.int64)))
+                for image in pixels:
+                    row.update(_digest(image))
+                digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
         return torch.tensor(digests, dtype=torch.long)
 
-    def image_noise_seed(self, content: np.ndarray) -> int:
-        """The seed of an image's eps: the run's noise seed, the image's content (pixels or clean patches) and k."""
-        return sample_noise_seed(self.noise_seed, _digest(content), self.noise_step)
+    def image_noise_seed(self, pixels: np.ndarray) -> int:
+        """The seed of an image's eps: the run's noise seed, the image as loaded (`loaded_pixels`) and k."""
+        return sample_noise_seed(self.noise_seed, _digest(pixels), self.noise_step)
+
+    def _noised_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """VCD's v': each image's entries of `pixel_values` noised as its family's layout holds them. The batch holds
+        the chosen rows' images, then the rejected rows' (the same images again): both rows of a pair see one v'."""
+        family = self.family
+        seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
+        noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
+        return family.joined_images(
+            [
+                noised_image(
+                    pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
+                )
+                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+            ]
+        )
 
     def _second_pixel_values(
-        self, name: str, second_image: SecondImage, pair_images: list[list], batch: dict[str, torch.Tensor]
+        self, name: str, second_image: SecondImage, pair_pixels: list[list[np.ndarray]], batch
     ) -> torch.Tensor:
-        pixel_values = batch["pixel_values"]
-        if not any(pair_images):  # only LLaMA-Factory's blank stand-in image: never read
-            return pixel_values.clone()
-        if second_image.kind == "zeros":
-            return torch.zeros_like(pixel_values)
-
-        def transformed(image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-            """`image` `[C, T, H, W]` (T = 1 for stacked images), drawn from the image's content and name."""
-            seed = sample_noise_seed(self.noise_seed, _digest(content.numpy()) + name.encode(), 0)
-            if second_image.kind == "crop":
-                return mdpo_crop(image.flatten(0, 1), seed).view(image.shape)
-            channels, _, height, width = image.shape
-            drawn = gaussian_image((channels, 1, height, width), seed)
-            return drawn.expand(image.shape).to(image.dtype)  # a still image: every temporal copy the same
-
-        images = self.family.split_images(batch)
-        if self.family.pixel_layout == "stacked":
-            return torch.stack([transformed(image.unsqueeze(1), image).squeeze(1) for image in images])
-        image_processor = self.processor.image_processor
-        patch, merge = image_processor.patch_size, image_processor.merge_size
-        frames = image_processor.temporal_patch_size
-        second = []
-        for patches, grid_thw in zip(images, batch["image_grid_thw"]):
-            _, grid_h, grid_w = grid_thw.tolist()
-            image = unpatchify_grid(patches, grid_h, grid_w, merge, patch)
-            image = transformed(image.view(-1, frames, *image.shape[1:]), patches)
-            second.append(patchify_grid(image.flatten(0, 1), merge, patch))
-        return torch.cat(second)
-
-    def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = self.family.split_images(batch)
-        if self.family.pixel_layout == "stacked":
-            return torch.stack(
-                [
-                    add_diffusion_noise(
-                        image,
-                        step=self.noise_step,
-                        schedule=self.noise_schedule,
-                        seed=self.image_noise_seed(image.numpy()),
-                    )
-                    for image in images
-                ]
-            )
-        return torch.cat(
-            [self._noised_qwen2_vl_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])]
+        """A second image of every image, drawn from the run's noise seed, the image as loaded and the name; the
+        rejected rows' images are the chosen rows' again, so both rows of a pair see one second image."""
+        if not any(pair_pixels):  # only LLaMA-Factory's blank stand-in image: never read
+            return batch["pixel_values"].clone()
+        family = self.family
+        seeds = [
+            sample_noise_seed(self.noise_seed, _digest(pixels) + name.encode(), 0)
+            for images in pair_pixels
+            for pixels in images
+        ] * 2
+        second = SECOND_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
+        return family.joined_images(
+            [
+                second(pixels, SecondImageDraw(second_image, seed, index, batch, self.processor))
+                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+            ]
         )
 
-    def _noised_qwen2_vl_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
-        layout, patchified as Qwen2-VL's image processor patchifies (rows of merge x merge blocks, then C, T, P, P)."""
-        image_processor = self.processor.image_processor
-        patch, merge = image_processor.patch_size, image_processor.merge_size
-        frames = image_processor.temporal_patch_size
-        _, grid_h, grid_w = grid_thw.tolist()
-        channels = patches.shape[1] // (frames * patch * patch)
-        noise = diffusion_noise((channels, grid_h * patch, grid_w * patch), self.image_noise_seed(patches.numpy()))
-        noise_patches = (
-            noise.view(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
-            .permute(1, 4, 2, 5, 0, 3, 6)
-            .reshape(grid_h * grid_w, channels, 1, patch * patch)
-        )
-        copies = patches.view(grid_h * grid_w, channels, frames, patch * patch)
-        noised = diffuse(copies, noise_patches, step=self.noise_step, schedule=self.noise_schedule)
-        return noised.reshape(patches.shape)
-
-    def _noised_image_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        noised_pair_images = [[self._tpo_noised_image(image) for image in images] for images in pair_images]
+    def _noised_image_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
+        noised_pair_images = [[self._tpo_noised_image(pixels) for pixels in images] for images in pair_pixels]
         row_images = noised_pair_images + noised_pair_images  # chosen rows, then rejected rows: the same v'
         imglens = [len(images) for images in row_images]
         zeros = [0] * len(row_images)
@@ -256,8 +309,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             )
         return noised_pixel_values
 
-    def _tpo_noised_image(self, image) -> Image.Image:
-        pixels = np.array(load_image_strictly(image).convert("RGB"), dtype=np.uint8)
+    def _tpo_noised_image(self, pixels: np.ndarray) -> Image.Image:
         height, width, channels = pixels.shape
         noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
         noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)
