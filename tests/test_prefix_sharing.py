@@ -187,16 +187,19 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
 def trainer(request, edited_dataset_dir, tmp_path_factory):
+    return trainer_with_a_trained_adapter(request, request.param, edited_dataset_dir, tmp_path_factory)
+
+
+def trainer_with_a_trained_adapter(request, arch: str, dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
 
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
-    arch = request.param
     config = tiny_training_config(
         arch,
         request.getfixturevalue(f"tiny_{arch}_dir"),
-        edited_dataset_dir,
+        dataset_dir,
         tmp_path_factory.mktemp(arch) / "out",
         cutoff_len=CUTOFF_LEN,
         max_samples=8,
@@ -272,7 +275,10 @@ def packed_forwards(monkeypatch):
 @pytest.mark.parametrize("weighting", ["ue", "tpo", "ddpo", "uniform"])
 def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting, packed_forwards, monkeypatch):
     monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
-    batch = collated(trainer, BATCHES[batch_name])
+    check_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
+
+
+def check_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_forwards: dict) -> None:
     unshared = step_with_sharing(trainer, batch, sharing=False)
     assert packed_forwards["packed"] == 0
     shared = step_with_sharing(trainer, batch, sharing=True)
@@ -299,6 +305,38 @@ def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting,
     assert shared["grads"].keys() == unshared["grads"].keys() and unshared["grads"]
     for name, grad in unshared["grads"].items():
         close(shared["grads"][name], grad, name)
+
+
+@pytest.fixture(scope="module", params=["llava_next", "mistral3", "pixtral"])
+def sized_trainer(request, mixed_sizes_dataset_dir, tmp_path_factory):
+    """A trainer of a family whose images come with `image_sizes`, on images of different sizes."""
+    return trainer_with_a_trained_adapter(request, request.param, mixed_sizes_dataset_dir, tmp_path_factory)
+
+
+def test_images_of_different_sizes_share_exactly_with_their_image_sizes(sized_trainer, packed_forwards):
+    trainer = sized_trainer
+    batch = collated(trainer, [0, 1])  # 56 x 56 and 28 x 56: padded patches (LLaVA-NeXT), padded rows (Pixtral)
+    assert batch["image_sizes"][0].tolist() != batch["image_sizes"][1].tolist()
+    check_sharing_equals_the_unshared_computation(trainer, batch, packed_forwards)
+    assert "ue_prefix_sharing: each pair's prompt and image are computed once per pass." in trainer.step_notes.logged
+
+
+@pytest.mark.parametrize("sized_trainer", ["mistral3"], indirect=True)
+def test_a_sliding_window_shorter_than_the_rows_turns_sharing_off_with_the_reason(sized_trainer, monkeypatch):
+    trainer = sized_trainer
+    text_config = trainer.model.get_base_model().config.get_text_config()
+    assert text_config.sliding_window == 4096  # Mistral's default, longer than any row here: sharing stays on
+    batch = collated(trainer, [0, 1])
+    row_length = batch["input_ids"].shape[1]
+    monkeypatch.setattr(text_config, "sliding_window", row_length - 1)
+    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+    monkeypatch.setattr(trainer.step_notes, "logged", set())
+    with torch.no_grad():
+        trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert trainer.step_notes.logged >= {
+        f"ue_prefix_sharing: computing unshared rows, since the language model attends within a sliding window of "
+        f"{row_length - 1} tokens, shorter than the batch's {row_length}-token rows, which a packed row does not keep."
+    }
 
 
 def test_cutoff_len_cut_the_long_responses(trainer):

@@ -245,7 +245,10 @@ def test_the_builders_take_the_shapes(arch, tmp_path):
 
 
 def test_unknown_architecture_is_refused_with_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="unknown tiny model architecture 'blip2': use one of llava, qwen2_vl"):
+    with pytest.raises(
+        ValueError,
+        match="unknown tiny model architecture 'blip2': use one of llava, qwen2_vl, llava_next, mistral3, pixtral",
+    ):
         build_tiny_model("blip2", tmp_path)
 
 

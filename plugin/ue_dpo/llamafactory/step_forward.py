@@ -299,6 +299,12 @@ class StepForward:
             return f"the batch holds {', '.join(unknown)}, which packing does not lay out"
         if inputs["attention_mask"].dim() != 2:
             return "the batch already has a 4-D attention mask"
+        window = getattr(config.get_text_config(), "sliding_window", None)
+        if window is not None and window < inputs["input_ids"].shape[1]:
+            return (
+                f"the language model attends within a sliding window of {window} tokens, shorter than the batch's "
+                f"{inputs['input_ids'].shape[1]}-token rows, which a packed row does not keep"
+            )
         return None
 
     def _packed(self) -> dict:
@@ -389,7 +395,9 @@ class StepForward:
     def _unfrozen_vision_modules(self) -> list[str]:
         """The vision tower and projector modules that train or carry an adapter (disabled for the reference)."""
 
-        def unfrozen(module: torch.nn.Module) -> bool:
+        def unfrozen(module: torch.nn.Module | torch.nn.Parameter) -> bool:
+            if isinstance(module, torch.nn.Parameter):  # e.g. LLaVA-NeXT's image_newline
+                return module.requires_grad
             return any(parameter.requires_grad for parameter in module.parameters()) or any(
                 isinstance(inner, BaseTunerLayer) for inner in module.modules()
             )
