@@ -317,3 +317,15 @@ def test_peer_trains_two_steps_from_llamafactory_cli(name, arch, request, shapes
         "chip": "chip/kl_chosen",
     }
     assert terms[name] in steps[0]
+
+
+def test_second_images_are_refused_on_a_layout_they_are_not_built_for():
+    from ue_dpo.llamafactory.collator import SECOND_IMAGE_BY_PIXEL_LAYOUT, check_second_images
+    from ue_dpo.methods.base import SecondImage
+    from ue_dpo.model_families import FAMILIES
+
+    unbuilt = [family for family in FAMILIES if family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT]
+    assert unbuilt  # LLaVA-NeXT's anyres patches, Pixtral's padded images
+    with pytest.raises(UEDPOUserError, match=f"`ue_weighting: mdpo` needs second images .*{unbuilt[0].pixel_layout}"):
+        check_second_images(unbuilt[0], {"crop_policy": SecondImage("crop")}, "mdpo")
+    check_second_images(unbuilt[0], {}, "mfpo")  # v' alone is built for every layout

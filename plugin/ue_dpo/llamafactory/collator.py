@@ -242,6 +242,16 @@ SECOND_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, SecondImageDraw]
 }
 
 
+def check_second_images(family: ModelFamily, second_images: dict[str, SecondImage], method: str) -> None:
+    """Refuse a method's second images on a pixel layout they are not built for."""
+    if second_images and family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT:
+        raise UEDPOUserError(
+            f"`ue_weighting: {method}` needs second images ({', '.join(second_images)}), which are built for the "
+            f"{' and '.join(SECOND_IMAGE_BY_PIXEL_LAYOUT)} pixel layouts only, not for {family.name}'s "
+            f"{family.pixel_layout}; use a LLaVA-1.5 or Qwen2-VL model, or another method."
+        )
+
+
 @dataclass
 class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_step: int = 500
