@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from llamafactory.extras.constants import IGNORE_INDEX
 
 import ue_dpo
 from tiny_training_config import tiny_training_config
@@ -185,18 +186,18 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
     return dataset_dir
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
-def trainer(request, edited_dataset_dir, tmp_path_factory):
+def lora_trainer(arch: str, request, dataset_dir, tmp_path_factory):
+    """The stage's trainer on a tiny model, its LoRA B drawn at random: the policy is not the reference, and lora_A
+    has gradients."""
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
 
     from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
 
-    arch = request.param
     config = tiny_training_config(
         arch,
         request.getfixturevalue(f"tiny_{arch}_dir"),
-        edited_dataset_dir,
+        dataset_dir,
         tmp_path_factory.mktemp(arch) / "out",
         cutoff_len=CUTOFF_LEN,
         max_samples=8,
@@ -204,10 +205,15 @@ def trainer(request, edited_dataset_dir, tmp_path_factory):
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)
-    for name, parameter in trainer.model.named_parameters():  # a trained adapter: the policy is not the reference,
-        if "lora_B" in name:  # and lora_A has gradients
+    for name, parameter in trainer.model.named_parameters():
+        if "lora_B" in name:
             parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     return trainer
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
+def trainer(request, edited_dataset_dir, tmp_path_factory):
+    return lora_trainer(request.param, request, edited_dataset_dir, tmp_path_factory)
 
 
 def collated(trainer, rows: list[int]) -> dict:
@@ -268,11 +274,7 @@ def packed_forwards(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("batch_name", BATCHES)
-@pytest.mark.parametrize("weighting", ["ue", "tpo", "ddpo", "uniform"])
-def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting, packed_forwards, monkeypatch):
-    monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
-    batch = collated(trainer, BATCHES[batch_name])
+def assert_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_forwards: dict) -> None:
     unshared = step_with_sharing(trainer, batch, sharing=False)
     assert packed_forwards["packed"] == 0
     shared = step_with_sharing(trainer, batch, sharing=True)
@@ -299,6 +301,32 @@ def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting,
     assert shared["grads"].keys() == unshared["grads"].keys() and unshared["grads"]
     for name, grad in unshared["grads"].items():
         close(shared["grads"][name], grad, name)
+
+
+@pytest.mark.parametrize("batch_name", BATCHES)
+@pytest.mark.parametrize("weighting", ["ue", "tpo", "ddpo", "uniform"])
+def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting, packed_forwards, monkeypatch):
+    monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
+    assert_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
+
+
+@pytest.fixture(scope="module", params=["qwen3_vl", "glm4v"])
+def reasoning_trainer(request, edited_dataset_dir, tmp_path_factory):
+    """Qwen3-VL's and GLM-4.1V's: their reasoning templates start every response with an empty thought block."""
+    return lora_trainer(request.param, request, edited_dataset_dir, tmp_path_factory)
+
+
+@pytest.mark.parametrize("batch_name", ["different-lengths-and-shared-start", "with-and-without-image"])
+def test_reasoning_families_share_the_prompt_and_keep_the_thought_block_in_each_response(
+    reasoning_trainer, batch_name, packed_forwards
+):
+    trainer = reasoning_trainer
+    tokenizer = trainer.data_collator.tokenizer
+    for row in BATCHES[batch_name]:
+        for side in ("chosen", "rejected"):
+            labels = [token for token in trainer.train_dataset[row][f"{side}_labels"] if token != IGNORE_INDEX]
+            assert tokenizer.decode(labels).startswith("<think>\n\n</think>\n\n"), (row, side)
+    assert_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
 
 
 def test_cutoff_len_cut_the_long_responses(trainer):

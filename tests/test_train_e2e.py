@@ -1,4 +1,4 @@
-"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA and Qwen2-VL checkpoints."""
+"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL and GLM-4.1V checkpoints."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamafactory_runs import run_train, train_or_fail, training_log
+from llamafactory_runs import run_train, train_in_one_process, train_or_fail, training_log
 from tiny_training_config import tiny_training_config
 
 UE_KEYS = {
@@ -88,6 +88,23 @@ def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(
     assert losses("alpha0", ue_alpha=0.0) == pytest.approx(stock, rel=1e-5, abs=1e-6)
     weighted = losses("alpha03", ue_alpha=0.3)
     assert weighted[0] != pytest.approx(stock[0], rel=1e-4)
+
+
+def test_qwen3_vl_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
+    tiny_qwen3_vl_dir, tiny_glm4v_dir, shapes_dataset_dir, tmp_path
+):
+    runs = {}
+    for arch, model_dir in (("qwen3_vl", tiny_qwen3_vl_dir), ("glm4v", tiny_glm4v_dir)):
+        for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
+            config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
+            runs[arch, name] = (config, tmp_path / arch / f"{name}-work")
+    logs = train_in_one_process(runs)
+    for arch in ("qwen3_vl", "glm4v"):
+        check_ue_metrics(logs[arch, "ue"])
+        stock = [entry["loss"] for entry in logs[arch, "dpo"]]
+        assert len(stock) == 2
+        assert [entry["loss"] for entry in logs[arch, "alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
+        assert logs[arch, "ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
 
 
 def test_resume_from_checkpoint_continues_the_run(tiny_llava_dir, shapes_dataset_dir, tmp_path):
@@ -192,7 +209,11 @@ def test_unsupported_template_is_refused_clearly(tiny_qwen2_vl_dir, shapes_datas
         tmp_path,
     )
     assert result.returncode != 0
-    assert "Supported templates: llava, qwen2_vl (Qwen2-VL, Qwen2.5-VL)" in result.stderr
+    assert (
+        "this template's multimodal plugin BasePlugin does not lay out Qwen2-VL, Qwen2.5-VL images (it has no image "
+        "token); Qwen2-VL, Qwen2.5-VL trains with `template: qwen2_vl` (plugin Qwen2VLPlugin)"
+    ) in result.stderr
+    assert "Loading weights" not in result.stderr  # refused before the model loads
 
 
 def test_dataset_without_ranking_is_refused_clearly(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):

@@ -1,10 +1,11 @@
 """The vision-language model families `stage: ue_dpo` trains, each described once.
 
 A family says what the stage needs to know about a model beyond the language model every family shares: the
-LLaMA-Factory template and multimodal plugin it trains with, where its image encoder and vision modules are, which
-batch keys carry its images and its position ids, and how its `pixel_values` hold one image after another. The
-collator, the per-step forward (prefix sharing, the image-feature cache), evaluation and `ue-dpo inspect` read it
-here; adding a family is one entry in `FAMILIES`.
+LLaMA-Factory template and multimodal plugin it trains with, which batch keys carry its images and its position ids,
+and how its `pixel_values` hold one image after another. Its vision tower and projector are those LLaMA-Factory's own
+freeze logic names (`COMPOSITE_MODELS` in llamafactory.model.model_utils.visual). The collator, the per-step forward
+(prefix sharing, the image-feature cache), evaluation and `ue-dpo inspect` read it here; adding a family is one entry
+in `FAMILIES`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
-#   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL)
+#   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL,
+#                 Qwen3-VL, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T copies of a still
+#                 image side by side)
 PixelLayout = Literal["stacked", "grid_patches"]
 
 
@@ -26,21 +29,16 @@ class ModelFamily:
     name: str
     model_types: tuple[str, ...]  # config.json `model_type`s of the family
     template: str  # the LLaMA-Factory template the stage trains, evaluates and inspects it with
-    mm_plugin: str  # the class of that template's multimodal plugin in LLaMA-Factory's mm_plugin.py
-    vision_modules: tuple[str, ...]  # the vision tower and projector, on the image encoder's owner
+    mm_plugin: str  # the class of that template's multimodal plugin in LLaMA-Factory's mm_plugin.py (or a subclass)
     image_keys: tuple[str, ...]  # batch keys of the image inputs, in chosen-rows-then-rejected-rows order
     position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
     pixel_layout: PixelLayout
-    image_encoder_owner: str = "model"  # the attribute of the model that holds `get_image_features`
 
     def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """`pixel_values` as one tensor per image."""
         if self.pixel_layout == "stacked":
             return list(batch["pixel_values"].unbind(0))
         return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
-
-    def encoder_owner(self, model: torch.nn.Module) -> torch.nn.Module:
-        return getattr(model, self.image_encoder_owner)
 
     def images_per_row_entries(self, batch: dict[str, torch.Tensor], images: int) -> dict[str, int]:
         """How many entries of each image key the first `images` images of the batch take."""
@@ -51,13 +49,24 @@ class ModelFamily:
         return entries
 
 
+def image_encoder_owner(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose forward calls `get_image_features`: the inner vision-language model where the model has one
+    that defines it (LLaVA, the Qwen and GLM families), else the model itself (Llama 4)."""
+    inner = getattr(model, "model", None)
+    return inner if hasattr(inner, "get_image_features") else model
+
+
+_PATCHIFIED = {
+    "image_keys": ("pixel_values", "image_grid_thw"),
+    "position_keys": ("position_ids", "rope_deltas"),
+    "pixel_layout": "grid_patches",
+}
 FAMILIES = (
     ModelFamily(
         name="LLaVA",
         model_types=("llava",),
         template="llava",
         mm_plugin="LlavaPlugin",
-        vision_modules=("vision_tower", "multi_modal_projector"),
         image_keys=("pixel_values",),
         position_keys=("position_ids",),
         pixel_layout="stacked",
@@ -67,16 +76,35 @@ FAMILIES = (
         model_types=("qwen2_vl", "qwen2_5_vl"),
         template="qwen2_vl",
         mm_plugin="Qwen2VLPlugin",
-        vision_modules=("visual",),
-        image_keys=("pixel_values", "image_grid_thw"),
-        position_keys=("position_ids", "rope_deltas"),
-        pixel_layout="grid_patches",
+        **_PATCHIFIED,
+    ),
+    ModelFamily(
+        name="Qwen3-VL",
+        model_types=("qwen3_vl",),
+        template="qwen3_vl",
+        mm_plugin="Qwen3VLPlugin",
+        **_PATCHIFIED,
+    ),
+    ModelFamily(
+        name="GLM-4.1V",
+        model_types=("glm4v",),
+        template="glm4v",
+        mm_plugin="GLM4VPlugin",
+        **_PATCHIFIED,
     ),
 )
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
 TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
 FAMILY_BY_MM_PLUGIN = {family.mm_plugin: family for family in FAMILIES}
+
+
+def family_of_plugin(plugin_class: type) -> ModelFamily | None:
+    """The family of a template's multimodal plugin class: its own, or that of its nearest ancestor."""
+    for cls in plugin_class.__mro__:
+        if cls.__name__ in FAMILY_BY_MM_PLUGIN:
+            return FAMILY_BY_MM_PLUGIN[cls.__name__]
+    return None
 
 
 def family_of(model_type: str) -> ModelFamily | None:

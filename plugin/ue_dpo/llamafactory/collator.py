@@ -1,9 +1,10 @@
 """Pairwise collator that adds the counterfactual image v' and which rows have an image.
 
 v' by `ue_noise_space`:
-    pixel_values  VCD: the processor's normalised tensor of each image, noised once. Qwen2-VL's patches hold each
-                  still image twice (temporal_patch_size 2); eps is drawn in the image's layout and patchified as
-                  the processor patchifies, so both copies see the same eps and v' is the patchified VCD image.
+    pixel_values  VCD: the processor's normalised tensor of each image, noised once. The patches of Qwen2-VL,
+                  Qwen3-VL and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
+                  image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
+                  is the patchified VCD image.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
 """
@@ -31,21 +32,49 @@ from ue_dpo.images import (
     load_image_strictly,
     unreadable_image_reason,
 )
-from ue_dpo.model_families import FAMILY_BY_MM_PLUGIN, ModelFamily, supported_templates
+from ue_dpo.model_families import (
+    FAMILY_BY_MM_PLUGIN,
+    FAMILY_BY_MODEL_TYPE,
+    ModelFamily,
+    family_of,
+    family_of_plugin,
+    supported_templates,
+)
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
 ROW_DIGEST = "ue_row_digest"
 
 
-def template_family(template) -> ModelFamily:
-    """The model family a LLaMA-Factory template serves, or a UEDPOUserError naming the supported templates."""
-    plugin = type(template.mm_plugin).__name__
-    family = FAMILY_BY_MM_PLUGIN.get(plugin)
-    if family is None or template.mm_plugin.image_token is None:
+def template_family(template, model_type: str | None = None) -> ModelFamily:
+    """The model family the stage trains with a LLaMA-Factory template: the model's (config `model_type`) where it
+    is known, whose plugin the template's must be or derive from; else the family of the template's plugin or of its
+    nearest ancestor. Refused with a UEDPOUserError that names the reason and what to use instead."""
+    plugin_class = type(template.mm_plugin)
+    plugin = plugin_class.__name__
+    image_token = template.mm_plugin.image_token
+    if model_type is not None:
+        family = family_of(model_type)
+        if family is None:
+            raise UEDPOUserError(
+                f"`stage: ue_dpo` does not train `model_type: {model_type}` models (see docs/training.md, "
+                f'"Supported models"). Supported model types: {", ".join(FAMILY_BY_MODEL_TYPE)}.'
+            )
+        if image_token is None or family.mm_plugin not in {cls.__name__ for cls in plugin_class.__mro__}:
+            raise UEDPOUserError(
+                f"this template's multimodal plugin {plugin} does not lay out {family.name} images"
+                f"{'' if image_token is not None else ' (it has no image token)'}; {family.name} trains with "
+                f"`template: {family.template}` (plugin {family.mm_plugin}). Supported templates: "
+                f"{supported_templates()}."
+            )
+        return family
+    family = family_of_plugin(plugin_class)
+    if family is None or image_token is None:
         raise UEDPOUserError(
-            f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
-            f"{plugin}. Supported templates: {supported_templates()}."
+            f"`stage: ue_dpo` needs an image template whose multimodal plugin is one of "
+            f"{', '.join(FAMILY_BY_MM_PLUGIN)} or derives from one; this template uses {plugin}"
+            f"{'' if image_token is not None else ' without an image token'}. Supported templates: "
+            f"{supported_templates()}."
         )
     return family
 
@@ -106,7 +135,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
 
     @property
     def family(self) -> ModelFamily:
-        return template_family(self.template)
+        return template_family(self.template, None if self.model is None else self.model.config.model_type)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pair_images = [list(feature.get("images") or []) for feature in features]
@@ -171,12 +200,13 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
                 ]
             )
         return torch.cat(
-            [self._noised_qwen2_vl_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])]
+            [self._noised_grid_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])]
         )
 
-    def _noised_qwen2_vl_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    def _noised_grid_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
-        layout, patchified as Qwen2-VL's image processor patchifies (rows of merge x merge blocks, then C, T, P, P)."""
+        layout, patchified as the image processors of Qwen2-VL, Qwen3-VL and GLM-4.1V patchify (rows of
+        merge x merge blocks, then C, T, P, P), with the processor's own patch, merge and temporal sizes."""
         image_processor = self.processor.image_processor
         patch, merge = image_processor.patch_size, image_processor.merge_size
         frames = image_processor.temporal_patch_size
