@@ -497,8 +497,8 @@ def build_tiny_qwen3_vl(
     out_dir = Path(out_dir)
     tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS)
     text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
-    text_config["head_dim"] = text_config["hidden_size"] // text_config["num_attention_heads"]
-    text_config["rope_parameters"]["mrope_interleaved"] = True
+    text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
+    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
     config = Qwen3VLConfig(
         text_config=text_config,
         vision_config={
