@@ -11,8 +11,9 @@ Two halves, which together give a served model the prompt `ue_dpo_hf` encodes:
   LLaMA-Factory's own Jinja rendering of the template, with each image part rendered as the one placeholder
   the Hugging Face processor expands, as the template's LLaMA-Factory plugin renders it with the model's processor
   (`<image>` for LLaVA, `<|vision_start|><|image_pad|><|vision_end|>` for Qwen2-VL and Qwen3-VL,
-  `<|begin_of_image|><|image|><|end_of_image|>` for GLM-4.1V). `write_training_chat_template` stores it in a model folder, so that a server (vLLM, SGLang,
-  `transformers serve`) started on that folder prompts with it.
+  `<|begin_of_image|><|image|><|end_of_image|>` for GLM-4.1V), and no system turn for an empty system prompt.
+  `write_training_chat_template` stores it in a model folder, so that a server (vLLM, SGLang, `transformers serve`)
+  started on that folder prompts with it.
 """
 
 from __future__ import annotations
