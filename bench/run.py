@@ -480,7 +480,7 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
     config = AutoConfig.from_pretrained(model_dir)
     text = config.text_config
     row_tokens = layout["image"] + layout["prompt"] + layout["response"]
-    head_dim = text.hidden_size // text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     decoder_flops = forward_flops_per_token(
         text.hidden_size,
         text.num_key_value_heads * head_dim,
@@ -507,8 +507,12 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
         )
         tower_percent = 100 * tower_flops / (decoder_flops * row_tokens)
         tower_share = f"; the vision tower's forward on one image is {tower_percent:.1f}% of the decoder's on one row"
-    else:
-        tower = f"vision tower {vision.depth} layers x {vision.embed_dim}, 2x2 patch merger"
+    else:  # Qwen2-VL's tower width is `embed_dim` (its `hidden_size` is the merger's output); Qwen3-VL's `hidden_size`
+        width = vision.embed_dim if config.model_type == "qwen2_vl" else vision.hidden_size
+        deepstack = getattr(vision, "deepstack_visual_indexes", None)
+        tower = f"vision tower {vision.depth} layers x {width}, 2x2 patch merger" + (
+            f", deepstack mergers after layers {', '.join(map(str, deepstack))}" if deepstack else ""
+        )
         tower_share = ""
     return [
         f"- {config.model_type} architecture ({config.architectures[0]}), random weights: {shapes}; {tower}",

@@ -20,6 +20,7 @@ from ue_dpo.synthetic.tiny_models import (
     build_tiny_llava,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
+    build_tiny_qwen3_5,
     build_tiny_qwen3_vl,
 )
 
@@ -42,6 +43,11 @@ def tiny_qwen2_5_vl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen3_vl_dir(tmp_path_factory):
     return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_dir(tmp_path_factory):
+    return build_tiny_qwen3_5(tmp_path_factory.mktemp("tiny_qwen3_5"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.model_families import FAMILIES, image_encoder_owner
 
-FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
+FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v")
 
 
 def llamafactory_template(name: str):
@@ -28,9 +28,11 @@ def family(template: str, model_type: str | None = None):
         ("qwen2_vl", "qwen2_5_vl", "Qwen2-VL, Qwen2.5-VL"),
         ("qwen3_vl", "qwen3_vl", "Qwen3-VL"),
         ("qwen3_vl_nothink", "qwen3_vl", "Qwen3-VL"),
+        ("qwen3_5", "qwen3_5", "Qwen3.5"),
         ("glm4v", "glm4v", "GLM-4.1V"),
         # the plugin of a family's subclass templates: Qwen3VLPlugin and GLM4VPlugin derive from Qwen2VLPlugin
         ("qwen3_vl", None, "Qwen3-VL"),
+        ("qwen3_5", None, "Qwen3-VL"),  # its plugin's first family: a template alone does not tell the two apart
         ("glm4v", None, "GLM-4.1V"),
         ("mimo_vl", None, "Qwen2-VL, Qwen2.5-VL"),  # a Qwen2VLPlugin template of another name
         ("qwen2_omni", None, "Qwen2-VL, Qwen2.5-VL"),  # Qwen2OmniPlugin's nearest served ancestor
@@ -55,8 +57,8 @@ def test_a_template_is_accepted_by_its_plugin_or_the_nearest_served_ancestor(tem
             "this template's multimodal plugin BasePlugin does not lay out Qwen2-VL, Qwen2.5-VL images (it has no "
             "image token); Qwen2-VL, Qwen2.5-VL trains with `template: qwen2_vl`",
         ),
-        ("qwen3_5", "qwen3_5", "`stage: ue_dpo` does not train `model_type: qwen3_5` models"),
-        ("gemma3", "gemma3", "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, glm4v."),
+        ("qwen3_vl", "qwen3_vl_moe", "`stage: ue_dpo` does not train `model_type: qwen3_vl_moe` models"),
+        ("gemma3", "gemma3", "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v."),
         ("qwen", None, "this template uses BasePlugin without an image token. Supported templates: llava, qwen2_vl"),
         ("gemma3", None, "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin or derives from one"),
     ],

@@ -329,6 +329,23 @@ def test_reasoning_families_share_the_prompt_and_keep_the_thought_block_in_each_
     assert_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
 
 
+def test_qwen3_5_computes_unshared_rows_and_says_why_once(
+    request, edited_dataset_dir, tmp_path_factory, packed_forwards
+):
+    trainer = lora_trainer("qwen3_5", request, edited_dataset_dir, tmp_path_factory)
+    assert trainer.finetuning_args.ue_prefix_sharing
+    batch = collated(trainer, BATCHES["different-lengths-and-shared-start"])
+    for _ in range(2):
+        with torch.no_grad():
+            trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert packed_forwards["packed"] == 0 and packed_forwards["unshared"] > 0
+    notes = [note for note in trainer.step_notes.logged if note.startswith("ue_prefix_sharing")]
+    assert notes == [
+        "ue_prefix_sharing: computing unshared rows, since Qwen3.5's Gated DeltaNet layers are recurrent and take no "
+        "attention mask: in a packed row the rejected response would read the chosen one."
+    ]
+
+
 def test_cutoff_len_cut_the_long_responses(trainer):
     row = trainer.train_dataset[4]
     assert len(row["chosen_input_ids"]) <= CUTOFF_LEN and len(row["rejected_input_ids"]) <= CUTOFF_LEN

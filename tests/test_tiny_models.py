@@ -36,11 +36,17 @@ from ue_dpo.synthetic.tiny_models import (
 )
 
 ARCHITECTURES = ("llava", "qwen2_vl")
-FAMILY_ARCHITECTURES = (*ARCHITECTURES, "qwen3_vl", "glm4v")  # each loads and batches; the first two train stock DPO
+FAMILY_ARCHITECTURES = (
+    *ARCHITECTURES,
+    "qwen3_vl",
+    "qwen3_5",
+    "glm4v",
+)  # each loads and batches; the first two train stock DPO
 EXPECTED_CLASSES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "LlamaTokenizer", "CLIPImageProcessor"),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", "Qwen3_5Tokenizer", "Qwen2VLImageProcessor"),
     "glm4v": ("Glm4vForConditionalGeneration", "Glm4vProcessor", "TokenizersBackend", "Glm4vImageProcessor"),
 }
 VISUAL_TOKENS_PER_IMAGE = 4  # one per quadrant of a shapes image
@@ -49,6 +55,7 @@ LABELLED_ANSWER = {
     "llava": "{}</s>",
     "qwen2_vl": "{}<|im_end|>\n",
     "qwen3_vl": "<think>\n\n</think>\n\n{}<|im_end|>\n",
+    "qwen3_5": "<think>\n\n</think>\n\n{}<|im_end|>\n",
     "glm4v": "<think>\n\n</think>\n\n\n{}<|endoftext|>",  # the think block before the template's own newline
 }
 LANGUAGE_MODEL_LINEARS = {
@@ -167,7 +174,7 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
         )
         assert type(processor.video_processor).__name__ == "Glm4vVideoProcessor"
     else:
-        added = [*QWEN2_VL_ADDED_TOKENS, *(QWEN3_THINK_TOKENS if arch == "qwen3_vl" else ())]
+        added = [*QWEN2_VL_ADDED_TOKENS, *(QWEN3_THINK_TOKENS if arch != "qwen2_vl" else ())]
         added_ids = tokenizer.convert_tokens_to_ids(added)
         assert added_ids == list(range(len(tokenizer) - len(added), len(tokenizer)))
         assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
@@ -180,7 +187,7 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
             token_ids("<|vision_start|>"),
             token_ids("<|vision_end|>"),
         )
-        video_processor = "Qwen3VLVideoProcessor" if arch == "qwen3_vl" else "Qwen2VLVideoProcessor"
+        video_processor = "Qwen2VLVideoProcessor" if arch == "qwen2_vl" else "Qwen3VLVideoProcessor"
         assert type(processor.video_processor).__name__ == video_processor
 
 

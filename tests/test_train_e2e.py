@@ -1,4 +1,5 @@
-"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL and GLM-4.1V checkpoints."""
+"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V
+checkpoints."""
 
 import json
 from pathlib import Path
@@ -90,16 +91,20 @@ def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(
     assert weighted[0] != pytest.approx(stock[0], rel=1e-4)
 
 
-def test_qwen3_vl_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
-    tiny_qwen3_vl_dir, tiny_glm4v_dir, shapes_dataset_dir, tmp_path
+NEW_FAMILIES = ("qwen3_vl", "qwen3_5", "glm4v")
+
+
+def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
+    request, shapes_dataset_dir, tmp_path
 ):
     runs = {}
-    for arch, model_dir in (("qwen3_vl", tiny_qwen3_vl_dir), ("glm4v", tiny_glm4v_dir)):
+    for arch in NEW_FAMILIES:
+        model_dir = model_dir_for(arch, request)
         for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
             config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
             runs[arch, name] = (config, tmp_path / arch / f"{name}-work")
     logs = train_in_one_process(runs)
-    for arch in ("qwen3_vl", "glm4v"):
+    for arch in NEW_FAMILIES:
         check_ue_metrics(logs[arch, "ue"])
         stock = [entry["loss"] for entry in logs[arch, "dpo"]]
         assert len(stock) == 2

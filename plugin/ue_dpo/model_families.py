@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL,
-#                 Qwen3-VL, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T copies of a still
-#                 image side by side)
+#                 Qwen3-VL, Qwen3.5, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T
+#                 copies of a still image side by side)
 PixelLayout = Literal["stacked", "grid_patches"]
 
 
@@ -33,6 +33,7 @@ class ModelFamily:
     image_keys: tuple[str, ...]  # batch keys of the image inputs, in chosen-rows-then-rejected-rows order
     position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
     pixel_layout: PixelLayout
+    unshared_reason: str | None = None  # why the pairs of this family cannot share their prompts, if they cannot
 
     def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """`pixel_values` as one tensor per image."""
@@ -86,6 +87,17 @@ FAMILIES = (
         **_PATCHIFIED,
     ),
     ModelFamily(
+        name="Qwen3.5",
+        model_types=("qwen3_5",),
+        template="qwen3_5",
+        mm_plugin="Qwen3VLPlugin",
+        unshared_reason=(
+            "Qwen3.5's Gated DeltaNet layers are recurrent and take no attention mask: in a packed row the rejected "
+            "response would read the chosen one"
+        ),
+        **_PATCHIFIED,
+    ),
+    ModelFamily(
         name="GLM-4.1V",
         model_types=("glm4v",),
         template="glm4v",
@@ -96,7 +108,8 @@ FAMILIES = (
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
 TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
-FAMILY_BY_MM_PLUGIN = {family.mm_plugin: family for family in FAMILIES}
+# a template alone names the first family of its plugin (Qwen3VLPlugin's: Qwen3-VL)
+FAMILY_BY_MM_PLUGIN = {family.mm_plugin: family for family in reversed(FAMILIES)}
 
 
 def family_of_plugin(plugin_class: type) -> ModelFamily | None:

@@ -221,6 +221,8 @@ class StepForward:
         attention = config.get_text_config()._attn_implementation
         if self.family is None:
             return f"model type `{config.model_type}` is not one of {', '.join(FAMILY_BY_MODEL_TYPE)}"
+        if self.family.unshared_reason is not None:
+            return self.family.unshared_reason
         if attention not in MASKED_ATTENTION:
             return (
                 f"`attn_implementation: {attention}` does not apply a 4-D attention mask; use sdpa or eager to "

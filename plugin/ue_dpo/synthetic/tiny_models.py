@@ -1,9 +1,9 @@
-"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, Qwen3-VL and GLM-4.1V checkpoints, built locally without
-any download.
+"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V checkpoints, built locally
+without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
-`qwen3_vl`, `glm4v`), `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the released
-checkpoints. Each sees an image as a 2x2 grid of visual tokens, one per quadrant of a shapes image (see
+`qwen3_vl`, `qwen3_5`, `glm4v`), `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the
+released checkpoints. Each sees an image as a 2x2 grid of visual tokens, one per quadrant of a shapes image (see
 `ue_dpo.synthetic.shapes`).
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
@@ -33,7 +33,7 @@ from tokenizers import (
 
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
-ARCHITECTURES = ("llava", "qwen2_vl", "qwen3_vl", "glm4v")
+ARCHITECTURES = ("llava", "qwen2_vl", "qwen3_vl", "qwen3_5", "glm4v")
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
@@ -91,6 +91,15 @@ TINY_QWEN3_VL_VISION = {
     "temporal_patch_size": 2,
     "num_position_embeddings": 16,
     "deepstack_visual_indexes": [0, 1],
+}
+# Qwen3.5's Gated DeltaNet layers, then its full-attention ones
+TINY_QWEN3_5_LINEAR_ATTENTION = {
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 2,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_conv_kernel_dim": 4,
 }
 # `out_hidden_size` defaults to the language model's width
 TINY_GLM4V_VISION = {
@@ -223,12 +232,13 @@ def _byte_level_bpe(special_tokens: tuple[str, ...], plain_tokens: tuple[str, ..
     return bpe, vocab, merges, added_tokens_decoder
 
 
-def _qwen2_tokenizer(plain_tokens: tuple[str, ...] = ()):
-    """Qwen2's tokenizer with Qwen2-VL's added tokens (and `plain_tokens` after them)."""
+def _qwen2_tokenizer(plain_tokens: tuple[str, ...] = (), tokenizer_class=None):
+    """Qwen2's tokenizer (or `tokenizer_class`, Qwen3.5's) with Qwen2-VL's added tokens (and `plain_tokens` after
+    them)."""
     from transformers import Qwen2TokenizerFast
 
     _, vocab, merges, added_tokens_decoder = _byte_level_bpe(QWEN2_VL_ADDED_TOKENS, plain_tokens)
-    return Qwen2TokenizerFast(
+    return (tokenizer_class or Qwen2TokenizerFast)(
         vocab=vocab,
         merges=merges,
         unk_token=None,
@@ -521,6 +531,61 @@ def build_tiny_qwen3_vl(
     return out_dir
 
 
+def build_tiny_qwen3_5(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN3_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Qwen3.5 checkpoint: Qwen3-VL's vision tower (no deepstack) and processor, and a hybrid language model whose
+    first layer is a Gated DeltaNet (linear attention) and second full attention, as the released models alternate.
+
+    `text`: Qwen3_5TextConfig fields over TINY_TEXT and TINY_QWEN3_5_LINEAR_ATTENTION; `vision`: Qwen3_5VisionConfig
+    fields over TINY_QWEN3_VL_VISION."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5Tokenizer,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS, tokenizer_class=Qwen3_5Tokenizer)
+    text_config, token_ids = _qwen_text_and_token_config(
+        tokenizer, {**TINY_QWEN3_5_LINEAR_ATTENTION, **(text or {})}, vocab_size
+    )
+    text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
+    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
+    vision_config = {key: value for key, value in TINY_QWEN3_VL_VISION.items() if key != "deepstack_visual_indexes"}
+    config = Qwen3_5Config(
+        text_config=text_config,
+        vision_config={
+            **vision_config,
+            "patch_size": QWEN3_VL_PATCH_SIZE,
+            "out_hidden_size": text_config["hidden_size"],
+            **(vision or {}),
+        },
+        **token_ids,
+    )
+    _save_random_model(Qwen3_5ForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
+    half = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": QWEN3_VL_PATCH_SIZE}
+    Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(pixels), **half),
+        video_processor=Qwen3VLVideoProcessor(size=dict(pixels), **half),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_glm4v(
     out_dir: Path,
     *,
@@ -594,6 +659,7 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
         "llava": build_tiny_llava,
         "qwen2_vl": build_tiny_qwen2_vl,
         "qwen3_vl": build_tiny_qwen3_vl,
+        "qwen3_5": build_tiny_qwen3_5,
         "glm4v": build_tiny_glm4v,
     }
     if arch not in builders:
