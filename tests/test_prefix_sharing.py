@@ -352,8 +352,7 @@ def test_cutoff_len_cut_the_long_responses(trainer):
     assert row["chosen_labels"][-1] != trainer.data_collator.tokenizer.eos_token_id  # cut, not ended
 
 
-def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
-    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+def assert_each_image_is_encoded_once_per_step_and_pass(trainer) -> None:
     base = trainer.model.get_base_model()
     vision = base.model.visual if hasattr(base.model, "visual") else base.model.vision_tower
     encoded_rows = []
@@ -368,6 +367,16 @@ def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
         handle.remove()
     chosen_image_rows = batch["pixel_values"].shape[0] // 2
     assert encoded_rows == [chosen_image_rows, chosen_image_rows]  # v' (no gradient), then v for policy and reference
+
+
+def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
+    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+    assert_each_image_is_encoded_once_per_step_and_pass(trainer)
+
+
+def test_reasoning_families_encode_each_image_once_per_step_and_pass(reasoning_trainer, monkeypatch):
+    monkeypatch.setattr(reasoning_trainer.finetuning_args, "ue_prefix_sharing", True)
+    assert_each_image_is_encoded_once_per_step_and_pass(reasoning_trainer)
 
 
 def test_the_precomputed_reference_pass_shares_prefixes_exactly(trainer, monkeypatch, tmp_path):

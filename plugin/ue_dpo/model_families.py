@@ -109,7 +109,10 @@ FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
 TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
 # a template alone names the first family of its plugin (Qwen3VLPlugin's: Qwen3-VL)
-FAMILY_BY_MM_PLUGIN = {family.mm_plugin: family for family in reversed(FAMILIES)}
+FAMILY_BY_MM_PLUGIN = {
+    plugin: next(family for family in FAMILIES if family.mm_plugin == plugin)
+    for plugin in dict.fromkeys(family.mm_plugin for family in FAMILIES)
+}
 
 
 def family_of_plugin(plugin_class: type) -> ModelFamily | None:
