@@ -64,7 +64,7 @@ def ue_collator(template, tokenizer_module, noise_space):
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl", "glm4v"])
 def test_patch_noise_is_vcds_noise_of_the_normalised_image_then_patchified(arch, request, large_image_pairs, tmp_path):
-    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
 
     template, tokenizer_module, features = collated_modules(arch, request, large_image_pairs, tmp_path)
     collator = ue_collator(template, tokenizer_module, "pixel_values")
@@ -79,9 +79,12 @@ def test_patch_noise_is_vcds_noise_of_the_normalised_image_then_patchified(arch,
         )["pixel_values"]
 
     clean_images = collator.family.split_images(batch)
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
     noised_images = list(batch[NOISED_PIXEL_VALUES].split([len(image) for image in clean_images]))
     signal, noise = noise_coefficients(STEP)
-    for clean, noised, (_, grid_h, grid_w) in zip(clean_images, noised_images, batch["image_grid_thw"].tolist()):
+    for clean, noised, pixels, (_, grid_h, grid_w) in zip(
+        clean_images, noised_images, loaded, batch["image_grid_thw"].tolist(), strict=True
+    ):
         frames = noised.view(grid_h * grid_w, 3, 2, patch * patch)
         assert torch.equal(frames[:, :, 0], frames[:, :, 1])  # both temporal copies of every patch: the same ε
         # x: the normalised image, read back from the clean patches (first temporal copy) and checked to patchify
@@ -92,7 +95,7 @@ def test_patch_noise_is_vcds_noise_of_the_normalised_image_then_patchified(arch,
             .reshape(3, grid_h * patch, grid_w * patch)
         )
         assert torch.equal(patchified(image), clean)
-        eps = diffusion_noise((3, grid_h * patch, grid_w * patch), collator.image_noise_seed(clean.numpy()))
+        eps = diffusion_noise((3, grid_h * patch, grid_w * patch), collator.image_noise_seed(pixels))
         assert torch.equal(noised, patchified(signal * image + noise * eps))
     pairs = len(features)
     for pair in range(pairs):  # the chosen and the rejected row of a pair see the same v'
@@ -101,14 +104,15 @@ def test_patch_noise_is_vcds_noise_of_the_normalised_image_then_patchified(arch,
 
 
 def test_llava_noise_is_vcds_noise_of_the_normalised_image(request, large_image_pairs, tmp_path):
-    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
 
     template, tokenizer_module, features = collated_modules("llava", request, large_image_pairs, tmp_path)
     collator = ue_collator(template, tokenizer_module, "pixel_values")
     batch = collator(features)
     signal, noise = noise_coefficients(STEP)
-    for clean, noised in zip(batch["pixel_values"], batch[NOISED_PIXEL_VALUES]):
-        eps = diffusion_noise(tuple(clean.shape), collator.image_noise_seed(clean.numpy()))
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
+    for clean, noised, pixels in zip(batch["pixel_values"], batch[NOISED_PIXEL_VALUES], loaded, strict=True):
+        eps = diffusion_noise(tuple(clean.shape), collator.image_noise_seed(pixels))
         assert torch.equal(noised, signal * clean + noise * eps)
     assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
 

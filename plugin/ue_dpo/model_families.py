@@ -41,6 +41,12 @@ class ModelFamily:
             return list(batch["pixel_values"].unbind(0))
         return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
 
+    def joined_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """`pixel_values` from one tensor per image (the inverse of `split_images`)."""
+        import torch  # not at the top: `ue_dpo.config` reads the families and loads no torch
+
+        return torch.stack(images) if self.pixel_layout == "stacked" else torch.cat(images)
+
     def images_per_row_entries(self, batch: dict[str, torch.Tensor], images: int) -> dict[str, int]:
         """How many entries of each image key the first `images` images of the batch take."""
         grid_thw = batch.get("image_grid_thw")

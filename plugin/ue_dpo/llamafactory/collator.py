@@ -1,8 +1,8 @@
 """Pairwise collator that adds the counterfactual image v' and which rows have an image.
 
 v' by `ue_noise_space`:
-    pixel_values  VCD: the processor's normalised tensor of each image, noised once. The patches of Qwen2-VL,
-                  Qwen3-VL and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
+    pixel_values  VCD: the processor's normalised tensor of each image, noised once. The patches of Qwen2-VL, Qwen3-VL,
+                  Qwen3.5 and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
                   image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
                   is the patchified VCD image.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
@@ -10,6 +10,7 @@ v' by `ue_noise_space`:
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,56 @@ def _digest(array: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes() + str(array.shape).encode()).digest()
 
 
+def loaded_pixels(image) -> np.ndarray:
+    """An image as loaded, `[H, W, 3]` uint8: what v''s seed and the row digests are computed from."""
+    return np.array(load_image_strictly(image).convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageNoise:
+    """What noising one image takes besides its entries of `pixel_values`: its eps seed, its index among the
+    batch's images (for its layout's per-image keys), the batch, the processor and the diffusion step."""
+
+    seed: int
+    index: int
+    batch: dict
+    processor: Any
+    step: int
+    schedule: str
+
+
+def noised_stacked_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """`[C, H, W]`: VCD's noise of the normalised image, eps of its shape."""
+    return add_diffusion_noise(pixels, step=noise.step, schedule=noise.schedule, seed=noise.seed)
+
+
+def noised_grid_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
+    layout, patchified as the image processors of Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V patchify (rows of
+    merge x merge blocks, then C, T, P, P), with the processor's own patch, merge and temporal sizes: every temporal
+    copy of a patch sees the same eps."""
+    image_processor = noise.processor.image_processor
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    frames = image_processor.temporal_patch_size
+    _, grid_h, grid_w = noise.batch["image_grid_thw"][noise.index].tolist()
+    channels = patches.shape[1] // (frames * patch * patch)
+    eps = diffusion_noise((channels, grid_h * patch, grid_w * patch), noise.seed)
+    eps_patches = (
+        eps.view(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+        .permute(1, 4, 2, 5, 0, 3, 6)
+        .reshape(grid_h * grid_w, channels, 1, patch * patch)
+    )
+    copies = patches.view(grid_h * grid_w, channels, frames, patch * patch)
+    return diffuse(copies, eps_patches, step=noise.step, schedule=noise.schedule).reshape(patches.shape)
+
+
+# v' (`ue_noise_space: pixel_values`) of one image's entries of `pixel_values`, by `ModelFamily.pixel_layout`
+NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], torch.Tensor]] = {
+    "stacked": noised_stacked_image,
+    "grid_patches": noised_grid_patches,
+}
+
+
 @dataclass
 class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_step: int = 500
@@ -148,82 +199,55 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             raise named from error
         has_image = [len(images) > 0 for images in pair_images]
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
+        pair_pixels = [[loaded_pixels(image) for image in images] for images in pair_images]
         if self.with_noised_image:
-            batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_images, batch)
+            batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_pixels, batch)
         if self.with_row_digests:
-            batch[ROW_DIGEST] = self._row_digests(features, pair_images, batch)
+            batch[ROW_DIGEST] = self._row_digests(features, pair_pixels)
         return batch
 
-    def _noised_batch_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if not any(pair_images):  # only LLaMA-Factory's blank stand-in image: its v' is never used
+    def _noised_batch_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
+        if not any(pair_pixels):  # only LLaMA-Factory's blank stand-in image: its v' is never used
             return batch["pixel_values"].clone()
         if self.noise_space == "pixel_values":
-            return self._noised_pixel_values(batch)
-        return self._noised_image_pixel_values(pair_images, batch)
+            return self._noised_pixel_values(pair_pixels, batch)
+        return self._noised_image_pixel_values(pair_pixels, batch)
 
-    def _row_digests(self, features: list[dict[str, Any]], pair_images: list[list], batch) -> torch.Tensor:
-        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and image pixels."""
-        images = self.family.split_images(batch) if any(pair_images) else []  # else only the blank stand-in
-        image_digests = iter([_digest(image.numpy()) for image in images])
-        row_images = [len(images) for images in pair_images] * 2
-        rows = [
-            (feature[f"{side}_input_ids"], feature[f"{side}_labels"])
-            for side in ("chosen", "rejected")
-            for feature in features
-        ]
+    def _row_digests(self, features: list[dict[str, Any]], pair_pixels: list[list[np.ndarray]]) -> torch.Tensor:
+        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and the images as loaded
+        (how the processor turns them into `pixel_values` is part of the cache's reference identity)."""
         digests = []
-        for (input_ids, labels), image_count in zip(rows, row_images):
-            row = hashlib.sha256()
-            for tokens in (input_ids, labels):
-                row.update(_digest(np.asarray(tokens, dtype=np.int64)))
-            for _ in range(image_count):
-                row.update(next(image_digests))
-            digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
+        for side in ("chosen", "rejected"):
+            for feature, pixels in zip(features, pair_pixels):
+                row = hashlib.sha256()
+                for tokens in (feature[f"{side}_input_ids"], feature[f"{side}_labels"]):
+                    row.update(_digest(np.asarray(tokens, dtype=np.int64)))
+                for image in pixels:
+                    row.update(_digest(image))
+                digests.append(int.from_bytes(row.digest()[:8], "little", signed=True))
         return torch.tensor(digests, dtype=torch.long)
 
-    def image_noise_seed(self, content: np.ndarray) -> int:
-        """The seed of an image's eps: the run's noise seed, the image's content (pixels or clean patches) and k."""
-        return sample_noise_seed(self.noise_seed, _digest(content), self.noise_step)
+    def image_noise_seed(self, pixels: np.ndarray) -> int:
+        """The seed of an image's eps: the run's noise seed, the image as loaded (`loaded_pixels`) and k."""
+        return sample_noise_seed(self.noise_seed, _digest(pixels), self.noise_step)
 
-    def _noised_pixel_values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = self.family.split_images(batch)
-        if self.family.pixel_layout == "stacked":
-            return torch.stack(
-                [
-                    add_diffusion_noise(
-                        image,
-                        step=self.noise_step,
-                        schedule=self.noise_schedule,
-                        seed=self.image_noise_seed(image.numpy()),
-                    )
-                    for image in images
-                ]
-            )
-        return torch.cat(
-            [self._noised_grid_patches(patches, grid) for patches, grid in zip(images, batch["image_grid_thw"])]
+    def _noised_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """VCD's v': each image's entries of `pixel_values` noised as its family's layout holds them. The batch holds
+        the chosen rows' images, then the rejected rows' (the same images again): both rows of a pair see one v'."""
+        family = self.family
+        seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
+        noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
+        return family.joined_images(
+            [
+                noised_image(
+                    pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
+                )
+                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+            ]
         )
 
-    def _noised_grid_patches(self, patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
-        layout, patchified as the image processors of Qwen2-VL, Qwen3-VL and GLM-4.1V patchify (rows of
-        merge x merge blocks, then C, T, P, P), with the processor's own patch, merge and temporal sizes."""
-        image_processor = self.processor.image_processor
-        patch, merge = image_processor.patch_size, image_processor.merge_size
-        frames = image_processor.temporal_patch_size
-        _, grid_h, grid_w = grid_thw.tolist()
-        channels = patches.shape[1] // (frames * patch * patch)
-        noise = diffusion_noise((channels, grid_h * patch, grid_w * patch), self.image_noise_seed(patches.numpy()))
-        noise_patches = (
-            noise.view(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
-            .permute(1, 4, 2, 5, 0, 3, 6)
-            .reshape(grid_h * grid_w, channels, 1, patch * patch)
-        )
-        copies = patches.view(grid_h * grid_w, channels, frames, patch * patch)
-        noised = diffuse(copies, noise_patches, step=self.noise_step, schedule=self.noise_schedule)
-        return noised.reshape(patches.shape)
-
-    def _noised_image_pixel_values(self, pair_images: list[list], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        noised_pair_images = [[self._tpo_noised_image(image) for image in images] for images in pair_images]
+    def _noised_image_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
+        noised_pair_images = [[self._tpo_noised_image(pixels) for pixels in images] for images in pair_pixels]
         row_images = noised_pair_images + noised_pair_images  # chosen rows, then rejected rows: the same v'
         imglens = [len(images) for images in row_images]
         zeros = [0] * len(row_images)
@@ -245,8 +269,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             )
         return noised_pixel_values
 
-    def _tpo_noised_image(self, image) -> Image.Image:
-        pixels = np.array(load_image_strictly(image).convert("RGB"), dtype=np.uint8)
+    def _tpo_noised_image(self, pixels: np.ndarray) -> Image.Image:
         height, width, channels = pixels.shape
         noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
         noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)

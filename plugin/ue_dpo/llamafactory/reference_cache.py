@@ -1,16 +1,19 @@
 """`ue_precompute_ref`: per-token reference log-probs of the training set, computed once and kept on disk.
 
 Valid because the reference model is frozen and sees only the clean image. Each training row (one chosen
-or rejected sequence) is identified by a content digest of its token ids, labels and image pixels (the
+or rejected sequence) is identified by a content digest of its token ids, labels and images as loaded (the
 collator's `ue_row_digest`); a cache file is named by a digest of the reference model's identity, the
-template and every row digest of the dataset, so any change to them selects another file.
+template, the image processing settings and every row digest of the dataset, so any change to them selects another
+file.
 """
 
 import hashlib
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import torch
+from llamafactory.hparams.model_args import ProcessorArguments
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".pt")
 
@@ -43,6 +46,8 @@ def reference_identity(model_args, data_args, finetuning_args) -> dict:
         "quantization_bit": model_args.quantization_bit,
         "template": data_args.template,
         "cutoff_len": data_args.cutoff_len,
+        # the row digests hold the images as loaded; these settings make them `pixel_values`
+        "processor_arguments": {field.name: getattr(model_args, field.name) for field in fields(ProcessorArguments)},
     }
 
 
