@@ -13,11 +13,15 @@ os.environ.update(
 )
 
 import pytest
+from PIL import Image
 
 from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
 from ue_dpo.synthetic.tiny_models import (
     build_tiny_glm4v,
     build_tiny_llava,
+    build_tiny_llava_next,
+    build_tiny_mistral3,
+    build_tiny_pixtral,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
     build_tiny_qwen3_5,
@@ -53,6 +57,35 @@ def tiny_qwen3_5_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_glm4v_dir(tmp_path_factory):
     return build_tiny_glm4v(tmp_path_factory.mktemp("tiny_glm4v"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory):
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral3_dir(tmp_path_factory):
+    return build_tiny_mistral3(tmp_path_factory.mktemp("tiny_mistral3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixtral_dir(tmp_path_factory):
+    return build_tiny_pixtral(tmp_path_factory.mktemp("tiny_pixtral"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def mixed_sizes_dataset_dir(tmp_path_factory):
+    """`shapes_pref` with 4 pairs whose images are 56 x 56, 28 x 56, 42 x 56 and 56 x 56 (height x width), the top
+    rows of the square scenes: batches of 2 pairs hold images of different sizes, so tiled and variable-size
+    layouts pad (LLaVA-NeXT: 5 and 3 patches, and a letterboxed canvas; Pixtral: a 28-row image under a 56-row one).
+    """
+    dataset_dir = tmp_path_factory.mktemp("mixed_sizes")
+    write_preference_dataset(dataset_dir, n_pairs=4, seed=0, image_size=56)
+    for index, height in enumerate((56, 28, 42, 56)):
+        path = dataset_dir / "images" / "shapes_pref" / f"{index:05d}.png"
+        Image.open(path).crop((0, 0, 56, height)).save(path)
+    return dataset_dir
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,17 @@ def test_a_template_is_accepted_by_its_plugin_or_the_nearest_served_ancestor(tem
             "image token); Qwen2-VL, Qwen2.5-VL trains with `template: qwen2_vl`",
         ),
         ("qwen3_vl", "qwen3_vl_moe", "`stage: ue_dpo` does not train `model_type: qwen3_vl_moe` models"),
-        ("gemma3", "gemma3", "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v."),
+        (
+            "gemma3",
+            "gemma3",
+            "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v, llava_next, mistral3.",
+        ),
         ("qwen", None, "this template uses BasePlugin without an image token. Supported templates: llava, qwen2_vl"),
-        ("gemma3", None, "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin or derives from one"),
+        (
+            "gemma3",
+            None,
+            "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin, LlavaNextPlugin, PixtralPlugin or derives",
+        ),
     ],
 )
 def test_what_the_stage_cannot_train_is_refused_with_the_reason_and_the_alternative(template, model_type, message):

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from ue_dpo.core.noise import diffusion_noise, noise_coefficients
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.synthetic.shapes import write_preference_dataset
 
 STEP = 500
@@ -19,8 +20,8 @@ def large_image_pairs(tmp_path_factory):
     return write_preference_dataset(tmp_path_factory.mktemp("large_images"), n_pairs=2, seed=3, image_size=IMAGE_SIZE)
 
 
-def collated_modules(arch, request, dataset_dir, tmp_path):
-    """(template, tokenizer module, the first two rows) as `stage: ue_dpo` tokenizes them."""
+def collated_modules(arch, request, dataset_dir, tmp_path, rows=2):
+    """(template, tokenizer module, the first `rows` rows) as `stage: ue_dpo` tokenizes them."""
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
@@ -34,7 +35,7 @@ def collated_modules(arch, request, dataset_dir, tmp_path):
             "finetuning_type": "lora",
             "dataset": "shapes_pref",
             "dataset_dir": str(dataset_dir),
-            "template": arch,
+            "template": TEMPLATE_BY_MODEL_TYPE[arch],
             "cutoff_len": 256,
             "output_dir": str(tmp_path / "out"),
             "report_to": "none",
@@ -43,8 +44,10 @@ def collated_modules(arch, request, dataset_dir, tmp_path):
     )
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    rows = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)["train_dataset"]
-    return template, tokenizer_module, [rows[0], rows[1]]
+    dataset = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)[
+        "train_dataset"
+    ]
+    return template, tokenizer_module, [dataset[row] for row in range(rows)]
 
 
 def ue_collator(template, tokenizer_module, noise_space):
@@ -147,3 +150,123 @@ def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolutio
     stock = PairwiseDataCollatorWithPadding(template=template, model=None, label_pad_token_id=-100, **tokenizer_module)
     expected = stock(tpo_features)["pixel_values"]
     assert torch.equal(noised_pixel_values, expected)
+
+
+# mixed_sizes_dataset_dir's images (height, width) -> LLaVA-NeXT's canvas (the grid resolution its patches are cut
+# from, by the tiny model's pinpoints 28 x 56, 56 x 28, 56 x 56) and the rows of its letterbox above and below
+LLAVA_NEXT_CANVAS = {(56, 56): ((56, 56), 0), (28, 56): ((28, 56), 0), (42, 56): ((56, 56), 7)}
+
+
+def white_content(image_processor, size: tuple[int, int]) -> torch.Tensor:
+    """Where an image of `size` puts content in the processor's output: a white image, neither rescaled nor
+    normalised, is 255 on its content and 0 on the processor's padding."""
+    white = Image.new("RGB", (size[1], size[0]), (255, 255, 255))
+    unnormalised = image_processor(images=[white], do_rescale=False, do_normalize=False, return_tensors="pt")
+    return unnormalised["pixel_values"][0] > 127
+
+
+def test_llava_next_noise_is_vcds_noise_of_the_real_patches_and_padding_stays(
+    request, mixed_sizes_dataset_dir, tmp_path
+):
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
+
+    template, tokenizer_module, features = collated_modules(
+        "llava_next", request, mixed_sizes_dataset_dir, tmp_path, rows=3
+    )
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    image_processor = tokenizer_module["processor"].image_processor
+    side = image_processor.crop_size["height"]
+    signal, noise = noise_coefficients(STEP)
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
+    assert batch["pixel_values"].shape[1] == 5  # the 2 x 2 grid and the base patch; the 28 x 56 image has 3
+    padded_patches = letterboxed_rows = 0
+    for clean, noised, pixels in zip(batch["pixel_values"], batch[NOISED_PIXEL_VALUES], loaded, strict=True):
+        (canvas_h, canvas_w), letterbox = LLAVA_NEXT_CANVAS[pixels.shape[:2]]
+        content = white_content(image_processor, pixels.shape[:2])
+        real = 1 + (canvas_h // side) * (canvas_w // side)
+        assert content.shape[0] == real and not clean[real:].any()
+        eps = diffusion_noise((3 * (side * side + canvas_h * canvas_w),), collator.image_noise_seed(pixels))
+        canvas_eps = eps[3 * side * side :].view(3, canvas_h, canvas_w)
+        patch_eps = [eps[: 3 * side * side].view(3, side, side)] + [
+            canvas_eps[:, row : row + side, column : column + side]
+            for row in range(0, canvas_h, side)
+            for column in range(0, canvas_w, side)
+        ]
+        expected = clean.clone()
+        for patch, eps_patch in enumerate(patch_eps):
+            expected[patch] = torch.where(content[patch], signal * clean[patch] + noise * eps_patch, clean[patch])
+        assert torch.equal(noised, expected)
+        crop_rows_outside = int((~content[1:]).all(-1).all(1).sum())  # letterbox rows of the crops, all channels
+        assert crop_rows_outside == 2 * letterbox * (canvas_w // side)  # above and below, across the crops' columns
+        padded_patches += len(clean) - real
+        letterboxed_rows += crop_rows_outside
+    assert padded_patches == 2 * 2 and letterboxed_rows == 2 * 28  # both rows of a pair hold their pair's image
+    assert torch.equal(batch[NOISED_PIXEL_VALUES][:3], batch[NOISED_PIXEL_VALUES][3:])
+
+
+def test_mistral3_noise_is_vcds_noise_of_each_image_and_the_padding_stays_zero(
+    request, mixed_sizes_dataset_dir, tmp_path
+):
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
+
+    template, tokenizer_module, features = collated_modules("mistral3", request, mixed_sizes_dataset_dir, tmp_path)
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    image_processor = tokenizer_module["processor"].image_processor
+    signal, noise = noise_coefficients(STEP)
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
+    sizes = []
+    for clean, noised, pixels in zip(batch["pixel_values"], batch[NOISED_PIXEL_VALUES], loaded, strict=True):
+        alone = image_processor(images=[Image.fromarray(pixels)], return_tensors="pt")["pixel_values"][0]
+        height, width = alone.shape[1:]
+        sizes.append((height, width))
+        assert torch.equal(clean[:, :height, :width], alone)
+        eps = diffusion_noise((3, height, width), collator.image_noise_seed(pixels))
+        expected = torch.zeros_like(clean)
+        expected[:, :height, :width] = signal * alone + noise * eps
+        assert torch.equal(noised, expected)
+    assert sizes == [(56, 56), (28, 56)] * 2  # the second image is padded with 28 rows of zeros
+    assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
+
+
+@pytest.mark.parametrize("arch", ["llava_next", "mistral3"])
+def test_image_noise_of_images_of_different_sizes_is_the_processors_output_for_tpos_images(
+    arch, request, mixed_sizes_dataset_dir, tmp_path
+):
+    from llamafactory.data import PairwiseDataCollatorWithPadding
+
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
+
+    template, tokenizer_module, features = collated_modules(arch, request, mixed_sizes_dataset_dir, tmp_path)
+    collator = ue_collator(template, tokenizer_module, "image")
+    noised_pixel_values = collator(features)[NOISED_PIXEL_VALUES]
+    tpo_features = [
+        {**feature, "images": [collator._tpo_noised_image(loaded_pixels(image)) for image in feature["images"]]}
+        for feature in features
+    ]
+    stock = PairwiseDataCollatorWithPadding(template=template, model=None, label_pad_token_id=-100, **tokenizer_module)
+    expected = stock(tpo_features)
+    assert torch.equal(noised_pixel_values, expected["pixel_values"])
+    assert not torch.equal(noised_pixel_values, stock(features)["pixel_values"])
+
+
+def test_a_bfloat16_image_is_noised_in_float32_and_stays_bfloat16():
+    from ue_dpo.llamafactory.collator import ImageNoise, noised_padded_image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.zeros(3, 6, 8, dtype=torch.bfloat16)
+    pixels[:, :4, :5] = torch.randn(3, 4, 5, generator=generator).to(torch.bfloat16)
+    noise_of = ImageNoise(
+        seed=5,
+        index=1,
+        batch={"image_sizes": torch.tensor([[6, 8], [4, 5]])},
+        processor=None,
+        step=STEP,
+        schedule="sigmoid",
+    )
+    noised = noised_padded_image(pixels, noise_of)
+    signal, noise = noise_coefficients(STEP)
+    expected = torch.zeros_like(pixels)
+    expected[:, :4, :5] = (signal * pixels[:, :4, :5].float() + noise * diffusion_noise((3, 4, 5), 5)).bfloat16()
+    assert noised.dtype == torch.bfloat16 and torch.equal(noised, expected)

@@ -186,9 +186,12 @@ def edited_dataset_dir(shapes_dataset_dir, tmp_path_factory):
     return dataset_dir
 
 
-def lora_trainer(arch: str, request, dataset_dir, tmp_path_factory):
-    """The stage's trainer on a tiny model, its LoRA B drawn at random: the policy is not the reference, and lora_A
-    has gradients."""
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
+def trainer(request, edited_dataset_dir, tmp_path_factory):
+    return trainer_with_a_trained_adapter(request, request.param, edited_dataset_dir, tmp_path_factory)
+
+
+def trainer_with_a_trained_adapter(request, arch: str, dataset_dir, tmp_path_factory):
     ue_dpo.apply_llamafactory_integration()
     from llamafactory.hparams import get_train_args
 
@@ -209,11 +212,6 @@ def lora_trainer(arch: str, request, dataset_dir, tmp_path_factory):
         if "lora_B" in name:
             parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     return trainer
-
-
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
-def trainer(request, edited_dataset_dir, tmp_path_factory):
-    return lora_trainer(request.param, request, edited_dataset_dir, tmp_path_factory)
 
 
 def collated(trainer, rows: list[int]) -> dict:
@@ -274,7 +272,14 @@ def packed_forwards(monkeypatch):
     return counts
 
 
-def assert_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_forwards: dict) -> None:
+@pytest.mark.parametrize("batch_name", BATCHES)
+@pytest.mark.parametrize("weighting", ["ue", "tpo", "ddpo", "uniform"])
+def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting, packed_forwards, monkeypatch):
+    monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
+    check_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
+
+
+def check_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_forwards: dict) -> None:
     unshared = step_with_sharing(trainer, batch, sharing=False)
     assert packed_forwards["packed"] == 0
     shared = step_with_sharing(trainer, batch, sharing=True)
@@ -303,17 +308,10 @@ def assert_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_
         close(shared["grads"][name], grad, name)
 
 
-@pytest.mark.parametrize("batch_name", BATCHES)
-@pytest.mark.parametrize("weighting", ["ue", "tpo", "ddpo", "uniform"])
-def test_sharing_equals_the_unshared_computation(trainer, batch_name, weighting, packed_forwards, monkeypatch):
-    monkeypatch.setattr(trainer.finetuning_args, "ue_weighting", weighting)
-    assert_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
-
-
 @pytest.fixture(scope="module", params=["qwen3_vl", "glm4v"])
 def reasoning_trainer(request, edited_dataset_dir, tmp_path_factory):
     """Qwen3-VL's and GLM-4.1V's: their reasoning templates start every response with an empty thought block."""
-    return lora_trainer(request.param, request, edited_dataset_dir, tmp_path_factory)
+    return trainer_with_a_trained_adapter(request, request.param, edited_dataset_dir, tmp_path_factory)
 
 
 @pytest.mark.parametrize("batch_name", ["different-lengths-and-shared-start", "with-and-without-image"])
@@ -326,13 +324,13 @@ def test_reasoning_families_share_the_prompt_and_keep_the_thought_block_in_each_
         for side in ("chosen", "rejected"):
             labels = [token for token in trainer.train_dataset[row][f"{side}_labels"] if token != IGNORE_INDEX]
             assert tokenizer.decode(labels).startswith("<think>\n\n</think>\n\n"), (row, side)
-    assert_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
+    check_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
 
 
 def test_qwen3_5_computes_unshared_rows_and_says_why_once(
     request, edited_dataset_dir, tmp_path_factory, packed_forwards
 ):
-    trainer = lora_trainer("qwen3_5", request, edited_dataset_dir, tmp_path_factory)
+    trainer = trainer_with_a_trained_adapter(request, "qwen3_5", edited_dataset_dir, tmp_path_factory)
     assert trainer.finetuning_args.ue_prefix_sharing
     batch = collated(trainer, BATCHES["different-lengths-and-shared-start"])
     for _ in range(2):
@@ -344,6 +342,38 @@ def test_qwen3_5_computes_unshared_rows_and_says_why_once(
         "ue_prefix_sharing: computing unshared rows, since Qwen3.5's Gated DeltaNet layers are recurrent and take no "
         "attention mask: in a packed row the rejected response would read the chosen one."
     ]
+
+
+@pytest.fixture(scope="module", params=["llava_next", "mistral3", "pixtral"])
+def sized_trainer(request, mixed_sizes_dataset_dir, tmp_path_factory):
+    """A trainer of a family whose images come with `image_sizes`, on images of different sizes."""
+    return trainer_with_a_trained_adapter(request, request.param, mixed_sizes_dataset_dir, tmp_path_factory)
+
+
+def test_images_of_different_sizes_share_exactly_with_their_image_sizes(sized_trainer, packed_forwards):
+    trainer = sized_trainer
+    batch = collated(trainer, [0, 1])  # 56 x 56 and 28 x 56: padded patches (LLaVA-NeXT), padded rows (Pixtral)
+    assert batch["image_sizes"][0].tolist() != batch["image_sizes"][1].tolist()
+    check_sharing_equals_the_unshared_computation(trainer, batch, packed_forwards)
+    assert "ue_prefix_sharing: each pair's prompt and image are computed once per pass." in trainer.step_notes.logged
+
+
+@pytest.mark.parametrize("sized_trainer", ["mistral3"], indirect=True)
+def test_a_sliding_window_shorter_than_the_rows_turns_sharing_off_with_the_reason(sized_trainer, monkeypatch):
+    trainer = sized_trainer
+    text_config = trainer.model.get_base_model().config.get_text_config()
+    assert text_config.sliding_window == 4096  # Mistral's default, longer than any row here: sharing stays on
+    batch = collated(trainer, [0, 1])
+    row_length = batch["input_ids"].shape[1]
+    monkeypatch.setattr(text_config, "sliding_window", row_length - 1)
+    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+    monkeypatch.setattr(trainer.step_notes, "logged", set())
+    with torch.no_grad():
+        trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert trainer.step_notes.logged >= {
+        f"ue_prefix_sharing: computing unshared rows, since the language model attends within a sliding window of "
+        f"{row_length - 1} tokens, shorter than the batch's {row_length}-token rows, which a packed row does not keep."
+    }
 
 
 def test_cutoff_len_cut_the_long_responses(trainer):

@@ -36,12 +36,8 @@ from ue_dpo.synthetic.tiny_models import (
 )
 
 ARCHITECTURES = ("llava", "qwen2_vl")
-FAMILY_ARCHITECTURES = (
-    *ARCHITECTURES,
-    "qwen3_vl",
-    "qwen3_5",
-    "glm4v",
-)  # each loads and batches; the first two train stock DPO
+# each loads and batches; the first two train stock DPO
+FAMILY_ARCHITECTURES = (*ARCHITECTURES, "qwen3_vl", "qwen3_5", "glm4v")
 EXPECTED_CLASSES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "LlamaTokenizer", "CLIPImageProcessor"),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
@@ -284,7 +280,10 @@ def test_the_builders_take_the_shapes(arch, tmp_path):
 
 
 def test_unknown_architecture_is_refused_with_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="unknown tiny model architecture 'blip2': use one of llava, qwen2_vl"):
+    with pytest.raises(
+        ValueError,
+        match="unknown tiny model architecture 'blip2': use one of llava, qwen2_vl, llava_next, mistral3, pixtral",
+    ):
         build_tiny_model("blip2", tmp_path)
 
 

@@ -112,6 +112,58 @@ def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stag
         assert logs[arch, "ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llava_next", "mistral3"])
+def test_images_of_different_sizes_train_with_ue_metrics_and_the_adapter_evaluates(
+    arch, request, mixed_sizes_dataset_dir, tmp_path
+):
+    from PIL import Image
+
+    from ue_dpo.evaluation.model import UeDpoHF
+
+    out = tmp_path / "out"
+    config = tiny_training_config(arch, model_dir_for(arch, request), mixed_sizes_dataset_dir, out)
+    check_ue_metrics(train_or_fail(config, tmp_path))
+    # ue_dpo_hf on the trained adapter: a left-padded batch of a 56 x 56 and a 28 x 56 image (padded patches or
+    # rows, with image_sizes) scores its first generated token as a plain forward does
+    model = UeDpoHF(pretrained=str(out), device="cpu")
+    assert model.template_name == config["template"]
+    images = [Image.open(mixed_sizes_dataset_dir / "images" / "shapes_pref" / f"{index:05d}.png") for index in (0, 1)]
+    inputs = model.model_inputs([("Describe this image.", images[:1]), ("What is in the picture?", images[1:])])
+    assert inputs["image_sizes"][0].tolist() != inputs["image_sizes"][1].tolist()
+    with torch.inference_mode():
+        forward_logits = model.model(**inputs).logits[:, -1]
+        generated = model.model.generate(
+            **inputs,
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=model.pad_token_id,
+        )
+    torch.testing.assert_close(generated.logits[0], forward_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_alpha_zero_on_images_of_different_sizes_logs_the_losses_of_stage_dpo(
+    tiny_llava_next_dir, tiny_mistral3_dir, tiny_pixtral_dir, mixed_sizes_dataset_dir, tmp_path
+):
+    def run(arch, model_dir, name, **overrides):
+        config = tiny_training_config(arch, model_dir, mixed_sizes_dataset_dir, tmp_path / arch / name, **overrides)
+        return config, tmp_path / arch / f"{name}-work"
+
+    runs = {
+        f"{arch}-{name}": run(arch, model_dir, name, **overrides)
+        for arch, model_dir in (("llava_next", tiny_llava_next_dir), ("mistral3", tiny_mistral3_dir))
+        for name, overrides in (("dpo", {"stage": "dpo"}), ("alpha0", {"ue_alpha": 0.0}))
+    }
+    runs["pixtral-ue"] = run("pixtral", tiny_pixtral_dir, "ue")  # Pixtral-12B: a `llava` model, `template: pixtral`
+    logs = train_in_one_process(runs)
+    check_ue_metrics(logs["pixtral-ue"])
+    for arch in ("llava_next", "mistral3"):
+        stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
+        alpha0 = [entry["loss"] for entry in logs[f"{arch}-alpha0"]]
+        assert len(stock) == 2 and alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
+
+
 def test_resume_from_checkpoint_continues_the_run(tiny_llava_dir, shapes_dataset_dir, tmp_path):
     out = tmp_path / "out"
     config = tiny_training_config(

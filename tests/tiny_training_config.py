@@ -5,6 +5,9 @@ from typing import Any
 
 from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 
+# the template of each tiny architecture: its model type's, but Pixtral-12B's, a `llava` model with a Pixtral tower
+TEMPLATE_BY_ARCH = {**TEMPLATE_BY_MODEL_TYPE, "pixtral": "pixtral"}
+
 
 def tiny_training_config(
     arch: str, model_dir: Path, dataset_dir: Path, output_dir: Path, **overrides: Any
@@ -20,7 +23,7 @@ def tiny_training_config(
         "lora_rank": 8,
         "dataset": "shapes_pref",
         "dataset_dir": str(dataset_dir),
-        "template": TEMPLATE_BY_MODEL_TYPE[arch],
+        "template": TEMPLATE_BY_ARCH[arch],
         "cutoff_len": 256,
         "preprocessing_num_workers": 1,
         "dataloader_num_workers": 0,

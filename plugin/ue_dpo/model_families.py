@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL,
 #                 Qwen3-VL, Qwen3.5, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T
 #                 copies of a still image side by side)
-PixelLayout = Literal["stacked", "grid_patches"]
+#   anyres_patches `[N, P_max, C, S, S]`, per image a resized base patch, then the crops of its high-resolution
+#                 canvas, then zero patches up to the batch's most; `image_sizes` holds each image's size as the
+#                 processor received it (LLaVA-NeXT)
+#   padded_images `[N, C, H_max, W_max]`, each image at its own size `image_sizes` in the top-left corner, zeros
+#                 around it (Pixtral, Mistral-Small-3)
+PixelLayout = Literal["stacked", "grid_patches", "anyres_patches", "padded_images"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,12 @@ class ModelFamily:
     position_keys: tuple[str, ...]  # batch keys of per-token positions; packing keeps `position_ids` only
     pixel_layout: PixelLayout
     unshared_reason: str | None = None  # why the pairs of this family cannot share their prompts, if they cannot
+    # vision parameters outside LLaMA-Factory's keyed modules, on the image encoder's owner (LLaVA-NeXT's image_newline)
+    vision_parameters: tuple[str, ...] = ()
 
     def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """`pixel_values` as one tensor per image."""
-        if self.pixel_layout == "stacked":
+        if self.pixel_layout in ("stacked", "anyres_patches", "padded_images"):
             return list(batch["pixel_values"].unbind(0))
         return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
 
@@ -45,14 +52,15 @@ class ModelFamily:
         """`pixel_values` from one tensor per image (the inverse of `split_images`)."""
         import torch  # not at the top: `ue_dpo.config` reads the families and loads no torch
 
-        return torch.stack(images) if self.pixel_layout == "stacked" else torch.cat(images)
+        return torch.cat(images) if self.pixel_layout == "grid_patches" else torch.stack(images)
 
     def images_per_row_entries(self, batch: dict[str, torch.Tensor], images: int) -> dict[str, int]:
         """How many entries of each image key the first `images` images of the batch take."""
         grid_thw = batch.get("image_grid_thw")
         entries = {"pixel_values": images if grid_thw is None else int(grid_thw[:images].prod(-1).sum())}
-        if "image_grid_thw" in self.image_keys:
-            entries["image_grid_thw"] = images
+        for per_image_key in ("image_grid_thw", "image_sizes"):
+            if per_image_key in self.image_keys:
+                entries[per_image_key] = images
         return entries
 
 
@@ -74,7 +82,7 @@ FAMILIES = (
         model_types=("llava",),
         template="llava",
         mm_plugin="LlavaPlugin",
-        image_keys=("pixel_values",),
+        image_keys=("pixel_values", "image_sizes"),  # image_sizes: Pixtral-12B, a `llava` model (`template: pixtral`)
         position_keys=("position_ids",),
         pixel_layout="stacked",
     ),
@@ -109,6 +117,25 @@ FAMILIES = (
         template="glm4v",
         mm_plugin="GLM4VPlugin",
         **_PATCHIFIED,
+    ),
+    ModelFamily(
+        name="LLaVA-NeXT",
+        model_types=("llava_next",),
+        template="llava_next",
+        mm_plugin="LlavaNextPlugin",
+        vision_parameters=("image_newline",),
+        image_keys=("pixel_values", "image_sizes"),
+        position_keys=("position_ids",),
+        pixel_layout="anyres_patches",
+    ),
+    ModelFamily(
+        name="Pixtral, Mistral-Small-3",
+        model_types=("mistral3",),  # Pixtral-12B is a `llava` model; its `template: pixtral` has this plugin
+        template="mistral_small",
+        mm_plugin="PixtralPlugin",
+        image_keys=("pixel_values", "image_sizes"),
+        position_keys=("position_ids",),
+        pixel_layout="padded_images",
     ),
 )
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

@@ -4,7 +4,9 @@ v' by `ue_noise_space`:
     pixel_values  VCD: the processor's normalised tensor of each image, noised once. The patches of Qwen2-VL, Qwen3-VL,
                   Qwen3.5 and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
                   image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
-                  is the patchified VCD image.
+                  is the patchified VCD image. LLaVA-NeXT's patches and Pixtral's padded images are noised on their
+                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`): padding keeps the
+                  processor's values.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
 """
@@ -168,10 +170,59 @@ def noised_grid_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tenso
     return diffuse(copies, eps_patches, step=noise.step, schedule=noise.schedule).reshape(patches.shape)
 
 
+def noised_anyres_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """One image's `[P_max, C, S, S]` LLaVA-NeXT patches: the base patch (the whole image resized to S x S) noised
+    with its own eps, the high-resolution patches with one eps on the canvas they are cropped from, cropped as the
+    processor crops (rows of patches, left to right). The canvas's letterbox (the margins that pad the resized image
+    to its grid resolution) and the zero patches that fill the batch's patch count keep the processor's values."""
+    from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+    from transformers.image_utils import ChannelDimension
+
+    channels, side = patches.shape[1], patches.shape[-1]
+    height, width = noise.batch["image_sizes"][noise.index].tolist()
+    canvas_h, canvas_w = select_best_resolution((height, width), noise.processor.image_processor.image_grid_pinpoints)
+    # the size the image is resized to inside the canvas, from its size alone (the tensor is read for its shape)
+    content_h, content_w = get_patch_output_size(
+        torch.empty(0, height, width), (canvas_h, canvas_w), input_data_format=ChannelDimension.FIRST
+    )
+    top, left = (canvas_h - content_h) // 2, (canvas_w - content_w) // 2
+    crops = (canvas_h // side) * (canvas_w // side)
+    eps = diffusion_noise((channels * (side * side + canvas_h * canvas_w),), noise.seed)
+    base_eps, canvas_eps = eps.split([channels * side * side, channels * canvas_h * canvas_w])
+    content = torch.zeros((1, canvas_h, canvas_w), dtype=torch.bool)
+    content[:, top : top + content_h, left : left + content_w] = True
+
+    def cropped(canvas: torch.Tensor) -> torch.Tensor:  # [c, H, W] -> [crops, c, S, S]
+        rows = canvas.view(canvas.shape[0], canvas_h // side, side, canvas_w // side, side)
+        return rows.permute(1, 3, 0, 2, 4).reshape(crops, canvas.shape[0], side, side)
+
+    noised = patches.clone()
+    noised[0] = diffuse(patches[0], base_eps.view(channels, side, side), step=noise.step, schedule=noise.schedule)
+    crop_values = patches[1 : 1 + crops]
+    noised_crops = diffuse(
+        crop_values, cropped(canvas_eps.view(channels, canvas_h, canvas_w)), step=noise.step, schedule=noise.schedule
+    )
+    noised[1 : 1 + crops] = torch.where(cropped(content).to(patches.device), noised_crops, crop_values)
+    return noised
+
+
+def noised_padded_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """One image's `[C, H_max, W_max]`: VCD's noise on its `image_sizes` corner (eps of that size); the zeros that
+    pad it to the batch's largest image stay zeros."""
+    height, width = noise.batch["image_sizes"][noise.index].tolist()
+    noised = pixels.clone()
+    image = pixels[:, :height, :width]
+    eps = diffusion_noise(tuple(image.shape), noise.seed)
+    noised[:, :height, :width] = diffuse(image, eps, step=noise.step, schedule=noise.schedule)
+    return noised
+
+
 # v' (`ue_noise_space: pixel_values`) of one image's entries of `pixel_values`, by `ModelFamily.pixel_layout`
 NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], torch.Tensor]] = {
     "stacked": noised_stacked_image,
     "grid_patches": noised_grid_patches,
+    "anyres_patches": noised_anyres_patches,
+    "padded_images": noised_padded_image,
 }
 
 

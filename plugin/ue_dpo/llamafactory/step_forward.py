@@ -232,6 +232,12 @@ class StepForward:
             return f"the batch holds {', '.join(unknown)}, which packing does not lay out"
         if inputs["attention_mask"].dim() != 2:
             return "the batch already has a 4-D attention mask"
+        window = getattr(config.get_text_config(), "sliding_window", None)
+        if window is not None and window < inputs["input_ids"].shape[1]:
+            return (
+                f"the language model attends within a sliding window of {window} tokens, shorter than the batch's "
+                f"{inputs['input_ids'].shape[1]}-token rows, which a packed row does not keep"
+            )
         return None
 
     def _packed(self) -> dict:
@@ -321,13 +327,16 @@ class StepForward:
     def _unfrozen_vision_modules(self) -> list[str]:
         """The vision modules that train or carry an adapter (disabled for the reference)."""
 
-        def unfrozen(module: torch.nn.Module) -> bool:
+        def unfrozen(module: torch.nn.Module | torch.nn.Parameter) -> bool:
+            if isinstance(module, torch.nn.Parameter):  # e.g. LLaVA-NeXT's image_newline
+                return module.requires_grad
             return any(parameter.requires_grad for parameter in module.parameters()) or any(
                 isinstance(inner, BaseTunerLayer) for inner in module.modules()
             )
 
         owner = image_encoder_owner(self.base)
-        return [name for name in vision_modules(self.base.config.model_type) if unfrozen(getattr(owner, name))]
+        names = [*vision_modules(self.base.config.model_type), *self.family.vision_parameters]
+        return [name for name in names if unfrozen(getattr(owner, name))]
 
 
 def vision_modules(model_type: str) -> list[str]:

@@ -1,10 +1,12 @@
-"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V checkpoints, built locally
-without any download.
+"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, Pixtral, Qwen3-VL, Qwen3.5 and
+GLM-4.1V checkpoints, built locally without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
-`qwen3_vl`, `qwen3_5`, `glm4v`), `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the
-released checkpoints. Each sees an image as a 2x2 grid of visual tokens, one per quadrant of a shapes image (see
-`ue_dpo.synthetic.shapes`).
+`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`), `AutoProcessor` and
+`AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA, Qwen2-VL, Qwen3-VL,
+Qwen3.5 and GLM-4.1V see an image as a 2x2 grid of visual tokens, one per quadrant
+of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches, and
+Mistral-Small-3 sees each image at its own size.
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
@@ -33,10 +35,11 @@ from tokenizers import (
 
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
-ARCHITECTURES = ("llava", "qwen2_vl", "qwen3_vl", "qwen3_5", "glm4v")
+ARCHITECTURES = ("llava", "qwen2_vl", "llava_next", "mistral3", "pixtral", "qwen3_vl", "qwen3_5", "glm4v")
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
+MISTRAL3_IMAGE_SIZE = 56
 QWEN2_VL_IMAGE_SIZE = 56
 QWEN3_VL_IMAGE_SIZE = 64
 VISION_PATCH_SIZE = 14
@@ -59,6 +62,13 @@ TINY_CLIP_VISION = {
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
     "projection_dim": 32,
+}
+TINY_PIXTRAL_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "head_dim": 16,
 }
 # `hidden_size` (the merger's output) defaults to the language model's width
 TINY_QWEN2_VL_VISION = {
@@ -113,6 +123,7 @@ TINY_GLM4V_VISION = {
 
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_PAD_TOKEN = "<pad>"
+PIXTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 # The added tokens of the released Qwen2-VL tokenizer, in their id order.
 QWEN2_VL_ADDED_TOKENS = (
     "<|endoftext|>",
@@ -178,8 +189,9 @@ def _trained_vocab_and_merges(bpe: Tokenizer, trainer: trainers.BpeTrainer) -> t
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def _llama_tokenizer():
-    """A SentencePiece-style BPE like Llama's: `▁` word prefix, `<0xNN>` byte fallback at ids 3-258."""
+def _llama_tokenizer(added_tokens: tuple[str, ...] = (LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN)):
+    """A SentencePiece-style BPE like Llama's: `▁` word prefix, `<0xNN>` byte fallback at ids 3-258; `added_tokens`
+    (the image tokens and `<pad>`) after the vocab."""
     from transformers import LlamaTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
@@ -202,7 +214,7 @@ def _llama_tokenizer():
         model_max_length=MAX_POSITIONS,
         added_tokens_decoder={
             len(vocab) + offset: AddedToken(token, special=True, normalized=False)
-            for offset, token in enumerate((LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN))  # the order llava-1.5-hf has
+            for offset, token in enumerate(added_tokens)
         },
     )
 
@@ -479,6 +491,182 @@ def build_tiny_qwen2_5_vl(
     return out_dir
 
 
+def build_tiny_llava_next(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = LLAVA_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A LLaVA-NeXT (v1.6) checkpoint: the tiny LLaVA's CLIP tower and Llama, `image_size`-px patches on a grid of
+    1x2, 2x1 or 2x2 patches (the released model's pinpoints scaled down), a base image patch first, and
+    `image_newline`. Images of other aspect ratios get other patch counts, padded with zero patches in a batch."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _llama_tokenizer()
+    grid_pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    text_config = LlamaConfig(
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = CLIPVisionConfig(
+        **{**TINY_CLIP_VISION, **(vision or {})}, image_size=image_size, patch_size=VISION_PATCH_SIZE
+    )
+    config = LlavaNextConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
+        image_grid_pinpoints=grid_pinpoints,
+        image_seq_length=(image_size // VISION_PATCH_SIZE) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    _save_random_model(LlavaNextForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=grid_pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=LLAVA_IMAGE_TOKEN,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_mistral3(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = MISTRAL3_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Mistral-Small-3.1-style checkpoint: a Pixtral vision tower (14-px patches, each image at its own size up to
+    `image_size` on its longest edge, in multiples of 28 px), the patch merger (2x2 patches per visual token) and a
+    Mistral language model. Images of different sizes are zero-padded to the batch's largest, with `image_sizes`.
+
+    `text`: MistralConfig fields over TINY_TEXT; `vision`: PixtralVisionConfig fields over TINY_PIXTRAL_VISION."""
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        MistralConfig,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PixtralVisionConfig,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _llama_tokenizer((*PIXTRAL_IMAGE_TOKENS, LLAVA_PAD_TOKEN))
+    merge = 2
+    text_config = MistralConfig(
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = PixtralVisionConfig(
+        **{**TINY_PIXTRAL_VISION, **(vision or {})}, image_size=image_size, patch_size=VISION_PATCH_SIZE
+    )
+    config = Mistral3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(PIXTRAL_IMAGE_TOKENS[0]),
+        spatial_merge_size=merge,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )
+    _save_random_model(Mistral3ForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    patch = VISION_PATCH_SIZE * merge  # the released processor sizes images in whole merged patches
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(
+            size={"longest_edge": image_size}, patch_size={"height": patch, "width": patch}
+        ),
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        spatial_merge_size=merge,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_pixtral(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = MISTRAL3_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Pixtral-12B-style checkpoint: a `llava` model with the tiny Mistral-Small-3's Pixtral tower (one visual
+    token per 14-px patch, no merger), LLaVA's projector and a Mistral language model; the shapes as
+    build_tiny_mistral3."""
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        MistralConfig,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PixtralVisionConfig,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _llama_tokenizer((*PIXTRAL_IMAGE_TOKENS, LLAVA_PAD_TOKEN))
+    text_config = MistralConfig(
+        **{**TINY_TEXT, **(text or {})},
+        vocab_size=_vocab_size(tokenizer, vocab_size),
+        **_special_token_ids(tokenizer),
+    )
+    vision_config = PixtralVisionConfig(
+        **{**TINY_PIXTRAL_VISION, **(vision or {})}, image_size=image_size, patch_size=VISION_PATCH_SIZE
+    )
+    config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(PIXTRAL_IMAGE_TOKENS[0]),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+    )
+    _save_random_model(LlavaForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(
+            size={"longest_edge": image_size},
+            patch_size={"height": VISION_PATCH_SIZE, "width": VISION_PATCH_SIZE},
+        ),
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_qwen3_vl(
     out_dir: Path,
     *,
@@ -658,6 +846,9 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
     builders = {
         "llava": build_tiny_llava,
         "qwen2_vl": build_tiny_qwen2_vl,
+        "llava_next": build_tiny_llava_next,
+        "mistral3": build_tiny_mistral3,
+        "pixtral": build_tiny_pixtral,
         "qwen3_vl": build_tiny_qwen3_vl,
         "qwen3_5": build_tiny_qwen3_5,
         "glm4v": build_tiny_glm4v,
@@ -697,6 +888,17 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST]' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '[IMG]' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[/INST]' }}{% else %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
 )
 
 # GLM-4.1V's: `[gMASK]<sop>`, then `<|role|>` and a newline before each message; images as begin/end-marked `<|image|>`

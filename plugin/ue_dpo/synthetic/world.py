@@ -6,7 +6,7 @@ from pathlib import Path
 from ue_dpo.synthetic import blind_spots, shapes
 
 WORLDS = ("shapes", "blind_spots")  # ue_dpo.synthetic.shapes, ue_dpo.synthetic.blind_spots
-ARCHITECTURES = ("llava", "qwen2_vl")  # the tiny models' (ue_dpo.synthetic.tiny_models.ARCHITECTURES)
+ARCHITECTURES = ("llava", "qwen2_vl")  # the tiny models a world is built with (of tiny_models.ARCHITECTURES)
 
 
 @dataclass(frozen=True)
