@@ -30,6 +30,7 @@ def family(template: str, model_type: str | None = None):
         ("qwen3_vl_nothink", "qwen3_vl", "Qwen3-VL"),
         ("qwen3_5", "qwen3_5", "Qwen3.5"),
         ("glm4v", "glm4v", "GLM-4.1V"),
+        ("pixtral", "llava", "Pixtral, Mistral-Small-3"),  # Pixtral-12B: a `llava` model the pixtral template trains
         # the plugin of a family's subclass templates: Qwen3VLPlugin and GLM4VPlugin derive from Qwen2VLPlugin
         ("qwen3_vl", None, "Qwen3-VL"),
         ("qwen3_5", None, "Qwen3-VL"),  # its plugin's first family: a template alone does not tell the two apart

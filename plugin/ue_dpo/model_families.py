@@ -41,6 +41,8 @@ class ModelFamily:
     unshared_reason: str | None = None  # why the pairs of this family cannot share their prompts, if they cannot
     # vision parameters outside LLaMA-Factory's keyed modules, on the image encoder's owner (LLaVA-NeXT's image_newline)
     vision_parameters: tuple[str, ...] = ()
+    # other families' model types this family's template also trains, its layout the collator's (Pixtral-12B: `llava`)
+    template_model_types: tuple[str, ...] = ()
 
     def split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """`pixel_values` as one tensor per image."""
@@ -130,7 +132,8 @@ FAMILIES = (
     ),
     ModelFamily(
         name="Pixtral, Mistral-Small-3",
-        model_types=("mistral3",),  # Pixtral-12B is a `llava` model; its `template: pixtral` has this plugin
+        model_types=("mistral3",),
+        template_model_types=("llava",),  # Pixtral-12B is a `llava` model; its `template: pixtral` has this plugin
         template="mistral_small",
         mm_plugin="PixtralPlugin",
         image_keys=("pixel_values", "image_sizes"),

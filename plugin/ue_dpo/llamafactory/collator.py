@@ -50,12 +50,14 @@ ROW_DIGEST = "ue_row_digest"
 
 
 def template_family(template, model_type: str | None = None) -> ModelFamily:
-    """The model family the stage trains with a LLaMA-Factory template: the model's (config `model_type`) where it
-    is known, whose plugin the template's must be or derive from; else the family of the template's plugin or of its
-    nearest ancestor. Refused with a UEDPOUserError that names the reason and what to use instead."""
+    """The model family the stage trains with a LLaMA-Factory template: where the model (config `model_type`) is
+    known, the template's family if that family's template trains the model's type (Pixtral-12B), else the model's,
+    whose plugin the template's must be or derive from; without the model, the family of the template's plugin or
+    of its nearest ancestor. Refused with a UEDPOUserError that names the reason and what to use instead."""
     plugin_class = type(template.mm_plugin)
     plugin = plugin_class.__name__
     image_token = template.mm_plugin.image_token
+    plugin_family = family_of_plugin(plugin_class)
     if model_type is not None:
         family = family_of(model_type)
         if family is None:
@@ -63,6 +65,8 @@ def template_family(template, model_type: str | None = None) -> ModelFamily:
                 f"`stage: ue_dpo` does not train `model_type: {model_type}` models (see docs/training.md, "
                 f'"Supported models"). Supported model types: {", ".join(FAMILY_BY_MODEL_TYPE)}.'
             )
+        if plugin_family is not None and model_type in plugin_family.template_model_types:
+            return plugin_family
         if image_token is None or family.mm_plugin not in {cls.__name__ for cls in plugin_class.__mro__}:
             raise UEDPOUserError(
                 f"this template's multimodal plugin {plugin} does not lay out {family.name} images"
@@ -71,15 +75,14 @@ def template_family(template, model_type: str | None = None) -> ModelFamily:
                 f"{supported_templates()}."
             )
         return family
-    family = family_of_plugin(plugin_class)
-    if family is None or image_token is None:
+    if plugin_family is None or image_token is None:
         raise UEDPOUserError(
             f"`stage: ue_dpo` needs an image template whose multimodal plugin is one of "
             f"{', '.join(FAMILY_BY_MM_PLUGIN)} or derives from one; this template uses {plugin}"
             f"{'' if image_token is not None else ' without an image token'}. Supported templates: "
             f"{supported_templates()}."
         )
-    return family
+    return plugin_family
 
 
 def unreadable_batch_image_error(pair_images: list[list]) -> UEDPOUserError | None:
