@@ -8,6 +8,7 @@
     python bench/run.py --layout qwen2_vl --model-size 7b    # Qwen2-VL-7B's real shapes (CUDA GPU only)
     python bench/run.py --layout qwen3_vl                    # Qwen3-VL, small width, real 151,936 vocabulary
     python bench/run.py --layout qwen3_vl --model-size 8b    # Qwen3-VL-8B's real shapes (CUDA GPU only)
+    python bench/run.py --configs dpo mdpo mfpo vdpo chip    # the peers with losses of their own, as ratios to DPO
 
 Models have the real architecture classes and random weights, built locally with the tiny models' tokenizer and
 processor (`ue_dpo.synthetic.tiny_models`); the 7b and 8b ones are built on the GPU in bf16. Every configuration trains
@@ -37,6 +38,8 @@ CONFIGS = {
     "ue_dpo_unshared": {"stage": "ue_dpo", "ue_prefix_sharing": False},
     "ue_dpo_precompute_ref": {"stage": "ue_dpo", "ue_precompute_ref": True},
     "ue_dpo_alpha0": {"stage": "ue_dpo", "ue_alpha": 0.0},
+    # the peers with losses of their own (docs/peers.md), each at its defaults
+    **{name: {"stage": "ue_dpo", "ue_weighting": name} for name in ("mdpo", "mfpo", "vdpo", "chip")},
 }
 DEFAULT_CONFIGS = ("dpo", "ue_dpo", "ue_dpo_unshared", "ue_dpo_precompute_ref")
 BASELINE = "dpo"

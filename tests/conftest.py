@@ -12,9 +12,14 @@ os.environ.update(
     }
 )
 
+from pathlib import Path
+
 import pytest
+import yaml
 from PIL import Image
 
+from llamafactory_runs import parsed_by_llamafactory_parser
+from readme_training import readme_configs
 from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
 from ue_dpo.synthetic.tiny_models import (
     build_tiny_glm4v,
@@ -95,3 +100,26 @@ def shapes_dataset_dir(tmp_path_factory):
     write_preference_dataset(dataset_dir, n_pairs=8, seed=0)
     write_sft_dataset(dataset_dir, n_examples=8, seed=0)
     return dataset_dir
+
+
+@pytest.fixture(scope="session")
+def llamafactory_parsed(tmp_path_factory):
+    """The recipes of configs/train/ and the README's training YAML (`readme.yaml`, `defaults.yaml`: see
+    readme_training.readme_configs) through LLaMA-Factory's parser in one process, whose import of LLaMA-Factory is
+    most of its time, run from a folder laid out like the repository root after `ue-dpo data rlhf_v|rlaif_v --out
+    data` (here on tiny files in the public schemas) -> (what the parser resolved by config file name, the folder)."""
+    from public_preference_files import write_rlaif_v, write_rlhf_v
+    from ue_dpo import recipes
+    from ue_dpo.datasets import convert
+
+    root = tmp_path_factory.mktemp("checkout")
+    repo = Path(__file__).resolve().parents[1]
+    (root / "configs").symlink_to(repo / "configs")
+    sources = root / "sources"
+    convert("rlhf_v", root / recipes.DATASET_DIR, source=str(write_rlhf_v(sources / "rlhf_v")))
+    convert("rlaif_v", root / recipes.DATASET_DIR, source=str(write_rlaif_v(sources / "rlaif_v")))
+    configs = [str(path.relative_to(repo)) for path in sorted((repo / "configs" / "train").glob("*.yaml"))]
+    for name, config in readme_configs().items():
+        (root / name).write_text(yaml.safe_dump(config))
+        configs.append(name)
+    return parsed_by_llamafactory_parser(root, configs), root

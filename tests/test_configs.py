@@ -6,10 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamafactory_runs import parsed_by_llamafactory_parser
-from public_preference_files import write_rlaif_v, write_rlhf_v
+from readme_training import readme_configs
 from ue_dpo import recipes
-from ue_dpo.datasets import convert
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO / "configs" / "train"
@@ -112,16 +110,12 @@ def test_recipes_name_the_conversion_of_their_data_and_rlaif_v_names_its_subset_
 
 
 @pytest.fixture(scope="module")
-def parsed(tmp_path_factory):
+def parsed(llamafactory_parsed):
     """Every recipe through LLaMA-Factory's parser, run from a folder laid out like the repository root after
-    `ue-dpo data rlhf_v|rlaif_v --out data` (here on tiny files in the public schemas)."""
-    root = tmp_path_factory.mktemp("checkout")
-    (root / "configs").symlink_to(REPO / "configs")
-    sources = root / "sources"
-    convert("rlhf_v", root / recipes.DATASET_DIR, source=str(write_rlhf_v(sources / "rlhf_v")))
-    convert("rlaif_v", root / recipes.DATASET_DIR, source=str(write_rlaif_v(sources / "rlaif_v")))
-    configs = [str(Path("configs/train") / path.name) for path in TRAIN_CONFIGS]
-    return parsed_by_llamafactory_parser(root, configs), root
+    `ue-dpo data rlhf_v|rlaif_v --out data` (here on tiny files in the public schemas); the parse is shared with
+    test_docs.py's README YAML (conftest.py), whose configs are left out here."""
+    results, root = llamafactory_parsed
+    return {name: result for name, result in results.items() if name not in readme_configs()}, root
 
 
 def test_recipes_parse_with_llamafactory_and_name_files_that_exist(parsed):

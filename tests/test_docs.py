@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from llamafactory_runs import parsed_by_llamafactory_parser
+from readme_training import README_HEADING, key_defaults, readme_configs, readme_training_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -526,42 +525,18 @@ def test_the_configs_index_lists_every_config_file():
     assert not sorted(files - listed), f"configs/README.md does not list: {sorted(files - listed)}"
 
 
-def readme_training_yaml() -> dict:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Training: a YAML and its keys") :]
-    start = section.index("```yaml\n") + len("```yaml\n")
-    return yaml.safe_load(section[start : section.index("```", start)])
-
-
-def key_defaults(path: Path, heading: str) -> dict[str, str]:
-    """key -> default, from the `| key | default | meaning |` tables of the section under the heading."""
-    text = path.read_text()
-    section = text[text.index(heading) :]
-    section = section[: section.index("\n## ", 1)]
-    return dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", section, re.MULTILINE))
-
-
-def parsed_by_llamafactory(configs: dict[str, dict], root: Path) -> dict[str, dict]:
-    """Each config through LLaMA-Factory's own parser (tests/recipe_lint_worker.py), from a folder whose data/
-    holds rlaif_v converted from a local copy of its public files."""
-    from public_preference_files import write_rlaif_v
-    from ue_dpo.datasets import convert
-
-    convert("rlaif_v", root / "data", source=str(write_rlaif_v(root / "sources" / "rlaif_v")))
-    for name, config in configs.items():
-        (root / name).write_text(yaml.safe_dump(config))
-    return parsed_by_llamafactory_parser(root, list(configs))
-
-
-def test_the_readme_training_yaml_parses_and_its_key_table_gives_the_defaults(tmp_path):
+def test_the_readme_training_yaml_parses_and_its_key_table_gives_the_defaults(llamafactory_parsed):
     """The README's training YAML as LLaMA-Factory's parser reads it, and, without the table's keys, the defaults
-    that the README's key table and docs/method.md's give."""
+    that the README's key table and docs/method.md's give (the parse is shared with test_configs.py's recipes, in
+    conftest.py)."""
     config = readme_training_yaml()
-    shown = key_defaults(REPO / "README.md", "## Training: a YAML and its keys")
+    shown = key_defaults(REPO / "README.md", README_HEADING)
     reference = key_defaults(REPO / "docs" / "method.md", "## Keys\n")
     assert {"ue_alpha", "ue_tau", "ue_noise_step", "ue_weighting", "pref_beta"} <= set(shown)
-    defaults_only = {key: value for key, value in config.items() if key not in shown}
-    parsed = parsed_by_llamafactory({"readme.yaml": config, "defaults.yaml": defaults_only}, tmp_path)
+    configs = readme_configs()
+    assert configs["readme.yaml"] == config
+    assert configs["defaults.yaml"] == {key: value for key, value in config.items() if key not in shown}
+    parsed, _ = llamafactory_parsed
     as_written = parsed["readme.yaml"]
     assert (as_written["stage"], as_written["ue_dpo_stage"]) == ("dpo", True)  # how the parser records ue_dpo
     for key in (

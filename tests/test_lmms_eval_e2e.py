@@ -26,7 +26,7 @@ from benchmark_fixtures import (
     write_object_halbench_questions,
 )
 from judge_server import ScriptedJudgeServer
-from llamafactory_runs import offline_env, train_or_fail
+from llamafactory_runs import offline_env, train_in_one_process
 from nlp_resources import install_test_resources
 from tiny_training_config import tiny_training_config
 from ue_dpo.cli import main as ue_dpo_main
@@ -73,12 +73,18 @@ def shapes_eval_dir(workdir):
 
 @pytest.fixture(scope="module")
 def checkpoints(workdir, tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir):
-    """Each tiny base model and a LoRA output dir of a real `llamafactory-cli train` (stage: ue_dpo) on it."""
+    """Each tiny base model and a LoRA output dir of a real LLaMA-Factory training (stage: ue_dpo) on it, both
+    trained through `run_exp` in one process (the CLI's own start is test_train_e2e's)."""
+    bases = {"qwen2_vl": tiny_qwen2_vl_dir, "llava": tiny_llava_dir}
+    configs = {
+        arch: tiny_training_config(arch, base, shapes_dataset_dir, workdir / f"{arch}_lora")
+        for arch, base in bases.items()
+    }
+    logs = train_in_one_process({arch: (config, workdir / f"{arch}_train") for arch, config in configs.items()})
     paths = {}
-    for arch, base in (("qwen2_vl", tiny_qwen2_vl_dir), ("llava", tiny_llava_dir)):
-        lora_dir = workdir / f"{arch}_lora"
-        train_or_fail(tiny_training_config(arch, base, shapes_dataset_dir, lora_dir), workdir / f"{arch}_train")
-        paths[f"{arch}_base"], paths[f"{arch}_lora"] = base, lora_dir
+    for arch, base in bases.items():
+        assert logs[arch], f"{arch}: no training step was logged"
+        paths[f"{arch}_base"], paths[f"{arch}_lora"] = base, workdir / f"{arch}_lora"
     return paths
 
 
@@ -331,27 +337,28 @@ def own_model_runs(workdir, checkpoints, shapes_eval_dir, tiny_qwen2_5_vl_dir):
         "llava_hf": f"pretrained={workdir / 'llava_merged'},device=cpu,device_map=cpu",
         "qwen2_5_vl": f"pretrained={tiny_qwen2_5_vl_dir},device=cpu,device_map=cpu",
     }
-    for model, model_args in runs.items():
-        result = run_cli(
-            [
-                str(BIN / "lmms-eval"),
-                "--model",
-                model,
-                "--model_args",
-                model_args,
-                "--force_simple",
-                "--tasks",
-                "shapes_caption",
-                "--gen_kwargs",
-                f"max_new_tokens={MAX_NEW_TOKENS}",
-                "--log_samples",
-                "--output_path",
-                f"out/{model}",
-            ],
-            workdir,
-            UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+    # Both in one lmms-eval process (its start is most of a tiny evaluation): each run's model from the --config
+    # list, the README's flags on the command line, which lmms-eval applies to every run of the list.
+    configs = [
+        {"model": model, "model_args": model_args, "output_path": f"out/{model}"} for model, model_args in runs.items()
+    ]
+    (workdir / "own_models.yaml").write_text(yaml.safe_dump(configs))
+    result = run_cli(
+        [
+            str(BIN / "lmms-eval"),
+            "--config",
+            "own_models.yaml",
+            "--force_simple",
+            "--tasks",
+            "shapes_caption",
+            "--gen_kwargs",
+            f"max_new_tokens={MAX_NEW_TOKENS}",
+            "--log_samples",
+        ],
+        workdir,
+        UE_DPO_SHAPES_EVAL_DIR=str(shapes_eval_dir),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     return {model: workdir / "out" / model for model in runs}
 
 

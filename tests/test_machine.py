@@ -74,15 +74,24 @@ def test_the_torch_build_dispatch_isa_and_threads_are_torchs_own():
     )
 
 
-def test_the_pinned_code_paths_and_thread_counts_of_the_environment_are_recorded():
-    pins = {
-        "ATEN_CPU_CAPABILITY": "default",
-        "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-        "MKL_CBWR": "AVX2",
-    }
-    machine = machine_in_child({**pins, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    assert machine["pins"] == pins
+PINS = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "MKL_CBWR": "AVX2",
+}
+
+
+@pytest.fixture(scope="module")
+def pinned_child() -> dict:
+    """describe_machine() of one child started with the code-path pins, one thread and no visible GPU (one child
+    for the two tests below: most of its time is importing torch)."""
+    return machine_in_child({**PINS, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_the_pinned_code_paths_and_thread_counts_of_the_environment_are_recorded(pinned_child):
+    machine = pinned_child
+    assert machine["pins"] == PINS
     assert machine["thread_env"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert machine["torch"]["intra_op_threads"] == 1
     assert machine["torch"]["cpu_capability"] == "DEFAULT"  # the kernels torch dispatched to follow the pin
@@ -91,11 +100,11 @@ def test_the_pinned_code_paths_and_thread_counts_of_the_environment_are_recorded
     assert "code-path pins: ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=AVX2" in summary
 
 
-def test_the_gpus_are_the_visible_cuda_devices():
+def test_the_gpus_are_the_visible_cuda_devices(pinned_child):
     expected = (
         [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
         if torch.cuda.is_available()
         else []
     )
     assert describe_machine()["gpus"] == expected
-    assert machine_in_child({"CUDA_VISIBLE_DEVICES": ""})["gpus"] == []
+    assert pinned_child["gpus"] == []

@@ -43,7 +43,8 @@ def test_a_registered_method_is_accepted_and_refuses_the_keys_it_does_not_read(r
     assert type(args.method) is EveryTokenOne and not args.method.reads_noised_image
     with pytest.raises(
         ValueError,
-        match="`ue_alpha: 0.2` applies to `ue_weighting: ue` only, but `ue_weighting: every_token_one` ignores it",
+        match="`ue_alpha: 0.2` applies to `ue_weighting: ue` or `mdpo_ue` only, but `ue_weighting: every_token_one` "
+        "ignores it",
     ):
         UEDPOArguments(ue_weighting="every_token_one", ue_alpha=0.2).validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None)
 

@@ -119,9 +119,12 @@ def test_unknown_key_is_still_rejected():
     [
         (
             {"ue_weighting": "tpo", "ue_tau": 0.3},
-            ("`ue_tau: 0.3` applies to `ue_weighting: ue` only, but `ue_weighting: tpo` ignores it; remove `ue_tau`"),
+            (
+                "`ue_tau: 0.3` applies to `ue_weighting: ue` or `mdpo_ue` only, but `ue_weighting: tpo` ignores it; "
+                "remove `ue_tau`"
+            ),
         ),
-        ({"ue_weighting": "ddpo", "ue_alpha": 0.3}, "`ue_alpha: 0.3` applies to `ue_weighting: ue` only"),
+        ({"ue_weighting": "ddpo", "ue_alpha": 0.3}, "`ue_alpha: 0.3` applies to `ue_weighting: ue` or `mdpo_ue` only"),
         # an explicit value equal to the default is refused too: the weighting would ignore it all the same
         (
             {"ue_weighting": "tpo", "ue_stat_scope": "sequence"},
@@ -192,7 +195,7 @@ def test_command_line_tells_an_explicit_key_from_its_default():
 
     assert get_train_args(argv(ue_stat_scope="batch"))[3].ue_stat_scope == "batch"
     assert get_train_args(argv(ue_weighting="tpo"))[3].ue_tau == 0.4
-    with pytest.raises(ValueError, match="`ue_tau: 0.3` applies to `ue_weighting: ue` only"):
+    with pytest.raises(ValueError, match="`ue_tau: 0.3` applies to `ue_weighting: ue` or `mdpo_ue` only"):
         get_train_args(argv(ue_weighting="tpo", ue_tau=0.3))
 
 

@@ -42,10 +42,13 @@ def check_ue_metrics(log: list[dict], alpha: float = 0.3) -> None:
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
 def test_lora_training_logs_ue_metrics_and_saves_the_adapter(arch, request, shapes_dataset_dir, tmp_path):
-    out = tmp_path / "out"
-    log = train_or_fail(
-        tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out, plot_loss=True), tmp_path
-    )
+    if arch == "llava":  # through llamafactory-cli, as users run it (Qwen2-VL's CLI trainings: the torchrun tests)
+        out = tmp_path / "out"
+        log = train_or_fail(
+            tiny_training_config(arch, model_dir_for(arch, request), shapes_dataset_dir, out, plot_loss=True), tmp_path
+        )
+    else:
+        log, out = request.getfixturevalue("trained")[f"lora-{arch}"]
     check_ue_metrics(log)
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
@@ -53,22 +56,57 @@ def test_lora_training_logs_ue_metrics_and_saves_the_adapter(arch, request, shap
     assert (out / "training_loss.png").exists()
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
-def test_full_finetuning_uses_a_frozen_reference_copy(arch, request, shapes_dataset_dir, tmp_path):
-    out = tmp_path / "out"
-    log = train_or_fail(
-        tiny_training_config(
-            arch,
-            model_dir_for(arch, request),
-            shapes_dataset_dir,
-            out,
-            finetuning_type="full",
-            freeze_vision_tower=True,
-            learning_rate=1e-4,
+FULL_FINETUNING = {"finetuning_type": "full", "freeze_vision_tower": True, "learning_rate": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
+    """The trainings of the tests that check what a run logs and saves (the CLI's own start and messages are checked
+    by the LLaVA LoRA test, the torchrun tests and the refusals): one after another in one Python process through
+    LLaMA-Factory's `run_exp` (train_in_one_process), since importing LLaMA-Factory is most of a tiny run.
+    -> {name: (training log, output_dir)}."""
+    root = tmp_path_factory.mktemp("trained")
+    model_dirs = {"llava": tiny_llava_dir, "qwen2_vl": tiny_qwen2_vl_dir}
+
+    def config(name, arch, **overrides):
+        return tiny_training_config(arch, model_dirs[arch], shapes_dataset_dir, root / name / "out", **overrides)
+
+    resumed = config("resume", "llava", max_steps=2, save_strategy="steps", save_steps=1)
+    configs = {
+        "lora-qwen2_vl": config("lora-qwen2_vl", "qwen2_vl", plot_loss=True),
+        **{
+            f"full-{arch}": config(f"full-{arch}", arch, **FULL_FINETUNING, ue_weight_target="logratio")
+            for arch in model_dirs
+        },
+        # stock DPO, then ue_dpo with alpha 0 and 0.3: the alpha-zero test
+        "dpo": config("dpo", "qwen2_vl", max_steps=3, stage="dpo"),
+        "alpha0": config("alpha0", "qwen2_vl", max_steps=3, ue_alpha=0.0),
+        "alpha03": config("alpha03", "qwen2_vl", max_steps=3, ue_alpha=0.3),
+        # two steps with a checkpoint each, then a third step resumed from checkpoint-2 in the same output_dir
+        "resume-first": resumed,
+        "resume-second": {
+            **resumed,
+            "max_steps": 3,
+            "overwrite_output_dir": False,
+            "resume_from_checkpoint": str(Path(resumed["output_dir"]) / "checkpoint-2"),
+        },
+        "image-noise": config(
+            "image-noise",
+            "qwen2_vl",
+            ue_noise_space="image",
+            ue_stat_scope="batch",
             ue_weight_target="logratio",
+            ue_branches="chosen",
+            pref_ftx=0.5,
         ),
-        tmp_path,
-    )
+    }
+    logs = train_in_one_process({name: (run, root / name / "work") for name, run in configs.items()}, timeout=1800)
+    return {name: (logs[name], Path(run["output_dir"])) for name, run in configs.items()}
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_full_finetuning_uses_a_frozen_reference_copy(arch, trained):
+    log, out = trained[f"full-{arch}"]
     check_ue_metrics(log)
     # step 1: the frozen copy equals the policy, so λ·(log πθ - log π_ref) is exactly 0
     assert log[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
@@ -76,18 +114,10 @@ def test_full_finetuning_uses_a_frozen_reference_copy(arch, request, shapes_data
     assert (out / "model.safetensors").exists()
 
 
-def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(
-    tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path
-):
-    def losses(name, **overrides):
-        config = tiny_training_config(
-            "qwen2_vl", tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path / name, max_steps=3, **overrides
-        )
-        return [entry["loss"] for entry in train_or_fail(config, tmp_path / f"{name}-work")]
-
-    stock = losses("dpo", stage="dpo")
-    assert losses("alpha0", ue_alpha=0.0) == pytest.approx(stock, rel=1e-5, abs=1e-6)
-    weighted = losses("alpha03", ue_alpha=0.3)
+def test_alpha_zero_logs_the_same_loss_as_stage_dpo_and_default_alpha_differs(trained):
+    stock, alpha0, weighted = ([entry["loss"] for entry in trained[name][0]] for name in ("dpo", "alpha0", "alpha03"))
+    assert len(stock) == 3
+    assert alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6)
     assert weighted[0] != pytest.approx(stock[0], rel=1e-4)
 
 
@@ -164,36 +194,17 @@ def test_alpha_zero_on_images_of_different_sizes_logs_the_losses_of_stage_dpo(
         assert len(stock) == 2 and alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
 
 
-def test_resume_from_checkpoint_continues_the_run(tiny_llava_dir, shapes_dataset_dir, tmp_path):
-    out = tmp_path / "out"
-    config = tiny_training_config(
-        "llava", tiny_llava_dir, shapes_dataset_dir, out, max_steps=2, save_strategy="steps", save_steps=1
-    )
-    train_or_fail(config, tmp_path / "first")
-    assert (out / "checkpoint-2").is_dir()
-    log = train_or_fail(
-        {**config, "max_steps": 3, "overwrite_output_dir": False, "resume_from_checkpoint": str(out / "checkpoint-2")},
-        tmp_path / "second",
-    )
+def test_resume_from_checkpoint_continues_the_run(trained):
+    log, out = trained["resume-second"]
+    first = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert first["global_step"] == 2 and first["max_steps"] == 2  # saved by the first run
     assert [entry["step"] for entry in log] == [1, 2, 3]
     check_ue_metrics(log[2:])
 
 
-def test_image_noise_space_and_batch_scope_train(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):
-    log = train_or_fail(
-        tiny_training_config(
-            "qwen2_vl",
-            tiny_qwen2_vl_dir,
-            shapes_dataset_dir,
-            tmp_path / "out",
-            ue_noise_space="image",
-            ue_stat_scope="batch",
-            ue_weight_target="logratio",
-            ue_branches="chosen",
-            pref_ftx=0.5,
-        ),
-        tmp_path,
-    )
+def test_image_noise_space_and_batch_scope_train(trained):
+    log, _ = trained["image-noise"]
+    assert log
     assert all(entry["ue/lambda_rejected_mean"] == 1.0 for entry in log)
     assert all(entry["ue/lambda_chosen_mean"] > 1.0 for entry in log)
 

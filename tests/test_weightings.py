@@ -222,13 +222,20 @@ def test_a_branch_switched_off_by_ue_branches_reports_no_selection_and_unit_lamb
 @pytest.mark.parametrize(
     "keys, message",
     [
-        ({"ue_weighting": "dpo"}, "`ue_weighting: dpo` is not supported; use one of: ue, tpo, ddpo, uniform."),
+        (
+            {"ue_weighting": "dpo"},
+            "`ue_weighting: dpo` is not supported; use one of: ue, tpo, ddpo, uniform, mdpo, mfpo, vdpo, chip, "
+            "mdpo_ue.",
+        ),
         ({"ue_weighting": "ddpo", "ddpo_gamma": 0.0}, "`ddpo_gamma: 0.0` must be positive"),
         ({"ue_weighting": "tpo", "ddpo_gamma": 5.0}, "`ddpo_gamma` applies to `ue_weighting: ddpo` only"),
-        ({"ue_weighting": "tpo", "ue_branches": "chosen"}, "`ue_branches: chosen` applies to `ue_weighting: ue` only"),
+        (
+            {"ue_weighting": "tpo", "ue_branches": "chosen"},
+            "`ue_branches: chosen` applies to `ue_weighting: ue` or `mdpo_ue` only",
+        ),
         (
             {"ue_weighting": "ddpo", "ue_weight_target": "logratio"},
-            "`ue_weight_target: logratio` applies to `ue_weighting: ue` only",
+            "`ue_weight_target: logratio` applies to `ue_weighting: ue` or `mdpo_ue` only",
         ),
         (
             {"ue_weighting": "tpo", "ue_precompute_ref": True},

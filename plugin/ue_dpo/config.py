@@ -85,7 +85,7 @@ class _StageArguments:
                 if getattr(self, name) is None:
                     setattr(self, name, default)
 
-    def validate_ue_dpo(self, *, pref_loss: str, ld_alpha: float | None) -> None:
+    def validate_ue_dpo(self, *, pref_loss: str, ld_alpha: float | None, label_smoothing: float = 0.0) -> None:
         """Refuse keys the chosen method would ignore, resolve the defaults, then check the values."""
         method = method_class(self.ue_weighting)
         for group in key_groups():
@@ -120,6 +120,11 @@ class _StageArguments:
             raise UEDPOUserError(
                 f"`ue_precompute_ref` cannot be used with `ue_weighting: {method.name}`: "
                 f"{method.precomputed_reference_refusal} Remove `ue_precompute_ref`."
+            )
+        if label_smoothing and method.label_smoothing_refusal:
+            raise UEDPOUserError(
+                f"`dpo_label_smoothing: {label_smoothing}` cannot be used with `ue_weighting: {method.name}`: "
+                f"{method.label_smoothing_refusal} Remove `dpo_label_smoothing`."
             )
         if pref_loss != "sigmoid":
             raise UEDPOUserError(

@@ -164,3 +164,104 @@ def projected_token_statistics(
         argmax=placed(argmax),
         probe_logit=None if probe_ids is None else placed(picked[:, 1]),
     )
+
+
+class _ChunkedReferenceKL(torch.autograd.Function):
+    """KL(π_ref ‖ πθ) per token from the hidden states of both models, `[n]`, with gradient to the policy's hidden
+    states and output layer. Two sweeps over the vocabulary: the log-normalisers, then Σ_y p_ref(y)·(log p_ref(y) -
+    log pθ(y)). d KL / d logitθ(y) = pθ(y) - p_ref(y), recomputed block by block in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, reference_hidden, reference_weight, reference_bias, chunk_sizes):
+        token_chunk_size, vocab_chunk_size = chunk_sizes
+        tokens, vocab = hidden.shape[0], weight.shape[0]
+        log_normalizer = torch.zeros(tokens, dtype=torch.float32, device=hidden.device)
+        reference_log_normalizer = torch.zeros_like(log_normalizer)
+        divergence = torch.zeros_like(log_normalizer)
+        for first in range(0, tokens, token_chunk_size):
+            rows = slice(first, first + token_chunk_size)
+            sides = ((hidden[rows], weight, bias), (reference_hidden[rows], reference_weight, reference_bias))
+            normalizers = []
+            for side_hidden, side_weight, side_bias in sides:
+                blocks = [
+                    torch.logsumexp(_block_logits(side_hidden, side_weight, side_bias, start, stop), dim=-1)
+                    for start, stop in _vocab_blocks(vocab, vocab_chunk_size)
+                ]
+                normalizers.append(torch.logsumexp(torch.stack(blocks), dim=0))
+            log_normalizer[rows], reference_log_normalizer[rows] = normalizers
+            for start, stop in _vocab_blocks(vocab, vocab_chunk_size):
+                log_p = _block_logits(*sides[0], start, stop) - normalizers[0].unsqueeze(-1)
+                reference_log_p = _block_logits(*sides[1], start, stop) - normalizers[1].unsqueeze(-1)
+                divergence[rows] += (reference_log_p.exp() * (reference_log_p - log_p)).sum(-1)
+        ctx.save_for_backward(
+            hidden, weight, bias, reference_hidden, reference_weight, reference_bias, log_normalizer,
+            reference_log_normalizer,
+        )  # fmt: skip
+        ctx.chunk_sizes = chunk_sizes
+        return divergence
+
+    @staticmethod
+    def backward(ctx, grad_divergence):
+        hidden, weight, bias, reference_hidden, reference_weight, reference_bias, lse, reference_lse = ctx.saved_tensors
+        token_chunk_size, vocab_chunk_size = ctx.chunk_sizes
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+        for first in range(0, hidden.shape[0], token_chunk_size):
+            rows = slice(first, first + token_chunk_size)
+            scale = grad_divergence[rows].float().unsqueeze(-1)
+            for start, stop in _vocab_blocks(weight.shape[0], vocab_chunk_size):
+                p = torch.exp(_block_logits(hidden[rows], weight, bias, start, stop) - lse[rows].unsqueeze(-1))
+                reference_p = torch.exp(
+                    _block_logits(reference_hidden[rows], reference_weight, reference_bias, start, stop)
+                    - reference_lse[rows].unsqueeze(-1)
+                )
+                grad_logits = (p - reference_p) * scale
+                if need_bias:
+                    grad_bias[start:stop] += grad_logits.sum(dim=0)
+                grad_logits = grad_logits.to(hidden.dtype)
+                if need_hidden:
+                    grad_hidden[rows] += (grad_logits @ weight[start:stop]).float()
+                if need_weight:
+                    grad_weight[start:stop] += (grad_logits.T @ hidden[rows]).float()
+        return (
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _vocab_blocks(vocab: int, vocab_chunk_size: int):
+    return [(start, min(start + vocab_chunk_size, vocab)) for start in range(0, vocab, vocab_chunk_size)]
+
+
+def chunked_reference_kl(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    reference_hidden: torch.Tensor,
+    reference_weight: torch.Tensor,
+    reference_bias: torch.Tensor | None,
+    *,
+    token_chunk_size: int,
+    vocab_chunk_size: int,
+) -> torch.Tensor:
+    """Per-token KL(π_ref ‖ πθ) = Σ_y p_ref(y) (log p_ref(y) - log pθ(y)) of `[n, H]` hidden states projected by
+    each model's output layer, holding at most one `[token_chunk_size, vocab_chunk_size]` block of logits per model
+    (never `[n, V]`). The reference side takes no gradient."""
+    if hidden.shape != reference_hidden.shape:
+        raise ValueError(f"policy hidden {tuple(hidden.shape)} and reference {tuple(reference_hidden.shape)} differ")
+    return _ChunkedReferenceKL.apply(
+        hidden,
+        weight,
+        bias,
+        reference_hidden.detach(),
+        reference_weight.detach(),
+        None if reference_bias is None else reference_bias.detach(),
+        (token_chunk_size, vocab_chunk_size),
+    )

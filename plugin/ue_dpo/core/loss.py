@@ -9,7 +9,7 @@ With λ ≡ 1 this is DPO's sigmoid loss; `label_smoothing` ε gives cDPO's
 (1 - ε)·L(z) + ε·L(-z) as LLaMA-Factory's DPO does.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -49,6 +49,7 @@ class PreferenceLoss:
     losses: torch.Tensor  # per pair
     chosen_rewards: torch.Tensor  # β (policy - reference), detached
     rejected_rewards: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # a method's own per-pair quantities, detached
 
 
 def dpo_sigmoid_loss(

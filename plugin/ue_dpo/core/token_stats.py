@@ -19,6 +19,7 @@ class TargetLogitSummary:
     target_logprob: torch.Tensor  # log softmax(a_t)
     argmax: torch.Tensor  # argmax_y logit(y), int64
     probe_logit: torch.Tensor | None  # logit(probe_t) for a given probe id per position, else None
+    reference_kl: torch.Tensor | None = None  # KL(π_ref ‖ π) at each position, where asked for
 
 
 def blind_spot_statistics(

@@ -9,11 +9,14 @@ v' by `ue_noise_space`:
                   processor's values.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
+
+Second images (a method's `second_images`, `core.second_images`) are built on each normalised image; Qwen2-VL's
+patches are laid back out as the image, transformed, and patchified again to the same grid.
 """
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,12 +32,14 @@ from ue_dpo.core.noise import (
     sample_noise_seed,
     tpo_noised_image,
 )
+from ue_dpo.core.second_images import gaussian_image, mdpo_crop, patchify_grid, unpatchify_grid
 from ue_dpo.core.shared_prefix import PrefixNotShared
 from ue_dpo.images import (
     describe_image_source,
     load_image_strictly,
     unreadable_image_reason,
 )
+from ue_dpo.methods.base import SecondImage
 from ue_dpo.model_families import (
     FAMILY_BY_MM_PLUGIN,
     FAMILY_BY_MODEL_TYPE,
@@ -47,6 +52,7 @@ from ue_dpo.model_families import (
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
 ROW_DIGEST = "ue_row_digest"
+SECOND_PIXEL_VALUES = "ue_second_pixel_values:"  # then the image's name
 
 
 def template_family(template, model_type: str | None = None) -> ModelFamily:
@@ -229,6 +235,56 @@ NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], tor
 }
 
 
+@dataclass(frozen=True)
+class SecondImageDraw:
+    """One second image of one image: what it is, its seed, and (as `ImageNoise`) where the image lies."""
+
+    image: SecondImage
+    seed: int
+    index: int
+    batch: dict
+    processor: Any
+
+    def drawn(self, image: torch.Tensor) -> torch.Tensor:
+        """The second image of `image` `[C, T, H, W]` (T = 1 for a stacked image)."""
+        if self.image.kind == "crop":  # one box for every channel and temporal copy
+            return mdpo_crop(image.flatten(0, 1), self.seed).view(image.shape)
+        if self.image.kind == "zeros":
+            return torch.zeros_like(image)
+        channels, _, height, width = image.shape
+        return gaussian_image((channels, 1, height, width), self.seed).expand(image.shape).to(image.dtype)
+
+
+def second_stacked_image(pixels: torch.Tensor, draw: SecondImageDraw) -> torch.Tensor:
+    return draw.drawn(pixels.unsqueeze(1)).squeeze(1)
+
+
+def second_grid_patches(patches: torch.Tensor, draw: SecondImageDraw) -> torch.Tensor:
+    """Qwen2-VL's patches laid back out as the image, drawn on, and patchified to the same grid."""
+    image_processor = draw.processor.image_processor
+    patch, merge = image_processor.patch_size, image_processor.merge_size
+    _, grid_h, grid_w = draw.batch["image_grid_thw"][draw.index].tolist()
+    image = unpatchify_grid(patches, grid_h, grid_w, merge, patch)
+    image = draw.drawn(image.view(-1, image_processor.temporal_patch_size, *image.shape[1:]))
+    return patchify_grid(image.flatten(0, 1), merge, patch)
+
+
+SECOND_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, SecondImageDraw], torch.Tensor]] = {
+    "stacked": second_stacked_image,
+    "grid_patches": second_grid_patches,
+}
+
+
+def check_second_images(family: ModelFamily, second_images: dict[str, SecondImage], method: str) -> None:
+    """Refuse a method's second images on a pixel layout they are not built for."""
+    if second_images and family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT:
+        raise UEDPOUserError(
+            f"`ue_weighting: {method}` needs second images ({', '.join(second_images)}), which are built for the "
+            f"{' and '.join(SECOND_IMAGE_BY_PIXEL_LAYOUT)} pixel layouts only, not for {family.name}'s "
+            f"{family.pixel_layout}; use a LLaVA-1.5 or Qwen2-VL model, or another method."
+        )
+
+
 @dataclass
 class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_step: int = 500
@@ -237,6 +293,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_seed: int = 0
     with_noised_image: bool = True  # v' for the methods that read it (PreferenceMethod.reads_noised_image)
     with_row_digests: bool = True  # content digests, the keys of the `ue_precompute_ref` cache
+    second_images: dict[str, SecondImage] = field(default_factory=dict)  # PreferenceMethod.second_images
 
     @property
     def family(self) -> ModelFamily:
@@ -256,6 +313,8 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         pair_pixels = [[loaded_pixels(image) for image in images] for images in pair_images]
         if self.with_noised_image:
             batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_pixels, batch)
+        for name, second_image in self.second_images.items():
+            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(name, second_image, pair_pixels, batch)
         if self.with_row_digests:
             batch[ROW_DIGEST] = self._row_digests(features, pair_pixels)
         return batch
@@ -296,6 +355,27 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
                 noised_image(
                     pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
                 )
+                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+            ]
+        )
+
+    def _second_pixel_values(
+        self, name: str, second_image: SecondImage, pair_pixels: list[list[np.ndarray]], batch
+    ) -> torch.Tensor:
+        """A second image of every image, drawn from the run's noise seed, the image as loaded and the name; the
+        rejected rows' images are the chosen rows' again, so both rows of a pair see one second image."""
+        if not any(pair_pixels):  # only LLaMA-Factory's blank stand-in image: never read
+            return batch["pixel_values"].clone()
+        family = self.family
+        seeds = [
+            sample_noise_seed(self.noise_seed, _digest(pixels) + name.encode(), 0)
+            for images in pair_pixels
+            for pixels in images
+        ] * 2
+        second = SECOND_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
+        return family.joined_images(
+            [
+                second(pixels, SecondImageDraw(second_image, seed, index, batch, self.processor))
                 for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
             ]
         )

@@ -58,7 +58,9 @@ def _ue_finetuning_arguments(base: type) -> type:
             if self.stage == "ue_dpo":
                 if os.environ.get("USE_MCA", "0").lower() in ("1", "true", "y"):
                     raise UEDPOUserError("`stage: ue_dpo` does not support USE_MCA (mcore adapter); unset USE_MCA.")
-                self.validate_ue_dpo(pref_loss=self.pref_loss, ld_alpha=self.ld_alpha)
+                self.validate_ue_dpo(
+                    pref_loss=self.pref_loss, ld_alpha=self.ld_alpha, label_smoothing=self.dpo_label_smoothing
+                )
                 self.stage, self.ue_dpo_stage = "dpo", True
             else:
                 changed = sorted(name for name, default in defaults.items() if getattr(self, name) != default)

@@ -7,28 +7,36 @@ A `StepForward` lives for one collated batch. It owns the three pieces of machin
   pass, or the unshared rows where the family, the attention or the batch rules it out (logged once, with why);
 - the image-feature cache: inside `with step:`, the policy and reference passes reuse the clean image's features when
   the vision modules are frozen and the reference is the policy with its adapters off.
+
+Every pass reads all rows, on one of the images: `clean`, `noised` (v') or a second image of the method's
+(`PreferenceMethod.second_images`); a second image's rejected rows hold the chosen rows' image, so they pack alike.
 """
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Literal
 
 import torch
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from ue_dpo.core.chunked import projected_token_statistics
+from ue_dpo.core.chunked import chunked_reference_kl, projected_token_statistics
 from ue_dpo.core.shared_prefix import PrefixNotShared, packed_hidden_gather, shared_prefix_layout
 from ue_dpo.core.token_stats import TargetLogitSummary
 from ue_dpo.llamafactory import reference_cache
-from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST, chosen_row_images
+from ue_dpo.llamafactory.collator import (
+    HAS_IMAGE,
+    NOISED_PIXEL_VALUES,
+    ROW_DIGEST,
+    SECOND_PIXEL_VALUES,
+    chosen_row_images,
+)
 from ue_dpo.methods.base import ResponseTokens
 from ue_dpo.model_families import FAMILY_BY_MODEL_TYPE, ModelFamily, family_of, image_encoder_owner
 
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a 4-D attention mask as given
 TEXT_KEYS = ("input_ids", "attention_mask")
-Image = Literal["clean", "noised"]
+Image = str  # "clean", "noised" (v') or the name of one of the method's second images
 
 
 def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,6 +57,11 @@ def response_tokens(batch: dict[str, torch.Tensor]) -> ResponseTokens:
     noised_pixel_values = inputs.pop(NOISED_PIXEL_VALUES, None)
     has_image = inputs.pop(HAS_IMAGE)
     row_digests = inputs.pop(ROW_DIGEST, None)
+    second_pixel_values = {
+        key.removeprefix(SECOND_PIXEL_VALUES): inputs.pop(key)
+        for key in list(inputs)
+        if key.startswith(SECOND_PIXEL_VALUES)
+    }
     positions, targets, mask = response_positions(inputs.pop("labels"))
     noised_inputs = None if noised_pixel_values is None else {**inputs, "pixel_values": noised_pixel_values}
     return ResponseTokens(
@@ -59,6 +72,7 @@ def response_tokens(batch: dict[str, torch.Tensor]) -> ResponseTokens:
         mask=mask,
         has_image=has_image,
         row_digests=row_digests,
+        second_inputs={name: {**inputs, "pixel_values": values} for name, values in second_pixel_values.items()},
     )
 
 
@@ -103,21 +117,41 @@ class StepForward:
         self.family: ModelFamily | None = family_of(self.base.config.model_type)
         self._packing: dict | None = None  # the packed inputs and where to read them, once tried
         self._restore_encoder: Callable[[], None] | None = None
+        # per image: the reference's hidden states at the response tokens and its output layer (`keep_distribution`)
+        self._reference_distributions: dict[str, tuple] = {}
 
     # What the methods ask for
 
-    def statistics(self, image: Image, probe_ids: torch.Tensor | None = None) -> TargetLogitSummary:
-        """The policy's response-token statistics on the clean image or on v' (gradient as the caller's context)."""
-        return self._token_statistics(self.model, image, probe_ids)
+    def statistics(
+        self, image: Image, probe_ids: torch.Tensor | None = None, *, kl_from_reference: Image | None = None
+    ) -> TargetLogitSummary:
+        """The policy's response-token statistics on an image (gradient as the caller's context); with
+        `kl_from_reference`, also the per-token KL(π_ref ‖ πθ) against the reference's distribution on that image,
+        which `reference_statistics(..., keep_distribution=True)` kept."""
+        reference = None
+        if kl_from_reference is not None:
+            if kl_from_reference not in self._reference_distributions:
+                raise ValueError(
+                    f"no reference distribution on `{kl_from_reference}` was kept; call reference_statistics("
+                    f"{kl_from_reference!r}, keep_distribution=True) first"
+                )
+            reference = self._reference_distributions[kl_from_reference]
+        return self._token_statistics(self.model, image, probe_ids, kl_reference=reference)
 
-    def reference_statistics(self, image: Image) -> TargetLogitSummary:
-        """The reference's, without gradient: the policy with its adapters off, or the separate reference model."""
+    def reference_statistics(self, image: Image, *, keep_distribution: bool = False) -> TargetLogitSummary:
+        """The reference's, without gradient: the policy with its adapters off, or the separate reference model.
+        `keep_distribution` keeps its hidden states at the response tokens and a copy of its output layer (not
+        `[N, K, V]` logits), for the policy's KL against it."""
         if self.ref_model is None:
             reference, context = self.model, self.accelerator.unwrap_model(self.model).disable_adapter()
         else:
             reference, context = self.ref_model, nullcontext()
         with torch.no_grad(), context:
-            return self._token_statistics(reference, image)
+            kept = [] if keep_distribution else None
+            summary = self._token_statistics(reference, image, kept_distribution=kept)
+        if keep_distribution:
+            self._reference_distributions[image] = kept[0]
+        return summary
 
     def reference_token_logps(self) -> torch.Tensor:
         """log π_ref(a_t | v): from `ue_precompute_ref`'s rows where given, else a reference pass."""
@@ -137,7 +171,15 @@ class StepForward:
 
     # The output layer's swap
 
-    def _token_statistics(self, model, image: Image, probe_ids: torch.Tensor | None = None) -> TargetLogitSummary:
+    def _token_statistics(
+        self,
+        model,
+        image: Image,
+        probe_ids: torch.Tensor | None = None,
+        *,
+        kl_reference: tuple | None = None,
+        kept_distribution: list | None = None,
+    ) -> TargetLogitSummary:
         """One forward whose output layer returns per-token statistics instead of `[N, K, V]` logits.
 
         The model's own forward still selects the hidden states at the kept positions and calls its output layer
@@ -173,6 +215,23 @@ class StepForward:
             fields = [summary.target_logit, summary.target_logprob]
             if probe_ids is not None:
                 fields.append(summary.probe_logit)
+            if kept_distribution is not None or kl_reference is not None:
+                selected = response.mask.flatten().nonzero().squeeze(-1)
+                selected_hidden = hidden.flatten(0, -2).index_select(0, selected)
+            if kept_distribution is not None:  # a copy: ZeRO-3 frees the gathered weight after the call
+                bias = None if output_layer.bias is None else output_layer.bias.detach().clone()
+                kept_distribution.append((selected_hidden.detach(), output_layer.weight.detach().clone(), bias))
+            if kl_reference is not None:
+                divergence = chunked_reference_kl(
+                    selected_hidden,
+                    output_layer.weight,
+                    output_layer.bias,
+                    *kl_reference,
+                    token_chunk_size=self.args.ue_token_chunk_size,
+                    vocab_chunk_size=self.args.ue_vocab_chunk_size,
+                )
+                placed = divergence.new_zeros(response.mask.numel()).index_copy(0, selected, divergence)
+                fields.append(placed.view(response.mask.shape))
             return torch.stack(fields, dim=-1)  # one tensor, so that module hooks (ZeRO-3, upcasting) see a tensor
 
         output_layer.forward = statistics_instead_of_logits
@@ -185,6 +244,7 @@ class StepForward:
             target_logprob=stacked[..., 1],
             argmax=argmaxes[0],
             probe_logit=None if probe_ids is None else stacked[..., 2],
+            reference_kl=None if kl_reference is None else stacked[..., -1],
         )
 
     # The shared-prefix packing
@@ -195,8 +255,18 @@ class StepForward:
         response = self.response
         packing = self._packed_inputs()
         if packing is None:
-            return (response.inputs if image == "clean" else response.noised_inputs), response.positions, None
+            return self._image_inputs(image), response.positions, None
         return packing[image], packing["kept"], packing["hidden_index"]
+
+    def _image_inputs(self, image: Image) -> dict:
+        response = self.response
+        inputs = {"clean": response.inputs, "noised": response.noised_inputs, **response.second_inputs}.get(image)
+        if inputs is None:
+            raise ValueError(
+                f"the batch holds no `{image}` image: the collator builds v' for methods whose reads_noised_image is "
+                "true and second images for those named in second_images"
+            )
+        return inputs
 
     def _packed_inputs(self) -> dict | None:
         """The packed forward inputs per image and where to read the statistics, or None (the reason logged once)
@@ -256,7 +326,8 @@ class StepForward:
             "position_ids": layout.pack(position_ids, 0),
         }
         packed = {"kept": kept, "hidden_index": hidden_index}
-        for image, image_inputs in (("clean", inputs), ("noised", response.noised_inputs)):
+        images = {"clean": inputs, "noised": response.noised_inputs, **response.second_inputs}
+        for image, image_inputs in images.items():
             if image_inputs is None:
                 continue
             images = (

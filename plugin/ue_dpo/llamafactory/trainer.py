@@ -1,8 +1,9 @@
 """The `stage: ue_dpo` trainer: one step is a `StepForward` over the batch and the preference method's calls on it.
 
 The method (`ue_dpo.methods`, picked by `ue_weighting`) decides the passes, the token weights and the metrics; the
-step's forward owns how the passes run (`step_forward.py`); this class orchestrates, applies DPO's sigmoid loss and
-LLaMA-Factory's SFT term, logs, and precomputes the reference of `ue_precompute_ref`.
+step's forward owns how the passes run (`step_forward.py`); the method's loss (DPO's sigmoid loss unless the method
+owns another) runs on the step; this class orchestrates, adds LLaMA-Factory's SFT term, logs, and precomputes the
+reference of `ue_precompute_ref`.
 """
 
 from pathlib import Path
@@ -13,7 +14,6 @@ from accelerate.utils import gather_object
 from llamafactory.extras import logging
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
-from ue_dpo.core.loss import dpo_sigmoid_loss
 from ue_dpo.llamafactory import reference_cache
 from ue_dpo.llamafactory.collator import ROW_DIGEST
 from ue_dpo.llamafactory.step_forward import StepForward, StepNotes
@@ -67,19 +67,12 @@ class UEDPOTrainer(CustomDPOTrainer):
             precomputed = self._precomputed_reference_rows(model)
         with self.step_forward(model, batch, precomputed) as step:
             tokens = method.weigh(step)
-            policy, reference = method.sequence_logps(step, tokens)
+            result = method.loss(step, tokens, beta=self.beta, label_smoothing=self.label_smoothing)
         response = tokens.response
         pairs, mask = response.pairs, response.mask
         metrics = {"ue/imageless_pairs": float((~response.has_image[:pairs]).sum())}
         metrics.update(token_means(method.metric_terms(tokens), lambda sums: self.accelerator.reduce(sums, "sum")))
-        result = dpo_sigmoid_loss(
-            policy[:pairs],
-            policy[pairs:],
-            reference[:pairs],
-            reference[pairs:],
-            beta=self.beta,
-            label_smoothing=self.label_smoothing,
-        )
+        metrics.update({f"{method.name}/{term}": values.mean().item() for term, values in result.terms.items()})
         losses = result.losses
         unweighted_logps = (tokens.policy_logps * mask).sum(-1)
         if self.ftx_gamma > 1e-6:  # LLaMA-Factory's SFT term: mean token NLL of the chosen response

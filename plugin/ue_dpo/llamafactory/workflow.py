@@ -8,7 +8,7 @@ from llamafactory.model import load_config, load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.argument_checks import UEDPOUserError
-from ue_dpo.llamafactory.collator import UEDPODataCollator, template_family
+from ue_dpo.llamafactory.collator import UEDPODataCollator, check_second_images, template_family
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
 from ue_dpo.llamafactory.trainer import UEDPOTrainer
@@ -34,7 +34,10 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    template_family(template, load_config(model_args).model_type)  # refuses what the stage does not train
+    method = finetuning_args.method
+    # refuses a model or template the stage does not train, and second images its layout lacks
+    family = template_family(template, load_config(model_args).model_type)
+    check_second_images(family, method.second_images, method.name)
     dataset_module = load_preference_datasets(
         template, model_args, data_args, training_args, finetuning_args, tokenizer_module
     )
@@ -51,6 +54,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         noise_seed=training_args.seed if finetuning_args.ue_seed is None else finetuning_args.ue_seed,
         with_noised_image=finetuning_args.method.reads_noised_image,
         with_row_digests=finetuning_args.ue_precompute_ref,
+        second_images=method.second_images,
         **tokenizer_module,
     )
     if finetuning_args.ref_model is None and not training_args.do_train:

@@ -3,12 +3,17 @@ line here."""
 
 from ue_dpo.argument_checks import check_choice
 from ue_dpo.methods.base import KeyGroup, PreferenceMethod
+from ue_dpo.methods.chip import CHiP
 from ue_dpo.methods.ddpo import DDPO
+from ue_dpo.methods.mdpo import MDPO, MFPO, MDPOWithUE
 from ue_dpo.methods.tpo import TPO
 from ue_dpo.methods.ue import UEDPO
 from ue_dpo.methods.uniform import Uniform
+from ue_dpo.methods.vdpo import VDPO
 
-METHODS: dict[str, type[PreferenceMethod]] = {method.name: method for method in (UEDPO, TPO, DDPO, Uniform)}
+METHODS: dict[str, type[PreferenceMethod]] = {
+    method.name: method for method in (UEDPO, TPO, DDPO, Uniform, MDPO, MFPO, VDPO, CHiP, MDPOWithUE)
+}
 DEFAULT_METHOD = UEDPO.name
 
 

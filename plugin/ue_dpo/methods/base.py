@@ -1,12 +1,16 @@
 """What a preference method is: its keys, the passes it asks for, its token weights, its sequence scores, its metrics.
 
 A method never sees the model, packing or the output layer: it asks the step's forward (`StepForward` in
-`ue_dpo.llamafactory.step_forward`, or anything with the same three calls) for the response-token statistics of a
-pass, and turns them into weights and per-sequence log-probs that DPO's sigmoid loss compares:
+`ue_dpo.llamafactory.step_forward`, or anything with the same calls) for the response-token statistics of a
+pass, and turns them into weights and per-sequence log-probs, and those into its loss (by default DPO's sigmoid
+loss over `sequence_logps`):
 
     step.response                        the batch's response tokens (positions, targets, mask, image rows)
-    step.statistics(image, probe_ids)    the policy's TargetLogitSummary on the clean or the noised image
-    step.reference_statistics(image)     the reference's, without gradient
+    step.statistics(image, probe_ids)    the policy's TargetLogitSummary on the clean image, v' (`noised`) or a
+                                         second image the method asked the collator for (`second_images`), all rows;
+                                         `kl_from_reference=image` adds the per-token KL(π_ref ‖ πθ)
+    step.reference_statistics(image)     the reference's, without gradient (`keep_distribution=True` keeps what
+                                         that KL needs)
     step.reference_token_logps()         log π_ref(a_t | v), from the cache of `ue_precompute_ref` when it is on
 
 The stage's argument class (`ue_dpo.config`) reads the methods' keys, and loads no torch: so the methods import torch
@@ -17,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import torch
+
+    from ue_dpo.core.loss import PreferenceLoss
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class KeyGroup:
         return {key.name: key.default for key in self.keys}
 
 
+@dataclass(frozen=True)
+class SecondImage:
+    """An image the collator builds from each clean image, for a method's extra passes (`core.second_images`):
+    `crop` (mDPO's RandomResizedCrop), `zeros` or `gaussian` (V-DPO's ∅). Seeded like v' by the run's noise seed,
+    the image's content and the image's name, so each name draws its own."""
+
+    kind: Literal["crop", "zeros", "gaussian"]
+
+
 @dataclass
 class ResponseTokens:
     """Where a batch's responses are, `[2B, K]` (B chosen rows, then B rejected); logits at `positions[k]` predict
@@ -59,6 +74,7 @@ class ResponseTokens:
     mask: torch.Tensor  # response tokens
     has_image: torch.Tensor  # [2B]
     row_digests: torch.Tensor | None  # [2B] (with `ue_precompute_ref`)
+    second_inputs: dict[str, dict] = field(default_factory=dict)  # the inputs with each second image, by name
 
     @property
     def pairs(self) -> int:
@@ -88,6 +104,8 @@ class PreferenceMethod:
     key_groups: ClassVar[tuple[KeyGroup, ...]] = ()
     # why `ue_precompute_ref` cannot serve the method; empty when it can
     precomputed_reference_refusal: ClassVar[str] = ""
+    # why the method refuses `dpo_label_smoothing`; empty when its loss smooths labels
+    label_smoothing_refusal: ClassVar[str] = ""
 
     def __init__(self, args):
         self.args = args  # the stage's arguments, defaults filled in
@@ -96,6 +114,11 @@ class PreferenceMethod:
     def reads_noised_image(self) -> bool:
         """Whether a pass runs on v' (the collator builds v' only then)."""
         return False
+
+    @property
+    def second_images(self) -> dict[str, SecondImage]:
+        """The images the collator builds for the method's extra passes, by name."""
+        return {}
 
     @property
     def weight_target(self) -> str:
@@ -119,6 +142,22 @@ class PreferenceMethod:
 
         return weighted_sequence_logps(
             tokens.policy_logps, step.reference_token_logps(), tokens.weights, tokens.response.mask, self.weight_target
+        )
+
+    def loss(self, step, tokens: WeightedTokens, *, beta: float, label_smoothing: float) -> PreferenceLoss:
+        """Per-pair losses and rewards, and the method's own per-pair terms (logged as `<name>/<term>` means):
+        DPO's sigmoid loss over `sequence_logps`, unless the method owns another."""
+        from ue_dpo.core.loss import dpo_sigmoid_loss  # loads torch (see the module's docstring)
+
+        policy, reference = self.sequence_logps(step, tokens)
+        pairs = tokens.response.pairs
+        return dpo_sigmoid_loss(
+            policy[:pairs],
+            policy[pairs:],
+            reference[:pairs],
+            reference[pairs:],
+            beta=beta,
+            label_smoothing=label_smoothing,
         )
 
     def metric_terms(self, tokens: WeightedTokens) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
