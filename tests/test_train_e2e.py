@@ -132,14 +132,14 @@ def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stag
         model_dir = model_dir_for(arch, request)
         for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
             config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
-            runs[arch, name] = (config, tmp_path / arch / f"{name}-work")
+            runs[f"{arch}-{name}"] = (config, tmp_path / arch / f"{name}-work")
     logs = train_in_one_process(runs)
     for arch in NEW_FAMILIES:
-        check_ue_metrics(logs[arch, "ue"])
-        stock = [entry["loss"] for entry in logs[arch, "dpo"]]
+        check_ue_metrics(logs[f"{arch}-ue"])
+        stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
         assert len(stock) == 2
-        assert [entry["loss"] for entry in logs[arch, "alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
-        assert logs[arch, "ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
+        assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
+        assert logs[f"{arch}-ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llava_next", "mistral3"])
