@@ -18,6 +18,13 @@ QWEN2_VL_PROMPT = (
     + "<|image_pad|>" * 4
     + "<|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
 )
+QWEN3_VL_PROMPT = (  # no default system prompt
+    "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>Describe this image.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+GLM4V_PROMPT = (
+    "[gMASK]<sop><|user|>\n<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>Describe this image.<|assistant|>"
+)
 LLAVA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. USER: " + "<image>" * 4 + "Describe this image. ASSISTANT:"
@@ -25,11 +32,13 @@ LLAVA_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir):
+def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir, tiny_qwen3_vl_dir, tiny_glm4v_dir):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
         "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
         "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu"),
+        "qwen3_vl": UeDpoHF(pretrained=str(tiny_qwen3_vl_dir), device="cpu"),
+        "glm4v": UeDpoHF(pretrained=str(tiny_glm4v_dir), device="cpu"),
     }
 
 
@@ -57,14 +66,19 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v"])
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
     assert prompt == llamafactory_training_prompt(
         arch, request.getfixturevalue(f"tiny_{arch}_dir"), shapes_dataset_dir, tmp_path
     )
-    expected_text = {"llava": LLAVA_PROMPT, "qwen2_vl": QWEN2_VL_PROMPT}[arch]
+    expected_text = {
+        "llava": LLAVA_PROMPT,
+        "qwen2_vl": QWEN2_VL_PROMPT,
+        "qwen3_vl": QWEN3_VL_PROMPT,
+        "glm4v": GLM4V_PROMPT,
+    }[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
 
@@ -74,7 +88,7 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
     model = models[arch]
