@@ -151,6 +151,33 @@ FAMILY_BY_MM_PLUGIN = {
 }
 
 
+_NOT_DESCRIBED = "its image layout, positions and attention are not described as a family here yet"
+# Why `stage: ue_dpo` refuses the templates of LLaMA-Factory's other multimodal plugins (`stage: dpo` trains them).
+# tests/test_model_families.py fails on a plugin of LLaMA-Factory's that is neither a family's nor listed here.
+UNTRAINED_PLUGIN_REASONS = {
+    "ErnieVLPlugin": f"ERNIE-4.5-VL: {_NOT_DESCRIBED}",
+    "Gemma3nPlugin": f"Gemma 3n (images and audio, per-layer embeddings): {_NOT_DESCRIBED}",
+    "Gemma4Plugin": (
+        "Gemma 4 soft-caps its logits (`final_logit_softcapping`), which the stage's chunked projection of the "
+        "response-token statistics does not apply, so its log-probs would not be the model's"
+    ),
+    "KimiVLPlugin": "Kimi-VL is a remote-code model (`trust_remote_code`), whose forward the stage cannot lay out",
+    "LFMVLPlugin": f"LFM2-VL: {_NOT_DESCRIBED}",
+    "Llama4Plugin": f"Llama 4 (tiles of a padded canvas, chunked attention): {_NOT_DESCRIBED}",
+    "LlavaNextVideoPlugin": "LLaVA-NeXT-Video's templates take videos, which v' does not noise",
+    "MiniCPMVPlugin": "MiniCPM-V and MiniCPM-o are remote-code models (`trust_remote_code`), whose forward the stage "
+    "cannot lay out",
+    "MiniCPMV4_6Plugin": "MiniCPM-V 4.6 is a remote-code model (`trust_remote_code`), whose forward the stage cannot "
+    "lay out",
+    "MllamaPlugin": f"Llama 3.2 Vision (Mllama) reads images through cross-attention layers: {_NOT_DESCRIBED}",
+    "PaliGemmaPlugin": f"PaliGemma attends bidirectionally over its prefix: {_NOT_DESCRIBED}",
+    "Qwen2AudioPlugin": "Qwen2-Audio takes audio, not images",
+    "Qwen2OmniPlugin": f"Qwen2.5-Omni and Qwen3-Omni (audio and video beside images): {_NOT_DESCRIBED}",
+    "VideoLlavaPlugin": "Video-LLaVA's templates take videos, which v' does not noise",
+    "YoutuVLPlugin": f"Youtu-VL: {_NOT_DESCRIBED}",
+}
+
+
 def family_of_plugin(plugin_class: type) -> ModelFamily | None:
     """The family of a template's multimodal plugin class: its own, or that of its nearest ancestor."""
     for cls in plugin_class.__mro__:

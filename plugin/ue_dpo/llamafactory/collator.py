@@ -43,6 +43,7 @@ from ue_dpo.methods.base import SecondImage
 from ue_dpo.model_families import (
     FAMILY_BY_MM_PLUGIN,
     FAMILY_BY_MODEL_TYPE,
+    UNTRAINED_PLUGIN_REASONS,
     ModelFamily,
     family_of,
     family_of_plugin,
@@ -63,6 +64,12 @@ def template_family(template, model_type: str | None = None) -> ModelFamily:
     plugin_class = type(template.mm_plugin)
     plugin = plugin_class.__name__
     image_token = template.mm_plugin.image_token
+    if plugin in UNTRAINED_PLUGIN_REASONS:
+        raise UEDPOUserError(
+            f"`stage: ue_dpo` does not train with the templates of LLaMA-Factory's {plugin}: "
+            f"{UNTRAINED_PLUGIN_REASONS[plugin]}. `stage: dpo` trains them. Supported templates: "
+            f"{supported_templates()}."
+        )
     plugin_family = family_of_plugin(plugin_class)
     if model_type is not None:
         family = family_of(model_type)
