@@ -7,10 +7,12 @@
     python bench/run.py --layout qwen2_vl                    # Qwen2-VL, small width, real 151,936 vocabulary
     python bench/run.py --layout qwen2_vl --model-size 7b    # Qwen2-VL-7B's real shapes (CUDA GPU only)
     python bench/run.py --layout internvl                    # InternVL 3's tiles, small width (CPU or GPU)
+    python bench/run.py --layout qwen3_vl                    # Qwen3-VL, small width, real 151,936 vocabulary
+    python bench/run.py --layout qwen3_vl --model-size 8b    # Qwen3-VL-8B's real shapes (CUDA GPU only)
     python bench/run.py --configs dpo mdpo mfpo vdpo chip    # the peers with losses of their own, as ratios to DPO
 
 Models have the real architecture classes and random weights, built locally with the tiny models' tokenizer and
-processor (`ue_dpo.synthetic.tiny_models`); the 7b ones are built on the GPU in bf16. Every configuration trains
+processor (`ue_dpo.synthetic.tiny_models`); the 7b and 8b ones are built on the GPU in bf16. Every configuration trains
 the same data for the same number of epochs, each in its own process; configurations alternate
 (A B C D A B C D ...) so that machine drift hits all of them alike.
 """
@@ -103,6 +105,36 @@ QWEN2_VL_7B_VISION = {
     "spatial_merge_size": 2,
     "temporal_patch_size": 2,
 }
+# Qwen3-VL-8B-Instruct's config.json, except the token ids: its text model (as quoted by mlx-vlm's qwen3_vl tests:
+# 36 layers, 4096 wide, 8 key-value heads of 128, interleaved M-RoPE sections 24/20/20, theta 5e6) and its vision tower
+# (transformers' Qwen3VLVisionConfig defaults, the 8B's: 27 blocks of 1152, deepstack after blocks 8, 16 and 24),
+# projected to the text width.
+QWEN3_VL_8B_TEXT = {
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 262144,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 5000000.0,
+        "mrope_section": [24, 20, 20],
+        "mrope_interleaved": True,
+    },
+}
+QWEN3_VL_8B_VISION = {
+    "depth": 27,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_heads": 16,
+    "hidden_act": "gelu_pytorch_tanh",
+    "num_position_embeddings": 2304,
+    "deepstack_visual_indexes": [8, 16, 24],
+    "out_hidden_size": 4096,
+}
 LAYOUTS = {
     "llava15": {
         "name": "LLaVA-1.5",
@@ -122,6 +154,15 @@ LAYOUTS = {
         "response_tokens": 128,
         "vocab_size": {"small": 151936, "7b": 152064},
     },
+    "qwen3_vl": {
+        "name": "Qwen3-VL",
+        "template": "qwen3_vl",
+        "pixels_per_visual_token": 32,
+        "image_size": 448,
+        "question_tokens": 0,
+        "response_tokens": 128,
+        "vocab_size": {"small": 151936, "8b": 151936},
+    },
     # InternVL 3's tiles: 448-px tiles of 256 tokens (14-px patches, pixel shuffle 0.5); an 896-px image is cut
     # into 2x2 crops and a thumbnail (LLaMA-Factory's `crop_to_patches`), 1,280 image tokens
     "internvl": {
@@ -136,7 +177,7 @@ LAYOUTS = {
         "vocab_size": {"small": 151674},
     },
 }
-MODEL_SIZES = ("small", "7b")
+MODEL_SIZES = ("small", "7b", "8b")  # the real shapes of each layout's size: its `vocab_size` keys
 # issue 16's targets: (configuration, measure, ratio bound, configuration the ratio is taken to). The CPU peak
 # RSS is mostly libraries, so there the memory target is only no regression against the unshared computation.
 TARGETS = {
@@ -203,7 +244,9 @@ def model_shapes(layout: str, model_size: str) -> dict:
         shapes["text"], shapes["vision"] = LLAVA_SHAPES[model_size]
     elif model_size == "7b":
         shapes["text"], shapes["vision"] = QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION
-    if model_size == "7b":
+    elif model_size == "8b":
+        shapes["text"], shapes["vision"] = QWEN3_VL_8B_TEXT, QWEN3_VL_8B_VISION
+    if model_size != "small":
         import torch
 
         shapes.update(device="cuda", dtype=torch.bfloat16)
@@ -212,12 +255,22 @@ def model_shapes(layout: str, model_size: str) -> dict:
 
 def build_model(out_dir: Path, *, layout: str, model_size: str, vocab_size: int, image_size: int) -> None:
     """LLaVA-1.5 (Llama decoder, CLIP tower cut at its second-to-last layer, 2-layer GELU projector; one visual
-    token per 14-px patch), Qwen2-VL or InternVL 3 (its processor cutting images into the layout's tiles) of
-    `model_size`, with a `vocab_size` output layer, the tiny model's tokenizer, and a processor for `image_size`²
+    token per 14-px patch), Qwen2-VL, Qwen3-VL or InternVL 3 (its processor cutting images into the layout's tiles)
+    of `model_size`, with a `vocab_size` output layer, the tiny model's tokenizer, and a processor for `image_size`²
     images."""
-    from ue_dpo.synthetic.tiny_models import build_tiny_internvl, build_tiny_llava, build_tiny_qwen2_vl
+    from ue_dpo.synthetic.tiny_models import (
+        build_tiny_internvl,
+        build_tiny_llava,
+        build_tiny_qwen2_vl,
+        build_tiny_qwen3_vl,
+    )
 
-    builder = {"llava15": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl, "internvl": build_tiny_internvl}[layout]
+    builder = {
+        "llava15": build_tiny_llava,
+        "qwen2_vl": build_tiny_qwen2_vl,
+        "qwen3_vl": build_tiny_qwen3_vl,
+        "internvl": build_tiny_internvl,
+    }[layout]
     model_image_size = LAYOUTS[layout].get("tile_size", image_size)  # a tiled model's processor takes tiles
     builder(out_dir, seed=0, vocab_size=vocab_size, image_size=model_image_size, **model_shapes(layout, model_size))
 
@@ -457,7 +510,7 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
     config = AutoConfig.from_pretrained(model_dir)
     text = config.text_config
     row_tokens = layout["image"] + layout["prompt"] + layout["response"]
-    head_dim = text.hidden_size // text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     decoder_flops = forward_flops_per_token(
         text.hidden_size,
         text.num_key_value_heads * head_dim,
@@ -490,8 +543,12 @@ def model_description(model_dir: Path, layout: dict) -> list[str]:
             f"in {vision.patch_size[0]}-px patches, pixel shuffle {config.downsample_ratio}, 2-layer GELU projector"
         )
         tower_share = ""
-    else:
-        tower = f"vision tower {vision.depth} layers x {vision.embed_dim}, 2x2 patch merger"
+    else:  # Qwen2-VL's tower width is `embed_dim` (its `hidden_size` is the merger's output); Qwen3-VL's `hidden_size`
+        width = vision.embed_dim if config.model_type == "qwen2_vl" else vision.hidden_size
+        deepstack = getattr(vision, "deepstack_visual_indexes", None)
+        tower = f"vision tower {vision.depth} layers x {width}, 2x2 patch merger" + (
+            f", deepstack mergers after layers {', '.join(map(str, deepstack))}" if deepstack else ""
+        )
         tower_share = ""
     return [
         f"- {config.model_type} architecture ({config.architectures[0]}), random weights: {shapes}; {tower}",
@@ -628,7 +685,7 @@ def main() -> None:
         "--model-size",
         choices=MODEL_SIZES,
         default="small",
-        help="small (CPU or GPU), or the layout's real 7B shapes (CUDA GPU only)",
+        help="small (CPU or GPU), or the layout's real shapes: 7b (LLaVA-1.5, Qwen2-VL), 8b (Qwen3-VL); CUDA GPU only",
     )
     parser.add_argument("--vocab-size", type=int, help="output-layer entries; default: the layout's, per size")
     parser.add_argument("--image-size", type=int, help="pixels per side; default: the layout's")
@@ -645,7 +702,7 @@ def main() -> None:
     args = parser.parse_args()
     layout = LAYOUTS[args.layout]
     if args.model_size not in layout["vocab_size"]:
-        parser.error(f"--layout {args.layout} has no {args.model_size} shapes: use --model-size small")
+        parser.error(f"--layout {args.layout} has the model sizes {', '.join(layout['vocab_size'])}")
     args.vocab_size = args.vocab_size or layout["vocab_size"][args.model_size]
     for key in ("image_size", "question_tokens", "response_tokens"):
         if getattr(args, key) is None:
@@ -679,13 +736,13 @@ def main() -> None:
         )
     if steps <= args.warmup:
         parser.error(f"{steps} steps per run leave none after {args.warmup} warm-up steps: raise --pairs or --epochs")
-    if args.model_size == "7b":
+    if args.model_size != "small":
         import torch
 
         if not torch.cuda.is_available():
             parser.error(
-                "--model-size 7b needs a CUDA GPU (it builds and trains a 7-8B-parameter model in bf16); "
-                "without one, use --model-size small"
+                f"--model-size {args.model_size} needs a CUDA GPU (it builds and trains a 7-9B-parameter model in "
+                "bf16); without one, use --model-size small"
             )
 
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from readme_training import readme_configs
 from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
 from ue_dpo.synthetic.tiny_models import (
     build_tiny_gemma3,
+    build_tiny_glm4v,
     build_tiny_internvl,
     build_tiny_llava,
     build_tiny_llava_next,
@@ -30,6 +31,8 @@ from ue_dpo.synthetic.tiny_models import (
     build_tiny_pixtral,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
+    build_tiny_qwen3_5,
+    build_tiny_qwen3_vl,
 )
 
 
@@ -46,6 +49,21 @@ def tiny_qwen2_vl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen2_5_vl_dir(tmp_path_factory):
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory):
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_dir(tmp_path_factory):
+    return build_tiny_qwen3_5(tmp_path_factory.mktemp("tiny_qwen3_5"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_glm4v_dir(tmp_path_factory):
+    return build_tiny_glm4v(tmp_path_factory.mktemp("tiny_glm4v"), seed=0)
 
 
 @pytest.fixture(scope="session")

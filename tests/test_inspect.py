@@ -57,21 +57,30 @@ class ResponseSpans(HTMLParser):
             self._span["text"] += data
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tiny_qwen2_vl_dir, tmp_path_factory):
-    """A LoRA adapter on the tiny model with random (non-zero) B matrices, so that it changes every logit."""
+def random_lora_adapter(model_dir, out):
+    """A LoRA adapter on a tiny model with random (non-zero) B matrices, so that it changes every logit."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
-    base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_dir)
+    base = AutoModelForImageTextToText.from_pretrained(model_dir)
     config = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
-    out = tmp_path_factory.mktemp("lora")
     get_peft_model(base, config).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_qwen2_vl_dir, tmp_path_factory):
+    return random_lora_adapter(tiny_qwen2_vl_dir, tmp_path_factory.mktemp("lora"))
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl_lora_dir(tiny_qwen3_vl_dir, tmp_path_factory):
+    """The inspected model: Qwen3-VL (deepstack features, a reasoning template's thought block in each response)."""
+    return random_lora_adapter(tiny_qwen3_vl_dir, tmp_path_factory.mktemp("qwen3_vl_lora"))
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
@@ -112,14 +121,14 @@ def reference_token_values(inputs: dict, labels, model) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def inspected(lora_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
+def inspected(qwen3_vl_lora_dir, tiny_qwen3_vl_dir, shapes_dataset_dir, tmp_path_factory):
     """`ue-dpo inspect` on the LoRA dir and the preference file, and the same pairs' values computed here."""
     out = tmp_path_factory.mktemp("inspect") / "inspect"
     command = [
         str(UE_DPO),
         "inspect",
         "--model",
-        str(lora_dir),
+        str(qwen3_vl_lora_dir),
         "--data",
         str(shapes_dataset_dir / "shapes_pref.json"),
         "--n",
@@ -134,19 +143,19 @@ def inspected(lora_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory)
     # Meanwhile: the same first N pairs, tokenized and collated as training does (LLaMA-Factory loaders, the
     # stage's collator with its v'), scored by the base model + adapter loaded with transformers and peft.
     from peft import PeftModel
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     from ue_dpo.inspection import build_trainer, data_keys, parse_ue_settings
 
     trainer = build_trainer(
-        model_keys(str(lora_dir), None),
+        model_keys(str(qwen3_vl_lora_dir), None),
         data_keys("shapes_pref", str(shapes_dataset_dir), out.parent / "unused"),
         parse_ue_settings([]),
         n=N_PAIRS,
         cutoff_len=2048,
         out_dir=out.parent / "trainer",
     )
-    model = PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_dir), lora_dir)
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_qwen3_vl_dir), qwen3_vl_lora_dir)
     model.eval()
     expected = {}
     for start in range(0, N_PAIRS, 2):

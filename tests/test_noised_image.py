@@ -10,7 +10,9 @@ from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.synthetic.shapes import write_preference_dataset
 
 STEP = 500
-IMAGE_SIZE = 112  # larger than both tiny processors' input (LLaVA 28, Qwen2-VL 56 x 56): they resize
+IMAGE_SIZE = (
+    112  # larger than the tiny processors' input (LLaVA 28, Qwen2-VL and GLM-4.1V 56, Qwen3-VL 64): they resize
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +66,11 @@ def ue_collator(template, tokenizer_module, noise_space):
     )
 
 
-def test_qwen2_vl_noise_is_vcds_noise_of_the_normalised_image_then_patchified(request, large_image_pairs, tmp_path):
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen3_vl", "glm4v"])
+def test_patch_noise_is_vcds_noise_of_the_normalised_image_then_patchified(arch, request, large_image_pairs, tmp_path):
     from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
 
-    template, tokenizer_module, features = collated_modules("qwen2_vl", request, large_image_pairs, tmp_path)
+    template, tokenizer_module, features = collated_modules(arch, request, large_image_pairs, tmp_path)
     collator = ue_collator(template, tokenizer_module, "pixel_values")
     batch = collator(features)
     image_processor = tokenizer_module["processor"].image_processor

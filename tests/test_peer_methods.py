@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import ue_dpo
-from llamafactory_runs import train_or_fail
+from llamafactory_runs import train_in_one_process
 from tiny_training_config import tiny_training_config
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.config import UEDPOArguments
@@ -297,26 +297,41 @@ def test_label_smoothing_is_refused_where_the_source_has_none():
         UEDPOArguments(ue_weighting="chip").validate_ue_dpo(pref_loss="sigmoid", ld_alpha=None, label_smoothing=0.1)
 
 
+PEER_TERMS = {
+    "mdpo": "mdpo/image_loss",
+    "mfpo": "mfpo/image_loss",
+    "vdpo": "vdpo/guidance_chosen",
+    "chip": "chip/kl_chosen",
+}
+
+
+@pytest.fixture(scope="module")
+def peer_trainings(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
+    """Each peer, 2 steps on the tiny LLaVA and the tiny Qwen2-VL, through LLaMA-Factory's `run_exp` (what
+    `llamafactory-cli train` calls) in one process."""
+    root = tmp_path_factory.mktemp("peer_trainings")
+    runs = {
+        (name, arch): (
+            tiny_training_config(
+                arch, model_dir, shapes_dataset_dir, root / f"{name}-{arch}", ue_weighting=name, max_samples=4
+            ),
+            root / f"{name}-{arch}-work",
+        )
+        for arch, model_dir in (("llava", tiny_llava_dir), ("qwen2_vl", tiny_qwen2_vl_dir))
+        for name in PEER_TERMS
+    }
+    return train_in_one_process(runs, timeout=1800)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
-@pytest.mark.parametrize("name", ["mdpo", "mfpo", "vdpo", "chip"])
-def test_peer_trains_two_steps_from_llamafactory_cli(name, arch, request, shapes_dataset_dir, tmp_path):
-    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
-    config = tiny_training_config(
-        arch, model_dir, shapes_dataset_dir, tmp_path / "out", ue_weighting=name, max_samples=4
-    )
-    log = train_or_fail(config, tmp_path)
-    steps = [entry for entry in log if "loss" in entry]
+@pytest.mark.parametrize("name", list(PEER_TERMS))
+def test_peer_trains_two_steps_through_llamafactory(name, arch, peer_trainings):
+    steps = [entry for entry in peer_trainings[name, arch] if "loss" in entry]
     assert len(steps) == 2
     for entry in steps:
         assert math.isfinite(entry["loss"]) and entry["rewards/accuracies"] >= 0
-    terms = {
-        "mdpo": "mdpo/image_loss",
-        "mfpo": "mfpo/image_loss",
-        "vdpo": "vdpo/guidance_chosen",
-        "chip": "chip/kl_chosen",
-    }
-    assert terms[name] in steps[0]
+    assert PEER_TERMS[name] in steps[0]
 
 
 def test_second_images_are_refused_on_a_layout_they_are_not_built_for():

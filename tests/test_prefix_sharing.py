@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from llamafactory.extras.constants import IGNORE_INDEX
 
 import ue_dpo
 from tiny_training_config import tiny_training_config
@@ -222,8 +223,8 @@ def trainer_with_a_trained_adapter(request, arch: str, dataset_dir, tmp_path_fac
     trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
     trainer.model.train()
     generator = torch.Generator().manual_seed(0)
-    for name, parameter in trainer.model.named_parameters():  # a trained adapter: the policy is not the reference,
-        if "lora_B" in name:  # and lora_A has gradients
+    for name, parameter in trainer.model.named_parameters():
+        if "lora_B" in name:
             parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
     return trainer
 
@@ -322,6 +323,42 @@ def check_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_f
         close(shared["grads"][name], grad, name)
 
 
+@pytest.fixture(scope="module", params=["qwen3_vl", "glm4v"])
+def reasoning_trainer(request, edited_dataset_dir, tmp_path_factory):
+    """Qwen3-VL's and GLM-4.1V's: their reasoning templates start every response with an empty thought block."""
+    return trainer_with_a_trained_adapter(request, request.param, edited_dataset_dir, tmp_path_factory)
+
+
+@pytest.mark.parametrize("batch_name", ["different-lengths-and-shared-start", "with-and-without-image"])
+def test_reasoning_families_share_the_prompt_and_keep_the_thought_block_in_each_response(
+    reasoning_trainer, batch_name, packed_forwards
+):
+    trainer = reasoning_trainer
+    tokenizer = trainer.data_collator.tokenizer
+    for row in BATCHES[batch_name]:
+        for side in ("chosen", "rejected"):
+            labels = [token for token in trainer.train_dataset[row][f"{side}_labels"] if token != IGNORE_INDEX]
+            assert tokenizer.decode(labels).startswith("<think>\n\n</think>\n\n"), (row, side)
+    check_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
+
+
+def test_qwen3_5_computes_unshared_rows_and_says_why_once(
+    request, edited_dataset_dir, tmp_path_factory, packed_forwards
+):
+    trainer = trainer_with_a_trained_adapter(request, "qwen3_5", edited_dataset_dir, tmp_path_factory)
+    assert trainer.finetuning_args.ue_prefix_sharing
+    batch = collated(trainer, BATCHES["different-lengths-and-shared-start"])
+    for _ in range(2):
+        with torch.no_grad():
+            trainer.get_batch_loss_metrics(trainer.model, batch)
+    assert packed_forwards["packed"] == 0 and packed_forwards["unshared"] > 0
+    notes = [note for note in trainer.step_notes.logged if note.startswith("ue_prefix_sharing")]
+    assert notes == [
+        "ue_prefix_sharing: computing unshared rows, since Qwen3.5's Gated DeltaNet layers are recurrent and take no "
+        "attention mask: in a packed row the rejected response would read the chosen one."
+    ]
+
+
 @pytest.fixture(scope="module", params=["llava_next", "mistral3", "pixtral"])
 def sized_trainer(request, mixed_sizes_dataset_dir, tmp_path_factory):
     """A trainer of a family whose images come with `image_sizes`, on images of different sizes."""
@@ -362,8 +399,7 @@ def test_cutoff_len_cut_the_long_responses(trainer):
     assert row["chosen_labels"][-1] != trainer.data_collator.tokenizer.eos_token_id  # cut, not ended
 
 
-def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
-    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+def assert_each_image_is_encoded_once_per_step_and_pass(trainer) -> None:
     base = trainer.model.get_base_model()
     vision = base.model.visual if hasattr(base.model, "visual") else base.model.vision_tower
     encoded_rows = []
@@ -378,6 +414,16 @@ def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
         handle.remove()
     chosen_image_rows = batch["pixel_values"].shape[0] // 2
     assert encoded_rows == [chosen_image_rows, chosen_image_rows]  # v' (no gradient), then v for policy and reference
+
+
+def test_each_image_is_encoded_once_per_step_and_pass(trainer, monkeypatch):
+    monkeypatch.setattr(trainer.finetuning_args, "ue_prefix_sharing", True)
+    assert_each_image_is_encoded_once_per_step_and_pass(trainer)
+
+
+def test_reasoning_families_encode_each_image_once_per_step_and_pass(reasoning_trainer, monkeypatch):
+    monkeypatch.setattr(reasoning_trainer.finetuning_args, "ue_prefix_sharing", True)
+    assert_each_image_is_encoded_once_per_step_and_pass(reasoning_trainer)
 
 
 def test_the_precomputed_reference_pass_shares_prefixes_exactly(trainer, monkeypatch, tmp_path):

@@ -63,7 +63,10 @@ def chat_task(monkeypatch, shapes_eval_dir, template: str | None):
     return TaskManager().load_task_or_group("shapes_caption", task_type="chat")["shapes_caption"]
 
 
-@pytest.mark.parametrize(("fixture", "template"), [("tiny_qwen2_vl_dir", "qwen2_vl"), ("tiny_llava_dir", "llava")])
+@pytest.mark.parametrize(
+    ("fixture", "template"),
+    [("tiny_qwen2_vl_dir", "qwen2_vl"), ("tiny_llava_dir", "llava"), ("tiny_glm4v_dir", "glm4v")],
+)
 def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt(
     request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template
 ):

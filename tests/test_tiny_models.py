@@ -27,15 +27,33 @@ from ue_dpo.synthetic.shapes import (
     write_preference_dataset,
     write_sft_dataset,
 )
-from ue_dpo.synthetic.tiny_models import QWEN2_VL_ADDED_TOKENS, build_tiny_model
+from ue_dpo.synthetic.tiny_models import (
+    GLM4V_ADDED_TOKENS,
+    GLM4V_TEXT_TOKENS,
+    QWEN2_VL_ADDED_TOKENS,
+    QWEN3_THINK_TOKENS,
+    build_tiny_model,
+)
 
 ARCHITECTURES = ("llava", "qwen2_vl")
+# each loads and batches; the first two train stock DPO
+FAMILY_ARCHITECTURES = (*ARCHITECTURES, "qwen3_vl", "qwen3_5", "glm4v")
 EXPECTED_CLASSES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "LlamaTokenizer", "CLIPImageProcessor"),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", "Qwen3_5Tokenizer", "Qwen2VLImageProcessor"),
+    "glm4v": ("Glm4vForConditionalGeneration", "Glm4vProcessor", "TokenizersBackend", "Glm4vImageProcessor"),
 }
 VISUAL_TOKENS_PER_IMAGE = 4  # one per quadrant of a shapes image
-ANSWER_END = {"llava": "</s>", "qwen2_vl": "<|im_end|>\n"}  # how each LLaMA-Factory template closes a reply
+# how each LLaMA-Factory template labels a reply: the reasoning templates start it with an empty thought block
+LABELLED_ANSWER = {
+    "llava": "{}</s>",
+    "qwen2_vl": "{}<|im_end|>\n",
+    "qwen3_vl": "<think>\n\n</think>\n\n{}<|im_end|>\n",
+    "qwen3_5": "<think>\n\n</think>\n\n{}<|im_end|>\n",
+    "glm4v": "<think>\n\n</think>\n\n\n{}<|endoftext|>",  # the think block before the template's own newline
+}
 LANGUAGE_MODEL_LINEARS = {
     f"model.language_model.layers.{layer}.{module}"
     for layer in (0, 1)
@@ -107,7 +125,7 @@ def llamafactory_modules(model_dir, dataset_dir, template, stage, output_dir, da
     return template, tokenizer_module, (model_args, data_args, training_args)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", FAMILY_ARCHITECTURES)
 def test_models_load_offline_with_the_real_auto_classes(arch, request):
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -136,9 +154,25 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
         assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [len(tokenizer) - 2, len(tokenizer) - 1]
         assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
         assert tokenizer("Hi").input_ids[0] == tokenizer.bos_token_id
+    elif arch == "glm4v":
+        added_ids = tokenizer.convert_tokens_to_ids([*GLM4V_ADDED_TOKENS, *GLM4V_TEXT_TOKENS])
+        assert added_ids == list(range(len(tokenizer) - len(added_ids), len(tokenizer)))
+        assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+            None,
+            "<|endoftext|>",
+            "<|endoftext|>",
+        )
+        token_ids = tokenizer.convert_tokens_to_ids
+        assert (model.config.image_token_id, model.config.image_start_token_id, model.config.image_end_token_id) == (
+            token_ids("<|image|>"),
+            token_ids("<|begin_of_image|>"),
+            token_ids("<|end_of_image|>"),
+        )
+        assert type(processor.video_processor).__name__ == "Glm4vVideoProcessor"
     else:
-        added_ids = tokenizer.convert_tokens_to_ids(list(QWEN2_VL_ADDED_TOKENS))
-        assert added_ids == list(range(len(tokenizer) - len(QWEN2_VL_ADDED_TOKENS), len(tokenizer)))
+        added = [*QWEN2_VL_ADDED_TOKENS, *(QWEN3_THINK_TOKENS if arch != "qwen2_vl" else ())]
+        added_ids = tokenizer.convert_tokens_to_ids(added)
+        assert added_ids == list(range(len(tokenizer) - len(added), len(tokenizer)))
         assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
         token_ids = tokenizer.convert_tokens_to_ids
         assert (model.config.image_token_id, model.config.video_token_id) == (
@@ -149,10 +183,11 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
             token_ids("<|vision_start|>"),
             token_ids("<|vision_end|>"),
         )
-        assert type(processor.video_processor).__name__ == "Qwen2VLVideoProcessor"
+        video_processor = "Qwen2VLVideoProcessor" if arch == "qwen2_vl" else "Qwen3VLVideoProcessor"
+        assert type(processor.video_processor).__name__ == video_processor
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", FAMILY_ARCHITECTURES)
 def test_llamafactory_batches_give_each_image_the_visual_tokens_the_model_consumes(
     arch, request, shapes_dataset_dir, tmp_path
 ):
@@ -187,7 +222,7 @@ def test_llamafactory_batches_give_each_image_the_visual_tokens_the_model_consum
     assert visual_tokens == VISUAL_TOKENS_PER_IMAGE
     assert (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist() == [visual_tokens] * 2
     answer_ids = [token for token in rows[0]["labels"] if token != -100]
-    assert tokenizer.decode(answer_ids) == record["messages"][1]["content"] + ANSWER_END[arch]
+    assert tokenizer.decode(answer_ids) == LABELLED_ANSWER[arch].format(record["messages"][1]["content"])
 
     # The model itself raises when image tokens and image features disagree.
     with torch.no_grad():
@@ -343,7 +378,7 @@ def test_dataset_info_entries_load_through_llamafactory(
             answers = {"labels": record["messages"][1]["content"]}
         for label_key, answer in answers.items():
             trained_on = [token for token in row[label_key] if token != -100]
-            assert tokenizer.decode(trained_on) == answer + ANSWER_END["qwen2_vl"]
+            assert tokenizer.decode(trained_on) == LABELLED_ANSWER["qwen2_vl"].format(answer)
 
 
 def test_caption_eval_set_gives_ground_truth_and_is_deterministic(tmp_path):

@@ -1,4 +1,5 @@
-"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA and Qwen2-VL checkpoints."""
+"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V
+checkpoints."""
 
 import json
 from pathlib import Path
@@ -156,6 +157,27 @@ def test_tiled_families_at_alpha_zero_log_the_losses_of_stage_dpo(trained):
         assert alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
 
 
+NEW_FAMILIES = ("qwen3_vl", "qwen3_5", "glm4v")
+
+
+def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
+    request, shapes_dataset_dir, tmp_path
+):
+    runs = {}
+    for arch in NEW_FAMILIES:
+        model_dir = model_dir_for(arch, request)
+        for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
+            config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
+            runs[f"{arch}-{name}"] = (config, tmp_path / arch / f"{name}-work")
+    logs = train_in_one_process(runs)
+    for arch in NEW_FAMILIES:
+        check_ue_metrics(logs[f"{arch}-ue"])
+        stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
+        assert len(stock) == 2
+        assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
+        assert logs[f"{arch}-ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llava_next", "mistral3"])
 def test_images_of_different_sizes_train_with_ue_metrics_and_the_adapter_evaluates(
     arch, request, mixed_sizes_dataset_dir, tmp_path
@@ -291,7 +313,11 @@ def test_unsupported_template_is_refused_clearly(tiny_qwen2_vl_dir, shapes_datas
         tmp_path,
     )
     assert result.returncode != 0
-    assert "Supported templates: llava, qwen2_vl (Qwen2-VL, Qwen2.5-VL)" in result.stderr
+    assert (
+        "this template's multimodal plugin BasePlugin does not lay out Qwen2-VL, Qwen2.5-VL images (it has no image "
+        "token); Qwen2-VL, Qwen2.5-VL trains with `template: qwen2_vl` (plugin Qwen2VLPlugin)"
+    ) in result.stderr
+    assert "Loading weights" not in result.stderr  # refused before the model loads
 
 
 def test_dataset_without_ranking_is_refused_clearly(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path):

@@ -20,6 +20,13 @@ QWEN2_VL_PROMPT = (
     + "<|image_pad|>" * 4
     + "<|vision_end|>Describe this image.<|im_end|>\n<|im_start|>assistant\n"
 )
+QWEN3_VL_PROMPT = (  # no default system prompt
+    "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>Describe this image.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+GLM4V_PROMPT = (
+    "[gMASK]<sop><|user|>\n<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>Describe this image.<|assistant|>"
+)
 LLAVA_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. USER: " + "<image>" * 4 + "Describe this image. ASSISTANT:"
@@ -38,11 +45,21 @@ GEMMA3_PROMPT = (
 
 
 @pytest.fixture(scope="module")
-def models(tiny_llava_dir, tiny_qwen2_vl_dir, tiny_qwen2_5_vl_dir, tiny_internvl_dir, tiny_gemma3_dir):
+def models(
+    tiny_llava_dir,
+    tiny_qwen2_vl_dir,
+    tiny_qwen2_5_vl_dir,
+    tiny_qwen3_vl_dir,
+    tiny_glm4v_dir,
+    tiny_internvl_dir,
+    tiny_gemma3_dir,
+):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
         "qwen2_vl": UeDpoHF(pretrained=str(tiny_qwen2_vl_dir), device="cpu"),
         "qwen2_5_vl": UeDpoHF(pretrained=str(tiny_qwen2_5_vl_dir), device="cpu"),
+        "qwen3_vl": UeDpoHF(pretrained=str(tiny_qwen3_vl_dir), device="cpu"),
+        "glm4v": UeDpoHF(pretrained=str(tiny_glm4v_dir), device="cpu"),
         "internvl": UeDpoHF(pretrained=str(tiny_internvl_dir), device="cpu"),
         "gemma3": UeDpoHF(pretrained=str(tiny_gemma3_dir), device="cpu"),
     }
@@ -72,7 +89,7 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, *TILED_ARCHITECTURES])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES])
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
@@ -82,6 +99,8 @@ def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request,
     expected_text = {
         "llava": LLAVA_PROMPT,
         "qwen2_vl": QWEN2_VL_PROMPT,
+        "qwen3_vl": QWEN3_VL_PROMPT,
+        "glm4v": GLM4V_PROMPT,
         "internvl": INTERNVL_PROMPT,
         "gemma3": GEMMA3_PROMPT,
     }[arch]
@@ -94,7 +113,7 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", "internvl"])
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
     model = models[arch]

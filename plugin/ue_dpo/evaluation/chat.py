@@ -5,13 +5,15 @@ Two halves, which together give a served model the prompt `ue_dpo_hf` encodes:
 
 - `training_messages`: the chat messages of one item, a system turn with the training template's system prompt
   and a user turn with the images before the text (LLaMA-Factory puts `<image>` before the question).
-  The template is named by the task setting `template` (metadata) or `UE_DPO_TEMPLATE`: `llava` or `qwen2_vl`;
+  The template is named by the task setting `template` (metadata) or `UE_DPO_TEMPLATE`: one of `TEMPLATES`;
   `default_system` / `UE_DPO_DEFAULT_SYSTEM` replaces its system prompt, as LLaMA-Factory's key does.
 - `training_chat_template`: a Jinja chat template that renders those messages as the training template does:
   LLaMA-Factory's own Jinja rendering of the template, with each image part rendered as the one placeholder
-  the Hugging Face processor expands (`<image>` for LLaVA, `<|vision_start|><|image_pad|><|vision_end|>` for
-  Qwen2-VL). `write_training_chat_template` stores it in a model folder, so that a server (vLLM, SGLang,
-  `transformers serve`) started on that folder prompts with it.
+  the Hugging Face processor expands, as the template's LLaMA-Factory plugin renders it with the model's processor
+  (`<image>` for LLaVA, `<|vision_start|><|image_pad|><|vision_end|>` for Qwen2-VL and Qwen3-VL,
+  `<|begin_of_image|><|image|><|end_of_image|>` for GLM-4.1V), and no system turn for an empty system prompt.
+  `write_training_chat_template` stores it in a model folder, so that a server (vLLM, SGLang, `transformers serve`)
+  started on that folder prompts with it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ TEMPLATES = tuple(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))
 # LLaMA-Factory's Jinja sets the message text with this statement; ours flattens content parts in its place
 _CONTENT_STATEMENT = "{% set content = message['content'] %}"
 _SYSTEM_STATEMENT = "{% set system_message = messages[0]['content'] %}"
-_SYSTEM_OUTPUT = "{% if system_message is defined %}{{ system_message }}{% endif %}"
+_SYSTEM_DEFINED = "{% if system_message is defined %}"
+_SYSTEM_OUTPUT = _SYSTEM_DEFINED + "{{ system_message }}{% endif %}"
 
 
 class ChatTemplateError(ValueError):
@@ -77,10 +80,19 @@ def training_messages(visuals: Sequence[Any], text: str, system: str) -> list[di
     return [{"role": "system", "content": [{"type": "text", "text": system}]}, {"role": "user", "content": content}]
 
 
-def image_placeholder(template_name: str) -> str:
-    """What the Hugging Face processor expands into one image's tokens, as LLaMA-Factory's plugin expands it."""
-    plugin = _training_template(template_name).mm_plugin
-    return getattr(plugin, "vision_bos_token", "") + plugin.image_token + getattr(plugin, "vision_eos_token", "")
+def image_placeholder(template_name: str, processor: Any) -> str:
+    """What the Hugging Face processor expands into one image's tokens: LLaMA-Factory's plugin of the template
+    rendering one image unexpanded (`<image>`, `<|vision_start|><|image_pad|><|vision_end|>`,
+    `<|begin_of_image|><|image|><|end_of_image|>`), with the model's processor."""
+    from dataclasses import replace
+
+    from llamafactory.extras.constants import IMAGE_PLACEHOLDER
+    from PIL import Image
+
+    plugin = replace(_training_template(template_name).mm_plugin, expand_mm_tokens=False)
+    image = Image.new("RGB", (1, 1))
+    messages = plugin.process_messages([{"role": "user", "content": IMAGE_PLACEHOLDER}], [image], [], [], processor)
+    return messages[0]["content"]
 
 
 def _flatten(variable: str, source: str, placeholder: str) -> str:
@@ -95,11 +107,12 @@ def _flatten(variable: str, source: str, placeholder: str) -> str:
     )
 
 
-def training_chat_template(template_name: str, tokenizer: Any) -> str:
+def training_chat_template(template_name: str, processor: Any) -> str:
     """The Jinja chat template that renders OpenAI-style messages (text and image parts) as `template_name` does."""
     template = _training_template(template_name)
+    tokenizer = processor.tokenizer
     jinja = template._get_jinja_template(tokenizer)
-    placeholder = image_placeholder(template_name)
+    placeholder = image_placeholder(template_name, processor)
     replacements = [
         (_CONTENT_STATEMENT, _flatten("content", "message['content']", placeholder)),
         (_SYSTEM_STATEMENT, _flatten("system_message", "messages[0]['content']", placeholder)),
@@ -107,7 +120,7 @@ def training_chat_template(template_name: str, tokenizer: Any) -> str:
     if _prefixes_a_space(tokenizer):
         # LLaMA-Factory encodes the system prompt and the user turn separately; a SentencePiece tokenizer starts
         # each with a word boundary, which in one rendered string is a space between them
-        replacements.append((_SYSTEM_OUTPUT, "{% if system_message is defined %}{{ system_message + ' ' }}{% endif %}"))
+        replacements.append((_SYSTEM_OUTPUT, _SYSTEM_DEFINED + "{{ system_message + ' ' }}{% endif %}"))
     for statement, replacement in replacements:
         if jinja.count(statement) != 1:
             raise ChatTemplateError(
@@ -115,7 +128,8 @@ def training_chat_template(template_name: str, tokenizer: Any) -> str:
                 f"{statement!r} once; this llamafactory release is not supported"
             )
         jinja = jinja.replace(statement, replacement)
-    return jinja
+    # LLaMA-Factory encodes no system turn for an empty system prompt (GLM-4.1V's default); its Jinja renders one
+    return jinja.replace(_SYSTEM_DEFINED, "{% if system_message is defined and system_message %}")
 
 
 def _prefixes_a_space(tokenizer: Any) -> bool:
@@ -144,7 +158,7 @@ def write_training_chat_template(model_dir: str | Path, template_name: str) -> s
     model_dir = str(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
-    chat_template = training_chat_template(template_name, tokenizer)
+    chat_template = training_chat_template(template_name, processor)
     processor.chat_template = chat_template
     tokenizer.chat_template = chat_template
     processor.save_pretrained(model_dir)

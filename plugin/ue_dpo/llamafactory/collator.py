@@ -1,11 +1,12 @@
 """Pairwise collator that adds the counterfactual image v' and which rows have an image.
 
 v' by `ue_noise_space`:
-    pixel_values  VCD: the processor's normalised tensor of each image, noised once. Qwen2-VL's patches hold each
-                  still image twice (temporal_patch_size 2); eps is drawn in the image's layout and patchified as
-                  the processor patchifies, so both copies see the same eps and v' is the patchified VCD image.
-                  LLaVA-NeXT's patches and Pixtral's padded images are noised on their real pixels only (see
-                  `noised_anyres_patches`, `noised_padded_image`): padding keeps the processor's values.
+    pixel_values  VCD: the processor's normalised tensor of each image, noised once. The patches of Qwen2-VL, Qwen3-VL,
+                  Qwen3.5 and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
+                  image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
+                  is the patchified VCD image. LLaVA-NeXT's patches and Pixtral's padded images are noised on their
+                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`): padding keeps the
+                  processor's values.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
 
@@ -39,7 +40,15 @@ from ue_dpo.images import (
     unreadable_image_reason,
 )
 from ue_dpo.methods.base import SecondImage
-from ue_dpo.model_families import FAMILY_BY_MM_PLUGIN, ModelFamily, supported_templates
+from ue_dpo.model_families import (
+    FAMILY_BY_MM_PLUGIN,
+    FAMILY_BY_MODEL_TYPE,
+    UNTRAINED_PLUGIN_REASONS,
+    ModelFamily,
+    family_of,
+    family_of_plugin,
+    supported_templates,
+)
 
 NOISED_PIXEL_VALUES = "ue_noised_pixel_values"
 HAS_IMAGE = "ue_has_image"
@@ -47,16 +56,46 @@ ROW_DIGEST = "ue_row_digest"
 SECOND_PIXEL_VALUES = "ue_second_pixel_values:"  # then the image's name
 
 
-def template_family(template) -> ModelFamily:
-    """The model family a LLaMA-Factory template serves, or a UEDPOUserError naming the supported templates."""
-    plugin = type(template.mm_plugin).__name__
-    family = FAMILY_BY_MM_PLUGIN.get(plugin)
-    if family is None or template.mm_plugin.image_token is None:
+def template_family(template, model_type: str | None = None) -> ModelFamily:
+    """The model family the stage trains with a LLaMA-Factory template: where the model (config `model_type`) is
+    known, the template's family if that family's template trains the model's type (Pixtral-12B), else the model's,
+    whose plugin the template's must be or derive from; without the model, the family of the template's plugin or
+    of its nearest ancestor. Refused with a UEDPOUserError that names the reason and what to use instead."""
+    plugin_class = type(template.mm_plugin)
+    plugin = plugin_class.__name__
+    image_token = template.mm_plugin.image_token
+    if plugin in UNTRAINED_PLUGIN_REASONS:
         raise UEDPOUserError(
-            f"`stage: ue_dpo` needs an image template whose collator yields `pixel_values`; this template uses "
-            f"{plugin}. Supported templates: {supported_templates()}."
+            f"`stage: ue_dpo` does not train with the templates of LLaMA-Factory's {plugin}: "
+            f"{UNTRAINED_PLUGIN_REASONS[plugin]}. `stage: dpo` trains them. Supported templates: "
+            f"{supported_templates()}."
         )
-    return family
+    plugin_family = family_of_plugin(plugin_class)
+    if model_type is not None:
+        family = family_of(model_type)
+        if family is None:
+            raise UEDPOUserError(
+                f"`stage: ue_dpo` does not train `model_type: {model_type}` models (see docs/training.md, "
+                f'"Supported models"). Supported model types: {", ".join(FAMILY_BY_MODEL_TYPE)}.'
+            )
+        if plugin_family is not None and model_type in plugin_family.template_model_types:
+            return plugin_family
+        if image_token is None or family.mm_plugin not in {cls.__name__ for cls in plugin_class.__mro__}:
+            raise UEDPOUserError(
+                f"this template's multimodal plugin {plugin} does not lay out {family.name} images"
+                f"{'' if image_token is not None else ' (it has no image token)'}; {family.name} trains with "
+                f"`template: {family.template}` (plugin {family.mm_plugin}). Supported templates: "
+                f"{supported_templates()}."
+            )
+        return family
+    if plugin_family is None or image_token is None:
+        raise UEDPOUserError(
+            f"`stage: ue_dpo` needs an image template whose multimodal plugin is one of "
+            f"{', '.join(FAMILY_BY_MM_PLUGIN)} or derives from one; this template uses {plugin}"
+            f"{'' if image_token is not None else ' without an image token'}. Supported templates: "
+            f"{supported_templates()}."
+        )
+    return plugin_family
 
 
 def unreadable_batch_image_error(pair_images: list[list]) -> UEDPOUserError | None:
@@ -131,8 +170,9 @@ def noised_stacked_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tenso
 
 def noised_grid_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
     """One image's `[grid_h * grid_w, C * T * P * P]` patches, noised with one eps of the image's `[C, H, W]`
-    layout, patchified as Qwen2-VL's image processor patchifies (rows of merge x merge blocks, then C, T, P, P):
-    every temporal copy of a patch sees the same eps."""
+    layout, patchified as the image processors of Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V patchify (rows of
+    merge x merge blocks, then C, T, P, P), with the processor's own patch, merge and temporal sizes: every temporal
+    copy of a patch sees the same eps."""
     image_processor = noise.processor.image_processor
     patch, merge = image_processor.patch_size, image_processor.merge_size
     frames = image_processor.temporal_patch_size
@@ -267,7 +307,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
 
     @property
     def family(self) -> ModelFamily:
-        return template_family(self.template)
+        return template_family(self.template, None if self.model is None else self.model.config.model_type)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pair_images = [list(feature.get("images") or []) for feature in features]

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 
 import torch
 from llamafactory.extras.constants import IGNORE_INDEX
+from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ue_dpo.core.chunked import chunked_reference_kl, projected_token_statistics
@@ -31,7 +32,7 @@ from ue_dpo.llamafactory.collator import (
     chosen_row_images,
 )
 from ue_dpo.methods.base import ResponseTokens
-from ue_dpo.model_families import FAMILY_BY_MODEL_TYPE, ModelFamily, family_of
+from ue_dpo.model_families import FAMILY_BY_MODEL_TYPE, ModelFamily, family_of, image_encoder_owner
 
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that apply a 4-D attention mask as given
 TEXT_KEYS = ("input_ids", "attention_mask")
@@ -360,7 +361,7 @@ class StepForward:
             "image features: each image is encoded once per step for the policy and reference passes "
             "(vision tower and projector frozen); v' in its own pass."
         )
-        owner = self.family.encoder_owner(self.base)
+        owner = image_encoder_owner(self.base)
         own_encoder, encoded = owner.get_image_features, {}
 
         def encoded_once(*args, **kwargs):
@@ -395,7 +396,7 @@ class StepForward:
         return None
 
     def _unfrozen_vision_modules(self) -> list[str]:
-        """The vision tower and projector modules that train or carry an adapter (disabled for the reference)."""
+        """The vision modules that train or carry an adapter (disabled for the reference)."""
 
         def unfrozen(module: torch.nn.Module | torch.nn.Parameter) -> bool:
             if isinstance(module, torch.nn.Parameter):  # e.g. LLaVA-NeXT's image_newline
@@ -404,5 +405,15 @@ class StepForward:
                 isinstance(inner, BaseTunerLayer) for inner in module.modules()
             )
 
-        owner = self.family.encoder_owner(self.base)
-        return [name for name in self.family.vision_modules if unfrozen(getattr(owner, name))]
+        owner = image_encoder_owner(self.base)
+        names = [*vision_modules(self.base.config.model_type), *self.family.vision_parameters]
+        return [name for name in names if unfrozen(getattr(owner, name))]
+
+
+def vision_modules(model_type: str) -> list[str]:
+    """The image encoder owner's vision tower and projector: the modules that LLaMA-Factory's freeze logic keys
+    (`COMPOSITE_MODELS`) name, whole. The keys alone miss parts of some towers (GLM-4.1V's position embedding,
+    post-convolution norm and downsampling)."""
+    composite = COMPOSITE_MODELS[model_type]
+    keys = (*composite.vision_model_keys, *composite.projector_keys)
+    return sorted({key.removeprefix("model.").split(".")[0] for key in keys})

@@ -4,7 +4,7 @@ from llamafactory.data import get_template_and_fix_tokenizer
 from llamafactory.data.parser import get_dataset_list
 from llamafactory.extras.constants import IGNORE_INDEX
 from llamafactory.extras.ploting import plot_loss
-from llamafactory.model import load_model, load_tokenizer
+from llamafactory.model import load_config, load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.argument_checks import UEDPOUserError
@@ -35,8 +35,9 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     tokenizer = tokenizer_module["tokenizer"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     method = finetuning_args.method
-    # refuses a template of a family the stage does not serve, and second images its layout lacks
-    check_second_images(template_family(template), method.second_images, method.name)
+    # refuses a model or template the stage does not train, and second images its layout lacks
+    family = template_family(template, load_config(model_args).model_type)
+    check_second_images(family, method.second_images, method.name)
     dataset_module = load_preference_datasets(
         template, model_args, data_args, training_args, finetuning_args, tokenizer_module
     )

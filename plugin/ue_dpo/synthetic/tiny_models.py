@@ -1,19 +1,20 @@
-"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, InternVL 3 and Gemma 3
-checkpoints, built locally without any download.
+"""Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, Pixtral, Qwen3-VL, Qwen3.5,
+GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, built locally without any download.
 
-They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's `llava`, `qwen2_vl`,
-`llava_next`, `mistral_small`, `intern_vl` and `gemma3` templates, `AutoProcessor` and `AutoModelForImageTextToText`
-load them exactly as they load the released checkpoints. LLaVA and Qwen2-VL see an image as a 2x2 grid of visual
-tokens, one per quadrant of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of
-high-resolution patches, Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one
-token each (with `crop_to_patches`) and Gemma 3 pools it into 4 tokens.
+They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
+`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `intern_vl`, `gemma3`), `AutoProcessor` and
+`AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA, Qwen2-VL, Qwen3-VL,
+Qwen3.5 and GLM-4.1V see an image as a 2x2 grid of visual tokens, one per quadrant
+of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches,
+Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one token each (with
+`crop_to_patches`) and Gemma 3 pools it into 4 tokens.
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
 entries; ids past the tokenizer's are never targets, as in the released models), `image_size` (pixels per side,
-which sets the image tokens: one per 14-px patch for LLaVA, one per 28-px square for Qwen2-VL; InternVL's tile) and
-`device` / `dtype` (where the random weights are drawn). `bench/run.py` builds LLaVA-1.5-7B and Qwen2-VL-7B shapes,
-and a small InternVL with 448-px tiles, with them.
+which sets the image tokens: one per 14-px patch for LLaVA, one per 28-px square for Qwen2-VL and GLM-4.1V, one per
+32-px square for Qwen3-VL) and `device` /
+`dtype` (where the random weights are drawn). `bench/run.py` builds LLaVA-1.5-7B and Qwen2-VL-7B shapes with them.
 """
 
 import json
@@ -26,6 +27,7 @@ from tokenizers import (
     AddedToken,
     Regex,
     Tokenizer,
+    decoders,
     models,
     normalizers,
     pre_tokenizers,
@@ -34,16 +36,29 @@ from tokenizers import (
 
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, COLOURS, SHAPES
 
-ARCHITECTURES = ("llava", "qwen2_vl", "llava_next", "mistral3", "pixtral", "internvl", "gemma3")
+ARCHITECTURES = (
+    "llava",
+    "qwen2_vl",
+    "llava_next",
+    "mistral3",
+    "pixtral",
+    "qwen3_vl",
+    "qwen3_5",
+    "glm4v",
+    "internvl",
+    "gemma3",
+)
 
 TEXT_HIDDEN_SIZE = 64
 LLAVA_IMAGE_SIZE = 28
 MISTRAL3_IMAGE_SIZE = 56
+QWEN2_VL_IMAGE_SIZE = 56
+QWEN3_VL_IMAGE_SIZE = 64
 INTERNVL_TILE_SIZE = 28
 GEMMA3_IMAGE_SIZE = 56
 GEMMA3_SLIDING_WINDOW = 64
-QWEN2_VL_IMAGE_SIZE = 56
 VISION_PATCH_SIZE = 14
+QWEN3_VL_PATCH_SIZE = 16
 MAX_POSITIONS = 1024
 TOKENIZER_VOCAB_LIMIT = 1024
 
@@ -90,6 +105,36 @@ TINY_QWEN2_5_VL_VISION = {
     "window_size": 56,
     "fullatt_block_indexes": [1],
 }
+# `out_hidden_size` defaults to the language model's width; a deepstack merger after each block, as the released
+# models inject three of their blocks' features into the first three decoder layers
+TINY_QWEN3_VL_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 16,
+    "deepstack_visual_indexes": [0, 1],
+}
+# Qwen3.5's Gated DeltaNet layers, then its full-attention ones
+TINY_QWEN3_5_LINEAR_ATTENTION = {
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 2,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "linear_conv_kernel_dim": 4,
+}
+# `out_hidden_size` defaults to the language model's width
+TINY_GLM4V_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
 
 TINY_INTERNVL_VISION = {
     "hidden_size": 32,
@@ -118,6 +163,25 @@ QWEN2_VL_ADDED_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+# Qwen3's reasoning markers, plain (not special) added tokens after Qwen2-VL's, as in the released tokenizer
+QWEN3_THINK_TOKENS = ("<think>", "</think>")
+# The added tokens of the released GLM-4.1V tokenizer that its chat template and LLaMA-Factory's `glm4v` template use
+GLM4V_ADDED_TOKENS = (
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|image|>",
+    "<|video|>",
+)
+GLM4V_TEXT_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 
 _PROMPT_TEXTS = (
     (
@@ -177,10 +241,9 @@ def _llama_tokenizer(added_tokens: tuple[str, ...] = (LLAVA_IMAGE_TOKEN, LLAVA_P
     )
 
 
-def _qwen2_tokenizer(added_tokens: tuple[str, ...] = QWEN2_VL_ADDED_TOKENS, **named_tokens: str):
-    """A byte-level BPE split by Qwen2's pre-tokenizer regex, with `added_tokens` (Qwen2-VL's) after the vocab;
-    `named_tokens` are the model-specific special tokens a processor reads by name (`tokenizer.<name>`)."""
-    from transformers import Qwen2TokenizerFast
+def _byte_level_bpe(special_tokens: tuple[str, ...], plain_tokens: tuple[str, ...] = ()):
+    """A byte-level BPE split by Qwen2's pre-tokenizer regex (GLM-4's is the same split), trained on the corpus, and
+    the added tokens after its vocab: `(bpe, vocab, merges, added_tokens_decoder)`."""
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -195,7 +258,21 @@ def _qwen2_tokenizer(added_tokens: tuple[str, ...] = QWEN2_VL_ADDED_TOKENS, **na
         vocab_size=TOKENIZER_VOCAB_LIMIT, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     vocab, merges = _trained_vocab_and_merges(bpe, trainer)
-    return Qwen2TokenizerFast(
+    added = [(token, True) for token in special_tokens] + [(token, False) for token in plain_tokens]
+    added_tokens_decoder = {
+        len(vocab) + offset: AddedToken(token, special=special, normalized=False)
+        for offset, (token, special) in enumerate(added)
+    }
+    return bpe, vocab, merges, added_tokens_decoder
+
+
+def _qwen2_tokenizer(plain_tokens: tuple[str, ...] = (), tokenizer_class=None):
+    """Qwen2's tokenizer (or `tokenizer_class`, Qwen3.5's) with Qwen2-VL's added tokens (and `plain_tokens` after
+    them)."""
+    from transformers import Qwen2TokenizerFast
+
+    _, vocab, merges, added_tokens_decoder = _byte_level_bpe(QWEN2_VL_ADDED_TOKENS, plain_tokens)
+    return (tokenizer_class or Qwen2TokenizerFast)(
         vocab=vocab,
         merges=merges,
         unk_token=None,
@@ -203,11 +280,22 @@ def _qwen2_tokenizer(added_tokens: tuple[str, ...] = QWEN2_VL_ADDED_TOKENS, **na
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=MAX_POSITIONS,
-        added_tokens_decoder={
-            len(vocab) + offset: AddedToken(token, special=True, normalized=False)
-            for offset, token in enumerate(added_tokens)
-        },
-        **({"extra_special_tokens": named_tokens} if named_tokens else {}),
+        added_tokens_decoder=added_tokens_decoder,
+    )
+
+
+def _glm4v_tokenizer():
+    """GLM-4.1V's tokenizer: the generic tokenizers-backed class, `<|endoftext|>` ending and padding."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe, _, _, added_tokens_decoder = _byte_level_bpe(GLM4V_ADDED_TOKENS, GLM4V_TEXT_TOKENS)
+    bpe.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder=added_tokens_decoder,
     )
 
 
@@ -606,7 +694,204 @@ def build_tiny_pixtral(
     return out_dir
 
 
+def build_tiny_qwen3_vl(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN3_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Qwen3-VL checkpoint: 16-px patches, images resized to 64x64, a 4x4 patch grid merged into 4 visual tokens,
+    deepstack features of both vision blocks added in the first two decoder layers; interleaved M-RoPE.
+
+    `text`: Qwen3VLTextConfig fields over TINY_TEXT; `vision`: Qwen3VLVisionConfig fields over TINY_QWEN3_VL_VISION.
+    The processor is Qwen3VLProcessor with Qwen2-VL's image processor (as the released one) and Qwen3-VL's video
+    processor, whose `merge_size` LLaMA-Factory's qwen3_vl plugin reads for still images too."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS)
+    text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
+    text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
+    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=text_config,
+        vision_config={
+            **TINY_QWEN3_VL_VISION,
+            "patch_size": QWEN3_VL_PATCH_SIZE,
+            "out_hidden_size": text_config["hidden_size"],
+            **(vision or {}),
+        },
+        **token_ids,
+    )
+    _save_random_model(Qwen3VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
+    half = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": QWEN3_VL_PATCH_SIZE}
+    Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(pixels), **half),
+        video_processor=Qwen3VLVideoProcessor(size=dict(pixels), **half),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_qwen3_5(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN3_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Qwen3.5 checkpoint: Qwen3-VL's vision tower (no deepstack) and processor, and a hybrid language model whose
+    first layer is a Gated DeltaNet (linear attention) and second full attention, as the released models alternate.
+
+    `text`: Qwen3_5TextConfig fields over TINY_TEXT and TINY_QWEN3_5_LINEAR_ATTENTION; `vision`: Qwen3_5VisionConfig
+    fields over TINY_QWEN3_VL_VISION."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5Tokenizer,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS, tokenizer_class=Qwen3_5Tokenizer)
+    text_config, token_ids = _qwen_text_and_token_config(
+        tokenizer, {**TINY_QWEN3_5_LINEAR_ATTENTION, **(text or {})}, vocab_size
+    )
+    text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
+    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
+    vision_config = {key: value for key, value in TINY_QWEN3_VL_VISION.items() if key != "deepstack_visual_indexes"}
+    config = Qwen3_5Config(
+        text_config=text_config,
+        vision_config={
+            **vision_config,
+            "patch_size": QWEN3_VL_PATCH_SIZE,
+            "out_hidden_size": text_config["hidden_size"],
+            **(vision or {}),
+        },
+        **token_ids,
+    )
+    _save_random_model(Qwen3_5ForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
+    half = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": QWEN3_VL_PATCH_SIZE}
+    Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(pixels), **half),
+        video_processor=Qwen3VLVideoProcessor(size=dict(pixels), **half),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_glm4v(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN2_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A GLM-4.1V checkpoint: 14-px patches, images resized to 56x56, a 4x4 patch grid merged into 4 visual tokens;
+    M-RoPE on half of each head (partial_rotary_factor 0.5, sections 1:1.5:1.5 as the released 8:12:12).
+
+    `text`: Glm4vTextConfig fields over TINY_TEXT; `vision`: Glm4vVisionConfig fields over TINY_GLM4V_VISION."""
+    from transformers import (
+        Glm4vConfig,
+        Glm4vForConditionalGeneration,
+        Glm4vImageProcessor,
+        Glm4vProcessor,
+        Glm4vVideoProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    tokenizer = _glm4v_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    shape = {**TINY_TEXT, **(text or {})}
+    rotary_half = shape["hidden_size"] // shape["num_attention_heads"] // 4
+    mrope_section = [rotary_half // 4, 3 * rotary_half // 8, rotary_half - rotary_half // 4 - 3 * rotary_half // 8]
+    config = Glm4vConfig(
+        text_config={
+            **shape,
+            "vocab_size": _vocab_size(tokenizer, vocab_size),
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": mrope_section,
+            },
+            **_special_token_ids(tokenizer),
+        },
+        vision_config={
+            **TINY_GLM4V_VISION,
+            "image_size": image_size,
+            "patch_size": VISION_PATCH_SIZE,
+            "out_hidden_size": shape["hidden_size"],
+            **(vision or {}),
+        },
+        image_token_id=token_id("<|image|>"),
+        video_token_id=token_id("<|video|>"),
+        image_start_token_id=token_id("<|begin_of_image|>"),
+        image_end_token_id=token_id("<|end_of_image|>"),
+        video_start_token_id=token_id("<|begin_of_video|>"),
+        video_end_token_id=token_id("<|end_of_video|>"),
+    )
+    _save_random_model(Glm4vForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    # GLM-4.1V's resize bounds count both temporal copies of a still image
+    pixels = {"shortest_edge": 2 * image_size * image_size, "longest_edge": 2 * image_size * image_size}
+    Glm4vProcessor(
+        image_processor=Glm4vImageProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
+        video_processor=Glm4vVideoProcessor(size=dict(pixels), patch_size=VISION_PATCH_SIZE),
+        tokenizer=tokenizer,
+        chat_template=GLM4V_CHAT_TEMPLATE,
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
 INTERNVL_ADDED_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>")
+
+
+def _internvl_tokenizer():
+    """Qwen2's tokenizer with InternVL's added tokens, and the names InternVLProcessor reads them by."""
+    from transformers import Qwen2TokenizerFast
+
+    _, vocab, merges, added_tokens_decoder = _byte_level_bpe(INTERNVL_ADDED_TOKENS)
+    return Qwen2TokenizerFast(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder=added_tokens_decoder,
+        extra_special_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
 
 
 def build_tiny_internvl(
@@ -636,13 +921,7 @@ def build_tiny_internvl(
     )
 
     out_dir = Path(out_dir)
-    tokenizer = _qwen2_tokenizer(
-        INTERNVL_ADDED_TOKENS,
-        start_image_token="<img>",
-        end_image_token="</img>",
-        context_image_token="<IMG_CONTEXT>",
-        video_token="<video>",
-    )
+    tokenizer = _internvl_tokenizer()
     text_config = Qwen2Config(
         **{**TINY_TEXT, **(text or {})},
         vocab_size=_vocab_size(tokenizer, vocab_size),
@@ -772,13 +1051,16 @@ def build_tiny_gemma3(
 
 
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
-    """A `build_tiny_<arch>` builder by architecture name; `shapes` are its keyword arguments."""
+    """The tiny builder of an architecture (`ARCHITECTURES`) by name; `shapes` are its keyword arguments."""
     builders = {
         "llava": build_tiny_llava,
         "qwen2_vl": build_tiny_qwen2_vl,
         "llava_next": build_tiny_llava_next,
         "mistral3": build_tiny_mistral3,
         "pixtral": build_tiny_pixtral,
+        "qwen3_vl": build_tiny_qwen3_vl,
+        "qwen3_5": build_tiny_qwen3_5,
+        "glm4v": build_tiny_glm4v,
         "internvl": build_tiny_internvl,
         "gemma3": build_tiny_gemma3,
     }
@@ -787,7 +1069,7 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
     return builders[arch](out_dir, seed=seed, **shapes)
 
 
-# Both chat templates render like the released ones and accept `content` as a string or as a list of parts.
+# The chat templates render like the released ones and accept `content` as a string or as a list of parts.
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}"
@@ -828,6 +1110,22 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}"
     "{% if message['role'] == 'user' %}{{ '[/INST]' }}{% else %}{{ eos_token }}{% endif %}"
     "{% endfor %}"
+)
+
+# GLM-4.1V's: `[gMASK]<sop>`, then `<|role|>` and a newline before each message; images as begin/end-marked `<|image|>`
+GLM4V_CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif part['type'] == 'video' or 'video' in part %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 
 # InternVL's: Qwen2's turns, an image part written as the placeholder the processor expands into its tiles
