@@ -1,12 +1,14 @@
 """Which templates and models `stage: ue_dpo` accepts (by the model's family and its plugin's ancestry), and where
 each family's vision modules and image encoder are on the tiny models."""
 
+import re
+
 import pytest
 
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.model_families import FAMILIES, image_encoder_owner
 
-FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v")
+FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "internvl", "gemma3")
 
 
 def llamafactory_template(name: str):
@@ -59,15 +61,17 @@ def test_a_template_is_accepted_by_its_plugin_or_the_nearest_served_ancestor(tem
         ),
         ("qwen3_vl", "qwen3_vl_moe", "`stage: ue_dpo` does not train `model_type: qwen3_vl_moe` models"),
         (
-            "gemma3",
-            "gemma3",
-            "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v, llava_next, mistral3.",
+            "llava",
+            "paligemma",
+            "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v, llava_next, mistral3, "
+            "internvl, gemma3.",
         ),
         ("qwen", None, "this template uses BasePlugin without an image token. Supported templates: llava, qwen2_vl"),
         (
-            "gemma3",
+            "qwen",
             None,
-            "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin, LlavaNextPlugin, PixtralPlugin or derives",
+            "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin, LlavaNextPlugin, PixtralPlugin, "
+            "InternVLPlugin, Gemma3Plugin or derives",
         ),
     ],
 )
@@ -96,13 +100,23 @@ def test_every_multimodal_template_of_llamafactory_is_trained_or_refused_with_it
             assert f"{plugin_name}: {UNTRAINED_PLUGIN_REASONS[plugin_name]}. `stage: dpo` trains them." in str(
                 refusal.value
             )
-            with pytest.raises(UEDPOUserError, match=UNTRAINED_PLUGIN_REASONS[plugin_name][:20]):
+            with pytest.raises(UEDPOUserError, match=re.escape(UNTRAINED_PLUGIN_REASONS[plugin_name][:20])):
                 family(name, "llava")  # the reason comes before the model's own family
             refused.add(name)
         else:
             assert family(name, None) is family_of_plugin(type(plugin)), name
             trained.add(name)
-    assert {"llava", "qwen2_vl", "qwen3_vl", "glm4v", "llava_next", "pixtral", "mistral_small"} <= trained
+    assert {
+        "llava",
+        "qwen2_vl",
+        "qwen3_vl",
+        "glm4v",
+        "llava_next",
+        "pixtral",
+        "mistral_small",
+        "intern_vl",
+        "gemma3",
+    } <= trained
     assert {"llama4", "minicpm_v", "kimi_vl", "gemma4", "qwen2_omni", "video_llava", "qwen2_audio"} <= refused
 
 
@@ -138,5 +152,6 @@ def test_the_vision_modules_are_llamafactorys_keyed_modules_whole_on_the_encoder
     modules = vision_modules(model.config.model_type)
     in_modules = {name for name in names if name.split(".")[1] in modules}
     assert keyed and keyed <= in_modules
-    assert modules == (["visual"] if arch != "llava" else ["multi_modal_projector", "vision_tower"])
+    towers = ["multi_modal_projector", "vision_tower"]
+    assert modules == (towers if arch in ("llava", "internvl", "gemma3") else ["visual"])
     assert (keyed == in_modules) == (arch != "glm4v")
