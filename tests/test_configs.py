@@ -19,6 +19,12 @@ PAPER_MODELS = {
     "llava15_7b": {"model_name_or_path": "llava-hf/llava-1.5-7b-hf", "template": "llava", "ue_alpha": 0.3},
     "llava15_13b": {"model_name_or_path": "llava-hf/llava-1.5-13b-hf", "template": "llava", "ue_alpha": 0.25},
     "qwen25vl_3b": {"model_name_or_path": "Qwen/Qwen2.5-VL-3B-Instruct", "template": "qwen2_vl", "ue_alpha": 0.15},
+    # not the paper's: our recipe for Qwen3-VL, with the paper's alpha of its Qwen backbone
+    "qwen3vl_8b": {
+        "model_name_or_path": "Qwen/Qwen3-VL-8B-Instruct",
+        "template": "qwen3_vl_nothink",
+        "ue_alpha": 0.15,
+    },
 }
 # dataset name -> the conversion that writes it: RLHF-V all 5.7k pairs; RLAIF-V 16k pairs, which the paper does not
 # name, so the first 16,000 source rows (our choice) are taken at conversion, not by LLaMA-Factory's `max_samples`
@@ -41,7 +47,7 @@ PEER_KEYS = {
     "tpo": {"ue_weighting": "tpo", "ue_noise_step": 500, "ue_noise_schedule": "sigmoid", "ue_noise_space": "image"},
     "ddpo": {"ue_weighting": "ddpo", "ddpo_gamma": 3.0},
 }
-ZERO_STAGE = {"llava15_7b": 2, "llava15_13b": 3, "qwen25vl_3b": 2}
+ZERO_STAGE = {"llava15_7b": 2, "llava15_13b": 3, "qwen25vl_3b": 2, "qwen3vl_8b": 2}
 
 
 def name_parts(file_name: str) -> tuple[str, str, str]:

@@ -24,6 +24,7 @@ class ModelRecipe:
     template: str
     ue_alpha: float
     deepspeed: str
+    note: tuple[str, ...] = ()  # comment lines on choices that are ours, not the paper's
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ MODELS = {
         "qwen2_vl",
         0.15,
         "configs/deepspeed/ds_z2.json",
+    ),
+    "qwen3vl_8b": ModelRecipe(
+        "Qwen3-VL-8B",
+        "Qwen/Qwen3-VL-8B-Instruct",
+        "qwen3_vl_nothink",  # LLaMA-Factory's template for the Instruct (non-thinking) Qwen3-VL models
+        0.15,
+        "configs/deepspeed/ds_z2.json",
+        (
+            "Qwen3-VL is not a backbone of the paper: this recipe and its alpha are our choice (alpha 0.15, the",
+            "paper's value for its Qwen backbone, Qwen2.5-VL-3B).",
+        ),
     ),
 }
 
@@ -172,6 +184,7 @@ def recipe_names() -> list[tuple[str, str, str]]:
 def render_recipe(model_name: str, dataset_name: str, method_name: str) -> str:
     lines = [
         f"# {METHODS[method_name][0]}: {MODELS[model_name].title} on {DATASETS[dataset_name].title}.",
+        *(f"# {line}" for line in MODELS[model_name].note),
         *(f"# {line}" for line in DATASETS[dataset_name].note),
         f"# Run from the repository root after `{DATASETS[dataset_name].conversion}`:",
         f"#   FORCE_TORCHRUN=1 llamafactory-cli train configs/train/{model_name}_{dataset_name}_{method_name}.yaml",
