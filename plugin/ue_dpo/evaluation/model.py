@@ -229,6 +229,12 @@ class UeDpoHF(lmms):
             processor=self.processor,
         )
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **mm_inputs}
+        if isinstance(inputs.get("token_type_ids"), list):
+            # Gemma 3's plugin marks each row's image tokens in an unpadded list; the rows are left-padded here
+            token_type_ids = torch.zeros_like(input_ids)
+            for row, marks in enumerate(inputs["token_type_ids"]):
+                token_type_ids[row, longest - len(marks) :] = torch.tensor(marks)
+            inputs["token_type_ids"] = token_type_ids
         if self._marks_image_tokens:
             # Qwen2-VL's M-RoPE positions need the image tokens marked, as LLaMA-Factory's collator marks them in
             # training; without them transformers falls back to text positions for the image.
