@@ -47,6 +47,13 @@ PEER_KEYS = {
     "tpo": {"ue_weighting": "tpo", "ue_noise_step": 500, "ue_noise_schedule": "sigmoid", "ue_noise_space": "image"},
     "ddpo": {"ue_weighting": "ddpo", "ddpo_gamma": 3.0},
 }
+# The second-image peers, on LLaVA-1.5-7B and RLHF-V only: their sources' own keys (docs/peers.md), V-DPO's γ 2 ours
+SECOND_IMAGE_PEER_KEYS = {
+    "mdpo": {"ue_weighting": "mdpo"},
+    "mfpo": {"ue_weighting": "mfpo"},
+    "vdpo": {"ue_weighting": "vdpo", "vdpo_gamma": 2.0, "vdpo_guidance": "policy"},
+    "chip": {"ue_weighting": "chip", "chip_alpha": 0.1},
+}
 ZERO_STAGE = {"llava15_7b": 2, "llava15_13b": 3, "qwen25vl_3b": 2, "qwen3vl_8b": 2}
 
 
@@ -69,6 +76,11 @@ def test_every_model_and_dataset_has_ue_dpo_dpo_and_the_peers_and_the_7b_has_bot
         } <= names
 
 
+def test_the_second_image_peers_have_recipes_on_the_papers_table_1_setting():
+    names = {path.name for path in TRAIN_CONFIGS}
+    assert {f"llava15_7b_rlhf_v_{method}.yaml" for method in SECOND_IMAGE_PEER_KEYS} <= names
+
+
 def test_recipe_files_are_exactly_what_the_generator_writes(tmp_path):
     recipes.main([str(tmp_path)])
     generated = {path.name: path.read_text() for path in tmp_path.iterdir()}
@@ -84,7 +96,9 @@ def test_recipes_differ_only_in_their_model_dataset_and_method_keys():
     configs = {path.name: yaml.safe_load(path.read_text()) for path in TRAIN_CONFIGS}
 
     def method_keys(config):
-        return {"stage", "output_dir", "ddpo_gamma"} | {key for key in config if key.startswith("ue_")}
+        return {"stage", "output_dir", "ddpo_gamma"} | {
+            key for key in config if key.startswith(("ue_", "vdpo_", "chip_"))
+        }
 
     def shared(config):
         return {
@@ -147,6 +161,10 @@ def test_recipe_hyperparameters_are_the_papers(parsed):
             expected.pop("ue_alpha")
         elif method in PEER_KEYS:
             expected.update(stage="dpo", ue_dpo_stage=True, **PEER_KEYS[method])
+            expected.pop("ue_alpha")
+        elif method in SECOND_IMAGE_PEER_KEYS:
+            assert (model, dataset) == ("llava15_7b", "rlhf_v"), name
+            expected.update(stage="dpo", ue_dpo_stage=True, **SECOND_IMAGE_PEER_KEYS[method])
             expected.pop("ue_alpha")
         else:
             assert method in METHOD_BRANCHES, f"{name}: add the paper's values for method {method} to this test"
@@ -253,3 +271,20 @@ def test_peer_experiments_add_ddpo_and_tpo_runs_that_differ_from_dpo_only_in_the
         method_part = {key: value for key, value in config.items() if key not in method_free(config)}
         method_part.pop("output_dir", None)  # the paper recipes name their own (the runner replaces it)
         assert method_part == {"stage": "ue_dpo", **method_keys}
+
+
+def test_the_table_1_experiment_trains_every_method_from_recipes_that_differ_from_dpo_only_in_the_method_keys():
+    from ue_dpo.experiment.config import load_experiment
+
+    experiment = load_experiment(EXPERIMENTS_DIR / "paper_llava15_7b_rlhf_v_table1.yaml")
+    runs = {run.name: run for run in experiment.runs}
+    assert list(runs) == ["base", "dpo", "mdpo", "mfpo", "vdpo", "chip", "ddpo", "tpo", "ue_dpo"]
+    assert runs["base"].train is None
+    dpo = yaml.safe_load(runs["dpo"].train.read_text())
+    for name, run in runs.items():
+        if name == "base":
+            continue
+        assert run.train.name == f"llava15_7b_rlhf_v_{name}.yaml"
+        config = yaml.safe_load(run.train.read_text())
+        shared = {key: value for key, value in method_free(config).items() if not key.startswith(("vdpo_", "chip_"))}
+        assert shared == method_free(dpo), name

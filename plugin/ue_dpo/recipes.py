@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
+from ue_dpo.methods.chip import DEFAULT_CHIP_ALPHA
 from ue_dpo.methods.ddpo import DEFAULT_DDPO_GAMMA
+from ue_dpo.methods.vdpo import DEFAULT_VDPO_GAMMA
 
 DATASET_DIR = "data"  # where `ue-dpo data rlhf_v|rlaif_v --out data` writes
 
@@ -111,9 +113,34 @@ METHODS = {
         lambda model: _ue_dpo_keys(model, "rejected"),
     ),
 }
+# The peers that add terms on a second image (docs/peers.md), with their sources' own settings; the training
+# settings are the recipes' shared ones, as the paper compares them "in the same setting" (the sources' own learning
+# rates and epochs differ: that is our choice).
+PEER_KEYS = {
+    "mdpo": {"stage": "ue_dpo", "ue_weighting": "mdpo"},
+    "mfpo": {"stage": "ue_dpo", "ue_weighting": "mfpo"},
+    "vdpo": {"stage": "ue_dpo", "ue_weighting": "vdpo", "vdpo_gamma": DEFAULT_VDPO_GAMMA, "vdpo_guidance": "policy"},
+    "chip": {"stage": "ue_dpo", "ue_weighting": "chip", "chip_alpha": DEFAULT_CHIP_ALPHA},
+}
+METHODS.update(
+    {
+        "mdpo": (
+            "mDPO peer (luka-group/mDPO: DPO, a cropped-image term and an anchor)",
+            lambda model: PEER_KEYS["mdpo"],
+        ),
+        "mfpo": ("MFPO peer (mDPO's terms on v', its paper's fallback image)", lambda model: PEER_KEYS["mfpo"]),
+        "vdpo": (
+            "V-DPO peer (guided score, γ 2: our choice, the released script's γ 0 has no gradient)",
+            lambda model: PEER_KEYS["vdpo"],
+        ),
+        "chip": ("CHiP peer (paper's formula; α = tok_beta 0.1)", lambda model: PEER_KEYS["chip"]),
+    }
+)
 MAIN_METHODS = ("ue_dpo", "dpo", "tpo", "ddpo")
 ABLATION_METHODS = ("ue_dpo_chosen_only", "ue_dpo_rejected_only")
 ABLATION_MODELS = ("llava15_7b",)
+# the second-image peers on the paper's Table 1 setting: LLaVA-1.5-7B on RLHF-V's 5.7k pairs
+PEER_MODELS, PEER_DATASETS = ("llava15_7b",), ("rlhf_v",)
 
 
 def recipe_sections(model_name: str, dataset_name: str, method_name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -178,6 +205,7 @@ def recipe_names() -> list[tuple[str, str, str]]:
     names += [
         (model, dataset, method) for model in ABLATION_MODELS for dataset in DATASETS for method in ABLATION_METHODS
     ]
+    names += [(model, dataset, method) for model in PEER_MODELS for dataset in PEER_DATASETS for method in PEER_KEYS]
     return names
 
 
