@@ -711,30 +711,36 @@ def build_tiny_qwen3_vl(
     `text`: Qwen3VLTextConfig fields over TINY_TEXT; `vision`: Qwen3VLVisionConfig fields over TINY_QWEN3_VL_VISION.
     The processor is Qwen3VLProcessor with Qwen2-VL's image processor (as the released one) and Qwen3-VL's video
     processor, whose `merge_size` LLaMA-Factory's qwen3_vl plugin reads for still images too."""
-    from transformers import (
-        Qwen2VLImageProcessor,
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS)
+    return _save_qwen3_vl_layout(
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
-        Qwen3VLProcessor,
-        Qwen3VLVideoProcessor,
+        tokenizer,
+        Path(out_dir),
+        text=dict(text or {}),
+        vision={**TINY_QWEN3_VL_VISION, **(vision or {})},
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
     )
 
-    out_dir = Path(out_dir)
-    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS)
+
+def _save_qwen3_vl_layout(
+    config_class, model_class, tokenizer, out_dir: Path, *, text, vision, vocab_size, image_size, seed, device, dtype
+) -> Path:
+    """A checkpoint of Qwen3-VL's layout (Qwen3-VL, Qwen3.5): interleaved M-RoPE, 16-px patches, its processor."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
     text_config, token_ids = _qwen_text_and_token_config(tokenizer, text, vocab_size)
     text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
     text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
-    config = Qwen3VLConfig(
-        text_config=text_config,
-        vision_config={
-            **TINY_QWEN3_VL_VISION,
-            "patch_size": QWEN3_VL_PATCH_SIZE,
-            "out_hidden_size": text_config["hidden_size"],
-            **(vision or {}),
-        },
-        **token_ids,
-    )
-    _save_random_model(Qwen3VLForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    vision_config = {"patch_size": QWEN3_VL_PATCH_SIZE, "out_hidden_size": text_config["hidden_size"], **vision}
+    config = config_class(text_config=text_config, vision_config=vision_config, **token_ids)
+    _save_random_model(model_class, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
     pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
     half = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": QWEN3_VL_PATCH_SIZE}
     Qwen3VLProcessor(
@@ -762,43 +768,23 @@ def build_tiny_qwen3_5(
 
     `text`: Qwen3_5TextConfig fields over TINY_TEXT and TINY_QWEN3_5_LINEAR_ATTENTION; `vision`: Qwen3_5VisionConfig
     fields over TINY_QWEN3_VL_VISION."""
-    from transformers import (
-        Qwen2VLImageProcessor,
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5Tokenizer
+
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS, tokenizer_class=Qwen3_5Tokenizer)
+    vision_config = {key: value for key, value in TINY_QWEN3_VL_VISION.items() if key != "deepstack_visual_indexes"}
+    return _save_qwen3_vl_layout(
         Qwen3_5Config,
         Qwen3_5ForConditionalGeneration,
-        Qwen3_5Tokenizer,
-        Qwen3VLProcessor,
-        Qwen3VLVideoProcessor,
+        tokenizer,
+        Path(out_dir),
+        text={**TINY_QWEN3_5_LINEAR_ATTENTION, **(text or {})},
+        vision={**vision_config, **(vision or {})},
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
     )
-
-    out_dir = Path(out_dir)
-    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS, tokenizer_class=Qwen3_5Tokenizer)
-    text_config, token_ids = _qwen_text_and_token_config(
-        tokenizer, {**TINY_QWEN3_5_LINEAR_ATTENTION, **(text or {})}, vocab_size
-    )
-    text_config.setdefault("head_dim", text_config["hidden_size"] // text_config["num_attention_heads"])
-    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
-    vision_config = {key: value for key, value in TINY_QWEN3_VL_VISION.items() if key != "deepstack_visual_indexes"}
-    config = Qwen3_5Config(
-        text_config=text_config,
-        vision_config={
-            **vision_config,
-            "patch_size": QWEN3_VL_PATCH_SIZE,
-            "out_hidden_size": text_config["hidden_size"],
-            **(vision or {}),
-        },
-        **token_ids,
-    )
-    _save_random_model(Qwen3_5ForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
-    pixels = {"shortest_edge": image_size * image_size, "longest_edge": image_size * image_size}
-    half = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": QWEN3_VL_PATCH_SIZE}
-    Qwen3VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size=dict(pixels), **half),
-        video_processor=Qwen3VLVideoProcessor(size=dict(pixels), **half),
-        tokenizer=tokenizer,
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    ).save_pretrained(out_dir)
-    return out_dir
 
 
 def build_tiny_glm4v(
