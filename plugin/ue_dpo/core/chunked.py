@@ -30,6 +30,32 @@ def _ids_in_block(ids: torch.Tensor, start: int, stop: int) -> tuple[torch.Tenso
     return clamped, clamped == local
 
 
+class _ProjectionGradients:
+    """The gradients of `hidden @ weight.T + bias` with respect to the inputs that need one, summed in float32 from
+    the gradient of one block of logits at a time."""
+
+    def __init__(self, needs_grad: tuple[bool, bool, bool], hidden, weight, bias):
+        self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        self.hidden, self.weight, self.bias = (
+            torch.zeros(tensor.shape, dtype=torch.float32, device=tensor.device) if needed else None
+            for needed, tensor in zip(needs_grad, (hidden, weight, bias))
+        )
+
+    def add(self, grad_logits: torch.Tensor, rows: slice, start: int, stop: int, block_hidden, weight) -> None:
+        """The gradient of the logits `[rows, start:stop]`, whose hidden states are `block_hidden`."""
+        if self.bias is not None:
+            self.bias[start:stop] += grad_logits.sum(dim=0)
+        grad_logits = grad_logits.to(block_hidden.dtype)
+        if self.hidden is not None:
+            self.hidden[rows] += (grad_logits @ weight[start:stop]).float()
+        if self.weight is not None:
+            self.weight[start:stop] += (grad_logits.T @ block_hidden).float()
+
+    def results(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        grads = (self.hidden, self.weight, self.bias)
+        return tuple(None if grad is None else grad.to(dtype) for grad, dtype in zip(grads, self.dtypes))
+
+
 class _ChunkedProjectionStatistics(torch.autograd.Function):
     """`picked_ids` is `[n, P]`: column 0 the targets, column 1 (when P = 2) the probes. Returns the logits at
     `picked_ids` `[n, P]`, log softmax at the targets `[n]` and the argmax `[n]`.
@@ -78,10 +104,7 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
     def backward(ctx, grad_picked, grad_target_logprob, _grad_argmax):
         hidden, weight, bias, picked_ids, log_normalizer = ctx.saved_tensors
         token_chunk_size, vocab_chunk_size = ctx.chunk_sizes
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+        grads = _ProjectionGradients(ctx.needs_input_grad[:3], hidden, weight, bias)
         # d/dlogit_y of [logit(a), logit(a) - lse, logit(p)] = [1{y=a}, 1{y=a} - softmax_y, 1{y=p}]
         grad_on_picked = grad_picked.float().clone()
         grad_on_picked[:, 0] += grad_target_logprob.float()
@@ -102,21 +125,8 @@ class _ChunkedProjectionStatistics(torch.autograd.Function):
                 # column by column: where a target equals its probe, its two additions keep a fixed order on a GPU
                 for column in range(local.shape[1]):
                     grad_logits.scatter_add_(-1, local[:, column : column + 1], grad_in_block[:, column : column + 1])
-                if need_bias:
-                    grad_bias[start:stop] += grad_logits.sum(dim=0)
-                grad_logits = grad_logits.to(hidden.dtype)
-                if need_hidden:
-                    grad_hidden[rows] += (grad_logits @ weight[start:stop]).float()
-                if need_weight:
-                    grad_weight[start:stop] += (grad_logits.T @ block_hidden).float()
-        return (
-            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
-            None if grad_weight is None else grad_weight.to(weight.dtype),
-            None if grad_bias is None else grad_bias.to(bias.dtype),
-            None,
-            None,
-            None,
-        )
+                grads.add(grad_logits, rows, start, stop, block_hidden, weight)
+        return (*grads.results(), None, None, None)
 
 
 def projected_token_statistics(
@@ -204,10 +214,7 @@ class _ChunkedReferenceKL(torch.autograd.Function):
     def backward(ctx, grad_divergence):
         hidden, weight, bias, reference_hidden, reference_weight, reference_bias, lse, reference_lse = ctx.saved_tensors
         token_chunk_size, vocab_chunk_size = ctx.chunk_sizes
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+        grads = _ProjectionGradients(ctx.needs_input_grad[:3], hidden, weight, bias)
         for first in range(0, hidden.shape[0], token_chunk_size):
             rows = slice(first, first + token_chunk_size)
             scale = grad_divergence[rows].float().unsqueeze(-1)
@@ -218,22 +225,8 @@ class _ChunkedReferenceKL(torch.autograd.Function):
                     - reference_lse[rows].unsqueeze(-1)
                 )
                 grad_logits = (p - reference_p) * scale
-                if need_bias:
-                    grad_bias[start:stop] += grad_logits.sum(dim=0)
-                grad_logits = grad_logits.to(hidden.dtype)
-                if need_hidden:
-                    grad_hidden[rows] += (grad_logits @ weight[start:stop]).float()
-                if need_weight:
-                    grad_weight[start:stop] += (grad_logits.T @ hidden[rows]).float()
-        return (
-            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
-            None if grad_weight is None else grad_weight.to(weight.dtype),
-            None if grad_bias is None else grad_bias.to(bias.dtype),
-            None,
-            None,
-            None,
-            None,
-        )
+                grads.add(grad_logits, rows, start, stop, hidden[rows], weight)
+        return (*grads.results(), None, None, None, None)
 
 
 def _vocab_blocks(vocab: int, vocab_chunk_size: int):
