@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-import ue_dpo
 from tiny_training_config import tiny_training_config
 from ue_dpo.config import UEDPOArguments
 from ue_dpo.methods import METHODS, key_groups, readers
 from ue_dpo.methods.base import PreferenceMethod, WeightedTokens
+from ue_dpo_trainers import built_trainer
 
 
 class EveryTokenOne(PreferenceMethod):
@@ -51,11 +51,6 @@ def test_a_registered_method_is_accepted_and_refuses_the_keys_it_does_not_read(r
 
 @pytest.fixture(scope="module")
 def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
-    ue_dpo.apply_llamafactory_integration()
-    from llamafactory.hparams import get_train_args
-
-    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
-
     config = tiny_training_config(
         "qwen2_vl",
         tiny_qwen2_vl_dir,
@@ -64,13 +59,7 @@ def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
         max_samples=4,
         ue_weighting="uniform",
     )
-    trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
-    trainer.model.train()
-    generator = torch.Generator().manual_seed(0)
-    for name, parameter in trainer.model.named_parameters():  # a trained adapter: the policy is not the reference
-        if "lora_B" in name:
-            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return trainer
+    return built_trainer(config)
 
 
 def loss_metrics_and_grads(trainer, batch) -> tuple[torch.Tensor, dict, dict]:

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ue_dpo
 from llamafactory_runs import train_in_one_process
 from tiny_training_config import tiny_training_config
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.config import UEDPOArguments
 from ue_dpo.core.second_images import CLIP_MEAN, unpatchify_grid
 from ue_dpo.llamafactory.collator import HAS_IMAGE, NOISED_PIXEL_VALUES, ROW_DIGEST, SECOND_PIXEL_VALUES
+from ue_dpo_trainers import built_trainer
 
 PEER_KEYS = {
     "mdpo": {},
@@ -33,11 +33,6 @@ PEER_KEYS = {
 
 @pytest.fixture(scope="module")
 def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
-    ue_dpo.apply_llamafactory_integration()
-    from llamafactory.hparams import get_train_args
-
-    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
-
     config = tiny_training_config(
         "qwen2_vl",
         tiny_qwen2_vl_dir,
@@ -47,13 +42,7 @@ def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
         ue_weighting="mdpo",
         pref_beta=0.5,
     )
-    trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
-    trainer.model.train()
-    generator = torch.Generator().manual_seed(0)
-    for name, parameter in trainer.model.named_parameters():  # a trained adapter: the policy is not the reference
-        if "lora_B" in name:
-            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return trainer
+    return built_trainer(config)
 
 
 def use_method(trainer, monkeypatch, name: str, **keys) -> dict:

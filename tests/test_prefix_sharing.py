@@ -7,7 +7,6 @@ import pytest
 import torch
 from llamafactory.extras.constants import IGNORE_INDEX
 
-import ue_dpo
 from tiny_training_config import tiny_training_config
 from ue_dpo.core.shared_prefix import (
     ALONE,
@@ -18,6 +17,7 @@ from ue_dpo.core.shared_prefix import (
     packed_hidden_gather,
     shared_prefix_layout,
 )
+from ue_dpo_trainers import built_trainer
 
 PLACEHOLDER = 99
 # pair 0: prompt 11 12, chosen 21 22, rejected 31; pair 1: prompt 13, chosen 23-27, rejected 33-35 (0 = padding)
@@ -207,11 +207,6 @@ def trainer(request, edited_dataset_dir, tmp_path_factory):
 
 
 def trainer_with_a_trained_adapter(request, arch: str, dataset_dir, tmp_path_factory):
-    ue_dpo.apply_llamafactory_integration()
-    from llamafactory.hparams import get_train_args
-
-    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
-
     config = tiny_training_config(
         arch,
         request.getfixturevalue(f"tiny_{arch}_dir"),
@@ -220,13 +215,7 @@ def trainer_with_a_trained_adapter(request, arch: str, dataset_dir, tmp_path_fac
         **{"cutoff_len": CUTOFF_LEN, **TRAINER_OVERRIDES.get(arch, {})},
         max_samples=8,
     )
-    trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
-    trainer.model.train()
-    generator = torch.Generator().manual_seed(0)
-    for name, parameter in trainer.model.named_parameters():
-        if "lora_B" in name:
-            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return trainer
+    return built_trainer(config)
 
 
 def collated(trainer, rows: list[int]) -> dict:
@@ -456,11 +445,6 @@ def test_a_pair_with_different_prompts_is_computed_unshared_and_logged_once(trai
 
 @pytest.fixture(scope="module")
 def eager_trainer_with_trained_vision(tiny_llava_dir, edited_dataset_dir, tmp_path_factory):
-    ue_dpo.apply_llamafactory_integration()
-    from llamafactory.hparams import get_train_args
-
-    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
-
     config = tiny_training_config(
         "llava",
         tiny_llava_dir,
@@ -472,9 +456,7 @@ def eager_trainer_with_trained_vision(tiny_llava_dir, edited_dataset_dir, tmp_pa
         freeze_vision_tower=False,
         freeze_multi_modal_projector=False,
     )
-    trainer = build_ue_dpo_trainer(*get_train_args(config)[:4])[0]
-    trainer.model.train()
-    return trainer
+    return built_trainer(config, trained_adapter=False)
 
 
 @pytest.mark.parametrize("weighting", ["ue", "tpo"])

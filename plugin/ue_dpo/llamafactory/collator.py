@@ -359,16 +359,19 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         the chosen rows' images, then the rejected rows' (the same images again): both rows of a pair see one v'."""
         family = self.family
         seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
-        images = family.split_images(batch, (self.processor.image_token_id,))
         noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
         return family.joined_images(
             [
                 noised_image(
                     pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
                 )
-                for index, (pixels, seed) in enumerate(zip(images, seeds, strict=True))
+                for index, (pixels, seed) in enumerate(zip(self._split_images(batch), seeds, strict=True))
             ]
         )
+
+    def _split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """`pixel_values` as one tensor per image (tiles are counted by each image's run of placeholders)."""
+        return self.family.split_images(batch, (self.processor.image_token_id,))
 
     def _second_pixel_values(
         self, name: str, second_image: SecondImage, pair_pixels: list[list[np.ndarray]], batch
@@ -387,7 +390,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         return family.joined_images(
             [
                 second(pixels, SecondImageDraw(second_image, seed, index, batch, self.processor))
-                for index, (pixels, seed) in enumerate(zip(family.split_images(batch), seeds, strict=True))
+                for index, (pixels, seed) in enumerate(zip(self._split_images(batch), seeds, strict=True))
             ]
         )
 
