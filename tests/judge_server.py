@@ -121,10 +121,19 @@ class ScriptedJudgeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def finish_request_count(self) -> None:
+                # before the body is written: once a client has the body it may send its next request, which a
+                # count still holding this one would see as one more in flight
+                with server._lock:
+                    if self.counted:
+                        server._in_flight -= 1
+                        self.counted = False
+
             def do_POST(self) -> None:
                 with server._lock:
                     server._in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                self.counted = True
                 try:
                     length = int(self.headers.get("Content-Length", "0"))
                     payload = json.loads(self.rfile.read(length))
@@ -142,10 +151,10 @@ class ScriptedJudgeServer:
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
+                    self.finish_request_count()
                     self.wfile.write(body)
                 finally:
-                    with server._lock:
-                        server._in_flight -= 1
+                    self.finish_request_count()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
