@@ -41,6 +41,7 @@ from ue_dpo.images import (
 )
 from ue_dpo.methods.base import SecondImage
 from ue_dpo.model_families import (
+    FAMILIES,
     FAMILY_BY_MM_PLUGIN,
     FAMILY_BY_MODEL_TYPE,
     UNTRAINED_PLUGIN_REASONS,
@@ -288,10 +289,11 @@ SECOND_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, SecondImageDraw]
 def check_second_images(family: ModelFamily, second_images: dict[str, SecondImage], method: str) -> None:
     """Refuse a method's second images on a pixel layout they are not built for."""
     if second_images and family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT:
+        built = [served.name for served in FAMILIES if served.pixel_layout in SECOND_IMAGE_BY_PIXEL_LAYOUT]
         raise UEDPOUserError(
             f"`ue_weighting: {method}` needs second images ({', '.join(second_images)}), which are built for the "
             f"{' and '.join(SECOND_IMAGE_BY_PIXEL_LAYOUT)} pixel layouts only, not for {family.name}'s "
-            f"{family.pixel_layout}; use a LLaVA-1.5 or Qwen2-VL model, or another method."
+            f"{family.pixel_layout}; use a model of {', '.join(built)}, or another method."
         )
 
 
