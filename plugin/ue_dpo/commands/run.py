@@ -32,9 +32,11 @@ def run_experiment_file(path: Path, args: argparse.Namespace) -> None:
     """Load and run the experiment; a bad file exits 2, a failed stage 1, an interruption 128 + the signal number."""
     # The runner imports numpy and the report's statistics: loaded when an experiment runs, not for `ue-dpo --help`.
     from ue_dpo.experiment.runner import run_experiment
+    from ue_dpo.experiment.sweep import run_sweep
 
     try:
-        run_experiment(load_experiment(path, args.settings, output=args.out))
+        experiment = load_experiment(path, args.settings, output=args.out)
+        (run_sweep if experiment.cells else run_experiment)(experiment)
     except ExperimentConfigError as error:
         exit_with_user_error(args.command, error)
     except StageError as error:

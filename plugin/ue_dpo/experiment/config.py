@@ -9,9 +9,14 @@ String values in `overrides`, `checkpoint`, `evaluation.model_args` and `evaluat
 (the embedded world, when the file has a `synthetic:` block) and `${runs.NAME}` (the model of an
 earlier run: its training output dir or its checkpoint). In a run trained once per seed (`seeds:`),
 `${runs.NAME}` of a run that is also trained per seed is NAME's model of the same seed.
+
+`sweep:` maps keys (`synthetic.FIELD`, `runs.RUN.KEY` into that run's overrides, `evaluation.SETTING...`) to lists
+of values; the cells are their Cartesian product in file order, each the file with its values set, parsed and
+checked like a file of its own before anything runs (ue_dpo.experiment.sweep runs them).
 """
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,8 +26,10 @@ from typing import Any
 import yaml
 
 from ue_dpo.benchmarks.registry import judged_tasks
+from ue_dpo.config import UEDPOArguments
 from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS
 from ue_dpo.experiment.stages import digest
+from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, readers
 from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES
 from ue_dpo.synthetic.world import WORLDS as SYNTHETIC_WORLDS
 from ue_dpo.synthetic.world import SyntheticWorld
@@ -39,6 +46,30 @@ SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a char
 
 class ExperimentConfigError(ValueError):
     """A bad experiment file; the message names the key and the fix."""
+
+
+SWEPT_SECTIONS = ("synthetic", "runs", "evaluation")
+# evaluation settings a sweep may not vary: the tasks and the tabulated metrics make the cells' tables differ
+UNSWEPT_EVALUATION_KEYS = {"tasks", "metrics"}
+CELL_NAME_FORBIDDEN = re.compile(r"[/,=\s]")  # the cell's folder name is `key=value,key=value`
+
+
+@dataclass(frozen=True)
+class SweepAxis:
+    """One key of `sweep:` and its values."""
+
+    key: str  # as written: `synthetic.faint_grey`, `runs.ue_dpo.ue_alpha`, `evaluation.gen_kwargs.max_new_tokens`
+    values: tuple[Any, ...]
+    name: str  # in cell names: the shortest dotted tail of `key` that no other swept key ends with
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the swept values: the experiment file with them set."""
+
+    name: str  # `faint_grey=160,ue_alpha=0.1`: its folder under <output>/cells/
+    values: dict[str, Any]  # swept key -> its value in this cell
+    experiment: "Experiment"
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,11 @@ class Run:
 def instance_name(run: str, seed: int | None) -> str:
     """What names one training and evaluation of a run (stage markers, `runs/` and `evals/` folders)."""
     return run if seed is None else f"{run}{SEED_SEPARATOR}{seed}"
+
+
+def run_of_instance(name: str) -> str:
+    """The run of an instance name (`dpo@seed3` -> `dpo`)."""
+    return name.partition(SEED_SEPARATOR)[0]
 
 
 @dataclass(frozen=True)
@@ -133,6 +169,8 @@ class Experiment:
     reported: tuple[ReportedRow, ...] = ()
     baseline: str | None = None  # the run every other run is compared with, item-paired or seed-paired
     raw: dict[str, Any] = field(default_factory=dict)  # the mapping it was read from, after --set
+    sweep: tuple["SweepAxis", ...] = ()  # `sweep:`, in file order; () for a file without one
+    cells: tuple["Cell", ...] = ()  # the sweep's cells, in order (the last key varies fastest)
 
     def run(self, name: str) -> Run:
         return next(run for run in self.runs if run.name == name)
@@ -204,8 +242,10 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
     _only_keys(
         "the experiment",
         raw,
-        {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported", "seeds", "baseline"},
+        {"name", "output", "runs", "evaluation", "judge", "synthetic", "reported", "seeds", "baseline", "sweep"},
     )
+    if raw.get("sweep") is not None:
+        return _parse_swept_experiment(raw, base_dir=base_dir, source=source)
     synthetic = _parse_synthetic(raw.get("synthetic"))
     seeds = None if raw.get("seeds") is None else _seeds("seeds", raw["seeds"])
     runs = _parse_runs(raw.get("runs"), base_dir, seeds)
@@ -230,6 +270,199 @@ def parse_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | N
     _check_references(experiment)
     _check_reported_judges(experiment)
     return experiment
+
+
+def _parse_swept_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: Path | None) -> Experiment:
+    """The file without its sweep, checked first, then each cell: the file with the cell's values set."""
+    unswept = {key: value for key, value in raw.items() if key != "sweep"}
+    experiment = parse_experiment(unswept, base_dir=base_dir, source=source)
+    axes = _parse_sweep_axes(raw["sweep"], experiment)
+    cells = []
+    for values in itertools.product(*(axis.values for axis in axes)):
+        assignment = {axis.key: value for axis, value in zip(axes, values)}
+        name = values_name(axes, assignment)
+        cell_raw = copy_raw(unswept)
+        for key, value in assignment.items():
+            _set_swept_value(cell_raw, key, value)
+        try:
+            cell = parse_experiment(cell_raw, base_dir=base_dir, source=source)
+            _check_swept_run_keys(cell, assignment)
+        except ExperimentConfigError as error:
+            raise ExperimentConfigError(f"sweep: in cell {name}: {error}") from None
+        cells.append(Cell(name=name, values=assignment, experiment=cell))
+    return dataclasses.replace(experiment, raw=dict(raw), sweep=axes, cells=tuple(cells))
+
+
+def values_name(axes: tuple[SweepAxis, ...], values: Mapping[str, Any]) -> str:
+    """`faint_grey=160,ue_alpha=0.1`: the values of the axes whose key `values` holds, in sweep order."""
+    return ",".join(f"{axis.name}={value_text(values[axis.key])}" for axis in axes if axis.key in values)
+
+
+def copy_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of an experiment file's mapping (YAML values: mappings, lists, scalars)."""
+    if isinstance(raw, Mapping):
+        return {key: copy_raw(value) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [copy_raw(value) for value in raw]
+    return raw
+
+
+def value_text(value: Any) -> str:
+    """A swept value as cell names and tables write it (YAML's spelling of a scalar)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def _parse_sweep_axes(raw: Any, experiment: Experiment) -> tuple[SweepAxis, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ExperimentConfigError(
+            "sweep: map each swept key to its list of values, e.g. `sweep: {synthetic.preference_pairs: [64, 256], "
+            "runs.ue_dpo.ue_alpha: [0.1, 0.3]}`"
+        )
+    keys = [str(key) for key in raw]
+    axes = []
+    for key, values in zip(keys, raw.values()):
+        where = f"sweep.{key}"
+        _check_swept_key(where, key, experiment)
+        if not isinstance(values, list) or not values:
+            raise ExperimentConfigError(f"{where}: list the values to sweep, e.g. `{key}: [1, 2]`; got {values!r}")
+        texts = []
+        for value in values:
+            if not (value is None or isinstance(value, str | int | float | bool)):
+                raise ExperimentConfigError(
+                    f"{where}: {value!r} is not one value; each value is a YAML scalar (a number, a word, true, "
+                    f"false or null)"
+                )
+            text = value_text(value)
+            if not text or CELL_NAME_FORBIDDEN.search(text) or text.startswith("."):
+                raise ExperimentConfigError(
+                    f"{where}: {value!r} cannot name a cell folder (`{key.rsplit('.', 1)[-1]}={text}`): use a value "
+                    f"without '/', ',', '=' or spaces that does not start with '.'"
+                )
+            earlier = values[: len(texts)]
+            if text in texts or any(
+                value == other and isinstance(other, bool) == isinstance(value, bool) for other in earlier
+            ):
+                raise ExperimentConfigError(f"{where}: {value!r} is listed twice; list each value once")
+            texts.append(text)
+        axes.append(SweepAxis(key=key, values=tuple(values), name=_short_name(key, keys)))
+    return tuple(axes)
+
+
+def _short_name(key: str, keys: list[str]) -> str:
+    parts = key.split(".")
+    for length in range(1, len(parts) + 1):
+        tail = parts[-length:]
+        if not any(other != key and other.split(".")[-length:] == tail for other in keys):
+            return ".".join(tail)
+    return key
+
+
+def _check_swept_key(where: str, key: str, experiment: Experiment) -> None:
+    """The key names something the file has, and the sweep would not replace a `${...}` reference."""
+    section, _, rest = key.partition(".")
+    if section not in SWEPT_SECTIONS or not rest:
+        raise ExperimentConfigError(
+            f"{where}: not a key a sweep can vary; sweep `synthetic.FIELD` (a world parameter), `runs.RUN.KEY` (a "
+            f"training key of one run) or `evaluation.SETTING` (e.g. evaluation.gen_kwargs.max_new_tokens)"
+        )
+    raw = experiment.raw
+    if section == "synthetic":
+        fields = sorted(item.name for item in dataclasses.fields(SyntheticWorld))
+        if experiment.synthetic is None:
+            raise ExperimentConfigError(
+                f"{where}: the file has no `synthetic:` block to vary; add one, or sweep a `runs.` or `evaluation.` key"
+            )
+        if rest not in fields:
+            raise ExperimentConfigError(f"{where}: {rest!r} is not a synthetic world parameter; use one of {fields}")
+        return
+    if section == "runs":
+        run_name, _, name = rest.rpartition(".")
+        names = [run.name for run in experiment.runs]
+        if run_name not in names:
+            raise ExperimentConfigError(
+                f"{where}: write runs.RUN.KEY with RUN one of the runs {names} and KEY a training key of it"
+            )
+        run = experiment.run(run_name)
+        if run.train is None:
+            raise ExperimentConfigError(
+                f"{where}: run {run_name!r} is a `checkpoint:` run, which is not trained; sweep a key of a `train:` run"
+            )
+        if references(run.overrides.get(name)):
+            raise ExperimentConfigError(
+                f"{where}: runs.{run_name}.overrides.{name} is {run.overrides[name]!r}, a reference the sweep would "
+                f"replace; sweep another key, or set {name} in the overrides without a reference"
+            )
+        return
+    parts = rest.split(".")
+    if parts[0] not in EVALUATION_KEYS - UNSWEPT_EVALUATION_KEYS:
+        raise ExperimentConfigError(
+            f"{where}: {parts[0]!r} is not an evaluation setting a sweep can vary; use one of "
+            f"{sorted(EVALUATION_KEYS - UNSWEPT_EVALUATION_KEYS)} (a cell evaluates the file's tasks and metrics)"
+        )
+    node: Any = raw["evaluation"]
+    for depth, part in enumerate(parts[:-1]):
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            raise ExperimentConfigError(
+                f"{where}: evaluation.{'.'.join(parts[: depth + 1])} is not a mapping, so it has no key {parts[-1]!r}"
+            )
+    if references(node.get(parts[-1])):
+        raise ExperimentConfigError(
+            f"{where}: {key} is {node[parts[-1]]!r}, a reference the sweep would replace; sweep another setting, or "
+            f"set it without a reference"
+        )
+
+
+def _set_swept_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    section, _, rest = key.partition(".")
+    if section == "runs":
+        run_name, _, name = rest.rpartition(".")
+        entry = next(item for item in raw["runs"] if item.get("name") == run_name)
+        entry.setdefault("overrides", {})[name] = value
+        return
+    node = raw[section]
+    *parents, name = rest.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[name] = value
+
+
+STAGE_KEYS = {item.name for item in dataclasses.fields(UEDPOArguments) if item.init}
+
+
+def _check_swept_run_keys(cell: Experiment, assignment: Mapping[str, Any]) -> None:
+    """A swept key of `stage: ue_dpo` is refused on a run whose stage or method would not read it."""
+    for key in assignment:
+        section, _, rest = key.partition(".")
+        if section != "runs":
+            continue
+        run_name, _, name = rest.rpartition(".")
+        if name not in STAGE_KEYS and not name.startswith("ue_"):
+            continue  # a LLaMA-Factory key: LLaMA-Factory's own parser refuses an unknown one
+        if name not in STAGE_KEYS:
+            raise ExperimentConfigError(
+                f"sweep.{key}: {name!r} is not a key of `stage: ue_dpo`; its keys: {', '.join(sorted(STAGE_KEYS))}"
+            )
+        run = cell.run(run_name)
+        config = {**read_yaml(run.train, f"runs.{run_name}.train:"), **run.overrides}
+        if config.get("stage") != "ue_dpo":
+            raise ExperimentConfigError(
+                f"sweep.{key}: run {run_name!r} trains with `stage: {config.get('stage')}` ({run.train.name}), which "
+                f"does not read {name} (a key of `stage: ue_dpo`); sweep it on a run with `stage: ue_dpo`"
+            )
+        method = config.get("ue_weighting", DEFAULT_METHOD)
+        if method not in METHODS:
+            raise ExperimentConfigError(
+                f"runs.{run_name}: ue_weighting {method!r} is not a preference method; use one of {', '.join(METHODS)}"
+            )
+        for group in key_groups():
+            if name in group.defaults and group not in METHODS[method].key_groups:
+                raise ExperimentConfigError(
+                    f"sweep.{key}: run {run_name!r} trains with `ue_weighting: {method}`, which does not read {name} "
+                    f"(read by {', '.join(readers(group))}); sweep a key that {method} reads, or drop this one"
+                )
 
 
 def _seeds(where: str, raw: Any) -> tuple[int, ...]:

@@ -8,8 +8,18 @@
 <output>/served/<run>/                          a run's model prepared for an inference server
 <output>/configs/<stage>.yaml                   the config each stage ran with
 <output>/logs/<stage>.log                       each stage's output
+
+A file with `sweep:` (ue_dpo.experiment.sweep) keeps that layout in several folders, each stage in the one named by
+the swept values it reads (directly or through `${...}`):
+<output>/                                       the stages that read no swept key, shared by every cell
+<output>/shared/<key=value,...>/                those that read some of the swept keys, shared by the cells with
+                                                those values
+<output>/cells/<key=value,...>/                 those that read every swept key, and the cell's report, lmms-eval
+                                                config and log
+<output>/sweep.json, sweep.md, sweep_<task>_<metric>.png   the sweep's report
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +33,10 @@ EVALS_DIR = "evals"
 SERVED_DIR = "served"
 CONFIGS_DIR = "configs"
 LOGS_DIR = "logs"
+CELLS_DIR = "cells"
+SHARED_DIR = "shared"
+SWEEP_JSON = "sweep.json"
+SWEEP_MD = "sweep.md"
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,25 @@ class ExperimentLayout:
     @property
     def results_png(self) -> Path:
         return self.root / RESULTS_PNG
+
+    @property
+    def sweep_json(self) -> Path:
+        return self.root / SWEEP_JSON
+
+    @property
+    def sweep_md(self) -> Path:
+        return self.root / SWEEP_MD
+
+    def sweep_chart(self, task: str, metric: str) -> Path:
+        """The plot of one metric against the swept values (characters other than letters, digits, '.', '-' and
+        '_' of a metric's name, such as the ',' of `recall,exact`, become '_')."""
+        return self.root / re.sub(r"[^A-Za-z0-9._-]", "_", f"sweep_{task}_{metric}.png")
+
+    def cell_dir(self, cell: str) -> Path:
+        return self.root / CELLS_DIR / cell
+
+    def shared_dir(self, values: str) -> Path:
+        return self.root / SHARED_DIR / values
 
     @property
     def state(self) -> Path:

@@ -261,13 +261,13 @@ def table_rows(results: dict[str, Any], columns: list[tuple[str, str]]) -> list[
     return rows
 
 
-def _value_cell(value: float | None, interval: list[float] | None) -> str:
+def value_cell(value: float | None, interval: list[float] | None) -> str:
     if value is None:
         return "–"
     return f"{value:.2f}" if interval is None else f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
-def _delta_cell(comparison: dict[str, Any], run: str | None, task: str, metric: str) -> str:
+def delta_cell(comparison: dict[str, Any], run: str | None, task: str, metric: str) -> str:
     if run == comparison["baseline"]:
         return "(baseline)"
     delta = comparison["runs"].get(run, {}).get("tasks", {}).get(task, {}).get(metric)
@@ -294,9 +294,9 @@ def render_markdown(experiment: Experiment, results: dict[str, Any], columns: li
     for name, row in zip(names, table_rows(results, columns)):
         cells = []
         for (task, metric), value, interval in zip(columns, row.values, row.intervals):
-            cells.append(_value_cell(value, interval))
+            cells.append(value_cell(value, interval))
             if comparison is not None:
-                cells.append(_delta_cell(comparison, name, task, metric))
+                cells.append(delta_cell(comparison, name, task, metric))
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     evaluation = experiment.evaluation
     models = [model for run in results["runs"] for model in run.get("per_seed", [run])]

@@ -11,6 +11,10 @@ what `ue-dpo data` recorded of its datasets, so converting other rows retrains.
 A run with `seeds:` is trained and evaluated once per seed, each as its own stages (`train-dpo@seed3`,
 `eval-dpo@seed3`) into its own folders (`runs/dpo@seed3`, `evals/dpo@seed3`), so each seed is skipped,
 resumed or redone on its own.
+
+A cell of a sweep (ue_dpo.experiment.sweep) is run by the same runner with `home`: where each stage's folders and
+marker are (`synthetic`, `runs.RUN` for RUN's trainings, `evals.RUN` for its evaluations), and its own folder for
+its report and its lmms-eval config and log.
 """
 
 import dataclasses
@@ -19,6 +23,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,16 @@ import yaml
 from ue_dpo.datasets import read_provenance
 from ue_dpo.evaluation.chat import TEMPLATE_ENV
 from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
-from ue_dpo.experiment.config import SYNTHETIC_PATHS, Experiment, Protocol, Run, instance_name, references, substitute
+from ue_dpo.experiment.config import (
+    SYNTHETIC_PATHS,
+    Experiment,
+    Protocol,
+    Run,
+    instance_name,
+    references,
+    run_of_instance,
+    substitute,
+)
 from ue_dpo.experiment.layout import ExperimentLayout
 from ue_dpo.experiment.outputs import read_lmms_eval_output
 from ue_dpo.experiment.report import package_versions, write_report
@@ -83,12 +97,34 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def stage_home_key(stage: str) -> str:
+    """Which home a stage's marker is in: `synthetic`, `runs.RUN` (train-RUN@seedS) or `evals.RUN` (eval-, serve-)."""
+    if stage == "synthetic":
+        return stage
+    kind, _, name = stage.partition("-")
+    return f"{'runs' if kind == 'train' else 'evals'}.{run_of_instance(name)}"
+
+
 class ExperimentRunner:
-    def __init__(self, experiment: Experiment):
+    def __init__(
+        self,
+        experiment: Experiment,
+        *,
+        home: Callable[[str], Path] | None = None,
+        own_dir: Path | None = None,
+        finished: dict[Path, str] | None = None,
+    ):
+        """`home` maps `synthetic`, `runs.RUN` and `evals.RUN` to the folder of their stages (default: the output
+        folder); `own_dir` holds the report and the lmms-eval config and log (default: the output folder);
+        `finished` is the digest each shared marker was found or written with by the cells before (Markers)."""
+        if experiment.cells:
+            raise ValueError("a file with `sweep:` is run cell by cell: ue_dpo.experiment.sweep.run_sweep")
         self.experiment = experiment
         self.output = experiment.output.resolve()
-        self.layout = ExperimentLayout(self.output)
-        self.markers = Markers(self.output)
+        self.home = home
+        self.layout = ExperimentLayout(self.output if own_dir is None else own_dir)
+        route = None if home is None else lambda stage: home(stage_home_key(stage))
+        self.markers = Markers(self.output, route, finished)
         # reference name -> what it stands for; a run trained per seed has one "runs.NAME@seedS" per seed
         self.paths: dict[str, str] = {"output": str(self.output)}
         self.digests: dict[str, str] = {}  # reference name ("synthetic.model", "runs.dpo") -> digest it stands for
@@ -96,12 +132,20 @@ class ExperimentRunner:
         self.total_stages = (experiment.synthetic is not None) + trainings + 2
         self.stage_number = 0
 
+    def layout_of(self, key: str) -> ExperimentLayout:
+        """The layout of the folder `synthetic`, `runs.RUN` or `evals.RUN` keeps its stages in."""
+        return ExperimentLayout(self.output if self.home is None else self.home(key))
+
+    def eval_dir(self, name: str) -> Path:
+        return self.layout_of(f"evals.{run_of_instance(name)}").eval_dir(name)
+
     def announce(self, text: str) -> None:
         self.stage_number += 1
         print(f"==> [ue-dpo run {self.stage_number}/{self.total_stages}] {text}", flush=True)
 
     def run(self) -> dict[str, Any]:
         self.output.mkdir(parents=True, exist_ok=True)
+        self.layout.root.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         if self.experiment.synthetic is not None:
             self.build_synthetic()
@@ -118,7 +162,7 @@ class ExperimentRunner:
                 )
         self.evaluate()
         self.announce("report")
-        results = write_report(self.experiment, self.markers, self.output)
+        results = write_report(self.experiment, self.markers, self.layout.root)
         print(
             f"==> results: {self.layout.results_md}, {self.layout.results_json}, "
             f"{self.layout.results_png} ({time.monotonic() - started:.0f} s)",
@@ -142,7 +186,7 @@ class ExperimentRunner:
 
     def build_synthetic(self) -> None:
         world = self.experiment.synthetic
-        root = self.layout.synthetic
+        root = self.layout_of("synthetic").synthetic
         stage_digest = digest("synthetic", world)
         for name in SYNTHETIC_PATHS:
             self.paths[f"synthetic.{name}"] = str(root / name)
@@ -165,7 +209,7 @@ class ExperimentRunner:
             config["seed"] = seed
             if "ue_seed" in config:  # else it defaults to the training seed
                 config["ue_seed"] = seed
-        config["output_dir"] = str(self.layout.run_dir(instance_name(run.name, seed)))
+        config["output_dir"] = str(self.layout_of(f"runs.{run.name}").run_dir(instance_name(run.name, seed)))
         return config
 
     def train(self, run: Run, seed: int | None = None) -> None:
@@ -189,11 +233,11 @@ class ExperimentRunner:
                 print(f"    {output_dir} holds no checkpoint of this config; training from the start", flush=True)
                 shutil.rmtree(output_dir)
             self.announce(f"train {name}: llamafactory-cli train ({run.train})")
-        config_path = self.layout.config(stage)
+        config_path = self.layout_of(f"runs.{run.name}").config(stage)
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.markers.write(stage, stage_digest, "started")
-        log_path = self.layout.log(stage)
+        log_path = self.layout_of(f"runs.{run.name}").log(stage)
         returncode = stream(
             [executable("llamafactory-cli"), "train", str(config_path)], env=os.environ, log_path=log_path
         )
@@ -256,7 +300,7 @@ class ExperimentRunner:
                 "tasks": tasks,
                 "batch_size": protocol.batch_size,
                 "log_samples": True,
-                "output_path": str(self.layout.eval_dir(name) / protocol.name),
+                "output_path": str(self.eval_dir(name) / protocol.name),
                 "seed": settings["seed"],
             }
             if protocol.limit is not None:
@@ -295,7 +339,7 @@ class ExperimentRunner:
             return
         entries = {}
         for _, _, name in pending:
-            shutil.rmtree(self.layout.eval_dir(name), ignore_errors=True)
+            shutil.rmtree(self.eval_dir(name), ignore_errors=True)
             entries[name] = self.lmms_eval_entries(name, settings)
         config_path = self.layout.config("lmms_eval")
         config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +355,7 @@ class ExperimentRunner:
         failures = []
         for _, _, name in pending:
             try:
-                summary = read_lmms_eval_output(self.layout.eval_dir(name), settings["tasks"])
+                summary = read_lmms_eval_output(self.eval_dir(name), settings["tasks"])
             except StageError as error:
                 failures.append(f"{name}: {error}")
                 continue
@@ -337,18 +381,19 @@ class ExperimentRunner:
         lmms-eval, server down."""
         server = self.experiment.evaluation.server
         env = {**os.environ, **settings["env"]}
+        home = self.layout_of(f"evals.{run_of_instance(name)}")
         served, template, served_digest = prepare_served_model(
             name,
             self.paths[f"runs.{name}"],
-            output=self.output,
+            output=home.root,
             markers=self.markers,
             server=server,
             env=env,
             llamafactory_cli=executable("llamafactory-cli"),
         )
-        shutil.rmtree(self.layout.eval_dir(name), ignore_errors=True)
-        log_path = self.layout.log(f"evaluate-{name}")
-        server_log = self.layout.log(f"server-{name}")
+        shutil.rmtree(self.eval_dir(name), ignore_errors=True)
+        log_path = home.log(f"evaluate-{name}")
+        server_log = home.log(f"server-{name}")
         print(f"    {name}: serving {served} ({server.command}); log {server_log}", flush=True)
         with served_model(
             server.command, str(served), log_path=server_log, env=env, health_timeout_s=server.health_timeout_s
@@ -356,7 +401,7 @@ class ExperimentRunner:
             entries = self.lmms_eval_entries(
                 name, settings, served_model_args(served, base_url, server, settings["model_args"])
             )
-            config_path = self.layout.config(f"lmms_eval-{name}")
+            config_path = home.config(f"lmms_eval-{name}")
             config_path.parent.mkdir(parents=True, exist_ok=True)
             config_path.write_text(yaml.safe_dump(entries, sort_keys=False))
             launcher = [executable(settings["launcher"][0]), *settings["launcher"][1:]]
@@ -367,7 +412,7 @@ class ExperimentRunner:
                 log_path=log_path,
             )
         try:
-            summary = read_lmms_eval_output(self.layout.eval_dir(name), settings["tasks"])
+            summary = read_lmms_eval_output(self.eval_dir(name), settings["tasks"])
         except StageError as error:
             raise StageError(
                 f"evaluation of {name!r} through its server failed (lmms-eval exit status "

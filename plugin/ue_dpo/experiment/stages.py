@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,26 +47,56 @@ def weights_identity(model: str, *, with_base: bool = True) -> dict[str, Any] | 
 
 
 class Markers:
-    """`<output>/state/<stage>.json`: a stage is finished when its marker holds the digest of its current config."""
+    """`<output>/state/<stage>.json`: a stage is finished when its marker holds the digest of its current config.
 
-    def __init__(self, output: Path):
+    With `home`, each stage's marker is in `home(stage)/state/` instead (the stages of a sweep's cells, each in the
+    folder of the swept values it reads); one Markers then holds each finished stage to one digest, so that two cells
+    that disagree on a stage they share stop the run instead of redoing it in turn.
+    """
+
+    def __init__(
+        self, output: Path, home: Callable[[str], Path] | None = None, finished: dict[Path, str] | None = None
+    ):
         self.dir = ExperimentLayout(output).state
+        self.home = home
+        # with `home`: marker -> the digest a cell found or wrote (`finished`: one dict for every cell of a run)
+        self.finished: dict[Path, str] = {} if finished is None else finished
 
     def path(self, stage: str, kind: str = "done") -> Path:
-        return self.dir / f"{stage}.{kind}.json"
+        folder = self.dir if self.home is None else ExperimentLayout(self.home(stage)).state
+        return folder / f"{stage}.{kind}.json"
 
     def read(self, stage: str, kind: str = "done") -> dict[str, Any] | None:
         path = self.path(stage, kind)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def matches(self, stage: str, stage_digest: str, kind: str = "done") -> bool:
+        if kind == "done":
+            self._check_held(stage, stage_digest)
         marker = self.read(stage, kind)
-        return marker is not None and marker["digest"] == stage_digest
+        matched = marker is not None and marker["digest"] == stage_digest
+        if matched and kind == "done" and self.home is not None:
+            self.finished[self.path(stage)] = stage_digest
+        return matched
 
     def write(self, stage: str, stage_digest: str, kind: str = "done", **details: Any) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(stage, kind)
+        if kind == "done":
+            self._check_held(stage, stage_digest)
+            if self.home is not None:
+                self.finished[path] = stage_digest
+        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"digest": stage_digest, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
-        self.path(stage, kind).write_text(json.dumps(record, indent=1, default=str))
+        path.write_text(json.dumps(record, indent=1, default=str))
+
+    def _check_held(self, stage: str, stage_digest: str) -> None:
+        held = self.finished.get(self.path(stage))
+        if held is not None and held != stage_digest:
+            raise StageError(
+                f"stage {stage} in {self.path(stage).parent.parent} is shared by cells that give it different configs "
+                f"(digests {held} and {stage_digest}); this is a bug of ue-dpo's sweep: please report it with the "
+                f"experiment file"
+            )
 
 
 # Signals that stop `ue-dpo run`: each is passed on to the running stage's processes, which are then waited for.
