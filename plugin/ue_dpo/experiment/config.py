@@ -51,7 +51,10 @@ class ExperimentConfigError(ValueError):
 SWEPT_SECTIONS = ("synthetic", "runs", "evaluation")
 # evaluation settings a sweep may not vary: the tasks and the tabulated metrics make the cells' tables differ
 UNSWEPT_EVALUATION_KEYS = {"tasks", "metrics"}
-CELL_NAME_FORBIDDEN = re.compile(r"[/,=\s]")  # the cell's folder name is `key=value,key=value`
+# A cell's folder is named `key=value+key=value`; lmms-eval's `k=v,k=v` model_args carry the paths of its models,
+# so a ',' would cut them
+CELL_NAME_SEPARATOR = "+"
+CELL_NAME_FORBIDDEN = re.compile(r"[/,=+\s]")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class SweepAxis:
 class Cell:
     """One combination of the swept values: the experiment file with them set."""
 
-    name: str  # `faint_grey=160,ue_alpha=0.1`: its folder under <output>/cells/
+    name: str  # `faint_grey=160+ue_alpha=0.1`: its folder under <output>/cells/
     values: dict[str, Any]  # swept key -> its value in this cell
     experiment: "Experiment"
 
@@ -294,8 +297,10 @@ def _parse_swept_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: P
 
 
 def values_name(axes: tuple[SweepAxis, ...], values: Mapping[str, Any]) -> str:
-    """`faint_grey=160,ue_alpha=0.1`: the values of the axes whose key `values` holds, in sweep order."""
-    return ",".join(f"{axis.name}={value_text(values[axis.key])}" for axis in axes if axis.key in values)
+    """`faint_grey=160+ue_alpha=0.1`: the values of the axes whose key `values` holds, in sweep order."""
+    return CELL_NAME_SEPARATOR.join(
+        f"{axis.name}={value_text(values[axis.key])}" for axis in axes if axis.key in values
+    )
 
 
 def copy_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -338,7 +343,7 @@ def _parse_sweep_axes(raw: Any, experiment: Experiment) -> tuple[SweepAxis, ...]
             if not text or CELL_NAME_FORBIDDEN.search(text) or text.startswith("."):
                 raise ExperimentConfigError(
                     f"{where}: {value!r} cannot name a cell folder (`{key.rsplit('.', 1)[-1]}={text}`): use a value "
-                    f"without '/', ',', '=' or spaces that does not start with '.'"
+                    f"without '/', ',', '=', '+' or spaces that does not start with '.'"
                 )
             earlier = values[: len(texts)]
             if text in texts or any(
@@ -433,36 +438,52 @@ STAGE_KEYS = {item.name for item in dataclasses.fields(UEDPOArguments) if item.i
 
 
 def _check_swept_run_keys(cell: Experiment, assignment: Mapping[str, Any]) -> None:
-    """A swept key of `stage: ue_dpo` is refused on a run whose stage or method would not read it."""
+    """A swept key of `stage: ue_dpo` is refused on a run whose stage or method would not read it, and so is a swept
+    run whose method, in this cell, would not read a key of `stage: ue_dpo` that its config sets."""
+    swept: dict[str, list[str]] = {}
     for key in assignment:
         section, _, rest = key.partition(".")
-        if section != "runs":
-            continue
-        run_name, _, name = rest.rpartition(".")
-        if name not in STAGE_KEYS and not name.startswith("ue_"):
-            continue  # a LLaMA-Factory key: LLaMA-Factory's own parser refuses an unknown one
-        if name not in STAGE_KEYS:
-            raise ExperimentConfigError(
-                f"sweep.{key}: {name!r} is not a key of `stage: ue_dpo`; its keys: {', '.join(sorted(STAGE_KEYS))}"
-            )
+        if section == "runs":
+            run_name, _, name = rest.rpartition(".")
+            swept.setdefault(run_name, []).append(name)
+    for run_name, names in swept.items():
         run = cell.run(run_name)
         config = {**read_yaml(run.train, f"runs.{run_name}.train:"), **run.overrides}
+        for name in names:
+            if name.startswith("ue_") and name not in STAGE_KEYS:
+                raise ExperimentConfigError(
+                    f"sweep.runs.{run_name}.{name}: {name!r} is not a key of `stage: ue_dpo`; its keys: "
+                    f"{', '.join(sorted(STAGE_KEYS))}"
+                )
+            if name in STAGE_KEYS and config.get("stage") != "ue_dpo":
+                raise ExperimentConfigError(
+                    f"sweep.runs.{run_name}.{name}: run {run_name!r} trains with `stage: {config.get('stage')}` "
+                    f"({run.train.name}), which does not read {name} (a key of `stage: ue_dpo`); sweep it on a run "
+                    f"with `stage: ue_dpo`"
+                )
         if config.get("stage") != "ue_dpo":
-            raise ExperimentConfigError(
-                f"sweep.{key}: run {run_name!r} trains with `stage: {config.get('stage')}` ({run.train.name}), which "
-                f"does not read {name} (a key of `stage: ue_dpo`); sweep it on a run with `stage: ue_dpo`"
-            )
+            continue  # a LLaMA-Factory key of another stage: LLaMA-Factory's own parser refuses an unknown one
         method = config.get("ue_weighting", DEFAULT_METHOD)
         if method not in METHODS:
             raise ExperimentConfigError(
-                f"runs.{run_name}: ue_weighting {method!r} is not a preference method; use one of {', '.join(METHODS)}"
+                f"runs.{run_name}.overrides.ue_weighting: {method!r} is not a preference method; use one of "
+                f"{', '.join(METHODS)}"
             )
-        for group in key_groups():
-            if name in group.defaults and group not in METHODS[method].key_groups:
-                raise ExperimentConfigError(
-                    f"sweep.{key}: run {run_name!r} trains with `ue_weighting: {method}`, which does not read {name} "
-                    f"(read by {', '.join(readers(group))}); sweep a key that {method} reads, or drop this one"
-                )
+        unread = [
+            (name, group)
+            for group in key_groups()
+            if group not in METHODS[method].key_groups
+            for name in group.defaults
+            if name in config
+        ]
+        for name, group in sorted(unread, key=lambda item: item[0] not in names):  # a swept one first
+            where = f"sweep.runs.{run_name}.{name}" if name in names else f"sweep: runs.{run_name}"
+            raise ExperimentConfigError(
+                f"{where}: run {run_name!r} trains with `ue_weighting: {method}`, which does not read {name} "
+                f"(read by {', '.join(readers(group))}; set by "
+                f"{'the sweep' if name in names else f'{run.train.name} or its overrides'}); sweep a key that "
+                f"{method} reads, or drop {name}"
+            )
 
 
 def _seeds(where: str, raw: Any) -> tuple[int, ...]:

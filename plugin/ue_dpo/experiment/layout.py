@@ -12,9 +12,9 @@
 A file with `sweep:` (ue_dpo.experiment.sweep) keeps that layout in several folders, each stage in the one named by
 the swept values it reads (directly or through `${...}`):
 <output>/                                       the stages that read no swept key, shared by every cell
-<output>/shared/<key=value,...>/                those that read some of the swept keys, shared by the cells with
+<output>/shared/<key=value+...>/                those that read some of the swept keys, shared by the cells with
                                                 those values
-<output>/cells/<key=value,...>/                 those that read every swept key, and the cell's report, lmms-eval
+<output>/cells/<key=value+...>/                 those that read every swept key, and the cell's report, lmms-eval
                                                 config and log
 <output>/sweep.json, sweep.md, sweep_<task>_<metric>.png   the sweep's report
 """

@@ -268,8 +268,12 @@ def write_sweep_report(experiment: Experiment) -> dict[str, Any]:
     layout = ExperimentLayout(experiment.output.resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
     sweep = collect_sweep(experiment)
-    layout.sweep_json.write_text(json.dumps(sweep, indent=1, default=str))
+    text = json.dumps(sweep, indent=1, default=str)
+    charts = {(task, metric): layout.sweep_chart(task, metric) for task, metric in sweep["columns"]}
+    unchanged = layout.sweep_json.is_file() and layout.sweep_json.read_text() == text
+    layout.sweep_json.write_text(text)
     layout.sweep_md.write_text(render_sweep_markdown(experiment, sweep))
-    for task, metric in sweep["columns"]:
-        render_sweep_chart(experiment, sweep, task, metric, layout.sweep_chart(task, metric))
+    for (task, metric), path in charts.items():
+        if not (unchanged and path.is_file()):  # drawn from sweep.json's numbers alone
+            render_sweep_chart(experiment, sweep, task, metric, path)
     return sweep
