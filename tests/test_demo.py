@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from scipy import stats
 
 from llamafactory_runs import offline_env
 from ue_dpo.cli import main
@@ -314,8 +315,8 @@ def readme_seeded_command() -> list[str]:
     return shlex.split(block[: block.index("```")].strip())
 
 
-def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(demo, capsys):
-    """The README's seeded command with a baseline, on the demo's folder at small sizes with two seeds."""
+def seeded_command(out: Path, *more: str) -> list[str]:
+    """The README's seeded command at small sizes with two seeds, into `out`, with `more` settings."""
     command = readme_seeded_command()
     assert command[:3] == ["ue-dpo", "run", "configs/experiments/embedded_default.yaml"]
     settings = [
@@ -324,16 +325,22 @@ def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(
         "runs.dpo.overrides.max_steps=2",
         "runs.ue_dpo.overrides.save_steps=1",
         "runs.ue_dpo.overrides.save_total_limit=2",
+        *more,
     ]
-    command = [
+    return [
         str(Path(sys.executable).with_name("ue-dpo")),
         "run",
         str(REPO / command[2]),
         *command[3:],
         *(argument for setting in settings for argument in ("--set", setting)),
         "--out",
-        str(demo["out"]),
+        str(out),
     ]
+
+
+def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(demo, capsys):
+    """The README's seeded command with a baseline, on the demo's folder at small sizes with two seeds."""
+    command = seeded_command(demo["out"])
     out = demo["out"]
     done = subprocess.run(command, env=offline_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
@@ -413,6 +420,42 @@ def test_seeds_give_means_intervals_and_deltas_and_each_seed_resumes_on_its_own(
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["runs"][2]["per_seed"][1]["training"]["resumed_from"].endswith("ue_dpo@seed1/checkpoint-1")
     assert [run["per_seed"][0] for run in resumed["runs"][1:]] == [dpo["per_seed"][0], ue_dpo["per_seed"][0]]
+
+
+def test_a_sweep_shares_the_trainings_and_compares_each_cell_with_its_own_baseline(demo):
+    """The seeded command with `sweep:` over the evaluation's max_new_tokens, on the folder the seeded test left:
+    every training is shared and already done, each cell evaluates the five models and compares UE-DPO with DPO,
+    paired by seed; one Δ of the table is recomputed from the logged captions with a t interval by hand."""
+    out = demo["out"]
+    sweep = 'sweep={"evaluation.gen_kwargs.max_new_tokens": [16, 8]}'
+    done = subprocess.run(seeded_command(out, sweep), env=offline_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "sweep cell 1/2] max_new_tokens=16" in done.stdout and "sweep cell 2/2] max_new_tokens=8" in done.stdout
+    assert "llamafactory-cli train" not in done.stdout
+    for name in ("warmup", "dpo@seed0", "dpo@seed1", "ue_dpo@seed0", "ue_dpo@seed1"):
+        assert done.stdout.count(f"train {name}: done, skipped") == 2
+    models = "warmup, dpo@seed0, dpo@seed1, ue_dpo@seed0, ue_dpo@seed1"
+    assert done.stdout.count(f"evaluate {models} with lmms-eval") == 2
+
+    cell = out / "cells" / "max_new_tokens=8"
+    [protocol] = json.loads((cell / "results.json").read_text())["runs"][0]["evaluation"]["protocols"]
+    assert protocol["gen_kwargs"] == "max_new_tokens=8"
+    differences = []
+    for seed in (0, 1):
+        recall = {}
+        for run in ("ue_dpo", "dpo"):
+            (samples,) = (cell / "evals" / f"{run}@seed{seed}").glob("shapes_caption/*/*_samples_shapes_caption.jsonl")
+            captions = logged_captions(out, {"evaluation": {"samples_files": {"shapes_caption": samples}}})
+            recall[run] = naive_chair(*captions)["recall"]
+        differences.append(recall["ue_dpo"] - recall["dpo"])
+    mean = (differences[0] + differences[1]) / 2
+    half = stats.t.ppf(0.975, 1) * abs(differences[0] - differences[1]) / 2  # s / sqrt(2) = |d0 - d1| / 2
+    table = (out / "sweep.md").read_text()
+    assert "2 cells, 2 finished." in table
+    section = table[table.index("## shapes_caption recall") :]
+    row = next(line for line in section.splitlines() if line.startswith("| 8 | UE-DPO |"))
+    assert row.endswith(f"| {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] |"), row
+    assert (out / "sweep_shapes_caption_recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def children_of(pid: int) -> list:

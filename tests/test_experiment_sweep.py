@@ -357,3 +357,35 @@ def test_two_cells_that_would_share_a_stage_with_different_configs_stop_the_run(
     monkeypatch.setattr(sweep, "stage_reads", lambda *_: {**reads, "runs.ue": frozenset()})  # a wrong analysis
     with pytest.raises(runner.StageError, match=re.escape("stage train-ue@seed0 in ") + r".* is shared by cells that"):
         sweep.run_sweep(experiment)
+
+
+def test_the_docs_sweep_example_gives_the_cells_it_describes(base_dir):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
+    section = page[page.index("## Sweeps") :]
+    example = yaml.safe_load(section[section.index("```yaml") + len("```yaml") : section.index("```\n", 10)])
+    runs = [*VALID["runs"], {**UE_RUN, "name": "ue_dpo"}]
+    experiment = parse_experiment({**VALID, **example, "runs": runs}, base_dir=base_dir)
+    assert len(experiment.cells) == 8 and experiment.baseline == "dpo"
+    assert experiment.cells[0].name == "preference_pairs=64+ue_alpha=0.1+max_new_tokens=16"
+    assert experiment.cells[0].experiment.raw["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_without_a_baseline_the_sweep_shows_the_means_and_marks_the_missing_cells(base_dir, tmp_path):
+    raw = {**study(base_dir, tmp_path / "out").raw, "baseline": None}
+    experiment = parse_experiment(raw, base_dir=base_dir)
+    runs = [
+        {"name": name, "label": name, "seeds": [0, 1], "metrics": {"shapes_caption": {"chair_s": value}}}
+        for name, value in (("base", 50.0), ("dpo", 22.0), ("ue", 31.0))
+    ]
+    runs[2]["intervals"] = {"shapes_caption": {"chair_s": [29.0, 33.0]}}
+    cells = [
+        {"name": cell.name, "values": cell.values, "finished": index != 1, "runs": runs, "comparison": None}
+        for index, cell in enumerate(experiment.cells)
+    ]
+    result = {"columns": [["shapes_caption", "chair_s"]], "higher_is_better": {"shapes_caption": {}}, "cells": cells}
+    table = sweep.render_sweep_markdown(experiment, result)
+    assert "| preference_pairs | ue_alpha | run | shapes_caption chair_s |" in table
+    assert "| 64 | 0.1 | ue | 31.00 [29.00, 33.00] |" in table and "| 64 | 0.2 | missing | – |" in table
+    assert "Δ" not in table and "missing: preference_pairs=64+ue_alpha=0.2 (run `ue-dpo run` again" in table
+    sweep.render_sweep_chart(experiment, result, "shapes_caption", "chair_s", tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -59,7 +59,8 @@ def register(commands) -> None:
         "run",
         help="train (llamafactory-cli), evaluate (lmms-eval) and compare the runs of an experiment YAML",
         description="Train each run with `llamafactory-cli train`, evaluate each with lmms-eval, and write "
-        "results.json, results.md and results.png to the output folder. Re-running skips finished "
+        "results.json, results.md and results.png to the output folder (with `sweep:`, those of each cell in "
+        "cells/<cell>/, and sweep.md, sweep.json and one plot per metric). Re-running skips finished "
         "stages and resumes an interrupted training from its last checkpoint.",
     )
     parser.add_argument("experiment", type=Path, help="experiment YAML (see configs/experiments/)")
