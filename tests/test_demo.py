@@ -439,7 +439,7 @@ def test_a_sweep_shares_the_trainings_and_compares_each_cell_with_its_own_baseli
 
     cell = out / "cells" / "max_new_tokens=8"
     [protocol] = json.loads((cell / "results.json").read_text())["runs"][0]["evaluation"]["protocols"]
-    assert protocol["gen_kwargs"] == "max_new_tokens=8"
+    assert protocol["gen_kwargs"] == {"max_new_tokens": 8}
     differences = []
     for seed in (0, 1):
         recall = {}
