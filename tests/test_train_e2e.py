@@ -1,5 +1,5 @@
-"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V
-checkpoints."""
+"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local checkpoints of every family, dense and
+mixture-of-experts."""
 
 import json
 from pathlib import Path
@@ -157,25 +157,39 @@ def test_tiled_families_at_alpha_zero_log_the_losses_of_stage_dpo(trained):
         assert alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
 
 
-NEW_FAMILIES = ("qwen3_vl", "qwen3_5", "glm4v")
+# The runs of each family: its UE-DPO training, and where α=0 is checked against stock `stage: dpo` on the same
+# YAML, those two. Of the mixture-of-experts models, one checks α=0 (LLaMA-Factory's DPO adds no router loss to any).
+ALL_RUNS = ("ue", "alpha0", "dpo")
+NEW_FAMILY_RUNS = {
+    "qwen3_vl": ALL_RUNS,
+    "qwen3_5": ALL_RUNS,
+    "glm4v": ALL_RUNS,
+    "qwen3_vl_moe": ("ue",),
+    "qwen3_5_moe": ("ue",),
+    "glm4v_moe": ALL_RUNS,
+}
+RUN_OVERRIDES = {"ue": {}, "alpha0": {"ue_alpha": 0.0}, "dpo": {"stage": "dpo"}}
 
 
-def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
+def test_qwen3_vl_qwen3_5_and_glm4v_dense_and_moe_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
     request, shapes_dataset_dir, tmp_path
 ):
     runs = {}
-    for arch in NEW_FAMILIES:
+    for arch, names in NEW_FAMILY_RUNS.items():
         model_dir = model_dir_for(arch, request)
-        for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
-            config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
+        for name in names:
+            config = tiny_training_config(
+                arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **RUN_OVERRIDES[name]
+            )
             runs[f"{arch}-{name}"] = (config, tmp_path / arch / f"{name}-work")
     logs = train_in_one_process(runs)
-    for arch in NEW_FAMILIES:
+    for arch, names in NEW_FAMILY_RUNS.items():
         check_ue_metrics(logs[f"{arch}-ue"])
-        stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
-        assert len(stock) == 2
-        assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
-        assert logs[f"{arch}-ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
+        if names == ALL_RUNS:
+            stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
+            assert len(stock) == 2
+            assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
+            assert logs[f"{arch}-ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llava_next", "mistral3"])
