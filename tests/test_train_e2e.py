@@ -169,6 +169,9 @@ NEW_FAMILY_RUNS = {
     "glm4v_moe": ALL_RUNS,
 }
 RUN_OVERRIDES = {"ue": {}, "alpha0": {"ue_alpha": 0.0}, "dpo": {"stage": "dpo"}}
+# GLM-4.5V's stock run sets LLaMA-Factory's router-loss coefficient, which makes its language model record the router
+# logits; LLaMA-Factory's DPO adds no router loss, so α=0 without it (`stage: ue_dpo` refuses it) logs the same losses
+STOCK_RUN_OVERRIDES = {"glm4v_moe": {"moe_aux_loss_coef": 0.001}}
 
 
 def test_qwen3_vl_qwen3_5_and_glm4v_dense_and_moe_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
@@ -178,9 +181,8 @@ def test_qwen3_vl_qwen3_5_and_glm4v_dense_and_moe_train_with_ue_metrics_and_alph
     for arch, names in NEW_FAMILY_RUNS.items():
         model_dir = model_dir_for(arch, request)
         for name in names:
-            config = tiny_training_config(
-                arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **RUN_OVERRIDES[name]
-            )
+            overrides = {**RUN_OVERRIDES[name], **(STOCK_RUN_OVERRIDES.get(arch, {}) if name == "dpo" else {})}
+            config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
             runs[f"{arch}-{name}"] = (config, tmp_path / arch / f"{name}-work")
     logs = train_in_one_process(runs)
     for arch, names in NEW_FAMILY_RUNS.items():
