@@ -282,7 +282,9 @@ class UeDpoHF(lmms):
         with torch.inference_mode():
             output_ids = self._model.generate(**inputs, **settings)
         texts = self._tokenizer.batch_decode(output_ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [_cut_at_stop_strings(text, until) for text in texts]
+        # the answer is what follows a reasoning template's thought block (`<think>`…`</think>`, left in by
+        # skip_special_tokens), as lmms-eval's own Qwen3-VL model scores it; an unclosed block stays in the answer
+        return [_cut_at_stop_strings(self.template.remove_thought(text), until) for text in texts]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         # Every prompt is encoded once, up front, for its length; the images are loaded again batch by batch.
