@@ -14,6 +14,7 @@ from ue_dpo.synthetic.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 TILED_ARCHITECTURES = ("internvl", "gemma3")
+MOE_ARCHITECTURES = ("qwen3_vl_moe", "glm4v_moe")  # their dense sibling's prompts (GLM-4.5V: LLaMA-Factory's glm4_5v)
 QWEN2_VL_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
     + "<|image_pad|>" * 4
@@ -52,6 +53,8 @@ def models(
     tiny_glm4v_dir,
     tiny_internvl_dir,
     tiny_gemma3_dir,
+    tiny_qwen3_vl_moe_dir,
+    tiny_glm4v_moe_dir,
 ):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
@@ -61,6 +64,8 @@ def models(
         "glm4v": UeDpoHF(pretrained=str(tiny_glm4v_dir), device="cpu"),
         "internvl": UeDpoHF(pretrained=str(tiny_internvl_dir), device="cpu"),
         "gemma3": UeDpoHF(pretrained=str(tiny_gemma3_dir), device="cpu"),
+        "qwen3_vl_moe": UeDpoHF(pretrained=str(tiny_qwen3_vl_moe_dir), device="cpu"),
+        "glm4v_moe": UeDpoHF(pretrained=str(tiny_glm4v_moe_dir), device="cpu"),
     }
 
 
@@ -88,7 +93,7 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES])
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
@@ -102,6 +107,8 @@ def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request,
         "glm4v": GLM4V_PROMPT,
         "internvl": INTERNVL_PROMPT,
         "gemma3": GEMMA3_PROMPT,
+        "qwen3_vl_moe": QWEN3_VL_PROMPT,
+        "glm4v_moe": GLM4V_PROMPT,
     }[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
@@ -112,7 +119,9 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES])
+@pytest.mark.parametrize(
+    "arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES]
+)
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
     model = models[arch]
@@ -309,3 +318,31 @@ def test_unsupported_requests_and_args_are_refused(models, tiny_llava_dir):
         UeDpoHF(pretrained=str(tiny_llava_dir), max_pixels=100)
     with pytest.raises(ValueError, match="positive integer batch size"):
         UeDpoHF(pretrained=str(tiny_llava_dir), batch_size="auto")
+
+
+def test_a_given_template_prompts_instead_of_the_familys_once_checked_against_the_model(tiny_llava_dir, images):
+    """A LLaVA-architecture model trained with `template: yi_vl` (LlavaPlugin, Yi-VL's system prompt) is evaluated
+    with it; a template whose plugin does not lay out the model's images is refused."""
+    model = UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="yi_vl")
+    assert model.template_name == "yi_vl"
+    prompt = model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1]))
+    assert prompt.startswith("This is a chat between an inquisitive human and an AI assistant.")
+    assert prompt.endswith("<image>" * 4 + "Describe this image.\n### Assistant:")
+    with pytest.raises(ValueError, match=r"template qwen2_vl for .*does not lay out LLaVA images.*`template: llava`"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="qwen2_vl")
+    with pytest.raises(ValueError, match=r"template 'no_such_template' is not one of LLaMA-Factory's templates"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="no_such_template")
+
+
+def test_the_answer_of_a_reasoning_template_is_what_follows_its_thought_block(models, images, monkeypatch):
+    """`qwen3_vl` trains an empty `<think>` block before each answer: it is generated, and not scored."""
+    model = models["qwen3_vl"]
+    prompt = [(CAPTION_PROMPT, images[:1])]
+    inputs = model.model_inputs(prompt)
+    generated = model.tokenizer.encode("<think>\n\n</think>\n\nred circle.\n\nblue", add_special_tokens=False)
+
+    def generate_the_thought_block(**kwargs):
+        return torch.cat([inputs["input_ids"], torch.tensor([generated])], dim=1)
+
+    monkeypatch.setattr(model.model, "generate", generate_the_thought_block)
+    assert model.generate(prompt, {"max_new_tokens": 32, "until": ["\n\n"]}) == ["red circle."]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL,
-#                 Qwen3-VL, Qwen3.5, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T
+#                 Qwen3-VL, Qwen3.5, GLM-4.1V, GLM-4.5V: rows of merge x merge blocks of P x P patches, each patch's T
 #                 copies of a still image side by side)
 #   anyres_patches `[N, P_max, C, S, S]`, per image a resized base patch, then the crops of its high-resolution
 #                 canvas, then zero patches up to the batch's most; `image_sizes` holds each image's size as the
@@ -126,14 +126,14 @@ FAMILIES = (
     ),
     ModelFamily(
         name="Qwen3-VL",
-        model_types=("qwen3_vl",),
+        model_types=("qwen3_vl", "qwen3_vl_moe"),
         template="qwen3_vl",
         mm_plugin="Qwen3VLPlugin",
         **_PATCHIFIED,
     ),
     ModelFamily(
         name="Qwen3.5",
-        model_types=("qwen3_5",),
+        model_types=("qwen3_5", "qwen3_5_moe"),
         template="qwen3_5",
         mm_plugin="Qwen3VLPlugin",
         unshared_reason=(
@@ -146,6 +146,13 @@ FAMILIES = (
         name="GLM-4.1V",
         model_types=("glm4v",),
         template="glm4v",
+        mm_plugin="GLM4VPlugin",
+        **_PATCHIFIED,
+    ),
+    ModelFamily(  # GLM-4.1V's layout and plugin; its template differs in the tool-call format only
+        name="GLM-4.5V, GLM-4.6V",
+        model_types=("glm4v_moe",),
+        template="glm4_5v",
         mm_plugin="GLM4VPlugin",
         **_PATCHIFIED,
     ),
@@ -195,6 +202,9 @@ FAMILIES = (
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
 TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
+# (config `model_type`, its `vision_config.model_type`) -> the template, where the model type alone names another
+# family's template: Pixtral-12B is a `llava` model with a Pixtral vision tower
+TEMPLATE_BY_VISION_TOWER = {("llava", "pixtral"): "pixtral"}
 # a template alone names the first family of its plugin (Qwen3VLPlugin's: Qwen3-VL)
 FAMILY_BY_MM_PLUGIN = {
     plugin: next(family for family in FAMILIES if family.mm_plugin == plugin)
@@ -239,6 +249,14 @@ def family_of_plugin(plugin_class: type) -> ModelFamily | None:
 
 def family_of(model_type: str) -> ModelFamily | None:
     return FAMILY_BY_MODEL_TYPE.get(model_type)
+
+
+def default_template(config: dict) -> str | None:
+    """The template the stage trains a model with, read from its `config.json` (as a dict): by its vision tower where
+    its model type is another family's, else by its model type; None for a model type no family has."""
+    vision_config = config.get("vision_config") or {}
+    tower = (config.get("model_type"), vision_config.get("model_type"))
+    return TEMPLATE_BY_VISION_TOWER.get(tower, TEMPLATE_BY_MODEL_TYPE.get(config.get("model_type")))
 
 
 def supported_templates() -> str:
