@@ -15,6 +15,7 @@ of values; the cells are their Cartesian product in file order, each the file wi
 checked like a file of its own before anything runs (ue_dpo.experiment.sweep runs them).
 """
 
+import copy
 import dataclasses
 import itertools
 import re
@@ -172,8 +173,8 @@ class Experiment:
     reported: tuple[ReportedRow, ...] = ()
     baseline: str | None = None  # the run every other run is compared with, item-paired or seed-paired
     raw: dict[str, Any] = field(default_factory=dict)  # the mapping it was read from, after --set
-    sweep: tuple["SweepAxis", ...] = ()  # `sweep:`, in file order; () for a file without one
-    cells: tuple["Cell", ...] = ()  # the sweep's cells, in order (the last key varies fastest)
+    sweep: tuple[SweepAxis, ...] = ()  # `sweep:`, in file order; () for a file without one
+    cells: tuple[Cell, ...] = ()  # the sweep's cells, in order (the last key varies fastest)
 
     def run(self, name: str) -> Run:
         return next(run for run in self.runs if run.name == name)
@@ -284,7 +285,7 @@ def _parse_swept_experiment(raw: Mapping[str, Any], *, base_dir: Path, source: P
     for values in itertools.product(*(axis.values for axis in axes)):
         assignment = {axis.key: value for axis, value in zip(axes, values)}
         name = values_name(axes, assignment)
-        cell_raw = copy_raw(unswept)
+        cell_raw = copy.deepcopy(unswept)
         for key, value in assignment.items():
             _set_swept_value(cell_raw, key, value)
         try:
@@ -301,15 +302,6 @@ def values_name(axes: tuple[SweepAxis, ...], values: Mapping[str, Any]) -> str:
     return CELL_NAME_SEPARATOR.join(
         f"{axis.name}={value_text(values[axis.key])}" for axis in axes if axis.key in values
     )
-
-
-def copy_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of an experiment file's mapping (YAML values: mappings, lists, scalars)."""
-    if isinstance(raw, Mapping):
-        return {key: copy_raw(value) for key, value in raw.items()}
-    if isinstance(raw, list):
-        return [copy_raw(value) for value in raw]
-    return raw
 
 
 def value_text(value: Any) -> str:
