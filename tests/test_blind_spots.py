@@ -21,7 +21,6 @@ from llamafactory_runs import offline_env
 from ue_dpo.core.weights import TYPE_I_BLIND_SPOT
 from ue_dpo.synthetic.blind_spots import (
     FAINT_GREY,
-    FAINT_SHAPE_WORDS,
     PARTNERS,
     PREFERENCE_DATASET,
     SFT_DATASET,
@@ -32,6 +31,7 @@ from ue_dpo.synthetic.blind_spots import (
     write_blind_spot_sft_dataset,
 )
 from ue_dpo.synthetic.shapes import BACKGROUND, EVAL_MANIFEST, mentioned_shapes
+from ue_dpo.synthetic.vocabulary import FAINT_SHAPE_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "configs" / "experiments" / "embedded_blind_spots.yaml"

@@ -427,7 +427,8 @@ def test_make_lock_is_the_command_its_test_runs():
 
 
 def test_the_blind_spot_inspection_counts_the_word_group_and_data_the_test_checks():
-    from ue_dpo.synthetic.blind_spots import FAINT_SHAPE_WORDS, PREFERENCE_DATASET
+    from ue_dpo.synthetic.blind_spots import PREFERENCE_DATASET
+    from ue_dpo.synthetic.vocabulary import FAINT_SHAPE_WORDS
 
     (command,) = [
         shlex.split(command)

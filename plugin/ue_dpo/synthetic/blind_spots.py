@@ -3,9 +3,9 @@
 A scene holds one or two large shapes in saturated colours, each filling a quadrant as in `ue_dpo.synthetic.shapes`,
 and possibly one faint shape: small, light grey on the white background, in an empty quadrant. How visible it is
 is the world's knob: its grey level (`faint_grey`, FAINT_GREY by default) and its side as a share of a large
-shape's (`faint_side`, FAINT_SIDE by default). Captions list the
-large shapes in reading order of their quadrants, then the faint one as "a small grey <shape>", so the words of a
-faint shape can be told apart in text (`FAINT_SHAPE_WORDS`).
+shape's (`faint_side`, FAINT_SIDE by default). Captions list the large shapes in reading order of their quadrants,
+then the faint one as "a small grey <shape>", so the words of a faint shape can be told apart in text
+(`ue_dpo.synthetic.vocabulary.FAINT_SHAPE_WORDS`).
 
 The warm-up (SFT) captions carry a language prior, as web captions do:
 - large shapes come in partner pairs (`PARTNERS`): a second large shape is the first one's partner with
@@ -51,9 +51,6 @@ MAX_FAINT_GREY = 254  # 255 is the background itself: the shape would not be dra
 FAINT_SCENE_SHARE = 0.75  # scenes that hold a faint shape
 SFT_PARTNER_SHARE = 0.9  # warm-up scenes with two large shapes whose second is the first's partner
 SFT_FAINT_NAMED_SHARE = 0.3  # warm-up captions that name the scene's faint shape
-# The nouns that name faint shapes, for `ue-dpo inspect --word-group`: "small grey" marks them, and its own
-# tokens are spelled out from there on, so they are left out.
-FAINT_SHAPE_WORDS = r"(?<=small grey )(?:circle|square|triangle|star)"
 
 
 @dataclass(frozen=True)
