@@ -13,8 +13,16 @@ always answering it would score), and the blind guess level, which is the floor 
 the faint shape is never one of the image's large shapes, which the features show plainly, so a probe blind to the
 faint shape still scores a uniform guess among the shapes the large ones leave (1/3 with one large shape, 1/2
 with two), the mean of which over the images is the blind guess level.
+
+The forced noun: on the same images, the model's choice of the faint noun when it is made to name one. Each
+image's true caption (which ends "... and a small grey <shape>.") is scored with each of the 4 shapes as that
+noun, by the log-probability of the whole response given the image (teacher forcing, the prompt as evaluation
+encodes it), and the likeliest is the model's choice. It asks the language model, not a probe, whether the
+faint shape reaches its decision; greedy captions of a warm-up that rarely names faint shapes cannot (its
+captions' faint_noun_accuracy counts the few nouns it names). Reported with the same interval and floors.
 """
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,7 @@ from ue_dpo.evaluation.shapes_caption import load_shapes_eval_docs, shapes_doc_t
 from ue_dpo.model_families import family_of, image_encoder_owner
 from ue_dpo.statistics import wilson_interval
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT, EVAL_MANIFEST
-from ue_dpo.synthetic.vocabulary import SHAPES
+from ue_dpo.synthetic.vocabulary import FAINT_SHAPE_WORDS, SHAPES
 
 PROBE_FOLDS = 5
 PROBE_SEED = 0
@@ -52,8 +60,12 @@ def faint_images(eval_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             f"world's; name the held-out folder of a `synthetic.world: blind_spots` experiment"
         )
     with_faint = [doc for doc in docs if doc["faint"]]
-    if any(len(doc["faint"]) != 1 for doc in with_faint):
-        raise PerceivabilityError(f"--eval-dir {eval_dir}: an image lists several faint shapes; the probe needs one")
+    for doc in with_faint:
+        if len(doc["faint"]) != 1 or not re.search(FAINT_SHAPE_WORDS, doc["caption"]):
+            raise PerceivabilityError(
+                f"--eval-dir {eval_dir}: image {doc['image']} lists {doc['faint']} as faint with the caption "
+                f'{doc["caption"]!r}; a blind-spot world\'s image holds one faint shape, named "small grey <shape>"'
+            )
     return with_faint, [doc["faint"][0] for doc in with_faint]
 
 
@@ -92,8 +104,7 @@ def probe_faint_shape(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    counts = Counter(shapes)
-    rare = {shape: count for shape, count in counts.items() if count < folds}
+    rare = {shape: count for shape, count in Counter(shapes).items() if count < folds}
     if rare:
         raise PerceivabilityError(
             f"the held-out images hold too few of some faint shapes for a {folds}-fold probe ({rare}, at least "
@@ -103,28 +114,54 @@ def probe_faint_shape(
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     predicted = cross_val_predict(probe, features, labels, cv=split)
-    correct, n = int((predicted == labels).sum()), len(labels)
-    low, high = wilson_interval(correct, n)
     return {
-        "accuracy": correct / n * 100,
-        "interval": [low * 100, high * 100],
-        "chance": max(counts.values()) / n * 100,
-        "n": n,
-        "correct": correct,
-        "faint_shapes": dict(sorted(counts.items())),
+        **_accuracy(int((predicted == labels).sum()), len(labels)),
         "features_per_image": int(features.shape[1]),
         "folds": folds,
         "seed": seed,
     }
 
 
+def faint_noun_scores(model: UeDpoHF, doc: dict[str, Any]) -> dict[str, float]:
+    """Per shape, the log-probability of the doc's true caption with that shape as its faint noun ("small grey
+    <shape>"), given the doc's image."""
+    import torch.nn.functional as F
+    from llamafactory.extras.constants import IMAGE_PLACEHOLDER
+
+    images = shapes_doc_to_visual(doc)
+    prompt_ids = model.encode_prompt(CAPTION_PROMPT, images)
+    scores = {}
+    for shape in SHAPES:
+        caption = re.sub(FAINT_SHAPE_WORDS, shape, doc["caption"])
+        turn = [{"role": "user", "content": IMAGE_PLACEHOLDER}, {"role": "assistant", "content": caption}]
+        _, answer_ids = model.template.encode_oneturn(model.tokenizer, turn)  # the answer alone, as trained
+        inputs = model.encoded_inputs([prompt_ids + answer_ids], [images])
+        with torch.inference_mode():
+            logits = model.model(**inputs).logits[0, len(prompt_ids) - 1 : -1].float()
+        scores[shape] = float(F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(answer_ids)[:, None]).sum())
+    return scores
+
+
+def _accuracy(correct: int, n: int) -> dict[str, Any]:
+    low, high = wilson_interval(correct, n)
+    return {"accuracy": correct / n * 100, "interval": [low * 100, high * 100], "correct": correct}
+
+
 def measure_perceivability(model_dir: str, eval_dir: Path, *, batch_size: int = 16) -> dict[str, Any]:
-    """The probe of `model_dir` (a checkpoint `ue_dpo_hf` evaluates) on the held-out folder `eval_dir`, on CPU."""
+    """The probe and the forced noun of `model_dir` (a checkpoint `ue_dpo_hf` evaluates) on the held-out folder
+    `eval_dir`, on CPU, with the floors to read them against (in %)."""
     docs, shapes = faint_images(eval_dir)
+    counts = Counter(shapes)
     model = UeDpoHF(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch_size)
     probe = probe_faint_shape(image_features(model, docs, batch_size=batch_size), shapes)
+    forced = [max(scores, key=scores.get) for scores in (faint_noun_scores(model, doc) for doc in docs)]
     return {
         "model": str(model_dir),
         "eval_dir": str(eval_dir),
-        "probe": {**probe, "blind_guess": blind_guess_level(docs)},
+        "n": len(docs),
+        "faint_shapes": dict(sorted(counts.items())),
+        "chance": max(counts.values()) / len(docs) * 100,
+        "blind_guess": blind_guess_level(docs),
+        "probe": probe,
+        "forced_noun": _accuracy(sum(map(str.__eq__, forced, shapes)), len(docs)),
     }
