@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ue_dpo.argument_checks import UEDPOUserError
-from ue_dpo.model_families import FAMILIES, image_encoder_owner
+from ue_dpo.model_families import FAMILIES, default_template, image_encoder_owner
 
 FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "internvl", "gemma3")
 
@@ -155,3 +155,17 @@ def test_the_vision_modules_are_llamafactorys_keyed_modules_whole_on_the_encoder
     towers = ["multi_modal_projector", "vision_tower"]
     assert modules == (towers if arch in ("llava", "internvl", "gemma3") else ["visual"])
     assert (keyed == in_modules) == (arch != "glm4v")
+
+
+@pytest.mark.parametrize(
+    ("config", "template"),
+    [
+        ({"model_type": "llava", "vision_config": {"model_type": "clip_vision_model"}}, "llava"),
+        ({"model_type": "llava", "vision_config": {"model_type": "pixtral"}}, "pixtral"),  # Pixtral-12B
+        ({"model_type": "mistral3", "vision_config": {"model_type": "pixtral"}}, "mistral_small"),
+        ({"model_type": "qwen2_5_vl"}, "qwen2_vl"),
+        ({"model_type": "mllama"}, None),
+    ],
+)
+def test_the_default_template_of_a_config_follows_its_vision_tower_where_its_model_type_is_shared(config, template):
+    assert default_template(config) == template

@@ -309,3 +309,31 @@ def test_unsupported_requests_and_args_are_refused(models, tiny_llava_dir):
         UeDpoHF(pretrained=str(tiny_llava_dir), max_pixels=100)
     with pytest.raises(ValueError, match="positive integer batch size"):
         UeDpoHF(pretrained=str(tiny_llava_dir), batch_size="auto")
+
+
+def test_a_given_template_prompts_instead_of_the_familys_once_checked_against_the_model(tiny_llava_dir, images):
+    """A LLaVA-architecture model trained with `template: yi_vl` (LlavaPlugin, Yi-VL's system prompt) is evaluated
+    with it; a template whose plugin does not lay out the model's images is refused."""
+    model = UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="yi_vl")
+    assert model.template_name == "yi_vl"
+    prompt = model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1]))
+    assert prompt.startswith("This is a chat between an inquisitive human and an AI assistant.")
+    assert prompt.endswith("<image>" * 4 + "Describe this image.\n### Assistant:")
+    with pytest.raises(ValueError, match=r"template qwen2_vl for .*does not lay out LLaVA images.*`template: llava`"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="qwen2_vl")
+    with pytest.raises(ValueError, match=r"template 'no_such_template' is not one of LLaMA-Factory's templates"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", template="no_such_template")
+
+
+def test_the_answer_of_a_reasoning_template_is_what_follows_its_thought_block(models, images, monkeypatch):
+    """`qwen3_vl` trains an empty `<think>` block before each answer: it is generated, and not scored."""
+    model = models["qwen3_vl"]
+    prompt = [(CAPTION_PROMPT, images[:1])]
+    inputs = model.model_inputs(prompt)
+    generated = model.tokenizer.encode("<think>\n\n</think>\n\nred circle.\n\nblue", add_special_tokens=False)
+
+    def generate_the_thought_block(**kwargs):
+        return torch.cat([inputs["input_ids"], torch.tensor([generated])], dim=1)
+
+    monkeypatch.setattr(model.model, "generate", generate_the_thought_block)
+    assert model.generate(prompt, {"max_new_tokens": 32, "until": ["\n\n"]}) == ["red circle."]

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ue_dpo.core.weights import CATEGORY_NAMES, TYPE_I_BLIND_SPOT
 from ue_dpo.llamafactory.integration import apply as apply_llamafactory_integration
-from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE, default_template
 from ue_dpo.model_paths import is_local_path
 from ue_dpo.yaml_errors import describe_yaml_error
 
@@ -88,15 +88,15 @@ def model_keys(model: str, template: str | None, base_model: str | None = None) 
     else:
         raise InspectError(f"--model {model}: holds neither config.json (a model) nor adapter_config.json (LoRA).")
     if template is None:
-        model_type = None
+        config = {}
         if (config_dir / "config.json").is_file():
-            model_type = json.loads((config_dir / "config.json").read_text()).get("model_type")
-        if model_type not in TEMPLATE_BY_MODEL_TYPE:
+            config = json.loads((config_dir / "config.json").read_text())
+        template = default_template(config)
+        if template is None:
             raise InspectError(
-                f"--model {model}: cannot tell the template from model_type {model_type!r}; pass --template "
-                f"({', '.join(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))})."
+                f"--model {model}: cannot tell the template from model_type {config.get('model_type')!r}; pass "
+                f"--template ({', '.join(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))})."
             )
-        template = TEMPLATE_BY_MODEL_TYPE[model_type]
     return {**keys, "template": template}
 
 

@@ -195,6 +195,9 @@ FAMILIES = (
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
 TEMPLATE_BY_MODEL_TYPE = {model_type: family.template for model_type, family in FAMILY_BY_MODEL_TYPE.items()}
+# (config `model_type`, its `vision_config.model_type`) -> the template, where the model type alone names another
+# family's template: Pixtral-12B is a `llava` model with a Pixtral vision tower
+TEMPLATE_BY_VISION_TOWER = {("llava", "pixtral"): "pixtral"}
 # a template alone names the first family of its plugin (Qwen3VLPlugin's: Qwen3-VL)
 FAMILY_BY_MM_PLUGIN = {
     plugin: next(family for family in FAMILIES if family.mm_plugin == plugin)
@@ -239,6 +242,14 @@ def family_of_plugin(plugin_class: type) -> ModelFamily | None:
 
 def family_of(model_type: str) -> ModelFamily | None:
     return FAMILY_BY_MODEL_TYPE.get(model_type)
+
+
+def default_template(config: dict) -> str | None:
+    """The template the stage trains a model with, read from its `config.json` (as a dict): by its vision tower where
+    its model type is another family's, else by its model type; None for a model type no family has."""
+    vision_config = config.get("vision_config") or {}
+    tower = (config.get("model_type"), vision_config.get("model_type"))
+    return TEMPLATE_BY_VISION_TOWER.get(tower, TEMPLATE_BY_MODEL_TYPE.get(config.get("model_type")))
 
 
 def supported_templates() -> str:

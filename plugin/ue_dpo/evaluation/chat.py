@@ -5,7 +5,8 @@ Two halves, which together give a served model the prompt `ue_dpo_hf` encodes:
 
 - `training_messages`: the chat messages of one item, a system turn with the training template's system prompt
   and a user turn with the images before the text (LLaMA-Factory puts `<image>` before the question).
-  The template is named by the task setting `template` (metadata) or `UE_DPO_TEMPLATE`: one of `TEMPLATES`;
+  The template is named by the task setting `template` (metadata) or `UE_DPO_TEMPLATE`: a LLaMA-Factory template
+  the stage trains with (`TEMPLATES` are the families' defaults);
   `default_system` / `UE_DPO_DEFAULT_SYSTEM` replaces its system prompt, as LLaMA-Factory's key does.
 - `training_chat_template`: a Jinja chat template that renders those messages as the training template does:
   LLaMA-Factory's own Jinja rendering of the template, with each image part rendered as the one placeholder
@@ -23,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ue_dpo.evaluation.data import setting
-from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
+from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE, default_template
 
 TEMPLATE_ENV = "UE_DPO_TEMPLATE"
 DEFAULT_SYSTEM_ENV = "UE_DPO_DEFAULT_SYSTEM"
-TEMPLATES = tuple(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))
+TEMPLATES = tuple(sorted(set(TEMPLATE_BY_MODEL_TYPE.values())))  # each family's default template
 # LLaMA-Factory's Jinja sets the message text with this statement; ours flattens content parts in its place
 _CONTENT_STATEMENT = "{% set content = message['content'] %}"
 _SYSTEM_STATEMENT = "{% set system_message = messages[0]['content'] %}"
@@ -42,22 +43,44 @@ class ChatTemplateError(ValueError):
 def _training_template(name: str):
     from llamafactory.data.template import TEMPLATES as LLAMAFACTORY_TEMPLATES
 
-    if name not in TEMPLATES:
-        raise ChatTemplateError(f"template {name!r} is not one ue-dpo trains with; use one of {', '.join(TEMPLATES)}")
+    from ue_dpo.argument_checks import UEDPOUserError
+    from ue_dpo.llamafactory.collator import template_family
+
+    if name not in LLAMAFACTORY_TEMPLATES:
+        raise ChatTemplateError(f"template {name!r} is not a LLaMA-Factory template; e.g. {', '.join(TEMPLATES)}")
+    try:
+        template_family(LLAMAFACTORY_TEMPLATES[name])
+    except UEDPOUserError as error:
+        raise ChatTemplateError(f"template {name!r}: {error}") from None
     return LLAMAFACTORY_TEMPLATES[name]
 
 
-def template_for_model(model_dir: str | Path) -> str:
-    """The training template of a model folder, from its config's model_type."""
-    from transformers import AutoConfig
+def model_template(config: Mapping[str, Any], template: str | None, model: str | Path) -> str:
+    """The LLaMA-Factory template a model is prompted with, from its `config.json` (as a dict): `template` when
+    given, once its plugin is known to lay out the model's images (as the stage checks a training template), else
+    the template the stage trains the model's family with."""
+    from ue_dpo.argument_checks import UEDPOUserError
+    from ue_dpo.llamafactory.collator import checked_template
 
-    model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
-    if model_type not in TEMPLATE_BY_MODEL_TYPE:
+    if template is not None:
+        try:
+            return checked_template(template, config.get("model_type"))
+        except UEDPOUserError as error:
+            raise ChatTemplateError(f"template {template} for {model}: {error}") from None
+    default = default_template(dict(config))
+    if default is None:
         raise ChatTemplateError(
-            f"{model_dir} is a {model_type!r} model; ue-dpo evaluates "
+            f"{model} is a {config.get('model_type')!r} model; ue-dpo evaluates "
             f"{', '.join(sorted(TEMPLATE_BY_MODEL_TYPE))} models"
         )
-    return TEMPLATE_BY_MODEL_TYPE[model_type]
+    return default
+
+
+def template_for_model(model_dir: str | Path, template: str | None = None) -> str:
+    """The training template of a model folder: `template` checked against it, else its family's (`model_template`)."""
+    from transformers import AutoConfig
+
+    return model_template(AutoConfig.from_pretrained(str(model_dir)).to_dict(), template, model_dir)
 
 
 def training_system_prompt(metadata: Mapping[str, Any] | None, task: str) -> str:

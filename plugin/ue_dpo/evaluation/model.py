@@ -2,8 +2,10 @@
 
 `pretrained` is a LoRA output dir (it has `adapter_config.json`: the base model named there is loaded and
 the adapter merged into it with peft), a merged/full output dir, or a base model. Prompts are encoded
-with LLaMA-Factory's own chat template and multimodal plugin (`llava` for LLaVA-1.5, `qwen2_vl` for
-Qwen2-VL and Qwen2.5-VL), so evaluation sees byte for byte the prompt format of training.
+with LLaMA-Factory's own chat template and multimodal plugin, so evaluation sees byte for byte the prompt format
+of training: the `template` model arg (checked against the model as the stage checks a training template, e.g.
+`qwen3_vl_nothink` for a Qwen3-VL model trained with it), else the template the stage trains the model's family
+with (`llava` for LLaVA-1.5, `qwen2_vl` for Qwen2-VL and Qwen2.5-VL, `pixtral` for Pixtral-12B: README's table).
 
     lmms-eval --model ue_dpo_hf --model_args pretrained=saves/ue_dpo --tasks shapes_caption
 
@@ -11,7 +13,7 @@ Model args: pretrained, base_model (overrides the adapter's base path), device (
 available, else cpu; `auto` and `cuda` are the process's local GPU, cuda:LOCAL_RANK, so every rank of a
 `torchrun`/`accelerate launch` run has its own; `cuda:N` pins every rank to GPU N), dtype (auto: float32 on
 cpu, bfloat16 on cuda), default_system (as LLaMA-Factory's key, if training set it), image_max_pixels /
-image_min_pixels (LLaMA-Factory's keys and defaults), attn_implementation. The batch size is lmms-eval's
+image_min_pixels (LLaMA-Factory's keys and defaults), attn_implementation, template. The batch size is lmms-eval's
 `--batch_size N`: requests with the same generation kwargs are generated together, longest prompt (image
 tokens included) first so that a batch holds prompts of similar length, left-padded, and the answers are
 returned in the requests' order (lmms-eval's Collator, as its own models do).
@@ -31,12 +33,11 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
+from ue_dpo.evaluation.chat import model_template
 from ue_dpo.evaluation.model_settings import UE_DPO_HF_GENERATION_KWARGS
-from ue_dpo.model_families import TEMPLATE_BY_MODEL_TYPE
 from ue_dpo.model_paths import is_local_path
 
 MODEL_NAME = "ue_dpo_hf"
-# config.model_type -> the LLaMA-Factory template the stage trains it with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # LLaMA-Factory's ModelArguments defaults
 DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
@@ -121,6 +122,7 @@ class UeDpoHF(lmms):
         image_max_pixels: int = DEFAULT_IMAGE_MAX_PIXELS,
         image_min_pixels: int = DEFAULT_IMAGE_MIN_PIXELS,
         attn_implementation: str | None = None,
+        template: str | None = None,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -128,7 +130,7 @@ class UeDpoHF(lmms):
             raise TypeError(
                 f"{MODEL_NAME} got unknown model args {sorted(unknown)}; its args are pretrained, "
                 f"base_model, device, dtype, default_system, image_max_pixels, image_min_pixels, "
-                f"attn_implementation (the batch size is lmms-eval's --batch_size)"
+                f"attn_implementation, template (the batch size is lmms-eval's --batch_size)"
             )
         if str(batch_size).startswith("auto") or int(batch_size) < 1:
             raise ValueError(f"{MODEL_NAME} needs a positive integer batch size, got {batch_size!r}")
@@ -138,12 +140,7 @@ class UeDpoHF(lmms):
 
         pretrained = str(pretrained)
         base, adapter_dir, processor_source = resolve_checkpoint(pretrained, base_model)
-        model_type = AutoConfig.from_pretrained(base).model_type
-        if model_type not in TEMPLATE_BY_MODEL_TYPE:
-            raise CheckpointError(
-                f"{base} is a {model_type!r} model; {MODEL_NAME} evaluates LLaVA-1.5 (llava), "
-                f"Qwen2-VL (qwen2_vl) and Qwen2.5-VL (qwen2_5_vl) checkpoints"
-            )
+        self.template_name = model_template(AutoConfig.from_pretrained(base).to_dict(), template, base)
         self._device = _resolve_device(str(device))
         self._dtype = _resolve_dtype(str(dtype), self._device)
         self.batch_size_per_gpu = int(batch_size)
@@ -162,7 +159,6 @@ class UeDpoHF(lmms):
         self.processor.image_max_pixels = int(image_max_pixels)
         self.processor.image_min_pixels = int(image_min_pixels)
         self._tokenizer = self.processor.tokenizer
-        self.template_name = TEMPLATE_BY_MODEL_TYPE[model_type]
         self.template = get_template_and_fix_tokenizer(
             self._tokenizer, DataArguments(template=self.template_name, default_system=default_system)
         )
@@ -286,7 +282,9 @@ class UeDpoHF(lmms):
         with torch.inference_mode():
             output_ids = self._model.generate(**inputs, **settings)
         texts = self._tokenizer.batch_decode(output_ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [_cut_at_stop_strings(text, until) for text in texts]
+        # the answer is what follows a reasoning template's thought block (`<think>`…`</think>`, left in by
+        # skip_special_tokens), as lmms-eval's own Qwen3-VL model scores it; an unclosed block stays in the answer
+        return [_cut_at_stop_strings(self.template.remove_thought(text), until) for text in texts]
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         # Every prompt is encoded once, up front, for its length; the images are loaded again batch by batch.

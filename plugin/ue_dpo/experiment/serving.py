@@ -62,14 +62,16 @@ def prepare_served_model(
     server: Server,
     env: dict[str, str],
     llamafactory_cli: str,
+    template: str | None = None,
 ) -> tuple[Path, str, str]:
-    """(served folder, training template, stage digest) of one run, merged or mirrored unless its marker is current."""
+    """(served folder, training template, stage digest) of one run, merged or mirrored unless its marker is current;
+    the template is the run's training template, else its model family's."""
     # lmms-eval's model module imports torch, transformers and lmms-eval, which only preparing a model needs
     from ue_dpo.evaluation.model import resolve_checkpoint
 
     layout = ExperimentLayout(output)
     base, adapter_dir, _ = resolve_checkpoint(model)
-    template = template_for_model(base)
+    template = template_for_model(base, template)
     served = layout.served_dir(run_name)
     stage = f"serve-{run_name}"
     if adapter_dir:

@@ -109,6 +109,19 @@ def template_family(template, model_type: str | None = None) -> ModelFamily:
     return plugin_family
 
 
+def checked_template(name: str, model_type: str) -> str:
+    """`name`, a template a user gave for a model of config `model_type`, once it is known to be a LLaMA-Factory
+    template whose plugin lays out that model's images (`template_family`); refused with a UEDPOUserError otherwise."""
+    from llamafactory.data.template import TEMPLATES
+
+    if name not in TEMPLATES:
+        raise UEDPOUserError(
+            f"template {name!r} is not one of LLaMA-Factory's templates; supported templates: {supported_templates()}."
+        )
+    template_family(TEMPLATES[name], model_type)
+    return name
+
+
 def unreadable_batch_image_error(pair_images: list[list]) -> UEDPOUserError | None:
     """The error naming the first image of a batch that does not decode, or None when all do."""
     for images in pair_images:
