@@ -130,3 +130,15 @@ def test_an_image_of_another_size_and_a_dataset_without_the_column_are_refused(
         'the method reads. Add `"second_image": "<its column in the file>"` to the "columns" of its entry in '
         "dataset_info.json."
     )
+
+
+def test_prepared_rows_without_the_column_are_refused_by_the_collator():
+    """Rows prepared without the column (a `tokenized_path` saved by another method's run) are named, not skipped."""
+    from ue_dpo.llamafactory.collator import column_images
+
+    with pytest.raises(
+        UEDPOUserError,
+        match=r"the prepared rows hold no `ue_region_mask` column \(the dataset's "
+        r"`region_mask`\), which the method reads: .*`tokenized_path`",
+    ):
+        column_images([{"images": ["a.png"]}], "region_mask")

@@ -85,6 +85,7 @@ def use_method(trainer, monkeypatch, name: str, columns=None, **keys) -> dict:
         with_noised_image=method.reads_noised_image,
         second_images=method.second_images,
         response_images=method.reads_response_images,
+        noise_space=args.ue_noise_space,
     )
     features = [trainer.train_dataset[row] for row in range(2)]
     if method.data_columns:
@@ -241,9 +242,16 @@ def test_a_second_image_column_is_what_the_pass_on_m_prime_sees(trainer, monkeyp
         assert method.second_image == "supplied"
 
 
-def test_mfpo_region_mask_noises_inside_the_mask_and_leaves_the_rest_bit_identical(trainer, monkeypatch, row_columns):
-    masked = use_method(trainer, monkeypatch, "mfpo", row_columns, mfpo_second_image="region_mask")
-    noised = use_method(trainer, monkeypatch, "mfpo", mfpo_second_image="noise")[NOISED_PIXEL_VALUES]  # global v'
+@pytest.mark.parametrize("space", ["pixel_values", "image"])
+def test_mfpo_region_mask_noises_inside_the_mask_and_leaves_the_rest_bit_identical(
+    trainer, monkeypatch, row_columns, space
+):
+    masked = use_method(
+        trainer, monkeypatch, "mfpo", row_columns, mfpo_second_image="region_mask", ue_noise_space=space
+    )
+    # v', the global noise, in the same space
+    noised = use_method(trainer, monkeypatch, "mfpo", mfpo_second_image="noise", ue_noise_space=space)
+    noised = noised[NOISED_PIXEL_VALUES]
     processor = trainer.data_collator.processor.image_processor
     grids, offset = masked["image_grid_thw"].tolist(), 0
     for index, (_, grid_h, grid_w) in enumerate(grids):
