@@ -132,8 +132,9 @@ def test_an_image_of_another_size_and_a_dataset_without_the_column_are_refused(
     )
 
 
-def test_prepared_rows_without_the_column_are_refused_by_the_collator():
-    """Rows prepared without the column (a `tokenized_path` saved by another method's run) are named, not skipped."""
+def test_prepared_rows_without_the_column_and_images_broken_since_are_refused_by_the_collator(tmp_path):
+    """Rows prepared without the column (a `tokenized_path` saved by another method's run) and a column's file that
+    no longer decodes are named, not skipped."""
     from ue_dpo.llamafactory.collator import column_images
 
     with pytest.raises(
@@ -142,3 +143,8 @@ def test_prepared_rows_without_the_column_are_refused_by_the_collator():
         r"`region_mask`\), which the method reads: .*`tokenized_path`",
     ):
         column_images([{"images": ["a.png"]}], "region_mask")
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(UEDPOUserError, match=f"image {broken} of the dataset's `second_image` column cannot be read"):
+        column_images([{"ue_second_image": [str(broken)]}], "second_image")

@@ -520,7 +520,19 @@ def column_images(features: list[dict[str, Any]], column: str) -> list[list[Imag
             "were prepared without it (LLaMA-Factory's `tokenized_path`). Prepare the data again with this method's "
             "keys (`overwrite_cache: true`, and a new `tokenized_path`)."
         )
-    return [[load_image_strictly(source) for source in feature[prepared] or []] for feature in features]
+    images = []
+    for feature in features:
+        row = []
+        for source in feature[prepared] or []:
+            try:
+                row.append(load_image_strictly(source))
+            except OSError as error:  # checked to open before training; changed since, or truncated
+                raise UEDPOUserError(
+                    f"image {describe_image_source(source)} of the dataset's `{column}` column cannot be read: "
+                    f"{error}. Replace the file with a complete copy, or remove its row."
+                ) from error
+        images.append(row)
+    return images
 
 
 def _filled(image: Image.Image, value: int) -> Image.Image:
