@@ -152,6 +152,19 @@ UEDPOArguments = make_dataclass(
 UEDPOArguments.__module__ = __name__
 
 
+def check_router_loss_coefficient(moe_aux_loss_coef: float | None) -> None:
+    """Refuse LLaMA-Factory's `moe_aux_loss_coef` (a model key): its DPO trainer never adds a router loss (it reads
+    only the logits of its forwards, and bypasses TRL's `aux_loss_enabled`), so `stage: dpo` trains the same loss
+    with it or without it, and so would `stage: ue_dpo`."""
+    if moe_aux_loss_coef:
+        raise UEDPOUserError(
+            f"`moe_aux_loss_coef: {moe_aux_loss_coef}` is not supported with `stage: ue_dpo`: LLaMA-Factory's "
+            "`stage: dpo` adds no router auxiliary loss to the DPO loss (the key only makes some mixture-of-experts "
+            "models record their router logits), and neither does `stage: ue_dpo`, so it would change nothing. "
+            "Remove `moe_aux_loss_coef`."
+        )
+
+
 def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, Any]) -> None:
     """Refuse the LLaMA-Factory keys that its DPO trainer reads and `stage: ue_dpo` does not (they would be
     silently ignored), and adapters on the output layer, which the chunked projection reads as a plain Linear."""

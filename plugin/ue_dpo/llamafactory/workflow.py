@@ -8,6 +8,7 @@ from llamafactory.model import load_config, load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.argument_checks import UEDPOUserError
+from ue_dpo.config import check_router_loss_coefficient
 from ue_dpo.llamafactory.collator import UEDPODataCollator, check_second_images, template_family
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
@@ -30,6 +31,7 @@ def check_preference_datasets(data_args) -> None:
 def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, callbacks=None):
     """The trainer (tokenizer, template, data, model, collator) as `stage: ue_dpo` trains, and whether the
     reference is the policy itself (evaluation without a separate reference)."""
+    check_router_loss_coefficient(model_args.moe_aux_loss_coef)
     check_preference_datasets(data_args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
