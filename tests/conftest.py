@@ -24,6 +24,7 @@ from ue_dpo.synthetic.shapes import write_preference_dataset, write_sft_dataset
 from ue_dpo.synthetic.tiny_models import (
     build_tiny_gemma3,
     build_tiny_glm4v,
+    build_tiny_glm4v_moe,
     build_tiny_internvl,
     build_tiny_llava,
     build_tiny_llava_next,
@@ -32,7 +33,9 @@ from ue_dpo.synthetic.tiny_models import (
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
     build_tiny_qwen3_5,
+    build_tiny_qwen3_5_moe,
     build_tiny_qwen3_vl,
+    build_tiny_qwen3_vl_moe,
 )
 
 
@@ -64,6 +67,21 @@ def tiny_qwen3_5_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_glm4v_dir(tmp_path_factory):
     return build_tiny_glm4v(tmp_path_factory.mktemp("tiny_glm4v"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_moe_dir(tmp_path_factory):
+    return build_tiny_qwen3_vl_moe(tmp_path_factory.mktemp("tiny_qwen3_vl_moe"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_moe_dir(tmp_path_factory):
+    return build_tiny_qwen3_5_moe(tmp_path_factory.mktemp("tiny_qwen3_5_moe"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_glm4v_moe_dir(tmp_path_factory):
+    return build_tiny_glm4v_moe(tmp_path_factory.mktemp("tiny_glm4v_moe"), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,19 @@ import pytest
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.model_families import FAMILIES, default_template, image_encoder_owner
 
-FAMILY_ARCHITECTURES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "internvl", "gemma3")
+FAMILY_ARCHITECTURES = (
+    "llava",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_5",
+    "glm4v",
+    "internvl",
+    "gemma3",
+    "qwen3_vl_moe",
+    "qwen3_5_moe",
+    "glm4v_moe",
+)
 
 
 def llamafactory_template(name: str):
@@ -32,11 +44,19 @@ def family(template: str, model_type: str | None = None):
         ("qwen3_vl_nothink", "qwen3_vl", "Qwen3-VL"),
         ("qwen3_5", "qwen3_5", "Qwen3.5"),
         ("glm4v", "glm4v", "GLM-4.1V"),
+        # the mixture-of-experts models: their dense sibling's layout, GLM-4.5V's with LLaMA-Factory's glm4_5v
+        ("qwen3_vl", "qwen3_vl_moe", "Qwen3-VL"),
+        ("qwen3_vl_nothink", "qwen3_vl_moe", "Qwen3-VL"),
+        ("qwen3_5", "qwen3_5_moe", "Qwen3.5"),
+        ("glm4_5v", "glm4v_moe", "GLM-4.5V, GLM-4.6V"),
+        ("glm4v", "glm4v_moe", "GLM-4.5V, GLM-4.6V"),  # the two templates differ in their tool-call format only
+        ("glm4_5v", "glm4v", "GLM-4.1V"),  # GLM-4.6V-Flash: a dense `glm4v` model of LLaMA-Factory's glm4_5v group
         ("pixtral", "llava", "Pixtral, Mistral-Small-3"),  # Pixtral-12B: a `llava` model the pixtral template trains
         # the plugin of a family's subclass templates: Qwen3VLPlugin and GLM4VPlugin derive from Qwen2VLPlugin
         ("qwen3_vl", None, "Qwen3-VL"),
         ("qwen3_5", None, "Qwen3-VL"),  # its plugin's first family: a template alone does not tell the two apart
         ("glm4v", None, "GLM-4.1V"),
+        ("glm4_5v", None, "GLM-4.1V"),
         ("mimo_vl", None, "Qwen2-VL, Qwen2.5-VL"),  # a Qwen2VLPlugin template of another name
     ],
 )
@@ -59,12 +79,12 @@ def test_a_template_is_accepted_by_its_plugin_or_the_nearest_served_ancestor(tem
             "this template's multimodal plugin BasePlugin does not lay out Qwen2-VL, Qwen2.5-VL images (it has no "
             "image token); Qwen2-VL, Qwen2.5-VL trains with `template: qwen2_vl`",
         ),
-        ("qwen3_vl", "qwen3_vl_moe", "`stage: ue_dpo` does not train `model_type: qwen3_vl_moe` models"),
+        ("glm4v", "glm46v", "`stage: ue_dpo` does not train `model_type: glm46v` models"),
         (
             "llava",
             "paligemma",
-            "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, glm4v, llava_next, mistral3, "
-            "internvl, gemma3.",
+            "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe, glm4v, "
+            "glm4v_moe, llava_next, mistral3, internvl, gemma3.",
         ),
         ("qwen", None, "this template uses BasePlugin without an image token. Supported templates: llava, qwen2_vl"),
         (
@@ -111,6 +131,7 @@ def test_every_multimodal_template_of_llamafactory_is_trained_or_refused_with_it
         "qwen2_vl",
         "qwen3_vl",
         "glm4v",
+        "glm4_5v",
         "llava_next",
         "pixtral",
         "mistral_small",
@@ -154,7 +175,7 @@ def test_the_vision_modules_are_llamafactorys_keyed_modules_whole_on_the_encoder
     assert keyed and keyed <= in_modules
     towers = ["multi_modal_projector", "vision_tower"]
     assert modules == (towers if arch in ("llava", "internvl", "gemma3") else ["visual"])
-    assert (keyed == in_modules) == (arch != "glm4v")
+    assert (keyed == in_modules) == (arch not in ("glm4v", "glm4v_moe"))
 
 
 @pytest.mark.parametrize(
@@ -164,6 +185,8 @@ def test_the_vision_modules_are_llamafactorys_keyed_modules_whole_on_the_encoder
         ({"model_type": "llava", "vision_config": {"model_type": "pixtral"}}, "pixtral"),  # Pixtral-12B
         ({"model_type": "mistral3", "vision_config": {"model_type": "pixtral"}}, "mistral_small"),
         ({"model_type": "qwen2_5_vl"}, "qwen2_vl"),
+        ({"model_type": "qwen3_vl_moe"}, "qwen3_vl"),
+        ({"model_type": "glm4v_moe"}, "glm4_5v"),
         ({"model_type": "mllama"}, None),
     ],
 )

@@ -312,9 +312,10 @@ def check_sharing_equals_the_unshared_computation(trainer, batch: dict, packed_f
         close(shared["grads"][name], grad, name)
 
 
-@pytest.fixture(scope="module", params=["qwen3_vl", "glm4v"])
+@pytest.fixture(scope="module", params=["qwen3_vl", "glm4v", "qwen3_vl_moe", "glm4v_moe"])
 def reasoning_trainer(request, edited_dataset_dir, tmp_path_factory):
-    """Qwen3-VL's and GLM-4.1V's: their reasoning templates start every response with an empty thought block."""
+    """Qwen3-VL's and GLM-4.xV's, dense and mixture-of-experts (routed token by token, so a packed row routes each
+    token as its unshared row does): their reasoning templates start every response with an empty thought block."""
     return trainer_with_a_trained_adapter(request, request.param, edited_dataset_dir, tmp_path_factory)
 
 
@@ -331,10 +332,11 @@ def test_reasoning_families_share_the_prompt_and_keep_the_thought_block_in_each_
     check_sharing_equals_the_unshared_computation(trainer, collated(trainer, BATCHES[batch_name]), packed_forwards)
 
 
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_5_moe"])
 def test_qwen3_5_computes_unshared_rows_and_says_why_once(
-    request, edited_dataset_dir, tmp_path_factory, packed_forwards
+    arch, request, edited_dataset_dir, tmp_path_factory, packed_forwards
 ):
-    trainer = trainer_with_a_trained_adapter(request, "qwen3_5", edited_dataset_dir, tmp_path_factory)
+    trainer = trainer_with_a_trained_adapter(request, arch, edited_dataset_dir, tmp_path_factory)
     assert trainer.finetuning_args.ue_prefix_sharing
     batch = collated(trainer, BATCHES["different-lengths-and-shared-start"])
     for _ in range(2):

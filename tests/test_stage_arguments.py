@@ -3,6 +3,7 @@
 import pytest
 
 import ue_dpo
+from ue_dpo.argument_checks import UEDPOUserError
 
 BASE = {
     "model_name_or_path": "unused-model",
@@ -107,6 +108,14 @@ def test_command_line_accepts_the_new_stage():
 def test_bad_values_get_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         parse(**overrides)
+
+
+def test_the_router_loss_coefficient_is_refused_at_start_as_stage_dpo_adds_no_router_loss():
+    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
+
+    arguments = parse(moe_aux_loss_coef=0.001)[:4]
+    with pytest.raises(UEDPOUserError, match=r"`moe_aux_loss_coef: 0.001` is not supported with `stage: ue_dpo`: "):
+        build_ue_dpo_trainer(*arguments)  # before it reads the data set or the model, which do not exist here
 
 
 def test_unknown_key_is_still_rejected():

@@ -38,12 +38,27 @@ from ue_dpo.synthetic.tiny_models import (
 ARCHITECTURES = ("llava", "qwen2_vl")
 # each loads and batches; the first two train stock DPO
 FAMILY_ARCHITECTURES = (*ARCHITECTURES, "qwen3_vl", "qwen3_5", "glm4v")
+# each loads with its real classes: the mixture-of-experts models beside their dense siblings
+LOADED_ARCHITECTURES = (*FAMILY_ARCHITECTURES, "qwen3_vl_moe", "qwen3_5_moe", "glm4v_moe")
 EXPECTED_CLASSES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor", "LlamaTokenizer", "CLIPImageProcessor"),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen2Tokenizer", "Qwen2VLImageProcessor"),
     "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", "Qwen3_5Tokenizer", "Qwen2VLImageProcessor"),
     "glm4v": ("Glm4vForConditionalGeneration", "Glm4vProcessor", "TokenizersBackend", "Glm4vImageProcessor"),
+    "qwen3_vl_moe": (
+        "Qwen3VLMoeForConditionalGeneration",
+        "Qwen3VLProcessor",
+        "Qwen2Tokenizer",
+        "Qwen2VLImageProcessor",
+    ),
+    "qwen3_5_moe": (
+        "Qwen3_5MoeForConditionalGeneration",
+        "Qwen3VLProcessor",
+        "Qwen3_5Tokenizer",
+        "Qwen2VLImageProcessor",
+    ),
+    "glm4v_moe": ("Glm4vMoeForConditionalGeneration", "Glm4vProcessor", "TokenizersBackend", "Glm4vImageProcessor"),
 }
 VISUAL_TOKENS_PER_IMAGE = 4  # one per quadrant of a shapes image
 # how each LLaMA-Factory template labels a reply: the reasoning templates start it with an empty thought block
@@ -125,7 +140,7 @@ def llamafactory_modules(model_dir, dataset_dir, template, stage, output_dir, da
     return template, tokenizer_module, (model_args, data_args, training_args)
 
 
-@pytest.mark.parametrize("arch", FAMILY_ARCHITECTURES)
+@pytest.mark.parametrize("arch", LOADED_ARCHITECTURES)
 def test_models_load_offline_with_the_real_auto_classes(arch, request):
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -154,7 +169,7 @@ def test_models_load_offline_with_the_real_auto_classes(arch, request):
         assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [len(tokenizer) - 2, len(tokenizer) - 1]
         assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
         assert tokenizer("Hi").input_ids[0] == tokenizer.bos_token_id
-    elif arch == "glm4v":
+    elif arch in ("glm4v", "glm4v_moe"):
         added_ids = tokenizer.convert_tokens_to_ids([*GLM4V_ADDED_TOKENS, *GLM4V_TEXT_TOKENS])
         assert added_ids == list(range(len(tokenizer) - len(added_ids), len(tokenizer)))
         assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (

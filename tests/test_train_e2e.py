@@ -1,5 +1,5 @@
-"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local LLaVA, Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V
-checkpoints."""
+"""`llamafactory-cli train` with `stage: ue_dpo` on tiny local checkpoints of every family, dense and
+mixture-of-experts."""
 
 import json
 from pathlib import Path
@@ -157,16 +157,22 @@ def test_tiled_families_at_alpha_zero_log_the_losses_of_stage_dpo(trained):
         assert alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
 
 
-NEW_FAMILIES = ("qwen3_vl", "qwen3_5", "glm4v")
+NEW_FAMILIES = ("qwen3_vl", "qwen3_5", "glm4v", "qwen3_vl_moe", "qwen3_5_moe", "glm4v_moe")
+RUN_OVERRIDES = {"ue": {}, "alpha0": {"ue_alpha": 0.0}, "dpo": {"stage": "dpo"}}
+# GLM-4.5V's stock run sets LLaMA-Factory's router-loss coefficient, which makes its language model record the router
+# logits; LLaMA-Factory's DPO adds no router loss, so α=0 without it (`stage: ue_dpo` refuses it) logs the same losses
+STOCK_RUN_OVERRIDES = {"glm4v_moe": {"moe_aux_loss_coef": 0.001}}
 
 
-def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
+def test_qwen3_vl_qwen3_5_and_glm4v_dense_and_moe_train_with_ue_metrics_and_alpha_zero_is_stage_dpo(
     request, shapes_dataset_dir, tmp_path
 ):
     runs = {}
     for arch in NEW_FAMILIES:
         model_dir = model_dir_for(arch, request)
-        for name, overrides in (("ue", {}), ("alpha0", {"ue_alpha": 0.0}), ("dpo", {"stage": "dpo"})):
+        for name, overrides in RUN_OVERRIDES.items():
+            if name == "dpo":
+                overrides = {**overrides, **STOCK_RUN_OVERRIDES.get(arch, {})}
             config = tiny_training_config(arch, model_dir, shapes_dataset_dir, tmp_path / arch / name, **overrides)
             runs[f"{arch}-{name}"] = (config, tmp_path / arch / f"{name}-work")
     logs = train_in_one_process(runs)
@@ -174,7 +180,7 @@ def test_qwen3_vl_qwen3_5_and_glm4v_train_with_ue_metrics_and_alpha_zero_is_stag
         check_ue_metrics(logs[f"{arch}-ue"])
         stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
         assert len(stock) == 2
-        assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6)
+        assert [entry["loss"] for entry in logs[f"{arch}-alpha0"]] == pytest.approx(stock, rel=1e-5, abs=1e-6), arch
         assert logs[f"{arch}-ue"][0]["loss"] != pytest.approx(stock[0], rel=1e-4)
 
 

@@ -14,6 +14,7 @@ from ue_dpo.synthetic.shapes import CAPTION_PROMPT, PREFERENCE_DATASET
 
 ARCHITECTURES = ("llava", "qwen2_vl")
 TILED_ARCHITECTURES = ("internvl", "gemma3")
+MOE_ARCHITECTURES = ("qwen3_vl_moe", "glm4v_moe")  # their dense sibling's prompts (GLM-4.5V: LLaMA-Factory's glm4_5v)
 QWEN2_VL_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
     + "<|image_pad|>" * 4
@@ -52,6 +53,8 @@ def models(
     tiny_glm4v_dir,
     tiny_internvl_dir,
     tiny_gemma3_dir,
+    tiny_qwen3_vl_moe_dir,
+    tiny_glm4v_moe_dir,
 ):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
@@ -61,6 +64,8 @@ def models(
         "glm4v": UeDpoHF(pretrained=str(tiny_glm4v_dir), device="cpu"),
         "internvl": UeDpoHF(pretrained=str(tiny_internvl_dir), device="cpu"),
         "gemma3": UeDpoHF(pretrained=str(tiny_gemma3_dir), device="cpu"),
+        "qwen3_vl_moe": UeDpoHF(pretrained=str(tiny_qwen3_vl_moe_dir), device="cpu"),
+        "glm4v_moe": UeDpoHF(pretrained=str(tiny_glm4v_moe_dir), device="cpu"),
     }
 
 
@@ -88,7 +93,7 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES])
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
@@ -102,6 +107,8 @@ def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request,
         "glm4v": GLM4V_PROMPT,
         "internvl": INTERNVL_PROMPT,
         "gemma3": GEMMA3_PROMPT,
+        "qwen3_vl_moe": QWEN3_VL_PROMPT,
+        "glm4v_moe": GLM4V_PROMPT,
     }[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
@@ -112,7 +119,9 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES])
+@pytest.mark.parametrize(
+    "arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES]
+)
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
     model = models[arch]

@@ -101,6 +101,9 @@ class _StageArguments:
                             readers=_readers_text(readers(group)),
                         )
                     )
+        for name, reason in method.unread_keys(self).items():
+            if getattr(self, name) is not None:
+                raise UEDPOUserError(f"`{name}: {getattr(self, name)}` has no effect: {reason}. Remove `{name}`.")
         if self.ue_ref_cache_dir is not None and self.ue_precompute_ref is not True:
             raise UEDPOUserError(
                 "`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which is off; remove "
@@ -147,6 +150,19 @@ UEDPOArguments = make_dataclass(
     bases=(_StageArguments,),
 )
 UEDPOArguments.__module__ = __name__
+
+
+def check_router_loss_coefficient(moe_aux_loss_coef: float | None) -> None:
+    """Refuse LLaMA-Factory's `moe_aux_loss_coef` (a model key): its DPO trainer never adds a router loss (it reads
+    only the logits of its forwards, and bypasses TRL's `aux_loss_enabled`), so `stage: dpo` trains the same loss
+    with it or without it, and so would `stage: ue_dpo`."""
+    if moe_aux_loss_coef:
+        raise UEDPOUserError(
+            f"`moe_aux_loss_coef: {moe_aux_loss_coef}` is not supported with `stage: ue_dpo`: LLaMA-Factory's "
+            "`stage: dpo` adds no router auxiliary loss to the DPO loss (the key only makes some mixture-of-experts "
+            "models record their router logits), and neither does `stage: ue_dpo`, so it would change nothing. "
+            "Remove `moe_aux_loss_coef`."
+        )
 
 
 def check_llamafactory_keys(finetuning_args, llamafactory_defaults: dict[str, Any]) -> None:

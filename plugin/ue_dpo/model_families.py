@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # How `pixel_values` hold a batch's images:
 #   stacked       `[N, C, H, W]`, one image per entry of dim 0 (LLaVA)
 #   grid_patches  `[Σ patches, C·T·P·P]`, each image's patches in a row, sized by `image_grid_thw` (Qwen2-VL,
-#                 Qwen3-VL, Qwen3.5, GLM-4.1V: rows of merge x merge blocks of P x P patches, each patch's T
+#                 Qwen3-VL, Qwen3.5, GLM-4.1V, GLM-4.5V: rows of merge x merge blocks of P x P patches, each patch's T
 #                 copies of a still image side by side)
 #   anyres_patches `[N, P_max, C, S, S]`, per image a resized base patch, then the crops of its high-resolution
 #                 canvas, then zero patches up to the batch's most; `image_sizes` holds each image's size as the
@@ -126,14 +126,14 @@ FAMILIES = (
     ),
     ModelFamily(
         name="Qwen3-VL",
-        model_types=("qwen3_vl",),
+        model_types=("qwen3_vl", "qwen3_vl_moe"),
         template="qwen3_vl",
         mm_plugin="Qwen3VLPlugin",
         **_PATCHIFIED,
     ),
     ModelFamily(
         name="Qwen3.5",
-        model_types=("qwen3_5",),
+        model_types=("qwen3_5", "qwen3_5_moe"),
         template="qwen3_5",
         mm_plugin="Qwen3VLPlugin",
         unshared_reason=(
@@ -146,6 +146,13 @@ FAMILIES = (
         name="GLM-4.1V",
         model_types=("glm4v",),
         template="glm4v",
+        mm_plugin="GLM4VPlugin",
+        **_PATCHIFIED,
+    ),
+    ModelFamily(  # GLM-4.1V's layout and plugin; its template differs in the tool-call format only
+        name="GLM-4.5V, GLM-4.6V",
+        model_types=("glm4v_moe",),
+        template="glm4_5v",
         mm_plugin="GLM4VPlugin",
         **_PATCHIFIED,
     ),

@@ -8,6 +8,7 @@ from llamafactory.model import load_config, load_model, load_tokenizer
 from llamafactory.train.trainer_utils import create_modelcard_and_push, create_ref_model
 
 from ue_dpo.argument_checks import UEDPOUserError
+from ue_dpo.config import check_router_loss_coefficient
 from ue_dpo.llamafactory.collator import UEDPODataCollator, check_second_images, template_family
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
@@ -30,6 +31,7 @@ def check_preference_datasets(data_args) -> None:
 def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, callbacks=None):
     """The trainer (tokenizer, template, data, model, collator) as `stage: ue_dpo` trains, and whether the
     reference is the policy itself (evaluation without a separate reference)."""
+    check_router_loss_coefficient(model_args.moe_aux_loss_coef)
     check_preference_datasets(data_args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
@@ -37,7 +39,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     method = finetuning_args.method
     # refuses a model or template the stage does not train, and second images its layout lacks
     family = template_family(template, load_config(model_args).model_type)
-    check_second_images(family, method.second_images, method.name)
+    check_second_images(family, method.second_images, method.name, method.reads_response_images)
     dataset_module = load_preference_datasets(
         template, model_args, data_args, training_args, finetuning_args, tokenizer_module
     )
@@ -55,6 +57,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         with_noised_image=finetuning_args.method.reads_noised_image,
         with_row_digests=finetuning_args.ue_precompute_ref,
         second_images=method.second_images,
+        response_images=method.reads_response_images,
         **tokenizer_module,
     )
     if finetuning_args.ref_model is None and not training_args.do_train:

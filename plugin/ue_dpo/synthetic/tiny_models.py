@@ -1,13 +1,15 @@
 """Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, Pixtral, Qwen3-VL, Qwen3.5,
-GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, built locally without any download.
+GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, and the mixture-of-experts Qwen3-VL (30B-A3B), Qwen3.5 (35B-A3B) and
+GLM-4.5V, built locally without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
-`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `intern_vl`, `gemma3`), `AutoProcessor` and
-`AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA, Qwen2-VL, Qwen3-VL,
-Qwen3.5 and GLM-4.1V see an image as a 2x2 grid of visual tokens, one per quadrant
+`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `glm4_5v`, `intern_vl`, `gemma3`),
+`AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA,
+Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.xV see an image as a 2x2 grid of visual tokens, one per quadrant
 of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches,
 Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one token each (with
-`crop_to_patches`) and Gemma 3 pools it into 4 tokens.
+`crop_to_patches`) and Gemma 3 pools it into 4 tokens. The mixture-of-experts models are their dense sibling's
+layout with 4 experts per mixture, 2 routed to per token.
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
@@ -47,6 +49,9 @@ ARCHITECTURES = (
     "glm4v",
     "internvl",
     "gemma3",
+    "qwen3_vl_moe",
+    "qwen3_5_moe",
+    "glm4v_moe",
 )
 
 TEXT_HIDDEN_SIZE = 64
@@ -125,6 +130,21 @@ TINY_QWEN3_5_LINEAR_ATTENTION = {
     "linear_key_head_dim": 16,
     "linear_value_head_dim": 16,
     "linear_conv_kernel_dim": 4,
+}
+# The mixture-of-experts language models: 4 experts of half the dense MLP's width, 2 routed to per token (the
+# released ones route to 8 of 128 to 512)
+TINY_QWEN3_VL_MOE_EXPERTS = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": TEXT_HIDDEN_SIZE // 2}
+# Qwen3.5's also add a shared expert to every token, behind a sigmoid gate
+TINY_QWEN3_5_MOE_EXPERTS = {**TINY_QWEN3_VL_MOE_EXPERTS, "shared_expert_intermediate_size": TEXT_HIDDEN_SIZE // 2}
+# GLM-4.5V's: the first layer dense, then sigmoid-scored routing in one group, beside one shared expert
+TINY_GLM4V_MOE_EXPERTS = {
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": TEXT_HIDDEN_SIZE // 2,
+    "first_k_dense_replace": 1,
+    "n_group": 1,
+    "topk_group": 1,
 }
 # `out_hidden_size` defaults to the language model's width
 TINY_GLM4V_VISION = {
@@ -729,6 +749,39 @@ def build_tiny_qwen3_vl(
     )
 
 
+def build_tiny_qwen3_vl_moe(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN3_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Qwen3-VL mixture-of-experts checkpoint (Qwen3-VL-30B-A3B, 235B-A22B): Qwen3-VL's vision tower, deepstack,
+    processor and positions, every decoder layer's MLP a mixture of experts (TINY_QWEN3_VL_MOE_EXPERTS).
+
+    `text`: Qwen3VLMoeTextConfig fields over TINY_TEXT and TINY_QWEN3_VL_MOE_EXPERTS; `vision`:
+    Qwen3VLMoeVisionConfig fields over TINY_QWEN3_VL_VISION."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+    return _save_qwen3_vl_layout(
+        Qwen3VLMoeConfig,
+        Qwen3VLMoeForConditionalGeneration,
+        _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS),
+        Path(out_dir),
+        text={**TINY_QWEN3_VL_MOE_EXPERTS, **(text or {})},
+        vision={**TINY_QWEN3_VL_VISION, **(vision or {})},
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+
+
 def _save_qwen3_vl_layout(
     config_class, model_class, tokenizer, out_dir: Path, *, text, vision, vocab_size, image_size, seed, device, dtype
 ) -> Path:
@@ -787,6 +840,42 @@ def build_tiny_qwen3_5(
     )
 
 
+def build_tiny_qwen3_5_moe(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN3_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Qwen3.5 mixture-of-experts checkpoint (Qwen3.5-35B-A3B and larger): Qwen3.5's vision tower, processor and
+    hybrid layers (a Gated DeltaNet, then full attention), each layer's MLP a mixture of experts beside a gated shared
+    expert (TINY_QWEN3_5_MOE_EXPERTS).
+
+    `text`: Qwen3_5MoeTextConfig fields over TINY_TEXT, TINY_QWEN3_5_LINEAR_ATTENTION and TINY_QWEN3_5_MOE_EXPERTS;
+    `vision`: Qwen3_5MoeVisionConfig fields over TINY_QWEN3_VL_VISION."""
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, Qwen3_5Tokenizer
+
+    tokenizer = _qwen2_tokenizer(plain_tokens=QWEN3_THINK_TOKENS, tokenizer_class=Qwen3_5Tokenizer)
+    vision_config = {key: value for key, value in TINY_QWEN3_VL_VISION.items() if key != "deepstack_visual_indexes"}
+    return _save_qwen3_vl_layout(
+        Qwen3_5MoeConfig,
+        Qwen3_5MoeForConditionalGeneration,
+        tokenizer,
+        Path(out_dir),
+        text={**TINY_QWEN3_5_LINEAR_ATTENTION, **TINY_QWEN3_5_MOE_EXPERTS, **(text or {})},
+        vision={**vision_config, **(vision or {})},
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+
+
 def build_tiny_glm4v(
     out_dir: Path,
     *,
@@ -802,21 +891,68 @@ def build_tiny_glm4v(
     M-RoPE on half of each head (partial_rotary_factor 0.5, sections 1:1.5:1.5 as the released 8:12:12).
 
     `text`: Glm4vTextConfig fields over TINY_TEXT; `vision`: Glm4vVisionConfig fields over TINY_GLM4V_VISION."""
-    from transformers import (
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+
+    return _save_glm4v_layout(
         Glm4vConfig,
         Glm4vForConditionalGeneration,
-        Glm4vImageProcessor,
-        Glm4vProcessor,
-        Glm4vVideoProcessor,
+        Path(out_dir),
+        text=dict(text or {}),
+        vision=dict(vision or {}),
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
     )
 
-    out_dir = Path(out_dir)
+
+def build_tiny_glm4v_moe(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = QWEN2_VL_IMAGE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A GLM-4.5V (and GLM-4.6V) checkpoint: GLM-4.1V's vision tower, processor and positions, and a language model
+    whose first layer is dense and second a mixture of experts (`first_k_dense_replace` 1, as released), routed by
+    sigmoid scores to 2 of 4 experts beside a shared one.
+
+    `text`: Glm4vMoeTextConfig fields over TINY_TEXT and TINY_GLM4V_MOE_EXPERTS; `vision`: Glm4vMoeVisionConfig
+    fields over TINY_GLM4V_VISION."""
+    from transformers import Glm4vMoeConfig, Glm4vMoeForConditionalGeneration
+
+    return _save_glm4v_layout(
+        Glm4vMoeConfig,
+        Glm4vMoeForConditionalGeneration,
+        Path(out_dir),
+        text={**TINY_GLM4V_MOE_EXPERTS, **(text or {})},
+        vision=dict(vision or {}),
+        vocab_size=vocab_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _save_glm4v_layout(
+    config_class, model_class, out_dir: Path, *, text, vision, vocab_size, image_size, seed, device, dtype
+) -> Path:
+    """A checkpoint of GLM-4.1V's layout (GLM-4.1V, GLM-4.5V): its tokenizer, M-RoPE on half of each head, 14-px
+    patches and its processor."""
+    from transformers import Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor
+
     tokenizer = _glm4v_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids
-    shape = {**TINY_TEXT, **(text or {})}
+    shape = {**TINY_TEXT, **text}
     rotary_half = shape["hidden_size"] // shape["num_attention_heads"] // 4
     mrope_section = [rotary_half // 4, 3 * rotary_half // 8, rotary_half - rotary_half // 4 - 3 * rotary_half // 8]
-    config = Glm4vConfig(
+    config = config_class(
         text_config={
             **shape,
             "vocab_size": _vocab_size(tokenizer, vocab_size),
@@ -833,7 +969,7 @@ def build_tiny_glm4v(
             "image_size": image_size,
             "patch_size": VISION_PATCH_SIZE,
             "out_hidden_size": shape["hidden_size"],
-            **(vision or {}),
+            **vision,
         },
         image_token_id=token_id("<|image|>"),
         video_token_id=token_id("<|video|>"),
@@ -842,7 +978,7 @@ def build_tiny_glm4v(
         video_start_token_id=token_id("<|begin_of_video|>"),
         video_end_token_id=token_id("<|end_of_video|>"),
     )
-    _save_random_model(Glm4vForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    _save_random_model(model_class, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
     # GLM-4.1V's resize bounds count both temporal copies of a still image
     pixels = {"shortest_edge": 2 * image_size * image_size, "longest_edge": 2 * image_size * image_size}
     Glm4vProcessor(
@@ -1047,6 +1183,9 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
         "qwen3_vl": build_tiny_qwen3_vl,
         "qwen3_5": build_tiny_qwen3_5,
         "glm4v": build_tiny_glm4v,
+        "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
+        "qwen3_5_moe": build_tiny_qwen3_5_moe,
+        "glm4v_moe": build_tiny_glm4v_moe,
         "internvl": build_tiny_internvl,
         "gemma3": build_tiny_gemma3,
     }
