@@ -20,8 +20,7 @@ import yaml
 from llamafactory_runs import offline_env
 from ue_dpo.core.weights import TYPE_I_BLIND_SPOT
 from ue_dpo.synthetic.blind_spots import (
-    FAINT_FILL,
-    FAINT_SHAPE_WORDS,
+    FAINT_GREY,
     PARTNERS,
     PREFERENCE_DATASET,
     SFT_DATASET,
@@ -32,6 +31,7 @@ from ue_dpo.synthetic.blind_spots import (
     write_blind_spot_sft_dataset,
 )
 from ue_dpo.synthetic.shapes import BACKGROUND, EVAL_MANIFEST, mentioned_shapes
+from ue_dpo.synthetic.vocabulary import FAINT_SHAPE_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "configs" / "experiments" / "embedded_blind_spots.yaml"
@@ -50,7 +50,7 @@ def test_scenes_hold_distinct_shapes_and_a_faint_one_drawn_faintly():
     scene = with_faint[0]
     image = draw_blind_spot_scene(scene, 56)
     left, top, right, bottom = faint_box(scene.faint[0].quadrant, 56)
-    assert image.getpixel(((left + right) // 2, (top + bottom) // 2)) == FAINT_FILL
+    assert image.getpixel(((left + right) // 2, (top + bottom) // 2)) == (FAINT_GREY,) * 3
     assert image.getpixel((left - 1, top - 1)) == BACKGROUND
     assert scene.caption().endswith(f"and a small grey {scene.faint[0].shape}.")
     assert re.search(FAINT_SHAPE_WORDS, scene.caption()).group() == scene.faint[0].shape

@@ -29,6 +29,10 @@ from ue_dpo.cli import main
             "ue-dpo inspect: error: argument --batch-size: must be an integer >= 1, got 'two'",
         ),
         (
+            ["perceivability", "--model", "m", "--eval-dir", "e", "--batch-size", "0"],
+            "ue-dpo perceivability: error: argument --batch-size: must be an integer >= 1, got '0'",
+        ),
+        (
             ["score", "mmhal_bench", "--responses", "r", "--judge-max-retries", "-1"],
             "ue-dpo score mmhal_bench: error: argument --judge-max-retries: must be an integer >= 0, got '-1'",
         ),

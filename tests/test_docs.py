@@ -154,6 +154,13 @@ RUN_BY: dict[str, tuple[Runner, ...]] = {
             note="on the small run's warm-up; the word group's regex and dataset are checked below",
         ),
     ),
+    "ue-dpo perceivability --model blind_spots_output/runs/warmup": (
+        Runner(
+            "tests/test_perceivability.py::test_the_probe_sees_black_faint_shapes_and_not_almost_white_ones",
+            evidence=("perceivability", "--model", "--eval-dir", "--out"),
+            note="on the session's random tiny Qwen2-VL and held-out sets drawn at grey 0 and 254",
+        ),
+    ),
     "ue-dpo inspect --model saves/llava15_7b/rlaif_v/ue_dpo --data data/rlaif_v.json": (
         Runner(
             (
@@ -427,7 +434,8 @@ def test_make_lock_is_the_command_its_test_runs():
 
 
 def test_the_blind_spot_inspection_counts_the_word_group_and_data_the_test_checks():
-    from ue_dpo.synthetic.blind_spots import FAINT_SHAPE_WORDS, PREFERENCE_DATASET
+    from ue_dpo.synthetic.blind_spots import PREFERENCE_DATASET
+    from ue_dpo.synthetic.vocabulary import FAINT_SHAPE_WORDS
 
     (command,) = [
         shlex.split(command)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from image_column_data import mask_box, rejected_image_row, second_image_row, write_column_dataset
 from llamafactory_runs import train_in_one_process
 from tiny_training_config import tiny_training_config
 from ue_dpo.argument_checks import UEDPOUserError
@@ -32,6 +33,32 @@ PEER_KEYS = {
 
 
 @pytest.fixture(scope="module")
+def column_data_dir(shapes_dataset_dir, tmp_path_factory):
+    """`columns`: the shapes pairs with the four image columns (tests/image_column_data.py)."""
+    data_dir = tmp_path_factory.mktemp("column_data")
+    write_column_dataset(data_dir, shapes_dataset_dir, name="columns")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def row_columns(shapes_dataset_dir, column_data_dir):
+    """The prepared column values of shapes pair `row`, as `image_columns` carries them to the collator."""
+
+    def image(row: int) -> str:
+        return str(shapes_dataset_dir / f"images/shapes_pref/{row:05d}.png")
+
+    def columns(row: int) -> dict[str, list[str]]:
+        return {
+            "ue_second_image": [image(second_image_row(row, 8))],
+            "ue_chosen_image": [image(row)],
+            "ue_rejected_image": [image(rejected_image_row(row, 8))],
+            "ue_region_mask": [str(column_data_dir / f"masks/{row}.png")],
+        }
+
+    return columns
+
+
+@pytest.fixture(scope="module")
 def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
     config = tiny_training_config(
         "qwen2_vl",
@@ -45,17 +72,26 @@ def trainer(tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
     return built_trainer(config)
 
 
-def use_method(trainer, monkeypatch, name: str, **keys) -> dict:
-    """Switch the trainer to method `name` with `keys` and return a batch of two pairs collated for it."""
+def use_method(trainer, monkeypatch, name: str, columns=None, **keys) -> dict:
+    """Switch the trainer to method `name` with `keys` and return a batch of two pairs collated for it, the pairs'
+    rows given the image columns `columns(row)` where the method reads them."""
     args = trainer.finetuning_args
     monkeypatch.setattr(args, "ue_weighting", name)
     for key, value in {**PEER_KEYS.get(name, {}), **keys}.items():
         monkeypatch.setattr(args, key, value)
     method = args.method
     collator = dataclasses.replace(
-        trainer.data_collator, with_noised_image=method.reads_noised_image, second_images=method.second_images
+        trainer.data_collator,
+        with_noised_image=method.reads_noised_image,
+        second_images=method.second_images,
+        response_images=method.reads_response_images,
+        noise_space=args.ue_noise_space,
     )
-    return trainer._prepare_inputs(collator([trainer.train_dataset[row] for row in range(2)]))
+    features = [trainer.train_dataset[row] for row in range(2)]
+    if method.data_columns:
+        features = [{**feature, **columns(row)} for row, feature in enumerate(features)]
+        assert [feature["images"] for feature in features] == [columns(row)["ue_chosen_image"] for row in range(2)]
+    return trainer._prepare_inputs(collator(features))
 
 
 def step_loss_and_grads(trainer, batch) -> tuple[float, dict, dict[str, torch.Tensor]]:
@@ -130,10 +166,20 @@ def check_matches_naive(trainer, batch, naive_loss) -> dict:
     return metrics
 
 
-@pytest.mark.parametrize("name", ["mdpo", "mfpo"])
-def test_mdpo_and_mfpo_match_their_three_terms(trainer, monkeypatch, name):
-    batch = use_method(trainer, monkeypatch, name)
-    policy_image, reference_image = ("crop_policy", "crop_reference") if name == "mdpo" else ("noised", "noised")
+@pytest.mark.parametrize(
+    ("name", "keys", "policy_image", "reference_image"),
+    [
+        ("mdpo", {}, "crop_policy", "crop_reference"),
+        ("mfpo", {}, "noised", "noised"),
+        ("mdpo", {"mdpo_second_image": "column"}, "supplied", "supplied"),
+        ("mfpo", {"mfpo_second_image": "region_mask"}, "region_noised", "region_noised"),
+    ],
+    ids=["mdpo", "mfpo", "mdpo_column", "mfpo_region_mask"],
+)
+def test_mdpo_and_mfpo_match_their_three_terms(
+    trainer, monkeypatch, row_columns, name, keys, policy_image, reference_image
+):
+    batch = use_method(trainer, monkeypatch, name, row_columns, **keys)
     beta = trainer.beta
 
     def naive_loss():
@@ -173,6 +219,60 @@ def test_mdpo_crops_differ_for_policy_and_reference_and_repeat_per_sample(traine
         torch.testing.assert_close(crop[0::2], crop[1::2], rtol=0, atol=0)  # both temporal copies cropped alike
 
 
+def processed(trainer, paths: list[str]) -> torch.Tensor:
+    """The image processor's own `pixel_values` of image files, independently of LLaMA-Factory's plugin."""
+    from PIL import Image
+
+    images = [Image.open(path).convert("RGB") for path in paths]
+    return trainer.data_collator.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+@pytest.mark.parametrize("name", ["mdpo", "chip"])
+def test_a_second_image_column_is_what_the_pass_on_m_prime_sees(trainer, monkeypatch, row_columns, name):
+    batch = use_method(trainer, monkeypatch, name, row_columns, **{f"{name}_second_image": "column"})
+    supplied = processed(trainer, [row_columns(row)["ue_second_image"][0] for row in range(2)])
+    assert not torch.equal(supplied, batch["pixel_values"][: supplied.shape[0]])
+    # chosen rows, then rejected rows: both rows of a pair see the pair's m'
+    torch.testing.assert_close(batch[SECOND_PIXEL_VALUES + "supplied"], torch.cat([supplied, supplied]))
+    assert not any(key.startswith(SECOND_PIXEL_VALUES + "crop") for key in batch) and NOISED_PIXEL_VALUES not in batch
+    method = trainer.finetuning_args.method
+    if name == "mdpo":
+        assert (method.policy_image, method.reference_image) == ("supplied", "supplied")
+    else:
+        assert method.second_image == "supplied"
+
+
+@pytest.mark.parametrize("space", ["pixel_values", "image"])
+def test_mfpo_region_mask_noises_inside_the_mask_and_leaves_the_rest_bit_identical(
+    trainer, monkeypatch, row_columns, space
+):
+    masked = use_method(
+        trainer, monkeypatch, "mfpo", row_columns, mfpo_second_image="region_mask", ue_noise_space=space
+    )
+    # v', the global noise, in the same space
+    noised = use_method(trainer, monkeypatch, "mfpo", mfpo_second_image="noise", ue_noise_space=space)
+    noised = noised[NOISED_PIXEL_VALUES]
+    processor = trainer.data_collator.processor.image_processor
+    grids, offset = masked["image_grid_thw"].tolist(), 0
+    for index, (_, grid_h, grid_w) in enumerate(grids):
+        rows = slice(offset, offset + grid_h * grid_w)
+        offset += grid_h * grid_w
+        clean, noisy, second = (
+            unpatchify_grid(values[rows], grid_h, grid_w, processor.merge_size, processor.patch_size)
+            for values in (masked["pixel_values"], noised, masked[SECOND_PIXEL_VALUES + "region_noised"])
+        )
+        assert clean.shape[-2:] == (56, 56)  # the 56 x 56 image is not resized: the mask's pixels are the tensor's
+        box = mask_box(index % 2)  # the batch's images: pair 0, pair 1, then the same for the rejected rows
+        expected = clean.clone()
+        if box is None:  # an all-black mask: global noise, MFPO's fallback where grounding fails
+            expected = noisy
+        else:
+            left, top, right, bottom = box
+            expected[:, top:bottom, left:right] = noisy[:, top:bottom, left:right]
+            assert not torch.equal(noisy[:, top:bottom, left:right], clean[:, top:bottom, left:right])
+        assert torch.equal(second, expected)
+
+
 def test_chip_matches_one_sigmoid_with_the_full_softmax_kl(trainer, monkeypatch):
     batch = use_method(trainer, monkeypatch, "chip")
     beta, alpha = trainer.beta, 0.5
@@ -199,11 +299,18 @@ def test_chip_matches_one_sigmoid_with_the_full_softmax_kl(trainer, monkeypatch)
         {"vdpo_gamma": 2.0},
         {"vdpo_gamma": 1.5, "vdpo_blank_images": 2, "vdpo_guidance": "reference"},
         {"vdpo_gamma": 1.0},
+        {"vdpo_gamma": 2.0, "vdpo_response_images": "columns"},
     ],
-    ids=["zeros_policy", "gaussian_reference", "gamma_one"],
+    ids=["zeros_policy", "gaussian_reference", "gamma_one", "per_response_images"],
 )
-def test_vdpo_matches_dpo_on_guided_scores(trainer, monkeypatch, keys):
-    batch = use_method(trainer, monkeypatch, "vdpo", **keys)
+def test_vdpo_matches_dpo_on_guided_scores(trainer, monkeypatch, row_columns, keys):
+    batch = use_method(trainer, monkeypatch, "vdpo", row_columns, **keys)
+    if keys.get("vdpo_response_images") == "columns":  # the chosen rows scored on m_w, the rejected rows on m_l
+        chosen, rejected = (
+            processed(trainer, [row_columns(row)[f"ue_{side}_image"][0] for row in range(2)])
+            for side in ("chosen", "rejected")
+        )
+        torch.testing.assert_close(batch["pixel_values"], torch.cat([chosen, rejected]))
     beta, gamma = trainer.beta, keys["vdpo_gamma"]
     blanks = keys.get("vdpo_blank_images", 0)
     images = ["blank"] if blanks == 0 else [f"blank_{index}" for index in range(blanks)]
@@ -267,6 +374,14 @@ def test_mdpo_with_ue_weights_only_its_text_term(trainer, monkeypatch):
         ({"ue_weighting": "chip", "chip_alpha": -1.0}, "must be >= 0"),
         ({"ue_weighting": "mdpo", "ue_alpha": 0.2}, "`ue_alpha: 0.2` applies to `ue_weighting: ue` or `mdpo_ue`"),
         ({"ue_weighting": "mdpo", "ue_noise_step": 100}, "use `ue_weighting: ue`"),
+        (
+            {"ue_weighting": "mfpo", "mfpo_second_image": "column", "ue_noise_step": 500},
+            "`ue_noise_step: 500` has no effect: with `mfpo_second_image: column` m' is the dataset's `second_image`",
+        ),
+        ({"ue_weighting": "chip", "chip_second_image": "column", "ue_seed": 3}, "`ue_seed: 3` has no effect"),
+        ({"ue_weighting": "mfpo", "mdpo_second_image": "column"}, "`mdpo_second_image` applies to"),
+        ({"ue_weighting": "mdpo", "mdpo_second_image": "noise"}, "`mdpo_second_image: noise` is not supported"),
+        ({"ue_weighting": "chip", "vdpo_response_images": "columns"}, "`vdpo_response_images` applies to"),
     ],
 )
 def test_peer_keys_are_refused_with_the_reason(keys, message):
@@ -294,11 +409,37 @@ PEER_TERMS = {
 }
 
 
+# the column modes, each trained on one of the two families: (method, arch) -> its keys
+COLUMN_RUNS = {
+    ("mdpo", "llava"): {"mdpo_second_image": "column"},
+    ("chip", "qwen2_vl"): {"chip_second_image": "column"},
+    ("mfpo", "llava"): {"mfpo_second_image": "region_mask"},
+    ("vdpo", "qwen2_vl"): {"vdpo_response_images": "columns"},
+}
+
+
 @pytest.fixture(scope="module")
-def peer_trainings(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_path_factory):
-    """Each peer, 2 steps on the tiny LLaVA and the tiny Qwen2-VL, through LLaMA-Factory's `run_exp` (what
-    `llamafactory-cli train` calls) in one process."""
+def peer_trainings(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, column_data_dir, tmp_path_factory):
+    """Each peer, 2 steps on the tiny LLaVA and the tiny Qwen2-VL, and each column mode (`COLUMN_RUNS`) on the
+    `columns` dataset, through LLaMA-Factory's `run_exp` (what `llamafactory-cli train` calls) in one process."""
     root = tmp_path_factory.mktemp("peer_trainings")
+    model_dirs = {"llava": tiny_llava_dir, "qwen2_vl": tiny_qwen2_vl_dir}
+    column_runs = {
+        (name, arch, "columns"): (
+            tiny_training_config(
+                arch,
+                model_dirs[arch],
+                column_data_dir,
+                root / f"{name}-{arch}-columns",
+                dataset="columns",
+                ue_weighting=name,
+                max_samples=4,
+                **keys,
+            ),
+            root / f"{name}-{arch}-columns-work",
+        )
+        for (name, arch), keys in COLUMN_RUNS.items()
+    }
     runs = {
         (name, arch): (
             tiny_training_config(
@@ -309,7 +450,7 @@ def peer_trainings(tiny_llava_dir, tiny_qwen2_vl_dir, shapes_dataset_dir, tmp_pa
         for arch, model_dir in (("llava", tiny_llava_dir), ("qwen2_vl", tiny_qwen2_vl_dir))
         for name in PEER_TERMS
     }
-    return train_in_one_process(runs, timeout=1800)
+    return train_in_one_process({**runs, **column_runs}, timeout=1800)
 
 
 @pytest.mark.e2e
@@ -323,6 +464,14 @@ def test_peer_trains_two_steps_through_llamafactory(name, arch, peer_trainings):
     assert PEER_TERMS[name] in steps[0]
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "arch"), list(COLUMN_RUNS))
+def test_peer_trains_two_steps_on_its_dataset_columns(name, arch, peer_trainings):
+    steps = [entry for entry in peer_trainings[name, arch, "columns"] if "loss" in entry]
+    assert len(steps) == 2 and all(math.isfinite(entry["loss"]) for entry in steps)
+    assert PEER_TERMS[name] in steps[0]
+
+
 def test_second_images_are_refused_on_a_layout_they_are_not_built_for():
     from ue_dpo.llamafactory.collator import SECOND_IMAGE_BY_PIXEL_LAYOUT, check_second_images
     from ue_dpo.methods.base import SecondImage
@@ -333,3 +482,7 @@ def test_second_images_are_refused_on_a_layout_they_are_not_built_for():
     with pytest.raises(UEDPOUserError, match=f"`ue_weighting: mdpo` needs second images .*{unbuilt[0].pixel_layout}"):
         check_second_images(unbuilt[0], {"crop_policy": SecondImage("crop")}, "mdpo")
     check_second_images(unbuilt[0], {}, "mfpo")  # v' alone is built for every layout
+    with pytest.raises(
+        UEDPOUserError, match=r"`ue_weighting: vdpo` needs second images \(chosen_image, rejected_image\)"
+    ):
+        check_second_images(unbuilt[0], {}, "vdpo", response_images=True)

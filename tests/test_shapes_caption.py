@@ -128,6 +128,31 @@ def test_faint_recall_counts_the_faint_shapes_named_and_leaves_the_other_metrics
         shapes_caption_item_result("a star", ["circle"], ["star"])
 
 
+def test_faint_noun_accuracy_counts_the_small_grey_nouns_named_on_images_that_hold_a_faint_shape():
+    responses = [
+        "There is a red circle and a small grey star.",  # right
+        "There is a blue square and a small grey circle.",  # wrong: the faint shape is a triangle
+        "There is a red square and a small grey star.",  # no faint shape here: a hallucination, not counted
+        "There is a green triangle and a circle.",  # the faint circle named without "small grey": no faint noun
+        "There are Small Grey Squares.",  # right, in another case and plural
+    ]
+    truths = [["circle", "star"], ["square", "triangle"], ["square"], ["triangle", "circle"], ["square"]]
+    faint = [["star"], ["triangle"], [], ["circle"], ["square"]]
+    metrics = score_shapes_captions(responses, truths, faint)
+    # faint nouns named on images with a faint shape: star, circle, square; right: star, square
+    assert (metrics["faint_nouns_named"], metrics["faint_nouns_right"]) == (3, 2)
+    assert metrics["faint_noun_accuracy"] == pytest.approx(200 / 3)
+    assert metrics["faint_recall"] == pytest.approx(75.0)  # the star, circle and square of 4 faint shapes
+    assert score_shapes_captions(responses[3:4], truths[3:4], faint[3:4])["faint_noun_accuracy"] is None
+    # a record logged before the metric existed has no faint nouns: the metric is undefined, not 0
+    logged_before = [
+        shapes_caption_item_result(response, truth, shapes) for response, truth, shapes in zip(responses, truths, faint)
+    ]
+    del logged_before[0]["faint_nouns"]
+    assert shapes_chair_metrics(logged_before)["faint_noun_accuracy"] is None
+    assert shapes_chair_metrics(logged_before)["faint_recall"] == pytest.approx(75.0)
+
+
 def test_the_blind_spot_task_scores_faint_recall_from_the_manifest(tmp_path):
     manifest = write_blind_spot_eval_set(tmp_path / "eval", n_images=12, seed=1)
     docs = shapes_caption.load_shapes_eval_docs(tmp_path / "eval")
@@ -142,6 +167,9 @@ def test_the_blind_spot_task_scores_faint_recall_from_the_manifest(tmp_path):
     assert shapes_caption.shapes_faint_recall([results["faint_recall"] for results in per_doc]) == pytest.approx(
         faint_named / faint_total * 100
     )
+    # the odd responses are the true captions, each faint shape named rightly; the even ones name none
+    assert any(entry["faint"] for entry in manifest[1::2])
+    assert shapes_caption.shapes_faint_noun_accuracy([results["faint_noun_accuracy"] for results in per_doc]) == 100.0
     shapes_docs = shapes_caption.load_shapes_eval_docs(
         write_caption_eval_set(tmp_path / "shapes", n_images=1)[0].image_path.parents[2]
     )

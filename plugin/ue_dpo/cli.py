@@ -7,7 +7,7 @@ import sys
 from ue_dpo.versions import UnsupportedVersionError, check_supported
 
 # One module per subcommand under ue_dpo/commands/.
-SUBCOMMANDS = ("demo", "run", "shapes_eval", "score", "data", "inspect", "compare")
+SUBCOMMANDS = ("demo", "run", "shapes_eval", "score", "data", "inspect", "compare", "perceivability")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,6 +101,9 @@ class _StageArguments:
                             readers=_readers_text(readers(group)),
                         )
                     )
+        for name, reason in method.unread_keys(self).items():
+            if getattr(self, name) is not None:
+                raise UEDPOUserError(f"`{name}: {getattr(self, name)}` has no effect: {reason}. Remove `{name}`.")
         if self.ue_ref_cache_dir is not None and self.ue_precompute_ref is not True:
             raise UEDPOUserError(
                 "`ue_ref_cache_dir` is the folder of the `ue_precompute_ref` cache, which is off; remove "

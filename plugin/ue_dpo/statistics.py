@@ -1,4 +1,4 @@
-"""Confidence intervals for the difference between two runs.
+"""Confidence intervals for the difference between two runs, and for one share.
 
 - Over items (one seed per run): the paired percentile bootstrap. Each resample draws the benchmark's n items
   with replacement, the same draw for both runs, and recomputes the statistic (e.g. metric(B) - metric(A)) on
@@ -8,6 +8,7 @@
   mean +- t_{(1 + level)/2, k - 1} * s / sqrt(k), with s the sample standard deviation of the k differences.
   The seeds are the unit of replication, so this interval covers training noise, which the item bootstrap
   of a single pair of runs cannot.
+- One share of n independent trials (a probe's accuracy): Wilson's score interval.
 """
 
 from collections.abc import Sequence
@@ -65,3 +66,20 @@ def seed_level_interval(differences: Sequence[float], level: float = CONFIDENCE_
     mean = float(values.mean())
     half_width = float(student_t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
     return SeedLevelDifference(mean, mean - half_width, mean + half_width, len(values))
+
+
+def wilson_interval(successes: int, n: int, level: float = CONFIDENCE_LEVEL) -> Interval:
+    """Wilson's score interval of a binomial share `successes` / `n`: (p + z²/2n ± z √(p(1 − p)/n + z²/4n²)) /
+    (1 + z²/n), z the normal (1 + level)/2 quantile. It stays inside [0, 1], and unlike p ± z √(p(1 − p)/n) does
+    not shrink to a point at 0 or n successes."""
+    from scipy.stats import norm
+
+    check_confidence_level(level)
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"a binomial interval needs 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    z = float(norm.ppf((1 + level) / 2))
+    share = successes / n
+    centre = share + z * z / (2 * n)
+    half_width = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return Interval(float((centre - half_width) / scale), float((centre + half_width) / scale))

@@ -12,7 +12,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 SUPPORTED = {
-    # we patch their argument parser, stage dispatch and task discovery
+    # we patch their argument parser, stage dispatch, data pipeline (the peer methods' image columns) and task discovery
     "llamafactory": ">=0.9.5,<0.9.6",
     "lmms-eval": ">=0.7.3,<0.7.4",
     # filelock 4.3 removed `filelock._api`, which lmms-eval 0.7.3 imports

@@ -137,9 +137,10 @@ SHAPES_BLIND_SPOTS = Benchmark(
         **_CHAIR_PAIRED,
         "mean_shapes_mentioned": key("mean_shapes_mentioned"),
         "faint_recall": key("faint_recall"),
+        "faint_noun_accuracy": key("faint_noun_accuracy"),
     },
     empty_responses="an empty caption mentions no shape, so it counts in chair_s_all, recall, mean_shapes_mentioned "
-    "and faint_recall, not in chair_s",
+    "and faint_recall, not in chair_s nor faint_noun_accuracy",
     data=(
         DataFolder(
             _SHAPES_DATA.key,

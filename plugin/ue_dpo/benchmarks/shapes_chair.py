@@ -13,6 +13,12 @@ Object-HalBench too:
 - faint_recall (only when the records carry faint shapes, as in the blind-spot world) = distinct faint shapes
   named / faint shapes, summed over responses; a faint shape is named when its shape word is (the shapes of an
   image are distinct, so the word identifies it)
+- faint_noun_accuracy (with faint_recall) = faint nouns that are the image's faint shape / faint nouns named, over
+  the responses to images that hold a faint shape; a faint noun is the shape a response names as "small grey
+  <shape>" (`ue_dpo.synthetic.vocabulary.named_faint_shapes`). It tells seeing the faint shape from saying that
+  one is there: a caption that names "a small grey star" where the faint shape is a circle counts against it.
+  Faint nouns named on images without a faint shape are hallucinations, counted by CHAIR, not here. Records
+  logged before this metric existed carry no `faint_nouns`: it is None on them (evaluate again to have it).
 
 A ratio whose denominator is zero is None (undefined), never 0.
 """
@@ -21,17 +27,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ue_dpo.benchmarks.chair import CHAIR_METRICS, ChairCounts, chair_record, percent
-from ue_dpo.synthetic.vocabulary import SHAPES, mentioned_shapes
+from ue_dpo.synthetic.vocabulary import SHAPES, mentioned_shapes, named_faint_shapes
 
 SHAPES_CHAIR_METRICS = (*CHAIR_METRICS, "mean_shapes_mentioned")
-BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall")
+BLIND_SPOT_METRICS = (*SHAPES_CHAIR_METRICS, "faint_recall", "faint_noun_accuracy")
 
 
 def shapes_caption_item_result(
     response: str, true_shapes: Sequence[str], faint_shapes: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """The per-response record that `shapes_chair_metrics` sums; `faint_shapes`, a subset of `true_shapes`, adds
-    `faint_ground_truth` and `faint_covered`."""
+    `faint_ground_truth`, `faint_covered` and `faint_nouns` (the shapes named as "small grey <shape>")."""
     if not isinstance(response, str):
         raise TypeError(f"a shapes caption response must be a string, got {type(response).__name__}: {response!r:.80}")
     truth = set(true_shapes)
@@ -49,6 +55,7 @@ def shapes_caption_item_result(
             )
         record["faint_ground_truth"] = sorted(faint)
         record["faint_covered"] = sorted(faint.intersection(mentions))
+        record["faint_nouns"] = named_faint_shapes(response)
     return record
 
 
@@ -58,10 +65,16 @@ def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]
     counts = ChairCounts()
     distinct_mentioned = 0
     faint_ground_truth = faint_covered = None
+    faint_nouns_named = faint_nouns_right = 0
+    faint_nouns_logged = True
     for record in records:
         if "faint_ground_truth" in record:
             faint_ground_truth = (faint_ground_truth or 0) + len(record["faint_ground_truth"])
             faint_covered = (faint_covered or 0) + len(record["faint_covered"])
+            faint_nouns_logged = faint_nouns_logged and "faint_nouns" in record
+            if record["faint_ground_truth"] and "faint_nouns" in record:
+                faint_nouns_named += len(record["faint_nouns"])
+                faint_nouns_right += sum(noun in record["faint_ground_truth"] for noun in record["faint_nouns"])
         counts.add(record)
         distinct_mentioned += len(set(record["mentions"]))
     n = counts.responses
@@ -81,6 +94,9 @@ def shapes_chair_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]
             faint_recall=percent(faint_covered, faint_ground_truth),
             faint_shapes=faint_ground_truth,
             covered_faint_shapes=faint_covered,
+            faint_noun_accuracy=percent(faint_nouns_right, faint_nouns_named) if faint_nouns_logged else None,
+            faint_nouns_named=faint_nouns_named if faint_nouns_logged else None,
+            faint_nouns_right=faint_nouns_right if faint_nouns_logged else None,
         )
     return metrics
 

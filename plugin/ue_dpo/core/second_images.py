@@ -3,7 +3,8 @@
 mDPO's m': torchvision's `RandomResizedCrop(size=(H, W), scale=(0.01, 0.2))` with the default ratio (3/4, 4/3),
 re-implemented here (the box sampling of torchvision's `get_params`, then a bilinear, antialiased resize back to
 (H, W)). V-DPO's ∅: all zeros, or images whose channel c is N(mean_c, std_c) (CLIP's constants, as V-DPO's
-`sample_random_image` draws them straight into the normalised tensor).
+`sample_random_image` draws them straight into the normalised tensor). MFPO's m' from a region mask: v' inside the
+mask, the clean image elsewhere, on the processor's tensors.
 """
 
 import math
@@ -96,3 +97,14 @@ def patchify_grid(image: torch.Tensor, merge: int, patch: int) -> torch.Tensor:
     grid_h, grid_w = height // patch, width // patch
     blocks = image.reshape(channels_frames, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
     return blocks.permute(1, 4, 2, 5, 0, 3, 6).reshape(grid_h * grid_w, channels_frames * patch * patch)
+
+
+def mask_inside(mask: torch.Tensor, black: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
+    """Where a mask image, processed as the images are (`mask`), is nearer the processed all-white image than the
+    processed all-black one of its size: the processor's resizing and normalisation, read back as the mask."""
+    return 2 * (mask.float() - black.float()) > white.float() - black.float()
+
+
+def region_noised(clean: torch.Tensor, noised: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """MFPO's m': the noised values inside the mask, the clean values (bit for bit) outside."""
+    return torch.where(inside, noised, clean)

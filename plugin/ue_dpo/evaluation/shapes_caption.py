@@ -1,5 +1,6 @@
 """lmms-eval adapters of the `shapes_caption` task (exact CHAIR on held-out synthetic shapes images) and of
-`shapes_blind_spots` (the same, plus the recall of the faint shapes of the blind-spot world).
+`shapes_blind_spots` (the same, plus the recall of the faint shapes of the blind-spot world and the accuracy of
+the faint nouns named).
 
 The images and their ground truth are a folder written by `ue_dpo.synthetic.shapes.write_caption_eval_set`
 (`ue-dpo shapes-eval --out DIR`), or by `ue_dpo.synthetic.blind_spots.write_blind_spot_eval_set`, whose
@@ -111,3 +112,4 @@ shapes_chair_i = _aggregation("chair_i")
 shapes_recall = _aggregation("recall")
 shapes_mean_shapes_mentioned = _aggregation("mean_shapes_mentioned")
 shapes_faint_recall = _aggregation("faint_recall")
+shapes_faint_noun_accuracy = _aggregation("faint_noun_accuracy")

@@ -32,8 +32,8 @@ from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SE
 from ue_dpo.experiment.stages import digest
 from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, readers
 from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES
+from ue_dpo.synthetic.world import BLIND_SPOT_KEYS, SyntheticWorld, check_blind_spot_keys
 from ue_dpo.synthetic.world import WORLDS as SYNTHETIC_WORLDS
-from ue_dpo.synthetic.world import SyntheticWorld
 from ue_dpo.yaml_errors import describe_yaml_error
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -516,7 +516,11 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     _mapping("synthetic", raw)
     fields = {item.name for item in dataclasses.fields(SyntheticWorld)}
     _only_keys("synthetic", raw, fields)
-    world = SyntheticWorld(**raw)
+    try:
+        world = SyntheticWorld(**raw)
+        check_blind_spot_keys(world.world, raw)  # a key written at its default would be ignored too
+    except ValueError as error:  # the checks name the key
+        raise ExperimentConfigError(str(error)) from None
     if world.world not in SYNTHETIC_WORLDS:
         raise ExperimentConfigError(
             f"synthetic.world: {world.world!r} is not a synthetic world; use one of "
@@ -530,7 +534,7 @@ def _parse_synthetic(raw: Any) -> SyntheticWorld | None:
     noisy_share = world.sft_noisy_share
     if isinstance(noisy_share, bool) or not isinstance(noisy_share, int | float) or not 0 <= noisy_share <= 1:
         raise ExperimentConfigError(f"synthetic.sft_noisy_share: must be a number in [0, 1], got {noisy_share!r}")
-    for name in fields - {"world", "arch", "sft_noisy_share"}:
+    for name in fields - {"world", "arch", "sft_noisy_share", *BLIND_SPOT_KEYS}:
         value = getattr(world, name)
         minimum = 0 if name == "seed" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -11,7 +11,9 @@ v' by `ue_noise_space`:
                   wrapping byte conversion), then everything the processor does to the clean image.
 
 Second images (a method's `second_images`, `core.second_images`) are built on each normalised image; Qwen2-VL's
-patches are laid back out as the image, transformed, and patchified again to the same grid.
+patches are laid back out as the image, transformed, and patchified again to the same grid. Those read from a dataset
+column (`image_columns`: m', each response's image, MFPO's region mask) go through the template's multimodal plugin
+as the row's images do, and must come out in the same layout (same shape and grid).
 """
 
 import hashlib
@@ -32,14 +34,22 @@ from ue_dpo.core.noise import (
     sample_noise_seed,
     tpo_noised_image,
 )
-from ue_dpo.core.second_images import gaussian_image, mdpo_crop, patchify_grid, unpatchify_grid
+from ue_dpo.core.second_images import (
+    gaussian_image,
+    mask_inside,
+    mdpo_crop,
+    patchify_grid,
+    region_noised,
+    unpatchify_grid,
+)
 from ue_dpo.core.shared_prefix import PrefixNotShared
 from ue_dpo.images import (
     describe_image_source,
     load_image_strictly,
     unreadable_image_reason,
 )
-from ue_dpo.methods.base import SecondImage
+from ue_dpo.llamafactory.image_columns import prepared_column
+from ue_dpo.methods.base import CHOSEN_IMAGE_COLUMN, REJECTED_IMAGE_COLUMN, SecondImage
 from ue_dpo.model_families import (
     FAMILIES,
     FAMILY_BY_MM_PLUGIN,
@@ -299,12 +309,15 @@ SECOND_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, SecondImageDraw]
 }
 
 
-def check_second_images(family: ModelFamily, second_images: dict[str, SecondImage], method: str) -> None:
-    """Refuse a method's second images on a pixel layout they are not built for."""
-    if second_images and family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT:
+def check_second_images(
+    family: ModelFamily, second_images: dict[str, SecondImage], method: str, response_images: bool = False
+) -> None:
+    """Refuse a method's second images (and images per response) on a pixel layout they are not built for."""
+    needed = [*second_images, *((CHOSEN_IMAGE_COLUMN, REJECTED_IMAGE_COLUMN) if response_images else ())]
+    if needed and family.pixel_layout not in SECOND_IMAGE_BY_PIXEL_LAYOUT:
         built = [served.name for served in FAMILIES if served.pixel_layout in SECOND_IMAGE_BY_PIXEL_LAYOUT]
         raise UEDPOUserError(
-            f"`ue_weighting: {method}` needs second images ({', '.join(second_images)}), which are built for the "
+            f"`ue_weighting: {method}` needs second images ({', '.join(needed)}), which are built for the "
             f"{' and '.join(SECOND_IMAGE_BY_PIXEL_LAYOUT)} pixel layouts only, not for {family.name}'s "
             f"{family.pixel_layout}; use a model of {', '.join(built)}, or another method."
         )
@@ -319,6 +332,7 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     with_noised_image: bool = True  # v' for the methods that read it (PreferenceMethod.reads_noised_image)
     with_row_digests: bool = True  # content digests, the keys of the `ue_precompute_ref` cache
     second_images: dict[str, SecondImage] = field(default_factory=dict)  # PreferenceMethod.second_images
+    response_images: bool = False  # PreferenceMethod.reads_response_images
 
     @property
     def family(self) -> ModelFamily:
@@ -336,12 +350,27 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         has_image = [len(images) > 0 for images in pair_images]
         batch[HAS_IMAGE] = torch.tensor(has_image + has_image, dtype=torch.bool)
         pair_pixels = [[loaded_pixels(image) for image in images] for images in pair_images]
+        side_pixels = {"chosen": pair_pixels, "rejected": pair_pixels}
+        if self.response_images and any(pair_images):
+            response_images = {
+                side: column_images(features, column)
+                for side, column in (("chosen", CHOSEN_IMAGE_COLUMN), ("rejected", REJECTED_IMAGE_COLUMN))
+            }
+            batch["pixel_values"] = self._processed_pixel_values(
+                response_images["chosen"] + response_images["rejected"], batch
+            )
+            side_pixels = {
+                side: [[loaded_pixels(image) for image in images] for images in side_images]
+                for side, side_images in response_images.items()
+            }
         if self.with_noised_image:
             batch[NOISED_PIXEL_VALUES] = self._noised_batch_pixel_values(pair_pixels, batch)
         for name, second_image in self.second_images.items():
-            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(name, second_image, pair_pixels, batch)
+            batch[SECOND_PIXEL_VALUES + name] = self._second_pixel_values(
+                name, second_image, features, pair_pixels, batch
+            )
         if self.with_row_digests:
-            batch[ROW_DIGEST] = self._row_digests(features, pair_pixels)
+            batch[ROW_DIGEST] = self._row_digests(features, side_pixels)
         return batch
 
     def _noised_batch_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
@@ -351,12 +380,15 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             return self._noised_pixel_values(pair_pixels, batch)
         return self._noised_image_pixel_values(pair_pixels, batch)
 
-    def _row_digests(self, features: list[dict[str, Any]], pair_pixels: list[list[np.ndarray]]) -> torch.Tensor:
-        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and the images as loaded
-        (how the processor turns them into `pixel_values` is part of the cache's reference identity)."""
+    def _row_digests(
+        self, features: list[dict[str, Any]], side_pixels: dict[str, list[list[np.ndarray]]]
+    ) -> torch.Tensor:
+        """A 64-bit content digest per row (chosen rows, then rejected): token ids, labels and the row's images as
+        loaded (each response's own, where it has one; how the processor turns them into `pixel_values` is part of
+        the cache's reference identity)."""
         digests = []
         for side in ("chosen", "rejected"):
-            for feature, pixels in zip(features, pair_pixels):
+            for feature, pixels in zip(features, side_pixels[side]):
                 row = hashlib.sha256()
                 for tokens in (feature[f"{side}_input_ids"], feature[f"{side}_labels"]):
                     row.update(_digest(np.asarray(tokens, dtype=np.int64)))
@@ -389,12 +421,18 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         return self.family.split_images(batch, (self.processor.image_token_id,))
 
     def _second_pixel_values(
-        self, name: str, second_image: SecondImage, pair_pixels: list[list[np.ndarray]], batch
+        self, name: str, second_image: SecondImage, features, pair_pixels: list[list[np.ndarray]], batch
     ) -> torch.Tensor:
-        """A second image of every image, drawn from the run's noise seed, the image as loaded and the name; the
-        rejected rows' images are the chosen rows' again, so both rows of a pair see one second image."""
+        """A second image of every image: read from its column, or drawn from the run's noise seed, the image as
+        loaded and the name; the rejected rows' images are the chosen rows' again, so both rows of a pair see one
+        second image."""
         if not any(pair_pixels):  # only LLaMA-Factory's blank stand-in image: never read
             return batch["pixel_values"].clone()
+        if second_image.kind == "column":
+            supplied = column_images(features, second_image.column)
+            return self._processed_pixel_values(supplied + supplied, batch)
+        if second_image.kind == "region_noise":
+            return self._region_noised_pixel_values(column_images(features, second_image.column), pair_pixels, batch)
         family = self.family
         seeds = [
             sample_noise_seed(self.noise_seed, _digest(pixels) + name.encode(), 0)
@@ -409,9 +447,30 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             ]
         )
 
-    def _noised_image_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
-        noised_pair_images = [[self._tpo_noised_image(pixels) for pixels in images] for images in pair_pixels]
-        row_images = noised_pair_images + noised_pair_images  # chosen rows, then rejected rows: the same v'
+    def _region_noised_pixel_values(
+        self, masks: list[list[Image.Image]], pair_pixels: list[list[np.ndarray]], batch
+    ) -> torch.Tensor:
+        """MFPO's m': v' where the processed mask is nearer white than black (`core.second_images.mask_inside`), the
+        clean values elsewhere; a mask without a pixel of grey value >= 128 is all inside (global noise)."""
+        masks = [
+            [mask.convert("RGB") if np.asarray(mask.convert("L")).max() >= 128 else _filled(mask, 255) for mask in row]
+            for row in masks
+        ]
+        processed = {
+            name: self._processed_pixel_values(rows + rows, batch)
+            for name, rows in (
+                ("mask", masks),
+                ("black", [[_filled(mask, 0) for mask in row] for row in masks]),
+                ("white", [[_filled(mask, 255) for mask in row] for row in masks]),
+            )
+        }
+        inside = mask_inside(processed["mask"], processed["black"], processed["white"])
+        return region_noised(batch["pixel_values"], self._noised_batch_pixel_values(pair_pixels, batch), inside)
+
+    def _processed_pixel_values(self, row_images: list[list], batch, fix: str = "") -> torch.Tensor:
+        """`pixel_values` of other images in the places of the batch's (`row_images`: one list per batch row, the
+        chosen rows, then the rejected rows), through the template's multimodal plugin as the batch's own images:
+        refused unless they come out in the batch's layout (shape, grid, sizes)."""
         imglens = [len(images) for images in row_images]
         zeros = [0] * len(row_images)
         mm_inputs = self.template.mm_plugin.get_mm_inputs(
@@ -424,16 +483,57 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
             batch["input_ids"].tolist(),
             self.processor,
         )
-        noised_pixel_values = mm_inputs["pixel_values"]
-        if noised_pixel_values.shape != batch["pixel_values"].shape:
+        differing = []
+        for key in self.family.image_keys:
+            if key not in batch:
+                continue
+            produced = mm_inputs.get(key)
+            if produced is None or produced.shape != batch[key].shape:
+                differing.append(key)
+            elif key != "pixel_values" and not torch.equal(produced, batch[key]):
+                differing.append(key)
+        if differing:
             raise RuntimeError(
-                f"noised images produced pixel_values of shape {tuple(noised_pixel_values.shape)} instead of "
-                f"{tuple(batch['pixel_values'].shape)}; use `ue_noise_space: pixel_values` for this model."
+                f"images in place of the batch's produced other {', '.join(differing)} (pixel_values of shape "
+                f"{tuple(mm_inputs['pixel_values'].shape)} for {tuple(batch['pixel_values'].shape)}){fix}"
             )
-        return noised_pixel_values
+        return mm_inputs["pixel_values"]
+
+    def _noised_image_pixel_values(self, pair_pixels: list[list[np.ndarray]], batch) -> torch.Tensor:
+        noised_pair_images = [[self._tpo_noised_image(pixels) for pixels in images] for images in pair_pixels]
+        row_images = noised_pair_images + noised_pair_images  # chosen rows, then rejected rows: the same v'
+        return self._processed_pixel_values(row_images, batch, "; use `ue_noise_space: pixel_values` for this model.")
 
     def _tpo_noised_image(self, pixels: np.ndarray) -> Image.Image:
         height, width, channels = pixels.shape
         noise = diffusion_noise((channels, height, width), self.image_noise_seed(pixels))
         noised = tpo_noised_image(torch.from_numpy(pixels), noise, step=self.noise_step, schedule=self.noise_schedule)
         return Image.fromarray(noised.numpy())
+
+
+def column_images(features: list[dict[str, Any]], column: str) -> list[list[Image.Image]]:
+    """The images of one of the dataset columns a method reads (`image_columns`), per pair, as loaded."""
+    prepared = prepared_column(column)
+    if any(prepared not in feature for feature in features):
+        raise UEDPOUserError(
+            f"the prepared rows hold no `{prepared}` column (the dataset's `{column}`), which the method reads: they "
+            "were prepared without it (LLaMA-Factory's `tokenized_path`). Prepare the data again with this method's "
+            "keys (`overwrite_cache: true`, and a new `tokenized_path`)."
+        )
+    images = []
+    for feature in features:
+        row = []
+        for source in feature[prepared] or []:
+            try:
+                row.append(load_image_strictly(source))
+            except OSError as error:  # checked to open before training; changed since, or truncated
+                raise UEDPOUserError(
+                    f"image {describe_image_source(source)} of the dataset's `{column}` column cannot be read: "
+                    f"{error}. Replace the file with a complete copy, or remove its row."
+                ) from error
+        images.append(row)
+    return images
+
+
+def _filled(image: Image.Image, value: int) -> Image.Image:
+    return Image.new("RGB", image.size, (value, value, value))

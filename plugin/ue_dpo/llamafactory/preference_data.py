@@ -5,7 +5,8 @@ say, with different prompts) is named with its dataset, row and the rule; an ima
 decode is named with its dataset, row and the fix (LLaMA-Factory's own errors name neither); a pair whose image tokens
 `cutoff_len` would cut is refused, and responses it cuts are counted in one warning, both with the rows and the
 `cutoff_len` that keeps them whole; a row with an empty chosen or rejected response is refused (it would train on an
-end-of-sequence-only answer); a training set without any image is warned about once.
+end-of-sequence-only answer); a training set without any image is warned about once. The dataset columns the method
+reads (`image_columns`) are carried to the prepared rows, and the rows that lack them refused.
 """
 
 import copy
@@ -24,6 +25,7 @@ from llamafactory.extras.constants import IGNORE_INDEX
 
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.images import describe_image_source, unreadable_image_reason
+from ue_dpo.llamafactory.image_columns import carried_image_columns
 
 logger = logging.get_logger(__name__)
 _SCAN_BATCH_ROWS = 512
@@ -33,8 +35,10 @@ _ROWS_NAMED = 5
 def load_preference_datasets(template, model_args, data_args, training_args, finetuning_args, tokenizer_module):
     """`get_dataset(stage="rm")`, with its image errors naming the file and the row, and the rows checked."""
     check_pair_format(data_args)
+    method = finetuning_args.method
     try:
-        dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
+        with carried_image_columns(method.data_columns, data_args):
+            dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
     except OSError as error:  # PIL's errors (missing, unidentified, truncated file) name no row, often no file
         message = unreadable_image_message(data_args, model_args, training_args)
         if message is None:
@@ -46,7 +50,6 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
         image_rows = check_responses_and_count_images(dataset, tokenizer_module["tokenizer"], split)
         if split == "training":
             training_image_rows = image_rows
-    method = finetuning_args.method
     if training_image_rows == 0 and method.reads_noised_image:
         logger.warning_rank0(
             f"No row of the training set has an image, so `stage: ue_dpo` with `ue_weighting: {method.name}` trains "

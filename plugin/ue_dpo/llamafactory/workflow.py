@@ -39,7 +39,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     method = finetuning_args.method
     # refuses a model or template the stage does not train, and second images its layout lacks
     family = template_family(template, load_config(model_args).model_type)
-    check_second_images(family, method.second_images, method.name)
+    check_second_images(family, method.second_images, method.name, method.reads_response_images)
     dataset_module = load_preference_datasets(
         template, model_args, data_args, training_args, finetuning_args, tokenizer_module
     )
@@ -57,6 +57,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
         with_noised_image=finetuning_args.method.reads_noised_image,
         with_row_digests=finetuning_args.ue_precompute_ref,
         second_images=method.second_images,
+        response_images=method.reads_response_images,
         **tokenizer_module,
     )
     if finetuning_args.ref_model is None and not training_args.do_train:

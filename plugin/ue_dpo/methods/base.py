@@ -53,13 +53,30 @@ class KeyGroup:
         return {key.name: key.default for key in self.keys}
 
 
+# The dataset columns a method may read, by the names a dataset registers them under in the "columns" of its
+# `dataset_info.json` entry (beside LLaMA-Factory's own): m' for each row image, V-DPO's image of each response, and
+# MFPO's region mask of each row image (white: the regions its step-k noise fills).
+SECOND_IMAGE_COLUMN = "second_image"
+CHOSEN_IMAGE_COLUMN = "chosen_image"
+REJECTED_IMAGE_COLUMN = "rejected_image"
+REGION_MASK_COLUMN = "region_mask"
+SUPPLIED_IMAGE = "supplied"  # the name of the second image read from the `second_image` column
+
+
 @dataclass(frozen=True)
 class SecondImage:
-    """An image the collator builds from each clean image, for a method's extra passes (`core.second_images`):
-    `crop` (mDPO's RandomResizedCrop), `zeros` or `gaussian` (V-DPO's ∅). Seeded like v' by the run's noise seed,
-    the image's content and the image's name, so each name draws its own."""
+    """An image the collator makes for each clean image, for a method's extra passes (`core.second_images`):
+    `crop` (mDPO's RandomResizedCrop), `zeros` or `gaussian` (V-DPO's ∅), built and seeded like v' by the run's
+    noise seed, the image's content and the image's name, so each name draws its own; `column`, the row's image in
+    the `second_image` column; `region_noise`, v' inside the white regions of the row's `region_mask` image and the
+    clean image elsewhere (all v' where the mask has no white pixel)."""
 
-    kind: Literal["crop", "zeros", "gaussian"]
+    kind: Literal["crop", "zeros", "gaussian", "column", "region_noise"]
+
+    @property
+    def column(self) -> str | None:
+        """The dataset column the image is made from, if any."""
+        return {"column": SECOND_IMAGE_COLUMN, "region_noise": REGION_MASK_COLUMN}.get(self.kind)
 
 
 @dataclass
@@ -118,6 +135,26 @@ class PreferenceMethod:
     @property
     def second_images(self) -> dict[str, SecondImage]:
         """The images the collator builds for the method's extra passes, by name."""
+        return {}
+
+    @property
+    def reads_response_images(self) -> bool:
+        """Whether each response is scored on its own image (the `chosen_image` and `rejected_image` columns) in
+        place of the row's image."""
+        return False
+
+    @property
+    def data_columns(self) -> tuple[str, ...]:
+        """The dataset columns every row with an image must supply, in the order the collator reads them."""
+        columns = [image.column for image in self.second_images.values() if image.column is not None]
+        if self.reads_response_images:
+            columns += [CHOSEN_IMAGE_COLUMN, REJECTED_IMAGE_COLUMN]
+        return tuple(dict.fromkeys(columns))
+
+    @classmethod
+    def unread_keys(cls, args) -> dict[str, str]:
+        """Keys of the method's groups that its other keys' values leave unread, with why: `{key: reason}`. Read
+        before the defaults are filled in (a key left out is None), so that only keys given are refused."""
         return {}
 
     @property

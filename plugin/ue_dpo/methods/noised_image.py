@@ -56,3 +56,11 @@ NOISED_IMAGE_KEYS = KeyGroup(
     "or use {readers}.",
     check=check_noise_keys,
 )
+
+
+def noise_keys_unread(args, key: str) -> dict[str, str]:
+    """The keys of v' when `key: column` makes m' the dataset's image, so that no noise is drawn."""
+    if getattr(args, key) != "column":
+        return {}
+    reason = f"with `{key}: column` m' is the dataset's `second_image`, and no noise is drawn"
+    return dict.fromkeys(NOISED_IMAGE_KEYS.defaults, reason)

@@ -3,7 +3,8 @@
 u is the policy (V-DPO's `dynamic_llm`, the default) or the reference on ∅: an all-zero normalised image, or the
 mean of u over n Gaussian images (`vdpo_blank_images`). The span is the response (LLaMA-Factory's pairwise rows
 label the final answer only); with γ = 1, from the first token where chosen and rejected differ. One image per row
-serves both responses (V-DPO's per-response images need a data column this stage does not read).
+serves both responses, as in V-DPO's code for rows without per-response images; `vdpo_response_images: columns`
+scores each response on its own image, read from the dataset's `chosen_image` and `rejected_image` columns.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 DEFAULT_VDPO_GAMMA = 2.0  # the development scripts' value (commits 4a1ee98, d84621c)
 GUIDANCE_MODELS = ("policy", "reference")
+RESPONSE_IMAGES = ("shared", "columns")
 
 
 def check_vdpo_keys(args) -> None:
@@ -35,6 +37,7 @@ def check_vdpo_keys(args) -> None:
             f"`vdpo_blank_images: {args.vdpo_blank_images}` must be >= 0 (0: the all-zero image; n: n Gaussian images)."
         )
     check_choice("vdpo_guidance", args.vdpo_guidance, GUIDANCE_MODELS)
+    check_choice("vdpo_response_images", args.vdpo_response_images, RESPONSE_IMAGES)
     if args.vdpo_gamma == 1 and (args.vdpo_blank_images != 0 or args.vdpo_guidance != "policy"):
         raise UEDPOUserError(
             "with `vdpo_gamma: 1` the guidance u(y|∅) drops out of s̃, so `vdpo_blank_images` and `vdpo_guidance` "
@@ -72,6 +75,15 @@ VDPO_KEYS = KeyGroup(
             "Which model gives u(y|∅) in `ue_weighting: vdpo`: the policy, without gradient (the default, V-DPO's "
             "dynamic_llm as its script sets it), or the reference.",
         ),
+        MethodKey(
+            "vdpo_response_images",
+            Literal[RESPONSE_IMAGES] | None,
+            "shared",
+            "The images (m_w, m_l) of `ue_weighting: vdpo`: shared (the default: the row's image scores both "
+            "responses) or columns (each response scored on its own image, from the dataset's `chosen_image` and "
+            "`rejected_image` columns registered in dataset_info.json, each the size of the row's image; a row with "
+            "an image and none there is refused).",
+        ),
     ),
     refusal="`{key}` applies to {readers} only, but `ue_weighting: {method}`; remove `{key}` or set {readers}.",
     check=check_vdpo_keys,
@@ -82,6 +94,10 @@ class VDPO(PreferenceMethod):
     name = "vdpo"
     summary = "V-DPO (YuxiXie/V-DPO): DPO on s̃ = γ s(y|m) - (γ-1) sg u(y|∅), ∅ a blank image, the reference unguided"
     key_groups = (VDPO_KEYS,)
+
+    @property
+    def reads_response_images(self) -> bool:
+        return self.args.vdpo_response_images == "columns"
 
     @property
     def guided(self) -> bool:

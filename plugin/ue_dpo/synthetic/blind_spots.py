@@ -1,9 +1,11 @@
 """A shapes world with blind spots: salient shapes, faint background shapes, and a language prior in the warm-up.
 
 A scene holds one or two large shapes in saturated colours, each filling a quadrant as in `ue_dpo.synthetic.shapes`,
-and possibly one faint shape: small, light grey on the white background, in an empty quadrant. Captions list the
-large shapes in reading order of their quadrants, then the faint one as "a small grey <shape>", so the words of a
-faint shape can be told apart in text (`FAINT_SHAPE_WORDS`).
+and possibly one faint shape: small, light grey on the white background, in an empty quadrant. How visible it is
+is the world's knob: its grey level (`faint_grey`, FAINT_GREY by default) and its side as a share of a large
+shape's (`faint_side`, FAINT_SIDE by default). Captions list the large shapes in reading order of their quadrants,
+then the faint one as "a small grey <shape>", so the words of a faint shape can be told apart in text
+(`ue_dpo.synthetic.vocabulary.FAINT_SHAPE_WORDS`).
 
 The warm-up (SFT) captions carry a language prior, as web captions do:
 - large shapes come in partner pairs (`PARTNERS`): a second large shape is the first one's partner with
@@ -43,14 +45,12 @@ from ue_dpo.synthetic.shapes import (
 PREFERENCE_DATASET = "blind_spots_pref"
 SFT_DATASET = "blind_spots_sft"
 PARTNERS = {"circle": "square", "square": "circle", "triangle": "star", "star": "triangle"}
-FAINT_FILL = (222, 222, 222)  # on the white background: a contrast of 33 of 255 levels
-FAINT_SIDE = 0.4  # the faint shape's side, as a share of the side of a large shape
+FAINT_GREY = 222  # the faint shape's default grey level: on the white background, a contrast of 33 of 255 levels
+FAINT_SIDE = 0.4  # the faint shape's default side, as a share of the side of a large shape
+MAX_FAINT_GREY = 254  # 255 is the background itself: the shape would not be drawn at all
 FAINT_SCENE_SHARE = 0.75  # scenes that hold a faint shape
 SFT_PARTNER_SHARE = 0.9  # warm-up scenes with two large shapes whose second is the first's partner
 SFT_FAINT_NAMED_SHARE = 0.3  # warm-up captions that name the scene's faint shape
-# The nouns that name faint shapes, for `ue-dpo inspect --word-group`: "small grey" marks them, and its own
-# tokens are spelled out from there on, so they are left out.
-FAINT_SHAPE_WORDS = r"(?<=small grey )(?:circle|square|triangle|star)"
 
 
 @dataclass(frozen=True)
@@ -116,22 +116,41 @@ def random_blind_spot_scene(rng: random.Random, *, partner_share: float) -> Blin
     return BlindSpotScene(tuple(large), faint)
 
 
-def faint_box(quadrant: int, image_size: int) -> tuple[int, int, int, int]:
-    """A square FAINT_SIDE the side of `quadrant_box`, centred in it."""
+def check_faint_grey(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FAINT_GREY:
+        raise ValueError(
+            f"{name} must be an integer grey level in [0, {MAX_FAINT_GREY}] (0 black, {MAX_FAINT_GREY} the faintest "
+            f"on the white background {BACKGROUND[0]}; default {FAINT_GREY}), got {value!r}"
+        )
+
+
+def check_faint_side(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(
+            f"{name} must be a share in (0, 1] of a large shape's side (default {FAINT_SIDE}), got {value!r}"
+        )
+
+
+def faint_box(quadrant: int, image_size: int, faint_side: float = FAINT_SIDE) -> tuple[int, int, int, int]:
+    """A square `faint_side` the side of `quadrant_box` (at least 2 pixels), centred in it."""
     left, top, right, bottom = quadrant_box(quadrant, image_size)
-    side = max(2, round((right - left + 1) * FAINT_SIDE))
+    side = max(2, round((right - left + 1) * faint_side))
     offset = (right - left + 1 - side) // 2
     return left + offset, top + offset, left + offset + side - 1, top + offset + side - 1
 
 
-def draw_blind_spot_scene(scene: BlindSpotScene, image_size: int) -> Image.Image:
+def draw_blind_spot_scene(
+    scene: BlindSpotScene, image_size: int, *, faint_grey: int = FAINT_GREY, faint_side: float = FAINT_SIDE
+) -> Image.Image:
     check_image_size(image_size)
+    check_faint_grey("faint_grey", faint_grey)
+    check_faint_side("faint_side", faint_side)
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for item in scene.large:
         draw_shape(draw, item.shape, quadrant_box(item.quadrant, image_size), COLOURS[item.colour])
     for item in scene.faint:
-        draw_shape(draw, item.shape, faint_box(item.quadrant, image_size), FAINT_FILL)
+        draw_shape(draw, item.shape, faint_box(item.quadrant, image_size, faint_side), (faint_grey,) * 3)
     return image
 
 
@@ -146,11 +165,19 @@ def prior_driven_caption(scene: BlindSpotScene, rng: random.Random) -> str | Non
 
 
 def write_blind_spot_sft_dataset(
-    out_dir: Path, *, n_examples: int, seed: int = 0, image_size: int = 56, noisy_share: float = 0.0
+    out_dir: Path,
+    *,
+    n_examples: int,
+    seed: int = 0,
+    image_size: int = 56,
+    noisy_share: float = 0.0,
+    faint_grey: int = FAINT_GREY,
+    faint_side: float = FAINT_SIDE,
 ) -> Path:
     """Add `blind_spots_sft` (image, caption with the language prior) to a LLaMA-Factory dataset dir.
 
-    A `noisy_share` of the captions of scenes with one large shape also name its absent partner.
+    A `noisy_share` of the captions of scenes with one large shape also name its absent partner. `faint_grey` and
+    `faint_side` draw the faint shapes (`draw_blind_spot_scene`); the scenes and captions do not depend on them.
     """
     check_count("n_examples", n_examples)
     check_image_size(image_size)
@@ -160,7 +187,8 @@ def write_blind_spot_sft_dataset(
     records = []
     for index in range(n_examples):
         scene = random_blind_spot_scene(rng, partner_share=SFT_PARTNER_SHARE)
-        image = save_image(draw_blind_spot_scene(scene, image_size), Path(out_dir), SFT_DATASET, index)
+        drawn = draw_blind_spot_scene(scene, image_size, faint_grey=faint_grey, faint_side=faint_side)
+        image = save_image(drawn, Path(out_dir), SFT_DATASET, index)
         name_faint = caption_rng.random() < SFT_FAINT_NAMED_SHARE
         text = scene.caption(name_faint=name_faint)
         if len(scene.large) == 1 and caption_rng.random() < noisy_share:
@@ -171,7 +199,15 @@ def write_blind_spot_sft_dataset(
     return write_dataset(Path(out_dir), SFT_DATASET, records, ranking=False)
 
 
-def write_blind_spot_preference_dataset(out_dir: Path, *, n_pairs: int, seed: int = 0, image_size: int = 56) -> Path:
+def write_blind_spot_preference_dataset(
+    out_dir: Path,
+    *,
+    n_pairs: int,
+    seed: int = 0,
+    image_size: int = 56,
+    faint_grey: int = FAINT_GREY,
+    faint_side: float = FAINT_SIDE,
+) -> Path:
     """Add `blind_spots_pref` to a LLaMA-Factory dataset dir: scenes with a faint shape; chosen names it, rejected
     omits it or names the absent partner of the first large shape instead (half each, where a partner is absent)."""
     check_count("n_pairs", n_pairs)
@@ -183,12 +219,21 @@ def write_blind_spot_preference_dataset(out_dir: Path, *, n_pairs: int, seed: in
         if not scene.faint:
             continue
         rejected = prior_driven_caption(scene, rng) if rng.random() < 0.5 else None
-        image = save_image(draw_blind_spot_scene(scene, image_size), Path(out_dir), PREFERENCE_DATASET, len(records))
+        drawn = draw_blind_spot_scene(scene, image_size, faint_grey=faint_grey, faint_side=faint_side)
+        image = save_image(drawn, Path(out_dir), PREFERENCE_DATASET, len(records))
         records.append(preference_record(image, scene.caption(), rejected or scene.caption(name_faint=False)))
     return write_dataset(Path(out_dir), PREFERENCE_DATASET, records, ranking=True)
 
 
-def write_blind_spot_eval_set(out_dir: Path, *, n_images: int, seed: int = 0, image_size: int = 56) -> list[dict]:
+def write_blind_spot_eval_set(
+    out_dir: Path,
+    *,
+    n_images: int,
+    seed: int = 0,
+    image_size: int = 56,
+    faint_grey: int = FAINT_GREY,
+    faint_side: float = FAINT_SIDE,
+) -> list[dict]:
     """Held-out scenes (no prior) in `shapes_eval.json`: `shapes` all true shapes, `faint` the faint ones."""
     check_count("n_images", n_images)
     check_image_size(image_size)
@@ -197,7 +242,8 @@ def write_blind_spot_eval_set(out_dir: Path, *, n_images: int, seed: int = 0, im
     manifest = []
     for index in range(n_images):
         scene = random_blind_spot_scene(rng, partner_share=0.0)
-        image = save_image(draw_blind_spot_scene(scene, image_size), out_dir, "eval", index)
+        drawn = draw_blind_spot_scene(scene, image_size, faint_grey=faint_grey, faint_side=faint_side)
+        image = save_image(drawn, out_dir, "eval", index)
         manifest.append(
             {
                 "image": image,
