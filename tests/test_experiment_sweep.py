@@ -135,6 +135,10 @@ def swept(sweep_block, **more):
             r"sweep: in cell eval_images=0: synthetic.eval_images: must be an integer >= 1, got 0",
         ),
         (
+            swept({"synthetic.faint_grey": [222, 160]}),
+            r"sweep: in cell faint_grey=222: synthetic.faint_grey: only `world: blind_spots` draws faint shapes",
+        ),
+        (
             swept({"evaluation.gen_kwargs.max_new_token": [8]}),
             r"in cell max_new_token=8: evaluation.gen_kwargs.max_new_token: lmms-eval model ue_dpo_hf does not read",
         ),
@@ -389,3 +393,13 @@ def test_without_a_baseline_the_sweep_shows_the_means_and_marks_the_missing_cell
     assert "Δ" not in table and "missing: preference_pairs=64+ue_alpha=0.2 (run `ue-dpo run` again" in table
     sweep.render_sweep_chart(experiment, result, "shapes_caption", "chair_s", tmp_path / "chart.png")
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_blind_spot_worlds_visibility_is_swept_one_world_per_level(base_dir):
+    raw = swept({"synthetic.faint_grey": [222, 160, 96]})
+    raw["synthetic"] = {**raw["synthetic"], "world": "blind_spots"}
+    experiment = parse_experiment(raw, base_dir=base_dir)
+    assert [cell.experiment.synthetic.faint_grey for cell in experiment.cells] == [222, 160, 96]
+    assert experiment.cells[1].name == "faint_grey=160"
+    reads = sweep.stage_reads(experiment.cells[0].experiment, ["synthetic.faint_grey"])
+    assert set(reads.values()) == {frozenset({"synthetic.faint_grey"})}  # every stage reads the world: none shared
