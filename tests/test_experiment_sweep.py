@@ -20,7 +20,8 @@ from ue_dpo.experiment.stages import RunInterrupted
 @pytest.fixture
 def base_dir(tmp_path):
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump({"stage": "dpo", "do_train": True, "seed": 3}))
-    (tmp_path / "ue.yaml").write_text(yaml.safe_dump({"stage": "ue_dpo", "do_train": True, "ue_alpha": 0.3}))
+    ue_config = {"stage": "ue_dpo", "do_train": True, "template": "qwen2_vl", "ue_alpha": 0.3}
+    (tmp_path / "ue.yaml").write_text(yaml.safe_dump(ue_config))
     (tmp_path / "tpo.yaml").write_text(yaml.safe_dump({"stage": "ue_dpo", "do_train": True, "ue_weighting": "tpo"}))
     return tmp_path
 
@@ -162,6 +163,7 @@ class StandIns:
 
     def __init__(self, monkeypatch, interrupt_at: str | None = None):
         self.trained, self.evaluated, self.built = [], [], []
+        self.model_args = {}  # evaluated model (its evals folder's name) -> its lmms-eval model_args
         self.interrupt_at = interrupt_at  # a training (its output_dir's name and folder) that is interrupted
         monkeypatch.setattr(runner, "stream", self.stream)
         monkeypatch.setattr(runner, "build_synthetic_world", self.build)
@@ -184,8 +186,10 @@ class StandIns:
             (output_dir / "stand_in.json").write_text(json.dumps(config))
             return 0
         for entry in yaml.safe_load(Path(command[-1]).read_text()):
-            model = Path(dict(arg.split("=", 1) for arg in entry["model_args"].split(","))["pretrained"])
+            model_args = dict(arg.split("=", 1) for arg in entry["model_args"].split(","))
+            model = Path(model_args["pretrained"])
             self.evaluated.append(Path(entry["output_path"]).parent)
+            self.model_args[Path(entry["output_path"]).parent.name] = model_args
             results = json.loads(json.dumps(LMMS_EVAL_RESULTS))
             results["results"]["shapes_caption"]["chair_s,none"] = chair_s(model)
             write_lmms_eval_output(Path(entry["output_path"]), results=results, tasks_with_samples=["shapes_caption"])
@@ -259,6 +263,10 @@ def test_cells_share_the_stages_that_read_the_same_values_and_each_is_compared_w
         cells / "preference_pairs=128+ue_alpha=0.2" / "runs" / "ue@seed0",
         cells / "preference_pairs=128+ue_alpha=0.2" / "runs" / "ue@seed1",
     ]
+    # a trained run is prompted with its training template (ue.yaml's), a checkpoint or a config without one by
+    # its model family's, which ue_dpo_hf reads from the model
+    assert tools.model_args["ue@seed0"]["template"] == "qwen2_vl"
+    assert "template" not in tools.model_args["dpo@seed0"] and "template" not in tools.model_args["base"]
     trained_ue = json.loads((tools.trained[4] / "stand_in.json").read_text())
     assert (trained_ue["ue_alpha"], trained_ue["dataset_dir"]) == (
         0.2,

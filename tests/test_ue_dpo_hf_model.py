@@ -55,6 +55,7 @@ def models(
     tiny_gemma3_dir,
     tiny_qwen3_vl_moe_dir,
     tiny_glm4v_moe_dir,
+    tiny_pixtral_dir,
 ):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
@@ -66,6 +67,7 @@ def models(
         "gemma3": UeDpoHF(pretrained=str(tiny_gemma3_dir), device="cpu"),
         "qwen3_vl_moe": UeDpoHF(pretrained=str(tiny_qwen3_vl_moe_dir), device="cpu"),
         "glm4v_moe": UeDpoHF(pretrained=str(tiny_glm4v_moe_dir), device="cpu"),
+        "pixtral": UeDpoHF(pretrained=str(tiny_pixtral_dir), device="cpu"),  # Pixtral-12B: a `llava` model
     }
 
 
@@ -116,11 +118,12 @@ def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request,
 def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
     model = models["qwen2_5_vl"]
     assert model.template_name == "qwen2_vl"
+    assert models["pixtral"].template_name == "pixtral"  # by its vision tower, not its model type (`llava`)
     assert model.tokenizer.decode(model.encode_prompt(CAPTION_PROMPT, images[:1])) == QWEN2_VL_PROMPT
 
 
 @pytest.mark.parametrize(
-    "arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES]
+    "arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES, "pixtral"]
 )
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""

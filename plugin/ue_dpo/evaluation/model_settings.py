@@ -5,7 +5,8 @@ than at lmms-eval's first request (`ue_dpo_hf`) or never (lmms-eval's `openai` d
 nothing, so that checking an experiment file loads neither torch nor lmms-eval.
 """
 
-# `ue_dpo_hf` (ue_dpo.evaluation.model): every other key stops lmms-eval at the first request.
+UE_DPO_HF = "ue_dpo_hf"  # ue_dpo.evaluation.model
+# `ue_dpo_hf`: every other key stops lmms-eval at the first request.
 UE_DPO_HF_GENERATION_KWARGS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "until")
 
 SERVED_MODEL = "openai"  # lmms-eval's OpenAI-compatible chat model, the client of every served run
@@ -44,4 +45,4 @@ SERVED_MODEL_ARGS = (
 )
 
 # lmms-eval model -> the generation kwargs it reads; models not listed here are not checked
-GENERATION_KWARGS = {"ue_dpo_hf": UE_DPO_HF_GENERATION_KWARGS, SERVED_MODEL: SERVED_GENERATION_KWARGS}
+GENERATION_KWARGS = {UE_DPO_HF: UE_DPO_HF_GENERATION_KWARGS, SERVED_MODEL: SERVED_GENERATION_KWARGS}

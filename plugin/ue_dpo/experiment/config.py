@@ -28,7 +28,7 @@ import yaml
 
 from ue_dpo.benchmarks.registry import judged_tasks
 from ue_dpo.config import UEDPOArguments
-from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS
+from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS, UE_DPO_HF
 from ue_dpo.experiment.stages import digest
 from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, readers
 from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES
@@ -136,7 +136,7 @@ class Evaluation:
     tasks: tuple[str, ...]
     # from `tasks`, `gen_kwargs`, `limit` and `batch_size`: each task's settings, tasks with the same ones together
     protocols: tuple[Protocol, ...]
-    model: str = "ue_dpo_hf"
+    model: str = UE_DPO_HF
     model_args: dict[str, Any] = field(default_factory=dict)  # `pretrained` is each run's model
     seed: tuple[int, int, int, int] = DEFAULT_EVAL_SEED
     env: dict[str, str] = field(default_factory=dict)
@@ -659,9 +659,14 @@ def _parse_evaluation(raw: Any) -> Evaluation:
             "evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
             "remove it (use `checkpoint:` in a run to evaluate a given model)"
         )
+    if "template" in raw.get("model_args", {}):
+        raise ExperimentConfigError(
+            "evaluation.model_args.template: set by `ue-dpo run` to each trained run's training template (its "
+            "config's `template`); a `checkpoint:` run is read with its model family's template. Remove it"
+        )
     _check_lmms_eval_values("evaluation.model_args", raw.get("model_args", {}))
     server = _parse_server(raw.get("server"))
-    model = raw.get("model", SERVER_MODEL if server is not None else "ue_dpo_hf")
+    model = raw.get("model", SERVER_MODEL if server is not None else UE_DPO_HF)
     gen_kwargs = _gen_kwargs("evaluation.gen_kwargs", raw.get("gen_kwargs", {}), model)
     batch_size = _batch_size("evaluation.batch_size", raw.get("batch_size", 1))
     limit = _limit("evaluation.limit", raw.get("limit"))

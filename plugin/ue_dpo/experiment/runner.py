@@ -32,6 +32,7 @@ import yaml
 from ue_dpo.datasets import read_provenance
 from ue_dpo.evaluation.chat import TEMPLATE_ENV
 from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
+from ue_dpo.evaluation.model_settings import UE_DPO_HF
 from ue_dpo.experiment.config import (
     SYNTHETIC_PATHS,
     Experiment,
@@ -212,6 +213,10 @@ class ExperimentRunner:
         config["output_dir"] = str(self.layout_of(f"runs.{run.name}").run_dir(instance_name(run.name, seed)))
         return config
 
+    def training_template(self, run: Run, seed: int | None = None) -> str | None:
+        """The template a run is trained with, which its evaluation prompts with; None for a `checkpoint:` run."""
+        return None if run.train is None else self.training_config(run, seed).get("template")
+
     def train(self, run: Run, seed: int | None = None) -> None:
         config = self.training_config(run, seed)
         data = training_data(config)
@@ -280,12 +285,15 @@ class ExperimentRunner:
         }
 
     def lmms_eval_entries(
-        self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None
+        self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None, template: str | None = None
     ) -> list[dict[str, Any]]:
         """One `--config` entry per protocol for the model `name` (a run, or `run@seedS`): its tasks, generation
         kwargs, limit and batch size, into evals/<name>/<its tasks joined by '+'>; `model_args` default to the
         model with evaluation.model_args."""
-        model_args = model_args or {"pretrained": self.paths[f"runs.{name}"], **settings["model_args"]}
+        if model_args is None:
+            model_args = {"pretrained": self.paths[f"runs.{name}"], **settings["model_args"]}
+            if settings["model"] == UE_DPO_HF and template is not None:
+                model_args["template"] = template
         entries = []
         for protocol in (Protocol(**fields) for fields in settings["protocols"]):
             tasks = ",".join(protocol.tasks)
@@ -334,13 +342,13 @@ class ExperimentRunner:
             f"evaluate {', '.join(name for _, _, name in pending)} with lmms-eval on {', '.join(settings['tasks'])}"
         )
         if self.experiment.evaluation.server is not None:
-            for _, _, name in pending:
-                self.evaluate_served(name, settings, stage_digests[name])
+            for run, seed, name in pending:
+                self.evaluate_served(name, settings, stage_digests[name], self.training_template(run, seed))
             return
         entries = {}
-        for _, _, name in pending:
+        for run, seed, name in pending:
             shutil.rmtree(self.eval_dir(name), ignore_errors=True)
-            entries[name] = self.lmms_eval_entries(name, settings)
+            entries[name] = self.lmms_eval_entries(name, settings, template=self.training_template(run, seed))
         config_path = self.layout.config("lmms_eval")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(
@@ -376,7 +384,7 @@ class ExperimentRunner:
                 f"its output files were checked): " + "; ".join(failures) + f". See {log_path}"
             )
 
-    def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str) -> None:
+    def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str, template: str | None) -> None:
         """One model (a run, or `run@seedS`) through its own inference server: model prepared (merged), server up,
         lmms-eval, server down."""
         server = self.experiment.evaluation.server
@@ -390,6 +398,7 @@ class ExperimentRunner:
             server=server,
             env=env,
             llamafactory_cli=executable("llamafactory-cli"),
+            template=template,
         )
         shutil.rmtree(self.eval_dir(name), ignore_errors=True)
         log_path = home.log(f"evaluate-{name}")
