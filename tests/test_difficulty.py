@@ -2,12 +2,19 @@
 refusals (the data side, without a model). The staged runs of `ue-dpo run` are in test_experiment_sweep.py."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from image_column_data import write_column_dataset
+from test_experiment import VALID
+from test_experiment_sweep import StandIns
 from test_image_columns import prepared_datasets
 from ue_dpo.argument_checks import UEDPOUserError
+from ue_dpo.experiment import runner
+from ue_dpo.experiment.config import ExperimentConfigError, parse_experiment
+from ue_dpo.experiment.stages import RunInterrupted
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -90,3 +97,174 @@ def test_rows_without_a_level_an_absent_level_and_an_unregistered_column_are_ref
         prepared_datasets(tiny_llava_dir, plain, tmp_path, dataset="p", ue_difficulty=0)
     with pytest.raises(UEDPOUserError, match=r"^`ue_difficulty: -1` must be an integer >= 0"):
         prepared_datasets(tiny_llava_dir, levelled, tmp_path, dataset="levels", ue_difficulty=-1)
+
+
+# the staged runs of `ue-dpo run`, with llamafactory-cli and lmms-eval replaced by test_experiment_sweep's stand-ins
+
+
+@pytest.fixture
+def staged_dir(tmp_path):
+    config = {"stage": "ue_dpo", "do_train": True, "ue_weighting": "uniform", "dataset": "levels"}
+    (tmp_path / "staged.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump({"stage": "dpo", "do_train": True}))
+    return tmp_path
+
+
+def staged_experiment(base_dir, out, *, levels=(2, 0, 1), **run):
+    """`base`, the world's model; `mfpo` trained in stages from it, seeds 0 and 1; `after`, trained from mfpo."""
+    world = {"model_name_or_path": "${synthetic.model}", "dataset_dir": "${synthetic.data}"}
+    raw = {
+        **VALID,
+        "output": str(out),
+        "seeds": [0, 1],
+        "reported": [],
+        "runs": [
+            {"name": "base", "checkpoint": "${synthetic.model}"},
+            {
+                "name": "mfpo",
+                "train": "staged.yaml",
+                "overrides": world,
+                "stages": {"by": "difficulty", "levels": list(levels)},
+                **run,
+            },
+            {"name": "after", "train": "dpo.yaml", "overrides": {**world, "model_name_or_path": "${runs.mfpo}"}},
+        ],
+    }
+    return parse_experiment(raw, base_dir=base_dir)
+
+
+def stand_in_config(output_dir: Path) -> dict:
+    return json.loads((output_dir / "stand_in.json").read_text())
+
+
+def test_a_staged_run_trains_its_levels_in_order_each_from_the_previous_and_is_its_last_stage(
+    staged_dir, tmp_path, monkeypatch
+):
+    tools = StandIns(monkeypatch)
+    out = tmp_path / "out"
+    runner.ExperimentRunner(staged_experiment(staged_dir, out)).run()
+    runs = out / "runs"
+    assert tools.trained == [
+        runs / "mfpo@seed0@difficulty2",
+        runs / "mfpo@seed0@difficulty0",
+        runs / "mfpo@seed0@difficulty1",
+        runs / "mfpo@seed1@difficulty2",
+        runs / "mfpo@seed1@difficulty0",
+        runs / "mfpo@seed1@difficulty1",
+        runs / "after@seed0",
+        runs / "after@seed1",
+    ]
+    model = str(out / "synthetic" / "model")
+    for seed in (0, 1):
+        stages = [stand_in_config(runs / f"mfpo@seed{seed}@difficulty{level}") for level in (2, 0, 1)]
+        assert [stage["ue_difficulty"] for stage in stages] == [2, 0, 1]
+        assert [stage["seed"] for stage in stages] == [seed] * 3
+        assert [stage["model_name_or_path"] for stage in stages] == [model] * 3  # LoRA: the same base model
+        # the first stage creates the adapter, each later one trains the adapter the stage before it wrote
+        assert "adapter_name_or_path" not in stages[0] and "create_new_adapter" not in stages[0]
+        assert [(stage["adapter_name_or_path"], stage["create_new_adapter"]) for stage in stages[1:]] == [
+            (str(runs / f"mfpo@seed{seed}@difficulty2"), False),
+            (str(runs / f"mfpo@seed{seed}@difficulty0"), False),
+        ]
+        # the run's model, for its evaluation and for ${runs.mfpo}, is its last stage's
+        assert tools.model_args[f"mfpo@seed{seed}"]["pretrained"] == str(runs / f"mfpo@seed{seed}@difficulty1")
+        assert stand_in_config(runs / f"after@seed{seed}")["model_name_or_path"] == str(
+            runs / f"mfpo@seed{seed}@difficulty1"
+        )
+    # each stage's marker: its own digest, which covers the stage before it
+    markers = [
+        json.loads((out / "state" / f"train-mfpo@seed0@difficulty{level}.done.json").read_text()) for level in (2, 0, 1)
+    ]
+    assert "continues" not in markers[0]
+    assert [marker["continues"] for marker in markers[1:]] == [markers[0]["digest"], markers[1]["digest"]]
+    assert len({marker["digest"] for marker in markers}) == 3
+
+    tools.trained.clear()
+    runner.ExperimentRunner(staged_experiment(staged_dir, out)).run()
+    assert tools.trained == []  # every stage is done
+
+
+def test_full_tuning_stages_start_from_the_previous_model_with_the_first_stage_model_as_reference(
+    staged_dir, tmp_path, monkeypatch
+):
+    StandIns(monkeypatch)
+    out = tmp_path / "out"
+    raw_run = {
+        "overrides": {
+            "finetuning_type": "full",
+            "model_name_or_path": "${synthetic.model}",
+            "dataset_dir": "${synthetic.data}",
+        }
+    }
+    runner.ExperimentRunner(staged_experiment(staged_dir, out, levels=(0, 1), **raw_run)).run()
+    first, second = (stand_in_config(out / "runs" / f"mfpo@seed0@difficulty{level}") for level in (0, 1))
+    assert "ref_model" not in first and first["model_name_or_path"] == str(out / "synthetic" / "model")
+    assert second["model_name_or_path"] == str(out / "runs" / "mfpo@seed0@difficulty0")
+    assert second["ref_model"] == str(out / "synthetic" / "model") and "adapter_name_or_path" not in second
+
+
+def test_an_interrupted_staged_run_resumes_in_its_stage_and_a_retrained_stage_retrains_the_later_ones(
+    staged_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    runs = out / "runs"
+    tools = StandIns(monkeypatch, interrupt_at="runs/mfpo@seed0@difficulty0")
+    with pytest.raises(RunInterrupted):
+        runner.ExperimentRunner(staged_experiment(staged_dir, out)).run()
+    assert tools.trained == [runs / "mfpo@seed0@difficulty2"]
+    checkpoint = runs / "mfpo@seed0@difficulty0" / "checkpoint-3"  # what the interrupted training had saved
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+
+    tools = StandIns(monkeypatch)
+    runner.ExperimentRunner(staged_experiment(staged_dir, out)).run()
+    assert tools.trained[:2] == [runs / "mfpo@seed0@difficulty0", runs / "mfpo@seed0@difficulty1"]
+    assert stand_in_config(runs / "mfpo@seed0@difficulty0")["resume_from_checkpoint"] == str(checkpoint)
+
+    # the rows of the first stage change (what `ue-dpo data` records of them): it and both stages after it retrain,
+    # although their own configs are what they were
+    stock = runner.training_data
+    monkeypatch.setattr(
+        runner,
+        "training_data",
+        lambda config: {**stock(config), "converted": config.get("ue_difficulty") == 2},
+    )
+    tools = StandIns(monkeypatch)
+    runner.ExperimentRunner(staged_experiment(staged_dir, out)).run()
+    assert tools.trained == [runs / f"mfpo@seed{seed}@difficulty{level}" for seed in (0, 1) for level in (2, 0, 1)] + [
+        runs / "after@seed0",
+        runs / "after@seed1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stages": {"by": "difficulty", "levels": []}}, r"runs.mfpo.stages.levels: list the `difficulty` levels"),
+        ({"stages": {"by": "difficulty", "levels": [0, 0]}}, r"distinct integers >= 0, at least one"),
+        ({"stages": {"by": "difficulty", "levels": [1, -1]}}, r"got \[1, -1\]"),
+        ({"stages": {"by": "entropy", "levels": [0]}}, r"runs.mfpo.stages.by: 'entropy' is not what a run can be"),
+        ({"stages": {"levels": [0]}}, r"runs.mfpo.stages: .*`by`"),
+        ({"stages": {"by": "difficulty", "levels": [0], "order": "up"}}, r"runs.mfpo.stages.*order"),
+        (
+            {"train": "dpo.yaml"},
+            r"runs.mfpo.stages: the run trains with `stage: dpo` \(dpo.yaml\), which does not "
+            r"read `ue_difficulty`",
+        ),
+        ({"overrides": {"ue_difficulty": 1}}, r"runs.mfpo.stages: `ue_difficulty` is set per stage by `stages:`"),
+        ({"overrides": {"finetuning_type": "oft"}}, r"not `finetuning_type: oft`; use lora, full or freeze"),
+        (
+            {"overrides": {"finetuning_type": "full", "adapter_name_or_path": "a"}},
+            r"`adapter_name_or_path` with `finetuning_type: full`",
+        ),
+    ],
+)
+def test_stages_are_refused_with_the_key_named(staged_dir, tmp_path, change, message):
+    with pytest.raises(ExperimentConfigError, match=message):
+        staged_experiment(staged_dir, tmp_path / "out", **change)
+
+
+def test_a_checkpoint_run_has_no_stages(staged_dir, tmp_path):
+    raw = {**VALID, "runs": [{"name": "base", "checkpoint": "m", "stages": {"by": "difficulty", "levels": [0]}}]}
+    with pytest.raises(ExperimentConfigError, match=r"runs.base.stages: a `checkpoint:` run is evaluated as it is"):
+        parse_experiment(raw, base_dir=staged_dir)
