@@ -12,7 +12,7 @@ from test_experiment import VALID
 from test_experiment_sweep import StandIns
 from test_image_columns import prepared_datasets
 from ue_dpo.argument_checks import UEDPOUserError
-from ue_dpo.experiment import runner
+from ue_dpo.experiment import runner, sweep
 from ue_dpo.experiment.config import ExperimentConfigError, parse_experiment
 from ue_dpo.experiment.stages import RunInterrupted
 
@@ -110,7 +110,7 @@ def staged_dir(tmp_path):
     return tmp_path
 
 
-def staged_experiment(base_dir, out, *, levels=(2, 0, 1), **run):
+def staged_experiment(base_dir, out, *, levels=(2, 0, 1), sweep=None, **run):
     """`base`, the world's model; `mfpo` trained in stages from it, seeds 0 and 1; `after`, trained from mfpo."""
     world = {"model_name_or_path": "${synthetic.model}", "dataset_dir": "${synthetic.data}"}
     raw = {
@@ -129,6 +129,7 @@ def staged_experiment(base_dir, out, *, levels=(2, 0, 1), **run):
             },
             {"name": "after", "train": "dpo.yaml", "overrides": {**world, "model_name_or_path": "${runs.mfpo}"}},
         ],
+        **({} if sweep is None else {"sweep": sweep}),
     }
     return parse_experiment(raw, base_dir=base_dir)
 
@@ -235,6 +236,22 @@ def test_an_interrupted_staged_run_resumes_in_its_stage_and_a_retrained_stage_re
         runs / "after@seed0",
         runs / "after@seed1",
     ]
+
+
+def test_a_swept_staged_run_trains_its_stages_in_each_cell_and_resumes_there(staged_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    experiment = staged_experiment(staged_dir, out, levels=(0, 1), sweep={"runs.mfpo.pref_beta": [0.1, 0.2]})
+    tools = StandIns(monkeypatch, interrupt_at="pref_beta=0.2/runs/mfpo@seed1@difficulty1")
+    with pytest.raises(RunInterrupted):
+        sweep.run_sweep(experiment)
+    tools = StandIns(monkeypatch)
+    sweep.run_sweep(experiment)
+    second = out / "cells" / "pref_beta=0.2" / "runs"
+    assert tools.trained == [second / "mfpo@seed1@difficulty1", second / "after@seed0", second / "after@seed1"]
+    stages = [stand_in_config(second / f"mfpo@seed1@difficulty{level}") for level in (0, 1)]
+    assert [(stage["pref_beta"], stage["ue_difficulty"]) for stage in stages] == [(0.2, 0), (0.2, 1)]
+    assert stages[1]["adapter_name_or_path"] == str(second / "mfpo@seed1@difficulty0")
+    assert tools.model_args["mfpo@seed1"]["pretrained"] == str(second / "mfpo@seed1@difficulty1")
 
 
 @pytest.mark.parametrize(
