@@ -5,12 +5,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from image_column_data import write_column_dataset
+from llamafactory_runs import run_train
 from test_experiment import VALID
 from test_experiment_sweep import StandIns
 from test_image_columns import prepared_datasets
+from tiny_training_config import tiny_training_config
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.experiment import runner, sweep
 from ue_dpo.experiment.config import ExperimentConfigError, parse_experiment
@@ -285,3 +288,27 @@ def test_a_checkpoint_run_has_no_stages(staged_dir, tmp_path):
     raw = {**VALID, "runs": [{"name": "base", "checkpoint": "m", "stages": {"by": "difficulty", "levels": [0]}}]}
     with pytest.raises(ExperimentConfigError, match=r"runs.base.stages: a `checkpoint:` run is evaluated as it is"):
         parse_experiment(raw, base_dir=staged_dir)
+
+
+def test_llamafactory_trains_a_level_and_the_next_stage_continues_its_adapter(tiny_llava_dir, levelled, tmp_path):
+    """The one real training here: `ue_difficulty` through `llamafactory-cli train`, then the second stage's config as
+    `ue-dpo run` writes it, at learning rate 0, which saves the adapter it started from: the first stage's, not a
+    new one (whose lora_B would be zeros)."""
+    from safetensors.torch import load_file
+
+    first_dir = tmp_path / "levels@difficulty0"
+    first = tiny_training_config("llava", tiny_llava_dir, levelled, first_dir, dataset="levels", ue_difficulty=0)
+    first.update(ue_weighting="uniform", save_strategy="no")
+    result = run_train(first, tmp_path / "first")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (
+        "ue_difficulty: 0: kept 3 of the 8 rows of dataset `levels` (column `level`)" in result.stdout + result.stderr
+    )
+    second_dir = tmp_path / "levels@difficulty2"
+    second = runner.staged_config({**first, "learning_rate": 0.0, "max_steps": 1}, 2, str(second_dir), str(first_dir))
+    assert run_train(second, tmp_path / "second").returncode == 0
+    trained, continued = (load_file(folder / "adapter_model.safetensors") for folder in (first_dir, second_dir))
+    assert trained.keys() == continued.keys()
+    lora_b = [name for name in trained if "lora_B" in name]
+    assert lora_b and all(trained[name].abs().max() > 0 for name in lora_b)
+    assert all(torch.equal(trained[name], continued[name]) for name in trained)

@@ -38,7 +38,7 @@ ROW_ID_COLUMNS = ("id", "idx")  # a row's id, named in refusals where the file h
 _COLUMNS_ATTRIBUTE = "ue_image_columns"  # set on LLaMA-Factory's DatasetAttr: (entry name, {ours: file's})
 _ROWS_NAMED = 5
 DIFFICULTY_COLUMN = "difficulty"
-logger = logging.get_logger(__name__)
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler, which prints INFO
 COLUMN_MEANINGS = {
     SECOND_IMAGE_COLUMN: "the second image m' of each row image",
     CHOSEN_IMAGE_COLUMN: "the image the chosen response is scored on",
