@@ -98,6 +98,19 @@ def test_rows_without_a_level_an_absent_level_and_an_unregistered_column_are_ref
         r"level, an integer >= 0, which `ue_difficulty` selects\)",
     ):
         prepared_datasets(tiny_llava_dir, plain, tmp_path, dataset="p", ue_difficulty=0)
+    with pytest.raises(
+        UEDPOUserError,
+        match=r"^`ue_difficulty: 0` selects rows as LLaMA-Factory loads them, .*"
+        r"remove `tokenized_path`",
+    ):
+        prepared_datasets(
+            tiny_llava_dir,
+            levelled,
+            tmp_path,
+            dataset="levels",
+            ue_difficulty=0,
+            tokenized_path=str(tmp_path / "tokenized"),
+        )
     with pytest.raises(UEDPOUserError, match=r"^`ue_difficulty: -1` must be an integer >= 0"):
         prepared_datasets(tiny_llava_dir, levelled, tmp_path, dataset="levels", ue_difficulty=-1)
 

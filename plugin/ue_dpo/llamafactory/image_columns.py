@@ -81,6 +81,12 @@ def carried_image_columns(columns: tuple[str, ...], data_args, difficulty: int |
             f"the dataset column(s) {', '.join(f'`{column}`' for column in read)} are checked row by row before "
             "training, which `streaming: true` does not allow; remove `streaming`."
         )
+    if difficulty is not None and data_args.tokenized_path is not None:
+        raise UEDPOUserError(
+            f"`ue_difficulty: {difficulty}` selects rows as LLaMA-Factory loads them, which a dataset saved at "
+            f"`tokenized_path` ({data_args.tokenized_path}) skips, so its rows could be of any level; remove "
+            "`tokenized_path`."
+        )
     stock_list, stock_align = loader.get_dataset_list, loader.align_dataset
     stock_preprocess = PairwiseDatasetProcessor.preprocess_dataset
 
