@@ -303,25 +303,28 @@ def test_a_checkpoint_run_has_no_stages(staged_dir, tmp_path):
         parse_experiment(raw, base_dir=staged_dir)
 
 
-def test_llamafactory_trains_a_level_and_the_next_stage_continues_its_adapter(tiny_llava_dir, levelled, tmp_path):
-    """The one real training here: `ue_difficulty` through `llamafactory-cli train`, then the second stage's config as
-    `ue-dpo run` writes it, at learning rate 0, which saves the adapter it started from: the first stage's, not a
-    new one (whose lora_B would be zeros)."""
+def test_llamafactory_trains_a_level_continuing_the_previous_stage_adapter(tiny_llava_dir, levelled, tmp_path):
+    """The one real training here: a later stage's config as `ue-dpo run` writes it, through `llamafactory-cli train`,
+    at learning rate 0, which saves the adapter it started from: the previous stage's (made here with peft, lora_B
+    not zero), not a new one (whose lora_B would be zeros); and its level's rows only, logged."""
+    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
 
-    first_dir = tmp_path / "levels@difficulty0"
-    first = tiny_training_config("llava", tiny_llava_dir, levelled, first_dir, dataset="levels", ue_difficulty=0)
-    first.update(ue_weighting="uniform", save_strategy="no")
-    result = run_train(first, tmp_path / "first")
+    previous_dir = tmp_path / "levels@difficulty0"
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(previous_dir)
+    stage_dir = tmp_path / "levels@difficulty2"
+    config = tiny_training_config("llava", tiny_llava_dir, levelled, tmp_path / "unused", dataset="levels")
+    config.update(ue_weighting="uniform", learning_rate=0.0, max_steps=1)
+    result = run_train(runner.staged_config(config, 2, str(stage_dir), str(previous_dir)), tmp_path / "run")
     assert result.returncode == 0, result.stderr[-4000:]
     assert (
-        "ue_difficulty: 0: kept 3 of the 8 rows of dataset `levels` (column `level`)" in result.stdout + result.stderr
+        "ue_difficulty: 2: kept 3 of the 8 rows of dataset `levels` (column `level`)" in result.stdout + result.stderr
     )
-    second_dir = tmp_path / "levels@difficulty2"
-    second = runner.staged_config({**first, "learning_rate": 0.0, "max_steps": 1}, 2, str(second_dir), str(first_dir))
-    assert run_train(second, tmp_path / "second").returncode == 0
-    trained, continued = (load_file(folder / "adapter_model.safetensors") for folder in (first_dir, second_dir))
-    assert trained.keys() == continued.keys()
-    lora_b = [name for name in trained if "lora_B" in name]
-    assert lora_b and all(trained[name].abs().max() > 0 for name in lora_b)
-    assert all(torch.equal(trained[name], continued[name]) for name in trained)
+    previous, continued = (load_file(folder / "adapter_model.safetensors") for folder in (previous_dir, stage_dir))
+    assert previous.keys() == continued.keys()
+    lora_b = [name for name in previous if "lora_B" in name]
+    assert lora_b and all(previous[name].abs().max() > 0 for name in lora_b)
+    assert all(torch.equal(previous[name], continued[name]) for name in previous)
