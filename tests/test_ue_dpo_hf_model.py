@@ -56,6 +56,8 @@ def models(
     tiny_qwen3_vl_moe_dir,
     tiny_glm4v_moe_dir,
     tiny_pixtral_dir,
+    tiny_qwen3_5_dir,
+    tiny_qwen3_5_moe_dir,
 ):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
@@ -68,6 +70,8 @@ def models(
         "qwen3_vl_moe": UeDpoHF(pretrained=str(tiny_qwen3_vl_moe_dir), device="cpu"),
         "glm4v_moe": UeDpoHF(pretrained=str(tiny_glm4v_moe_dir), device="cpu"),
         "pixtral": UeDpoHF(pretrained=str(tiny_pixtral_dir), device="cpu"),  # Pixtral-12B: a `llava` model
+        "qwen3_5": UeDpoHF(pretrained=str(tiny_qwen3_5_dir), device="cpu"),
+        "qwen3_5_moe": UeDpoHF(pretrained=str(tiny_qwen3_5_moe_dir), device="cpu"),
     }
 
 
@@ -123,7 +127,18 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
 
 
 @pytest.mark.parametrize(
-    "arch", [*ARCHITECTURES, "qwen2_5_vl", "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES, "pixtral"]
+    "arch",
+    [
+        *ARCHITECTURES,
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "glm4v",
+        *TILED_ARCHITECTURES,
+        *MOE_ARCHITECTURES,
+        "pixtral",
+        "qwen3_5",
+        "qwen3_5_moe",
+    ],
 )
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):
     """The first generated step must score like a plain forward pass (Qwen: M-RoPE over the image grid)."""
@@ -217,7 +232,7 @@ def requests_for(images, gen_kwargs_per_request, contexts=None):
     ], {"shapes": {"test": docs}}
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, *TILED_ARCHITECTURES])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, *TILED_ARCHITECTURES, "qwen3_5"])
 def test_batched_generation_equals_one_by_one_and_keeps_request_order(arch, models, images):
     model = models[arch]
     # two kwargs groups, interleaved, so batching regroups and must restore the order
