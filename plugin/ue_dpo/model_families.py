@@ -224,7 +224,12 @@ UNTRAINED_PLUGIN_REASONS = {
     ),
     "KimiVLPlugin": "Kimi-VL is a remote-code model (`trust_remote_code`), whose forward the stage cannot lay out",
     "LFMVLPlugin": f"LFM2-VL: {_NOT_DESCRIBED}",
-    "Llama4Plugin": f"Llama 4 (tiles of a padded canvas, chunked attention): {_NOT_DESCRIBED}",
+    "Llama4Plugin": (
+        "Llama 4: v' is not laid out for its tiles yet (the real pixels of each padded canvas follow from the image's "
+        "size as its processor received it, which the batch does not carry, and an image's tiles are counted "
+        "between its `<|image_start|>` and `<|image_end|>`: the model's `<|patch|>` placeholders run once per tile, "
+        "the processor's `<|image|>` once per image)"
+    ),
     "LlavaNextVideoPlugin": "LLaVA-NeXT-Video's templates take videos, which v' does not noise",
     "MiniCPMVPlugin": "MiniCPM-V and MiniCPM-o are remote-code models (`trust_remote_code`), whose forward the stage "
     "cannot lay out",
