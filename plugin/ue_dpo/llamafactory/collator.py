@@ -5,8 +5,8 @@ v' by `ue_noise_space`:
                   Qwen3.5 and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
                   image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
                   is the patchified VCD image. LLaVA-NeXT's patches and Pixtral's padded images are noised on their
-                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`): padding keeps the
-                  processor's values.
+                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`), and so are Llama 4's canvas
+                  tiles (`noised_canvas_tiles`): padding keeps the processor's values.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
 

@@ -1,15 +1,17 @@
 """Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, Pixtral, Qwen3-VL, Qwen3.5,
-GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, and the mixture-of-experts Qwen3-VL (30B-A3B), Qwen3.5 (35B-A3B) and
-GLM-4.5V, built locally without any download.
+GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, and the mixture-of-experts Qwen3-VL (30B-A3B), Qwen3.5 (35B-A3B),
+GLM-4.5V and Llama 4, built locally without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
-`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `glm4_5v`, `intern_vl`, `gemma3`),
+`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `glm4_5v`, `intern_vl`, `gemma3`, `llama4`),
 `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA,
 Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.xV see an image as a 2x2 grid of visual tokens, one per quadrant
 of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches,
 Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one token each (with
-`crop_to_patches`) and Gemma 3 pools it into 4 tokens. The mixture-of-experts models are their dense sibling's
-layout with 4 experts per mixture, 2 routed to per token.
+`crop_to_patches`), Gemma 3 pools it into 4 tokens and Llama 4 cuts it into 28-px tiles of a padded canvas of at most 4,
+plus a global tile, of one token each. The mixture-of-experts models are their dense sibling's
+layout with 4 experts per mixture, 2 routed to per token (Llama 4, which has no dense sibling: 1, beside its shared
+expert).
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
