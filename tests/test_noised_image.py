@@ -156,7 +156,7 @@ def test_stacked_noise_is_vcds_noise_of_the_normalised_image(arch, request, larg
     assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "internvl", "gemma3"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "internvl", "gemma3", "llama4"])
 def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(
     arch, request, large_image_pairs, tmp_path
 ):
