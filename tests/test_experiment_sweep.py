@@ -181,7 +181,7 @@ class StandIns:
             if self.interrupt_at is not None and str(output_dir).endswith(self.interrupt_at):
                 raise RunInterrupted(2, command, log_path)
             self.trained.append(output_dir)
-            output_dir.mkdir(parents=True)
+            output_dir.mkdir(parents=True, exist_ok=True)  # a resumed training's holds its checkpoints
             (output_dir / "trainer_state.json").write_text("{}")
             (output_dir / "stand_in.json").write_text(json.dumps(config))
             return 0

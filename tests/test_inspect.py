@@ -426,3 +426,50 @@ def test_a_word_group_without_type_i_outside_has_no_ratio():
     assert summary["none"]["tokens_inside"] == 0 and summary["none"]["type_i_rate_inside"] is None
     with pytest.raises(InspectError, match="the group 'first' is given twice"):
         parse_word_groups(["first=a", "first=b"])
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [
+        "tiny_llava_dir",
+        "tiny_qwen2_5_vl_dir",
+        "tiny_glm4v_dir",
+        "tiny_llava_next_dir",
+        "tiny_mistral3_dir",
+        "tiny_pixtral_dir",
+        "tiny_internvl_dir",
+        "tiny_gemma3_dir",
+        "tiny_qwen3_5_dir",
+        "tiny_qwen3_vl_moe_dir",
+        "tiny_qwen3_5_moe_dir",
+        "tiny_glm4v_moe_dir",
+    ],
+)
+def test_every_family_is_inspected_with_the_values_of_plain_forwards(request, fixture, shapes_dataset_dir, tmp_path):
+    """The inspector's u, Δ, λ and categories on every trained family (Qwen3-VL: the page test above) equal those of
+    plain full-vocabulary forwards: anyres patches, padded images, tiles, Gemma 3's token types, unshared rows."""
+    from transformers import AutoModelForImageTextToText
+
+    from ue_dpo.inspection import build_trainer, data_keys, inspect_pairs, parse_ue_settings
+
+    model_dir = request.getfixturevalue(fixture)
+    trainer = build_trainer(
+        model_keys(str(model_dir), None),
+        data_keys("shapes_pref", str(shapes_dataset_dir), tmp_path / "unused"),
+        parse_ue_settings([]),
+        n=2,
+        cutoff_len=2048,
+        out_dir=tmp_path / "trainer",
+    )
+    features = [trainer.train_dataset[index] for index in range(2)]
+    inputs = trainer.data_collator(features)
+    expected = reference_token_values(inputs, inputs["labels"], AutoModelForImageTextToText.from_pretrained(model_dir))
+    pairs = inspect_pairs(trainer, batch_size=2)
+    for pair in pairs:
+        for side, row in (("chosen", pair.index), ("rejected", len(pairs) + pair.index)):
+            tokens, values = getattr(pair, side), expected[row]
+            assert [token.token_id for token in tokens] == values["token_id"], (fixture, pair.index, side)
+            for key, field in (("u", "uncertainty"), ("delta", "delta"), ("lambda", "weight")):
+                shown = np.array([getattr(token, field) for token in tokens], dtype=float)
+                np.testing.assert_allclose(shown, values[key], rtol=0, atol=2e-5, err_msg=f"{pair.index} {side} {key}")
+            assert [token.category for token in tokens] == values["category"].tolist(), (pair.index, side)

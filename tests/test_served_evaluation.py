@@ -65,7 +65,15 @@ def chat_task(monkeypatch, shapes_eval_dir, template: str | None):
 
 @pytest.mark.parametrize(
     ("fixture", "template"),
-    [("tiny_qwen2_vl_dir", "qwen2_vl"), ("tiny_llava_dir", "llava"), ("tiny_glm4v_dir", "glm4v")],
+    [
+        ("tiny_qwen2_vl_dir", "qwen2_vl"),
+        ("tiny_llava_dir", "llava"),
+        ("tiny_glm4v_dir", "glm4v"),
+        ("tiny_llava_next_dir", "llava_next"),
+        ("tiny_qwen3_vl_dir", "qwen3_vl"),
+        ("tiny_qwen3_5_dir", "qwen3_5"),
+        ("tiny_glm4v_moe_dir", "glm4_5v"),
+    ],
 )
 def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt(
     request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template
@@ -97,6 +105,26 @@ def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt
         prompt = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
         served_ids = processor(text=prompt, images=[image], add_special_tokens=False)["input_ids"][0]
         assert list(served_ids) == ue_dpo_hf.encode_prompt(CAPTION_PROMPT, [image])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "template", "why"),
+    [
+        ("tiny_mistral3_dir", "mistral_small", "does not hold"),
+        ("tiny_pixtral_dir", "pixtral", "does not hold"),
+        ("tiny_gemma3_dir", "gemma3", "can only concatenate str"),
+        # renders, but not as training encodes it: caught by comparing the two prompts, token by token
+        ("tiny_internvl_dir", "intern_vl", r"differs from the training prompt from token \d+ on"),
+    ],
+)
+def test_a_template_whose_served_prompt_is_not_the_training_prompt_is_refused_before_serving(
+    request, tmp_path, fixture, template, why
+):
+    served = tmp_path / "served"
+    shutil.copytree(request.getfixturevalue(fixture), served)
+    with pytest.raises(ChatTemplateError, match=f"(?s)template {template!r} cannot be served.*{why}") as refused:
+        write_training_chat_template(served, template)
+    assert "evaluate its runs with ue_dpo_hf" in str(refused.value)
 
 
 def test_a_chat_task_without_the_training_template_is_refused(monkeypatch, shapes_eval_dir):

@@ -63,6 +63,15 @@ class _StageArguments:
             "another attn_implementation than sdpa or eager, or a batch whose pairs' prompts differ."
         },
     )
+    ue_difficulty: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on the rows of one difficulty level only: the rows whose `difficulty` column (registered "
+            "in the dataset's dataset_info.json `columns`, an integer >= 0 per row) equals this value; the others are "
+            "dropped before training, with a log line of how many were kept. `ue-dpo run`'s `stages:` sets it, one "
+            "level per stage (MFPO's easy-to-hard schedule). Default: every row, the column unread."
+        },
+    )
     ue_ref_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Folder of the ue_precompute_ref cache. Default: `<output_dir>/ue_ref_cache`."},
@@ -116,6 +125,13 @@ class _StageArguments:
             check_integer(name, getattr(self, name), "a positive integer")
             if getattr(self, name) < 1:
                 raise UEDPOUserError(f"`{name}: {getattr(self, name)}` must be a positive integer.")
+        if self.ue_difficulty is not None:
+            check_integer("ue_difficulty", self.ue_difficulty, "an integer >= 0 (a level of the `difficulty` column)")
+            if self.ue_difficulty < 0:
+                raise UEDPOUserError(
+                    f"`ue_difficulty: {self.ue_difficulty}` must be an integer >= 0 (a level of the `difficulty` "
+                    "column)."
+                )
         for name in ("ue_precompute_ref", "ue_prefix_sharing"):
             if not isinstance(getattr(self, name), bool):
                 raise UEDPOUserError(f"`{name}: {getattr(self, name)!r}` must be true or false.")

@@ -83,6 +83,20 @@ def template_for_model(model_dir: str | Path, template: str | None = None) -> st
     return model_template(AutoConfig.from_pretrained(str(model_dir)).to_dict(), template, model_dir)
 
 
+def training_prompt_ids(template: Any, processor: Any, context: str, images: Sequence[Any]) -> list[int]:
+    """Prompt token ids as LLaMA-Factory encodes a training sample with `template` (fixed for the processor's
+    tokenizer): images as `<image>` before the text, expanded by the template's plugin."""
+    from llamafactory.extras.constants import IMAGE_PLACEHOLDER
+
+    content = context if IMAGE_PLACEHOLDER in context else IMAGE_PLACEHOLDER * len(images) + context
+    messages = [{"role": "user", "content": content}, {"role": "assistant", "content": ""}]
+    plugin = template.mm_plugin
+    messages = plugin.process_messages(messages, list(images), [], [], processor)
+    prompt_ids, _ = template.encode_oneturn(processor.tokenizer, messages)
+    prompt_ids, _ = plugin.process_token_ids(prompt_ids, None, list(images), [], [], processor.tokenizer, processor)
+    return prompt_ids
+
+
 def training_system_prompt(metadata: Mapping[str, Any] | None, task: str) -> str:
     """The system prompt the training template gives, from the task settings `template` and `default_system`."""
     name = setting(metadata, "template", TEMPLATE_ENV)
@@ -147,8 +161,9 @@ def training_chat_template(template_name: str, processor: Any) -> str:
     for statement, replacement in replacements:
         if jinja.count(statement) != 1:
             raise ChatTemplateError(
-                f"LLaMA-Factory's Jinja rendering of {template_name!r} no longer contains "
-                f"{statement!r} once; this llamafactory release is not supported"
+                f"template {template_name!r} cannot be served: LLaMA-Factory's Jinja rendering of it does not hold "
+                f"{statement!r} once, which the served chat template is made from; evaluate its runs with "
+                f"ue_dpo_hf (an experiment without `evaluation.server`)"
             )
         jinja = jinja.replace(statement, replacement)
     # LLaMA-Factory encodes no system turn for an empty system prompt (GLM-4.1V's default); its Jinja renders one
@@ -172,6 +187,44 @@ def training_stop_token_ids(model_dir: str, template_name: str) -> list[int]:
     return template.get_stop_token_ids(tokenizer)
 
 
+def check_served_prompt(template_name: str, processor: Any, chat_template: str) -> None:
+    """Refuse a chat template whose prompt, as a server renders and tokenizes it for an image and a question, is not
+    the one `ue_dpo_hf` (LLaMA-Factory) encodes for training: a served run would be scored on another prompt."""
+    from copy import deepcopy
+
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from PIL import Image
+
+    processor = deepcopy(processor)
+    template = get_template_and_fix_tokenizer(processor.tokenizer, DataArguments(template=template_name))
+    image, question = Image.new("RGB", (56, 56), (255, 255, 255)), "Describe this image."
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": template.default_system or ""}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+    try:
+        rendered = processor.apply_chat_template(
+            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        )
+    except Exception as error:  # Jinja's errors, and the Python errors of the expressions it evaluates
+        raise ChatTemplateError(
+            f"template {template_name!r} cannot be served: its chat template fails on an image and a question "
+            f"({type(error).__name__}: {error}); evaluate its runs with ue_dpo_hf (an experiment without "
+            f"`evaluation.server`)"
+        ) from None
+    served = list(processor(text=rendered, images=[image], add_special_tokens=False)["input_ids"][0])
+    trained = training_prompt_ids(template, processor, question, [image])
+    if served != trained:
+        first = next((i for i, (a, b) in enumerate(zip(served, trained)) if a != b), min(len(served), len(trained)))
+        raise ChatTemplateError(
+            f"template {template_name!r} cannot be served exactly: the served chat template's prompt differs from "
+            f"the training prompt from token {first} on ({processor.tokenizer.decode(served[first : first + 8])!r} "
+            f"served, {processor.tokenizer.decode(trained[first : first + 8])!r} trained); evaluate its runs with "
+            f"ue_dpo_hf (an experiment without `evaluation.server`)"
+        )
+
+
 def write_training_chat_template(model_dir: str | Path, template_name: str) -> str:
     """Make a model folder prompt and stop as `template_name` does when served: its chat template (tokenizer and
     processor) and its generation config's end-of-sequence ids (the template's stop words, as `ue_dpo_hf` stops).
@@ -182,6 +235,7 @@ def write_training_chat_template(model_dir: str | Path, template_name: str) -> s
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     chat_template = training_chat_template(template_name, processor)
+    check_served_prompt(template_name, processor, chat_template)
     processor.chat_template = chat_template
     tokenizer.chat_template = chat_template
     processor.save_pretrained(model_dir)

@@ -33,7 +33,7 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
-from ue_dpo.evaluation.chat import model_template
+from ue_dpo.evaluation.chat import model_template, training_prompt_ids
 from ue_dpo.evaluation.model_settings import UE_DPO_HF_GENERATION_KWARGS
 from ue_dpo.model_paths import is_local_path
 
@@ -184,17 +184,7 @@ class UeDpoHF(lmms):
 
     def encode_prompt(self, context: str, images: Sequence[Image.Image]) -> list[int]:
         """Prompt token ids as LLaMA-Factory encodes a training sample: images as `<image>` before the text."""
-        from llamafactory.extras.constants import IMAGE_PLACEHOLDER
-
-        content = context if IMAGE_PLACEHOLDER in context else IMAGE_PLACEHOLDER * len(images) + context
-        messages = [{"role": "user", "content": content}, {"role": "assistant", "content": ""}]
-        plugin = self.template.mm_plugin
-        messages = plugin.process_messages(messages, list(images), [], [], self.processor)
-        prompt_ids, _ = self.template.encode_oneturn(self._tokenizer, messages)
-        prompt_ids, _ = plugin.process_token_ids(
-            prompt_ids, None, list(images), [], [], self._tokenizer, self.processor
-        )
-        return prompt_ids
+        return training_prompt_ids(self.template, self.processor, context, images)
 
     def model_inputs(self, prompts: Sequence[tuple[str, Sequence[Image.Image]]]) -> dict[str, torch.Tensor]:
         """A left-padded batch of prompts with their images, ready for `generate`."""

@@ -10,6 +10,10 @@ String values in `overrides`, `checkpoint`, `evaluation.model_args` and `evaluat
 earlier run: its training output dir or its checkpoint). In a run trained once per seed (`seeds:`),
 `${runs.NAME}` of a run that is also trained per seed is NAME's model of the same seed.
 
+`stages: {by: difficulty, levels: [0, 1, 2]}` trains a run in consecutive stages, one per level in that order, each on
+the rows of its level (`ue_difficulty`) and continuing from the previous stage's weights; the run's model is the last
+stage's (ue_dpo.experiment.runner.staged_config).
+
 `sweep:` maps keys (`synthetic.FIELD`, `runs.RUN.KEY` into that run's overrides, `evaluation.SETTING...`) to lists
 of values; the cells are their Cartesian product in file order, each the file with its values set, parsed and
 checked like a file of its own before anything runs (ue_dpo.experiment.sweep runs them).
@@ -43,6 +47,8 @@ JUDGED_TASKS = judged_tasks()  # scored by an LLM judge whatever the settings (o
 # lmms-eval's default `--seed`: python, numpy, torch and few-shot sampling seeds
 DEFAULT_EVAL_SEED = (0, 1234, 1234, 1234)
 SEED_SEPARATOR = "@seed"  # `dpo@seed3`: run dpo trained with seed 3 (not a character of run names, so never ambiguous)
+DIFFICULTY_SEPARATOR = "@difficulty"  # `dpo@seed3@difficulty1`: the stage of dpo@seed3 on the rows of level 1
+STAGED_BY = ("difficulty",)  # what `stages: {by: ...}` can split a run's training by
 
 
 class ExperimentConfigError(ValueError):
@@ -84,6 +90,7 @@ class Run:
     overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # evaluate this model as it is
     seeds: tuple[int, ...] | None = None  # train and evaluate once per seed; None: once, with the config's seed
+    difficulty_levels: tuple[int, ...] | None = None  # `stages:`: the levels trained in order; None: one training
 
     @property
     def each_seed(self) -> tuple[int | None, ...]:
@@ -96,9 +103,14 @@ def instance_name(run: str, seed: int | None) -> str:
     return run if seed is None else f"{run}{SEED_SEPARATOR}{seed}"
 
 
+def stage_instance(name: str, level: int) -> str:
+    """What names the stage of instance `name` (a run, or `run@seedS`) on the rows of difficulty `level`."""
+    return f"{name}{DIFFICULTY_SEPARATOR}{level}"
+
+
 def run_of_instance(name: str) -> str:
-    """The run of an instance name (`dpo@seed3` -> `dpo`)."""
-    return name.partition(SEED_SEPARATOR)[0]
+    """The run of an instance or stage name (`dpo@seed3`, `dpo@seed3@difficulty1` -> `dpo`; '@' is in no run name)."""
+    return name.partition("@")[0]
 
 
 @dataclass(frozen=True)
@@ -552,7 +564,7 @@ def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tupl
     for index, item in enumerate(raw):
         where = f"runs[{index}]"
         _mapping(where, item)
-        _only_keys(where, item, {"name", "label", "train", "overrides", "checkpoint", "seeds"})
+        _only_keys(where, item, {"name", "label", "train", "overrides", "checkpoint", "seeds", "stages"})
         name = _string(f"{where}.name", _required(item, "name", where, "a short unique name, e.g. `name: ue_dpo`"))
         if not RUN_NAME.match(name):
             raise ExperimentConfigError(
@@ -616,6 +628,14 @@ def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tupl
                         f" remove it, or give the run `seeds: null` to train it once with "
                         f"its own seed"
                     )
+        levels = None
+        if "stages" in item:
+            if has_checkpoint:
+                raise ExperimentConfigError(
+                    f"{where}.stages: a `checkpoint:` run is evaluated as it is, not trained in stages; remove "
+                    "`stages` or train the run"
+                )
+            levels = _difficulty_levels(f"{where}.stages", item["stages"], {**config, **overrides}, train)
         runs.append(
             Run(
                 name=name,
@@ -624,9 +644,56 @@ def _parse_runs(raw: Any, base_dir: Path, seeds: tuple[int, ...] | None) -> tupl
                 overrides=dict(overrides),
                 checkpoint=checkpoint,
                 seeds=run_seeds,
+                difficulty_levels=levels,
             )
         )
     return tuple(runs)
+
+
+def _difficulty_levels(where: str, raw: Any, config: Mapping[str, Any], train: Path) -> tuple[int, ...]:
+    """The levels of `stages: {by: difficulty, levels: [...]}`, refused unless the run's training reads them."""
+    example = "e.g. `stages: {by: difficulty, levels: [0, 1, 2]}` (easy to hard)"
+    _mapping(where, raw)
+    _only_keys(where, raw, {"by", "levels"})
+    by = _required(raw, "by", where, example)
+    if by not in STAGED_BY:
+        raise ExperimentConfigError(
+            f"{where}.by: {by!r} is not what a run can be staged by; use {', '.join(STAGED_BY)} ({example})"
+        )
+    levels = _required(raw, "levels", where, example)
+    if (
+        not isinstance(levels, list)
+        or not levels
+        or not all(isinstance(level, int) and not isinstance(level, bool) and level >= 0 for level in levels)
+        or len(set(levels)) != len(levels)
+    ):
+        raise ExperimentConfigError(
+            f"{where}.levels: list the `difficulty` levels to train on, one stage each in that order: distinct "
+            f"integers >= 0, at least one ({example}), got {levels!r}"
+        )
+    if config.get("stage") != "ue_dpo":
+        raise ExperimentConfigError(
+            f"{where}: the run trains with `stage: {config.get('stage')}` ({train.name}), which does not read "
+            "`ue_difficulty`, the key each stage keeps its level's rows with; train it with `stage: ue_dpo` "
+            "(`ue_weighting: uniform` is DPO)"
+        )
+    if "ue_difficulty" in config:
+        raise ExperimentConfigError(
+            f"{where}: `ue_difficulty` is set per stage by `stages:`; remove it from {train.name} or the overrides"
+        )
+    finetuning_type = config.get("finetuning_type", "lora")  # LLaMA-Factory 0.9.5's default
+    if finetuning_type not in ("lora", "full", "freeze"):
+        raise ExperimentConfigError(
+            f"{where}: a run trained in stages continues a LoRA adapter or full or freeze-tuned weights, not "
+            f"`finetuning_type: {finetuning_type}`; use lora, full or freeze"
+        )
+    if finetuning_type != "lora" and config.get("adapter_name_or_path"):
+        raise ExperimentConfigError(
+            f"{where}: `adapter_name_or_path` with `finetuning_type: {finetuning_type}`: each stage after the first "
+            "starts from the previous stage's weights, which do not hold the adapter; merge it into the model first "
+            "(llamafactory-cli export) and give that model as model_name_or_path"
+        )
+    return tuple(levels)
 
 
 TASK_ENTRY_KEYS = {"name", "gen_kwargs", "limit", "batch_size"}

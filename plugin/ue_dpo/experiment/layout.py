@@ -4,6 +4,7 @@
 <output>/state/<stage>.<kind>.json              stage markers (ue_dpo.experiment.stages.Markers)
 <output>/synthetic/                             the embedded world, when the file has one
 <output>/runs/<run>/                            each training's output_dir (<run>@seed<S> per seed)
+                                                (<run>@difficulty<L> per stage of a staged run)
 <output>/evals/<run>/<protocol>/                each run's lmms-eval --output_path, one per protocol
 <output>/served/<run>/                          a run's model prepared for an inference server
 <output>/configs/<stage>.yaml                   the config each stage ran with

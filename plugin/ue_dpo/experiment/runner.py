@@ -12,6 +12,12 @@ A run with `seeds:` is trained and evaluated once per seed, each as its own stag
 `eval-dpo@seed3`) into its own folders (`runs/dpo@seed3`, `evals/dpo@seed3`), so each seed is skipped,
 resumed or redone on its own.
 
+A run with `stages:` trains each instance in consecutive stages, one per difficulty level (`train-dpo@difficulty0`,
+then `train-dpo@difficulty1`, into `runs/dpo@difficulty0`, ...), each a stage of its own whose digest covers the
+previous stage's, so an interrupted run resumes in the stage it stopped in and a retrained stage retrains the ones
+after it; the run's model (`${runs.NAME}`, its evaluation) is the last stage's (staged_config says how a stage
+continues the previous one).
+
 A cell of a sweep (ue_dpo.experiment.sweep) is run by the same runner with `home`: where each stage's folders and
 marker are (`synthetic`, `runs.RUN` for RUN's trainings, `evals.RUN` for its evaluations), and its own folder for
 its report and its lmms-eval config and log.
@@ -41,6 +47,7 @@ from ue_dpo.experiment.config import (
     instance_name,
     references,
     run_of_instance,
+    stage_instance,
     substitute,
 )
 from ue_dpo.experiment.layout import ExperimentLayout
@@ -98,6 +105,32 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def staged_config(config: dict[str, Any], level: int, output_dir: str, previous: str | None) -> dict[str, Any]:
+    """The LLaMA-Factory config of a run's stage on the rows of difficulty `level`, continuing from the weights the
+    previous stage wrote to `previous` (None: the first stage, which starts where the run's config does).
+
+    With LoRA, the previous stage's adapter is trained on (LLaMA-Factory 0.9.5 merges every adapter of
+    `adapter_name_or_path` but the last into the model and resumes training the last, unless `create_new_adapter`),
+    after the adapters the first stage merged; the reference stays the model with the adapter disabled, the first
+    stage's. With full or freeze tuning, the stage starts from the previous stage's model and its reference is the
+    first stage's model (`ref_model`, unless the config names one), as with LoRA rather than the model it starts from.
+    """
+    staged = {**config, "ue_difficulty": level, "output_dir": output_dir}
+    if previous is None:
+        return staged
+    if config.get("finetuning_type", "lora") == "lora":
+        adapters = config.get("adapter_name_or_path") or []
+        if isinstance(adapters, str):  # LLaMA-Factory's comma-separated form
+            adapters = [adapter.strip() for adapter in adapters.split(",")]
+        merged = adapters if config.get("create_new_adapter") else adapters[:-1]
+        staged["adapter_name_or_path"] = ",".join([*merged, previous])
+        staged["create_new_adapter"] = False
+    else:
+        staged["model_name_or_path"] = previous
+        staged.setdefault("ref_model", config["model_name_or_path"])
+    return staged
+
+
 def stage_home_key(stage: str) -> str:
     """Which home a stage's marker is in: `synthetic`, `runs.RUN` (train-RUN@seedS) or `evals.RUN` (eval-, serve-)."""
     if stage == "synthetic":
@@ -129,7 +162,11 @@ class ExperimentRunner:
         # reference name -> what it stands for; a run trained per seed has one "runs.NAME@seedS" per seed
         self.paths: dict[str, str] = {"output": str(self.output)}
         self.digests: dict[str, str] = {}  # reference name ("synthetic.model", "runs.dpo") -> digest it stands for
-        trainings = sum(len(run.each_seed) for run in experiment.runs if run.train is not None)
+        trainings = sum(
+            len(run.each_seed) * len(run.difficulty_levels or (None,))
+            for run in experiment.runs
+            if run.train is not None
+        )
         self.total_stages = (experiment.synthetic is not None) + trainings + 2
         self.stage_number = 0
 
@@ -218,17 +255,41 @@ class ExperimentRunner:
         return None if run.train is None else self.training_config(run, seed).get("template")
 
     def train(self, run: Run, seed: int | None = None) -> None:
+        """Train the instance of `run` with `seed`, in one stage or one per difficulty level; its model and digest
+        are then what `${runs.NAME}` and its evaluation stand for."""
         config = self.training_config(run, seed)
-        data = training_data(config)
         name = instance_name(run.name, seed)
-        stage = f"train-{name}"
-        stage_digest = digest(config, self._upstream(run.overrides, seed), data)
-        output_dir = Path(config["output_dir"])
+        upstream = self._upstream(run.overrides, seed)
+        if run.difficulty_levels is None:
+            output_dir, stage_digest = self.train_stage(run, name, config, upstream)
+        else:
+            output_dir, stage_digest = None, None
+            for level in run.difficulty_levels:
+                stage_name = stage_instance(name, level)
+                stage_dir = str(self.layout_of(f"runs.{run.name}").run_dir(stage_name))
+                stage_config = staged_config(config, level, stage_dir, None if output_dir is None else str(output_dir))
+                output_dir, stage_digest = self.train_stage(run, stage_name, stage_config, upstream, stage_digest)
         self.paths[f"runs.{name}"] = str(output_dir)
         self.digests[f"runs.{name}"] = stage_digest
+
+    def train_stage(
+        self,
+        run: Run,
+        name: str,
+        config: dict[str, Any],
+        upstream: dict[str, str],
+        previous_digest: str | None = None,
+    ) -> tuple[Path, str]:
+        """One `llamafactory-cli train` of `config` as stage `train-<name>`, skipped when done and resumed from its
+        last checkpoint when interrupted; `previous_digest`: the digest of the stage it continues. Returns its
+        output_dir and digest."""
+        data = training_data(config)
+        stage = f"train-{name}"
+        stage_digest = digest(config, upstream, data, *([] if previous_digest is None else [previous_digest]))
+        output_dir = Path(config["output_dir"])
         if self.markers.matches(stage, stage_digest):
             self.announce(f"train {name}: done, skipped ({output_dir})")
-            return
+            return output_dir, stage_digest
         checkpoint = last_checkpoint(output_dir) if self.markers.matches(stage, stage_digest, "started") else None
         if checkpoint is not None:
             config["resume_from_checkpoint"] = str(checkpoint)
@@ -267,7 +328,9 @@ class ExperimentRunner:
             data=data,
             versions=package_versions(),
             machine=this_machine(),
+            **({} if previous_digest is None else {"continues": previous_digest}),
         )
+        return output_dir, stage_digest
 
     def evaluation_settings(self) -> dict[str, Any]:
         evaluation, judge = self.experiment.evaluation, self.experiment.judge

@@ -11,6 +11,11 @@ columns of ours are read from `dataset_info.json`), `align_dataset` as `loader` 
 resolved against `media_dir` as LLaMA-Factory resolves `images`, are checked row by row and added as `ue_<name>`),
 and `PairwiseDatasetProcessor.preprocess_dataset` (which keeps `ue_<name>` of the rows it keeps). The collator finds
 them in its features, as it finds `images`.
+
+The `difficulty` column (an integer level >= 0 per row, registered the same way) is read by `ue_difficulty`: in the
+same wrapped `align_dataset`, every row must have a level (a row without one is refused by row and column), and only
+the rows of the requested level are kept, in every dataset loaded (training and `eval_dataset`), with a log line of
+how many of how many. A dataset without a row of that level is refused, naming the levels it has.
 """
 
 import json
@@ -21,6 +26,7 @@ from typing import Any
 
 from llamafactory.data import loader
 from llamafactory.data.processor.pairwise import PairwiseDatasetProcessor
+from llamafactory.extras import logging
 from PIL import Image
 
 from ue_dpo.argument_checks import UEDPOUserError
@@ -31,11 +37,14 @@ PREPARED_PREFIX = "ue_"  # the prepared dataset's column of `second_image` is `u
 ROW_ID_COLUMNS = ("id", "idx")  # a row's id, named in refusals where the file has one
 _COLUMNS_ATTRIBUTE = "ue_image_columns"  # set on LLaMA-Factory's DatasetAttr: (entry name, {ours: file's})
 _ROWS_NAMED = 5
+DIFFICULTY_COLUMN = "difficulty"
+logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's handler, which prints INFO
 COLUMN_MEANINGS = {
     SECOND_IMAGE_COLUMN: "the second image m' of each row image",
     CHOSEN_IMAGE_COLUMN: "the image the chosen response is scored on",
     REJECTED_IMAGE_COLUMN: "the image the rejected response is scored on",
     REGION_MASK_COLUMN: "the region mask of each row image (white: the regions the noise fills)",
+    DIFFICULTY_COLUMN: "each row's difficulty level, an integer >= 0, which `ue_difficulty` selects",
 }
 
 
@@ -59,17 +68,24 @@ def registered_columns(dataset_dir: str | dict, name: str) -> dict[str, str]:
 
 
 @contextmanager
-def carried_image_columns(columns: tuple[str, ...], data_args) -> Iterator[None]:
+def carried_image_columns(columns: tuple[str, ...], data_args, difficulty: int | None = None) -> Iterator[None]:
     """Carry `columns` (ours, `methods.base`'s names) from every configured dataset to the prepared rows, refusing a
     dataset that does not register one and the rows whose values are missing, not images, or not their row image's
-    size. Nothing is wrapped when `columns` is empty."""
-    if not columns:
+    size; with `difficulty`, keep only the rows of that level. Nothing is wrapped without columns or difficulty."""
+    if not columns and difficulty is None:
         yield
         return
     if data_args.streaming:
+        read = [*columns, *([] if difficulty is None else [DIFFICULTY_COLUMN])]
         raise UEDPOUserError(
-            f"the dataset column(s) {', '.join(f'`{column}`' for column in columns)} are checked row by row before "
+            f"the dataset column(s) {', '.join(f'`{column}`' for column in read)} are checked row by row before "
             "training, which `streaming: true` does not allow; remove `streaming`."
+        )
+    if difficulty is not None and data_args.tokenized_path is not None:
+        raise UEDPOUserError(
+            f"`ue_difficulty: {difficulty}` selects rows as LLaMA-Factory loads them, which a dataset saved at "
+            f"`tokenized_path` ({data_args.tokenized_path}) skips, so its rows could be of any level; remove "
+            "`tokenized_path`."
         )
     stock_list, stock_align = loader.get_dataset_list, loader.align_dataset
     stock_preprocess = PairwiseDatasetProcessor.preprocess_dataset
@@ -92,6 +108,14 @@ def carried_image_columns(columns: tuple[str, ...], data_args) -> Iterator[None]
         check_rows(name, registered, aligned["_images"], resolved, ids)
         for column, column_values in resolved.items():
             aligned = aligned.add_column(prepared_column(column), column_values)
+        if difficulty is not None:
+            levels = _file_column(dataset, name, registered, DIFFICULTY_COLUMN)
+            kept = rows_of_level(name, registered[DIFFICULTY_COLUMN], levels, ids, difficulty)
+            logger.info_rank0(
+                f"ue_difficulty: {difficulty}: kept {len(kept)} of the {len(levels)} rows of dataset `{name}` "
+                f"(column `{registered[DIFFICULTY_COLUMN]}`)"
+            )
+            aligned = aligned.select(kept)
         return aligned
 
     def preprocessed_with_columns(self, examples):
@@ -132,6 +156,33 @@ def _file_column(dataset, name: str, registered: dict[str, str], column: str) ->
             f"have (its columns: {', '.join(dataset.column_names)}). Fix the name in dataset_info.json."
         )
     return dataset[registered[column]]
+
+
+def rows_of_level(name: str, file_column: str, levels: list, ids: list | None, difficulty: int) -> list[int]:
+    """The rows (counted from 0) whose level is `difficulty`, refusing rows without an integer level >= 0 and a
+    dataset with no row of that level."""
+    problems = []
+    for row, level in enumerate(levels):
+        # a file with one level written 1.5 loads every level as a float: 2.0 is still level 2
+        if isinstance(level, bool) or not isinstance(level, int | float) or level < 0 or level != int(level):
+            where = f"row {row} (counted from 0)" + ("" if ids is None else f", id {ids[row]!r},")
+            problems.append(f"{where}: {json.dumps(level, default=repr)[:40]}")
+    if problems:
+        more = f"; and {len(problems) - _ROWS_NAMED} more" if len(problems) > _ROWS_NAMED else ""
+        raise UEDPOUserError(
+            f"{len(problems)} row(s) of dataset `{name}` have no difficulty level in column `{file_column}` "
+            f"(`{DIFFICULTY_COLUMN}`), which `ue_difficulty` reads: "
+            + "; ".join(problems[:_ROWS_NAMED])
+            + f"{more}. Give every row an integer level >= 0, or remove these rows."
+        )
+    kept = [row for row, level in enumerate(levels) if level == difficulty]
+    if not kept:
+        raise UEDPOUserError(
+            f"`ue_difficulty: {difficulty}`: dataset `{name}` has no row of that level in column `{file_column}` "
+            f"(its levels: {sorted({int(level) for level in levels})}). Use one of its levels, or remove the dataset "
+            "from this training."
+        )
+    return kept
 
 
 def _resolved_sources(value: Any, media_dir: str) -> Any:

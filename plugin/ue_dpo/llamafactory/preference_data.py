@@ -37,7 +37,7 @@ def load_preference_datasets(template, model_args, data_args, training_args, fin
     check_pair_format(data_args)
     method = finetuning_args.method
     try:
-        with carried_image_columns(method.data_columns, data_args):
+        with carried_image_columns(method.data_columns, data_args, finetuning_args.ue_difficulty):
             dataset_module = get_dataset(template, model_args, data_args, training_args, stage="rm", **tokenizer_module)
     except OSError as error:  # PIL's errors (missing, unidentified, truncated file) name no row, often no file
         message = unreadable_image_message(data_args, model_args, training_args)
