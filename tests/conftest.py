@@ -26,6 +26,7 @@ from ue_dpo.synthetic.tiny_models import (
     build_tiny_glm4v,
     build_tiny_glm4v_moe,
     build_tiny_internvl,
+    build_tiny_llama4,
     build_tiny_llava,
     build_tiny_llava_next,
     build_tiny_mistral3,
@@ -121,6 +122,11 @@ def tiny_internvl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_gemma3_dir(tmp_path_factory):
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama4_dir(tmp_path_factory):
+    return build_tiny_llama4(tmp_path_factory.mktemp("tiny_llama4"), seed=0)
 
 
 @pytest.fixture(scope="session")

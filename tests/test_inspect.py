@@ -443,6 +443,7 @@ def test_a_word_group_without_type_i_outside_has_no_ratio():
         "tiny_qwen3_vl_moe_dir",
         "tiny_qwen3_5_moe_dir",
         "tiny_glm4v_moe_dir",
+        "tiny_llama4_dir",
     ],
 )
 def test_every_family_is_inspected_with_the_values_of_plain_forwards(request, fixture, shapes_dataset_dir, tmp_path):

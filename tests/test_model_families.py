@@ -20,6 +20,7 @@ FAMILY_ARCHITECTURES = (
     "qwen3_vl_moe",
     "qwen3_5_moe",
     "glm4v_moe",
+    "llama4",
 )
 
 
@@ -84,14 +85,14 @@ def test_a_template_is_accepted_by_its_plugin_or_the_nearest_served_ancestor(tem
             "llava",
             "paligemma",
             "Supported model types: llava, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe, glm4v, "
-            "glm4v_moe, llava_next, mistral3, internvl, gemma3.",
+            "glm4v_moe, llava_next, mistral3, internvl, gemma3, llama4.",
         ),
         ("qwen", None, "this template uses BasePlugin without an image token. Supported templates: llava, qwen2_vl"),
         (
             "qwen",
             None,
             "one of LlavaPlugin, Qwen2VLPlugin, Qwen3VLPlugin, GLM4VPlugin, LlavaNextPlugin, PixtralPlugin, "
-            "InternVLPlugin, Gemma3Plugin or derives",
+            "InternVLPlugin, Gemma3Plugin, Llama4Plugin or derives",
         ),
     ],
 )
@@ -137,8 +138,9 @@ def test_every_multimodal_template_of_llamafactory_is_trained_or_refused_with_it
         "mistral_small",
         "intern_vl",
         "gemma3",
+        "llama4",
     } <= trained
-    assert {"llama4", "minicpm_v", "kimi_vl", "gemma4", "qwen2_omni", "video_llava", "qwen2_audio"} <= refused
+    assert {"minicpm_v", "kimi_vl", "gemma4", "qwen2_omni", "video_llava", "qwen2_audio"} <= refused
 
 
 def test_every_family_plugin_is_llamafactorys_and_every_model_type_has_its_vision_keys():
@@ -164,17 +166,24 @@ def test_the_vision_modules_are_llamafactorys_keyed_modules_whole_on_the_encoder
 
     model = AutoModelForImageTextToText.from_pretrained(request.getfixturevalue(f"tiny_{arch}_dir"))
     owner = image_encoder_owner(model)
-    assert owner is model.model
-    assert image_encoder_owner(model.model) is model.model  # a model without an inner one holds its own encoder
+    if arch == "llama4":  # no inner model: the encoder is on the top-level one
+        assert owner is model and not hasattr(model, "model")
+    else:
+        assert owner is model.model
+        assert image_encoder_owner(model.model) is model.model  # a model without an inner one holds its own encoder
     composite = COMPOSITE_MODELS[model.config.model_type]
     keys = (*composite.vision_model_keys, *composite.projector_keys)
     names = [name for name, _ in model.named_parameters()]
     keyed = {name for name in names if any(key in name for key in keys)}
     modules = vision_modules(model.config.model_type)
-    in_modules = {name for name in names if name.split(".")[1] in modules}
+    owner_prefix = "" if owner is model else "model."
+    in_modules = {name for name in names if name.removeprefix(owner_prefix).split(".")[0] in modules}
     assert keyed and keyed <= in_modules
     towers = ["multi_modal_projector", "vision_tower"]
-    assert modules == (towers if arch in ("llava", "internvl", "gemma3") else ["visual"])
+    expected_modules = {"llama4": ["multi_modal_projector", "vision_model"]}.get(
+        arch, towers if arch in ("llava", "internvl", "gemma3") else ["visual"]
+    )
+    assert modules == expected_modules
     assert (keyed == in_modules) == (arch not in ("glm4v", "glm4v_moe"))
 
 

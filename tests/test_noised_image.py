@@ -156,7 +156,7 @@ def test_stacked_noise_is_vcds_noise_of_the_normalised_image(arch, request, larg
     assert torch.equal(batch[NOISED_PIXEL_VALUES][:2], batch[NOISED_PIXEL_VALUES][2:])
 
 
-@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "internvl", "gemma3"])
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "internvl", "gemma3", "llama4"])
 def test_image_noise_is_tpos_totensor_noise_topilimage_at_the_original_resolution(
     arch, request, large_image_pairs, tmp_path
 ):
@@ -241,6 +241,59 @@ def test_llava_next_noise_is_vcds_noise_of_the_real_patches_and_padding_stays(
     assert torch.equal(batch[NOISED_PIXEL_VALUES][:3], batch[NOISED_PIXEL_VALUES][3:])
 
 
+# mixed_sizes_dataset_dir's images (height, width) -> Llama 4's canvas (tiles of 28 x 28, at most 4); the 42 x 56
+# image fills the top 42 rows of its 56 x 56 canvas
+LLAMA4_CANVAS = {(56, 56): (56, 56), (28, 56): (28, 56), (42, 56): (56, 56)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama4_noise_is_vcds_noise_of_the_canvas_on_its_real_pixels_and_the_global_tiles_own(
+    dtype, request, mixed_sizes_dataset_dir, tmp_path
+):
+    """bfloat16: the released processor's normalisation (the tiny one rescales only, for a float32 model)."""
+    from ue_dpo.llamafactory.collator import NOISED_PIXEL_VALUES, loaded_pixels
+
+    template, tokenizer_module, features = collated_modules(
+        "llama4", request, mixed_sizes_dataset_dir, tmp_path, rows=3
+    )
+    image_processor = tokenizer_module["processor"].image_processor
+    image_processor.do_normalize = dtype == torch.bfloat16
+    collator = ue_collator(template, tokenizer_module, "pixel_values")
+    batch = collator(features)
+    assert batch["pixel_values"].dtype == batch[NOISED_PIXEL_VALUES].dtype == dtype
+    side = 28
+    signal, noise = noise_coefficients(STEP)
+    loaded = [loaded_pixels(feature["images"][0]) for feature in features] * 2
+    clean_images = batch["pixel_values"].split([5, 3, 5] * 2)
+    noised_images = batch[NOISED_PIXEL_VALUES].split([5, 3, 5] * 2)
+    padding_value = -1.0 if dtype == torch.bfloat16 else 0.0
+    padded_pixels = 0
+    for clean, noised, pixels in zip(clean_images, noised_images, loaded, strict=True):
+        canvas_h, canvas_w = LLAMA4_CANVAS[pixels.shape[:2]]
+        canvas_tiles = (canvas_h // side) * (canvas_w // side)
+        white = Image.new("RGB", (pixels.shape[1], pixels.shape[0]), (255, 255, 255))
+        content = (
+            image_processor([white], do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"] > 127
+        )
+        assert len(clean) == canvas_tiles + 1 and content[canvas_tiles].all()  # the global tile: all image
+        eps = diffusion_noise((3 * (canvas_h * canvas_w + side * side),), collator.image_noise_seed(pixels))
+        canvas_eps = eps[: 3 * canvas_h * canvas_w].view(3, canvas_h, canvas_w)
+        tile_eps = [
+            canvas_eps[:, row : row + side, column : column + side]
+            for row in range(0, canvas_h, side)
+            for column in range(0, canvas_w, side)
+        ] + [eps[3 * canvas_h * canvas_w :].view(3, side, side)]
+        expected = clean.clone()
+        for tile, eps_tile in enumerate(tile_eps):
+            formula = (signal * clean[tile].float() + noise * eps_tile).to(dtype)
+            expected[tile] = torch.where(content[tile], formula, clean[tile])
+        assert torch.equal(noised, expected)
+        assert torch.all(noised[~content.expand_as(clean)] == padding_value)
+        padded_pixels += int((~content).sum())
+    assert padded_pixels == 2 * 3 * 14 * 56  # the 42 x 56 image's 14 rows under it, in both rows of its pair
+    assert torch.equal(batch[NOISED_PIXEL_VALUES][:13], batch[NOISED_PIXEL_VALUES][13:])
+
+
 def test_mistral3_noise_is_vcds_noise_of_each_image_and_the_padding_stays_zero(
     request, mixed_sizes_dataset_dir, tmp_path
 ):
@@ -300,6 +353,8 @@ def test_a_bfloat16_image_is_noised_in_float32_and_stays_bfloat16():
         processor=None,
         step=STEP,
         schedule="sigmoid",
+        loaded=np.zeros((4, 5, 3), dtype=np.uint8),
+        mm_plugin=None,
     )
     noised = noised_padded_image(pixels, noise_of)
     signal, noise = noise_coefficients(STEP)

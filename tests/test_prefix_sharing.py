@@ -156,6 +156,21 @@ def test_packed_rows_take_the_chosen_rows_images_and_refuse_rejected_rows_with_o
     tiles_batch = {"input_ids": tiles_ids, "pixel_values": torch.cat([tiles, tiles])}
     assert [len(image) for image in internvl.split_images(tiles_batch, (PLACEHOLDER,))] == [1, 2, 1, 2]
     assert torch.equal(chosen_row_images(tiles_batch, (PLACEHOLDER,), internvl)["pixel_values"], tiles)
+    # Llama 4's canvas tiles: one placeholder per tile here, tile separators and its `<|image|>` (before the global
+    # tile) inside an image's run; 3 tiles (a 1 x 2 canvas and the global tile), then 1, between start and end tokens
+    separator, global_tile = 23, 24
+    canvas_ids = [20, PLACEHOLDER, separator, PLACEHOLDER, separator, global_tile, PLACEHOLDER, 21]
+    canvas_batch = {
+        "input_ids": torch.tensor([canvas_ids + [20, global_tile, PLACEHOLDER, 21]] * 2),
+        "pixel_values": torch.arange(8).view(8, 1, 1, 1).float(),
+    }
+    llama4 = FAMILY_BY_MODEL_TYPE["llama4"]
+    assert [len(image) for image in llama4.split_images(canvas_batch, (PLACEHOLDER,), (separator, global_tile))] == [
+        3,
+        1,
+        3,
+        1,
+    ]
     other_rejected_image = torch.stack([patches[0], patches[1], patches[0], patches[2]])
     llava_batch = {"input_ids": input_ids, "pixel_values": other_rejected_image}
     with pytest.raises(PrefixNotShared, match="the rejected rows' images are not those of their pairs' chosen rows"):

@@ -73,6 +73,7 @@ def chat_task(monkeypatch, shapes_eval_dir, template: str | None):
         ("tiny_qwen3_vl_dir", "qwen3_vl"),
         ("tiny_qwen3_5_dir", "qwen3_5"),
         ("tiny_glm4v_moe_dir", "glm4_5v"),
+        ("tiny_llama4_dir", "llama4"),
     ],
 )
 def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt(

@@ -498,3 +498,26 @@ def test_tiny_gemma3_has_a_random_image_projection_so_images_reach_its_language_
         for colour in ("white", "red")
     ]
     assert (last_logits[0] - last_logits[1]).abs().max() > 1e-3
+
+
+def test_tiny_llama4_has_chunked_and_nope_layers_experts_and_images_reach_its_language_model(tiny_llama4_dir):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llama4_dir, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(tiny_llama4_dir, local_files_only=True)
+    text_config = model.config.text_config
+    assert text_config.layer_types == ["chunked_attention", "full_attention"]
+    assert text_config.no_rope_layers == [1, 0]  # the full-attention layer is Llama 4's NoPE layer
+    assert (text_config.num_local_experts, text_config.num_experts_per_tok) == (4, 1)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
+        add_generation_prompt=True,
+    )
+    inputs = [
+        processor(text=[text], images=[Image.new("RGB", (56, 28), colour)], return_tensors="pt")
+        for colour in ("white", "red")
+    ]
+    assert inputs[0]["pixel_values"].shape == (3, 3, 28, 28)  # a 1 x 2 canvas and the global tile
+    last_logits = [model(**batch).logits[0, -1] for batch in inputs]
+    assert (last_logits[0] - last_logits[1]).abs().max() > 1e-3

@@ -216,8 +216,11 @@ def test_images_of_different_sizes_train_with_ue_metrics_and_the_adapter_evaluat
 
 
 def test_alpha_zero_on_images_of_different_sizes_logs_the_losses_of_stage_dpo(
-    tiny_llava_next_dir, tiny_mistral3_dir, tiny_pixtral_dir, mixed_sizes_dataset_dir, tmp_path
+    tiny_llava_next_dir, tiny_mistral3_dir, tiny_pixtral_dir, tiny_llama4_dir, mixed_sizes_dataset_dir, tmp_path
 ):
+    """Llama 4 too (its 42 x 56 image pads its canvas), and its mixture of experts: its stock run sets LLaMA-Factory's
+    router-loss coefficient, which LLaMA-Factory's DPO never adds to the loss (`stage: ue_dpo` refuses the key)."""
+
     def run(arch, model_dir, name, **overrides):
         config = tiny_training_config(arch, model_dir, mixed_sizes_dataset_dir, tmp_path / arch / name, **overrides)
         return config, tmp_path / arch / f"{name}-work"
@@ -228,9 +231,14 @@ def test_alpha_zero_on_images_of_different_sizes_logs_the_losses_of_stage_dpo(
         for name, overrides in (("dpo", {"stage": "dpo"}), ("alpha0", {"ue_alpha": 0.0}))
     }
     runs["pixtral-ue"] = run("pixtral", tiny_pixtral_dir, "ue")  # Pixtral-12B: a `llava` model, `template: pixtral`
+    runs["llama4-dpo"] = run("llama4", tiny_llama4_dir, "dpo", stage="dpo", moe_aux_loss_coef=0.001)
+    runs["llama4-alpha0"] = run("llama4", tiny_llama4_dir, "alpha0", ue_alpha=0.0)
+    runs["llama4-ue"] = run("llama4", tiny_llama4_dir, "ue")
     logs = train_in_one_process(runs)
     check_ue_metrics(logs["pixtral-ue"])
-    for arch in ("llava_next", "mistral3"):
+    check_ue_metrics(logs["llama4-ue"])
+    assert logs["llama4-ue"][0]["loss"] != pytest.approx(logs["llama4-dpo"][0]["loss"], rel=1e-4)
+    for arch in ("llava_next", "mistral3", "llama4"):
         stock = [entry["loss"] for entry in logs[f"{arch}-dpo"]]
         alpha0 = [entry["loss"] for entry in logs[f"{arch}-alpha0"]]
         assert len(stock) == 2 and alpha0 == pytest.approx(stock, rel=1e-5, abs=1e-6), arch

@@ -43,6 +43,15 @@ GEMMA3_PROMPT = (
     + "<end_of_image>\n\nDescribe this image.<end_of_turn>\n<start_of_turn>model\n"
 )
 
+# Llama 4: a 56 x 56 image on a 2 x 2 canvas of 28-px tiles (1 token each), rows ended by the y separator, then the
+# global tile after `<|image|>`
+LLAMA4_TILE_ROW = "<|patch|><|tile_x_separator|><|patch|><|tile_y_separator|>"
+LLAMA4_PROMPT = (
+    "<|begin_of_text|><|header_start|>user<|header_end|>\n\n<|image_start|>"
+    + LLAMA4_TILE_ROW * 2
+    + "<|image|><|patch|><|image_end|>Describe this image.<|eot|><|header_start|>assistant<|header_end|>\n\n"
+)
+
 
 @pytest.fixture(scope="module")
 def models(
@@ -58,6 +67,7 @@ def models(
     tiny_pixtral_dir,
     tiny_qwen3_5_dir,
     tiny_qwen3_5_moe_dir,
+    tiny_llama4_dir,
 ):
     return {
         "llava": UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu"),
@@ -72,6 +82,7 @@ def models(
         "pixtral": UeDpoHF(pretrained=str(tiny_pixtral_dir), device="cpu"),  # Pixtral-12B: a `llava` model
         "qwen3_5": UeDpoHF(pretrained=str(tiny_qwen3_5_dir), device="cpu"),
         "qwen3_5_moe": UeDpoHF(pretrained=str(tiny_qwen3_5_moe_dir), device="cpu"),
+        "llama4": UeDpoHF(pretrained=str(tiny_llama4_dir), device="cpu"),
     }
 
 
@@ -99,7 +110,9 @@ def llamafactory_training_prompt(arch, model_dir, dataset_dir, tmp_path) -> list
     return row["chosen_input_ids"][:response_start]
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES])
+@pytest.mark.parametrize(
+    "arch", [*ARCHITECTURES, "qwen3_vl", "glm4v", *TILED_ARCHITECTURES, *MOE_ARCHITECTURES, "llama4"]
+)
 def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request, shapes_dataset_dir, tmp_path):
     model = models[arch]
     prompt = model.encode_prompt(CAPTION_PROMPT, images[:1])
@@ -115,6 +128,7 @@ def test_evaluation_prompt_is_the_training_prompt(arch, models, images, request,
         "gemma3": GEMMA3_PROMPT,
         "qwen3_vl_moe": QWEN3_VL_PROMPT,
         "glm4v_moe": GLM4V_PROMPT,
+        "llama4": LLAMA4_PROMPT,
     }[arch]
     assert model.tokenizer.decode(prompt) == expected_text
 
@@ -138,6 +152,7 @@ def test_qwen2_5_vl_is_prompted_with_the_qwen2_vl_template(models, images):
         "pixtral",
         "qwen3_5",
         "qwen3_5_moe",
+        "llama4",
     ],
 )
 def test_generation_sees_the_positions_of_a_training_forward(arch, models, images):

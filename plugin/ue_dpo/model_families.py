@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 #   tiles         `[Σ tiles, C, H, W]`, each image's tiles in a row (InternVL's crops, then its thumbnail). The batch
 #                 does not say how many tiles an image has; its run of image placeholders in `input_ids` does: the
 #                 same number of placeholders per tile, one run per image
-PixelLayout = Literal["stacked", "grid_patches", "anyres_patches", "padded_images", "tiles"]
+#   canvas_tiles  `[Σ tiles, C, S, S]`, per image the tiles of its canvas (rows, left to right: the image resized into
+#                 the top-left corner, the rest padding), then, where it has more than one, a global tile (the whole
+#                 image resized to S x S) (Llama 4). Tiles are counted as for `tiles`; an image's run of placeholders
+#                 also holds its `image_run_tokens` (tile separators)
+PixelLayout = Literal["stacked", "grid_patches", "anyres_patches", "padded_images", "tiles", "canvas_tiles"]
 
 
 @dataclass(frozen=True)
@@ -46,27 +50,40 @@ class ModelFamily:
     vision_parameters: tuple[str, ...] = ()
     # other families' model types this family's template also trains, its layout the collator's (Pixtral-12B: `llava`)
     template_model_types: tuple[str, ...] = ()
+    # the image placeholder of `input_ids` where it is not the processor's `image_token` (Llama 4's `<|patch|>`)
+    image_token: str | None = None
+    # tokens inside an image's run of placeholders that are not placeholders (Llama 4's tile separators)
+    image_run_tokens: tuple[str, ...] = ()
 
-    def split_images(self, batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> list[torch.Tensor]:
-        """`pixel_values` as one tensor per image; `placeholder_ids` are the image placeholders of `input_ids`."""
+    def split_images(
+        self, batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...], run_ids: tuple[int, ...] = ()
+    ) -> list[torch.Tensor]:
+        """`pixel_values` as one tensor per image; `placeholder_ids` are the image placeholders of `input_ids`,
+        `run_ids` the ids of the family's `image_run_tokens`."""
         if self.pixel_layout in ("stacked", "anyres_patches", "padded_images"):
             return list(batch["pixel_values"].unbind(0))
-        if self.pixel_layout == "tiles":
-            return list(batch["pixel_values"].split(tiles_per_image(batch, placeholder_ids), dim=0))
+        if self.pixel_layout in ("tiles", "canvas_tiles"):
+            return list(batch["pixel_values"].split(tiles_per_image(batch, placeholder_ids, run_ids), dim=0))
         return list(batch["pixel_values"].split(batch["image_grid_thw"].prod(-1).tolist(), dim=0))
 
     def joined_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """`pixel_values` from one tensor per image (the inverse of `split_images`)."""
         import torch  # not at the top: `ue_dpo.config` reads the families and loads no torch
 
-        return torch.cat(images) if self.pixel_layout in ("grid_patches", "tiles") else torch.stack(images)
+        if self.pixel_layout in ("grid_patches", "tiles", "canvas_tiles"):
+            return torch.cat(images)
+        return torch.stack(images)
 
     def images_per_row_entries(
-        self, batch: dict[str, torch.Tensor], images: int, placeholder_ids: tuple[int, ...]
+        self,
+        batch: dict[str, torch.Tensor],
+        images: int,
+        placeholder_ids: tuple[int, ...],
+        run_ids: tuple[int, ...] = (),
     ) -> dict[str, int]:
         """How many entries of each image key the first `images` images of the batch take."""
-        if self.pixel_layout == "tiles":
-            return {"pixel_values": sum(tiles_per_image(batch, placeholder_ids)[:images])}
+        if self.pixel_layout in ("tiles", "canvas_tiles"):
+            return {"pixel_values": sum(tiles_per_image(batch, placeholder_ids, run_ids)[:images])}
         grid_thw = batch.get("image_grid_thw")
         entries = {"pixel_values": images if grid_thw is None else int(grid_thw[:images].prod(-1).sum())}
         for per_image_key in ("image_grid_thw", "image_sizes"):
@@ -75,16 +92,21 @@ class ModelFamily:
         return entries
 
 
-def tiles_per_image(batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...]) -> list[int]:
-    """The tiles of each image of a `tiles` batch, in `pixel_values` order: each image is one run of placeholders
-    in `input_ids` (row by row), of the same number of placeholders per tile."""
+def tiles_per_image(
+    batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...], run_ids: tuple[int, ...] = ()
+) -> list[int]:
+    """The tiles of each image of a `tiles` or `canvas_tiles` batch, in `pixel_values` order: each image is one run
+    of placeholders (and `run_ids` tokens between them) in `input_ids` (row by row), of the same number of
+    placeholders per tile."""
     import torch
 
     input_ids = batch["input_ids"]
-    is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device)).int()
-    is_placeholder = torch.nn.functional.pad(is_placeholder, (1, 0)).flatten()  # no run goes on into the next row
-    starts = (torch.diff(is_placeholder, prepend=is_placeholder.new_zeros(1)) == 1).cumsum(0)
-    run_lengths = torch.bincount(starts[is_placeholder.bool()] - 1).tolist()
+    in_run = torch.isin(input_ids, torch.tensor((*placeholder_ids, *run_ids), device=input_ids.device)).int()
+    in_run = torch.nn.functional.pad(in_run, (1, 0)).flatten()  # no run goes on into the next row
+    starts = (torch.diff(in_run, prepend=in_run.new_zeros(1)) == 1).cumsum(0)
+    is_placeholder = torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device))
+    is_placeholder = torch.nn.functional.pad(is_placeholder, (1, 0)).flatten()
+    run_lengths = torch.bincount(starts[is_placeholder] - 1, minlength=int(starts[-1])).tolist()
     tiles = batch["pixel_values"].shape[0]
     per_tile, remainder = divmod(sum(run_lengths), tiles)
     if remainder or per_tile == 0 or any(length % per_tile for length in run_lengths):
@@ -198,6 +220,21 @@ FAMILIES = (
             "image) and its sliding windows, which a packed row's 4-D mask would replace"
         ),
     ),
+    ModelFamily(
+        name="Llama 4",
+        model_types=("llama4",),
+        template="llama4",
+        mm_plugin="Llama4Plugin",
+        image_keys=("pixel_values",),
+        position_keys=("position_ids",),
+        pixel_layout="canvas_tiles",
+        image_token="<|patch|>",
+        image_run_tokens=("<|tile_x_separator|>", "<|tile_y_separator|>", "<|image|>"),
+        unshared_reason=(
+            "Llama 4's chunked-attention layers build their own chunk masks, which a packed row's 4-D mask would "
+            "replace"
+        ),
+    ),
 )
 FAMILY_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 # config.json `model_type` -> the LLaMA-Factory template the stage trains it with (training, evaluation, inspect)
@@ -224,7 +261,6 @@ UNTRAINED_PLUGIN_REASONS = {
     ),
     "KimiVLPlugin": "Kimi-VL is a remote-code model (`trust_remote_code`), whose forward the stage cannot lay out",
     "LFMVLPlugin": f"LFM2-VL: {_NOT_DESCRIBED}",
-    "Llama4Plugin": f"Llama 4 (tiles of a padded canvas, chunked attention): {_NOT_DESCRIBED}",
     "LlavaNextVideoPlugin": "LLaVA-NeXT-Video's templates take videos, which v' does not noise",
     "MiniCPMVPlugin": "MiniCPM-V and MiniCPM-o are remote-code models (`trust_remote_code`), whose forward the stage "
     "cannot lay out",

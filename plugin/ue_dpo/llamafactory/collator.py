@@ -5,8 +5,8 @@ v' by `ue_noise_space`:
                   Qwen3.5 and GLM-4.1V hold each still image twice (temporal_patch_size 2); eps is drawn in the
                   image's layout and patchified as the processor patchifies, so both copies see the same eps and v'
                   is the patchified VCD image. LLaVA-NeXT's patches and Pixtral's padded images are noised on their
-                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`): padding keeps the
-                  processor's values.
+                  real pixels only (see `noised_anyres_patches`, `noised_padded_image`), and so are Llama 4's canvas
+                  tiles (`noised_canvas_tiles`): padding keeps the processor's values.
     image         TPO: the image as loaded, at its own resolution, through ToTensor, noise and ToPILImage (its
                   wrapping byte conversion), then everything the processor does to the clean image.
 
@@ -175,7 +175,8 @@ def loaded_pixels(image) -> np.ndarray:
 @dataclass(frozen=True)
 class ImageNoise:
     """What noising one image takes besides its entries of `pixel_values`: its eps seed, its index among the
-    batch's images (for its layout's per-image keys), the batch, the processor and the diffusion step."""
+    batch's images (for its layout's per-image keys), the batch, the processor and the diffusion step, and the image
+    as loaded (`loaded_pixels`) with the template's multimodal plugin, which resizes it before the processor."""
 
     seed: int
     index: int
@@ -183,6 +184,8 @@ class ImageNoise:
     processor: Any
     step: int
     schedule: str
+    loaded: np.ndarray
+    mm_plugin: Any
 
 
 def noised_stacked_image(pixels: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
@@ -234,17 +237,83 @@ def noised_anyres_patches(patches: torch.Tensor, noise: ImageNoise) -> torch.Ten
     content = torch.zeros((1, canvas_h, canvas_w), dtype=torch.bool)
     content[:, top : top + content_h, left : left + content_w] = True
 
-    def cropped(canvas: torch.Tensor) -> torch.Tensor:  # [c, H, W] -> [crops, c, S, S]
-        rows = canvas.view(canvas.shape[0], canvas_h // side, side, canvas_w // side, side)
-        return rows.permute(1, 3, 0, 2, 4).reshape(crops, canvas.shape[0], side, side)
-
     noised = patches.clone()
     noised[0] = diffuse(patches[0], base_eps.view(channels, side, side), step=noise.step, schedule=noise.schedule)
     crop_values = patches[1 : 1 + crops]
     noised_crops = diffuse(
-        crop_values, cropped(canvas_eps.view(channels, canvas_h, canvas_w)), step=noise.step, schedule=noise.schedule
+        crop_values,
+        canvas_tiles(canvas_eps.view(channels, canvas_h, canvas_w), side),
+        step=noise.step,
+        schedule=noise.schedule,
     )
-    noised[1 : 1 + crops] = torch.where(cropped(content).to(patches.device), noised_crops, crop_values)
+    noised[1 : 1 + crops] = torch.where(canvas_tiles(content, side).to(patches.device), noised_crops, crop_values)
+    return noised
+
+
+def canvas_tiles(canvas: torch.Tensor, side: int) -> torch.Tensor:
+    """`[c, H, W]` -> `[tiles, c, side, side]`, rows of tiles left to right, as LLaVA-NeXT's and Llama 4's image
+    processors cut their canvases."""
+    channels, height, width = canvas.shape
+    rows = canvas.view(channels, height // side, side, width // side, side)
+    return rows.permute(1, 3, 0, 2, 4).reshape(-1, channels, side, side)
+
+
+def noised_canvas_tiles(tiles: torch.Tensor, noise: ImageNoise) -> torch.Tensor:
+    """One image's `[T, C, S, S]` Llama 4 tiles: the canvas tiles noised with one eps on the canvas they are cut
+    from, on the resized image's pixels only (the padding right of and below it keeps the processor's values), and
+    the global tile, where there is one, with its own eps (it is the whole image resized, not a piece of the canvas).
+    The canvas and the resized image's extent are the processor's, from the image's size as LLaMA-Factory's plugin
+    hands it to the processor."""
+    from transformers.image_utils import SizeDict
+    from transformers.models.llama4.image_processing_llama4 import (
+        find_supported_resolutions,
+        get_best_fit,
+        get_max_res_without_distortion,
+    )
+
+    image_processor = noise.processor.image_processor
+    side = image_processor.size["height"]
+    received = noise.mm_plugin._preprocess_image(
+        Image.fromarray(noise.loaded),
+        image_max_pixels=getattr(noise.processor, "image_max_pixels", 768 * 768),
+        image_min_pixels=getattr(noise.processor, "image_min_pixels", 32 * 32),
+    )
+    height, width = received.height, received.width
+    resolutions = find_supported_resolutions(image_processor.max_patches, SizeDict(height=side, width=side))
+    canvas_h, canvas_w = get_best_fit(
+        (height, width), torch.tensor(resolutions), resize_to_max_canvas=image_processor.resize_to_max_canvas
+    ).tolist()
+    if image_processor.resize_to_max_canvas:
+        bound = (canvas_h, canvas_w)
+    else:  # the processor upsamples an image to at most one tile's side
+        bound = (min(max(height, side), canvas_h), min(max(width, side), canvas_w))
+    content_h, content_w = (max(extent, 1) for extent in get_max_res_without_distortion((height, width), bound))
+    canvas_count = (canvas_h // side) * (canvas_w // side)
+    if tiles.shape[0] != canvas_count + (canvas_count > 1):
+        raise ValueError(
+            f"an image of {height}x{width} pixels has {tiles.shape[0]} tiles in the batch, but Llama 4's image "
+            f"processor cuts it into {canvas_count} tiles of a {canvas_h}x{canvas_w} canvas"
+            f"{' and a global tile' if canvas_count > 1 else ''}"
+        )
+    channels = tiles.shape[1]
+    global_tiles = tiles.shape[0] - canvas_count
+    eps = diffusion_noise((channels * (canvas_h * canvas_w + global_tiles * side * side),), noise.seed)
+    canvas_eps, global_eps = eps.split([channels * canvas_h * canvas_w, channels * global_tiles * side * side])
+    content = torch.zeros((1, canvas_h, canvas_w), dtype=torch.bool)
+    content[:, :content_h, :content_w] = True
+    noised = tiles.clone()
+    canvas_values = tiles[:canvas_count]
+    noised_canvas = diffuse(
+        canvas_values,
+        canvas_tiles(canvas_eps.view(channels, canvas_h, canvas_w), side),
+        step=noise.step,
+        schedule=noise.schedule,
+    )
+    noised[:canvas_count] = torch.where(canvas_tiles(content, side).to(tiles.device), noised_canvas, canvas_values)
+    if global_tiles:
+        noised[canvas_count:] = diffuse(
+            tiles[canvas_count:], global_eps.view(1, channels, side, side), step=noise.step, schedule=noise.schedule
+        )
     return noised
 
 
@@ -266,6 +335,7 @@ NOISED_IMAGE_BY_PIXEL_LAYOUT: dict[str, Callable[[torch.Tensor, ImageNoise], tor
     "anyres_patches": noised_anyres_patches,
     "padded_images": noised_padded_image,
     "tiles": noised_stacked_image,
+    "canvas_tiles": noised_canvas_tiles,
 }
 
 
@@ -405,20 +475,38 @@ class UEDPODataCollator(PairwiseDataCollatorWithPadding):
         """VCD's v': each image's entries of `pixel_values` noised as its family's layout holds them. The batch holds
         the chosen rows' images, then the rejected rows' (the same images again): both rows of a pair see one v'."""
         family = self.family
-        seeds = [self.image_noise_seed(pixels) for images in pair_pixels for pixels in images] * 2
+        loaded = [pixels for images in pair_pixels for pixels in images] * 2
         noised_image = NOISED_IMAGE_BY_PIXEL_LAYOUT[family.pixel_layout]
+        mm_plugin = self.template.mm_plugin
         return family.joined_images(
             [
                 noised_image(
-                    pixels, ImageNoise(seed, index, batch, self.processor, self.noise_step, self.noise_schedule)
+                    values,
+                    ImageNoise(
+                        self.image_noise_seed(pixels),
+                        index,
+                        batch,
+                        self.processor,
+                        self.noise_step,
+                        self.noise_schedule,
+                        pixels,
+                        mm_plugin,
+                    ),
                 )
-                for index, (pixels, seed) in enumerate(zip(self._split_images(batch), seeds, strict=True))
+                for index, (values, pixels) in enumerate(zip(self._split_images(batch), loaded, strict=True))
             ]
         )
 
     def _split_images(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """`pixel_values` as one tensor per image (tiles are counted by each image's run of placeholders)."""
-        return self.family.split_images(batch, (self.processor.image_token_id,))
+        family = self.family
+        placeholder = (
+            self.processor.image_token_id
+            if family.image_token is None
+            else self.tokenizer.convert_tokens_to_ids(family.image_token)
+        )
+        run_ids = tuple(self.tokenizer.convert_tokens_to_ids(token) for token in family.image_run_tokens)
+        return family.split_images(batch, (placeholder,), run_ids)
 
     def _second_pixel_values(
         self, name: str, second_image: SecondImage, features, pair_pixels: list[list[np.ndarray]], batch

@@ -1,15 +1,17 @@
 """Tiny random-weight LLaVA-1.5, Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mistral-Small-3, Pixtral, Qwen3-VL, Qwen3.5,
-GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, and the mixture-of-experts Qwen3-VL (30B-A3B), Qwen3.5 (35B-A3B) and
-GLM-4.5V, built locally without any download.
+GLM-4.1V, InternVL 3 and Gemma 3 checkpoints, and the mixture-of-experts Qwen3-VL (30B-A3B), Qwen3.5 (35B-A3B),
+GLM-4.5V and Llama 4, built locally without any download.
 
 They use the real config, model, tokenizer and processor classes, so LLaMA-Factory's templates (`llava`, `qwen2_vl`,
-`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `glm4_5v`, `intern_vl`, `gemma3`),
+`llava_next`, `mistral_small`, `pixtral`, `qwen3_vl`, `qwen3_5`, `glm4v`, `glm4_5v`, `intern_vl`, `gemma3`, `llama4`),
 `AutoProcessor` and `AutoModelForImageTextToText` load them exactly as they load the released checkpoints. LLaVA,
 Qwen2-VL, Qwen3-VL, Qwen3.5 and GLM-4.xV see an image as a 2x2 grid of visual tokens, one per quadrant
 of a shapes image (see `ue_dpo.synthetic.shapes`); LLaVA-NeXT adds its grid of high-resolution patches,
 Mistral-Small-3 sees each image at its own size, InternVL cuts it into 28-px tiles of one token each (with
-`crop_to_patches`) and Gemma 3 pools it into 4 tokens. The mixture-of-experts models are their dense sibling's
-layout with 4 experts per mixture, 2 routed to per token.
+`crop_to_patches`), Gemma 3 pools it into 4 tokens and Llama 4 cuts it into 28-px tiles of a padded canvas of at most 4,
+plus a global tile, of one token each. The mixture-of-experts models are their dense sibling's
+layout with 4 experts per mixture, 2 routed to per token (Llama 4, which has no dense sibling: 1, beside its shared
+expert).
 
 Every builder takes the shapes as arguments, each defaulting to the tiny one: `text` and `vision` (fields of the
 language model's and the vision tower's config: width, layers, heads, MLP width, ...), `vocab_size` (output-layer
@@ -52,6 +54,7 @@ ARCHITECTURES = (
     "qwen3_vl_moe",
     "qwen3_5_moe",
     "glm4v_moe",
+    "llama4",
 )
 
 TEXT_HIDDEN_SIZE = 64
@@ -61,6 +64,8 @@ QWEN2_VL_IMAGE_SIZE = 56
 QWEN3_VL_IMAGE_SIZE = 64
 INTERNVL_TILE_SIZE = 28
 GEMMA3_IMAGE_SIZE = 56
+LLAMA4_TILE_SIZE = 28
+LLAMA4_ATTENTION_CHUNK = 32
 GEMMA3_SLIDING_WINDOW = 64
 VISION_PATCH_SIZE = 14
 QWEN3_VL_PATCH_SIZE = 16
@@ -1172,6 +1177,107 @@ def build_tiny_gemma3(
     return out_dir
 
 
+LLAMA4_ADDED_TOKENS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|finetune_right_pad|>",
+    "<|header_start|>",
+    "<|header_end|>",
+    "<|eom|>",
+    "<|eot|>",
+    "<|image_start|>",
+    "<|image_end|>",
+    "<|image|>",
+    "<|patch|>",
+    "<|tile_x_separator|>",
+    "<|tile_y_separator|>",
+)
+
+
+def build_tiny_llama4(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    text: Mapping[str, Any] | None = None,
+    vision: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    image_size: int = LLAMA4_TILE_SIZE,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Llama-4-Scout-style checkpoint: its vision encoder on tiles of `image_size`² (28 px, 14 px patches: a 2x2
+    patch grid that the pixel shuffle turns into 1 image token per tile) + Llama 4's text model, a mixture of 4
+    experts (1 routed to per token, beside the shared expert) in each layer, one chunked-attention RoPE layer and one
+    full-attention NoPE layer. The processor cuts an image into up to 4 tiles of a padded canvas, plus a global tile.
+
+    Its image processor rescales to [0, 1] and does not normalise: the released one normalises in bfloat16, whose
+    pixel values a float32 model does not take (LLaMA-Factory's `stage: dpo` fails on them too).
+
+    `text`: Llama4TextConfig fields over TINY_TEXT; `vision`: Llama4VisionConfig fields over TINY_CLIP_VISION."""
+    from transformers import (
+        Llama4Config,
+        Llama4ForConditionalGeneration,
+        Llama4ImageProcessor,
+        Llama4Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    out_dir = Path(out_dir)
+    bpe, _, _, added_tokens_decoder = _byte_level_bpe(LLAMA4_ADDED_TOKENS)
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot|>",
+        pad_token="<|finetune_right_pad|>",
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder=added_tokens_decoder,
+    )
+    shape = {**TINY_TEXT, **(text or {})}
+    vision_shape = {**TINY_CLIP_VISION, **(vision or {})}
+    vision_shape.pop("projection_dim")
+    width = vision_shape["hidden_size"]
+    config = Llama4Config(
+        text_config={
+            **shape,
+            "head_dim": shape["hidden_size"] // shape["num_attention_heads"],
+            "intermediate_size_mlp": shape["intermediate_size"],
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "attention_chunk_size": LLAMA4_ATTENTION_CHUNK,
+            "no_rope_layers": [1, 0],
+            "layer_types": ["chunked_attention", "full_attention"],
+            "vocab_size": _vocab_size(tokenizer, vocab_size),
+            **_special_token_ids(tokenizer),
+        },
+        vision_config={
+            **vision_shape,
+            "intermediate_size": 4 * width,  # the pixel shuffle's 2x2 patches side by side
+            "image_size": image_size,
+            "patch_size": VISION_PATCH_SIZE,
+            "pixel_shuffle_ratio": 0.5,
+            "vision_output_dim": width,
+            "projector_input_dim": width,
+            "projector_output_dim": width,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<|patch|>"),
+        boi_token_index=tokenizer.convert_tokens_to_ids("<|image_start|>"),
+        eoi_token_index=tokenizer.convert_tokens_to_ids("<|image_end|>"),
+    )
+    _save_random_model(Llama4ForConditionalGeneration, config, tokenizer, out_dir, seed, device=device, dtype=dtype)
+    processor = Llama4Processor(
+        image_processor=Llama4ImageProcessor(
+            size={"height": image_size, "width": image_size}, max_patches=4, do_normalize=False
+        ),
+        tokenizer=tokenizer,
+        patch_size=VISION_PATCH_SIZE,
+        pixel_shuffle_ratio=0.5,
+        chat_template=LLAMA4_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) -> Path:
     """The tiny builder of an architecture (`ARCHITECTURES`) by name; `shapes` are its keyword arguments."""
     builders = {
@@ -1188,6 +1294,7 @@ def build_tiny_model(arch: str, out_dir: Path, *, seed: int = 0, **shapes: Any) 
         "glm4v_moe": build_tiny_glm4v_moe,
         "internvl": build_tiny_internvl,
         "gemma3": build_tiny_gemma3,
+        "llama4": build_tiny_llama4,
     }
     if arch not in builders:
         raise ValueError(f"unknown tiny model architecture {arch!r}: use one of {', '.join(ARCHITECTURES)}")
@@ -1269,4 +1376,17 @@ GEMMA3_CHAT_TEMPLATE = (
     "{{ '<end_of_turn>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+LLAMA4_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|header_start|>' + message['role'] + '<|header_end|>\\n\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|image|>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|eot|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|header_start|>assistant<|header_end|>\\n\\n' }}{% endif %}"
 )
