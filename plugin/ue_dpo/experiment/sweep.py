@@ -240,11 +240,11 @@ def render_sweep_chart(experiment: Experiment, sweep: dict[str, Any], task: str,
         panel.set_ylabel(f"{task} {metric}: {what}")
         panel.legend(fontsize=7)
     figure.suptitle(
-        f"{task} {metric}: {'Δ vs the cell’s baseline' if baseline else 'mean'}, band: "
+        f"{task} {metric}: {'Δ vs the cell’s baseline' if baseline else 'mean'}\nband: "
         f"{CONFIDENCE_LEVEL:.0%} interval; a gap: a missing cell",
         fontsize=9,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0.0, 0.0, 1.0, 0.92))  # below the two-line title
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
