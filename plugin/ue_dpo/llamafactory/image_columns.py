@@ -158,6 +158,17 @@ def _file_column(dataset, name: str, registered: dict[str, str], column: str) ->
     return dataset[registered[column]]
 
 
+def row_name(row: int, ids: list | None) -> str:
+    """A row as the refusals name it: its index among the loaded rows, and its id where the file has one."""
+    return f"row {row} (counted from 0)" + ("" if ids is None else f", id {ids[row]!r},")
+
+
+def first_problems(problems: list[str]) -> str:
+    """The first `_ROWS_NAMED` problems, and how many more there are."""
+    more = f"; and {len(problems) - _ROWS_NAMED} more" if len(problems) > _ROWS_NAMED else ""
+    return "; ".join(problems[:_ROWS_NAMED]) + more
+
+
 def rows_of_level(name: str, file_column: str, levels: list, ids: list | None, difficulty: int) -> list[int]:
     """The rows (counted from 0) whose level is `difficulty`, refusing rows without an integer level >= 0 and a
     dataset with no row of that level."""
@@ -165,15 +176,12 @@ def rows_of_level(name: str, file_column: str, levels: list, ids: list | None, d
     for row, level in enumerate(levels):
         # a file with one level written 1.5 loads every level as a float: 2.0 is still level 2
         if isinstance(level, bool) or not isinstance(level, int | float) or level < 0 or level != int(level):
-            where = f"row {row} (counted from 0)" + ("" if ids is None else f", id {ids[row]!r},")
-            problems.append(f"{where}: {json.dumps(level, default=repr)[:40]}")
+            problems.append(f"{row_name(row, ids)}: {json.dumps(level, default=repr)[:40]}")
     if problems:
-        more = f"; and {len(problems) - _ROWS_NAMED} more" if len(problems) > _ROWS_NAMED else ""
         raise UEDPOUserError(
             f"{len(problems)} row(s) of dataset `{name}` have no difficulty level in column `{file_column}` "
-            f"(`{DIFFICULTY_COLUMN}`), which `ue_difficulty` reads: "
-            + "; ".join(problems[:_ROWS_NAMED])
-            + f"{more}. Give every row an integer level >= 0, or remove these rows."
+            f"(`{DIFFICULTY_COLUMN}`), which `ue_difficulty` reads: {first_problems(problems)}. Give every row an "
+            "integer level >= 0, or remove these rows."
         )
     kept = [row for row, level in enumerate(levels) if level == difficulty]
     if not kept:
@@ -211,14 +219,14 @@ def check_rows(
         for column, column_values in values.items():
             problem = _value_problem(column_values[row], images)
             if problem is not None:
-                where = f"row {row} (counted from 0)" + ("" if ids is None else f", id {ids[row]!r},")
-                problems.append(f"{where} of dataset `{name}`, column `{registered[column]}` (`{column}`): {problem}")
+                problems.append(
+                    f"{row_name(row, ids)} of dataset `{name}`, column `{registered[column]}` (`{column}`): {problem}"
+                )
     if problems:
-        more = f"; and {len(problems) - _ROWS_NAMED} more" if len(problems) > _ROWS_NAMED else ""
         raise UEDPOUserError(
             f"{len(problems)} value(s) of the dataset columns the method reads cannot be used: "
-            + "; ".join(problems[:_ROWS_NAMED])
-            + f"{more}. Each row with an image needs, per row image, the path of an image of that image's size (the "
+            + first_problems(problems)
+            + ". Each row with an image needs, per row image, the path of an image of that image's size (the "
             "paths relative to `media_dir`, as for `images`); fill them in or remove these rows."
         )
 
