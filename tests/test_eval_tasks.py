@@ -343,10 +343,17 @@ def test_every_task_is_a_chat_task_whose_messages_carry_the_training_system_prom
         assert system == {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]}
         (image,) = simple[name].doc_to_visual(doc)
         assert user["role"] == "user" and [part["type"] for part in user["content"]] == ["image", "text"]
-        assert user["content"][0]["url"].tobytes() == image.tobytes()
+        # the 24 x 16 fixture image enlarged to LLaMA-Factory's 32 x 32 pixels by its rule: each side times
+        # sqrt(1024 / 384), rounded down
+        assert image.size == (24, 16)
+        assert user["content"][0]["url"].tobytes() == image.resize((39, 26)).tobytes()
         assert user["content"][1]["text"] == simple[name].doc_to_text(doc)
+    environment.setenv("UE_DPO_IMAGE_MIN_PIXELS", "256")
+    task = task_manager().load_task_or_group(tasks[:1], task_type="chat")[tasks[0]]
+    (image,) = simple[tasks[0]].doc_to_visual(task.test_docs()[0])
+    assert task.doc_to_messages(task.test_docs()[0])[1]["content"][0]["url"].tobytes() == image.tobytes()
     environment.delenv("UE_DPO_DEFAULT_SYSTEM")
-    llava_system = task_manager().load_task_or_group(tasks[:1], task_type="chat")[tasks[0]].system_prompt
+    llava_system = task_manager().load_task_or_group(tasks[:1], task_type="chat")[tasks[0]].chat_prompt.system
     assert llava_system.startswith("A chat between a curious user and an artificial intelligence assistant.")
 
 

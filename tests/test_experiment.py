@@ -90,6 +90,7 @@ def test_a_valid_file_parses_with_its_defaults(base_dir):
         (changed("evaluation.tasks", []), "evaluation.tasks: list the lmms-eval tasks"),
         (changed("evaluation.model_args.pretrained", "m"), "model_args.pretrained: set by `ue-dpo run`"),
         (changed("evaluation.model_args.template", "llava"), "model_args.template: set by `ue-dpo run`"),
+        (changed("evaluation.model_args.image_max_pixels", 9), "model_args.image_max_pixels: set by `ue-dpo run`"),
         (changed("evaluation.gen_kwargs.until", "a,b"), "contains ',' or '='"),
         (changed("evaluation.batch_size", 0), "evaluation.batch_size: must be a positive integer"),
         (changed("evaluation.seed", [1, 2]), "evaluation.seed: one integer or four"),

@@ -20,7 +20,13 @@ from ue_dpo.experiment.stages import RunInterrupted
 @pytest.fixture
 def base_dir(tmp_path):
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump({"stage": "dpo", "do_train": True, "seed": 3}))
-    ue_config = {"stage": "ue_dpo", "do_train": True, "template": "qwen2_vl", "ue_alpha": 0.3}
+    ue_config = {
+        "stage": "ue_dpo",
+        "do_train": True,
+        "template": "qwen2_vl",
+        "image_max_pixels": 200704,
+        "ue_alpha": 0.3,
+    }
     (tmp_path / "ue.yaml").write_text(yaml.safe_dump(ue_config))
     (tmp_path / "tpo.yaml").write_text(yaml.safe_dump({"stage": "ue_dpo", "do_train": True, "ue_weighting": "tpo"}))
     return tmp_path
@@ -263,10 +269,12 @@ def test_cells_share_the_stages_that_read_the_same_values_and_each_is_compared_w
         cells / "preference_pairs=128+ue_alpha=0.2" / "runs" / "ue@seed0",
         cells / "preference_pairs=128+ue_alpha=0.2" / "runs" / "ue@seed1",
     ]
-    # a trained run is prompted with its training template (ue.yaml's), a checkpoint or a config without one by
-    # its model family's, which ue_dpo_hf reads from the model
+    # a trained run is prompted with its training template and image sizes (ue.yaml's), a checkpoint or a config
+    # without them by its model family's template, which ue_dpo_hf reads from the model, and LLaMA-Factory's defaults
     assert tools.model_args["ue@seed0"]["template"] == "qwen2_vl"
-    assert "template" not in tools.model_args["dpo@seed0"] and "template" not in tools.model_args["base"]
+    assert tools.model_args["ue@seed0"]["image_max_pixels"] == "200704"
+    for name in ("dpo@seed0", "base"):
+        assert not {"template", "image_max_pixels"} & set(tools.model_args[name])
     trained_ue = json.loads((tools.trained[4] / "stand_in.json").read_text())
     assert (trained_ue["ue_alpha"], trained_ue["dataset_dir"]) == (
         0.2,

@@ -1,7 +1,8 @@
 """Our tasks under lmms-eval's chat models, and `ue-dpo run` through an inference server (`evaluation.server`).
 
 - The chat task's messages, rendered by the chat template a served folder carries, are token for token the prompt
-  `ue_dpo_hf` encodes with LLaMA-Factory's template (LLaVA and Qwen2-VL).
+  `ue_dpo_hf` encodes with LLaMA-Factory's template, for every family (and for training's `image_max_pixels` and
+  InternVL's `crop_to_patches`); a chat template that renders another prompt is refused.
 - `ue-dpo run` merges a tiny Qwen2-VL LoRA adapter with `llamafactory-cli export`, serves it with
   `transformers serve` and evaluates it with lmms-eval's `openai` model; the responses and scores equal
   `ue_dpo_hf`'s greedy ones on the adapter dir, item for item. A second `ue-dpo run` skips every stage.
@@ -23,6 +24,9 @@ from llamafactory_runs import offline_env
 from ue_dpo.evaluation.chat import (
     TEMPLATE_ENV,
     ChatTemplateError,
+    chat_prompt_env,
+    check_served_prompt,
+    training_chat_template,
     write_training_chat_template,
 )
 from ue_dpo.experiment import server as server_module
@@ -63,21 +67,33 @@ def chat_task(monkeypatch, shapes_eval_dir, template: str | None):
     return TaskManager().load_task_or_group("shapes_caption", task_type="chat")["shapes_caption"]
 
 
+SERVED_FAMILIES = [
+    ("tiny_qwen2_vl_dir", "qwen2_vl", {}),
+    ("tiny_llava_dir", "llava", {}),
+    ("tiny_glm4v_dir", "glm4v", {}),
+    ("tiny_llava_next_dir", "llava_next", {}),
+    ("tiny_qwen3_vl_dir", "qwen3_vl", {}),
+    ("tiny_qwen3_5_dir", "qwen3_5", {}),
+    ("tiny_glm4v_moe_dir", "glm4_5v", {}),
+    ("tiny_llama4_dir", "llama4", {}),
+    ("tiny_mistral3_dir", "mistral_small", {}),
+    ("tiny_pixtral_dir", "pixtral", {}),
+    ("tiny_gemma3_dir", "gemma3", {}),
+    ("tiny_internvl_dir", "intern_vl", {}),
+    ("tiny_internvl_dir", "intern_vl", {"crop_to_patches": True}),
+]
+
+
 @pytest.mark.parametrize(
-    ("fixture", "template"),
+    ("fixture", "template", "prompt_args"),
     [
-        ("tiny_qwen2_vl_dir", "qwen2_vl"),
-        ("tiny_llava_dir", "llava"),
-        ("tiny_glm4v_dir", "glm4v"),
-        ("tiny_llava_next_dir", "llava_next"),
-        ("tiny_qwen3_vl_dir", "qwen3_vl"),
-        ("tiny_qwen3_5_dir", "qwen3_5"),
-        ("tiny_glm4v_moe_dir", "glm4_5v"),
-        ("tiny_llama4_dir", "llama4"),
+        *SERVED_FAMILIES,
+        # images above image_max_pixels: resized by LLaMA-Factory's rule before the server's processor sees them
+        ("tiny_qwen2_vl_dir", "qwen2_vl", {"image_max_pixels": 40 * 30, "image_min_pixels": 16 * 16}),
     ],
 )
 def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt(
-    request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template
+    request, tmp_path, monkeypatch, shapes_eval_dir, fixture, template, prompt_args
 ):
     from lmms_eval.api.task import ConfigurableMessagesTask
     from lmms_eval.protocol import ChatMessages
@@ -87,10 +103,12 @@ def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt
 
     served = tmp_path / "served"
     shutil.copytree(request.getfixturevalue(fixture), served)
-    write_training_chat_template(served, template)
+    write_training_chat_template(served, template, crop_to_patches=prompt_args.get("crop_to_patches", False))
+    for variable, value in chat_prompt_env(template, prompt_args).items():
+        monkeypatch.setenv(variable, value)
     task = chat_task(monkeypatch, shapes_eval_dir, template)
     assert isinstance(task, ConfigurableMessagesTask)
-    ue_dpo_hf = UeDpoHF(pretrained=str(served), device="cpu")
+    ue_dpo_hf = UeDpoHF(pretrained=str(served), device="cpu", **prompt_args)
     processor = AutoProcessor.from_pretrained(served)
     docs = task.test_docs()
     for doc in docs:
@@ -100,32 +118,77 @@ def test_a_chat_task_rendered_by_the_served_chat_template_is_the_training_prompt
             "content": [{"type": "text", "text": ue_dpo_hf.template.default_system}],
         }
         image = task.doc_to_visual(doc)[0]
+        sent = messages[1]["content"][0]["url"]  # what the server receives
+        if "image_max_pixels" in prompt_args:  # 56 x 56 into 1200 pixels: int(56 * sqrt(1200 / 3136)) a side
+            assert sent.size == (34, 34) and image.size == (56, 56)
+        else:
+            assert sent.tobytes() == image.tobytes()
         # as a server hands them to the processor: the images as they arrive, then the text (vLLM tokenizes the
         # rendered prompt without adding special tokens; LLaMA-Factory's llava template has no BOS)
         hf_messages = ChatMessages(messages=messages).to_hf_messages()
         prompt = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
-        served_ids = processor(text=prompt, images=[image], add_special_tokens=False)["input_ids"][0]
+        served_ids = processor(text=prompt, images=[sent], add_special_tokens=False)["input_ids"][0]
         assert list(served_ids) == ue_dpo_hf.encode_prompt(CAPTION_PROMPT, [image])
 
 
-@pytest.mark.parametrize(
-    ("fixture", "template", "why"),
-    [
-        ("tiny_mistral3_dir", "mistral_small", "does not hold"),
-        ("tiny_pixtral_dir", "pixtral", "does not hold"),
-        ("tiny_gemma3_dir", "gemma3", "can only concatenate str"),
-        # renders, but not as training encodes it: caught by comparing the two prompts, token by token
-        ("tiny_internvl_dir", "intern_vl", r"differs from the training prompt from token \d+ on"),
-    ],
-)
-def test_a_template_whose_served_prompt_is_not_the_training_prompt_is_refused_before_serving(
-    request, tmp_path, fixture, template, why
-):
+@pytest.mark.e2e
+def test_transformers_serve_answers_every_family_as_ue_dpo_hf(request, tmp_path, shapes_eval_dir):
+    """One `transformers serve` (models loaded by the request's `model`), each family's served folder asked for a
+    greedy caption of a shapes image through lmms-eval's own OpenAI message encoding: the answer is `ue_dpo_hf`'s."""
+    from lmms_eval.protocol import ChatMessages
+    from openai import OpenAI
+
+    from ue_dpo.evaluation.chat import ChatPrompt
+    from ue_dpo.evaluation.model import UeDpoHF
+    from ue_dpo.evaluation.shapes_caption import load_shapes_eval_docs, shapes_doc_to_visual
+
+    image = shapes_doc_to_visual(load_shapes_eval_docs(shapes_eval_dir)[0])[0]
+    command = f"{BIN / 'transformers'} serve --host 127.0.0.1 --port {{port}} --device cpu --model-timeout 5"
+    with served_model(command, "", log_path=tmp_path / "server.log", env=offline_env(), health_timeout_s=300) as url:
+        client = OpenAI(base_url=url, api_key="EMPTY")
+        answers = {}
+        for index, (fixture, template, prompt_args) in enumerate(SERVED_FAMILIES):
+            served = tmp_path / f"{index}_{template}"
+            shutil.copytree(request.getfixturevalue(fixture), served)
+            crop_to_patches = prompt_args.get("crop_to_patches", False)
+            write_training_chat_template(served, template, crop_to_patches=crop_to_patches)
+            ue_dpo_hf = UeDpoHF(pretrained=str(served), device="cpu", crop_to_patches=crop_to_patches)
+            [expected] = ue_dpo_hf.generate([(CAPTION_PROMPT, [image])], {"max_new_tokens": 6, "until": []})
+            prompt = ChatPrompt.from_settings({"template": template}, "shapes_caption")
+            messages = ChatMessages(messages=prompt.messages([image], CAPTION_PROMPT)).to_openai_messages()
+            reply = client.chat.completions.create(model=str(served), messages=messages, max_tokens=6, temperature=0)
+            answers[served.name] = (reply.choices[0].message.content, expected)
+    assert {name: served for name, (served, _) in answers.items()} == {
+        name: expected for name, (_, expected) in answers.items()
+    }
+    assert len({expected for _, expected in answers.values()}) > len(answers) // 2  # the models answer differently
+
+
+def test_a_chat_template_whose_prompt_is_not_the_training_prompt_is_refused_before_serving(tmp_path, tiny_llava_dir):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    chat_template = training_chat_template("llava", processor)
+    # the model's own tokenizer adds a BOS, which `transformers serve` keeps and LLaMA-Factory's llava prompt lacks
+    bos = r"\(tokenized by the processor's chat template call\) differs from the training prompt from token 0 on"
+    with pytest.raises(ChatTemplateError, match=bos):
+        check_served_prompt("llava", processor, chat_template)
+    processor.tokenizer.add_bos_token = False  # as a served folder's
+    check_served_prompt("llava", processor, chat_template)
+    # without the word boundary LLaMA-Factory's separate encoding of the system turn gives
+    unspaced = chat_template.replace(" + ' '", "")
+    assert unspaced != chat_template
+    differs = r"served exactly: .*\(rendered, then tokenized\) differs from the training prompt from token \d+"
+    with pytest.raises(ChatTemplateError, match=differs):
+        check_served_prompt("llava", processor, unspaced)
+    with pytest.raises(ChatTemplateError, match="cannot be served: its chat template fails on an image and a question"):
+        check_served_prompt("llava", processor, "{{ messages[0]['content'] + 'x' }}")
     served = tmp_path / "served"
-    shutil.copytree(request.getfixturevalue(fixture), served)
-    with pytest.raises(ChatTemplateError, match=f"(?s)template {template!r} cannot be served.*{why}") as refused:
-        write_training_chat_template(served, template)
-    assert "evaluate its runs with ue_dpo_hf" in str(refused.value)
+    shutil.copytree(tiny_llava_dir, served)
+    before = {path.name: path.read_bytes() for path in served.iterdir()}
+    with pytest.raises(ChatTemplateError, match="template 'llava': `crop_to_patches: true` has no effect on LLaVA"):
+        write_training_chat_template(served, "llava", crop_to_patches=True)
+    assert {path.name: path.read_bytes() for path in served.iterdir()} == before  # nothing written
 
 
 def test_a_chat_task_without_the_training_template_is_refused(monkeypatch, shapes_eval_dir):

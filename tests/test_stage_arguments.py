@@ -118,6 +118,17 @@ def test_the_router_loss_coefficient_is_refused_at_start_as_stage_dpo_adds_no_ro
         build_ue_dpo_trainer(*arguments)  # before it reads the data set or the model, which do not exist here
 
 
+def test_crop_to_patches_is_refused_at_start_for_a_family_whose_plugin_does_not_read_it(
+    tiny_llava_dir, shapes_dataset_dir
+):
+    from ue_dpo.llamafactory.workflow import build_ue_dpo_trainer
+
+    data = {"dataset_dir": str(shapes_dataset_dir), "dataset": "shapes_pref", "template": "llava"}
+    arguments = parse(model_name_or_path=str(tiny_llava_dir), crop_to_patches=True, **data)[:4]
+    with pytest.raises(UEDPOUserError, match=r"`crop_to_patches: true` has no effect on LLaVA: .* InternVL 3, 3.5"):
+        build_ue_dpo_trainer(*arguments)  # before it reads the data set or loads the model
+
+
 def test_unknown_key_is_still_rejected():
     with pytest.raises(ValueError, match="ue_alfa"):
         parse(ue_alfa=0.3)

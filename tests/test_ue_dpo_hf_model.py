@@ -351,6 +351,10 @@ def test_unsupported_requests_and_args_are_refused(models, tiny_llava_dir):
         UeDpoHF(pretrained=str(tiny_llava_dir), max_pixels=100)
     with pytest.raises(ValueError, match="positive integer batch size"):
         UeDpoHF(pretrained=str(tiny_llava_dir), batch_size="auto")
+    with pytest.raises(ValueError, match="template 'llava': `crop_to_patches: true` has no effect on LLaVA"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", crop_to_patches=True)
+    with pytest.raises(ValueError, match="crop_to_patches='yes' must be true or false"):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", crop_to_patches="yes")
 
 
 def test_a_given_template_prompts_instead_of_the_familys_once_checked_against_the_model(tiny_llava_dir, images):

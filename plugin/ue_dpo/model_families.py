@@ -10,8 +10,10 @@ in `FAMILIES`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +56,9 @@ class ModelFamily:
     image_token: str | None = None
     # tokens inside an image's run of placeholders that are not placeholders (Llama 4's tile separators)
     image_run_tokens: tuple[str, ...] = ()
+    # what LLaMA-Factory's plugin passes the image processor under its `crop_to_patches: true` (InternVL's tiles and
+    # thumbnail); None where the plugin does not read the key
+    crop_to_patches_kwargs: Mapping[str, Any] | None = None
 
     def split_images(
         self, batch: dict[str, torch.Tensor], placeholder_ids: tuple[int, ...], run_ids: tuple[int, ...] = ()
@@ -206,6 +211,7 @@ FAMILIES = (
         image_keys=("pixel_values",),
         position_keys=("position_ids",),
         pixel_layout="tiles",
+        crop_to_patches_kwargs=MappingProxyType({"crop_to_patches": True, "max_patches": 12, "min_patches": 1}),
     ),
     ModelFamily(
         name="Gemma 3",

@@ -4,13 +4,14 @@ and the chat messages lmms-eval's chat models ask for."""
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
 
 from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 
-from ue_dpo.evaluation.chat import training_messages, training_system_prompt
+from ue_dpo.evaluation.chat import ChatPrompt
 
 # "simple" or "chat": what lmms-eval is loading tasks for (set by ue_dpo.evaluation.discovery around
 # TaskManager.load_task_or_group), since lmms-eval builds a YAML with `class:` the same way for every model
@@ -64,15 +65,15 @@ class _ChatMessages:
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
         super().download(dataset_kwargs)
-        self.system_prompt = training_system_prompt(self.config.metadata, self.config.task)
-        self.config.metadata["chat_system_prompt"] = self.system_prompt  # recorded in the results' task config
+        self.chat_prompt = ChatPrompt.from_settings(self.config.metadata, self.config.task)
+        self.config.metadata["chat_prompt"] = dataclasses.asdict(self.chat_prompt)  # recorded in the results' config
 
     def doc_to_messages(self, doc: dict, **round_kwargs: Any) -> list[dict[str, Any]]:
         if round_kwargs.get("round_idx") is not None:
             raise NotImplementedError(
                 f"{self.config.task} is single-round; lmms-eval asked for round {round_kwargs['round_idx']}"
             )
-        return training_messages(self.doc_to_visual(doc) or [], self.doc_to_text(doc), self.system_prompt)
+        return self.chat_prompt.messages(self.doc_to_visual(doc) or [], self.doc_to_text(doc))
 
 
 @functools.cache

@@ -13,7 +13,8 @@ Model args: pretrained, base_model (overrides the adapter's base path), device (
 available, else cpu; `auto` and `cuda` are the process's local GPU, cuda:LOCAL_RANK, so every rank of a
 `torchrun`/`accelerate launch` run has its own; `cuda:N` pins every rank to GPU N), dtype (auto: float32 on
 cpu, bfloat16 on cuda), default_system (as LLaMA-Factory's key, if training set it), image_max_pixels /
-image_min_pixels (LLaMA-Factory's keys and defaults), attn_implementation, template. The batch size is lmms-eval's
+image_min_pixels / crop_to_patches (LLaMA-Factory's keys and defaults; crop_to_patches InternVL's, refused for a
+template whose plugin does not read it), attn_implementation, template. The batch size is lmms-eval's
 `--batch_size N`: requests with the same generation kwargs are generated together, longest prompt (image
 tokens included) first so that a batch holds prompts of similar length, left-padded, and the answers are
 returned in the requests' order (lmms-eval's Collator, as its own models do).
@@ -33,15 +34,16 @@ from lmms_eval.utils import Collator
 from PIL import Image
 from tqdm import tqdm
 
-from ue_dpo.evaluation.chat import model_template, training_prompt_ids
-from ue_dpo.evaluation.model_settings import UE_DPO_HF_GENERATION_KWARGS
+from ue_dpo.evaluation.chat import crop_to_patches_kwargs, model_template, training_prompt_ids
+from ue_dpo.evaluation.model_settings import (
+    DEFAULT_IMAGE_MAX_PIXELS,
+    DEFAULT_IMAGE_MIN_PIXELS,
+    UE_DPO_HF_GENERATION_KWARGS,
+)
 from ue_dpo.model_paths import is_local_path
 
 MODEL_NAME = "ue_dpo_hf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# LLaMA-Factory's ModelArguments defaults
-DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
-DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
 DEFAULT_MAX_NEW_TOKENS = 1024
 GENERATION_KWARGS = UE_DPO_HF_GENERATION_KWARGS
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -100,6 +102,13 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _flag(name: str, value: Any) -> bool:
+    """A boolean model arg: lmms-eval turns `true`/`false` into booleans; anything else is refused."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{MODEL_NAME}: {name}={value!r} must be true or false")
+    return value
+
+
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -123,6 +132,7 @@ class UeDpoHF(lmms):
         image_min_pixels: int = DEFAULT_IMAGE_MIN_PIXELS,
         attn_implementation: str | None = None,
         template: str | None = None,
+        crop_to_patches: bool = False,
         **unknown: Any,
     ) -> None:
         super().__init__()
@@ -130,7 +140,7 @@ class UeDpoHF(lmms):
             raise TypeError(
                 f"{MODEL_NAME} got unknown model args {sorted(unknown)}; its args are pretrained, "
                 f"base_model, device, dtype, default_system, image_max_pixels, image_min_pixels, "
-                f"attn_implementation, template (the batch size is lmms-eval's --batch_size)"
+                f"attn_implementation, template, crop_to_patches (the batch size is lmms-eval's --batch_size)"
             )
         if str(batch_size).startswith("auto") or int(batch_size) < 1:
             raise ValueError(f"{MODEL_NAME} needs a positive integer batch size, got {batch_size!r}")
@@ -158,6 +168,8 @@ class UeDpoHF(lmms):
         self.processor = AutoProcessor.from_pretrained(processor_source)
         self.processor.image_max_pixels = int(image_max_pixels)
         self.processor.image_min_pixels = int(image_min_pixels)
+        self.processor.crop_to_patches = _flag("crop_to_patches", crop_to_patches)  # as LLaMA-Factory sets its key
+        crop_to_patches_kwargs(self.template_name, self.processor, crop_to_patches)  # refused where it has no effect
         self._tokenizer = self.processor.tokenizer
         self.template = get_template_and_fix_tokenizer(
             self._tokenizer, DataArguments(template=self.template_name, default_system=default_system)

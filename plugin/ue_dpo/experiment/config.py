@@ -32,7 +32,13 @@ import yaml
 
 from ue_dpo.benchmarks.registry import judged_tasks
 from ue_dpo.config import UEDPOArguments
-from ue_dpo.evaluation.model_settings import GENERATION_KWARGS, SERVED_MODEL, SERVED_MODEL_ARGS, UE_DPO_HF
+from ue_dpo.evaluation.model_settings import (
+    GENERATION_KWARGS,
+    SERVED_MODEL,
+    SERVED_MODEL_ARGS,
+    TRAINING_PROMPT_KEYS,
+    UE_DPO_HF,
+)
 from ue_dpo.experiment.stages import digest
 from ue_dpo.methods import DEFAULT_METHOD, METHODS, key_groups, readers
 from ue_dpo.synthetic.world import ARCHITECTURES as SYNTHETIC_ARCHITECTURES
@@ -726,11 +732,14 @@ def _parse_evaluation(raw: Any) -> Evaluation:
             "evaluation.model_args.pretrained: set by `ue-dpo run` to each run's model; "
             "remove it (use `checkpoint:` in a run to evaluate a given model)"
         )
-    if "template" in raw.get("model_args", {}):
-        raise ExperimentConfigError(
-            "evaluation.model_args.template: set by `ue-dpo run` to each trained run's training template (its "
-            "config's `template`); a `checkpoint:` run is read with its model family's template. Remove it"
-        )
+    for key in TRAINING_PROMPT_KEYS:
+        if key in raw.get("model_args", {}):
+            raise ExperimentConfigError(
+                f"evaluation.model_args.{key}: set by `ue-dpo run` to each trained run's training value (its "
+                f"config's `{key}`, else LLaMA-Factory's default), so that evaluation encodes prompts as training "
+                f"did; a `checkpoint:` run is read with its model family's template and LLaMA-Factory's defaults. "
+                f"Remove it"
+            )
     _check_lmms_eval_values("evaluation.model_args", raw.get("model_args", {}))
     server = _parse_server(raw.get("server"))
     model = raw.get("model", SERVER_MODEL if server is not None else UE_DPO_HF)

@@ -36,9 +36,9 @@ from typing import Any
 import yaml
 
 from ue_dpo.datasets import read_provenance
-from ue_dpo.evaluation.chat import TEMPLATE_ENV
+from ue_dpo.evaluation.chat import chat_prompt_env
 from ue_dpo.evaluation.judge_settings import ALLOW_JUDGE_FAILURES_ENV, JUDGE_CACHE_DIR_ENV, JUDGE_MODEL_ENV
-from ue_dpo.evaluation.model_settings import UE_DPO_HF
+from ue_dpo.evaluation.model_settings import TRAINING_PROMPT_KEYS, UE_DPO_HF
 from ue_dpo.experiment.config import (
     SYNTHETIC_PATHS,
     Experiment,
@@ -250,9 +250,11 @@ class ExperimentRunner:
         config["output_dir"] = str(self.layout_of(f"runs.{run.name}").run_dir(instance_name(run.name, seed)))
         return config
 
-    def training_template(self, run: Run, seed: int | None = None) -> str | None:
-        """The template a run is trained with, which its evaluation prompts with; None for a `checkpoint:` run."""
-        return None if run.train is None else self.training_config(run, seed).get("template")
+    def training_prompt_args(self, run: Run, seed: int | None = None) -> dict[str, Any]:
+        """The keys of a run's training config that decide how it encodes prompts (`TRAINING_PROMPT_KEYS`, those it
+        sets), which its evaluation encodes with; none for a `checkpoint:` run."""
+        config = {} if run.train is None else self.training_config(run, seed)
+        return {key: config[key] for key in TRAINING_PROMPT_KEYS if key in config}
 
     def train(self, run: Run, seed: int | None = None) -> None:
         """Train the instance of `run` with `seed`, in one stage or one per difficulty level; its model and digest
@@ -348,15 +350,19 @@ class ExperimentRunner:
         }
 
     def lmms_eval_entries(
-        self, name: str, settings: dict[str, Any], model_args: dict[str, Any] | None = None, template: str | None = None
+        self,
+        name: str,
+        settings: dict[str, Any],
+        model_args: dict[str, Any] | None = None,
+        prompt_args: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """One `--config` entry per protocol for the model `name` (a run, or `run@seedS`): its tasks, generation
         kwargs, limit and batch size, into evals/<name>/<its tasks joined by '+'>; `model_args` default to the
-        model with evaluation.model_args."""
+        model with evaluation.model_args and, for `ue_dpo_hf`, the run's `prompt_args` (`training_prompt_args`)."""
         if model_args is None:
             model_args = {"pretrained": self.paths[f"runs.{name}"], **settings["model_args"]}
-            if settings["model"] == UE_DPO_HF and template is not None:
-                model_args["template"] = template
+            if settings["model"] == UE_DPO_HF:
+                model_args.update(prompt_args or {})
         entries = []
         for protocol in (Protocol(**fields) for fields in settings["protocols"]):
             tasks = ",".join(protocol.tasks)
@@ -406,12 +412,12 @@ class ExperimentRunner:
         )
         if self.experiment.evaluation.server is not None:
             for run, seed, name in pending:
-                self.evaluate_served(name, settings, stage_digests[name], self.training_template(run, seed))
+                self.evaluate_served(name, settings, stage_digests[name], self.training_prompt_args(run, seed))
             return
         entries = {}
         for run, seed, name in pending:
             shutil.rmtree(self.eval_dir(name), ignore_errors=True)
-            entries[name] = self.lmms_eval_entries(name, settings, template=self.training_template(run, seed))
+            entries[name] = self.lmms_eval_entries(name, settings, prompt_args=self.training_prompt_args(run, seed))
         config_path = self.layout.config("lmms_eval")
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(
@@ -447,7 +453,9 @@ class ExperimentRunner:
                 f"its output files were checked): " + "; ".join(failures) + f". See {log_path}"
             )
 
-    def evaluate_served(self, name: str, settings: dict[str, Any], stage_digest: str, template: str | None) -> None:
+    def evaluate_served(
+        self, name: str, settings: dict[str, Any], stage_digest: str, prompt_args: dict[str, Any]
+    ) -> None:
         """One model (a run, or `run@seedS`) through its own inference server: model prepared (merged), server up,
         lmms-eval, server down."""
         server = self.experiment.evaluation.server
@@ -461,7 +469,7 @@ class ExperimentRunner:
             server=server,
             env=env,
             llamafactory_cli=executable("llamafactory-cli"),
-            template=template,
+            prompt_args=prompt_args,
         )
         shutil.rmtree(self.eval_dir(name), ignore_errors=True)
         log_path = home.log(f"evaluate-{name}")
@@ -480,7 +488,7 @@ class ExperimentRunner:
             log_start = log_size(log_path)
             returncode = stream(
                 [*launcher, "--config", str(config_path)],
-                env={**env, **self.judge_env(), TEMPLATE_ENV: template},
+                env={**env, **self.judge_env(), **chat_prompt_env(template, prompt_args)},
                 log_path=log_path,
             )
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,19 @@ def prepare_served_model(
     server: Server,
     env: dict[str, str],
     llamafactory_cli: str,
-    template: str | None = None,
+    prompt_args: Mapping[str, Any] | None = None,
 ) -> tuple[Path, str, str]:
     """(served folder, training template, stage digest) of one run, merged or mirrored unless its marker is current;
-    the template is the run's training template, else its model family's."""
+    `prompt_args` are the run's training keys of `TRAINING_PROMPT_KEYS`: its template (else its model family's) and
+    `crop_to_patches` make the folder's chat template and processor defaults."""
     # lmms-eval's model module imports torch, transformers and lmms-eval, which only preparing a model needs
     from ue_dpo.evaluation.model import resolve_checkpoint
 
     layout = ExperimentLayout(output)
     base, adapter_dir, _ = resolve_checkpoint(model)
-    template = template_for_model(base, template)
+    prompt_args = dict(prompt_args or {})
+    template = template_for_model(base, prompt_args.get("template"))
+    crop_to_patches = bool(prompt_args.get("crop_to_patches", False))
     served = layout.served_dir(run_name)
     stage = f"serve-{run_name}"
     if adapter_dir:
@@ -84,7 +88,8 @@ def prepare_served_model(
         }
     else:  # the files' sizes and times: weights replaced in place are mirrored again
         source = {"model": str(Path(model).resolve()), "files": weights_identity(model)}
-    stage_digest = digest(source, template)
+    # crop_to_patches only when set, so that the digests of folders served before it was read stay what they were
+    stage_digest = digest(source, template, *(["crop_to_patches"] if crop_to_patches else []))
     if markers.matches(stage, stage_digest) and served.is_dir():
         print(f"    {run_name}: served model folder {served} is current, reused", flush=True)
         return served, template, stage_digest
@@ -114,7 +119,7 @@ def prepare_served_model(
                 f"merging run {run_name!r} failed (llamafactory-cli export exit status {returncode}); "
                 f"its adapter {adapter_dir} is kept as it is. See {log_path}"
             )
-    write_training_chat_template(served, template)
+    write_training_chat_template(served, template, crop_to_patches=crop_to_patches)
     markers.write(stage, stage_digest, run=run_name, template=template, served=str(served), **source)
     return served, template, stage_digest
 

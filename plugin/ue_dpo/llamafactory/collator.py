@@ -393,6 +393,16 @@ def check_second_images(
         )
 
 
+def check_crop_to_patches(family: ModelFamily, crop_to_patches: bool) -> None:
+    """Refuse LLaMA-Factory's `crop_to_patches: true` for a family whose plugin does not read it (no effect)."""
+    if crop_to_patches and family.crop_to_patches_kwargs is None:
+        readers = [reader.name for reader in FAMILIES if reader.crop_to_patches_kwargs is not None]
+        raise UEDPOUserError(
+            f"`crop_to_patches: true` has no effect on {family.name}: LLaMA-Factory's {family.mm_plugin} does not "
+            f"read it (it tiles images for {', '.join(readers)} only); remove it."
+        )
+
+
 @dataclass
 class UEDPODataCollator(PairwiseDataCollatorWithPadding):
     noise_step: int = 500

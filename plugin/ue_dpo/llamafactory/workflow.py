@@ -9,7 +9,12 @@ from llamafactory.train.trainer_utils import create_modelcard_and_push, create_r
 
 from ue_dpo.argument_checks import UEDPOUserError
 from ue_dpo.config import check_router_loss_coefficient
-from ue_dpo.llamafactory.collator import UEDPODataCollator, check_second_images, template_family
+from ue_dpo.llamafactory.collator import (
+    UEDPODataCollator,
+    check_crop_to_patches,
+    check_second_images,
+    template_family,
+)
 from ue_dpo.llamafactory.preference_data import load_preference_datasets
 from ue_dpo.llamafactory.reference_cache import reference_identity
 from ue_dpo.llamafactory.trainer import UEDPOTrainer
@@ -40,6 +45,7 @@ def build_ue_dpo_trainer(model_args, data_args, training_args, finetuning_args, 
     # refuses a model or template the stage does not train, and second images its layout lacks
     family = template_family(template, load_config(model_args).model_type)
     check_second_images(family, method.second_images, method.name, method.reads_response_images)
+    check_crop_to_patches(family, model_args.crop_to_patches)
     dataset_module = load_preference_datasets(
         template, model_args, data_args, training_args, finetuning_args, tokenizer_module
     )

@@ -35,6 +35,7 @@ from tokenizers import (
     models,
     normalizers,
     pre_tokenizers,
+    processors,
     trainers,
 )
 
@@ -171,6 +172,8 @@ TINY_INTERNVL_VISION = {
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_PAD_TOKEN = "<pad>"
 PIXTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+# The control tokens of the released tekken tokenizers (Pixtral-12B, Mistral-Small-3.1) that the chat templates use
+MISTRAL_CONTROL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<pad>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
 # The added tokens of the released Qwen2-VL tokenizer, in their id order.
 QWEN2_VL_ADDED_TOKENS = (
     "<|endoftext|>",
@@ -289,6 +292,28 @@ def _byte_level_bpe(special_tokens: tuple[str, ...], plain_tokens: tuple[str, ..
         for offset, (token, special) in enumerate(added)
     }
     return bpe, vocab, merges, added_tokens_decoder
+
+
+def _tekken_tokenizer():
+    """A byte-level BPE like the Hugging Face conversion of Mistral's tekken tokenizer (Pixtral-12B,
+    Mistral-Small-3.1): no word prefix, the chat and image tokens special, `<s>` added in front of an encoded text."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe, _, _, added_tokens_decoder = _byte_level_bpe((*MISTRAL_CONTROL_TOKENS, *PIXTRAL_IMAGE_TOKENS))
+    bpe.decoder = decoders.ByteLevel()
+    bos_id = next(index for index, token in added_tokens_decoder.items() if token.content == "<s>")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder=added_tokens_decoder,
+    )
 
 
 def _qwen2_tokenizer(plain_tokens: tuple[str, ...] = (), tokenizer_class=None):
@@ -631,7 +656,7 @@ def build_tiny_mistral3(
     )
 
     out_dir = Path(out_dir)
-    tokenizer = _llama_tokenizer((*PIXTRAL_IMAGE_TOKENS, LLAVA_PAD_TOKEN))
+    tokenizer = _tekken_tokenizer()
     merge = 2
     text_config = MistralConfig(
         **{**TINY_TEXT, **(text or {})},
@@ -688,7 +713,7 @@ def build_tiny_pixtral(
     )
 
     out_dir = Path(out_dir)
-    tokenizer = _llama_tokenizer((*PIXTRAL_IMAGE_TOKENS, LLAVA_PAD_TOKEN))
+    tokenizer = _tekken_tokenizer()
     text_config = MistralConfig(
         **{**TINY_TEXT, **(text or {})},
         vocab_size=_vocab_size(tokenizer, vocab_size),
