@@ -32,7 +32,7 @@ from ue_dpo.evaluation.chat import (
 from ue_dpo.experiment import server as server_module
 from ue_dpo.experiment.config import ExperimentConfigError, Server, parse_experiment
 from ue_dpo.experiment.server import ServerError, served_model
-from ue_dpo.experiment.serving import files_digest, prepare_served_model
+from ue_dpo.experiment.serving import check_lossless_images, files_digest, prepare_served_model
 from ue_dpo.experiment.stages import Markers, StageError
 from ue_dpo.synthetic.shapes import CAPTION_PROMPT
 
@@ -189,6 +189,14 @@ def test_a_chat_template_whose_prompt_is_not_the_training_prompt_is_refused_befo
     with pytest.raises(ChatTemplateError, match="template 'llava': `crop_to_patches: true` has no effect on LLaVA"):
         write_training_chat_template(served, "llava", crop_to_patches=True)
     assert {path.name: path.read_bytes() for path in served.iterdir()} == before  # nothing written
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "webp"])
+def test_a_lossy_image_encoding_of_the_served_requests_is_refused(image_format):
+    with pytest.raises(StageError, match=f"LMMS_IMAGE_ENCODE_FORMAT={image_format.upper()}: lmms-eval would send"):
+        check_lossless_images({"LMMS_IMAGE_ENCODE_FORMAT": image_format})
+    check_lossless_images({"LMMS_IMAGE_ENCODE_FORMAT": "png"})
+    check_lossless_images({})
 
 
 def test_a_chat_task_without_the_training_template_is_refused(monkeypatch, shapes_eval_dir):

@@ -54,7 +54,12 @@ from ue_dpo.experiment.layout import ExperimentLayout
 from ue_dpo.experiment.outputs import read_lmms_eval_output
 from ue_dpo.experiment.report import package_versions, write_report
 from ue_dpo.experiment.server import served_model
-from ue_dpo.experiment.serving import check_no_failed_requests, prepare_served_model, served_model_args
+from ue_dpo.experiment.serving import (
+    check_lossless_images,
+    check_no_failed_requests,
+    prepare_served_model,
+    served_model_args,
+)
 from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weights_identity
 from ue_dpo.machine import this_machine
 from ue_dpo.synthetic.world import build_synthetic_world
@@ -460,6 +465,7 @@ class ExperimentRunner:
         lmms-eval, server down."""
         server = self.experiment.evaluation.server
         env = {**os.environ, **settings["env"]}
+        check_lossless_images(env)
         home = self.layout_of(f"evals.{run_of_instance(name)}")
         served, template, served_digest = prepare_served_model(
             name,

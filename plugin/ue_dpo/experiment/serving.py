@@ -28,6 +28,7 @@ from ue_dpo.experiment.stages import Markers, StageError, digest, stream, weight
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 REQUEST_FAILED = "[LMMS_EVAL_REQUEST_FAILED"  # what lmms-eval's openai model scores when a request failed
+IMAGE_ENCODE_FORMAT_ENV = "LMMS_IMAGE_ENCODE_FORMAT"  # how lmms-eval's chat models send images (PNG by default)
 
 
 def files_digest(folder: Path) -> str:
@@ -134,6 +135,16 @@ def served_model_args(served: Path, base_url: str, server: Server, extra: dict[s
         "timeout": server.request_timeout_s,
         **extra,
     }
+
+
+def check_lossless_images(env: Mapping[str, str]) -> None:
+    """Refuse a lossy encoding of the images lmms-eval sends a server: it would see other pixels than `ue_dpo_hf`."""
+    image_format = env.get(IMAGE_ENCODE_FORMAT_ENV, "PNG").strip().upper()
+    if image_format != "PNG":
+        raise StageError(
+            f"{IMAGE_ENCODE_FORMAT_ENV}={image_format}: lmms-eval would send the server lossy images, so a served run "
+            f"would not see the pixels training and ue_dpo_hf see; unset it (PNG, lossless, is lmms-eval's default)"
+        )
 
 
 def check_no_failed_requests(samples_files: dict[str, str], run_name: str, log_path: Path) -> None:
