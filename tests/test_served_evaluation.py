@@ -199,6 +199,26 @@ def test_a_lossy_image_encoding_of_the_served_requests_is_refused(image_format):
     check_lossless_images({})
 
 
+@pytest.mark.parametrize(
+    ("template", "response", "answer"),
+    [
+        ("qwen3_vl", "<think>\nA circle?\n</think>\n\nThere is a red circle.", "There is a red circle."),
+        ("qwen3_vl", "<think>\nA circle, or", "<think>\nA circle, or"),  # unclosed: kept, as ue_dpo_hf keeps it
+        ("llava", "There is a red circle.", "There is a red circle."),
+    ],
+)
+def test_a_chat_task_scores_the_answer_after_the_thought_block_as_ue_dpo_hf(
+    monkeypatch, shapes_eval_dir, template, response, answer
+):
+    task = chat_task(monkeypatch, shapes_eval_dir, template)
+    metadata = {"task": "shapes_caption", "doc_id": 0, "repeats": 1, "split": task.config.test_split}
+    instance = task.construct_requests(0, "", metadata=metadata)
+    instance.resps = [response]
+    task._instances = [instance]
+    task.apply_filters()
+    assert instance.filtered_resps == {"none": answer}
+
+
 def test_a_chat_task_without_the_training_template_is_refused(monkeypatch, shapes_eval_dir):
     with pytest.raises(ChatTemplateError, match=f"shapes_caption under a chat model needs .* {TEMPLATE_ENV}="):
         chat_task(monkeypatch, shapes_eval_dir, None)

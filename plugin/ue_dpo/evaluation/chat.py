@@ -135,6 +135,11 @@ class ChatPrompt:
             **pixels,
         )
 
+    def answer(self, response: str) -> str:
+        """The answer in a model's response, as `ue_dpo_hf` takes it: what follows a reasoning template's thought
+        block (`<think>`...`</think>`); an unclosed block stays."""
+        return _training_template(self.template).remove_thought(response)
+
     def messages(self, visuals: Sequence[Any], text: str) -> list[dict[str, Any]]:
         """lmms-eval chat messages (its ChatMessages protocol): the system turn, then the images before the text."""
         plugin = _training_template(self.template).mm_plugin

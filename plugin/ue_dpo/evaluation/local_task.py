@@ -9,6 +9,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+from lmms_eval.api.filter import Filter, FilterEnsemble
 from lmms_eval.api.task import ConfigurableMessagesTask, ConfigurableTask
 
 from ue_dpo.evaluation.chat import ChatPrompt
@@ -60,8 +61,26 @@ class LocalFilesTask(ConfigurableTask):
         self.config.process_results = process_results_with_settings
 
 
+class _TrainingAnswer(Filter):
+    """The answer in each response, as `ue_dpo_hf` takes it (`ChatPrompt.answer`), before the task's filters."""
+
+    def __init__(self, chat_prompt: ChatPrompt) -> None:
+        self.chat_prompt = chat_prompt
+
+    def apply(self, resps, docs):
+        return [[self.chat_prompt.answer(response) for response in responses] for responses in resps]
+
+
 class _ChatMessages:
-    """Mixed in before ConfigurableMessagesTask: the training template's messages (see ue_dpo.evaluation.chat)."""
+    """Mixed in before ConfigurableMessagesTask: the training template's messages (see ue_dpo.evaluation.chat), and
+    the answer of each response taken as `ue_dpo_hf` takes it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._filters = [
+            FilterEnsemble(name=ensemble.name, filters=[_TrainingAnswer(self.chat_prompt), *ensemble.filters])
+            for ensemble in self._filters
+        ]
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None) -> None:
         super().download(dataset_kwargs)
