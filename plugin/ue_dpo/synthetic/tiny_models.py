@@ -239,9 +239,9 @@ def _trained_vocab_and_merges(bpe: Tokenizer, trainer: trainers.BpeTrainer) -> t
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
 
 
-def _llama_tokenizer(added_tokens: tuple[str, ...] = (LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN)):
-    """A SentencePiece-style BPE like Llama's: `▁` word prefix, `<0xNN>` byte fallback at ids 3-258; `added_tokens`
-    (the image tokens and `<pad>`) after the vocab."""
+def _llama_tokenizer():
+    """A SentencePiece-style BPE like Llama's (LLaVA's): `▁` word prefix, `<0xNN>` byte fallback at ids 3-258; the
+    image token and `<pad>` after the vocab."""
     from transformers import LlamaTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
@@ -264,7 +264,7 @@ def _llama_tokenizer(added_tokens: tuple[str, ...] = (LLAVA_IMAGE_TOKEN, LLAVA_P
         model_max_length=MAX_POSITIONS,
         added_tokens_decoder={
             len(vocab) + offset: AddedToken(token, special=True, normalized=False)
-            for offset, token in enumerate(added_tokens)
+            for offset, token in enumerate((LLAVA_IMAGE_TOKEN, LLAVA_PAD_TOKEN))
         },
     )
 
