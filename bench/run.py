@@ -6,7 +6,7 @@
     python bench/run.py --model-size 7b                      # LLaVA-1.5-7B's real shapes (CUDA GPU only)
     python bench/run.py --layout qwen2_vl                    # Qwen2-VL, small width, real 151,936 vocabulary
     python bench/run.py --layout qwen2_vl --model-size 7b    # Qwen2-VL-7B's real shapes (CUDA GPU only)
-    python bench/run.py --layout internvl                    # InternVL 3's tiles, small width (CPU or GPU)
+    python bench/run.py --layout internvl                    # InternVL 3's tiles, the small LLaVA decoder
     python bench/run.py --layout qwen3_vl                    # Qwen3-VL, small width, real 151,936 vocabulary
     python bench/run.py --layout qwen3_vl --model-size 8b    # Qwen3-VL-8B's real shapes (CUDA GPU only)
     python bench/run.py --configs dpo mdpo mfpo vdpo chip    # the peers with losses of their own, as ratios to DPO
@@ -164,7 +164,8 @@ LAYOUTS = {
         "vocab_size": {"small": 151936, "8b": 151936},
     },
     # InternVL 3's tiles: 448-px tiles of 256 tokens (14-px patches, pixel shuffle 0.5); an 896-px image is cut
-    # into 2x2 crops and a thumbnail (LLaMA-Factory's `crop_to_patches`), 1,280 image tokens
+    # into 2x2 crops and a thumbnail (LLaMA-Factory's `crop_to_patches`), 1,280 image tokens. The CPU model is the
+    # LLaVA layout's decoder and output layer, so that the output layer is a few percent of the FLOPs, as at 8B
     "internvl": {
         "name": "InternVL 3",
         "template": "intern_vl",
@@ -174,7 +175,7 @@ LAYOUTS = {
         "training_keys": {"crop_to_patches": True},
         "question_tokens": 0,
         "response_tokens": 128,
-        "vocab_size": {"small": 151674},
+        "vocab_size": {"small": 2048},
     },
 }
 MODEL_SIZES = ("small", "7b", "8b")  # the real shapes of each layout's size: its `vocab_size` keys
@@ -242,6 +243,8 @@ def model_shapes(layout: str, model_size: str) -> dict:
     shapes = {}
     if layout == "llava15":
         shapes["text"], shapes["vision"] = LLAVA_SHAPES[model_size]
+    elif layout == "internvl":  # small only: its tiny vision tower, the LLaVA layout's small decoder
+        shapes["text"] = SMALL_LLAMA_TEXT
     elif model_size == "7b":
         shapes["text"], shapes["vision"] = QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION
     elif model_size == "8b":
