@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lmms_eval.utils import simple_parse_args_string
 from scipy import stats
 
 from test_experiment import LMMS_EVAL_RESULTS, VALID, write_lmms_eval_output
+from ue_dpo.evaluation.model import _system_prompt
 from ue_dpo.experiment import runner, sweep
 from ue_dpo.experiment.config import ExperimentConfigError, parse_experiment
 from ue_dpo.experiment.layout import ExperimentLayout
 from ue_dpo.experiment.stages import RunInterrupted
+
+SYSTEM_PROMPT = 'You\'re a careful, brief assistant: name what you see, e.g. "a red {circle}".'
 
 
 @pytest.fixture
@@ -24,6 +28,7 @@ def base_dir(tmp_path):
         "stage": "ue_dpo",
         "do_train": True,
         "template": "qwen2_vl",
+        "default_system": SYSTEM_PROMPT,
         "image_max_pixels": 200704,
         "ue_alpha": 0.3,
     }
@@ -192,7 +197,7 @@ class StandIns:
             (output_dir / "stand_in.json").write_text(json.dumps(config))
             return 0
         for entry in yaml.safe_load(Path(command[-1]).read_text()):
-            model_args = dict(arg.split("=", 1) for arg in entry["model_args"].split(","))
+            model_args = simple_parse_args_string(entry["model_args"])  # as lmms-eval reads them
             model = Path(model_args["pretrained"])
             self.evaluated.append(Path(entry["output_path"]).parent)
             self.model_args[Path(entry["output_path"]).parent.name] = model_args
@@ -272,9 +277,11 @@ def test_cells_share_the_stages_that_read_the_same_values_and_each_is_compared_w
     # a trained run is prompted with its training template and image sizes (ue.yaml's), a checkpoint or a config
     # without them by its model family's template, which ue_dpo_hf reads from the model, and LLaMA-Factory's defaults
     assert tools.model_args["ue@seed0"]["template"] == "qwen2_vl"
-    assert tools.model_args["ue@seed0"]["image_max_pixels"] == "200704"
+    assert tools.model_args["ue@seed0"]["image_max_pixels"] == 200704
+    # the system prompt's commas, quotes and braces pass lmms-eval's model-args parser, which ue_dpo_hf decodes
+    assert _system_prompt(tools.model_args["ue@seed0"]["default_system"]) == SYSTEM_PROMPT
     for name in ("dpo@seed0", "base"):
-        assert not {"template", "image_max_pixels"} & set(tools.model_args[name])
+        assert not {"template", "default_system", "image_max_pixels"} & set(tools.model_args[name])
     trained_ue = json.loads((tools.trained[4] / "stand_in.json").read_text())
     assert (trained_ue["ue_alpha"], trained_ue["dataset_dir"]) == (
         0.2,

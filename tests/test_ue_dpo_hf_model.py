@@ -355,6 +355,16 @@ def test_unsupported_requests_and_args_are_refused(models, tiny_llava_dir):
         UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", crop_to_patches=True)
     with pytest.raises(ValueError, match="crop_to_patches='yes' must be true or false"):
         UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", crop_to_patches="yes")
+    with pytest.raises(ValueError, match='default_system="Be "brief"" is quoted but not a JSON string literal'):
+        UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", default_system='"Be "brief""')
+
+
+def test_a_json_quoted_system_prompt_is_decoded_and_a_plain_one_kept(tiny_llava_dir):
+    """`ue-dpo run` passes a training's `default_system` as a JSON string literal, whose commas lmms-eval keeps."""
+    quoted = UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", default_system='"Be brief, \\"please\\"."')
+    assert quoted.template.default_system == 'Be brief, "please".'
+    plain = UeDpoHF(pretrained=str(tiny_llava_dir), device="cpu", default_system="Be brief.")
+    assert plain.template.default_system == "Be brief."
 
 
 def test_a_given_template_prompts_instead_of_the_familys_once_checked_against_the_model(tiny_llava_dir, images):

@@ -156,9 +156,14 @@ class ChatPrompt:
 
 def chat_prompt_env(template: str, prompt_args: Mapping[str, Any]) -> dict[str, str]:
     """The environment that makes our chat tasks prompt as a run's training did (`ChatPrompt.from_settings`): its
-    template and the image sizes of its training keys (`TRAINING_PROMPT_KEYS`, LLaMA-Factory's defaults unset)."""
+    template, and the system prompt and image sizes of its training keys (`TRAINING_PROMPT_KEYS`; unset, the
+    template's and LLaMA-Factory's defaults)."""
     env = {TEMPLATE_ENV: template}
-    for key, variable in (("image_max_pixels", IMAGE_MAX_PIXELS_ENV), ("image_min_pixels", IMAGE_MIN_PIXELS_ENV)):
+    for key, variable in (
+        ("default_system", DEFAULT_SYSTEM_ENV),
+        ("image_max_pixels", IMAGE_MAX_PIXELS_ENV),
+        ("image_min_pixels", IMAGE_MIN_PIXELS_ENV),
+    ):
         if key in prompt_args:
             env[variable] = str(prompt_args[key])
     return env

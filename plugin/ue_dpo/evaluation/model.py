@@ -12,7 +12,8 @@ with (`llava` for LLaVA-1.5, `qwen2_vl` for Qwen2-VL and Qwen2.5-VL, `pixtral` f
 Model args: pretrained, base_model (overrides the adapter's base path), device (auto: cuda when
 available, else cpu; `auto` and `cuda` are the process's local GPU, cuda:LOCAL_RANK, so every rank of a
 `torchrun`/`accelerate launch` run has its own; `cuda:N` pins every rank to GPU N), dtype (auto: float32 on
-cpu, bfloat16 on cuda), default_system (as LLaMA-Factory's key, if training set it), image_max_pixels /
+cpu, bfloat16 on cuda), default_system (as LLaMA-Factory's key, if training set it; a JSON string literal,
+`"..."`, is decoded, so that a system prompt with commas passes lmms-eval's model-args parser), image_max_pixels /
 image_min_pixels / crop_to_patches (LLaMA-Factory's keys and defaults; crop_to_patches InternVL's, refused for a
 template whose plugin does not read it), attn_implementation, template. The batch size is lmms-eval's
 `--batch_size N`: requests with the same generation kwargs are generated together, longest prompt (image
@@ -102,6 +103,17 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _system_prompt(value: Any) -> str | None:
+    """`default_system` as given, or decoded from the JSON string literal `ue-dpo run` passes (lmms-eval splits its
+    model args at commas outside quotes and keeps the quotes)."""
+    if isinstance(value, str) and len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{MODEL_NAME}: default_system={value} is quoted but not a JSON string literal") from None
+    return None if value is None else str(value)
+
+
 def _flag(name: str, value: Any) -> bool:
     """A boolean model arg: lmms-eval turns `true`/`false` into booleans; anything else is refused."""
     if not isinstance(value, bool):
@@ -172,7 +184,8 @@ class UeDpoHF(lmms):
         crop_to_patches_kwargs(self.template_name, self.processor, crop_to_patches)  # refused where it has no effect
         self._tokenizer = self.processor.tokenizer
         self.template = get_template_and_fix_tokenizer(
-            self._tokenizer, DataArguments(template=self.template_name, default_system=default_system)
+            self._tokenizer,
+            DataArguments(template=self.template_name, default_system=_system_prompt(default_system)),
         )
         self.stop_token_ids = self.template.get_stop_token_ids(self._tokenizer)
         self.pad_token_id = self._tokenizer.pad_token_id  # the template fix sets one (eos) when missing

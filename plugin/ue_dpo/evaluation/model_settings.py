@@ -11,7 +11,7 @@ DEFAULT_IMAGE_MAX_PIXELS = 768 * 768
 DEFAULT_IMAGE_MIN_PIXELS = 32 * 32
 # The LLaMA-Factory training keys that decide how a prompt and its images are encoded, which `ue-dpo run` gives each
 # trained run's evaluation (`ue_dpo_hf` model args of the same names; a served run's folder and chat template).
-TRAINING_PROMPT_KEYS = ("template", "image_max_pixels", "image_min_pixels", "crop_to_patches")
+TRAINING_PROMPT_KEYS = ("template", "default_system", "image_max_pixels", "image_min_pixels", "crop_to_patches")
 # `ue_dpo_hf`: every other key stops lmms-eval at the first request.
 UE_DPO_HF_GENERATION_KWARGS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k", "until")
 

@@ -50,9 +50,11 @@ def _evaluated_model(run: Run, seed: int | None, markers: Markers) -> dict[str, 
     name = instance_name(run.name, seed)
     evaluation = markers.read(f"eval-{name}")
     training = markers.read(f"train-{name}") if run.train is not None else None
-    model_args = dict(arg.split("=", 1) for arg in evaluation["lmms_eval_entries"][0]["model_args"].split(","))
+    # the model is the entry's first model arg (`pretrained=`, or `model=` for a served run's folder), as `ue-dpo run`
+    # writes it; later ones may hold commas inside quotes (a JSON-quoted `default_system`)
+    first_model_arg = evaluation["lmms_eval_entries"][0]["model_args"].split(",", 1)[0]
     return {
-        "model": model_args.get("pretrained", model_args.get("model")),  # `model`: a served run's folder
+        "model": first_model_arg.partition("=")[2],
         "training": None
         if training is None
         else {

@@ -24,6 +24,7 @@ its report and its lmms-eval config and log.
 """
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -368,6 +369,8 @@ class ExperimentRunner:
             model_args = {"pretrained": self.paths[f"runs.{name}"], **settings["model_args"]}
             if settings["model"] == UE_DPO_HF:
                 model_args.update(prompt_args or {})
+                if "default_system" in model_args:  # a JSON string literal: its commas stay inside its quotes
+                    model_args["default_system"] = json.dumps(str(model_args["default_system"]))
         entries = []
         for protocol in (Protocol(**fields) for fields in settings["protocols"]):
             tasks = ",".join(protocol.tasks)
