@@ -2,7 +2,8 @@
 
 - The chat task's messages, rendered by the chat template a served folder carries, are token for token the prompt
   `ue_dpo_hf` encodes with LLaMA-Factory's template, for every family (and for training's `image_max_pixels` and
-  InternVL's `crop_to_patches`); a chat template that renders another prompt is refused.
+  InternVL's `crop_to_patches`); a chat template that renders another prompt is refused. One `transformers serve`
+  answers every family's served folder greedily as `ue_dpo_hf` does.
 - `ue-dpo run` merges a tiny Qwen2-VL LoRA adapter with `llamafactory-cli export`, serves it with
   `transformers serve` and evaluates it with lmms-eval's `openai` model; the responses and scores equal
   `ue_dpo_hf`'s greedy ones on the adapter dir, item for item. A second `ue-dpo run` skips every stage.
@@ -158,7 +159,7 @@ def test_transformers_serve_answers_every_family_as_ue_dpo_hf(request, tmp_path,
             messages = ChatMessages(messages=prompt.messages([image], CAPTION_PROMPT)).to_openai_messages()
             reply = client.chat.completions.create(model=str(served), messages=messages, max_tokens=6, temperature=0)
             answers[served.name] = (reply.choices[0].message.content, expected)
-    assert {name: served for name, (served, _) in answers.items()} == {
+    assert {name: reply for name, (reply, _) in answers.items()} == {
         name: expected for name, (_, expected) in answers.items()
     }
     assert len({expected for _, expected in answers.values()}) > len(answers) // 2  # the models answer differently
