@@ -294,25 +294,39 @@ def _byte_level_bpe(special_tokens: tuple[str, ...], plain_tokens: tuple[str, ..
     return bpe, vocab, merges, added_tokens_decoder
 
 
+def _byte_level_tokenizer(
+    special_tokens: tuple[str, ...], plain_tokens: tuple[str, ...] = (), *, prepend_bos: bool = False, **token_names
+):
+    """The byte-level BPE (`_byte_level_bpe`) as the generic tokenizers-backed class, decoding bytes, with its
+    `token_names` (`bos_token=`, `eos_token=`, ...); `prepend_bos`: the BOS in front of every encoded text."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe, _, _, added_tokens_decoder = _byte_level_bpe(special_tokens, plain_tokens)
+    bpe.decoder = decoders.ByteLevel()
+    if prepend_bos:
+        bos = token_names["bos_token"]
+        bos_id = next(index for index, token in added_tokens_decoder.items() if token.content == bos)
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        model_max_length=MAX_POSITIONS,
+        added_tokens_decoder=added_tokens_decoder,
+        **token_names,
+    )
+
+
 def _tekken_tokenizer():
     """A byte-level BPE like the Hugging Face conversion of Mistral's tekken tokenizer (Pixtral-12B,
     Mistral-Small-3.1): no word prefix, the chat and image tokens special, `<s>` added in front of an encoded text."""
-    from transformers import PreTrainedTokenizerFast
-
-    bpe, _, _, added_tokens_decoder = _byte_level_bpe((*MISTRAL_CONTROL_TOKENS, *PIXTRAL_IMAGE_TOKENS))
-    bpe.decoder = decoders.ByteLevel()
-    bos_id = next(index for index, token in added_tokens_decoder.items() if token.content == "<s>")
-    bpe.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
+    return _byte_level_tokenizer(
+        (*MISTRAL_CONTROL_TOKENS, *PIXTRAL_IMAGE_TOKENS),
+        prepend_bos=True,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        model_max_length=MAX_POSITIONS,
-        added_tokens_decoder=added_tokens_decoder,
     )
 
 
@@ -336,16 +350,8 @@ def _qwen2_tokenizer(plain_tokens: tuple[str, ...] = (), tokenizer_class=None):
 
 def _glm4v_tokenizer():
     """GLM-4.1V's tokenizer: the generic tokenizers-backed class, `<|endoftext|>` ending and padding."""
-    from transformers import PreTrainedTokenizerFast
-
-    bpe, _, _, added_tokens_decoder = _byte_level_bpe(GLM4V_ADDED_TOKENS, GLM4V_TEXT_TOKENS)
-    bpe.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        model_max_length=MAX_POSITIONS,
-        added_tokens_decoder=added_tokens_decoder,
+    return _byte_level_tokenizer(
+        GLM4V_ADDED_TOKENS, GLM4V_TEXT_TOKENS, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
 
 
@@ -1244,19 +1250,14 @@ def build_tiny_llama4(
         Llama4ForConditionalGeneration,
         Llama4ImageProcessor,
         Llama4Processor,
-        PreTrainedTokenizerFast,
     )
 
     out_dir = Path(out_dir)
-    bpe, _, _, added_tokens_decoder = _byte_level_bpe(LLAMA4_ADDED_TOKENS)
-    bpe.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
+    tokenizer = _byte_level_tokenizer(
+        LLAMA4_ADDED_TOKENS,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot|>",
         pad_token="<|finetune_right_pad|>",
-        model_max_length=MAX_POSITIONS,
-        added_tokens_decoder=added_tokens_decoder,
     )
     shape = {**TINY_TEXT, **(text or {})}
     vision_shape = {**TINY_CLIP_VISION, **(vision or {})}
